@@ -1,0 +1,125 @@
+"""Face alignment: a similarity transform from 5 landmarks onto a canonical template.
+
+Landmarks are in MTCNN order: left eye, right eye, nose, left mouth corner, right mouth corner
+(left/right as seen in the image). A *template* gives where these five points should land in
+a unit square; :func:`norm_crop` scales it to the requested crop size, estimates the
+least-squares similarity transform (rotation, uniform scale, translation; Umeyama 1991) and
+warps the image. Each backbone names its template in the model manifest
+(``inputs.align``), so crops look like the ones the network was trained on.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .errors import InvalidInputError
+
+__all__ = ["TEMPLATES", "similarity_transform", "norm_crop", "template"]
+
+#: Canonical 5-point templates in unit-square coordinates (x right, y down).
+#: ``fer2013``: mean MTCNN landmarks measured on FER2013 training faces (the loosely centred
+#: 48x48 crops both FER2013 backbones were trained on); see ``scripts/derive_fer_template.py``.
+#: ``arcface``: the usual 112x112 ArcFace template divided by 112 (tight crop, for reference).
+TEMPLATES: dict[str, np.ndarray] = {
+    "fer2013": np.array(
+        [[0.3196, 0.3897], [0.6804, 0.3897], [0.5000, 0.5781], [0.3487, 0.7476], [0.6513, 0.7476]],
+        dtype=np.float64,
+    ),
+    "arcface": np.array(
+        [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+        dtype=np.float64,
+    )
+    / 112.0,
+}
+
+
+def template(name: str | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Template ``name`` (or an explicit (5,2) unit-square array) scaled to ``size`` = (w, h)."""
+    if isinstance(name, str):
+        if name not in TEMPLATES:
+            raise InvalidInputError(f"unknown alignment template {name!r} (known: {sorted(TEMPLATES)})")
+        t = TEMPLATES[name]
+    else:
+        t = np.asarray(name, dtype=np.float64)
+        if t.shape != (5, 2):
+            raise InvalidInputError(f"a template must be (5,2), got {t.shape}")
+    return t * np.array([size[0], size[1]], dtype=np.float64)
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """2x3 matrix of the least-squares similarity transform mapping ``src`` points onto ``dst``."""
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
+        raise InvalidInputError(f"need matching (K,2) point sets, got {src.shape} and {dst.shape}")
+    if not (np.isfinite(src).all() and np.isfinite(dst).all()):
+        raise InvalidInputError("landmarks contain NaN or infinite values")
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    var_s = (s**2).sum() / len(src)
+    if var_s < 1e-12:
+        raise InvalidInputError("degenerate landmarks (all points coincide)")
+    cov = d.T @ s / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    e = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        e[1, 1] = -1
+    r = u @ e @ vt
+    scale = np.trace(np.diag(sig) @ e) / var_s
+    t = mu_d - scale * r @ mu_s
+    return np.hstack([scale * r, t[:, None]])
+
+
+def norm_crop(
+    image: np.ndarray,
+    landmarks: np.ndarray,
+    size: int | tuple[int, int] = 48,
+    template_name: str | np.ndarray = "fer2013",
+    *,
+    gray: bool = False,
+    border: int = cv2.BORDER_REPLICATE,
+) -> np.ndarray:
+    """Aligned crop of the face with 5 ``landmarks`` (5,2) in ``image`` (H,W,3 RGB uint8).
+
+    Args:
+        size: output side (int) or (width, height).
+        template_name: key of :data:`TEMPLATES` or an explicit (5,2) unit-square template.
+        gray: return a single-channel (H,W) crop (converted before warping: cheaper).
+        border: OpenCV border mode for parts of the crop outside the image.
+    """
+    if isinstance(size, int):
+        size = (size, size)
+    lm = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2)
+    if lm.shape != (5, 2):
+        raise InvalidInputError(f"landmarks must be 5 (x,y) points, got shape {np.shape(landmarks)}")
+    m = similarity_transform(lm, template(template_name, size))
+    scale = float(np.hypot(m[0, 0], m[1, 0]))
+    src = image
+    if scale < 0.5:
+        # Strong downscaling: warping directly would alias. Cut out the source region the crop
+        # sees, shrink it with area averaging to about twice the crop's resolution, then warp.
+        src, m = _prescale(image, m, size, scale)
+    if gray and src.ndim == 3:
+        src = cv2.cvtColor(src, cv2.COLOR_RGB2GRAY)
+    return cv2.warpAffine(src, m, size, flags=cv2.INTER_LINEAR, borderMode=border)
+
+
+def _prescale(image: np.ndarray, m: np.ndarray, size: tuple[int, int], scale: float) -> tuple[np.ndarray, np.ndarray]:
+    h, w = image.shape[:2]
+    inv = cv2.invertAffineTransform(m)
+    corners = np.array([[0, 0, 1], [size[0], 0, 1], [0, size[1], 1], [size[0], size[1], 1]], dtype=np.float64)
+    pts = corners @ inv.T
+    x0 = int(np.clip(np.floor(pts[:, 0].min()) - 2, 0, w - 1))
+    y0 = int(np.clip(np.floor(pts[:, 1].min()) - 2, 0, h - 1))
+    x1 = int(np.clip(np.ceil(pts[:, 0].max()) + 2, x0 + 1, w))
+    y1 = int(np.clip(np.ceil(pts[:, 1].max()) + 2, y0 + 1, h))
+    f = min(1.0, 2.0 * scale)
+    region = image[y0:y1, x0:x1]
+    nw, nh = max(1, round((x1 - x0) * f)), max(1, round((y1 - y0) * f))
+    small = cv2.resize(region, (nw, nh), interpolation=cv2.INTER_AREA)
+    fx, fy = nw / (x1 - x0), nh / (y1 - y0)
+    # crop coords -> region coords -> small coords; compose with m: out = m @ [x;1]
+    # x_src = x_small / f + offset  =>  m' = m @ [[1/fx,0,x0],[0,1/fy,y0],[0,0,1]]
+    a = np.array([[1.0 / fx, 0.0, x0], [0.0, 1.0 / fy, y0], [0.0, 0.0, 1.0]])
+    return small, m @ a
