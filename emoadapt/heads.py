@@ -1,0 +1,1178 @@
+"""Clip-level classification heads: frame features in, clip emotion out (pure NumPy).
+
+A *clip* is a float array ``(T, D)`` of per-frame feature vectors (``T >= 1``; clips of one
+batch may differ in length). Every head here is a small scikit-learn-style estimator:
+
+* :class:`StatPoolingHead` -- statistical pooling of the frames (max, mean, std, ... and
+  their concatenation) followed by multinomial logistic regression (one softmax layer).
+  Per-clip descriptors are just ``T = 1`` clips (see :func:`descriptors_as_clips`).
+* :class:`SingleAttentionHead` -- the Frame Attention Network pooling (Meng et al. 2019):
+  ``a_i = sigmoid(f_i . q0)``, ``f_v = sum_i a_i f_i / sum_i a_i``, then softmax.
+* :class:`SelfAttentionHead` -- the self-attention pooling of Churaev & Savchenko (2023),
+  eqs. (3)-(7), then softmax.
+* :class:`MeanProbabilityHead` -- the no-training baseline: the clip probability is the mean
+  of per-frame probability vectors ``(T, C)``.
+
+Trainable heads are trained with mini-batch Adam on the (optionally class-weighted) softmax
+cross-entropy, with hand-written backpropagation (checked against numerical gradients in the
+tests). ``fit`` trains from scratch; ``partial_fit`` continues from the current weights with
+an L2 pull ``anchor * ||W - W_start||^2`` toward the weights at the start of the call, which
+is how a personal head is fine-tuned from a :meth:`~_TrainableHead.copy` of the universal
+one on a handful of the user's clips. Labels unseen so far extend ``classes_`` with new
+output rows that start with zero weights and a bias low enough that the existing
+predictions do not change.
+
+Heads are saved with :meth:`save` as an ``.npz`` of plain arrays plus a JSON metadata
+string (never pickles) and loaded back with :func:`load_head`, which validates everything
+and raises :class:`~emoadapt.errors.ModelIntegrityError` on a damaged file.
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+import inspect
+import json
+import logging
+import math
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from .errors import InvalidInputError, ModelIntegrityError
+
+__all__ = [
+    "POOLINGS",
+    "pool",
+    "as_clips",
+    "descriptors_as_clips",
+    "StatPoolingHead",
+    "SingleAttentionHead",
+    "SelfAttentionHead",
+    "MeanProbabilityHead",
+    "HEAD_TYPES",
+    "load_head",
+]
+
+log = logging.getLogger(__name__)
+
+Clips = Union[np.ndarray, Sequence[np.ndarray]]
+
+#: Names accepted by :func:`pool`.
+POOLINGS = ("max", "min", "mean", "std")
+
+_FORMAT = "emoadapt.head"
+_FORMAT_VERSION = 1
+_EPS = 1e-12  # guards sums of (non-negative) attention weights
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function."""
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _pool_names(how: str | Sequence[str]) -> tuple[str, ...]:
+    names = (how,) if isinstance(how, str) else tuple(how)
+    if not names:
+        raise InvalidInputError("pooling needs at least one statistic")
+    for h in names:
+        if h not in POOLINGS:
+            raise InvalidInputError(f"unknown pooling {h!r}; choose from {POOLINGS}")
+    return names
+
+
+def pool(frames: np.ndarray, how: str | Sequence[str] = "max", mask: np.ndarray | None = None) -> np.ndarray:
+    """Statistical pooling of frame features over time.
+
+    Args:
+        frames: one clip ``(T, D)`` or a padded batch ``(N, T, D)``.
+        how: a statistic from :data:`POOLINGS` (``"max"``, ``"min"``, ``"mean"``, ``"std"``)
+            or a sequence of them, concatenated in that order.
+        mask: for a batch, ``(N, T)`` with 1 for real frames and 0 for padding (default: all
+            frames are real). Every clip needs at least one real frame.
+
+    Returns:
+        ``(k * D,)`` for one clip or ``(N, k * D)`` for a batch, ``k = len(how)``. ``std`` is
+        the population standard deviation (0 for a one-frame clip).
+    """
+    names = _pool_names(how)
+    x = np.asarray(frames)
+    if x.dtype.kind not in "fiu":
+        raise InvalidInputError(f"frames must be numeric, got dtype {x.dtype}")
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
+    single = x.ndim == 2
+    if single:
+        x = x[None]
+    if x.ndim != 3 or x.shape[1] < 1 or x.shape[2] < 1:
+        raise InvalidInputError(f"frames must be (T, D) or (N, T, D) with T >= 1, got shape {np.shape(frames)}")
+    if mask is None:
+        m = None
+    else:
+        m = np.asarray(mask, dtype=bool)
+        if m.shape != x.shape[:2]:
+            raise InvalidInputError(f"mask shape {m.shape} does not match frames {x.shape[:2]}")
+        if not m.any(axis=1).all():
+            raise InvalidInputError("every clip needs at least one unmasked frame")
+        if m.all():
+            m = None
+    out = []
+    if m is None:
+        for h in names:
+            if h == "max":
+                out.append(x.max(axis=1))
+            elif h == "min":
+                out.append(x.min(axis=1))
+            elif h == "mean":
+                out.append(x.mean(axis=1))
+            else:
+                out.append(x.std(axis=1))
+    else:
+        w = m[:, :, None].astype(x.dtype)
+        cnt = w.sum(axis=1)
+        mean = (x * w).sum(axis=1) / cnt
+        for h in names:
+            if h == "max":
+                out.append(np.where(m[:, :, None], x, -np.inf).max(axis=1))
+            elif h == "min":
+                out.append(np.where(m[:, :, None], x, np.inf).min(axis=1))
+            elif h == "mean":
+                out.append(mean)
+            else:
+                out.append(np.sqrt(np.maximum((((x - mean[:, None, :]) ** 2) * w).sum(axis=1) / cnt, 0.0)))
+    res = np.concatenate(out, axis=1)
+    return res[0] if single else res
+
+
+def as_clips(clips: Clips, dtype: Any = np.float64) -> list[np.ndarray]:
+    """Validate clips and return them as a list of C-contiguous ``(T_i, D)`` arrays.
+
+    Accepts a list/tuple of ``(T_i, D)`` arrays (1-D ``(D,)`` items are taken as one-frame
+    clips), a single clip ``(T, D)`` array, or a batch ``(N, T, D)`` array. Per-clip
+    descriptors ``(N, D)`` must be passed as ``(N, 1, D)`` (see :func:`descriptors_as_clips`)
+    or as a list of ``(D,)`` vectors, since a 2-D array means one clip.
+
+    Raises:
+        InvalidInputError: empty input, wrong rank, inconsistent ``D``, non-finite values.
+    """
+    dt = np.dtype(dtype)
+    if isinstance(clips, np.ndarray):
+        if clips.ndim == 2:
+            items: list[Any] = [clips]
+        elif clips.ndim == 3:
+            items = list(clips)
+        else:
+            raise InvalidInputError(f"a clip array must be (T, D) or (N, T, D), got shape {clips.shape}")
+    elif isinstance(clips, (list, tuple)):
+        items = list(clips)
+    else:
+        raise InvalidInputError(f"clips must be a list of (T, D) arrays or an array, not {type(clips).__name__}")
+    if not items:
+        raise InvalidInputError("no clips given")
+    out = []
+    d = None
+    for i, c in enumerate(items):
+        try:
+            a = np.asarray(c)
+        except Exception as e:  # ragged nested lists etc.
+            raise InvalidInputError(f"clip {i} is not an array: {e}") from e
+        if a.dtype.kind not in "fiub":
+            raise InvalidInputError(f"clip {i} must be numeric, got dtype {a.dtype}")
+        if a.ndim == 1:
+            a = a[None, :]
+        if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
+            raise InvalidInputError(f"clip {i} must be (T, D) with T >= 1 and D >= 1, got shape {a.shape}")
+        if d is None:
+            d = a.shape[1]
+        elif a.shape[1] != d:
+            raise InvalidInputError(f"clip {i} has {a.shape[1]} features, expected {d}")
+        a = np.ascontiguousarray(a, dtype=dt)
+        if not np.isfinite(a).all():
+            raise InvalidInputError(f"clip {i} contains NaN or infinite values")
+        out.append(a)
+    return out
+
+
+def descriptors_as_clips(x: np.ndarray) -> np.ndarray:
+    """Per-clip descriptors ``(N, D)`` as a batch of one-frame clips ``(N, 1, D)``."""
+    a = np.asarray(x)
+    if a.ndim != 2:
+        raise InvalidInputError(f"descriptors must be (N, D), got shape {a.shape}")
+    return a[:, None, :]
+
+
+def _as_labels(y: Any, n: int | None = None) -> np.ndarray:
+    arr = np.asarray(y)
+    if arr.ndim == 0:
+        arr = arr[None]
+    if arr.ndim != 1:
+        raise InvalidInputError(f"labels must be 1-D, got shape {arr.shape}")
+    if arr.dtype.kind == "O":
+        vals = arr.tolist()
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in vals):
+            arr = np.asarray(vals, dtype=np.int64)
+        else:
+            arr = np.asarray([str(v) for v in vals])
+    elif arr.dtype.kind == "b":
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise InvalidInputError("float labels must be whole numbers")
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind == "S":
+        arr = arr.astype(str)
+    if n is not None and len(arr) != n:
+        raise InvalidInputError(f"got {len(arr)} labels for {n} clips")
+    if len(arr) == 0:
+        raise InvalidInputError("no labels given")
+    return arr
+
+
+def _merge_label_kinds(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if (a.dtype.kind in "iu") != (b.dtype.kind in "iu"):
+        raise InvalidInputError(f"labels mix integers and strings ({a.dtype} vs {b.dtype})")
+    return a, b
+
+
+def _json_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        if isinstance(v, tuple):
+            out[k] = {"__tuple__": list(v)}
+        elif isinstance(v, Mapping):
+            out[k] = {"__dict__": [[(x.item() if isinstance(x, np.generic) else x), float(w)] for x, w in v.items()]}
+        elif isinstance(v, np.ndarray):
+            out[k] = {"__tuple__": v.tolist()}
+        elif isinstance(v, np.generic):
+            out[k] = v.item()
+        elif isinstance(v, type):
+            out[k] = np.dtype(v).name
+        else:
+            out[k] = v
+    return out
+
+
+def _unjson_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        if isinstance(v, dict) and "__tuple__" in v:
+            out[k] = tuple(v["__tuple__"])
+        elif isinstance(v, dict) and "__dict__" in v:
+            out[k] = {kk: vv for kk, vv in v["__dict__"]}
+        else:
+            out[k] = v
+    return out
+
+
+def _atomic_savez(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# ---------------------------------------------------------------------------------------
+# base classes
+# ---------------------------------------------------------------------------------------
+class _Head:
+    """Common estimator plumbing: parameters, prediction, persistence."""
+
+    classes_: np.ndarray
+
+    # -- sklearn-style parameters -------------------------------------------------------
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Constructor parameters (scikit-learn convention)."""
+        return {k: getattr(self, k) for k in self._param_names()}
+
+    def set_params(self, **params: Any) -> "_Head":
+        """Set constructor parameters; returns ``self``."""
+        valid = set(self._param_names())
+        for k, v in params.items():
+            if k not in valid:
+                raise InvalidInputError(f"invalid parameter {k!r} for {type(self).__name__}")
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def copy(self) -> "_Head":
+        """A deep copy (weights included), e.g. to warm-start a personal head."""
+        return _copy.deepcopy(self)
+
+    # -- prediction ---------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "classes_"):
+            raise InvalidInputError(f"this {type(self).__name__} is not fitted yet; call fit() first")
+
+    def predict_proba(self, clips: Clips) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def predict(self, clips: Clips) -> np.ndarray:
+        """Most probable label per clip, shape ``(N,)`` (labels from ``classes_``)."""
+        p = self.predict_proba(clips)
+        return self.classes_[np.argmax(p, axis=1)]
+
+    def score(self, clips: Clips, y: Any) -> float:
+        """Mean accuracy of :meth:`predict` on ``(clips, y)``."""
+        yy = _as_labels(y)
+        pred = self.predict(clips)
+        if len(pred) != len(yy):
+            raise InvalidInputError(f"got {len(yy)} labels for {len(pred)} clips")
+        return float(np.mean(pred.astype(str) == yy.astype(str)) if pred.dtype.kind != yy.dtype.kind else np.mean(pred == yy))
+
+    # -- persistence ----------------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "_Head":  # pragma: no cover
+        raise NotImplementedError
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the head to ``path`` (an ``.npz`` of plain arrays + JSON metadata), atomically.
+
+        Returns the path written. Load it back with :func:`load_head`.
+        """
+        self._check_fitted()
+        meta, arrays = self._state()
+        meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "type": type(self).__name__, "params": _json_params(self.get_params()), **meta}
+        classes = self.classes_
+        if classes.dtype.kind not in "iuU":
+            classes = classes.astype(str)
+        payload = {"meta": np.array(json.dumps(meta, sort_keys=True)), "classes": classes, **arrays}
+        _atomic_savez(path, payload)
+        log.debug("saved %s to %s", type(self).__name__, path)
+        return Path(path)
+
+
+class _TrainableHead(_Head):
+    """Shared training machinery (Adam, masking, standardisation, anchoring, persistence).
+
+    Subclasses define the parameter shapes and the forward/backward pass of the pooling;
+    the final softmax layer (``coef_`` ``(C, P)``, ``intercept_`` ``(C,)``) is common.
+    """
+
+    #: parameter names (attribute = name + "_"); the first two are always coef, intercept
+    _PARAMS: tuple[str, ...] = ("coef", "intercept")
+    #: parameters penalised by ``l2`` (weights, not biases)
+    _L2_PARAMS: tuple[str, ...] = ("coef",)
+
+    def __init__(
+        self,
+        *,
+        lr: float = 0.01,
+        epochs: int = 100,
+        batch_size: int = 64,
+        l2: float = 1e-4,
+        anchor: float = 0.01,
+        class_weight: str | Mapping[Any, float] | None = None,
+        standardize: bool = True,
+        early_stopping: bool = True,
+        tol: float = 1e-4,
+        n_iter_no_change: int = 10,
+        finetune_epochs: int | None = None,
+        finetune_lr: float | None = None,
+        dtype: str = "float32",
+        seed: int = 0,
+        verbose: bool = False,
+    ) -> None:
+        self.lr = lr
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.l2 = l2
+        self.anchor = anchor
+        self.class_weight = class_weight
+        self.standardize = standardize
+        self.early_stopping = early_stopping
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.finetune_epochs = finetune_epochs
+        self.finetune_lr = finetune_lr
+        self.dtype = dtype
+        self.seed = seed
+        self.verbose = verbose
+
+    # -- to be provided by subclasses ---------------------------------------------------------
+    def _in_dim(self, d: int) -> int:
+        """Dimension of the vector fed to the softmax layer for ``d`` frame features."""
+        return d
+
+    def _param_shapes(self, d: int, c: int) -> dict[str, tuple[int, ...]]:
+        return {"coef": (c, self._in_dim(d)), "intercept": (c,)}
+
+    def _init_extra(self, d: int, rng: np.random.Generator, dt: np.dtype) -> dict[str, np.ndarray]:
+        return {}
+
+    def _scaler_dim(self, d: int) -> int:
+        return d
+
+    def _scaler_stats(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Per-frame mean/std over all frames of all clips (streaming, float64)."""
+        d = clips[0].shape[1]
+        s = np.zeros(d)
+        ss = np.zeros(d)
+        n = 0
+        for c in clips:
+            c64 = c.astype(np.float64, copy=False)
+            s += c64.sum(axis=0)
+            n += len(c)
+        mean = s / n
+        for c in clips:
+            ss += ((c.astype(np.float64, copy=False) - mean) ** 2).sum(axis=0)
+        return mean, np.sqrt(ss / n)
+
+    def _prepare(self, clips: list[np.ndarray]) -> Any:
+        """Turn validated clips into a design object consumed by :meth:`_batch`."""
+        if len({len(c) for c in clips}) == 1:
+            return np.stack(clips)
+        return clips
+
+    def _batch(self, design: Any, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Standardised, zero-padded batch ``(B, Tmax, D)`` and its mask ``(B, Tmax)``."""
+        dt = np.dtype(self.dtype)
+        mean = self.mean_.astype(dt, copy=False)
+        scale = self.scale_.astype(dt, copy=False)
+        if isinstance(design, np.ndarray):
+            x = (design[idx] - mean) / scale
+            return x, np.ones(x.shape[:2], dtype=dt)
+        items = [design[i] for i in idx]
+        tmax = max(len(c) for c in items)
+        x = np.zeros((len(items), tmax, items[0].shape[1]), dtype=dt)
+        m = np.zeros((len(items), tmax), dtype=dt)
+        for j, c in enumerate(items):
+            x[j, : len(c)] = (c - mean) / scale
+            m[j, : len(c)] = 1.0
+        return x, m
+
+    def _pool_forward(self, p: Mapping[str, np.ndarray], x: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _pool_backward(self, p: Mapping[str, np.ndarray], cache: Any, dfv: np.ndarray) -> dict[str, np.ndarray]:  # pragma: no cover
+        raise NotImplementedError
+
+    # -- core maths ----------------------------------------------------------------------------
+    def _params(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k + "_") for k in self._PARAMS}
+
+    def _set_params_arrays(self, p: Mapping[str, np.ndarray]) -> None:
+        for k in self._PARAMS:
+            setattr(self, k + "_", p[k])
+
+    def _forward(self, p: Mapping[str, np.ndarray], x: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, Any]:
+        fv, cache = self._pool_forward(p, x, m)
+        return fv @ p["coef"].T + p["intercept"], (fv, cache)
+
+    def _loss_and_grad(
+        self,
+        p: Mapping[str, np.ndarray],
+        x: np.ndarray,
+        m: np.ndarray,
+        yidx: np.ndarray,
+        sample_weight: np.ndarray | None = None,
+        start: Mapping[str, np.ndarray] | None = None,
+        anchor_mask: Mapping[str, np.ndarray] | None = None,
+        need_grad: bool = True,
+    ) -> tuple[float, dict[str, np.ndarray] | None]:
+        """Objective and its exact gradient for one batch.
+
+        ``L = sum_n w_n CE_n / N + l2 * sum ||W||^2 + anchor * sum mask * ||theta - start||^2``
+        (the anchor term only when ``start`` is given). This is the function the gradient
+        tests differentiate numerically.
+        """
+        logits, cache = self._forward(p, x, m)
+        n = len(logits)
+        logp = _log_softmax(logits)
+        w = np.ones(n, dtype=logits.dtype) if sample_weight is None else sample_weight.astype(logits.dtype, copy=False)
+        loss = float(-(w * logp[np.arange(n), yidx]).sum() / n)
+        for k in self._L2_PARAMS:
+            loss += float(self.l2 * np.sum(p[k].astype(np.float64) ** 2))
+        if start is not None and self.anchor:
+            for k in self._PARAMS:
+                diff = p[k] - start[k]
+                am = 1.0 if anchor_mask is None else anchor_mask.get(k, 1.0)
+                loss += float(self.anchor * np.sum(am * diff.astype(np.float64) ** 2))
+        if not need_grad:
+            return loss, None
+        dlogits = np.exp(logp)
+        dlogits[np.arange(n), yidx] -= 1.0
+        dlogits *= (w / n)[:, None]
+        fv, pcache = cache
+        grads = {"coef": dlogits.T @ fv, "intercept": dlogits.sum(axis=0)}
+        grads.update(self._pool_backward(p, pcache, dlogits @ p["coef"]))
+        for k in self._L2_PARAMS:
+            grads[k] = grads[k] + 2.0 * self.l2 * p[k]
+        if start is not None and self.anchor:
+            for k in self._PARAMS:
+                am = 1.0 if anchor_mask is None else anchor_mask.get(k, 1.0)
+                grads[k] = grads[k] + 2.0 * self.anchor * am * (p[k] - start[k])
+        return loss, grads
+
+    def _sample_weights(self, yidx: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+        cw = self.class_weight
+        if cw is None:
+            return None
+        if isinstance(cw, str):
+            if cw != "balanced":
+                raise InvalidInputError(f"class_weight must be None, 'balanced' or a dict, not {cw!r}")
+            uniq, inv, cnt = np.unique(yidx, return_inverse=True, return_counts=True)
+            return (len(yidx) / (len(uniq) * cnt))[inv]
+        if isinstance(cw, Mapping):
+            lookup = {str(k): float(v) for k, v in cw.items()}
+            return np.array([lookup.get(str(lab), 1.0) for lab in labels.tolist()])
+        raise InvalidInputError(f"class_weight must be None, 'balanced' or a dict, not {type(cw).__name__}")
+
+    def _train(
+        self,
+        design: Any,
+        yidx: np.ndarray,
+        sw: np.ndarray | None,
+        p: dict[str, np.ndarray],
+        epochs: int,
+        lr: float,
+        rng: np.random.Generator,
+        start: Mapping[str, np.ndarray] | None = None,
+        anchor_mask: Mapping[str, np.ndarray] | None = None,
+    ) -> tuple[dict[str, np.ndarray], list[float]]:
+        """Mini-batch Adam; returns the parameters and the per-epoch training loss."""
+        n = len(yidx)
+        bs = max(1, min(int(self.batch_size), n))
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        mom = {k: np.zeros_like(v) for k, v in p.items()}
+        vel = {k: np.zeros_like(v) for k, v in p.items()}
+        t = 0
+        best = np.inf
+        stall = 0
+        curve: list[float] = []
+        dt = np.dtype(self.dtype)
+        for ep in range(int(epochs)):
+            perm = rng.permutation(n)
+            total = 0.0
+            for s in range(0, n, bs):
+                idx = perm[s : s + bs]
+                x, m = self._batch(design, idx)
+                loss, g = self._loss_and_grad(p, x, m, yidx[idx], None if sw is None else sw[idx], start, anchor_mask)
+                assert g is not None
+                total += loss * len(idx)
+                t += 1
+                c1 = 1.0 - b1**t
+                c2 = 1.0 - b2**t
+                for k in p:
+                    gk = g[k].astype(dt, copy=False)
+                    mom[k] = b1 * mom[k] + (1 - b1) * gk
+                    vel[k] = b2 * vel[k] + (1 - b2) * gk * gk
+                    p[k] = (p[k] - lr * (mom[k] / c1) / (np.sqrt(vel[k] / c2) + eps)).astype(dt, copy=False)
+            ep_loss = total / n
+            curve.append(ep_loss)
+            if not np.isfinite(ep_loss):
+                raise FloatingPointError(f"{type(self).__name__}: training diverged (loss {ep_loss}); lower lr")
+            if self.verbose:
+                log.info("%s epoch %d loss %.5f", type(self).__name__, ep + 1, ep_loss)
+            if self.early_stopping:
+                if ep_loss > best - self.tol:
+                    stall += 1
+                    if stall >= self.n_iter_no_change:
+                        log.debug("%s: loss plateau after %d epochs", type(self).__name__, ep + 1)
+                        break
+                else:
+                    stall = 0
+                best = min(best, ep_loss)
+        return p, curve
+
+    def _validate_hparams(self) -> None:
+        if not (self.lr > 0 or self.lr == 0):
+            raise InvalidInputError("lr must be >= 0")
+        if int(self.epochs) < 0 or int(self.batch_size) < 1:
+            raise InvalidInputError("epochs must be >= 0 and batch_size >= 1")
+        if self.l2 < 0 or self.anchor < 0:
+            raise InvalidInputError("l2 and anchor must be >= 0")
+        if np.dtype(self.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise InvalidInputError("dtype must be float32 or float64")
+
+    def _index_labels(self, y: np.ndarray) -> np.ndarray:
+        lut = {v: i for i, v in enumerate(self.classes_.tolist())}
+        try:
+            return np.array([lut[v] for v in y.tolist()], dtype=np.int64)
+        except KeyError as e:  # pragma: no cover - callers extend classes first
+            raise InvalidInputError(f"unknown label {e.args[0]!r}") from e
+
+    # -- public API ----------------------------------------------------------------------------
+    def fit(self, clips: Clips, y: Any) -> "_TrainableHead":
+        """Train from scratch on ``clips`` (list of ``(T_i, D)``) with labels ``y``."""
+        return self._fit_from_scratch(clips, y, None)
+
+    def _fit_from_scratch(self, clips: Clips, y: Any, classes: Any, epochs: int | None = None, lr: float | None = None) -> "_TrainableHead":
+        self._validate_hparams()
+        dt = np.dtype(self.dtype)
+        cl = as_clips(clips, dt)
+        yy = _as_labels(y, len(cl))
+        allc = yy if classes is None else np.concatenate(_merge_label_kinds(_as_labels(classes), yy))
+        self.classes_ = np.unique(allc)
+        d = cl[0].shape[1]
+        self.n_features_in_ = d
+        rng = np.random.default_rng(self.seed)
+        if self.standardize:
+            mean, std = self._scaler_stats(cl)
+            self.mean_ = mean.astype(dt)
+            self.scale_ = np.where(std > 1e-8 * max(1.0, float(np.abs(mean).max(initial=0.0))), std, 1.0).astype(dt)
+        else:
+            k = self._scaler_dim(d)
+            self.mean_ = np.zeros(k, dtype=dt)
+            self.scale_ = np.ones(k, dtype=dt)
+        c = len(self.classes_)
+        p = {"coef": np.zeros((c, self._in_dim(d)), dtype=dt), "intercept": np.zeros(c, dtype=dt)}
+        p.update(self._init_extra(d, rng, dt))
+        design = self._prepare(cl)
+        yidx = self._index_labels(yy)
+        p, curve = self._train(design, yidx, self._sample_weights(yidx, yy), p, self.epochs if epochs is None else epochs, self.lr if lr is None else lr, rng)
+        self._set_params_arrays(p)
+        self.loss_curve_ = curve
+        self.n_iter_ = len(curve)
+        self.n_updates_ = 0
+        return self
+
+    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> "_TrainableHead":
+        """Continue training from the current weights (fine-tuning).
+
+        Adds ``anchor * ||theta - theta_start||^2`` to the loss (``theta_start`` = the weights
+        at the start of this call) so that a few samples cannot wreck the head. Runs
+        ``finetune_epochs`` epochs (default ``epochs``) at ``finetune_lr`` (default ``lr``).
+        Standardisation statistics stay fixed. Labels in ``y`` or ``classes`` that are not in
+        ``classes_`` yet are appended to it (in sorted order) with zero weights and a bias
+        ``margin`` below the lowest top logit on these clips, so existing predictions do not
+        change at the start; these new rows are not anchored. On an unfitted head this is
+        :meth:`fit` (with ``classes`` added to the label set).
+        """
+        ep = self.epochs if self.finetune_epochs is None else self.finetune_epochs
+        lr = self.lr if self.finetune_lr is None else self.finetune_lr
+        if not hasattr(self, "classes_"):
+            return self._fit_from_scratch(clips, y, classes, ep, lr)
+        self._validate_hparams()
+        dt = np.dtype(self.dtype)
+        cl = as_clips(clips, dt)
+        if cl[0].shape[1] != self.n_features_in_:
+            raise InvalidInputError(f"clips have {cl[0].shape[1]} features, the head was trained on {self.n_features_in_}")
+        yy = _as_labels(y, len(cl))
+        _merge_label_kinds(self.classes_, yy)
+        allc = yy if classes is None else np.concatenate(_merge_label_kinds(_as_labels(classes), yy))
+        known = set(self.classes_.tolist())
+        new = [v for v in np.unique(allc).tolist() if v not in known]
+        design = self._prepare(cl)
+        p = {k: v.astype(dt, copy=True) for k, v in self._params().items()}
+        anchor_mask: dict[str, np.ndarray] | None = None
+        if new:
+            logits = self._logits(design, p)
+            low = float(logits.max(axis=1).min()) - self._NEW_CLASS_MARGIN
+            c_old, c_new = len(self.classes_), len(new)
+            p["coef"] = np.concatenate([p["coef"], np.zeros((c_new, p["coef"].shape[1]), dtype=dt)])
+            p["intercept"] = np.concatenate([p["intercept"], np.full(c_new, low, dtype=dt)])
+            self.classes_ = np.concatenate([self.classes_, np.asarray(new, dtype=self.classes_.dtype if self.classes_.dtype.kind in "iu" else None)])
+            anchor_mask = {
+                "coef": np.concatenate([np.ones((c_old, 1)), np.zeros((c_new, 1))]).astype(dt),
+                "intercept": np.concatenate([np.ones(c_old), np.zeros(c_new)]).astype(dt),
+            }
+            log.info("%s: new classes %s added", type(self).__name__, new)
+        start = {k: v.copy() for k, v in p.items()}
+        yidx = self._index_labels(yy)
+        self.n_updates_ = getattr(self, "n_updates_", 0) + 1
+        rng = np.random.default_rng([int(self.seed), self.n_updates_])
+        p, curve = self._train(design, yidx, self._sample_weights(yidx, yy), p, ep, lr, rng, start, anchor_mask)
+        self._set_params_arrays(p)
+        self.loss_curve_ = curve
+        self.n_iter_ = len(curve)
+        return self
+
+    _NEW_CLASS_MARGIN = 3.0
+
+    def _logits(self, design: Any, p: Mapping[str, np.ndarray], batch: int = 256) -> np.ndarray:
+        n = len(design)
+        lengths = np.array([len(design[i]) for i in range(n)]) if isinstance(design, list) else np.zeros(n)
+        order = np.argsort(lengths, kind="stable")
+        out = np.empty((n, len(p["intercept"])), dtype=np.float64)
+        for s in range(0, n, batch):
+            idx = order[s : s + batch]
+            x, m = self._batch(design, idx)
+            out[idx] = self._forward(p, x, m)[0]
+        return out
+
+    def decision_function(self, clips: Clips) -> np.ndarray:
+        """Class logits ``(N, C)``."""
+        self._check_fitted()
+        cl = as_clips(clips, np.dtype(self.dtype))
+        if cl[0].shape[1] != self.n_features_in_:
+            raise InvalidInputError(f"clips have {cl[0].shape[1]} features, the head was trained on {self.n_features_in_}")
+        return self._logits(self._prepare(cl), self._params())
+
+    def predict_proba(self, clips: Clips) -> np.ndarray:
+        """Class probabilities ``(N, C)`` (columns follow ``classes_``; rows sum to 1)."""
+        return np.exp(_log_softmax(self.decision_function(clips)))
+
+    def clip_features(self, clips: Clips) -> np.ndarray:
+        """The pooled clip vector ``f_v`` fed to the softmax layer, ``(N, P)``."""
+        self._check_fitted()
+        cl = as_clips(clips, np.dtype(self.dtype))
+        design = self._prepare(cl)
+        p = self._params()
+        parts = []
+        for s in range(0, len(design), 256):
+            x, m = self._batch(design, np.arange(s, min(s + 256, len(design))))
+            parts.append(self._pool_forward(p, x, m)[0])
+        return np.concatenate(parts).astype(np.float64)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        arrays = {"mean": self.mean_, "scale": self.scale_}
+        for k, v in self._params().items():
+            arrays["param_" + k] = v
+        meta = {
+            "n_features_in": int(self.n_features_in_),
+            "n_iter": int(getattr(self, "n_iter_", 0)),
+            "n_updates": int(getattr(self, "n_updates_", 0)),
+            "param_names": list(self._PARAMS),
+        }
+        return meta, arrays
+
+    @classmethod
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "_TrainableHead":
+        head = cls(**_unjson_params(meta["params"]))
+        d = meta.get("n_features_in")
+        if not isinstance(d, int) or d < 1:
+            raise ModelIntegrityError("head file: bad n_features_in")
+        classes = arrays["classes"]
+        c = len(classes)
+        if classes.ndim != 1 or c < 1 or len(np.unique(classes)) != c:
+            raise ModelIntegrityError("head file: classes must be a non-empty 1-D array of distinct labels")
+        shapes = head._param_shapes(d, c)
+        p = {}
+        for k in cls._PARAMS:
+            key = "param_" + k
+            if key not in arrays:
+                raise ModelIntegrityError(f"head file: missing array {key!r}")
+            a = arrays[key]
+            if a.shape != shapes[k] or a.dtype.kind != "f":
+                raise ModelIntegrityError(f"head file: {key} has shape {a.shape} {a.dtype}, expected {shapes[k]} float")
+            p[k] = a
+        sd = head._scaler_dim(d)
+        for k in ("mean", "scale"):
+            if k not in arrays:
+                raise ModelIntegrityError(f"head file: missing array {k!r}")
+            if arrays[k].shape != (sd,) or arrays[k].dtype.kind != "f":
+                raise ModelIntegrityError(f"head file: {k} has shape {arrays[k].shape}, expected ({sd},)")
+        if np.any(arrays["scale"] <= 0):
+            raise ModelIntegrityError("head file: non-positive scale")
+        for k, a in [*p.items(), ("mean", arrays["mean"]), ("scale", arrays["scale"])]:
+            if not np.isfinite(a).all():
+                raise ModelIntegrityError(f"head file: non-finite values in {k}")
+        dt = np.dtype(head.dtype)
+        head.classes_ = classes
+        head.n_features_in_ = d
+        head.mean_ = arrays["mean"].astype(dt)
+        head.scale_ = arrays["scale"].astype(dt)
+        head._set_params_arrays({k: v.astype(dt) for k, v in p.items()})
+        head.n_iter_ = int(meta.get("n_iter", 0))
+        head.n_updates_ = int(meta.get("n_updates", 0))
+        head.loss_curve_ = []
+        return head
+
+
+# ---------------------------------------------------------------------------------------
+# concrete heads
+# ---------------------------------------------------------------------------------------
+class StatPoolingHead(_TrainableHead):
+    """Statistical pooling + multinomial logistic regression (one softmax layer).
+
+    Args:
+        pooling: statistics from :data:`POOLINGS` concatenated into the clip descriptor,
+            e.g. ``("max",)`` or ``("max", "mean", "std")``. With one-frame clips (per-clip
+            descriptors) every statistic except ``std`` is the descriptor itself.
+        **kwargs: training parameters, see :class:`_TrainableHead`: ``lr`` (Adam step,
+            default 0.01), ``epochs`` (max epochs of :meth:`fit`, 100), ``batch_size`` (64),
+            ``l2`` (weight decay on ``coef_``, 1e-4), ``anchor`` (pull toward the warm-start
+            weights in :meth:`partial_fit`, 0.01), ``class_weight`` (None / "balanced" / dict),
+            ``standardize`` (True), ``early_stopping`` / ``tol`` / ``n_iter_no_change``
+            (stop when the epoch training loss has not improved by ``tol`` for that many
+            epochs), ``finetune_epochs`` / ``finetune_lr`` (for :meth:`partial_fit`;
+            default: same as fit), ``dtype`` ("float32" or "float64"), ``seed``, ``verbose``.
+
+    Learned attributes: ``classes_``, ``coef_`` ``(C, k*D)``, ``intercept_`` ``(C,)``,
+    ``mean_`` / ``scale_`` (standardisation of the pooled descriptor), ``n_features_in_``,
+    ``n_iter_``, ``loss_curve_``.
+    """
+
+    def __init__(
+        self,
+        pooling: str | Sequence[str] = ("max",),
+        *,
+        lr: float = 0.01,
+        epochs: int = 100,
+        batch_size: int = 64,
+        l2: float = 1e-4,
+        anchor: float = 0.01,
+        class_weight: str | Mapping[Any, float] | None = None,
+        standardize: bool = True,
+        early_stopping: bool = True,
+        tol: float = 1e-4,
+        n_iter_no_change: int = 10,
+        finetune_epochs: int | None = None,
+        finetune_lr: float | None = None,
+        dtype: str = "float32",
+        seed: int = 0,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(
+            lr=lr, epochs=epochs, batch_size=batch_size, l2=l2, anchor=anchor, class_weight=class_weight,
+            standardize=standardize, early_stopping=early_stopping, tol=tol, n_iter_no_change=n_iter_no_change,
+            finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, dtype=dtype, seed=seed, verbose=verbose,
+        )  # fmt: skip
+        self.pooling = pooling
+
+    def _in_dim(self, d: int) -> int:
+        return d * len(_pool_names(self.pooling))
+
+    def _scaler_dim(self, d: int) -> int:
+        return self._in_dim(d)
+
+    def _pooled(self, clips: list[np.ndarray]) -> np.ndarray:
+        names = _pool_names(self.pooling)
+        if len({len(c) for c in clips}) == 1:
+            return pool(np.stack(clips), names)
+        return np.stack([pool(c, names) for c in clips])
+
+    def _scaler_stats(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        z = self._pooled(clips).astype(np.float64)
+        return z.mean(axis=0), z.std(axis=0)
+
+    def _prepare(self, clips: list[np.ndarray]) -> np.ndarray:
+        dt = np.dtype(self.dtype)
+        z = self._pooled(clips)
+        return ((z - self.mean_) / self.scale_).astype(dt, copy=False)
+
+    def _batch(self, design: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = design[idx]
+        return x, np.ones((len(x), 1), dtype=x.dtype)
+
+    def _pool_forward(self, p: Mapping[str, np.ndarray], x: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, Any]:
+        return x, None
+
+    def _pool_backward(self, p: Mapping[str, np.ndarray], cache: Any, dfv: np.ndarray) -> dict[str, np.ndarray]:
+        return {}
+
+
+class SingleAttentionHead(_TrainableHead):
+    """Frame Attention Network pooling (Meng et al., 2019) + softmax layer.
+
+    ``a_i = sigmoid(f_i . q0)``, ``f_v = sum_i a_i f_i / sum_i a_i`` over the (standardised)
+    frames of a clip, then ``softmax(coef_ f_v + intercept_)``; ``q0`` is learned end to end
+    and starts at zero (i.e. mean pooling). Training parameters as in
+    :class:`StatPoolingHead`. Learned attributes: ``q0_`` ``(D,)``, ``coef_`` ``(C, D)``,
+    ``intercept_``, ``mean_`` / ``scale_`` (per-frame standardisation), ``classes_``, ...
+    """
+
+    _PARAMS = ("coef", "intercept", "q0")
+    _L2_PARAMS = ("coef", "q0")
+
+    def __init__(
+        self,
+        *,
+        lr: float = 0.01,
+        epochs: int = 100,
+        batch_size: int = 64,
+        l2: float = 1e-4,
+        anchor: float = 0.01,
+        class_weight: str | Mapping[Any, float] | None = None,
+        standardize: bool = True,
+        early_stopping: bool = True,
+        tol: float = 1e-4,
+        n_iter_no_change: int = 10,
+        finetune_epochs: int | None = None,
+        finetune_lr: float | None = None,
+        dtype: str = "float32",
+        seed: int = 0,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(
+            lr=lr, epochs=epochs, batch_size=batch_size, l2=l2, anchor=anchor, class_weight=class_weight,
+            standardize=standardize, early_stopping=early_stopping, tol=tol, n_iter_no_change=n_iter_no_change,
+            finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, dtype=dtype, seed=seed, verbose=verbose,
+        )  # fmt: skip
+
+    def _param_shapes(self, d: int, c: int) -> dict[str, tuple[int, ...]]:
+        return {"coef": (c, d), "intercept": (c,), "q0": (d,)}
+
+    def _init_extra(self, d: int, rng: np.random.Generator, dt: np.dtype) -> dict[str, np.ndarray]:
+        return {"q0": np.zeros(d, dtype=dt)}
+
+    def _pool_forward(self, p: Mapping[str, np.ndarray], x: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, Any]:
+        sig = _sigmoid(x @ p["q0"])  # (B, T)
+        a = sig * m
+        s = a.sum(axis=1) + _EPS
+        fv = np.matmul(a[:, None, :], x)[:, 0, :] / s[:, None]
+        return fv, (x, m, sig, s, fv)
+
+    def _pool_backward(self, p: Mapping[str, np.ndarray], cache: Any, dfv: np.ndarray) -> dict[str, np.ndarray]:
+        x, m, sig, s, fv = cache
+        gx = np.matmul(x, dfv[:, :, None])[:, :, 0]  # g . f_t
+        da = (gx - (dfv * fv).sum(axis=1)[:, None]) / s[:, None]
+        ds = da * sig * (1.0 - sig) * m
+        d = x.shape[2]
+        return {"q0": ds.reshape(-1) @ x.reshape(-1, d)}
+
+
+class SelfAttentionHead(_TrainableHead):
+    """Self-attention pooling of Churaev & Savchenko (2023), eqs. (3)-(7), + softmax layer.
+
+    For the (standardised) frames ``f_i`` of a clip::
+
+        q_i = f_i W_q,  k_i = v_i = f_i W_k                        (d_k-dimensional)
+        alpha_i = q_i . k_i / sqrt(d_k)                             (scalar per frame)
+        beta_i = alpha_i v_i / S,   S = guard(sum_j alpha_j)        (vector)
+        gamma_i = sigmoid(beta_i . q0)
+        f_v = sum_i gamma_i f_i / sum_i gamma_i
+
+    then ``softmax(coef_ f_v + intercept_)``. **Guard**: ``sum_j alpha_j`` may be near
+    zero (``alpha`` can be negative), so ``S = A + attn_eps * sign(A)`` with ``A = sum_j
+    alpha_j`` and ``sign(0) = +1``: ``|S| >= attn_eps`` always and ``dS/dA = 1`` (the
+    gradient, and the tests' numerical check, use exactly this). ``W_q`` and ``W_k`` start
+    equal (random, scale ``1/sqrt(D)``) so every ``alpha_i >= 0`` at initialisation, and
+    ``q0`` starts at zero (mean pooling).
+
+    Args:
+        d_k: attention dimension (default 64).
+        attn_eps: the guard above (default 1e-3).
+        **kwargs: training parameters as in :class:`StatPoolingHead`.
+
+    Learned attributes: ``W_q_`` / ``W_k_`` ``(D, d_k)``, ``q0_`` ``(d_k,)``, ``coef_``
+    ``(C, D)``, ``intercept_``, ``mean_`` / ``scale_``, ``classes_``, ...
+    """
+
+    _PARAMS = ("coef", "intercept", "q0", "W_q", "W_k")
+    _L2_PARAMS = ("coef", "q0", "W_q", "W_k")
+
+    def __init__(
+        self,
+        d_k: int = 64,
+        *,
+        attn_eps: float = 1e-3,
+        lr: float = 0.01,
+        epochs: int = 100,
+        batch_size: int = 64,
+        l2: float = 1e-4,
+        anchor: float = 0.01,
+        class_weight: str | Mapping[Any, float] | None = None,
+        standardize: bool = True,
+        early_stopping: bool = True,
+        tol: float = 1e-4,
+        n_iter_no_change: int = 10,
+        finetune_epochs: int | None = None,
+        finetune_lr: float | None = None,
+        dtype: str = "float32",
+        seed: int = 0,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(
+            lr=lr, epochs=epochs, batch_size=batch_size, l2=l2, anchor=anchor, class_weight=class_weight,
+            standardize=standardize, early_stopping=early_stopping, tol=tol, n_iter_no_change=n_iter_no_change,
+            finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, dtype=dtype, seed=seed, verbose=verbose,
+        )  # fmt: skip
+        self.d_k = d_k
+        self.attn_eps = attn_eps
+
+    def _validate_hparams(self) -> None:
+        super()._validate_hparams()
+        if int(self.d_k) < 1 or not self.attn_eps > 0:
+            raise InvalidInputError("d_k must be >= 1 and attn_eps > 0")
+
+    def _param_shapes(self, d: int, c: int) -> dict[str, tuple[int, ...]]:
+        k = int(self.d_k)
+        return {"coef": (c, d), "intercept": (c,), "q0": (k,), "W_q": (d, k), "W_k": (d, k)}
+
+    def _init_extra(self, d: int, rng: np.random.Generator, dt: np.dtype) -> dict[str, np.ndarray]:
+        k = int(self.d_k)
+        w = (rng.standard_normal((d, k)) / math.sqrt(d)).astype(dt)
+        return {"q0": np.zeros(k, dtype=dt), "W_q": w, "W_k": w.copy()}
+
+    def _pool_forward(self, p: Mapping[str, np.ndarray], x: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, Any]:
+        b, t, d = x.shape
+        k = p["W_q"].shape[1]
+        rk = 1.0 / math.sqrt(k)
+        xf = x.reshape(-1, d)
+        q = (xf @ p["W_q"]).reshape(b, t, k)
+        kk = (xf @ p["W_k"]).reshape(b, t, k)
+        alpha = (q * kk).sum(axis=2) * rk * m  # (B, T)
+        a_sum = alpha.sum(axis=1)
+        den = a_sum + self.attn_eps * np.where(a_sum >= 0, 1.0, -1.0).astype(x.dtype)
+        c = kk @ p["q0"]  # v_i . q0, (B, T)
+        u = alpha * c / den[:, None]  # beta_i . q0
+        sig = _sigmoid(u)
+        gam = sig * m
+        g_sum = gam.sum(axis=1) + _EPS
+        fv = np.matmul(gam[:, None, :], x)[:, 0, :] / g_sum[:, None]
+        return fv, (x, m, q, kk, alpha, den, c, u, sig, g_sum, fv)
+
+    def _pool_backward(self, p: Mapping[str, np.ndarray], cache: Any, dfv: np.ndarray) -> dict[str, np.ndarray]:
+        x, m, q, kk, alpha, den, c, u, sig, g_sum, fv = cache
+        b, t, d = x.shape
+        k = q.shape[2]
+        rk = 1.0 / math.sqrt(k)
+        gx = np.matmul(x, dfv[:, :, None])[:, :, 0]
+        dgam = (gx - (dfv * fv).sum(axis=1)[:, None]) / g_sum[:, None]
+        du = dgam * sig * (1.0 - sig) * m
+        dden = -(du * u).sum(axis=1) / den  # dL/dS ; dS/dA = 1
+        dalpha = (du * c / den[:, None] + dden[:, None]) * m
+        dc = du * alpha / den[:, None]
+        dq0 = dc.reshape(-1) @ kk.reshape(-1, k)
+        dq = dalpha[:, :, None] * kk * rk
+        dk = dalpha[:, :, None] * q * rk + dc[:, :, None] * p["q0"]
+        xf = x.reshape(-1, d)
+        return {"q0": dq0, "W_q": xf.T @ dq.reshape(-1, k), "W_k": xf.T @ dk.reshape(-1, k)}
+
+
+class MeanProbabilityHead(_Head):
+    """No-training baseline: clip probabilities = mean of per-frame probability vectors.
+
+    Args:
+        classes: the class labels, in the order of the frame probability columns (e.g. the
+            backbone's classes). Usable without :meth:`fit`.
+
+    Input clips are per-frame probability arrays ``(T, C)``. :meth:`fit` only checks the
+    labels and records ``n_features_in_``; :meth:`partial_fit` does nothing (it cannot learn).
+    """
+
+    def __init__(self, classes: Sequence[Any] = ()) -> None:
+        self.classes = classes
+
+    def _classes(self) -> np.ndarray:
+        c = _as_labels(list(self.classes)) if len(self.classes) else None
+        if c is None or len(np.unique(c)) != len(c):
+            raise InvalidInputError("MeanProbabilityHead needs a non-empty list of distinct classes")
+        return c
+
+    def __getattr__(self, name: str) -> Any:
+        # classes_ / n_features_in_ are available without fit() since nothing is learned
+        if name == "classes_":
+            return self._classes()
+        if name == "n_features_in_":
+            return len(self._classes())
+        raise AttributeError(name)
+
+    def fit(self, clips: Clips, y: Any) -> "MeanProbabilityHead":
+        """Validate ``clips``/``y`` against ``classes``; nothing is trained."""
+        cl = as_clips(clips)
+        yy = _as_labels(y, len(cl))
+        c = self._classes()
+        if cl[0].shape[1] != len(c):
+            raise InvalidInputError(f"frame probabilities have {cl[0].shape[1]} columns for {len(c)} classes")
+        unknown = set(yy.astype(str).tolist()) - set(c.astype(str).tolist())
+        if unknown:
+            raise InvalidInputError(f"labels not in classes: {sorted(unknown)}")
+        return self
+
+    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> "MeanProbabilityHead":
+        """Same as :meth:`fit` (this head cannot learn)."""
+        return self.fit(clips, y)
+
+    def predict_proba(self, clips: Clips) -> np.ndarray:
+        """Mean of the frame probabilities of each clip, renormalised to sum to 1."""
+        c = self._classes()
+        cl = as_clips(clips)
+        if cl[0].shape[1] != len(c):
+            raise InvalidInputError(f"frame probabilities have {cl[0].shape[1]} columns for {len(c)} classes")
+        p = np.stack([f.mean(axis=0) for f in cl])
+        if (p < 0).any():
+            raise InvalidInputError("frame probabilities must be non-negative")
+        s = p.sum(axis=1, keepdims=True)
+        return np.where(s > 0, p / np.where(s > 0, s, 1.0), 1.0 / len(c))
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"n_features_in": len(self._classes())}, {}
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {"classes": list(self.classes)}
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "type": type(self).__name__, "params": {}, "n_features_in": len(self._classes())}
+        classes = self._classes()
+        _atomic_savez(path, {"meta": np.array(json.dumps(meta, sort_keys=True)), "classes": classes})
+        return Path(path)
+
+    @classmethod
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "MeanProbabilityHead":
+        classes = arrays["classes"]
+        if classes.ndim != 1 or len(classes) < 1 or len(np.unique(classes)) != len(classes):
+            raise ModelIntegrityError("head file: classes must be a non-empty 1-D array of distinct labels")
+        return cls(classes=classes.tolist())
+
+
+HEAD_TYPES: dict[str, type[_Head]] = {
+    "StatPoolingHead": StatPoolingHead,
+    "SingleAttentionHead": SingleAttentionHead,
+    "SelfAttentionHead": SelfAttentionHead,
+    "MeanProbabilityHead": MeanProbabilityHead,
+}
+
+
+def load_head(path: str | os.PathLike[str]) -> _Head:
+    """Load a head written by ``save`` (plain arrays only; ``allow_pickle=False``).
+
+    Raises:
+        ModelIntegrityError: missing/unreadable/garbage file, unknown head type, missing
+            arrays, shape mismatches or non-finite weights.
+    """
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError as e:
+        raise ModelIntegrityError(f"head file not found: {p}") from e
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, RuntimeError) as e:
+        raise ModelIntegrityError(f"head file unreadable or corrupt: {p}: {e}") from e
+    if "meta" not in arrays or "classes" not in arrays:
+        raise ModelIntegrityError(f"head file {p} lacks the 'meta' or 'classes' array")
+    try:
+        meta = json.loads(str(arrays["meta"][()] if arrays["meta"].ndim == 0 else arrays["meta"].reshape(-1)[0]))
+    except (ValueError, IndexError, TypeError) as e:
+        raise ModelIntegrityError(f"head file {p}: metadata is not valid JSON") from e
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        raise ModelIntegrityError(f"{p} is not an emoadapt head file")
+    if meta.get("version") != _FORMAT_VERSION:
+        raise ModelIntegrityError(f"{p}: unsupported head file version {meta.get('version')!r}")
+    cls = HEAD_TYPES.get(str(meta.get("type")))
+    if cls is None:
+        raise ModelIntegrityError(f"{p}: unknown head type {meta.get('type')!r}")
+    if not isinstance(meta.get("params", {}), dict):
+        raise ModelIntegrityError(f"{p}: malformed parameters")
+    try:
+        return cls._from_state(meta, arrays)
+    except ModelIntegrityError:
+        raise
+    except (TypeError, ValueError, KeyError, InvalidInputError) as e:
+        raise ModelIntegrityError(f"{p}: invalid head file: {e}") from e
