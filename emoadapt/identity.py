@@ -1,0 +1,276 @@
+"""Identity: dlib's ResNet face descriptor (128-D) on TFLite, and dlib-style face chips.
+
+:class:`FaceEmbedder` maps aligned 150x150 RGB face chips to the 128-D descriptors of dlib's
+``dlib_face_recognition_resnet_model_v1`` (weights from ``@vladmandic/face-api``, see
+``scripts/builders/dlib_resnet.py``). Like dlib's ``compute_face_descriptor`` the descriptors
+are not normalized; two faces are the same person when their Euclidean distance is below
+about 0.6 (dlib's threshold).
+
+The network expects chips cut like dlib's ``get_face_chip(img, shape, size=150,
+padding=0.25)``. :func:`extract_chip` reproduces dlib's ``extract_image_chip`` exactly
+(pyramid_down<2> anti-aliasing, bilinear sampling with truncation, black outside the image),
+bit for bit on the test photos. :meth:`FaceEmbedder.chip` aligns a face from the 5 MTCNN
+landmarks with :data:`MTCNN_CHIP_TEMPLATE` (where MTCNN's points land in dlib's chips).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from typing import Sequence
+
+import numpy as np
+
+from .alignment import similarity_transform
+from .errors import InvalidInputError
+from .zoo import load_interpreter
+
+__all__ = [
+    "CHIP_SIZE",
+    "CHIP_PADDING",
+    "DESCRIPTOR_DIM",
+    "MTCNN_CHIP_TEMPLATE",
+    "FaceEmbedder",
+    "chip_rect_from_similarity",
+    "extract_chip",
+]
+
+log = logging.getLogger(__name__)
+
+CHIP_SIZE = 150
+CHIP_PADDING = 0.25
+DESCRIPTOR_DIM = 128
+
+#: Where MTCNN's 5 landmarks (left eye, right eye, nose, left and right mouth corner, as seen
+#: in the image) land in dlib's 150x150 chips (``get_face_chip(size=150, padding=0.25)`` from
+#: dlib's 5-point shape predictor), in chip pixels, in the frame of dlib's nominal chip
+#: similarity (chip point p -> image point ``s * R(angle) @ (p - 75) + centre``).
+#: Derived by ``scripts/make_dlib_fixtures.py``: for every face of the test photos found by
+#: both dlib (HOG detector + 5-point predictor) and facenet-pytorch's MTCNN, the MTCNN points
+#: were mapped into dlib's chip frame and averaged (the least-squares template given dlib's
+#: transforms; 47 faces, rms residual 4.9 px). Also stored as ``mtcnn_template`` in
+#: ``tests/fixtures/dlib_reference.npz``. dlib's descriptors of chips cut with it have cosine
+#: 0.975 (min) / 0.996 (mean) to those of dlib's own chips of the same faces.
+MTCNN_CHIP_TEMPLATE: np.ndarray = np.array(
+    [[47.8355, 46.0943], [102.2271, 45.4816], [73.9219, 77.2546], [52.6772, 105.2157], [99.7932, 104.4724]],
+    dtype=np.float64,
+)
+
+
+# ------------------------------------------------------------------------- dlib chip geometry
+
+
+def chip_rect_from_similarity(chip_to_image: np.ndarray, size: int = CHIP_SIZE) -> tuple[tuple[float, float, float, float], float]:
+    """dlib's ``chip_details`` (rect ``(left, top, right, bottom)``, angle in radians) for a
+    ``size`` x ``size`` chip whose similarity transform maps chip pixels to image pixels.
+
+    Mirrors ``chip_details(chip_points, img_points, dims)``: rect is centred on the image of
+    the chip centre ``(size/2, size/2)`` with side ``size * scale`` (dlib drectangle, whose
+    width is ``right - left + 1``).
+    """
+    m = np.asarray(chip_to_image, dtype=np.float64)
+    if m.shape != (2, 3) or not np.isfinite(m).all():
+        raise InvalidInputError(f"chip transform must be a finite 2x3 matrix, got shape {m.shape}")
+    px, py = m[0, 0], m[1, 0]
+    angle = math.atan2(py, px)
+    scale = math.hypot(px, py)
+    if scale * size < 1:
+        raise InvalidInputError("degenerate chip transform (face smaller than one pixel)")
+    cx = m[0, 0] * size / 2 + m[0, 1] * size / 2 + m[0, 2]
+    cy = m[1, 0] * size / 2 + m[1, 1] * size / 2 + m[1, 2]
+    half = (size * scale - 1) / 2
+    return (cx - half, cy - half, cx + half, cy + half), angle
+
+
+def _rect_down(r: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    # dlib pyramid_down<2>::rect_down: point_down(p) = p/2 - (1.25, 0.75)
+    return (r[0] / 2 - 1.25, r[1] / 2 - 0.75, r[2] / 2 - 1.25, r[3] / 2 - 0.75)
+
+
+def _area(r: tuple[float, float, float, float]) -> float:
+    w, h = r[2] - r[0] + 1, r[3] - r[1] + 1
+    return 0.0 if r[0] > r[2] or r[1] > r[3] else w * h
+
+
+def _rotate(c: tuple[float, float], p: tuple[float, float], a: float) -> tuple[float, float]:
+    ca, sa = math.cos(a), math.sin(a)
+    x, y = p[0] - c[0], p[1] - c[1]
+    return (ca * x - sa * y + c[0], sa * x + ca * y + c[1])
+
+
+def _pyramid_down(img: np.ndarray) -> np.ndarray:
+    """dlib ``pyramid_down<2>`` on uint8 RGB: separable [1 4 6 4 1] filter, every other pixel,
+    integer sum / 256 (truncated); output ``((h-3)//2, (w-3)//2)``."""
+    h, w = img.shape[:2]
+    if h <= 8 or w <= 8:
+        return img[:0, :0]
+    im = img.astype(np.uint32)
+    c = 2 * np.arange((w - 3) // 2)
+    tmp = im[:, c] + 4 * im[:, c + 1] + 6 * im[:, c + 2] + 4 * im[:, c + 3] + im[:, c + 4]
+    r = 2 + 2 * np.arange((h - 3) // 2)
+    out = tmp[r - 2] + 4 * tmp[r - 1] + 6 * tmp[r] + 4 * tmp[r + 1] + tmp[r + 2]
+    return (out // 256).astype(np.uint8)
+
+
+def _bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """dlib ``interpolate_bilinear`` (value truncated to uint8; 0 where the 2x2 cell leaves the image)."""
+    h, w = img.shape[:2]
+    left = np.floor(x).astype(np.int64)
+    top = np.floor(y).astype(np.int64)
+    ok = (left >= 0) & (top >= 0) & (left + 1 < w) & (top + 1 < h)
+    out = np.zeros(x.shape + img.shape[2:], dtype=np.uint8)
+    if not ok.any() or h < 2 or w < 2:
+        return out
+    lc, tc = left[ok], top[ok]
+    fx, fy = (x[ok] - lc), (y[ok] - tc)
+    if img.ndim == 3:
+        fx, fy = fx[:, None], fy[:, None]
+    im = img.astype(np.float64)
+    v = (1 - fy) * ((1 - fx) * im[tc, lc] + fx * im[tc, lc + 1]) + fy * ((1 - fx) * im[tc + 1, lc] + fx * im[tc + 1, lc + 1])
+    out[ok] = np.clip(v, 0, 255).astype(np.uint8)
+    return out
+
+
+def extract_chip(image: np.ndarray, rect: Sequence[float], angle: float, size: int = CHIP_SIZE) -> np.ndarray:
+    """dlib's ``extract_image_chip(img, chip_details(rect, chip_dims(size, size), angle))``.
+
+    Args:
+        image: (H, W, 3) uint8 RGB (or (H, W) uint8).
+        rect: dlib drectangle ``(left, top, right, bottom)`` in image pixels, before rotation.
+        angle: rotation of the chip in radians (dlib convention).
+        size: chip side in pixels.
+
+    Returns:
+        (size, size, 3) uint8 chip. When the chip shrinks the face by more than 2x per axis, the
+        source is first reduced with dlib's image pyramid, as dlib does, so big faces are not
+        aliased.
+    """
+    img = _check_image(image)
+    l, t, r, b = (float(v) for v in rect)
+    if not all(math.isfinite(v) for v in (l, t, r, b, angle)) or r < l or b < t:
+        raise InvalidInputError(f"invalid chip rect {tuple(rect)} / angle {angle}")
+    H, W = img.shape[:2]
+    R = (l, t, r, b)
+    n = size * size
+    # depth of the pyramid and the margin dlib keeps around the rotated chip
+    depth, grow, rd = 0, 2.0, _rect_down(R)
+    while _area(rd) > n:
+        rd = _rect_down(rd)
+        depth += 1
+        grow = grow * 2 + 2
+    c = ((l + r) / 2, (t + b) / 2)
+    corners = [_rotate(c, p, angle) for p in ((l, t), (r, t), (l, b), (r, b))]
+    xs, ys = [p[0] for p in corners], [p[1] for p in corners]
+    g = (max(min(xs) - grow, 0.0), max(min(ys) - grow, 0.0), min(max(xs) + grow, W - 1.0), min(max(ys) + grow, H - 1.0))
+    if g[0] > g[2] or g[1] > g[3]:  # chip entirely outside the image
+        return np.zeros((size, size) + img.shape[2:], dtype=np.uint8)
+    bl, bt, br, bb = (int(math.floor(v + 0.5)) for v in g)
+    src = img[bt : bb + 1, bl : br + 1]
+    rr = (l - bl, t - bt, r - bl, b - bt)
+    level = -1
+    while _area(_rect_down(rr)) > n:
+        level += 1
+        rr = _rect_down(rr)
+    for _ in range(level + 1):
+        src = _pyramid_down(src)
+    c = ((rr[0] + rr[2]) / 2, (rr[1] + rr[3]) / 2)
+    tl = _rotate(c, (rr[0], rr[1]), angle)
+    tr = _rotate(c, (rr[2], rr[1]), angle)
+    blc = _rotate(c, (rr[0], rr[3]), angle)
+    k = max(size - 1, 1)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    x = tl[0] + (tr[0] - tl[0]) / k * xx + (blc[0] - tl[0]) / k * yy
+    y = tl[1] + (tr[1] - tl[1]) / k * xx + (blc[1] - tl[1]) / k * yy
+    return _bilinear(src, x, y)
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    if img.dtype != np.uint8 or not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
+        raise InvalidInputError(f"image must be (H, W, 3) uint8 RGB, got {img.dtype} {img.shape}")
+    if img.shape[0] < 2 or img.shape[1] < 2:
+        raise InvalidInputError(f"image too small: {img.shape}")
+    return img
+
+
+# ----------------------------------------------------------------------------------- embedder
+
+
+class FaceEmbedder:
+    """128-D face descriptors (dlib ResNet) from 150x150 RGB chips, on TFLite.
+
+    Args:
+        num_threads: interpreter threads (default :func:`emoadapt.zoo.default_threads`).
+        model: manifest name or ``.tflite`` path (default ``"dlib_resnet"``, int8 weights).
+        max_batch: chips per interpreter call (bounds memory for long lists).
+
+    Not thread-safe per instance beyond an internal lock: calls are serialized.
+    """
+
+    size: int = CHIP_SIZE
+    dim: int = DESCRIPTOR_DIM
+
+    def __init__(self, num_threads: int | None = None, model: str = "dlib_resnet", max_batch: int = 32) -> None:
+        self._interp = load_interpreter(model, num_threads)
+        inp = self._interp.get_input_details()[0]
+        out = self._interp.get_output_details()[0]
+        if tuple(inp["shape"][1:]) != (CHIP_SIZE, CHIP_SIZE, 3) or int(out["shape"][-1]) != DESCRIPTOR_DIM:
+            from .errors import ModelIntegrityError
+
+            raise ModelIntegrityError(f"{model}: expected [N,150,150,3] -> [N,128], got {inp['shape']} -> {out['shape']}")
+        self._in = inp["index"]
+        self._out = out["index"]
+        self._batch = int(inp["shape"][0])
+        self._max_batch = max(1, int(max_batch))
+        self._lock = threading.Lock()
+
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        """Descriptors (N, 128) float32 of chips (N, 150, 150, 3) RGB (uint8, or float in 0..255).
+
+        A single chip (150, 150, 3) gives (1, 128).
+        """
+        x = np.asarray(chips)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
+            raise InvalidInputError(f"chips must be (N, {CHIP_SIZE}, {CHIP_SIZE}, 3), got {x.shape}")
+        if not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
+            raise InvalidInputError(f"chips must be uint8 or float, got {x.dtype}")
+        if x.dtype != np.uint8 and not np.isfinite(x).all():
+            raise InvalidInputError("chips contain NaN or infinite values")
+        out = np.empty((len(x), DESCRIPTOR_DIM), dtype=np.float32)
+        with self._lock:
+            for i in range(0, len(x), self._max_batch):
+                part = np.ascontiguousarray(x[i : i + self._max_batch], dtype=np.float32)
+                if len(part) != self._batch:
+                    self._interp.resize_tensor_input(self._in, [len(part), CHIP_SIZE, CHIP_SIZE, 3])
+                    self._interp.allocate_tensors()
+                    self._batch = len(part)
+                self._interp.set_tensor(self._in, part)
+                self._interp.invoke()
+                out[i : i + len(part)] = self._interp.get_tensor(self._out)
+        return out
+
+    @staticmethod
+    def chip(image: np.ndarray, landmarks5: np.ndarray, template: np.ndarray | None = None) -> np.ndarray:
+        """The 150x150 dlib-style chip of the face with MTCNN ``landmarks5`` (5, 2) in ``image``.
+
+        Fits the least-squares similarity from :data:`MTCNN_CHIP_TEMPLATE` (or ``template``,
+        in chip pixels) to the landmarks, then cuts the chip exactly as dlib's
+        ``get_face_chip`` would for that transform (:func:`extract_chip`).
+        """
+        lm = np.asarray(landmarks5, dtype=np.float64).reshape(-1, 2)
+        if lm.shape != (5, 2):
+            raise InvalidInputError(f"landmarks must be 5 (x, y) points, got shape {np.shape(landmarks5)}")
+        tpl = MTCNN_CHIP_TEMPLATE if template is None else np.asarray(template, dtype=np.float64)
+        m = similarity_transform(tpl, lm)  # chip px -> image px
+        rect, angle = chip_rect_from_similarity(m, CHIP_SIZE)
+        return extract_chip(image, rect, angle, CHIP_SIZE)
+
+    def embed_faces(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """Descriptors (K, 128) of the K faces with MTCNN landmarks (K, 5, 2) in ``image``."""
+        lms = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
+        if len(lms) == 0:
+            return np.zeros((0, DESCRIPTOR_DIM), dtype=np.float32)
+        return self.embed(np.stack([self.chip(image, lm) for lm in lms]))
