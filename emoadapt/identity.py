@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from .alignment import similarity_transform
-from .errors import InvalidInputError
+from .errors import InvalidInputError, ModelIntegrityError
 from .zoo import load_interpreter
 
 __all__ = [
@@ -45,7 +45,8 @@ DESCRIPTOR_DIM = 128
 #: Where MTCNN's 5 landmarks (left eye, right eye, nose, left and right mouth corner, as seen
 #: in the image) land in dlib's 150x150 chips (``get_face_chip(size=150, padding=0.25)`` from
 #: dlib's 5-point shape predictor), in chip pixels, in the frame of dlib's nominal chip
-#: similarity (chip point p -> image point ``s * R(angle) @ (p - 75) + centre``).
+#: similarity (chip point p -> image point ``s * R(angle) @ (p - 75) + centre``; in that frame
+#: chip pixel i spans [i, i+1], so a template point q lands on pixel index q - 0.5).
 #: Derived by ``scripts/make_dlib_fixtures.py``: for every face of the test photos found by
 #: both dlib (HOG detector + 5-point predictor) and facenet-pytorch's MTCNN, the MTCNN points
 #: were mapped into dlib's chip frame and averaged (the least-squares template given dlib's
@@ -216,8 +217,6 @@ class FaceEmbedder:
         inp = self._interp.get_input_details()[0]
         out = self._interp.get_output_details()[0]
         if tuple(inp["shape"][1:]) != (CHIP_SIZE, CHIP_SIZE, 3) or int(out["shape"][-1]) != DESCRIPTOR_DIM:
-            from .errors import ModelIntegrityError
-
             raise ModelIntegrityError(f"{model}: expected [N,150,150,3] -> [N,128], got {inp['shape']} -> {out['shape']}")
         self._in = inp["index"]
         self._out = out["index"]
