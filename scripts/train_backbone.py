@@ -1,0 +1,590 @@
+#!/usr/bin/env python
+"""Train emoadapt's own FER2013 emotion backbone on CPU and export it to TFLite.
+
+    # time a design (no checkpoint written)
+    python scripts/train_backbone.py --probe-steps 200
+    # full run, resumable (re-running the same command continues from the last epoch)
+    nice -n 5 python scripts/train_backbone.py --epochs 24 --workdir /work/runs/backbone
+    # export the best checkpoint (by public-test accuracy) and register it in models/manifest.json
+    python scripts/train_backbone.py --export-only --workdir /work/runs/backbone
+
+Data: ``fer2013.npz`` (``$EMOADAPT_DATA`` or ``../shared/data``): ``x_train``/``y_train`` to
+train, ``x_public_test`` for early stopping and model choice, ``x_private_test`` only for the
+final figure printed by the export step.
+
+Network: a compact VGG-style CNN with BatchNorm (3x3 convs, widths 32-64-128-256, max-pool
+between stages), global average pooling, a 256-d hidden layer (the ``features`` output) and a
+7-way softmax. It trains on 44x44 crops taken by a random affine warp of the 48x48 face
+(flip, rotation +-10 deg, scale +-10 %, shift +-10 %) plus brightness/contrast jitter and
+random erasing; the exported model takes the full 48x48 face and centre-crops it inside.
+Class imbalance: per-sample weights (n_max / n_c) ** 0.5 (normalized to mean 1) and label
+smoothing 0.1. Optimizer: SGD + Nesterov, one-cycle LR (linear warm-up, cosine decay),
+decoupled weight decay. Every epoch writes a checkpoint (weights, optimizer state, epoch,
+RNG state, history) to ``--workdir``; shuffling and augmentation use stateless RNG seeded by
+(seed, epoch, step), so a resumed run is identical to an uninterrupted one.
+
+Exported contract (``models/emoadapt_fer_f32.tflite`` and the dynamic-range quantized
+``models/emoadapt_fer_int8.tflite``): input float32 ``(N, 48, 48, 1)`` raw gray 0..255
+(normalization is the model's first layer; N is dynamic), signature ``serving_default`` with
+two outputs ``probs`` (N, 7) softmax in FER2013 class order and ``features`` (N, 256).
+
+Needs the ``build`` extra (TensorFlow + tf-keras); the runtime never imports this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+IMG = 48
+FEAT_DIM = 256
+log = logging.getLogger("train_backbone")
+
+
+def data_dir() -> Path:
+    env = os.environ.get("EMOADAPT_DATA")
+    return Path(env) if env else ROOT.parent / "shared" / "data"
+
+
+def load_fer() -> dict[str, np.ndarray]:
+    with np.load(data_dir() / "fer2013.npz", allow_pickle=False) as d:
+        return {k: d[k] for k in ("x_train", "y_train", "x_public_test", "y_public_test",
+                                  "x_private_test", "y_private_test")}
+
+
+# ----------------------------------------------------------------------------------- model
+def build_core(tf, keras, widths, convs, crop, mean, std, dropout):
+    """The trainable network on ``crop x crop`` raw-pixel input -> (probs, features)."""
+    L = keras.layers
+    wd_free = dict(use_bias=False, kernel_initializer="he_normal")
+    inp = keras.Input((crop, crop, 1), name="image")
+    # raw 0..255 -> (x/255 - mean) / std
+    x = L.Rescaling(1.0 / (255.0 * std), offset=-mean / std, name="normalize")(inp)
+    for s, (w, n) in enumerate(zip(widths, convs)):
+        if s > 0:
+            x = L.MaxPooling2D(2, name=f"pool{s}")(x)
+        for c in range(n):
+            x = L.Conv2D(w, 3, padding="same", name=f"conv{s}_{c}", **wd_free)(x)
+            x = L.BatchNormalization(name=f"bn{s}_{c}")(x)
+            x = L.ReLU(name=f"relu{s}_{c}")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    x = L.Dense(FEAT_DIM, use_bias=False, kernel_initializer="he_normal", name="fc")(x)
+    x = L.BatchNormalization(name="fc_bn")(x)
+    feats = L.ReLU(name="features")(x)
+    x = L.Dropout(dropout, name="drop")(feats)
+    logits = L.Dense(len(CLASSES), name="logits")(x)
+    probs = L.Softmax(name="probs")(logits)
+    return keras.Model(inp, [probs, feats, logits], name="emoadapt_fer_core")
+
+
+def build_export(tf, keras, core, crop):
+    """48x48 raw-pixel input -> centre crop -> core; outputs {probs, features}."""
+    inp = keras.Input((IMG, IMG, 1), name="image")
+    m = (IMG - crop) // 2
+    x = keras.layers.Cropping2D(m, name="center_crop")(inp) if m else inp
+    probs, feats, _ = core(x, training=False)
+    return keras.Model(inp, {"probs": probs, "features": feats}, name="emoadapt_fer")
+
+
+# ------------------------------------------------------------------------------ augmentation
+def make_augment(tf, crop, erase_p):
+    """Vectorized batch augmentation with stateless RNG: (x uint8 (B,48,48), seed[2])."""
+    pi = np.float32(np.pi)
+
+    def augment(x, seed):
+        b = tf.shape(x)[0]
+        x = tf.cast(x, tf.float32)[..., None]
+        seeds = tf.random.experimental.stateless_split(seed, 12)
+
+        def u(i, lo, hi, shape=None):
+            return tf.random.stateless_uniform(shape if shape is not None else [b], seeds[i], lo, hi)
+
+        ang = u(0, -10.0, 10.0) * pi / 180.0
+        scale = u(1, 0.9, 1.1)
+        tx = u(2, -0.1, 0.1) * IMG
+        ty = u(3, -0.1, 0.1) * IMG
+        flip = tf.where(u(4, 0.0, 1.0) < 0.5, -1.0, 1.0)
+        # output pixel (x, y) -> input pixel: R(ang)/scale * diag(flip,1) * (out - c_out) + c_in + t
+        cos, sin = tf.cos(ang) / scale, tf.sin(ang) / scale
+        co, ci = (crop - 1) / 2.0, (IMG - 1) / 2.0
+        a0, a1 = cos * flip, -sin
+        b0, b1 = sin * flip, cos
+        a2 = ci + tx - a0 * co - a1 * co
+        b2 = ci + ty - b0 * co - b1 * co
+        z = tf.zeros_like(a0)
+        mats = tf.stack([a0, a1, a2, b0, b1, b2, z, z], axis=1)
+        x = tf.raw_ops.ImageProjectiveTransformV3(
+            images=x, transforms=mats, output_shape=tf.constant([crop, crop]),
+            fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")
+        # brightness / contrast
+        mu = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+        con = tf.reshape(u(5, 0.75, 1.25), [-1, 1, 1, 1])
+        bri = tf.reshape(u(6, -25.0, 25.0), [-1, 1, 1, 1])
+        x = tf.clip_by_value((x - mu) * con + mu + bri, 0.0, 255.0)
+        # random erasing: one rectangle, 2-15 % of the area, aspect 0.4-2.5, filled with noise
+        area = u(7, 0.02, 0.15) * crop * crop
+        asp = tf.exp(u(8, np.log(0.4), np.log(2.5)))
+        eh = tf.clip_by_value(tf.sqrt(area * asp), 1.0, crop - 1.0)
+        ew = tf.clip_by_value(tf.sqrt(area / asp), 1.0, crop - 1.0)
+        ey = u(9, 0.0, 1.0) * (crop - eh)
+        ex = u(10, 0.0, 1.0) * (crop - ew)
+        on = tf.cast(u(11, 0.0, 1.0, [b, 2])[:, 0] < erase_p, tf.float32)
+        r = tf.range(crop, dtype=tf.float32)
+        my = tf.cast((r[None, :] >= ey[:, None]) & (r[None, :] < (ey + eh)[:, None]), tf.float32)
+        mx = tf.cast((r[None, :] >= ex[:, None]) & (r[None, :] < (ex + ew)[:, None]), tf.float32)
+        mask = (my[:, :, None] * mx[:, None, :] * on[:, None, None])[..., None]
+        noise = tf.random.stateless_uniform(tf.shape(x), seeds[11], 0.0, 255.0)
+        x = x * (1.0 - mask) + noise * mask
+        return x
+
+    return augment
+
+
+# ----------------------------------------------------------------------------------- training
+def setup_tf(threads: int):
+    import tensorflow as tf
+    import tf_keras as keras
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(max(1, threads))
+    return tf, keras
+
+
+def class_weights(y: np.ndarray, power: float) -> np.ndarray:
+    n = np.bincount(y, minlength=len(CLASSES)).astype(np.float64)
+    w = (n.max() / n) ** power
+    w /= (w[y]).mean()  # mean sample weight 1
+    return w.astype(np.float32)
+
+
+class OneCycle:
+    """Linear warm-up from lr/25 to lr, then cosine decay to lr/1000, per optimizer step."""
+
+    def __new__(cls, tf, keras, peak, warmup, total):
+        class _S(keras.optimizers.schedules.LearningRateSchedule):
+            def __call__(self, step):
+                step = tf.cast(step, tf.float32)
+                w = tf.cast(max(warmup, 1), tf.float32)
+                t = tf.cast(max(total, 1), tf.float32)
+                warm = peak / 25.0 + (peak - peak / 25.0) * step / w
+                prog = tf.clip_by_value((step - w) / tf.maximum(t - w, 1.0), 0.0, 1.0)
+                cos = peak / 1000.0 + 0.5 * (peak - peak / 1000.0) * (1.0 + tf.cos(np.pi * prog))
+                return tf.where(step < w, warm, cos)
+
+            def get_config(self):
+                return {"peak": peak, "warmup": warmup, "total": total}
+
+        return _S()
+
+
+def evaluate(tf, model, x, y, batch=500, tta=False, crop=44):
+    """Accuracy (and mean CE loss) of the core model on centre crops (optionally + flip)."""
+    m = (IMG - crop) // 2
+    probs = []
+    for i in range(0, len(x), batch):
+        xb = tf.constant(x[i:i + batch, m:m + crop, m:m + crop, None].astype(np.float32))
+        p = model(xb, training=False)[0].numpy()
+        if tta:
+            p = 0.5 * (p + model(xb[:, :, ::-1, :], training=False)[0].numpy())
+        probs.append(p)
+    p = np.concatenate(probs)
+    acc = float((p.argmax(1) == y).mean())
+    loss = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1)).mean())
+    return acc, loss, p
+
+
+def train(args) -> int:
+    tf, keras = setup_tf(args.threads)
+    keras.backend.experimental.enable_tf_random_generator()
+    keras.utils.set_random_seed(args.seed)
+    wd = Path(args.workdir)
+    probe = args.probe_steps > 0
+    if not probe:
+        wd.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(wd / "train_events.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger().addHandler(fh)
+
+    d = load_fer()
+    xtr, ytr = d["x_train"], d["y_train"].astype(np.int64)
+    xva, yva = d["x_public_test"], d["y_public_test"].astype(np.int64)
+    mean = float(xtr.mean() / 255.0)
+    std = float(xtr.std() / 255.0)
+    cw = class_weights(ytr, args.cw_power)
+    log.info("class weights (power %.2f): %s", args.cw_power, np.round(cw, 3).tolist())
+
+    widths = [int(v) for v in args.widths.split(",")]
+    convs = [int(v) for v in args.convs.split(",")]
+    core = build_core(tf, keras, widths, convs, args.crop, mean, std, args.dropout)
+    n_params = core.count_params()
+    log.info("core params: %d (%s widths, %s convs, crop %d)", n_params, widths, convs, args.crop)
+
+    steps_per_epoch = len(xtr) // args.batch_size
+    total_steps = steps_per_epoch * args.epochs
+    sched = OneCycle(tf, keras, args.lr, int(args.warmup_epochs * steps_per_epoch), total_steps)
+    opt = keras.optimizers.SGD(learning_rate=sched, momentum=0.9, nesterov=True,
+                               weight_decay=args.weight_decay)
+    opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    opt.build(core.trainable_variables)
+
+    epoch_var = tf.Variable(0, dtype=tf.int64, name="epoch", trainable=False)
+    best_var = tf.Variable(-1.0, dtype=tf.float64, name="best_public_acc", trainable=False)
+    bad_var = tf.Variable(0, dtype=tf.int64, name="epochs_since_best", trainable=False)
+    rng = tf.random.Generator.from_seed(args.seed)  # master RNG (state checkpointed)
+    ckpt = tf.train.Checkpoint(model=core, optimizer=opt, epoch=epoch_var, best=best_var,
+                               bad=bad_var, rng=rng)
+    mgr = tf.train.CheckpointManager(ckpt, str(wd / "ckpt"), max_to_keep=2)
+    best_ckpt = tf.train.Checkpoint(model=core)
+    hist_path = wd / "history.json"
+    history: list[dict] = []
+    if not probe and args.resume and mgr.latest_checkpoint:
+        ckpt.restore(mgr.latest_checkpoint).assert_existing_objects_matched()
+        if hist_path.exists():
+            history = json.loads(hist_path.read_text())["epochs"][: int(epoch_var.numpy())]
+        log.info("resumed from %s: epoch %d, best public acc %.4f", mgr.latest_checkpoint,
+                 int(epoch_var.numpy()), float(best_var.numpy()))
+    elif not probe and mgr.latest_checkpoint:
+        log.info("--no-resume: ignoring existing checkpoints in %s (they will be overwritten)", wd)
+
+    augment = make_augment(tf, args.crop, args.erase_p)
+    ls = args.label_smoothing
+    ncls = len(CLASSES)
+
+    def train_step_fn(x, y, w):
+        yt = tf.one_hot(y, ncls) * (1.0 - ls) + ls / ncls
+        with tf.GradientTape() as tape:
+            _, _, logits = core(x, training=True)
+            ce = tf.nn.softmax_cross_entropy_with_logits(yt, logits)
+            loss = tf.reduce_sum(ce * w) / tf.cast(tf.shape(x)[0], tf.float32)
+        grads = tape.gradient(loss, core.trainable_variables)
+        opt.apply_gradients(zip(grads, core.trainable_variables))
+        acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1), y), tf.float32))
+        return loss, acc
+
+    train_step = tf.function(train_step_fn, jit_compile=args.jit)
+
+    def epoch_dataset(epoch: int):
+        # stateless: permutation and augmentation depend only on (seed, epoch, step)
+        perm = np.random.default_rng([args.seed, epoch]).permutation(len(xtr))
+        perm = perm[: steps_per_epoch * args.batch_size]
+        ds = tf.data.Dataset.from_tensor_slices((xtr[perm], ytr[perm], cw[ytr[perm]]))
+        ds = ds.batch(args.batch_size, drop_remainder=True).enumerate()
+
+        def aug(i, batch):
+            x, y, w = batch
+            seed = tf.stack([tf.constant(args.seed * 100003 + epoch, tf.int64), i])
+            return augment(x, seed), y, w
+
+        return ds.map(aug, num_parallel_calls=args.map_threads, deterministic=True).prefetch(2)
+
+    if probe:
+        ds = epoch_dataset(0)
+        it = iter(ds)
+        t0 = None
+        warm = 5
+        for s in range(args.probe_steps + warm):
+            x, y, w = next(it)
+            loss, acc = train_step(x, y, w)
+            if s == warm - 1:
+                _ = float(loss)
+                t0 = time.perf_counter()
+        _ = float(loss)
+        dt = (time.perf_counter() - t0) / args.probe_steps
+        t1 = time.perf_counter()
+        evaluate(tf, core, xva, yva, crop=args.crop)
+        ev = time.perf_counter() - t1
+        log.info("PROBE: %.4f s/step at batch %d = %.1f img/s -> %.0f s/epoch train + %.0f s eval "
+                 "(params %d)", dt, args.batch_size, args.batch_size / dt, dt * steps_per_epoch, ev,
+                 n_params)
+        print(json.dumps({"s_per_step": dt, "img_per_s": args.batch_size / dt,
+                          "s_per_epoch": dt * steps_per_epoch + ev, "params": n_params}))
+        return 0
+
+    config = {k: v for k, v in vars(args).items()}
+    config.update(mean=mean, std=std, params=n_params, steps_per_epoch=steps_per_epoch,
+                  class_weights=cw.tolist())
+    (wd / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    start = int(epoch_var.numpy())
+    for epoch in range(start, args.epochs):
+        if int(bad_var.numpy()) >= args.patience:
+            log.info("early stop: no public-test improvement for %d epochs", args.patience)
+            break
+        t0 = time.perf_counter()
+        lsum = asum = 0.0
+        n = 0
+        for x, y, w in epoch_dataset(epoch):
+            loss, acc = train_step(x, y, w)
+            lsum += float(loss)
+            asum += float(acc)
+            n += 1
+            if n % 50 == 0:
+                log.info("epoch %d step %d/%d loss %.4f acc %.4f (%.2f s/step)", epoch + 1, n,
+                         steps_per_epoch, lsum / n, asum / n, (time.perf_counter() - t0) / n)
+        t_train = time.perf_counter() - t0
+        va, vl, _ = evaluate(tf, core, xva, yva, crop=args.crop)
+        va_tta, _, _ = evaluate(tf, core, xva, yva, crop=args.crop, tta=True)
+        lr_now = float(sched(opt.iterations))
+        rec = {"epoch": epoch + 1, "lr_end": lr_now, "train_loss": lsum / n, "train_acc": asum / n,
+               "public_loss": vl, "public_acc": va, "public_acc_tta": va_tta,
+               "train_s": t_train, "epoch_s": time.perf_counter() - t0}
+        history.append(rec)
+        epoch_var.assign(epoch + 1)
+        if va > float(best_var.numpy()):
+            best_var.assign(va)
+            bad_var.assign(0)
+            best_ckpt.write(str(wd / "best" / "weights"))
+            (wd / "best" / "meta.json").write_text(json.dumps(rec, indent=2) + "\n")
+        else:
+            bad_var.assign_add(1)
+        mgr.save(checkpoint_number=epoch + 1)
+        hist_path.write_text(json.dumps({"config": config, "epochs": history}, indent=1) + "\n")
+        log.info("EPOCH %d/%d: train loss %.4f acc %.4f | public acc %.4f (tta %.4f) loss %.4f | "
+                 "best %.4f | lr %.5f | %.0f s", epoch + 1, args.epochs, rec["train_loss"],
+                 rec["train_acc"], va, va_tta, vl, float(best_var.numpy()), lr_now, rec["epoch_s"])
+    log.info("training done; best public acc %.4f", float(best_var.numpy()))
+    if args.export_after:
+        return export(args)
+    return 0
+
+
+# ------------------------------------------------------------------------------------ export
+def tflite_outputs(interp) -> tuple[int, int]:
+    """(probs index, features index) among ``get_output_details()``, identified by name, else shape."""
+    det = interp.get_output_details()
+    byname = {}
+    for i, o in enumerate(det):
+        for key in ("probs", "features"):
+            if key in o["name"]:
+                byname[key] = i
+    if len(byname) == 2:
+        return byname["probs"], byname["features"]
+    pi = [i for i, o in enumerate(det) if int(o["shape"][-1]) == len(CLASSES)]
+    fi = [i for i, o in enumerate(det) if int(o["shape"][-1]) != len(CLASSES)]
+    assert len(pi) == 1 and len(fi) == 1, det
+    return pi[0], fi[0]
+
+
+def run_tflite(path: Path, x: np.ndarray, batch: int = 256, threads: int = 2):
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=threads)
+    runner = it.get_signature_runner("serving_default")
+    P, F = [], []
+    for i in range(0, len(x), batch):
+        out = runner(image=x[i:i + batch, :, :, None].astype(np.float32))
+        P.append(out["probs"])
+        F.append(out["features"])
+    return np.concatenate(P), np.concatenate(F)
+
+
+def time_tflite(path: Path, batch: int, reps: int) -> float:
+    """Median ms per face, single thread, via the raw interpreter API."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=1)
+    inp = it.get_input_details()[0]
+    it.resize_tensor_input(inp["index"], [batch, IMG, IMG, 1])
+    it.allocate_tensors()
+    x = np.random.default_rng(0).integers(0, 256, (batch, IMG, IMG, 1)).astype(np.float32)
+    pi, _ = tflite_outputs(it)
+    for _ in range(5):
+        it.set_tensor(inp["index"], x)
+        it.invoke()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        it.set_tensor(inp["index"], x)
+        it.invoke()
+        it.get_tensor(it.get_output_details()[pi]["index"])
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts)) * 1000.0 / batch
+
+
+def export(args) -> int:
+    import tempfile
+
+    tf, keras = setup_tf(args.threads)
+    wd = Path(args.workdir)
+    cfg = json.loads((wd / "config.json").read_text())
+    widths = [int(v) for v in cfg["widths"].split(",")]
+    convs = [int(v) for v in cfg["convs"].split(",")]
+    crop = int(cfg["crop"])
+    core = build_core(tf, keras, widths, convs, crop, cfg["mean"], cfg["std"], cfg["dropout"])
+    tf.train.Checkpoint(model=core).read(str(wd / "best" / "weights")).expect_partial()
+    meta = json.loads((wd / "best" / "meta.json").read_text())
+    hist = json.loads((wd / "history.json").read_text())["epochs"]
+    log.info("best checkpoint: epoch %d, public acc %.4f", meta["epoch"], meta["public_acc"])
+    model = build_export(tf, keras, core, crop)
+
+    d = load_fer()
+    xpu, ypu = d["x_public_test"], d["y_public_test"].astype(np.int64)
+    xpr, ypr = d["x_private_test"], d["y_private_test"].astype(np.int64)
+
+    def keras_eval(x, y):
+        xb = x[..., None].astype(np.float32)
+        out = model.predict(xb, batch_size=500, verbose=0)
+        outf = model.predict(xb[:, :, ::-1], batch_size=500, verbose=0)
+        p, ptta = out["probs"], 0.5 * (out["probs"] + outf["probs"])
+        return p, out["features"], float((p.argmax(1) == y).mean()), float((ptta.argmax(1) == y).mean())
+
+    kp_pu, _, acc_pu, acc_pu_tta = keras_eval(xpu, ypu)
+    kp_pr, kf_pr, acc_pr, acc_pr_tta = keras_eval(xpr, ypr)
+    log.info("keras: public %.4f (tta %.4f), private %.4f (tta %.4f)", acc_pu, acc_pu_tta, acc_pr, acc_pr_tta)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, IMG, IMG, 1], tf.float32, name="image")])
+    def serve(image):
+        out = model(image, training=False)
+        return {"probs": out["probs"], "features": out["features"]}
+
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"f32": out_dir / "emoadapt_fer_f32.tflite", "int8": out_dir / "emoadapt_fer_int8.tflite"}
+    with tempfile.TemporaryDirectory() as tmp:
+        mod = tf.Module()
+        mod.model = model
+        tf.saved_model.save(mod, tmp, signatures={"serving_default": serve})
+        for kind, path in files.items():
+            conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
+            if kind == "int8":
+                conv.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic-range quantization
+            path.write_bytes(conv.convert())
+            log.info("wrote %s (%.2f MB)", path, path.stat().st_size / 1e6)
+
+    metrics: dict[str, dict] = {}
+    for kind, path in files.items():
+        tp_pu, _ = run_tflite(path, xpu)
+        tp_pr, tf_pr = run_tflite(path, xpr)
+        tpf_pu, _ = run_tflite(path, xpu[:, :, ::-1])
+        tpf_pr, _ = run_tflite(path, xpr[:, :, ::-1])
+        m = {
+            "public_test_acc": float((tp_pu.argmax(1) == ypu).mean()),
+            "private_test_acc": float((tp_pr.argmax(1) == ypr).mean()),
+            "public_test_acc_flip_tta": float(((tp_pu + tpf_pu).argmax(1) == ypu).mean()),
+            "private_test_acc_flip_tta": float(((tp_pr + tpf_pr).argmax(1) == ypr).mean()),
+            "probs_max_abs_diff_vs_keras": float(np.abs(tp_pr - kp_pr).max()),
+            "features_max_abs_diff_vs_keras": float(np.abs(tf_pr - kf_pr).max()),
+            "ms_per_face_1thread_batch1": time_tflite(path, 1, 200),
+            "ms_per_face_1thread_batch32": time_tflite(path, 32, 20),
+            "size_bytes": path.stat().st_size,
+        }
+        per_class = [float((tp_pr.argmax(1)[ypr == c] == c).mean()) for c in range(len(CLASSES))]
+        m["private_test_recall_per_class"] = dict(zip(CLASSES, np.round(per_class, 4).tolist()))
+        metrics[kind] = m
+        log.info("%s: %s", kind, json.dumps(m))
+    assert metrics["f32"]["probs_max_abs_diff_vs_keras"] < 1e-4, metrics["f32"]
+    drop = acc_pr - metrics["int8"]["private_test_acc"]
+    assert drop < 0.005, f"quantized accuracy drop {drop:.4f} >= 0.5 pt"
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(files["f32"]))
+    pi, fi = tflite_outputs(it)
+    odet = it.get_output_details()
+    summary = {
+        "keras_public_test_acc": acc_pu, "keras_public_test_acc_flip_tta": acc_pu_tta,
+        "keras_private_test_acc": acc_pr, "keras_private_test_acc_flip_tta": acc_pr_tta,
+        "best_epoch": meta["epoch"], "epochs_run": len(hist),
+        "public_acc_curve": [round(h["public_acc"], 4) for h in hist],
+        "mean_epoch_s": float(np.mean([h["epoch_s"] for h in hist])),
+    }
+    (wd / "export_metrics.json").write_text(json.dumps({"summary": summary, "tflite": metrics}, indent=2) + "\n")
+
+    train_cfg = {k: cfg[k] for k in ("epochs", "batch_size", "lr", "warmup_epochs", "weight_decay",
+                                     "label_smoothing", "cw_power", "dropout", "erase_p", "seed",
+                                     "widths", "convs", "crop", "params")}
+    train_cfg.update(best_epoch=meta["epoch"], epochs_run=len(hist), optimizer="SGD nesterov 0.9",
+                     schedule="one-cycle (linear warm-up, cosine)",
+                     augmentation="flip, rotation +-10 deg, scale +-10%, shift +-10%, 44x44 crop, "
+                                  "brightness +-25, contrast +-25%, random erasing",
+                     imbalance="class weights (n_max/n_c)^cw_power + label smoothing",
+                     mean_epoch_s_2cpu=summary["mean_epoch_s"])
+    entries = []
+    for kind, path in files.items():
+        m = metrics[kind]
+        entries.append({
+            "name": f"emoadapt_fer_{kind}",
+            "file": path.name,
+            "source": {"package": "emoadapt (trained by scripts/train_backbone.py)",
+                       "data": "FER2013 train split", "version": "0.1.0", "registry": None,
+                       "path": "scripts/train_backbone.py",
+                       "quantization": "dynamic-range (tf.lite.Optimize.DEFAULT)" if kind == "int8" else "none (float32)"},
+            "licence": "MIT (emoadapt's own weights). Trained on FER2013, whose terms allow research use only; "
+                       "check them before commercial use.",
+            "inputs": {"shape": [None, IMG, IMG, 1], "dtype": "float32", "channels": 1, "color": "gray",
+                       "scale": 1.0, "offset": 0.0, "classes": CLASSES, "name": "image",
+                       "note": "raw gray pixels 0..255, face aligned/cropped as FER2013; model normalizes "
+                               "and centre-crops 44x44 internally; batch dimension is dynamic"},
+            "outputs": {
+                "probs": {"shape": [None, len(CLASSES)], "name": odet[pi]["name"], "index": pi,
+                          "signature_key": "probs", "activation": "softmax"},
+                "features": {"shape": [None, FEAT_DIM], "name": odet[fi]["name"], "index": fi,
+                             "signature_key": "features", "layer": "post-ReLU 256-d hidden layer before the classifier"},
+                "identify": "signature 'serving_default' output keys 'probs'/'features'; or in get_output_details() by last dim (7 = probs)",
+            },
+            "metrics": {"public_test_acc": m["public_test_acc"], "private_test_acc": m["private_test_acc"],
+                        "public_test_acc_flip_tta": m["public_test_acc_flip_tta"],
+                        "private_test_acc_flip_tta": m["private_test_acc_flip_tta"],
+                        "private_test_recall_per_class": m["private_test_recall_per_class"],
+                        "probs_max_abs_diff_vs_keras": m["probs_max_abs_diff_vs_keras"],
+                        "ms_per_face_1thread_batch1": round(m["ms_per_face_1thread_batch1"], 3),
+                        "ms_per_face_1thread_batch32": round(m["ms_per_face_1thread_batch32"], 3)},
+            "training": train_cfg,
+        })
+    if args.register:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from build_models import update_manifest
+
+        update_manifest(entries, out_dir)
+    print(json.dumps({"summary": summary, "tflite": metrics}, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=24)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=0.05, help="peak learning rate (SGD)")
+    ap.add_argument("--warmup-epochs", type=float, default=1.5)
+    ap.add_argument("--weight-decay", type=float, default=5e-4)
+    ap.add_argument("--label-smoothing", type=float, default=0.1)
+    ap.add_argument("--cw-power", type=float, default=0.5, help="class weight (n_max/n_c)**power; 0 = none")
+    ap.add_argument("--dropout", type=float, default=0.4)
+    ap.add_argument("--erase-p", type=float, default=0.5)
+    ap.add_argument("--widths", default="32,64,128,256")
+    ap.add_argument("--convs", default="1,2,2,2")
+    ap.add_argument("--crop", type=int, default=44)
+    ap.add_argument("--patience", type=int, default=8, help="early stopping on public-test accuracy")
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--map-threads", type=int, default=1)
+    ap.add_argument("--jit", action="store_true", help="XLA-compile the train step")
+    ap.add_argument("--workdir", default="/work/runs/backbone")
+    ap.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--probe-steps", type=int, default=0, help="time N train steps and exit")
+    ap.add_argument("--export-only", action="store_true", help="export the best checkpoint and exit")
+    ap.add_argument("--export-after", action="store_true", help="export when training ends")
+    ap.add_argument("--out-dir", default=str(ROOT / "models"))
+    ap.add_argument("--register", action=argparse.BooleanOptionalAction, default=True,
+                    help="register the exported files in <out-dir>/manifest.json")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.export_only:
+        return export(args)
+    return train(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
