@@ -1,0 +1,1 @@
+"""Reliability tests: several processes and crashes against real files."""
