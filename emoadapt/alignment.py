@@ -19,11 +19,12 @@ __all__ = ["TEMPLATES", "similarity_transform", "norm_crop", "template"]
 
 #: Canonical 5-point templates in unit-square coordinates (x right, y down).
 #: ``fer2013``: mean MTCNN landmarks measured on FER2013 training faces (the loosely centred
-#: 48x48 crops both FER2013 backbones were trained on); see ``scripts/derive_fer_template.py``.
+#: 48x48 crops both FER2013 backbones were trained on): median over 1,500 training faces,
+#: made left-right symmetric; ``python scripts/derive_fer_template.py --n 1500`` reproduces it.
 #: ``arcface``: the usual 112x112 ArcFace template divided by 112 (tight crop, for reference).
 TEMPLATES: dict[str, np.ndarray] = {
     "fer2013": np.array(
-        [[0.3196, 0.3897], [0.6804, 0.3897], [0.5000, 0.5781], [0.3487, 0.7476], [0.6513, 0.7476]],
+        [[0.3129, 0.3921], [0.6871, 0.3921], [0.5000, 0.5997], [0.3437, 0.7858], [0.6563, 0.7858]],
         dtype=np.float64,
     ),
     "arcface": np.array(
