@@ -1,0 +1,583 @@
+"""MTCNN face detection on TFLite, reproducing facenet-pytorch's ``MTCNN.detect``.
+
+The three networks (P-Net, R-Net, O-Net) are facenet-pytorch 2.6.0's weights converted to
+float32 TFLite by ``scripts/build_models.py mtcnn`` (``mtcnn_pnet``, ``mtcnn_rnet``,
+``mtcnn_onet`` in the manifest; the input normalisation ``(x - 127.5) * 0.0078125`` is inside
+the graphs, so they take raw RGB pixel values). This module re-implements facenet-pytorch's
+``detect_face`` in numpy, step for step and in float32 like the original:
+
+1. image pyramid: scales ``12 / min_face_size * factor**k`` while the short side stays
+   >= 12 px; each level is ``int(h * s + 1) x int(w * s + 1)``, resized by *area averaging*
+   exactly as ``torch.nn.functional.interpolate(mode="area")`` (adaptive average pooling),
+   computed from one integral image of the frame;
+2. P-Net on every level, candidates with face probability >= ``thresholds[0]``, NMS 0.5 per
+   level, NMS 0.7 over all levels, box regression, squaring (``rerec``), clipping (``pad``);
+3. R-Net on 24x24 area-resized crops of all candidates in one batch, probability >
+   ``thresholds[1]``, NMS 0.7, regression, squaring;
+4. O-Net on 48x48 crops, probability > ``thresholds[2]``, 5 landmarks, regression, and a
+   final NMS 0.7 with the "Min" overlap (intersection over the smaller box).
+
+NMS follows torchvision's CPU kernel (stages 2-3: IoU with ``(x2-x1)*(y2-y1)`` areas,
+suppress ``IoU > t``) and facenet-pytorch's ``nms_numpy`` (stage 4: ``+1`` areas). The only
+intended difference: boxes with exactly equal scores are ordered by index here, while torch's
+unstable sort orders them arbitrarily. Parity with facenet-pytorch on real photos is tested in
+``tests/test_detection.py`` (boxes and landmarks agree to about 1e-3 px).
+
+Only numpy, OpenCV and ai_edge_litert are used (no TensorFlow, no torch). Interpreters are
+built once per input shape and cached: one per P-Net pyramid level size (a video has a fixed
+frame size, so after the first frame nothing is allocated again; the cache is bounded by
+``_PIXEL_BUDGET`` so a stream of differently sized photos does not grow memory) and one per
+power-of-two batch size for R-Net/O-Net (N candidates run as N's binary decomposition in one
+invocation per set bit, so no tensor is reallocated and no padding is computed). The pyramid
+buffers are likewise allocated once per level shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from . import zoo
+from .errors import InvalidInputError, ModelIntegrityError
+
+__all__ = ["MTCNN", "Detections"]
+
+log = logging.getLogger(__name__)
+
+_F32 = np.float32
+#: cached P-Net interpreters (and pyramid buffers) hold at most about this many level pixels
+#: (one 1920x1280 pyramid is 1.8 M); a video reuses its few level shapes frame after frame
+_PIXEL_BUDGET = 2_000_000
+
+
+@dataclass(frozen=True, eq=False)
+class Detections:
+    """Faces found in one image, sorted by score, highest first.
+
+    Attributes:
+        boxes: ``(N, 4)`` float32 ``x1, y1, x2, y2`` in pixels of the input image (may extend
+            past the image border, as facenet-pytorch's do).
+        scores: ``(N,)`` float32 O-Net face probabilities.
+        landmarks: ``(N, 5, 2)`` float32 ``(x, y)`` of left eye, right eye, nose, left mouth
+            corner, right mouth corner in facenet-pytorch's order, where left/right are as
+            seen in the image: the "left eye" has the smaller x in an upright face.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    landmarks: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4), _F32), np.zeros((0,), _F32), np.zeros((0, 5, 2), _F32))
+
+    def shifted(self, dx: float, dy: float) -> Detections:
+        """The same detections translated by ``(dx, dy)`` pixels."""
+        off = np.array([dx, dy], _F32)
+        return Detections(self.boxes + np.tile(off, 2), self.scores.copy(), self.landmarks + off)
+
+
+# --------------------------------------------------------------------------- numeric helpers
+def _integral(img: np.ndarray, buf: np.ndarray | None = None) -> np.ndarray:
+    """``(H+1, W+1, 3)`` integral image; int32 when it cannot overflow, else float64 (exact).
+    ``buf`` (from a previous call on a same-size image) is reused when it fits."""
+    h, w = img.shape[:2]
+    big = h * w * 255 >= 2**31
+    depth, dtype = (cv2.CV_64F, np.float64) if big else (cv2.CV_32S, np.int32)
+    if buf is None or buf.shape != (h + 1, w + 1, img.shape[2]) or buf.dtype != dtype:
+        buf = np.empty((h + 1, w + 1, img.shape[2]), dtype)
+    ii = cv2.integral(img, sum=buf, sdepth=depth)
+    return ii.reshape(h + 1, w + 1, -1)
+
+
+def _bins(start: np.ndarray, length: np.ndarray, out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Adaptive-average-pooling bins of ``length`` input cells into ``out`` cells, offset by
+    ``start``: ``[floor(i*L/out), ceil((i+1)*L/out))`` (torch's start/end_index), shape (N, out)."""
+    i = np.arange(out, dtype=np.int64)
+    length = length.astype(np.int64)[:, None]
+    lo = (i * length) // out
+    hi = -((-(i + 1) * length) // out)
+    s = start.astype(np.int64)[:, None]
+    return s + lo, s + hi
+
+
+def _cells(a: np.ndarray) -> np.ndarray:
+    """View an ``(..., C)`` array as ``(...)`` of opaque C-element cells (one gather per pixel
+    instead of C: numpy's fancy indexing is much faster on single items)."""
+    return a.view(np.dtype((np.void, a.itemsize * a.shape[-1])))[..., 0]
+
+
+def _area_resize(ii: np.ndarray, y0: np.ndarray, x0: np.ndarray, h: np.ndarray, w: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Area-resize N windows ``[y0, y0+h) x [x0, x0+w)`` of the image whose integral is ``ii``
+    to ``(N, out_h, out_w, C)`` float32, bit-compatible with torch ``interpolate(mode="area")``."""
+    n, c = y0.shape[0], ii.shape[2]
+    r0, r1 = _bins(y0, h, out_h)
+    c0, c1 = _bins(x0, w, out_w)
+    r0, r1 = r0[:, :, None], r1[:, :, None]
+    c0, c1 = c0[:, None, :], c1[:, None, :]
+    cells = _cells(ii)
+
+    def corner(r: np.ndarray, col: np.ndarray) -> np.ndarray:
+        return cells[r, col].view(ii.dtype).reshape(n, out_h, out_w, c)
+
+    s = corner(r1, c1) - corner(r0, c1)
+    s -= corner(r1, c0)
+    s += corner(r0, c0)
+    kh = (r1 - r0).astype(_F32)[..., None]
+    kw = (c1 - c0).astype(_F32)[..., None]
+    out = s.astype(_F32)
+    np.divide(out, kh, out=out)
+    np.divide(out, kw, out=out)
+    return out
+
+
+class _PyramidLevel:
+    """Whole-image area resize ``(h, w) -> (out_h, out_w)`` with precomputed bins and
+    preallocated buffers (a video reuses the same few levels for every frame)."""
+
+    def __init__(self, h: int, w: int, out_h: int, out_w: int, dtype: np.dtype, channels: int = 3) -> None:
+        zero = np.zeros(1, np.int64)
+        r0, r1 = _bins(zero, np.array([h]), out_h)
+        c0, c1 = _bins(zero, np.array([w]), out_w)
+        self.r0, self.r1, self.c0, self.c1 = r0[0], r1[0], c0[0], c1[0]
+        self.kh = (self.r1 - self.r0).astype(_F32)[:, None, None]
+        # full-size divisor: a broadcast over the middle axis is several times slower
+        self.kw = np.ascontiguousarray(np.broadcast_to((self.c1 - self.c0).astype(_F32)[None, :, None], (out_h, out_w, channels)))
+        self.rows = np.empty((out_h, w + 1, channels), dtype)
+        self.rows0 = np.empty_like(self.rows)
+        self.a = np.empty((out_h, out_w, channels), dtype)
+        self.b = np.empty_like(self.a)
+        self.out = np.empty((1, out_h, out_w, channels), _F32)
+
+    def __call__(self, ii: np.ndarray) -> np.ndarray:
+        # mode="clip": the indices are in range by construction, and "raise" buffers `out`
+        np.take(ii, self.r1, axis=0, out=self.rows, mode="clip")
+        np.take(ii, self.r0, axis=0, out=self.rows0, mode="clip")
+        np.subtract(self.rows, self.rows0, out=self.rows)
+        np.take(self.rows, self.c1, axis=1, out=self.a, mode="clip")
+        np.take(self.rows, self.c0, axis=1, out=self.b, mode="clip")
+        np.subtract(self.a, self.b, out=self.a)
+        o = self.out[0]
+        np.copyto(o, self.a, casting="unsafe")
+        np.divide(o, self.kh, out=o)
+        np.divide(o, self.kw, out=o)
+        return self.out
+
+
+def _area_resize_full(ii: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """The whole image area-resized to ``(1, out_h, out_w, C)`` float32 (same values as
+    :func:`_area_resize`; separable: whole rows first, then columns)."""
+    lvl = _PyramidLevel(ii.shape[0] - 1, ii.shape[1] - 1, out_h, out_w, ii.dtype, ii.shape[2])
+    return lvl(ii).copy()
+
+
+def _nms_union(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """torchvision ``nms``: indices kept, by descending score; suppress IoU > threshold.
+
+    Same float32 arithmetic as torchvision's CPU kernel. Up to 256 boxes the IoU matrix is
+    computed at once and the greedy pass only reads it; beyond, one vectorised row per kept box.
+    """
+    n = boxes.shape[0]
+    if n == 0:
+        return np.zeros((0,), np.int64)
+    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, k]) for k in range(4))
+    areas = (x2 - x1) * (y2 - y1)
+    order = np.argsort(-scores, kind="stable")
+    zero = _F32(0)
+    if n <= 256:
+        x1, y1, x2, y2, areas = x1[order], y1[order], x2[order], y2[order], areas[order]
+        w = np.maximum(zero, np.minimum(x2[:, None], x2[None]) - np.maximum(x1[:, None], x1[None]))
+        h = np.maximum(zero, np.minimum(y2[:, None], y2[None]) - np.maximum(y1[:, None], y1[None]))
+        inter = w * h
+        with np.errstate(divide="ignore", invalid="ignore"):
+            over = inter / (areas[:, None] + areas[None] - inter) > threshold
+        suppressed = np.zeros(n, bool)
+        kept = []
+        for i in range(n):
+            if not suppressed[i]:
+                kept.append(i)
+                suppressed |= over[i]
+        return order[np.asarray(kept, np.int64)]
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.maximum(zero, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+        h = np.maximum(zero, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+        inter = w * h
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ovr = inter / (areas[i] + areas[rest] - inter)
+        order = rest[~(ovr > threshold)]
+    return np.asarray(keep, np.int64)
+
+
+def _nms_min(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """facenet-pytorch ``nms_numpy(..., 'Min')``: overlap = intersection / smaller (+1) area."""
+    if boxes.shape[0] == 0:
+        return np.zeros((0,), np.int64)
+    x1, y1, x2, y2 = (boxes[:, k].copy() for k in range(4))
+    area = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(scores)
+    keep = []
+    while order.size:
+        i = order[-1]
+        keep.append(i)
+        idx = order[:-1]
+        w = np.maximum(0.0, np.minimum(x2[i], x2[idx]) - np.maximum(x1[i], x1[idx]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[idx]) - np.maximum(y1[i], y1[idx]) + 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            o = (w * h) / np.minimum(area[i], area[idx])
+        order = order[np.where(o <= threshold)]
+    return np.asarray(keep, np.int64)
+
+
+def _rerec(b: np.ndarray) -> np.ndarray:
+    """Square the boxes around their centres (side = the longer side), in place."""
+    h = b[:, 3] - b[:, 1]
+    w = b[:, 2] - b[:, 0]
+    side = np.maximum(w, h)
+    b[:, 0] = b[:, 0] + w * 0.5 - side * 0.5
+    b[:, 1] = b[:, 1] + h * 0.5 - side * 0.5
+    b[:, 2] = b[:, 0] + side
+    b[:, 3] = b[:, 1] + side
+    return b
+
+
+def _bbreg(b: np.ndarray, reg: np.ndarray) -> np.ndarray:
+    """Apply R-/O-Net box regression (offsets times the +1 box size), in place."""
+    w = b[:, 2] - b[:, 0] + 1
+    h = b[:, 3] - b[:, 1] + 1
+    b[:, 0] = b[:, 0] + reg[:, 0] * w
+    b[:, 1] = b[:, 1] + reg[:, 1] * h
+    b[:, 2] = b[:, 2] + reg[:, 2] * w
+    b[:, 3] = b[:, 3] + reg[:, 3] * h
+    return b
+
+
+def _crop_windows(b: np.ndarray, w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """facenet-pytorch ``pad``: truncated, clipped windows ``(y0, x0, hh, ww)`` and a validity mask."""
+    t = np.trunc(b[:, :4]).astype(np.int64)
+    x = np.maximum(t[:, 0], 1)
+    y = np.maximum(t[:, 1], 1)
+    ex = np.minimum(t[:, 2], w)
+    ey = np.minimum(t[:, 3], h)
+    valid = (ey > y - 1) & (ex > x - 1)
+    return y - 1, x - 1, ey - (y - 1), ex - (x - 1), valid
+
+
+# --------------------------------------------------------------------------- caches
+class _BudgetLRU:
+    """LRU cache whose entries have a cost (elements of their largest buffer); the least
+    recently used entries are dropped while the total exceeds ``budget`` (the newest entry is
+    always kept). Bounds memory when many image sizes pass through (photos), while a video's
+    fixed set of shapes stays resident."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = int(budget)
+        self._d: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self._total = 0
+
+    def get(self, key: Any) -> Any:
+        hit = self._d.get(key)
+        if hit is None:
+            return None
+        self._d.move_to_end(key)
+        return hit[0]
+
+    def put(self, key: Any, value: Any, cost: int) -> Any:
+        self._d[key] = (value, int(cost))
+        self._total += int(cost)
+        while self._total > self.budget and len(self._d) > 1:
+            _, (_, c) = self._d.popitem(last=False)
+            self._total -= c
+        return value
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+# --------------------------------------------------------------------------- TFLite wrappers
+class _Net:
+    """One TFLite model, with one allocated interpreter per input shape (cached, LRU)."""
+
+    def __init__(self, name: str, num_threads: int, cache_budget: int) -> None:
+        self.name = name
+        self._path = zoo.model_path(name)  # sha256-verified
+        self._content = self._path.read_bytes()
+        self._threads = num_threads
+        self._cache = _BudgetLRU(cache_budget)  # budget in input elements
+        self.input_shape = tuple(self._make(None)[3])
+
+    def _make(self, shape: tuple[int, ...] | None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            it = Interpreter(model_content=self._content, num_threads=self._threads)
+            d = it.get_input_details()[0]
+            if shape is not None:
+                it.resize_tensor_input(d["index"], list(shape), strict=True)
+                it.allocate_tensors()
+            outs = {int(o["shape_signature"][-1]): int(o["index"]) for o in it.get_output_details()}
+        except (ValueError, RuntimeError) as e:
+            raise ModelIntegrityError(f"TFLite could not load {self._path.name}: {e}") from e
+        return it, int(d["index"]), outs, [int(v) for v in d["shape_signature"]]
+
+    def run(self, x: np.ndarray) -> dict[int, np.ndarray]:
+        """Invoke on ``x`` (float32, any shape the model accepts); outputs keyed by last dim."""
+        key = x.shape
+        hit = self._cache.get(key)
+        if hit is None:
+            it, idx, outs, _ = self._make(key)
+            hit = self._cache.put(key, (it, idx, outs), int(np.prod(key)))
+            log.debug("%s: interpreter for input %s", self.name, key)
+        it, idx, outs = hit
+        it.set_tensor(idx, x)
+        it.invoke()
+        return {k: it.get_tensor(i) for k, i in outs.items()}
+
+    def run_batch(self, x: np.ndarray, max_batch: int = 64) -> dict[int, np.ndarray]:
+        """Run N samples as chunks of power-of-two batch sizes (cached interpreters, no padding)."""
+        n = x.shape[0]
+        parts: list[dict[int, np.ndarray]] = []
+        start = 0
+        while start < n:
+            left = n - start
+            b = max_batch if left >= max_batch else 1 << (left.bit_length() - 1)
+            parts.append(self.run(np.ascontiguousarray(x[start:start + b])))
+            start += b
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+# --------------------------------------------------------------------------- the detector
+class MTCNN:
+    """MTCNN face detector (P-Net/R-Net/O-Net cascade) on TFLite.
+
+    Args:
+        min_face_size: smallest face side in pixels to look for (default 20, as in
+            facenet-pytorch). Larger values skip the biggest pyramid levels and are much faster.
+        thresholds: face-probability thresholds of P-Net, R-Net and O-Net (default
+            ``(0.6, 0.7, 0.7)``).
+        factor: scale step between pyramid levels (default 0.709).
+        num_threads: TFLite threads per network (default ``$EMOADAPT_THREADS`` or 1).
+
+    The interpreters are created here and reused (one per input shape, see the module
+    docstring). ``detect`` is thread-safe (a lock serialises calls on one instance).
+
+    Example:
+        >>> det = MTCNN()
+        >>> faces = det.detect(rgb_uint8_frame)
+        >>> faces.boxes, faces.scores, faces.landmarks
+    """
+
+    def __init__(
+        self,
+        min_face_size: float = 20,
+        thresholds: Sequence[float] = (0.6, 0.7, 0.7),
+        factor: float = 0.709,
+        num_threads: int | None = None,
+    ) -> None:
+        self.min_face_size = self._check_min_face(min_face_size)
+        th = tuple(float(t) for t in thresholds)
+        if len(th) != 3 or not all(0.0 <= t <= 1.0 for t in th):
+            raise InvalidInputError(f"thresholds must be three probabilities, got {thresholds!r}")
+        self.thresholds: tuple[float, float, float] = th  # type: ignore[assignment]
+        if not 0.0 < float(factor) < 1.0:
+            raise InvalidInputError(f"factor must be in (0, 1), got {factor!r}")
+        self.factor = float(factor)
+        threads = zoo.default_threads() if num_threads is None else int(num_threads)
+        if threads < 1:
+            raise InvalidInputError(f"num_threads must be >= 1, got {num_threads!r}")
+        self.num_threads = threads
+        # budgets in input elements: P-Net see _PIXEL_BUDGET; R-/O-Net all batch sizes <= 64
+        self._pnet = _Net("mtcnn_pnet", threads, cache_budget=3 * _PIXEL_BUDGET)
+        self._rnet = _Net("mtcnn_rnet", threads, cache_budget=128 * 24 * 24 * 3)
+        self._onet = _Net("mtcnn_onet", threads, cache_budget=128 * 48 * 48 * 3)
+        self._lock = threading.Lock()
+        self._levels = _BudgetLRU(3 * _PIXEL_BUDGET)
+        self._ii: np.ndarray | None = None
+
+    def _level(self, h: int, w: int, hs: int, ws: int, dtype: np.dtype) -> _PyramidLevel:
+        key = (h, w, hs, ws, np.dtype(dtype).num)
+        lvl = self._levels.get(key)
+        if lvl is None:
+            lvl = self._levels.put(key, _PyramidLevel(h, w, hs, ws, dtype), hs * (w + 1) * 3)
+        return lvl
+
+    @staticmethod
+    def _check_min_face(v: float) -> float:
+        try:
+            f = float(v)
+        except (TypeError, ValueError) as e:
+            raise InvalidInputError(f"min_face_size must be a number, got {v!r}") from e
+        if not math.isfinite(f) or f < 1:
+            raise InvalidInputError(f"min_face_size must be >= 1 pixel, got {v!r}")
+        return f
+
+    # -- input ----------------------------------------------------------------------------
+    @staticmethod
+    def _as_image(image: Any) -> np.ndarray:
+        if not isinstance(image, np.ndarray) and hasattr(image, "convert") and hasattr(image, "size"):
+            image = np.asarray(image.convert("RGB"))  # a PIL image (PIL is not imported here)
+        if not isinstance(image, np.ndarray):
+            raise InvalidInputError(f"image must be a numpy array (H, W, 3) uint8 RGB, got {type(image).__name__}")
+        if image.dtype != np.uint8:
+            raise InvalidInputError(f"image must be uint8, got {image.dtype}")
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise InvalidInputError(f"image must have shape (H, W, 3) (RGB), got {image.shape}")
+        if image.shape[0] < 1 or image.shape[1] < 1:
+            raise InvalidInputError(f"image is empty: shape {image.shape}")
+        return np.ascontiguousarray(image)
+
+    @staticmethod
+    def _roi(roi: Any, h: int, w: int) -> tuple[int, int, int, int]:
+        try:
+            x1, y1, x2, y2 = (int(math.floor(float(v))) for v in roi)
+        except (TypeError, ValueError) as e:
+            raise InvalidInputError(f"roi must be (x1, y1, x2, y2), got {roi!r}") from e
+        x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
+        if x2 <= x1 or y2 <= y1:
+            raise InvalidInputError(f"roi {tuple(roi)} does not overlap the {w}x{h} image")
+        return x1, y1, x2, y2
+
+    # -- public API -----------------------------------------------------------------------
+    def detect(self, image: np.ndarray, *, roi: Sequence[float] | None = None, min_face_size: float | None = None) -> Detections:
+        """Detect faces in one RGB ``uint8`` image ``(H, W, 3)`` (a PIL image is accepted too).
+
+        Args:
+            image: the frame.
+            roi: optional ``(x1, y1, x2, y2)`` pixel region; only that part of the image is
+                searched (boxes and landmarks are returned in full-image coordinates).
+            min_face_size: override the instance's ``min_face_size`` for this call.
+
+        Returns:
+            :class:`Detections`, sorted by score (highest first); empty when no face passes.
+
+        Raises:
+            InvalidInputError: not an ``(H, W, 3)`` uint8 array, or a bad ``roi``.
+        """
+        img = self._as_image(image)
+        mfs = self.min_face_size if min_face_size is None else self._check_min_face(min_face_size)
+        if roi is not None:
+            x1, y1, x2, y2 = self._roi(roi, img.shape[0], img.shape[1])
+            with self._lock:
+                det = self._detect(np.ascontiguousarray(img[y1:y2, x1:x2]), mfs)
+            return det.shifted(x1, y1) if len(det) else det
+        with self._lock:
+            return self._detect(img, mfs)
+
+    def detect_batch(self, images: Iterable[Any], **kw: Any) -> list[Detections]:
+        """:meth:`detect` on each image of a list / ``(B, H, W, 3)`` array / iterable."""
+        if isinstance(images, np.ndarray) and images.ndim != 4:
+            raise InvalidInputError(f"a batch array must be (B, H, W, 3), got shape {images.shape}")
+        return [self.detect(im, **kw) for im in images]
+
+    __call__ = detect
+
+    # -- the cascade ----------------------------------------------------------------------
+    def _scales(self, h: int, w: int, min_face_size: float) -> list[float]:
+        m = 12.0 / min_face_size
+        minl = min(h, w) * m
+        scales = []
+        s = m
+        while minl >= 12:
+            scales.append(s)
+            s = s * self.factor
+            minl = minl * self.factor
+        return scales
+
+    def _detect(self, img: np.ndarray, min_face_size: float) -> Detections:
+        h, w = img.shape[:2]
+        scales = self._scales(h, w, min_face_size)
+        if not scales:
+            return Detections.empty()
+        ii = self._ii = _integral(img, self._ii)
+        t0, t1, t2 = self.thresholds
+
+        # stage 1: P-Net over the pyramid
+        picked: list[np.ndarray] = []
+        for s in scales:
+            hs, ws = int(h * s + 1), int(w * s + 1)
+            x = self._level(h, w, hs, ws, ii.dtype)(ii)
+            out = self._pnet.run(x)
+            prob = out[2][0, :, :, 1]
+            ys, xs = np.nonzero(prob >= t0)
+            if ys.size == 0:
+                continue
+            reg = out[4][0, ys, xs]
+            bb = np.stack([xs, ys], 1).astype(_F32)
+            sc = _F32(s)
+            q1 = np.floor((2 * bb + 1) / sc)
+            q2 = np.floor((2 * bb + 12) / sc)
+            boxes = np.concatenate([q1, q2, prob[ys, xs][:, None], reg], 1).astype(_F32)
+            picked.append(boxes[_nms_union(boxes[:, :4], boxes[:, 4], 0.5)])
+        if not picked:
+            return Detections.empty()
+        boxes = np.concatenate(picked)
+        boxes = boxes[_nms_union(boxes[:, :4], boxes[:, 4], 0.7)]
+        regw = boxes[:, 2] - boxes[:, 0]
+        regh = boxes[:, 3] - boxes[:, 1]
+        b = np.stack([
+            boxes[:, 0] + boxes[:, 5] * regw,
+            boxes[:, 1] + boxes[:, 6] * regh,
+            boxes[:, 2] + boxes[:, 7] * regw,
+            boxes[:, 3] + boxes[:, 8] * regh,
+            boxes[:, 4],
+        ], 1)
+        b = _rerec(b)
+
+        # stage 2: R-Net on all candidates at once
+        b = self._refine(ii, b, w, h, 24, self._rnet, t1)
+        if b is None:
+            return Detections.empty()
+        boxes, out = b
+        keep = _nms_union(boxes[:, :4], boxes[:, 4], 0.7)
+        boxes = _rerec(_bbreg(boxes[keep], out[4][keep]))
+
+        # stage 3: O-Net, landmarks, final NMS ("Min")
+        b = self._refine(ii, boxes, w, h, 48, self._onet, t2)
+        if b is None:
+            return Detections.empty()
+        boxes, out = b
+        pts = out[10]
+        wi = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
+        hi = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
+        px = wi * pts[:, :5] + boxes[:, 0:1] - 1
+        py = hi * pts[:, 5:] + boxes[:, 1:2] - 1
+        points = np.stack([px, py], 2).astype(_F32)
+        boxes = _bbreg(boxes, out[4])
+        keep = _nms_min(boxes[:, :4], boxes[:, 4], 0.7)
+        boxes, points = boxes[keep], points[keep]
+        order = np.argsort(-boxes[:, 4], kind="stable")
+        boxes, points = boxes[order], points[order]
+        return Detections(np.ascontiguousarray(boxes[:, :4], _F32), np.ascontiguousarray(boxes[:, 4], _F32), np.ascontiguousarray(points))
+
+    def _refine(self, ii: np.ndarray, b: np.ndarray, w: int, h: int, size: int, net: _Net, thr: float):
+        """Crop + area-resize every box to ``size``, run ``net`` once over the batch, keep the
+        boxes with face probability > ``thr``; returns (boxes with new scores, outputs) or None."""
+        y0, x0, hh, ww, valid = _crop_windows(b, w, h)
+        if not valid.all():  # facenet-pytorch would skip these crops (and then misalign)
+            b, y0, x0, hh, ww = b[valid], y0[valid], x0[valid], hh[valid], ww[valid]
+        if b.shape[0] == 0:
+            return None
+        crops = _area_resize(ii, y0, x0, hh, ww, size, size)
+        out = net.run_batch(crops)
+        score = out[2][:, 1]
+        ok = score > thr
+        if not ok.any():
+            return None
+        boxes = np.concatenate([b[ok, :4], score[ok, None]], 1).astype(_F32)
+        return boxes, {k: v[ok] for k, v in out.items()}
