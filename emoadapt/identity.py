@@ -106,12 +106,13 @@ def _pyramid_down(img: np.ndarray) -> np.ndarray:
     h, w = img.shape[:2]
     if h <= 8 or w <= 8:
         return img[:0, :0]
-    im = img.astype(np.uint32)
-    c = 2 * np.arange((w - 3) // 2)
-    tmp = im[:, c] + 4 * im[:, c + 1] + 6 * im[:, c + 2] + 4 * im[:, c + 3] + im[:, c + 4]
-    r = 2 + 2 * np.arange((h - 3) // 2)
-    out = tmp[r - 2] + 4 * tmp[r - 1] + 6 * tmp[r] + 4 * tmp[r + 1] + tmp[r + 2]
-    return (out // 256).astype(np.uint8)
+    nh, nw = (h - 3) // 2, (w - 3) // 2
+    im = img.astype(np.uint16)  # 16 * 16 * 255 = 65280 fits: same integer sums as dlib
+    cols = [im[:, k : k + 2 * nw : 2] for k in range(5)]
+    tmp = cols[0] + 4 * cols[1] + 6 * cols[2] + 4 * cols[3] + cols[4]
+    rows = [tmp[k : k + 2 * nh : 2] for k in range(5)]
+    out = rows[0] + 4 * rows[1] + 6 * rows[2] + 4 * rows[3] + rows[4]
+    return (out >> 8).astype(np.uint8)
 
 
 def _bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -123,12 +124,16 @@ def _bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     out = np.zeros(x.shape + img.shape[2:], dtype=np.uint8)
     if not ok.any() or h < 2 or w < 2:
         return out
-    lc, tc = left[ok], top[ok]
-    fx, fy = (x[ok] - lc), (y[ok] - tc)
+    every = bool(ok.all())  # the usual case: skip the masked copies
+    lc, tc = (left, top) if every else (left[ok], top[ok])
+    fx, fy = ((x - lc), (y - tc)) if every else ((x[ok] - lc), (y[ok] - tc))
     if img.ndim == 3:
-        fx, fy = fx[:, None], fy[:, None]
-    im = img.astype(np.float64)
-    v = (1 - fy) * ((1 - fx) * im[tc, lc] + fx * im[tc, lc + 1]) + fy * ((1 - fx) * im[tc + 1, lc] + fx * im[tc + 1, lc + 1])
+        fx, fy = fx[..., None], fy[..., None]
+    p00, p01 = img[tc, lc].astype(np.float64), img[tc, lc + 1].astype(np.float64)
+    p10, p11 = img[tc + 1, lc].astype(np.float64), img[tc + 1, lc + 1].astype(np.float64)
+    v = (1 - fy) * ((1 - fx) * p00 + fx * p01) + fy * ((1 - fx) * p10 + fx * p11)
+    if every:
+        return np.clip(v, 0, 255).astype(np.uint8)
     out[ok] = np.clip(v, 0, 255).astype(np.uint8)
     return out
 
