@@ -1025,8 +1025,9 @@ class SelfAttentionHead(_TrainableHead):
         k = p["W_q"].shape[1]
         rk = 1.0 / math.sqrt(k)
         xf = x.reshape(-1, d)
-        q = (xf @ p["W_q"]).reshape(b, t, k)
-        kk = (xf @ p["W_k"]).reshape(b, t, k)
+        qk = xf @ np.concatenate([p["W_q"], p["W_k"]], axis=1)  # one GEMM for q and k
+        q = qk[:, :k].reshape(b, t, k)
+        kk = qk[:, k:].reshape(b, t, k)
         alpha = (q * kk).sum(axis=2) * rk * m  # (B, T)
         a_sum = alpha.sum(axis=1)
         den = a_sum + self.attn_eps * np.where(a_sum >= 0, 1.0, -1.0).astype(x.dtype)
@@ -1052,8 +1053,8 @@ class SelfAttentionHead(_TrainableHead):
         dq0 = dc.reshape(-1) @ kk.reshape(-1, k)
         dq = dalpha[:, :, None] * kk * rk
         dk = dalpha[:, :, None] * q * rk + dc[:, :, None] * p["q0"]
-        xf = x.reshape(-1, d)
-        return {"q0": dq0, "W_q": xf.T @ dq.reshape(-1, k), "W_k": xf.T @ dk.reshape(-1, k)}
+        dw = x.reshape(-1, d).T @ np.concatenate([dq, dk], axis=2).reshape(-1, 2 * k)
+        return {"q0": dq0, "W_q": dw[:, :k], "W_k": dw[:, k:]}
 
 
 class MeanProbabilityHead(_Head):
