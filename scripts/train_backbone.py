@@ -219,6 +219,9 @@ def train(args) -> int:
 
     d = load_fer()
     xtr, ytr = d["x_train"], d["y_train"].astype(np.int64)
+    if args.train_subset:  # for quick tests of the pipeline / resume
+        sub = np.sort(np.random.default_rng(args.seed).permutation(len(xtr))[: args.train_subset])
+        xtr, ytr = xtr[sub], ytr[sub]  # random: the arrays are ordered by class
     xva, yva = d["x_public_test"], d["y_public_test"].astype(np.int64)
     mean = float(xtr.mean() / 255.0)
     std = float(xtr.std() / 255.0)
@@ -262,10 +265,16 @@ def train(args) -> int:
     ls = args.label_smoothing
     ncls = len(CLASSES)
 
-    def train_step_fn(x, y, w):
+    logits_layer = core.get_layer("logits")
+
+    def train_step_fn(x, y, w, seed):
         yt = tf.one_hot(y, ncls) * (1.0 - ls) + ls / ncls
         with tf.GradientTape() as tape:
-            _, _, logits = core(x, training=True)
+            # dropout with a stateless seed (seed, epoch, step) instead of the Dropout layer's
+            # own RNG, so that a resumed run draws exactly the same masks
+            _, feats, _ = core(x, training=True)
+            feats = tf.nn.experimental.stateless_dropout(feats, args.dropout, seed) if args.dropout else feats
+            logits = logits_layer(feats)
             ce = tf.nn.softmax_cross_entropy_with_logits(yt, logits)
             loss = tf.reduce_sum(ce * w) / tf.cast(tf.shape(x)[0], tf.float32)
         grads = tape.gradient(loss, core.trainable_variables)
@@ -285,7 +294,7 @@ def train(args) -> int:
         def aug(i, batch):
             x, y, w = batch
             seed = tf.stack([tf.constant(args.seed * 100003 + epoch, tf.int64), i])
-            return augment(x, seed), y, w
+            return augment(x, seed), y, w, tf.stack([seed[0] + 7919, i])
 
         return ds.map(aug, num_parallel_calls=args.map_threads, deterministic=True).prefetch(2)
 
@@ -295,8 +304,8 @@ def train(args) -> int:
         t0 = None
         warm = 5
         for s in range(args.probe_steps + warm):
-            x, y, w = next(it)
-            loss, acc = train_step(x, y, w)
+            x, y, w, sd = next(it)
+            loss, acc = train_step(x, y, w, sd)
             if s == warm - 1:
                 _ = float(loss)
                 t0 = time.perf_counter()
@@ -318,15 +327,16 @@ def train(args) -> int:
     (wd / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     start = int(epoch_var.numpy())
-    for epoch in range(start, args.epochs):
+    stop_at = args.epochs if args.stop_after is None else min(args.epochs, start + args.stop_after)
+    for epoch in range(start, stop_at):
         if int(bad_var.numpy()) >= args.patience:
             log.info("early stop: no public-test improvement for %d epochs", args.patience)
             break
         t0 = time.perf_counter()
         lsum = asum = 0.0
         n = 0
-        for x, y, w in epoch_dataset(epoch):
-            loss, acc = train_step(x, y, w)
+        for x, y, w, sd in epoch_dataset(epoch):
+            loss, acc = train_step(x, y, w, sd)
             lsum += float(loss)
             asum += float(acc)
             n += 1
@@ -570,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--map-threads", type=int, default=1)
+    ap.add_argument("--train-subset", type=int, default=0, help="use a random subset of N training images (tests)")
+    ap.add_argument("--stop-after", type=int, default=None,
+                    help="stop after this many epochs in this invocation (simulates an interruption)")
     ap.add_argument("--jit", action="store_true", help="XLA-compile the train step")
     ap.add_argument("--workdir", default="/work/runs/backbone")
     ap.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
