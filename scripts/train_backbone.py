@@ -538,11 +538,16 @@ def export(args) -> int:
                        "note": "raw gray pixels 0..255, face aligned/cropped as FER2013; model normalizes "
                                "and centre-crops 44x44 internally; batch dimension is dynamic"},
             "outputs": {
-                "probs": {"shape": [None, len(CLASSES)], "name": odet[pi]["name"], "index": pi,
+                "probs": {"shape": [None, len(CLASSES)], "name": odet[pi]["name"], "output_position": pi,
+                          "tensor_index": int(odet[pi]["index"]),
                           "signature_key": "probs", "activation": "softmax"},
-                "features": {"shape": [None, FEAT_DIM], "name": odet[fi]["name"], "index": fi,
+                "features": {"shape": [None, FEAT_DIM], "name": odet[fi]["name"], "output_position": fi,
+                             "tensor_index": int(odet[fi]["index"]),
                              "signature_key": "features", "layer": "post-ReLU 256-d hidden layer before the classifier"},
-                "identify": "signature 'serving_default' output keys 'probs'/'features'; or in get_output_details() by last dim (7 = probs)",
+                "identify": "preferred: get_signature_runner('serving_default') output keys 'probs' / 'features'; "
+                            "raw interpreter: get_output_details() tensor names are generic "
+                            "(StatefulPartitionedCall:N), so pick by last dimension (7 = probs, 256 = features); "
+                            "output_position / tensor_index are recorded for this exact file",
             },
             "metrics": {"public_test_acc": m["public_test_acc"], "private_test_acc": m["private_test_acc"],
                         "public_test_acc_flip_tta": m["public_test_acc_flip_tta"],
