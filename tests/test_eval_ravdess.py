@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -106,7 +105,7 @@ def test_plots_written(runs):
     assert all((d / "plots" / n).read_bytes()[:4] == b"\x89PNG" for n in names)
 
 
-def test_table_printed(runs, capsys, data_dir):
+def test_table_printed(runs):
     table = ev.format_table(runs[0][0])
     assert "universal" in table and "personal" in table and "sklearn_lr" in table and "M=0" in table
 
