@@ -34,6 +34,10 @@ __all__ = [
     "FaceEmbedder",
     "chip_rect_from_similarity",
     "extract_chip",
+    "DEFAULT_THRESHOLD",
+    "IdentityMatcher",
+    "clip_embedding",
+    "normalize",
 ]
 
 log = logging.getLogger(__name__)
@@ -278,3 +282,60 @@ class FaceEmbedder:
         if len(lms) == 0:
             return np.zeros((0, DESCRIPTOR_DIM), dtype=np.float32)
         return self.embed(np.stack([self.chip(image, lm) for lm in lms]))
+
+
+# ------------------------------------------------------------------------------------ matcher
+
+#: Cosine-similarity threshold of :class:`IdentityMatcher` between a probe's clip embedding and
+#: a user's enrolment embeddings. Chosen from the genuine/impostor distributions measured on
+#: real faces by ``benchmarks/identity.py`` (see README, "Identity").
+DEFAULT_THRESHOLD = 0.92
+
+
+def normalize(e: np.ndarray) -> np.ndarray:
+    """L2-normalise descriptors along the last axis."""
+    e = np.asarray(e, dtype=np.float32)
+    return e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+
+
+def clip_embedding(descriptors: np.ndarray) -> np.ndarray:
+    """One identity embedding for a clip: the normalised mean of its normalised frame descriptors."""
+    d = np.asarray(descriptors, dtype=np.float32).reshape(-1, DESCRIPTOR_DIM)
+    if len(d) == 0:
+        raise InvalidInputError("no face descriptors to pool")
+    return normalize(normalize(d).mean(axis=0))
+
+
+class IdentityMatcher:
+    """Who is this? Cosine similarity of a clip embedding to each user's gallery.
+
+    A user's score is the highest cosine between the probe and any of the user's enrolment
+    embeddings (each one a clip embedding); the best user wins if the score reaches
+    ``threshold``, else the face is a stranger (``None``).
+
+    Args:
+        threshold: minimum cosine similarity for a match (default :data:`DEFAULT_THRESHOLD`).
+    """
+
+    def __init__(self, threshold: float = DEFAULT_THRESHOLD) -> None:
+        if not -1.0 <= threshold <= 1.0:
+            raise InvalidInputError(f"threshold must be a cosine in [-1, 1], got {threshold}")
+        self.threshold = float(threshold)
+
+    def scores(self, probe: np.ndarray, gallery: dict[str, np.ndarray]) -> dict[str, float]:
+        """Best cosine similarity of ``probe`` (128,) to each user's embeddings."""
+        p = normalize(np.asarray(probe, dtype=np.float32).reshape(DESCRIPTOR_DIM))
+        return {u: float(np.max(normalize(g.reshape(-1, DESCRIPTOR_DIM)) @ p)) for u, g in gallery.items() if len(g)}
+
+    def identify(self, probe: np.ndarray, gallery: dict[str, np.ndarray]) -> tuple[str | None, float]:
+        """``(user, score)`` of the best match, or ``(None, best score)`` below the threshold."""
+        s = self.scores(probe, gallery)
+        if not s:
+            return None, float("-inf")
+        user = max(s, key=s.__getitem__)
+        return (user if s[user] >= self.threshold else None), s[user]
+
+    def verify(self, probe: np.ndarray, embeddings: np.ndarray) -> tuple[bool, float]:
+        """Does ``probe`` match these enrolment ``embeddings``? ``(accepted, score)``."""
+        s = self.scores(probe, {"_": np.asarray(embeddings)}).get("_", float("-inf"))
+        return s >= self.threshold, s

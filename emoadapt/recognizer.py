@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .alignment import norm_crop
-from .errors import InvalidInputError
+from .errors import InvalidInputError, ModelIntegrityError
 from .features import Backbone
 from .video import Clip, Sampling, iter_frames
 
@@ -102,18 +102,30 @@ class Result:
 
 
 class Recognizer:
-    """Facial-emotion recognition for video clips, on the models shipped with the package.
+    """Facial-emotion recognition for video clips, personalised per user.
 
     Args:
         home: directory for user data (enrolments, corrections, personal heads). Default
             ``$EMOADAPT_HOME`` or a per-user data directory; created only when first needed.
         backbone: manifest name of the emotion backbone, or a :class:`Backbone` instance.
+        universal_head: the head used for strangers: a manifest name, a head object,
+            ``"mean_probability"`` (mean of the backbone's frame probabilities) or ``None``
+            for the manifest default.
+        personal_head: the trainable head personal heads are fine-tuned from (manifest name,
+            head object or ``None`` for the manifest default).
+        adapt_every: fine-tune a user's head automatically after this many new corrections
+            (0 disables; :meth:`adapt` always works).
+        identity_threshold: cosine similarity needed to recognise an enrolled user
+            (default :data:`emoadapt.identity.DEFAULT_THRESHOLD`).
+        identity_frames: at most this many frames of a face track are embedded for identity.
         min_face_size: smallest face (pixels) the detector looks for.
         min_face_score: detections below this confidence are ignored.
+        max_faces: at most this many faces per frame are analysed (the largest).
         num_threads: TFLite threads per model (default ``$EMOADAPT_THREADS`` or 1).
-        chunk: frames whose faces are batched through the backbone at once (bounds memory).
+        chunk: face crops batched through the backbone at once (bounds memory).
 
-    A Recognizer may be shared by threads: each model serialises its own invocations.
+    A Recognizer may be shared by threads: each model serialises its own invocations and the
+    store serialises its connection; several processes may share one ``home``.
     """
 
     def __init__(
@@ -121,51 +133,107 @@ class Recognizer:
         home: str | os.PathLike[str] | None = None,
         *,
         backbone: str | Backbone | None = None,
+        universal_head: str | Any | None = None,
+        personal_head: str | Any | None = None,
+        adapt_every: int = 5,
+        identity_threshold: float | None = None,
+        identity_frames: int = 8,
         min_face_size: int = 20,
         min_face_score: float = 0.9,
+        max_faces: int = 8,
         num_threads: int | None = None,
         chunk: int = 32,
     ) -> None:
         from .detection import MTCNN
+        from .identity import DEFAULT_THRESHOLD, IdentityMatcher
 
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.backbone = backbone if isinstance(backbone, Backbone) else Backbone(backbone, num_threads=num_threads)
         self.detector = MTCNN(min_face_size=min_face_size, num_threads=num_threads)
         if not 0.0 <= min_face_score <= 1.0:
             raise InvalidInputError("min_face_score must be within [0, 1]")
+        if not isinstance(adapt_every, int) or adapt_every < 0:
+            raise InvalidInputError("adapt_every must be an int >= 0")
         self.min_face_score = float(min_face_score)
+        self.max_faces = max(1, int(max_faces))
         self.chunk = max(1, int(chunk))
+        self.adapt_every = adapt_every
+        self.identity_frames = max(1, int(identity_frames))
+        self.matcher = IdentityMatcher(DEFAULT_THRESHOLD if identity_threshold is None else identity_threshold)
+        self.universal = _resolve_head(universal_head, "universal_head", self.backbone)
+        self._personal_spec = personal_head
+        self._personal_base: Any = None
+        self.model_version = f"{self.backbone.name}@{self.backbone.entry['sha256'][:12]}"
+        self._num_threads = num_threads
+        self._embedder: Any = None
+        self._store: Any = None
+        self._heads: dict[str, tuple[int, Any]] = {}
+        self._lock = threading.RLock()
 
+    # -- lazily created parts -----------------------------------------------------------------
     @property
     def classes(self) -> list[str]:
         """Labels of the universal model."""
-        return list(self.backbone.classes)
+        return [str(c) for c in self.universal.classes_]
+
+    @property
+    def personal_base(self) -> Any:
+        """The trainable universal head personal heads are fine-tuned from (loaded on first use)."""
+        with self._lock:
+            if self._personal_base is None:
+                self._personal_base = _resolve_head(self._personal_spec, "personal_head", self.backbone, trainable=True)
+            return self._personal_base
+
+    @property
+    def embedder(self) -> Any:
+        """The identity embedder (loaded on first use)."""
+        with self._lock:
+            if self._embedder is None:
+                from .identity import FaceEmbedder
+
+                self._embedder = FaceEmbedder(num_threads=self._num_threads)
+            return self._embedder
+
+    @property
+    def store(self) -> Any:
+        """The feedback store under ``home`` (opened, and created, on first use)."""
+        with self._lock:
+            if self._store is None:
+                from .store import Store
+
+                self._store = Store(self.home)
+            return self._store
+
+    def _gallery(self) -> dict[str, np.ndarray]:
+        """Enrolment embeddings per user; empty (and nothing created) when no store exists yet."""
+        if self._store is None and not (self.home / "store.sqlite3").exists():
+            return {}
+        return self.store.embeddings()
+
+    def close(self) -> None:
+        """Close the store (models need no closing)."""
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    def __enter__(self) -> Recognizer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     # -- per-frame analysis -----------------------------------------------------------------
-    def _pick_face(self, det: Any) -> int | None:
-        """Index of the main face: the largest among confident detections (ties: score)."""
+    def _faces(self, det: Any) -> np.ndarray:
+        """Indices of confident detections, largest first (at most ``max_faces``)."""
         if len(det) == 0:
-            return None
+            return np.zeros(0, dtype=np.int64)
         ok = np.flatnonzero(det.scores >= self.min_face_score)
         if ok.size == 0:
-            return None
+            return ok
         b = det.boxes[ok]
         area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-        return int(ok[np.lexsort((-det.scores[ok], -area))[0]])
-
-    def iter_faces(self, clip: Clip, *, color: str = "rgb", sampling: Sampling | None = None) -> Iterator[tuple[int, int, Any, np.ndarray]]:
-        """Yield ``(frame_count_so_far, frame_index, detection_of_main_face, aligned_crop)``;
-        frames without a face yield ``(count, index, None, None)``."""
-        size = self.backbone.input_size
-        gray = self.backbone.channels == 1
-        for n, fr in enumerate(iter_frames(clip, color=color, sampling=sampling), 1):
-            det = self.detector.detect(fr.image)
-            k = self._pick_face(det)
-            if k is None:
-                yield n, fr.index, None, None
-                continue
-            crop = norm_crop(fr.image, det.landmarks[k], size, self.backbone.template, gray=gray)
-            yield n, fr.index, (det.boxes[k], float(det.scores[k]), det.landmarks[k]), crop
+        return ok[np.lexsort((-det.scores[ok], -area))][: self.max_faces]
 
     def faces_in(self, image: np.ndarray, *, color: str = "rgb") -> list[FrameResult]:
         """Every confident face of one frame with its frame-level probabilities (index 0)."""
@@ -173,8 +241,8 @@ class Recognizer:
 
         img = as_rgb_frame(image, color)
         det = self.detector.detect(img)
-        keep = [i for i in range(len(det)) if det.scores[i] >= self.min_face_score]
-        if not keep:
+        keep = self._faces(det)
+        if keep.size == 0:
             return []
         size, gray = self.backbone.input_size, self.backbone.channels == 1
         crops = np.stack([norm_crop(img, det.landmarks[i], size, self.backbone.template, gray=gray) for i in keep])
@@ -185,55 +253,108 @@ class Recognizer:
             for j, i in enumerate(keep)
         ]
 
-    def analyze(self, clip: Clip, *, color: str = "rgb", fps: float | None = None, max_frames: int | None = None, step: int = 1, progress: bool = False) -> Result:
-        """Run detection, alignment and the backbone on every sampled frame (no clip head)."""
-        sampling = Sampling(fps=fps, max_frames=max_frames, step=step)
-        dets: list[tuple[int, Any]] = []
+    def _scan(self, clip: Clip, *, color: str, sampling: Sampling, identity: bool, progress: bool) -> _Scan:
+        """Detect, track, align and embed every face of every sampled frame."""
+        size, gray = self.backbone.input_size, self.backbone.channels == 1
+        scan = _Scan()
+        tracker = _OnlineTracker()
         crops: list[np.ndarray] = []
-        probs: list[np.ndarray] = []
-        feats: list[np.ndarray] = []
-        frames = 0
-        bar = _progress(progress, max_frames)
+        bar = _progress(progress, sampling.max_frames)
         try:
-            for n, index, det, crop in self.iter_faces(clip, color=color, sampling=sampling):
-                frames = n
+            for fr in iter_frames(clip, color=color, sampling=sampling):
+                scan.frames += 1
                 if bar is not None:
                     bar.update(1)
-                if det is None:
+                det = self.detector.detect(fr.image)
+                keep = self._faces(det)
+                if keep.size == 0:
                     continue
-                dets.append((index, det))
-                crops.append(crop)
+                tids = tracker.update(fr.index, det.boxes[keep])
+                for k, tid in zip(keep, tids):
+                    j = len(scan.faces)
+                    scan.faces.append(_Face(fr.index, det.boxes[k].copy(), float(det.scores[k]), det.landmarks[k].copy(), tid))
+                    crops.append(norm_crop(fr.image, det.landmarks[k], size, self.backbone.template, gray=gray))
+                    n_id = scan.identity_count.get(tid, 0)
+                    seen = tracker.length(tid)
+                    if identity and n_id < self.identity_frames and (seen - 1) % _IDENTITY_STRIDE == 0:
+                        scan.identity[j] = self.embedder.embed_faces(fr.image, det.landmarks[k][None])[0]
+                        scan.identity_count[tid] = n_id + 1
                 if len(crops) >= self.chunk:
-                    p, f = self.backbone.infer(np.stack(crops))
-                    probs.append(p)
-                    feats.append(f)
+                    scan.add_outputs(*self.backbone.infer(np.stack(crops)))
                     crops = []
         finally:
             if bar is not None:
                 bar.close()
         if crops:
-            p, f = self.backbone.infer(np.stack(crops))
-            probs.append(p)
-            feats.append(f)
-        classes = self.backbone.classes
-        P = np.concatenate(probs) if probs else np.zeros((0, len(classes)), np.float32)
-        F = np.concatenate(feats) if feats else np.zeros((0, self.backbone.dim), np.float32)
-        timeline = [
-            FrameResult(index=i, box=tuple(float(v) for v in d[0]), score=d[1],
-                        probabilities=dict(zip(classes, map(float, P[j]))), landmarks=np.asarray(d[2]))
-            for j, (i, d) in enumerate(dets)
-        ]
-        return Result(label=None, probabilities={}, frames=frames, faces=len(dets), timeline=timeline, features=F, frame_probabilities=P)
+            scan.add_outputs(*self.backbone.infer(np.stack(crops)))
+        return scan
+
+    def analyze(self, clip: Clip, *, color: str = "rgb", fps: float | None = None, max_frames: int | None = None, step: int = 1, progress: bool = False) -> Result:
+        """Run detection, alignment and the backbone on every sampled frame of the main face
+        track (no clip head, no identity): ``features`` and ``frame_probabilities`` filled."""
+        scan = self._scan(clip, color=color, sampling=Sampling(fps=fps, max_frames=max_frames, step=step), identity=False, progress=progress)
+        tracks = scan.tracks()
+        return self._track_result(scan, tracks[0] if tracks else [])
 
     def frame_features(self, clip: Clip, **kw: Any) -> np.ndarray:
-        """Per-frame backbone features (faces, D) of a clip: what the clip heads consume."""
+        """Per-frame backbone features (faces, D) of the main face of a clip: what heads consume."""
         res = self.analyze(clip, **kw)
         assert res.features is not None
         return res.features
 
+    def _track_result(self, scan: _Scan, idx: list[int]) -> Result:
+        classes = self.backbone.classes
+        P, F = scan.outputs()
+        P = P[idx] if idx else np.zeros((0, len(classes)), np.float32)
+        F = F[idx] if idx else np.zeros((0, self.backbone.dim), np.float32)
+        timeline = [
+            FrameResult(index=scan.faces[j].index, box=tuple(float(v) for v in scan.faces[j].box), score=scan.faces[j].score,
+                        probabilities=dict(zip(classes, map(float, P[n]))), landmarks=scan.faces[j].landmarks)
+            for n, j in enumerate(idx)
+        ]
+        return Result(label=None, probabilities={}, frames=scan.frames, faces=len(idx), timeline=timeline, features=F, frame_probabilities=P)
+
+    # -- heads ----------------------------------------------------------------------------------
+    def _personal_head(self, user: str) -> Any | None:
+        from .adaptation import load_personal_head
+
+        versions = [h.version for h in self.store.head_versions(user) if h.status == "active"]
+        if not versions:
+            return None
+        with self._lock:
+            cached = self._heads.get(user)
+            if cached is not None and cached[0] == versions[0]:
+                return cached[1]
+        head = load_personal_head(self.store, user)
+        if head is not None and getattr(head, "n_features_in_", None) != self.backbone.dim:
+            log.warning("personal head of %s was trained on another backbone: using the universal head", user)
+            head = None
+        with self._lock:
+            self._heads[user] = (versions[0], head)
+        return head
+
+    def _classify(self, res: Result, user: str | None) -> None:
+        assert res.features is not None and res.frame_probabilities is not None
+        head = self._personal_head(user) if user is not None else None
+        if head is None:
+            head = self.universal
+            x = res.frame_probabilities if _on_probabilities(head) else res.features
+        else:
+            x = res.features
+        p = np.asarray(head.predict_proba([x]))[0].astype(np.float64)
+        p = p / p.sum()
+        labels = [str(c) for c in head.classes_]
+        res.probabilities = dict(zip(labels, map(float, p)))
+        res.label = labels[int(np.argmax(p))]
+
     # -- prediction -----------------------------------------------------------------------
     def predict(self, clip: Clip, *, color: str = "rgb", fps: float | None = None, max_frames: int | None = None, step: int = 1, progress: bool = False) -> Result:
-        """Emotion of the face in ``clip``.
+        """Emotion of the face(s) in ``clip``.
+
+        Faces are tracked across frames; each track is pooled into one prediction and, when
+        its face matches an enrolled user, classified by that user's personal head. The
+        returned result is the main track's (the longest; ties: the largest face) with all
+        tracks in ``tracks``.
 
         Args:
             clip: a video/image path, an RGB uint8 array (H,W,3) or (T,H,W,3), or an iterable
@@ -244,16 +365,243 @@ class Recognizer:
             step: keep every ``step``-th frame.
             progress: show a progress bar on stderr.
         """
-        res = self.analyze(clip, color=color, fps=fps, max_frames=max_frames, step=step, progress=progress)
-        if res.faces == 0:
-            log.info("no face found in %d frames", res.frames)
-            return res
-        assert res.frame_probabilities is not None
-        p = res.frame_probabilities.mean(0)
-        p = p / p.sum()
-        res.probabilities = dict(zip(self.backbone.classes, map(float, p)))
-        res.label = self.backbone.classes[int(np.argmax(p))]
-        return res
+        gallery = self._gallery()
+        scan = self._scan(clip, color=color, sampling=Sampling(fps=fps, max_frames=max_frames, step=step), identity=bool(gallery), progress=progress)
+        tracks = scan.tracks(self.matcher.threshold if gallery else None)
+        if not tracks:
+            log.info("no face found in %d frames", scan.frames)
+            return Result(label=None, probabilities={}, frames=scan.frames, faces=0)
+        results = []
+        for idx in tracks:
+            r = self._track_result(scan, idx)
+            emb = scan.track_embedding(idx)
+            if emb is not None:
+                r.user, _ = self.matcher.identify(emb, gallery)
+            self._classify(r, r.user)
+            results.append(r)
+        main = results[0]
+        main.tracks = results
+        return main
+
+    # -- personalisation --------------------------------------------------------------------
+    def _identify_clip(self, clip: Clip, kw: dict[str, Any]) -> tuple[Result, np.ndarray]:
+        sampling = Sampling(fps=kw.pop("fps", None), max_frames=kw.pop("max_frames", None), step=kw.pop("step", 1))
+        scan = self._scan(clip, color=kw.pop("color", "rgb"), sampling=sampling, identity=True, progress=kw.pop("progress", False))
+        if kw:
+            raise InvalidInputError(f"unexpected arguments: {sorted(kw)}")
+        tracks = scan.tracks(self.matcher.threshold)
+        if not tracks:
+            raise InvalidInputError(f"no face found in the clip ({scan.frames} frames): nothing to learn from")
+        emb = scan.track_embedding(tracks[0])
+        assert emb is not None
+        return self._track_result(scan, tracks[0]), emb
+
+    def enroll(self, user: str, clips: Clip | list[Clip], **kw: Any) -> int:
+        """Register ``user``'s face from a clip, an image, or a list of clips/images.
+
+        Each clip or image adds one embedding (its main face) to the user's gallery; returns
+        the number added. Keyword arguments: ``color``, ``fps``, ``max_frames``, ``step``.
+        """
+        from .store import normalize_label  # noqa: F401 - validates early via Store
+
+        items = clips if isinstance(clips, (list, tuple)) else [clips]
+        if not items:
+            raise InvalidInputError("nothing to enrol: give a clip, an image or a list of them")
+        embs = [self._identify_clip(c, dict(kw))[1] for c in items]
+        self.store.add_user(user)
+        return int(self.store.add_embeddings(user, np.stack(embs), source="enrol"))
+
+    def correct(self, clip: Clip, label: str, user: str | None = None, *, force: bool = False, **kw: Any) -> int:
+        """Record that the emotion in ``clip`` is ``label`` (a correction); returns its id.
+
+        ``user=None``: the user is recognised from the face (UnknownUserError when nobody
+        enrolled matches). A ``user`` who is not enrolled yet is enrolled from this clip. A
+        ``user`` whose enrolled face does not match the clip's face raises
+        IdentityMismatchError unless ``force=True``. After every ``adapt_every`` new
+        corrections the user's head is fine-tuned (:meth:`adapt`). Only features are stored,
+        never pixels.
+        """
+        from .errors import IdentityMismatchError, UnknownUserError
+        from .store import normalize_label
+
+        label = normalize_label(label)
+        res, emb = self._identify_clip(clip, dict(kw))
+        gallery = self._gallery()
+        if user is None:
+            user, score = self.matcher.identify(emb, gallery)
+            if user is None:
+                raise UnknownUserError(f"the face in the clip matches no enrolled user (best similarity {score:.3f}); pass user= to enrol it")
+        elif user not in gallery:
+            self.store.add_user(user)
+            self.store.add_embeddings(user, emb[None], source="correct")
+            log.info("enrolled %s from a corrected clip", user)
+        else:
+            ok, score = self.matcher.verify(emb, gallery[user])
+            if not ok and not force:
+                raise IdentityMismatchError(
+                    f"the face in the clip does not match {user!r} (similarity {score:.3f} < {self.matcher.threshold:.3f}); pass force=True to record it anyway"
+                )
+        assert res.features is not None
+        cid = int(self.store.add_correction(user, label, res.features, res.features.mean(axis=0), self.model_version))
+        if self.adapt_every and self.store.count_since_last_head(user) >= self.adapt_every:
+            self.adapt(user)
+        return cid
+
+    def adapt(self, user: str, **kw: Any) -> Any:
+        """Fine-tune ``user``'s personal head on their corrections now; returns an
+        :class:`~emoadapt.adaptation.AdaptReport` (held-out accuracy before/after, whether the
+        new head was kept). Keyword arguments go to :func:`emoadapt.adaptation.adapt_user`."""
+        from .adaptation import adapt_user
+        from .errors import UnknownUserError
+
+        if not self.store.has_user(user):
+            raise UnknownUserError(f"unknown user {user!r}")
+        return adapt_user(self.store, self.personal_base, user, model_version=self.model_version, **kw)
+
+    def users(self) -> list[str]:
+        """Enrolled users."""
+        if self._store is None and not (self.home / "store.sqlite3").exists():
+            return []
+        return list(self.store.users())
+
+    def forget(self, user: str) -> Any:
+        """Delete every trace of ``user``: profile, embeddings, corrections and heads."""
+        with self._lock:
+            self._heads.pop(user, None)
+        return self.store.forget(user)
+
+    def corrections(self, user: str) -> list[dict[str, Any]]:
+        """The user's stored corrections: id, label, time, model version (never pixels)."""
+        from .errors import UnknownUserError
+
+        if not self.store.has_user(user):
+            raise UnknownUserError(f"unknown user {user!r}")
+        return [{"id": r.id, "label": r.label, "time": r.created, "model_version": r.model_version, "frames": r.n_frames} for r in self.store.corrections(user)]
+
+
+_IDENTITY_STRIDE = 5  # embed every 5th frame of a track for identity (up to identity_frames)
+
+
+@dataclass
+class _Face:
+    index: int
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray
+    track: int
+
+
+@dataclass
+class _Scan:
+    frames: int = 0
+    faces: list[_Face] = field(default_factory=list)
+    identity: dict[int, np.ndarray] = field(default_factory=dict)
+    identity_count: dict[int, int] = field(default_factory=dict)
+    _probs: list[np.ndarray] = field(default_factory=list)
+    _feats: list[np.ndarray] = field(default_factory=list)
+
+    def add_outputs(self, p: np.ndarray, f: np.ndarray) -> None:
+        self._probs.append(p)
+        self._feats.append(f)
+
+    def outputs(self) -> tuple[np.ndarray, np.ndarray]:
+        if len(self._probs) > 1:
+            self._probs = [np.concatenate(self._probs)]
+            self._feats = [np.concatenate(self._feats)]
+        return (self._probs[0], self._feats[0]) if self._probs else (np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32))
+
+    def track_embedding(self, idx: list[int]) -> np.ndarray | None:
+        from .identity import clip_embedding
+
+        e = [self.identity[j] for j in idx if j in self.identity]
+        return clip_embedding(np.stack(e)) if e else None
+
+    def tracks(self, merge_threshold: float | None = None) -> list[list[int]]:
+        """Face indices per track, longest first; short spurious tracks dropped; tracks of
+        the same identity that never overlap in time merged."""
+        from .tracking import merge_tracks
+
+        by_track: dict[int, list[int]] = {}
+        for j, f in enumerate(self.faces):
+            by_track.setdefault(f.track, []).append(j)
+        groups = [[(self.faces[j].index, j) for j in v] for v in by_track.values()]
+        if merge_threshold is not None and len(groups) > 1:
+            groups = merge_tracks(groups, [self.track_embedding([j for _, j in g]) for g in groups], merge_threshold)
+        if not groups:
+            return []
+        longest = max(len(g) for g in groups)
+        keep = [g for g in groups if len(g) >= min(3, longest)]
+
+        def size(g: list[tuple[int, int]]) -> float:
+            b = np.stack([self.faces[j].box for _, j in g])
+            return float(np.mean((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])))
+
+        keep.sort(key=lambda g: (-len(g), -size(g)))
+        return [[j for _, j in sorted(g)] for g in keep]
+
+
+class _OnlineTracker:
+    """Frame-by-frame IoU association (see :func:`emoadapt.tracking.track_boxes`)."""
+
+    def __init__(self, iou_threshold: float = 0.3, max_gap: int = 15) -> None:
+        self.iou_threshold, self.max_gap = iou_threshold, max_gap
+        self._open: dict[int, tuple[np.ndarray, int]] = {}
+        self._len: dict[int, int] = {}
+        self._next = 0
+
+    def length(self, tid: int) -> int:
+        return self._len[tid]
+
+    def update(self, index: int, boxes: np.ndarray) -> list[int]:
+        from .tracking import iou_matrix
+
+        self._open = {t: v for t, v in self._open.items() if index - v[1] <= self.max_gap}
+        out = [-1] * len(boxes)
+        if self._open and len(boxes):
+            tids = list(self._open)
+            ious = iou_matrix(np.stack([self._open[t][0] for t in tids]), boxes)
+            used: set[int] = set()
+            for flat in np.argsort(-ious, axis=None):
+                ti, di = divmod(int(flat), ious.shape[1])
+                if ious[ti, di] < self.iou_threshold:
+                    break
+                if tids[ti] in used or out[di] != -1:
+                    continue
+                used.add(tids[ti])
+                out[di] = tids[ti]
+        for di, b in enumerate(boxes):
+            if out[di] == -1:
+                out[di] = self._next
+                self._next += 1
+            self._open[out[di]] = (np.asarray(b), index)
+            self._len[out[di]] = self._len.get(out[di], 0) + 1
+        return out
+
+
+def _on_probabilities(head: Any) -> bool:
+    from .heads import MeanProbabilityHead
+
+    return isinstance(head, MeanProbabilityHead)
+
+
+def _resolve_head(spec: Any, default_key: str, backbone: Backbone, *, trainable: bool = False) -> Any:
+    """A head object from a manifest name / object / 'mean_probability' / None (manifest default)."""
+    from . import zoo
+    from .heads import MeanProbabilityHead, load_head
+
+    if spec is not None and not isinstance(spec, str):
+        return spec
+    name = spec or zoo.manifest().get("defaults", {}).get(default_key)
+    if trainable and (name is None or name == "mean_probability"):
+        name = zoo.manifest().get("defaults", {}).get("personal_head")
+    if name is None or name == "mean_probability":
+        if trainable:
+            raise ModelIntegrityError("no trainable universal head in the manifest for personal heads")
+        return MeanProbabilityHead(classes=list(backbone.classes))
+    entry = zoo.model_entry(name)
+    if entry.get("backbone") not in (None, backbone.name):
+        raise ModelIntegrityError(f"head {name!r} was trained on backbone {entry.get('backbone')!r}, not {backbone.name!r}")
+    return load_head(zoo.model_path(name))
 
 
 def _progress(enabled: bool, total: int | None):
