@@ -3,6 +3,9 @@
     emoadapt predict clip.mp4 other.avi          # one line per clip
     emoadapt predict --json clips/*.mp4          # machine-readable
     emoadapt annotate clip.mp4 -o annotated.mp4  # boxes and labels drawn on every frame
+    emoadapt enroll alice alice1.mp4 alice.jpg   # register a face
+    emoadapt correct clip.mp4 surprise           # feedback (user recognised by face)
+    emoadapt adapt alice; emoadapt users; emoadapt forget alice
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 
 
-def _recognizer(args: argparse.Namespace):
+def _recognizer(args: argparse.Namespace, **kw: Any):
     from .recognizer import Recognizer
 
-    return Recognizer(home=args.home, backbone=args.backbone)
+    return Recognizer(home=args.home, backbone=args.backbone, **kw)
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
@@ -114,6 +117,48 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_enroll(args: argparse.Namespace) -> int:
+    rec = _recognizer(args)
+    n = rec.enroll(args.user, [Path(c) for c in args.clips], **_sampling(args))
+    print(f"enrolled {args.user}: {n} face embedding(s) added")
+    return 0
+
+
+def cmd_correct(args: argparse.Namespace) -> int:
+    rec = _recognizer(args, adapt_every=args.adapt_every)
+    cid = rec.correct(args.clip, args.label, user=args.user, force=args.force, **_sampling(args))
+    print(f"correction {cid} recorded")
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    rep = _recognizer(args).adapt(args.user)
+    if args.json:
+        json.dump(rep.to_dict(), sys.stdout, indent=2)
+        print()
+    else:
+        state = f"head v{rep.version} active" if rep.version else "universal head in use"
+        acc = ""
+        if rep.held_out_accuracy_after is not None:
+            acc = f"; held-out accuracy {rep.held_out_accuracy_before:.2f} -> {rep.held_out_accuracy_after:.2f}"
+        print(f"{args.user}: {'adapted' if rep.accepted else 'kept the current head'} ({rep.reason}); {rep.n_corrections} corrections{acc}; {state}; {rep.seconds:.2f}s")
+    return 0
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    rec = _recognizer(args)
+    for u in rec.users():
+        n = len(rec.corrections(u))
+        print(f"{u}\t{n} corrections")
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    rep = _recognizer(args).forget(args.user)
+    print(f"forgot {args.user}: {rep.corrections} corrections, {rep.embeddings} embeddings, {rep.heads} heads removed")
+    return 0
+
+
 def draw_face(img, box, label: str, prob: float) -> None:
     """Draw a coloured box and the emotion's name on a BGR image in place."""
     import cv2
@@ -155,6 +200,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fourcc", default="mp4v", help="video codec (default mp4v)")
     sampling(p)
     p.set_defaults(func=cmd_annotate)
+
+    p = sub.add_parser("enroll", help="register a user's face from clips or photos")
+    p.add_argument("user")
+    p.add_argument("clips", nargs="+")
+    sampling(p)
+    p.set_defaults(func=cmd_enroll)
+
+    p = sub.add_parser("correct", help="record the true emotion of a clip (personalization feedback)")
+    p.add_argument("clip")
+    p.add_argument("label")
+    p.add_argument("--user", help="whose correction (default: recognised from the face)")
+    p.add_argument("--force", action="store_true", help="record it even if the face does not match --user")
+    p.add_argument("--adapt-every", type=int, default=5, help="fine-tune after this many new corrections (0: never)")
+    sampling(p)
+    p.set_defaults(func=cmd_correct)
+
+    p = sub.add_parser("adapt", help="fine-tune a user's personal head now")
+    p.add_argument("user")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser("users", help="list enrolled users")
+    p.set_defaults(func=cmd_users)
+
+    p = sub.add_parser("forget", help="delete every trace of a user")
+    p.add_argument("user")
+    p.set_defaults(func=cmd_forget)
     return ap
 
 

@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Personalization on real faces: does a user's personal head beat the universal model?
+
+Two experiments, both through the library's own API (``Recognizer.correct`` / ``adapt`` /
+``predict`` or the same fine-tuning on backbone features of real face images):
+
+* **CK+** (``ckplus48.npz``): every subject with 4+ emotions. A sequence (3 near-identical
+  apex frames) is one clip. Inside each subject the sequences are shuffled (seeded) and split
+  in half by sequence, stratified by emotion where possible: the personal head is fine-tuned
+  on one half (labels as the user would correct them, ``contempt`` included although the
+  universal model does not know it) and both heads are scored on the other half.
+* **CREMA-D** (the six clips of actor 1001): each clip is cut in two halves by time; the
+  user corrects the first halves (``Recognizer.correct``), the head is adapted
+  (``Recognizer.adapt``) and the second halves are predicted with ``Recognizer.predict``
+  (the actor is recognised by face and routed to their head) and compared with a stranger's
+  universal prediction.
+
+    python scripts/eval_personalization.py [--seeds 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+CK_TO_OURS = {"anger": "angry", "disgust": "disgust", "fear": "fear", "happy": "happy", "sadness": "sad", "surprise": "surprise", "contempt": "contempt"}
+CREMA = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
+
+log = logging.getLogger("eval_personalization")
+
+
+def split_sequences(seqs: list[str], labels: list[str], rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """Half of each emotion's sequences for adaptation (at least one when it has 2+), rest test."""
+    adapt, test = [], []
+    for lab in sorted(set(labels)):
+        idx = [i for i, l in enumerate(labels) if l == lab]
+        rng.shuffle(idx)
+        k = len(idx) // 2 if len(idx) > 1 else 0
+        adapt += idx[:k]
+        test += idx[k:]
+    return sorted(adapt), sorted(test)
+
+
+def ckplus(rec, seeds: int) -> dict:
+    from emoadapt.adaptation import fine_tune
+
+    d = np.load(DATA / "ckplus48.npz", allow_pickle=False)
+    classes = [str(c) for c in d["classes"]]
+    y = np.array([CK_TO_OURS[classes[i]] for i in d["y"]])
+    subj, seq = d["subject"].astype(str), d["sequence"].astype(str)
+    probs, feats = rec.backbone.infer(d["x"])
+    keys = sorted({(s, q) for s, q in zip(subj, seq)})
+    clip_idx = {k: np.flatnonzero((subj == k[0]) & (seq == k[1])) for k in keys}
+    per_subject: dict[str, list[tuple[str, str]]] = {}
+    for k in keys:
+        per_subject.setdefault(k[0], []).append(k)
+    subjects = [s for s, ks in per_subject.items() if len({y[clip_idx[k][0]] for k in ks}) >= 4]
+    uni_acc, per_acc, n_test, rows = [], [], 0, {}
+    uni_on_p = type(rec.universal).__name__ == "MeanProbabilityHead"
+    for s in subjects:
+        ks = per_subject[s]
+        labels = [str(y[clip_idx[k][0]]) for k in ks]
+        clips_f = [feats[clip_idx[k]] for k in ks]
+        clips_p = [probs[clip_idx[k]] for k in ks]
+        su, sp = [], []
+        for seed in range(seeds):
+            a, t = split_sequences([k[1] for k in ks], labels, np.random.default_rng(seed))
+            if not a or not t:
+                continue
+            head = fine_tune(rec.personal_base, [clips_f[i] for i in a], [labels[i] for i in a], seed=seed)
+            truth = np.array([labels[i] for i in t])
+            u = np.asarray(rec.universal.predict([(clips_p if uni_on_p else clips_f)[i] for i in t])).astype(str)
+            p = np.asarray(head.predict([clips_f[i] for i in t])).astype(str)
+            su.append(float((u == truth).mean()))
+            sp.append(float((p == truth).mean()))
+            n_test += len(t)
+        if su:
+            rows[s] = {"universal": float(np.mean(su)), "personal": float(np.mean(sp)), "sequences": len(ks), "emotions": len(set(labels))}
+            uni_acc.append(np.mean(su))
+            per_acc.append(np.mean(sp))
+    return {"subjects": len(rows), "universal_mean": float(np.mean(uni_acc)), "personal_mean": float(np.mean(per_acc)),
+            "improved_subjects": int(sum(r["personal"] > r["universal"] for r in rows.values())),
+            "worse_subjects": int(sum(r["personal"] < r["universal"] for r in rows.values())), "per_subject": rows, "seeds": seeds}
+
+
+def cremad(rec_factory) -> dict:
+    from emoadapt.video import iter_frames
+
+    clips = sorted((DATA / "clips" / "cremad").glob("*.flv"))
+    halves = {}
+    for c in clips:
+        frames = np.stack([f.image for f in iter_frames(c)])
+        h = len(frames) // 2
+        halves[CREMA[c.stem.split("_")[2]]] = (frames[:h], frames[h:])
+    with tempfile.TemporaryDirectory() as home:
+        rec = rec_factory(home)
+        stranger = {lab: rec.predict(second).label for lab, (_, second) in halves.items()}
+        t0 = time.perf_counter()
+        for lab, (first, _) in halves.items():
+            rec.correct(first, lab, user="actor1001")
+        report = rec.adapt("actor1001")
+        t_adapt = time.perf_counter() - t0
+        personal = {}
+        routed = {}
+        for lab, (_, second) in halves.items():
+            r = rec.predict(second)
+            personal[lab], routed[lab] = r.label, r.user
+    truth = list(halves)
+    return {
+        "universal_accuracy": float(np.mean([stranger[k] == k for k in truth])),
+        "personal_accuracy": float(np.mean([personal[k] == k for k in truth])),
+        "universal_labels": stranger, "personal_labels": personal, "routed_to": routed,
+        "adapt_report": report.to_dict(), "correct_and_adapt_seconds": t_adapt,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--backbone")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import emoadapt
+
+    def factory(home):
+        return emoadapt.Recognizer(home=home, backbone=args.backbone, adapt_every=0)
+
+    with tempfile.TemporaryDirectory() as h:
+        rec = factory(h)
+        ck = ckplus(rec, args.seeds)
+    print(f"CK+ ({ck['subjects']} subjects with 4+ emotions, split by sequence, {args.seeds} seeds; backbone {rec.backbone.name}, "
+          f"universal {type(rec.universal).__name__}, personal from {type(rec.personal_base).__name__})")
+    print(f"  universal accuracy {ck['universal_mean']:.3f}   personal accuracy {ck['personal_mean']:.3f}   "
+          f"subjects improved {ck['improved_subjects']}, worse {ck['worse_subjects']}")
+    cr = cremad(factory)
+    print("CREMA-D actor 1001 (corrected on first halves, predicted on second halves through Recognizer.predict)")
+    print(f"  universal accuracy {cr['universal_accuracy']:.3f}   personal accuracy {cr['personal_accuracy']:.3f}   routed to {sorted(set(cr['routed_to'].values()), key=str)}")
+    for k in cr["universal_labels"]:
+        print(f"    {k:8s} universal {cr['universal_labels'][k]:8s} personal {cr['personal_labels'][k]}")
+    out = {"ckplus": ck, "cremad": cr}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2, default=str))
+    print(f"ckplus_personal_gain={ck['personal_mean'] - ck['universal_mean']:.3f} cremad_personal_gain={cr['personal_accuracy'] - cr['universal_accuracy']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
