@@ -446,7 +446,7 @@ class MTCNN:
     def _roi(roi: Any, h: int, w: int) -> tuple[int, int, int, int]:
         try:
             x1, y1, x2, y2 = (int(math.floor(float(v))) for v in roi)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:  # OverflowError: an infinite coordinate
             raise InvalidInputError(f"roi must be (x1, y1, x2, y2), got {roi!r}") from e
         x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
         if x2 <= x1 or y2 <= y1:

@@ -225,6 +225,9 @@ def test_invalid_arguments(det):
         det.detect(img, roi=(60, 60, 80, 80))
     with pytest.raises(InvalidInputError):
         det.detect(img, roi=(1, 2))
+    for roi in ((0, 0, float("inf"), 10), (0, float("nan"), 10, 10), "abcd", 5):
+        with pytest.raises(InvalidInputError):
+            det.detect(img, roi=roi)
     with pytest.raises(InvalidInputError):
         det.detect(img, min_face_size=0)
     with pytest.raises(InvalidInputError):
