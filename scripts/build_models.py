@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     names = BUILDERS if args.models == ["all"] else args.models
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     args.out.mkdir(parents=True, exist_ok=True)
+    try:  # torch must be imported before TensorFlow in one process (the other order segfaults here)
+        import torch  # noqa: F401
+    except ImportError:
+        pass
     for name in names:
         if name not in BUILDERS:
             ap.error(f"unknown builder {name!r}")
