@@ -56,13 +56,19 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         raise InvalidInputError(f"need matching (K,2) point sets, got {src.shape} and {dst.shape}")
     if not (np.isfinite(src).all() and np.isfinite(dst).all()):
         raise InvalidInputError("landmarks contain NaN or infinite values")
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s, d = src - mu_s, dst - mu_d
-    var_s = (s**2).sum() / len(src)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mu_s, mu_d = src.mean(0), dst.mean(0)
+        s, d = src - mu_s, dst - mu_d
+        var_s = (s**2).sum() / len(src)
+        cov = d.T @ s / len(src)
+    if not (np.isfinite(var_s) and np.isfinite(cov).all()):
+        raise InvalidInputError("landmark coordinates too large for a similarity transform")
     if var_s < 1e-12:
         raise InvalidInputError("degenerate landmarks (all points coincide)")
-    cov = d.T @ s / len(src)
-    u, sig, vt = np.linalg.svd(cov)
+    try:
+        u, sig, vt = np.linalg.svd(cov)
+    except np.linalg.LinAlgError as e:  # pragma: no cover - finite 2x2 SVD converges
+        raise InvalidInputError(f"no similarity transform for these landmarks: {e}") from e
     e = np.eye(2)
     if np.linalg.det(u) * np.linalg.det(vt) < 0:
         e[1, 1] = -1
@@ -89,12 +95,18 @@ def norm_crop(
         gray: return a single-channel (H,W) crop (converted before warping: cheaper).
         border: OpenCV border mode for parts of the crop outside the image.
     """
-    if isinstance(size, int):
-        size = (size, size)
-    lm = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2)
-    if lm.shape != (5, 2):
+    size = _crop_size(size)
+    image = _check_image(image)
+    try:
+        lm = np.asarray(landmarks, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise InvalidInputError(f"landmarks must be 5 (x,y) points, got {type(landmarks).__name__}") from e
+    if lm.size != 10:
         raise InvalidInputError(f"landmarks must be 5 (x,y) points, got shape {np.shape(landmarks)}")
+    lm = lm.reshape(5, 2)
     m = similarity_transform(lm, template(template_name, size))
+    if not np.isfinite(m).all():
+        raise InvalidInputError("landmarks too far apart or too large: the alignment transform is not finite")
     scale = float(np.hypot(m[0, 0], m[1, 0]))
     src = image
     if scale < 0.5:
@@ -102,8 +114,42 @@ def norm_crop(
         # sees, shrink it with area averaging to about twice the crop's resolution, then warp.
         src, m = _prescale(image, m, size, scale)
     if gray and src.ndim == 3:
-        src = cv2.cvtColor(src, cv2.COLOR_RGB2GRAY)
+        src = cv2.cvtColor(src, cv2.COLOR_RGB2GRAY if src.shape[2] == 3 else cv2.COLOR_RGBA2GRAY)
     return cv2.warpAffine(src, m, size, flags=cv2.INTER_LINEAR, borderMode=border)
+
+
+#: largest crop side :func:`norm_crop` makes (a larger one is a mistake, not a face crop)
+MAX_CROP_SIZE = 4096
+
+#: image dtypes OpenCV's warpAffine and resize handle
+_IMAGE_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
+
+
+def _crop_size(size: object) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)) and not isinstance(size, (bool, np.bool_)):
+        size = (size, size)
+    try:
+        w, h = size  # type: ignore[misc]
+    except (TypeError, ValueError) as e:
+        raise InvalidInputError(f"size must be an int or (width, height), got {size!r}") from e
+    for v in (w, h):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)) or not 1 <= int(v) <= MAX_CROP_SIZE:
+            raise InvalidInputError(f"crop size must be whole pixels in 1..{MAX_CROP_SIZE}, got {size!r}")
+    return int(w), int(h)
+
+
+def _check_image(image: object) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise InvalidInputError(f"image must be a numpy array (H, W, 3) RGB, got {type(image).__name__}")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        raise InvalidInputError(f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape {image.shape}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise InvalidInputError(f"image is empty: shape {image.shape}")
+    if image.dtype not in _IMAGE_DTYPES:
+        raise InvalidInputError(f"image dtype {image.dtype} is not supported (use uint8)")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    return image
 
 
 def _prescale(image: np.ndarray, m: np.ndarray, size: tuple[int, int], scale: float) -> tuple[np.ndarray, np.ndarray]:

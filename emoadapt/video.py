@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -61,21 +62,50 @@ class Sampling:
     source_fps: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.fps is not None and not (isinstance(self.fps, (int, float)) and self.fps > 0 and math.isfinite(self.fps)):
-            raise InvalidInputError(f"fps must be a positive number, got {self.fps!r}")
-        if self.max_frames is not None and (not isinstance(self.max_frames, int) or self.max_frames < 1):
-            raise InvalidInputError(f"max_frames must be a positive int, got {self.max_frames!r}")
-        if not isinstance(self.step, int) or self.step < 1:
+        # numpy scalars are accepted (normalised to Python numbers); bools are rejected:
+        # ``fps=True`` or ``step=False`` is a mistake, not a rate or a count.
+        if self.fps is not None:
+            if not _is_real(self.fps) or not (float(self.fps) > 0 and math.isfinite(float(self.fps))):
+                raise InvalidInputError(f"fps must be a positive number, got {self.fps!r}")
+            object.__setattr__(self, "fps", float(self.fps))
+        if self.max_frames is not None:
+            if not _is_int(self.max_frames) or int(self.max_frames) < 1:
+                raise InvalidInputError(f"max_frames must be a positive int, got {self.max_frames!r}")
+            object.__setattr__(self, "max_frames", int(self.max_frames))
+        if not _is_int(self.step) or int(self.step) < 1:
             raise InvalidInputError(f"step must be a positive int, got {self.step!r}")
+        object.__setattr__(self, "step", int(self.step))
+        if not _is_real(self.source_fps) or not (float(self.source_fps) > 0 and math.isfinite(float(self.source_fps))):
+            raise InvalidInputError(f"source_fps must be a positive number, got {self.source_fps!r}")
+        object.__setattr__(self, "source_fps", float(self.source_fps))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
 def as_rgb_frame(frame: Any, color: str = "rgb") -> np.ndarray:
     """Validate one frame and return it as a C-contiguous RGB ``uint8`` ``(H, W, 3)`` array.
 
-    Accepts ``uint8`` gray ``(H, W)``/``(H, W, 1)``, RGB(A) ``(H, W, 3|4)``; ``uint16`` is scaled
-    down; float arrays in ``[0, 1]`` are scaled to ``[0, 255]``. NaN/inf, empty or wrongly shaped
-    arrays raise :class:`InvalidInputError`. ``color="bgr"`` swaps the channels.
+    Accepted:
+
+    * gray ``(H, W)`` / ``(H, W, 1)``, RGB ``(H, W, 3)`` and RGBA ``(H, W, 4)`` (alpha is
+      dropped; with ``color="bgr"`` the colour channels are swapped);
+    * ``uint8``; ``uint16`` as 16-bit data (the high byte is kept; a warning is
+      logged when every value is below 256, which usually means 8-bit data stored as uint16);
+      other integer dtypes and ``bool`` whose values lie in ``0..255`` (``True`` is 255);
+    * floats in ``[0, 1]`` (scaled by 255) or ``[0, 255]``, with 1% tolerance for interpolation
+      overshoot (clipped). A float frame whose maximum is at most 1.01 is taken as ``[0, 1]``.
+
+    NaN/inf, values outside those ranges, empty, wrongly shaped, complex, string and object
+    arrays raise :class:`InvalidInputError`.
     """
+    if color not in ("rgb", "bgr"):
+        raise InvalidInputError(f"color must be 'rgb' or 'bgr', got {color!r}")
     if not isinstance(frame, np.ndarray):
         try:  # PIL images and array-likes
             frame = np.asarray(frame)
@@ -92,21 +122,27 @@ def as_rgb_frame(frame: Any, color: str = "rgb") -> np.ndarray:
     if frame.dtype == np.uint8:
         pass
     elif frame.dtype == np.uint16:
+        if int(frame.max()) < 256:
+            log.warning("uint16 frame with all values below 256: taken as 16-bit data (nearly black); "
+                        "convert 8-bit data to uint8 first")
         frame = (frame >> 8).astype(np.uint8)
-    elif np.issubdtype(frame.dtype, np.floating):
-        if not np.isfinite(frame).all():
+    elif frame.dtype.kind == "f":
+        with np.errstate(all="ignore"):
+            lo, hi = float(frame.min()), float(frame.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise InvalidInputError("frame contains NaN or infinite values")
-        hi = float(frame.max()) if frame.size else 0.0
-        scale = 255.0 if hi <= 1.0 else 1.0
-        frame = np.clip(frame * scale + 0.5, 0, 255).astype(np.uint8)
-    elif frame.dtype == np.bool_ or np.issubdtype(frame.dtype, np.integer):
-        if frame.dtype != np.bool_ and (frame.min() < 0 or frame.max() > 255):
+        scale = 255.0 if hi <= 1.01 else 1.0
+        if lo * scale < -2.55 or hi * scale > 257.55:
+            raise InvalidInputError(f"float frame values must lie in [0, 1] or [0, 255], got [{lo:.4g}, {hi:.4g}]")
+        frame = np.clip(frame.astype(np.float32) * np.float32(scale) + np.float32(0.5), 0, 255).astype(np.uint8)
+    elif frame.dtype == np.bool_:
+        frame = frame.astype(np.uint8) * np.uint8(255)
+    elif frame.dtype.kind in "iu":
+        if frame.min() < 0 or frame.max() > 255:
             raise InvalidInputError(f"integer frame values outside 0..255 (dtype {frame.dtype})")
-        frame = frame.astype(np.uint8) * (255 if frame.dtype == np.bool_ else 1)
+        frame = frame.astype(np.uint8)
     else:
         raise InvalidInputError(f"unsupported frame dtype {frame.dtype}")
-    if color not in ("rgb", "bgr"):
-        raise InvalidInputError(f"color must be 'rgb' or 'bgr', got {color!r}")
     if frame.ndim == 2:
         return np.ascontiguousarray(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_GRAY2RGB))
     if frame.shape[2] == 4:
@@ -122,6 +158,8 @@ def _check_file(path: Path) -> None:
         raise VideoDecodeError(f"no such file: {path}")
     if path.is_dir():
         raise VideoDecodeError(f"is a directory, not a clip: {path}")
+    if not path.is_file():  # a FIFO, socket or device: opening it could block forever
+        raise VideoDecodeError(f"not a regular file: {path}")
     try:
         size = path.stat().st_size
         with open(path, "rb"):
@@ -132,10 +170,37 @@ def _check_file(path: Path) -> None:
         raise VideoDecodeError(f"empty file: {path}")
 
 
+#: leading bytes of the still-image formats OpenCV decodes (a file with one of these is read
+#: as an image whatever its suffix; any other file is handed to the video decoder)
+_IMAGE_MAGIC = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",  # PNG
+    b"BM",  # BMP
+    b"II*\x00",  # TIFF, little-endian
+    b"MM\x00*",  # TIFF, big-endian
+)
+
+
+def _looks_like_image(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise VideoDecodeError(f"cannot read {path}: {e}") from e
+    if head.startswith(_IMAGE_MAGIC):
+        return True
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return len(head) >= 2 and head[:1] == b"P" and head[1:2] in b"1234567" and path.suffix.lower() in (".ppm", ".pgm", ".pbm", ".pnm")
+
+
 def _read_image(path: Path) -> np.ndarray | None:
     data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if img is None:
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
+    if img is None or img.size == 0:
         return None
     return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
 
@@ -144,10 +209,8 @@ def video_info(path: str | os.PathLike) -> dict[str, float]:
     """Frame count, fps, width and height as reported by the container (may be approximate)."""
     p = Path(path)
     _check_file(p)
-    cap = cv2.VideoCapture(str(p))
+    cap = _open_capture(p)
     try:
-        if not cap.isOpened():
-            raise VideoDecodeError(f"cannot decode {p.name} as video")
         return {
             "frames": float(cap.get(cv2.CAP_PROP_FRAME_COUNT)),
             "fps": float(cap.get(cv2.CAP_PROP_FPS)),
@@ -158,27 +221,75 @@ def video_info(path: str | os.PathLike) -> dict[str, float]:
         cap.release()
 
 
-def _iter_video(path: Path) -> tuple[float | None, Iterator[np.ndarray]]:
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
+def _open_capture(path: Path) -> cv2.VideoCapture:
+    try:
+        cap = cv2.VideoCapture(str(path))
+        ok = cap.isOpened()
+    except cv2.error as e:
+        raise VideoDecodeError(f"cannot decode {path.name}: {e}") from e
+    if not ok:
         cap.release()
         raise VideoDecodeError(f"cannot decode {path.name}: not a video or image OpenCV can read")
+    return cap
+
+
+def _read(cap: cv2.VideoCapture) -> np.ndarray | None:
+    """The next decoded frame as RGB uint8, or None at the end of the decodable data."""
+    try:
+        ok, frame = cap.read()
+    except cv2.error as e:
+        log.warning("the video decoder failed: %s", e)
+        return None
+    if not ok or frame is None or frame.size == 0:
+        return None
+    if frame.dtype != np.uint8:
+        frame = as_rgb_frame(frame, "bgr")
+        return frame
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB if frame.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+
+
+#: a file that decodes to fewer frames than its container announces, minus this slack (the
+#: count is an estimate from the duration in some containers), is treated as truncated
+_TRUNCATION_SLACK = 2
+
+
+def _iter_video(path: Path) -> tuple[float | None, Iterator[np.ndarray]]:
+    """Decode a video file lazily.
+
+    A truncated or corrupt file yields the frames that decode. When it stops well before the
+    frame count its container announces, the last decoded frame (which a cut packet leaves
+    partly decoded: garbage) is dropped and a warning is logged.
+    """
+    cap = _open_capture(path)
     fps = float(cap.get(cv2.CAP_PROP_FPS)) or None
     if fps is not None and not (0 < fps < 1000):
         fps = None
-    ok, first = cap.read()
-    if not ok or first is None:
+    expected = float(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    expected = int(expected) if math.isfinite(expected) and 0 < expected < 2**31 else 0
+    first = _read(cap)
+    if first is None:
         cap.release()
         raise VideoDecodeError(f"cannot decode any frame of {path.name} (empty, truncated or not a video)")
 
     def gen() -> Iterator[np.ndarray]:
+        n = 1
         try:
             frame = first
-            while frame is not None:
-                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                ok, frame = cap.read()
-                if not ok:
+            while True:
+                nxt = _read(cap)
+                if nxt is None:
                     break
+                yield frame  # held back one frame: the last one is checked first
+                frame, n = nxt, n + 1
+            if expected and n + _TRUNCATION_SLACK < expected:
+                log.warning("%s decoded only %d of the %d frames its container announces: the file is truncated "
+                            "or corrupt; its last, possibly incomplete, frame is dropped", path.name, n, expected)
+                if n == 1:
+                    raise VideoDecodeError(f"{path.name} is truncated: not one complete frame decodes")
+                return
+            yield frame
         finally:
             cap.release()
 
@@ -187,29 +298,45 @@ def _iter_video(path: Path) -> tuple[float | None, Iterator[np.ndarray]]:
 
 def _source(clip: Clip, color: str) -> tuple[float | None, Iterator[np.ndarray]]:
     if isinstance(clip, (str, os.PathLike)):
+        if not os.fspath(clip):
+            raise InvalidInputError("the clip path is an empty string")
         path = Path(clip)
         _check_file(path)
-        if path.suffix.lower() in IMAGE_SUFFIXES:
+        suffix = path.suffix.lower()
+        if _looks_like_image(path):
             img = _read_image(path)
             if img is None:
-                raise VideoDecodeError(f"cannot decode image {path.name}")
+                raise VideoDecodeError(f"cannot decode image {path.name} (truncated or corrupt)")
+            if suffix not in IMAGE_SUFFIXES:
+                log.warning("%s is an image, not a video: using it as a one-frame clip", path.name)
             return None, iter([img])
+        if suffix in IMAGE_SUFFIXES:
+            try:
+                src = _iter_video(path)
+            except VideoDecodeError:
+                raise VideoDecodeError(f"cannot decode image {path.name}") from None
+            log.warning("%s is named as an image but holds a video: decoding it as a video", path.name)
+            return src
+        return _iter_video(path)
+    if isinstance(clip, (list, tuple)) and clip and isinstance(clip[0], (list, tuple)):
+        # nested sequences of numbers (``frame.tolist()``): one array-like frame or clip; when
+        # ragged (frames of different sizes), each element is taken as a frame below
         try:
-            return _iter_video(path)
-        except VideoDecodeError:
-            img = _read_image(path)  # an image with a video suffix (e.g. a JPEG named .mp4)
-            if img is None:
-                raise
-            log.warning("%s is an image, not a video: using it as a one-frame clip", path.name)
-            return None, iter([img])
+            arr = np.asarray(clip)
+        except (ValueError, TypeError):
+            arr = None
+        if arr is not None and arr.dtype != object:
+            clip = arr
     if isinstance(clip, np.ndarray):
         if clip.ndim == 4 or (clip.ndim == 3 and clip.shape[-1] not in (1, 3, 4)):
             if clip.shape[0] == 0:
                 raise InvalidInputError("the clip array has no frames")
             return None, (as_rgb_frame(f, color) for f in clip)
         return None, iter([as_rgb_frame(clip, color)])
-    if isinstance(clip, (bytes, bytearray)):
+    if isinstance(clip, (bytes, bytearray, memoryview)):
         raise InvalidInputError("raw bytes are not a clip: write them to a file or decode them first")
+    if isinstance(clip, (dict, set, frozenset)):
+        raise InvalidInputError(f"unsupported clip type {type(clip).__name__}: give a path, an array or an iterable of frames")
     if isinstance(clip, Iterable):
         return None, (as_rgb_frame(f, color) for f in clip)
     if hasattr(clip, "__array__") or hasattr(clip, "getdata"):  # PIL image
