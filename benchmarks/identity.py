@@ -503,17 +503,17 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["set", "n_gen", "n_imp", "gen_min", "gen_mean", "imp_mean", "imp_max", "EER", "@EER_t", f"FAR@{t:.3f}", f"FRR@{t:.3f}"]
     print()
     print(f"pair-level scores (cosine of sample embeddings); pooled = photos + {main_clips}")
-    print(" | ".join(f"{c:>15}" if i == 0 else f"{c:>9}" for i, c in enumerate(cols)))
+    print(" | ".join(f"{c:>18}" if i == 0 else f"{c:>9}" for i, c in enumerate(cols)))
     for name, (g, i) in sets.items():
         e, et = eer(g, i)
         fa, fr = far_frr(g, i, t)
-        print(f"{name:>15} | {len(g):>9} | {len(i):>9} | {g.min():9.4f} | {g.mean():9.4f} | {i.mean():9.4f} | {i.max():9.4f} | {e:9.4f} | {et:9.4f} | {fa:9.5f} | {fr:9.4f}")
+        print(f"{name:>18} | {len(g):>9} | {len(i):>9} | {g.min():9.4f} | {g.mean():9.4f} | {i.mean():9.4f} | {i.max():9.4f} | {e:9.4f} | {et:9.4f} | {fa:9.5f} | {fr:9.4f}")
 
     print()
     print("FAR / FRR at other thresholds")
-    print(f"{'set':>15} | " + " | ".join(f"{x:>13.3f}" for x in THRESHOLDS))
+    print(f"{'set':>18} | " + " | ".join(f"{x:>13.3f}" for x in THRESHOLDS))
     for name, (g, i) in sets.items():
-        print(f"{name:>15} | " + " | ".join("{:>6.4f}/{:<6.3f}".format(*far_frr(g, i, x)) for x in THRESHOLDS))
+        print(f"{name:>18} | " + " | ".join("{:>6.4f}/{:<6.3f}".format(*far_frr(g, i, x)) for x in THRESHOLDS))
 
     hi = photos + clips[args.clip_frames]
     hi_full = full + clips[args.clip_frames]
