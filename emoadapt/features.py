@@ -119,8 +119,8 @@ class Backbone:
         if isinstance(faces, np.ndarray):
             if faces.dtype != np.uint8:
                 raise InvalidInputError(f"faces must be uint8 images, got dtype {faces.dtype}")
-            if faces.ndim == 2 or (faces.ndim == 3 and faces.shape[-1] == 3 and faces.shape[0] != 3 and faces.shape[1] > 3):
-                faces = faces[None]  # a single gray (H,W) or RGB (H,W,3) face
+            if faces.ndim == 2 or (faces.ndim == 3 and faces.shape[-1] == 3 and faces.shape[0] not in (0, 3) and faces.shape[1] > 3):
+                faces = faces[None]  # a single gray (H,W) or RGB (H,W,3) face ((0,H,W) is an empty batch)
             if faces.ndim == 4 and faces.shape[-1] == 1:
                 faces = faces[..., 0]
             if faces.ndim not in (3, 4) or (faces.ndim == 4 and faces.shape[-1] != 3):
