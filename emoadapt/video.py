@@ -8,6 +8,14 @@ A *clip* is one of
   gray ``(H, W)`` / ``(T, H, W)`` and RGBA ``(..., 4)`` arrays are converted;
 * any iterable of such frames (a list, a generator reading a webcam, ...).
 
+Files are recognised by content, not by name: a JPEG/PNG/BMP/TIFF/WebP named ``.mp4`` is
+used as a one-frame clip and a video named ``.jpg`` is decoded as a video (each with a
+warning). A truncated or corrupt video yields the frames that decode; when decoding stops
+well short of the frame count the container announces, the last (partly decoded) frame is
+dropped and a warning is logged. Missing, empty, non-regular (FIFO, device) and undecodable
+files raise :class:`VideoDecodeError`. Frame sampling (``fps``) counts frames at the
+container's nominal rate, also for variable-frame-rate files.
+
 Frames are yielded one at a time (a long video is never loaded whole into memory) as
 :class:`Frame` tuples of the frame index in the source and the RGB ``uint8`` array.
 """
