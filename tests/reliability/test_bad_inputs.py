@@ -25,7 +25,7 @@ import pytest
 
 import emoadapt
 from emoadapt.errors import InvalidInputError, VideoDecodeError
-from emoadapt.video import Sampling, iter_frames, video_info
+from emoadapt.video import Sampling, as_rgb_frame, iter_frames, video_info
 
 from ._tally import record
 from .conftest import write_video
@@ -659,7 +659,7 @@ def test_generator_with_inconsistent_frame_sizes(recognizer, clip_frames, photo)
     # and at the detector level every frame of the stream gives exactly its own detections
     for i, f in enumerate(iter_frames(f for f in frames)):
         a = recognizer.detector.detect(f.image)
-        b = recognizer.detector.detect(np.ascontiguousarray(emoadapt.video.as_rgb_frame(frames[i])))
+        b = recognizer.detector.detect(as_rgb_frame(frames[i]))
         np.testing.assert_array_equal(a.boxes, b.boxes)
 
 
