@@ -490,7 +490,9 @@ def test_stacks_and_mixed_sizes(recognizer, portrait, portrait_result):
     g = _gray(portrait)
     res = recognizer.predict(np.stack([g, g, g]))
     assert res.frames == 3 and res.faces == 3  # (T, H, W): three gray frames
-    assert_same(res, recognizer.predict(_gray3(portrait)))
+    # frames 2-3 may be face-tracked from frame 1 (Recognizer detect_every) rather than
+    # detected afresh: the same face to about a pixel, so nearly the same probabilities
+    assert_same(res, recognizer.predict(_gray3(portrait)), tol=0.01)
     assert recognizer.predict(np.stack([g, g])[..., None]).faces == 2
     small = cv2.resize(portrait, (300, 375), interpolation=cv2.INTER_AREA)
     res = recognizer.predict([portrait, small, portrait[50:450, 30:430]])
@@ -637,14 +639,15 @@ def _all_faces(res: emoadapt.Result) -> list:
 
 
 def test_generator_with_inconsistent_frame_sizes(recognizer, clip_frames, photo):
-    """Each frame is processed alone (no detector buffer, pyramid or crop state leaks from a
-    frame of another size): every face reported equals that frame predicted alone. The
-    tracker may split them into tracks (their boxes do not overlap), so faces are collected
-    over all tracks of the result."""
+    """Each frame of another size than the previous one is processed alone (no detector
+    buffer, pyramid, crop or face-tracking state leaks across a change of frame size): every
+    face reported equals that frame predicted alone. The face tracker may split them into
+    tracks (their boxes do not overlap), so faces are collected over all tracks."""
     _tried("generator:inconsistent sizes")
     frames = [clip_frames[5], cv2.resize(clip_frames[15], (640, 480)), clip_frames[25][40:300, 60:420],
-              cv2.resize(photo("biden.jpg"), (485, 1102)), _gray(clip_frames[35]), clip_frames[45],
-              cv2.resize(clip_frames[55], (241, 181), interpolation=cv2.INTER_AREA)]
+              cv2.resize(photo("biden.jpg"), (485, 1102)), _gray(clip_frames[35]), clip_frames[45][20:340, 20:460],
+              cv2.resize(clip_frames[55], (241, 181), interpolation=cv2.INTER_AREA), clip_frames[60]]
+    assert all(a.shape[:2] != b.shape[:2] for a, b in zip(frames, frames[1:]))
     res = recognizer.predict(f for f in frames)
     assert res.frames == len(frames)
     assert_valid(res, recognizer.classes)
