@@ -23,6 +23,11 @@ intended difference: boxes with exactly equal scores are ordered by index here, 
 unstable sort orders them arbitrarily. Parity with facenet-pytorch on real photos is tested in
 ``tests/test_detection.py`` (boxes and landmarks agree to about 1e-3 px).
 
+For video, :meth:`MTCNN.refine` runs O-Net alone on given boxes (the faces' boxes in the
+previous frame) and :class:`TrackingDetector` uses it between full detections made every
+``detect_every`` frames: about 0.5 ms instead of 18 ms of CPU per 480x360 frame, landmarks
+within about 1 px of a full detection (``tests/test_tracking_detector.py``).
+
 Only numpy, OpenCV and ai_edge_litert are used (no TensorFlow, no torch). Interpreters are
 built once per input shape and cached: one per P-Net pyramid level size (a video has a fixed
 frame size, so after the first frame nothing is allocated again; the cache is bounded by
@@ -47,8 +52,9 @@ import numpy as np
 
 from . import zoo
 from .errors import InvalidInputError, ModelIntegrityError
+from .tracking import iou_matrix
 
-__all__ = ["MTCNN", "Detections"]
+__all__ = ["MTCNN", "Detections", "TrackingDetector"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,8 @@ _F32 = np.float32
 #: cached P-Net interpreters (and pyramid buffers) hold at most about this many level pixels
 #: (one 1920x1280 pyramid is 1.8 M); a video reuses its few level shapes frame after frame
 _PIXEL_BUDGET = 2_000_000
+#: :meth:`MTCNN.refine` feeds O-Net a square of this many times the tracked box's longer side
+TRACK_SQUARE = 0.9
 
 
 @dataclass(frozen=True, eq=False)
@@ -485,6 +493,76 @@ class MTCNN:
             raise InvalidInputError(f"a batch array must be (B, H, W, 3), got shape {images.shape}")
         return [self.detect(im, **kw) for im in images]
 
+    def refine(self, image: np.ndarray, boxes: Any) -> Detections:
+        """Run O-Net alone on given face boxes: the tracking step between full detections.
+
+        Each box (typically the face's box in the previous video frame) is replaced by a
+        square around its centre whose side is :data:`TRACK_SQUARE` (0.9) times the box's
+        longer side -- about the square O-Net sees inside the cascade, where R-Net's squared
+        boxes are 0.89x (sd 0.05) the side of the final boxes on the CREMA-D clips -- then
+        cropped and area-resized to 48x48 as in the cascade, all boxes in one O-Net batch. O-Net's box regression, face probability
+        and landmarks give the face's box in *this* frame. On 480x360 talking-head video this
+        costs about 0.5 ms of CPU per face instead of about 18 ms for :meth:`detect`, and
+        chaining it over whole CREMA-D clips keeps the landmarks within about 1 px of a full
+        detection on every frame (see ``tests/test_tracking_detector.py``).
+
+        Args:
+            image: the frame, RGB ``uint8`` ``(H, W, 3)``.
+            boxes: ``(N, 4)`` ``x1, y1, x2, y2`` pixel boxes (finite; any may lie partly
+                outside the image).
+
+        Returns:
+            :class:`Detections` with one row per input box, **in input order** (not sorted,
+            not thresholded): the regressed boxes, O-Net face probabilities (0 for a box
+            with no pixel inside the image, which keeps its input box) and landmarks.
+
+        Raises:
+            InvalidInputError: a bad image or boxes not ``(N, 4)`` finite numbers.
+        """
+        img = self._as_image(image)
+        try:
+            b = np.asarray(boxes, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise InvalidInputError(f"boxes must be an (N, 4) array of x1, y1, x2, y2, got {type(boxes).__name__}") from e
+        if b.size == 0:
+            return Detections.empty()
+        if b.ndim == 1:
+            b = b[None]
+        if b.ndim != 2 or b.shape[1] != 4:
+            raise InvalidInputError(f"boxes must have shape (N, 4), got {b.shape}")
+        if not np.isfinite(b).all() or np.abs(b).max() > 1e7:
+            raise InvalidInputError("boxes must hold finite pixel coordinates")
+        with self._lock:
+            return self._track(img, b.astype(_F32))
+
+    def _track(self, img: np.ndarray, boxes: np.ndarray) -> Detections:
+        h, w = img.shape[:2]
+        n = boxes.shape[0]
+        side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * _F32(TRACK_SQUARE)
+        cx, cy = (boxes[:, 0] + boxes[:, 2]) * _F32(0.5), (boxes[:, 1] + boxes[:, 3]) * _F32(0.5)
+        x1, y1 = cx - side * _F32(0.5), cy - side * _F32(0.5)
+        b = np.stack([x1, y1, x1 + side, y1 + side, np.zeros(n, _F32)], 1).astype(_F32)
+        y0, x0, hh, ww, valid = _crop_windows(b, w, h)
+        scores = np.zeros(n, _F32)
+        points = np.repeat(((boxes[:, :2] + boxes[:, 2:]) / 2)[:, None, :], 5, axis=1).astype(_F32)
+        out_boxes = boxes.copy()
+        if valid.any():
+            v = np.flatnonzero(valid)
+            bv = b[v]
+            # integral image of just the region the windows cover (not the whole frame)
+            ys, xs = int(y0[v].min()), int(x0[v].min())
+            ye, xe = int((y0[v] + hh[v]).max()), int((x0[v] + ww[v]).max())
+            ii = _integral(np.ascontiguousarray(img[ys:ye, xs:xe]))
+            crops = _area_resize(ii, y0[v] - ys, x0[v] - xs, hh[v], ww[v], 48, 48)
+            out = self._onet.run_batch(crops)
+            pts = out[10]
+            wi = (bv[:, 2] - bv[:, 0] + 1)[:, None]
+            hi = (bv[:, 3] - bv[:, 1] + 1)[:, None]
+            points[v] = np.stack([wi * pts[:, :5] + bv[:, 0:1] - 1, hi * pts[:, 5:] + bv[:, 1:2] - 1], 2)
+            out_boxes[v] = _bbreg(bv, out[4])[:, :4]
+            scores[v] = out[2][:, 1]
+        return Detections(np.ascontiguousarray(out_boxes, _F32), scores, np.ascontiguousarray(points, _F32))
+
     __call__ = detect
 
     # -- the cascade ----------------------------------------------------------------------
@@ -581,3 +659,131 @@ class MTCNN:
             return None
         boxes = np.concatenate([b[ok, :4], score[ok, None]], 1).astype(_F32)
         return boxes, {k: v[ok] for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------- video tracking
+def _take(det: Detections, idx: np.ndarray) -> Detections:
+    return Detections(det.boxes[idx], det.scores[idx], det.landmarks[idx])
+
+
+def _concat(parts: Sequence[Detections]) -> Detections:
+    return Detections(np.concatenate([p.boxes for p in parts]), np.concatenate([p.scores for p in parts]),
+                      np.concatenate([p.landmarks for p in parts]))
+
+
+class TrackingDetector:
+    """Faces in a video stream, frame after frame: the full MTCNN cascade every
+    ``detect_every`` frames, O-Net tracking (:meth:`MTCNN.refine`) in between.
+
+    On a tracking frame every face kept from the previous frame is refined by O-Net on its
+    previous box, all faces in one batch. A face is *lost* when its O-Net probability falls
+    below ``min_score``, its size changes by more than ``max_scale_change`` in one frame or
+    its centre leaves the image; it is then searched again by the full cascade restricted to
+    a region twice its size around its last box, with the pyramid started at 0.6x its size
+    (a few tiny P-Net levels). A face not found there is dropped (it left, or it was a
+    marginal detection that flickers around ``min_score``); when no tracked face is left,
+    the full cascade runs on the frame at once. Faces entering the picture are found by the
+    next periodic full detection, at most ``detect_every - 1`` frames late. Whenever nothing
+    is tracked (no face, a new clip, a change of frame size) every frame gets a full
+    detection, so ``detect_every=1`` is exactly :meth:`MTCNN.detect` on every frame.
+
+    Args:
+        detector: the :class:`MTCNN` to use (default: a new one with default settings).
+        detect_every: run the full detector at least every this many frames (>= 1).
+        min_score: faces below this probability are not tracked, and a tracked face whose
+            refined probability drops below it is lost (use the confidence threshold under
+            which the caller ignores faces).
+        max_scale_change: largest plausible change of a face's box side from one frame to
+            the next (a factor > 1).
+
+    Frames of one stream must be fed in order; call :meth:`reset` before another stream.
+    ``counts`` tells how frames and faces were handled: ``full`` detections, ``tracked``
+    frames, ``local`` re-detections, ``dropped`` faces (not found locally). Not thread-safe: use one
+    instance per stream (they may share one :class:`MTCNN`).
+
+    Example:
+        >>> tracker = TrackingDetector(MTCNN(), detect_every=10)
+        >>> for frame in frames:
+        ...     faces = tracker(frame)  # same contract as MTCNN.detect
+    """
+
+    def __init__(self, detector: MTCNN | None = None, *, detect_every: int = 10, min_score: float = 0.9,
+                 max_scale_change: float = 1.5) -> None:
+        if isinstance(detect_every, (bool, np.bool_)) or not isinstance(detect_every, (int, np.integer)) or detect_every < 1:
+            raise InvalidInputError(f"detect_every must be an int >= 1, got {detect_every!r}")
+        if not 0.0 <= float(min_score) <= 1.0:
+            raise InvalidInputError(f"min_score must be a probability, got {min_score!r}")
+        if not float(max_scale_change) > 1.0:
+            raise InvalidInputError(f"max_scale_change must be > 1, got {max_scale_change!r}")
+        self.detector = detector if detector is not None else MTCNN()
+        self.detect_every = int(detect_every)
+        self.min_score = float(min_score)
+        self.max_scale_change = float(max_scale_change)
+        self.counts: dict[str, int] = {"frames": 0, "full": 0, "tracked": 0, "local": 0, "dropped": 0}
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the tracked faces: the next frame gets a full detection."""
+        self._boxes = np.zeros((0, 4), _F32)
+        self._age = 0
+        self._shape: tuple[int, ...] | None = None
+
+    def __call__(self, image: np.ndarray) -> Detections:
+        """Faces in the next frame (same contract as :meth:`MTCNN.detect`: sorted by score)."""
+        img = MTCNN._as_image(image)
+        self.counts["frames"] += 1
+        if img.shape != self._shape or len(self._boxes) == 0 or self._age + 1 >= self.detect_every:
+            return self._full(img)
+        prev = self._boxes
+        det = self.detector.refine(img, prev)
+        ok = self._plausible(det, prev, img.shape[1], img.shape[0])
+        if not ok.all():
+            det = _concat([_take(det, np.flatnonzero(ok)), *self._redetect(img, prev[~ok])])
+            if len(det) == 0:
+                return self._full(img)
+        # two tracks that converged on one face: keep the more confident (sorted by score)
+        det = _take(det, _nms_union(det.boxes, det.scores, 0.5))
+        self._boxes = det.boxes.copy()
+        self._age += 1
+        self.counts["tracked"] += 1
+        return det
+
+    detect = __call__
+
+    def _full(self, img: np.ndarray) -> Detections:
+        det = self.detector.detect(img)
+        self._shape = img.shape
+        self._boxes = det.boxes[det.scores >= self.min_score].copy()
+        self._age = 0
+        self.counts["full"] += 1
+        return det
+
+    def _plausible(self, det: Detections, prev: np.ndarray, w: int, h: int) -> np.ndarray:
+        side = np.maximum(det.boxes[:, 2] - det.boxes[:, 0], det.boxes[:, 3] - det.boxes[:, 1])
+        old = np.maximum(prev[:, 2] - prev[:, 0], prev[:, 3] - prev[:, 1])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = side / old
+        cx = (det.boxes[:, 0] + det.boxes[:, 2]) / 2
+        cy = (det.boxes[:, 1] + det.boxes[:, 3]) / 2
+        return ((det.scores >= self.min_score) & (ratio <= self.max_scale_change) & (ratio >= 1 / self.max_scale_change)
+                & (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h))
+
+    def _redetect(self, img: np.ndarray, lost: np.ndarray) -> list[Detections]:
+        """Search each lost face near its last box; the faces found (one per lost box at most)."""
+        h, w = img.shape[:2]
+        found = []
+        for b in lost:
+            side = float(max(b[2] - b[0], b[3] - b[1]))
+            cx, cy = float(b[0] + b[2]) / 2, float(b[1] + b[3]) / 2
+            roi = (cx - side, cy - side, cx + side, cy + side)
+            conf = np.zeros(0, np.int64)
+            if side >= 1 and roi[2] > 0 and roi[3] > 0 and roi[0] < w and roi[1] < h:
+                self.counts["local"] += 1
+                det = self.detector.detect(img, roi=roi, min_face_size=max(0.6 * side, self.detector.min_face_size))
+                conf = np.flatnonzero(det.scores >= self.min_score)
+            if conf.size == 0:
+                self.counts["dropped"] += 1
+                continue
+            best = conf[int(np.argmax(iou_matrix(b[None].astype(np.float64), det.boxes[conf].astype(np.float64))[0]))]
+            found.append(_take(det, np.array([best])))
+        return found

@@ -123,6 +123,12 @@ class Recognizer:
         max_faces: at most this many faces per frame are analysed (the largest).
         num_threads: TFLite threads per model (default ``$EMOADAPT_THREADS`` or 1).
         chunk: face crops batched through the backbone at once (bounds memory).
+        detect_every: in a video, run the full face detector at least every this many
+            frames and track the faces in between (O-Net on each face's previous box, see
+            :class:`~emoadapt.detection.TrackingDetector`): about 4x faster end to end, with
+            landmarks within about 1 px of per-frame detection. A lost face triggers a new
+            detection at once; a face entering the picture is found at most
+            ``detect_every - 1`` frames late. ``1`` detects on every frame.
 
     A Recognizer may be shared by threads: each model serialises its own invocations and the
     store serialises its connection; several processes may share one ``home``.
@@ -143,6 +149,7 @@ class Recognizer:
         max_faces: int = 8,
         num_threads: int | None = None,
         chunk: int = 32,
+        detect_every: int = 10,
     ) -> None:
         from .detection import MTCNN
         from .identity import DEFAULT_THRESHOLD, IdentityMatcher
@@ -157,6 +164,9 @@ class Recognizer:
         self.min_face_score = float(min_face_score)
         self.max_faces = max(1, int(max_faces))
         self.chunk = max(1, int(chunk))
+        if isinstance(detect_every, bool) or not isinstance(detect_every, (int, np.integer)) or detect_every < 1:
+            raise InvalidInputError("detect_every must be an int >= 1")
+        self.detect_every = int(detect_every)
         self.adapt_every = adapt_every
         self.identity_frames = max(1, int(identity_frames))
         self.matcher = IdentityMatcher(DEFAULT_THRESHOLD if identity_threshold is None else identity_threshold)
@@ -258,6 +268,9 @@ class Recognizer:
         size, gray = self.backbone.input_size, self.backbone.channels == 1
         scan = _Scan()
         tracker = _OnlineTracker()
+        from .detection import TrackingDetector
+
+        faces = TrackingDetector(self.detector, detect_every=self.detect_every, min_score=self.min_face_score)
         crops: list[np.ndarray] = []
         bar = _progress(progress, sampling.max_frames)
         try:
@@ -265,7 +278,7 @@ class Recognizer:
                 scan.frames += 1
                 if bar is not None:
                     bar.update(1)
-                det = self.detector.detect(fr.image)
+                det = faces(fr.image)
                 keep = self._faces(det)
                 if keep.size == 0:
                     continue
