@@ -1,0 +1,127 @@
+"""The shipped universal clip heads (scripts/train_universal_head.py): integrity, shapes,
+classes, and a reference-output check on real FER2013 faces against the recorded metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emoadapt import zoo
+from emoadapt.features import Backbone
+from emoadapt.heads import MeanProbabilityHead, _TrainableHead, load_head
+
+#: the held-apart sets with hundreds of samples (scripts/train_universal_head.py MAIN)
+MAIN = ("fer_public_test", "fer_public_test_aug", "ckplus6")
+
+
+def _universal_heads() -> list[str]:
+    return sorted(k for k, e in zoo.manifest()["models"].items() if e.get("kind") == "universal_head")
+
+
+def _defaults() -> dict:
+    return zoo.manifest().get("defaults", {})
+
+
+_BACKBONES: dict[str, Backbone] = {}
+
+
+def _backbone(name: str) -> Backbone:
+    if name not in _BACKBONES:
+        _BACKBONES[name] = Backbone(name)
+    return _BACKBONES[name]
+
+
+@pytest.fixture(scope="module")
+def public500(fer2013):
+    """The first 500 FER2013 public-test faces and their labels (class indices)."""
+    return fer2013["x_public_test"][:500], fer2013["y_public_test"][:500]
+
+
+_OUTPUTS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _outputs(name: str, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if name not in _OUTPUTS:
+        _OUTPUTS[name] = _backbone(name).infer(faces)
+    return _OUTPUTS[name]
+
+
+def test_defaults_name_shipped_heads_of_the_default_backbone():
+    d = _defaults()
+    models = zoo.manifest()["models"]
+    personal = d.get("personal_head")
+    assert personal in models, "defaults.personal_head must name a shipped trainable head"
+    assert models[personal]["kind"] == "universal_head"
+    assert models[personal]["backbone"] == d["backbone"]
+    universal = d.get("universal_head")
+    assert universal == "mean_probability" or (universal in models and models[universal]["kind"] == "universal_head")
+    if universal != "mean_probability":
+        assert models[universal]["backbone"] == d["backbone"]
+
+
+def test_default_universal_head_obeys_the_decision_rule():
+    """The recorded held-apart metrics support the defaults: a trained default predictor does
+    not lose to the mean-probability baseline on any large held-apart set, is at least as good
+    in their mean and at most one clip worse on CREMA-D; "mean_probability" only if no head
+    does that; the personal head has the best mean among the default backbone's heads."""
+    d = _defaults()
+    models = zoo.manifest()["models"]
+    mine = [k for k in _universal_heads() if models[k]["backbone"] == d["backbone"]]
+    assert mine
+
+    def mean(m: dict, prefix: str = "") -> float:
+        return float(np.mean([m[prefix + k] for k in MAIN]))
+
+    for k in mine:
+        m = models[k]["metrics"]
+        beats = all(m[c] >= m["baseline_" + c] for c in MAIN) and mean(m) >= mean(m, "baseline_") and m["cremad6"] >= m["baseline_cremad6"] - 1.5 / 6
+        if d["universal_head"] == k:
+            assert beats
+        if d["universal_head"] == "mean_probability":
+            assert not beats, f"{k} beats the baseline but the default predictor is mean_probability"
+    best = max(mine, key=lambda k: mean(models[k]["metrics"]))
+    assert mean(models[d["personal_head"]]["metrics"]) == pytest.approx(mean(models[best]["metrics"]))
+
+
+@pytest.mark.parametrize("name", _universal_heads())
+def test_shipped_head_loads_and_reproduces_its_recorded_accuracy(name, public500):
+    entry = zoo.model_entry(name)
+    path = zoo.model_path(name)  # sha256 verified against the manifest
+    assert path.name == entry["file"]
+    head = load_head(path)
+    assert isinstance(head, _TrainableHead)
+    assert type(head).__name__ == entry["head_type"]
+    bb = _backbone(entry["backbone"])
+    assert head.n_features_in_ == bb.dim == entry["inputs"]["features"]
+    assert set(head.classes_.tolist()) == set(bb.classes)
+    assert [str(c) for c in head.classes_] == entry["classes"]
+    assert entry["outputs"]["probs"] == len(bb.classes)
+
+    x, y = public500
+    probs, feats = _outputs(entry["backbone"], x)
+    truth = np.asarray(bb.classes)[y]
+    p = head.predict_proba(feats[:, None, :])
+    assert p.shape == (500, len(bb.classes))
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    acc = float(np.mean(head.classes_[p.argmax(1)] == truth))
+    m = entry["metrics"]
+    assert acc == pytest.approx(m["fer_public_test_first500"], abs=0.02)
+    # the baseline the head was compared with reproduces too (same backbone outputs)
+    base = MeanProbabilityHead(classes=bb.classes)
+    base_acc = float(np.mean(base.predict(probs[:, None, :]) == truth))
+    assert base_acc == pytest.approx(m["baseline_fer_public_test_first500"], abs=0.02)
+    # far better than chance on real faces, and a multi-frame clip works too
+    assert acc > 0.4
+    assert head.predict_proba([feats[:8], feats[8:9]]).shape == (2, len(bb.classes))
+
+
+def test_recognizer_uses_the_manifest_defaults(recognizer):
+    d = _defaults()
+    if d["universal_head"] == "mean_probability":
+        assert isinstance(recognizer.universal, MeanProbabilityHead)
+    else:
+        assert type(recognizer.universal).__name__ == zoo.model_entry(d["universal_head"])["head_type"]
+    base = recognizer.personal_base
+    assert isinstance(base, _TrainableHead)
+    assert type(base).__name__ == zoo.model_entry(d["personal_head"])["head_type"]
+    assert base.n_features_in_ == recognizer.backbone.dim
