@@ -227,10 +227,17 @@ class Data:
             self._fer = np.load(DATA / "fer2013.npz", allow_pickle=False)
         return self._fer
 
+    def fer_classes(self) -> np.ndarray:
+        """FER2013's class names by label index (matched to the backbone's classes by name)."""
+        names = np.asarray(self.fer()["classes"]).astype(str)
+        if set(names.tolist()) != set(self.classes.tolist()):
+            raise SystemExit(f"backbone classes {self.classes.tolist()} are not FER2013's {names.tolist()}")
+        return names
+
     def fer_split(self, split: str, aug_seed: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """FER2013 ``split`` as (feats (N,T,D), probs (N,T,C), labels (N,) str); T = 1 when
         ``aug_seed`` is None, else ``frames`` (the original face + augmented copies)."""
-        y = self.classes[self.fer()[f"y_{split}"]]
+        y = self.fer_classes()[self.fer()[f"y_{split}"]]
         single = self.cache.get(f"fer_{split}", lambda: dict(zip(("probs", "feats"), _extract(self.backbone, self.fer()[f"x_{split}"], f"FER2013 {split}"))))
         if aug_seed is None:
             return single["feats"][:, None], single["probs"][:, None], y
@@ -442,7 +449,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for n, m, s in rows:
         mean = np.mean([m[k] for k in MAIN])
         print(f"{n:<{w}}  " + "  ".join(f"{m[c]:>20.4f}" for c in cols) + f"  {mean:>6.4f}  {'' if s is None else f'{s:7.1f}':>7}")
-    print(f"n: " + ", ".join(f"{k} {v['n']}" for k, v in results["datasets"].items()))
+    print("n: " + ", ".join(f"{k} {v['n']}" for k, v in results["datasets"].items()))
     print(f"-> defaults.universal_head = {universal}; defaults.personal_head = {personal}")
     print()
 
