@@ -7,7 +7,9 @@ Policy (:func:`adapt_user`):
    validation once the user has at least ``min_held_out * 5`` of them.
 2. A candidate head is a copy of the universal head fine-tuned (``partial_fit``: warm start,
    L2 pull toward the universal weights, new labels added as new outputs) on the other
-   corrections.
+   corrections, mixed with a small *replay* of universal training features for the classes
+   the user has not corrected (so that corrections of some emotions do not erase the others;
+   ``models/replay_<backbone>.npz``, built by ``scripts/build_replay_set.py``).
 3. The candidate is compared on the held-out corrections with the head in use now (the
    active personal head, else the universal head). If it is worse, the current head stays
    (*rollback*: nothing is saved).
@@ -30,7 +32,7 @@ import numpy as np
 from .heads import _TrainableHead, head_from_arrays, head_to_arrays
 from .store import Store
 
-__all__ = ["AdaptReport", "adapt_user", "fine_tune", "load_personal_head"]
+__all__ = ["AdaptReport", "adapt_user", "fine_tune", "load_personal_head", "load_replay", "DEFAULT_ANCHOR"]
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,50 @@ class AdaptReport:
         return asdict(self)
 
 
-def fine_tune(universal: _TrainableHead, clips: list[np.ndarray], labels: list[str], *, anchor: float | None = None, epochs: int | None = None, seed: int = 0) -> _TrainableHead:
-    """A copy of ``universal`` fine-tuned on ``(clips, labels)`` (new labels become new classes)."""
+#: Strength of the L2 pull toward the universal weights while fine-tuning personal heads.
+#: Chosen with ``scripts/eval_personalization.py`` (CK+ leave-one-sequence-out, CREMA-D halves).
+DEFAULT_ANCHOR = 0.1
+
+
+def load_replay(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(features (N, D), labels (N,))`` of a shipped replay set (sha256-verified, no pickles)."""
+    from . import zoo
+    from .errors import ModelIntegrityError
+
+    path = zoo.model_path(name)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            feats, labels = z["features"].astype(np.float32), z["labels"].astype(str)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelIntegrityError(f"replay set {name} unreadable: {e}") from e
+    if feats.ndim != 2 or len(feats) != len(labels) or not np.isfinite(feats).all():
+        raise ModelIntegrityError(f"replay set {name} is malformed")
+    return feats, labels
+
+
+def fine_tune(
+    universal: _TrainableHead,
+    clips: list[np.ndarray],
+    labels: list[str],
+    *,
+    replay: tuple[np.ndarray, np.ndarray] | None = None,
+    anchor: float | None = DEFAULT_ANCHOR,
+    epochs: int | None = None,
+    seed: int = 0,
+) -> _TrainableHead:
+    """A copy of ``universal`` fine-tuned on ``(clips, labels)`` (new labels become new classes).
+
+    ``replay`` (features, labels): universal training samples; those of classes absent from
+    ``labels`` are added to the fine-tuning data as one-frame clips.
+    """
+    clips, labels = list(clips), [str(v) for v in labels]
+    if replay is not None:
+        seen = set(labels)
+        feats, rlabels = replay
+        for f, lab in zip(feats, rlabels):
+            if str(lab) not in seen:
+                clips.append(np.asarray(f, np.float32)[None])
+                labels.append(str(lab))
     head = universal.copy()
     params: dict[str, Any] = {"seed": seed}
     if anchor is not None:
@@ -93,7 +137,8 @@ def adapt_user(
     user: str,
     *,
     model_version: str | None = None,
-    anchor: float | None = None,
+    replay: tuple[np.ndarray, np.ndarray] | None = None,
+    anchor: float | None = DEFAULT_ANCHOR,
     epochs: int | None = None,
     min_held_out: int = 2,
     seed: int = 0,
@@ -125,7 +170,7 @@ def adapt_user(
     report = AdaptReport(user, False, _active_version(store, user), n, len(tr), len(ho))
     if len(ho):
         current = load_personal_head(store, user) or universal
-        cand = fine_tune(universal, [feats[i] for i in tr], [labels[i] for i in tr], anchor=anchor, epochs=epochs, seed=seed)
+        cand = fine_tune(universal, [feats[i] for i in tr], [labels[i] for i in tr], replay=replay, anchor=anchor, epochs=epochs, seed=seed)
         ho_clips, ho_labels = [feats[i] for i in ho], [labels[i] for i in ho]
         report.held_out_accuracy_before = _accuracy(current, ho_clips, ho_labels)
         report.held_out_accuracy_after = _accuracy(cand, ho_clips, ho_labels)
@@ -134,7 +179,7 @@ def adapt_user(
             report.seconds = time.perf_counter() - t0
             log.info("adapt %s: rolled back (%.3f < %.3f)", user, report.held_out_accuracy_after, report.held_out_accuracy_before)
             return report
-    head = fine_tune(universal, feats, labels, anchor=anchor, epochs=epochs, seed=seed)
+    head = fine_tune(universal, feats, labels, replay=replay, anchor=anchor, epochs=epochs, seed=seed)
     metrics = {k: v for k, v in (("held_out_accuracy_before", report.held_out_accuracy_before), ("held_out_accuracy_after", report.held_out_accuracy_after)) if v is not None}
     metrics.update(n_corrections=n, n_train=len(tr), n_held_out=len(ho))
     version = store.save_head(user, head_to_arrays(head), meta={"type": type(head).__name__}, metrics=metrics, trained_on=ids)

@@ -178,6 +178,7 @@ class Recognizer:
         self._embedder: Any = None
         self._store: Any = None
         self._heads: dict[str, tuple[int, Any]] = {}
+        self._replay: tuple[np.ndarray, np.ndarray] | None = None
         self._lock = threading.RLock()
 
     # -- lazily created parts -----------------------------------------------------------------
@@ -469,7 +470,24 @@ class Recognizer:
 
         if not self.store.has_user(user):
             raise UnknownUserError(f"unknown user {user!r}")
+        kw.setdefault("replay", self.replay)
         return adapt_user(self.store, self.personal_base, user, model_version=self.model_version, **kw)
+
+    @property
+    def replay(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Universal training features replayed for uncorrected classes when adapting."""
+        from . import zoo
+        from .adaptation import load_replay
+
+        with self._lock:
+            if self._replay is None:
+                name = zoo.manifest().get("defaults", {}).get("replay_set")
+                entry = zoo.model_entry(name) if name else None
+                if entry is None or entry.get("backbone") != self.backbone.name or entry.get("inputs", {}).get("features") != self.backbone.dim:
+                    self._replay = (np.zeros((0, self.backbone.dim), np.float32), np.zeros(0, str))
+                else:
+                    self._replay = load_replay(name)
+            return self._replay if len(self._replay[0]) else None
 
     def users(self) -> list[str]:
         """Enrolled users."""

@@ -5,17 +5,17 @@ Two experiments, both through the library's own API (``Recognizer.correct`` / ``
 ``predict`` or the same fine-tuning on backbone features of real face images):
 
 * **CK+** (``ckplus48.npz``): every subject with 4+ emotions. A sequence (3 near-identical
-  apex frames) is one clip. Inside each subject the sequences are shuffled (seeded) and split
-  in half by sequence, stratified by emotion where possible: the personal head is fine-tuned
-  on one half (labels as the user would correct them, ``contempt`` included although the
-  universal model does not know it) and both heads are scored on the other half.
+  apex frames) is one clip; CK+ has one sequence per subject and emotion. Split by sequence
+  inside each subject, leave-one-out: the personal head is fine-tuned on the subject's other
+  sequences (labels as the user would correct them, ``contempt`` included although the
+  universal model does not know it) and both heads are scored on the held-out sequence.
 * **CREMA-D** (the six clips of actor 1001): each clip is cut in two halves by time; the
   user corrects the first halves (``Recognizer.correct``), the head is adapted
   (``Recognizer.adapt``) and the second halves are predicted with ``Recognizer.predict``
   (the actor is recognised by face and routed to their head) and compared with a stranger's
   universal prediction.
 
-    python scripts/eval_personalization.py [--seeds 3] [--json out.json]
+    python scripts/eval_personalization.py [--json out.json]
 """
 
 from __future__ import annotations
@@ -37,19 +37,11 @@ CREMA = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU":
 log = logging.getLogger("eval_personalization")
 
 
-def split_sequences(seqs: list[str], labels: list[str], rng: np.random.Generator) -> tuple[list[int], list[int]]:
-    """Half of each emotion's sequences for adaptation (at least one when it has 2+), rest test."""
-    adapt, test = [], []
-    for lab in sorted(set(labels)):
-        idx = [i for i, l in enumerate(labels) if l == lab]
-        rng.shuffle(idx)
-        k = len(idx) // 2 if len(idx) > 1 else 0
-        adapt += idx[:k]
-        test += idx[k:]
-    return sorted(adapt), sorted(test)
-
-
-def ckplus(rec, seeds: int) -> dict:
+def ckplus(rec) -> dict:
+    """Leave-one-sequence-out inside each subject with 4+ emotions (CK+ has exactly one
+    sequence per subject and emotion, so the held-out emotion is one the user never
+    corrected: this measures whether personal fine-tuning helps, or at least does not hurt,
+    the emotions a user has not corrected yet)."""
     from emoadapt.adaptation import fine_tune
 
     d = np.load(DATA / "ckplus48.npz", allow_pickle=False)
@@ -63,32 +55,34 @@ def ckplus(rec, seeds: int) -> dict:
     for k in keys:
         per_subject.setdefault(k[0], []).append(k)
     subjects = [s for s, ks in per_subject.items() if len({y[clip_idx[k][0]] for k in ks}) >= 4]
-    uni_acc, per_acc, n_test, rows = [], [], 0, {}
     uni_on_p = type(rec.universal).__name__ == "MeanProbabilityHead"
+    rows, hits_u, hits_p = {}, [], []
+    variants = {"personal": {"replay": rec.replay}, "personal_no_replay": {"replay": None}}
+    hits_v: dict[str, list[bool]] = {v: [] for v in variants}
     for s in subjects:
         ks = per_subject[s]
         labels = [str(y[clip_idx[k][0]]) for k in ks]
-        clips_f = [feats[clip_idx[k]] for k in ks]
-        clips_p = [probs[clip_idx[k]] for k in ks]
         su, sp = [], []
-        for seed in range(seeds):
-            a, t = split_sequences([k[1] for k in ks], labels, np.random.default_rng(seed))
-            if not a or not t:
+        for t, k in enumerate(ks):
+            if labels[t] == "contempt":  # unknown to the universal model: adaptation data only
                 continue
-            head = fine_tune(rec.personal_base, [clips_f[i] for i in a], [labels[i] for i in a], seed=seed)
-            truth = np.array([labels[i] for i in t])
-            u = np.asarray(rec.universal.predict([(clips_p if uni_on_p else clips_f)[i] for i in t])).astype(str)
-            p = np.asarray(head.predict([clips_f[i] for i in t])).astype(str)
-            su.append(float((u == truth).mean()))
-            sp.append(float((p == truth).mean()))
-            n_test += len(t)
-        if su:
-            rows[s] = {"universal": float(np.mean(su)), "personal": float(np.mean(sp)), "sequences": len(ks), "emotions": len(set(labels))}
-            uni_acc.append(np.mean(su))
-            per_acc.append(np.mean(sp))
-    return {"subjects": len(rows), "universal_mean": float(np.mean(uni_acc)), "personal_mean": float(np.mean(per_acc)),
+            a = [i for i in range(len(ks)) if i != t]
+            x_u = (probs if uni_on_p else feats)[clip_idx[k]]
+            u = str(np.asarray(rec.universal.predict([x_u]))[0]) == labels[t]
+            su.append(u)
+            for v, kw in variants.items():
+                head = fine_tune(rec.personal_base, [feats[clip_idx[ks[i]]] for i in a], [labels[i] for i in a], **kw)
+                ok = str(np.asarray(head.predict([feats[clip_idx[k]]]))[0]) == labels[t]
+                hits_v[v].append(ok)
+                if v == "personal":
+                    sp.append(ok)
+        rows[s] = {"universal": float(np.mean(su)), "personal": float(np.mean(sp)), "sequences": len(ks)}
+        hits_u += su
+        hits_p += sp
+    return {"subjects": len(rows), "test_sequences": len(hits_u), "universal_mean": float(np.mean(hits_u)),
+            "personal_mean": float(np.mean(hits_p)), **{f"{v}_mean": float(np.mean(h)) for v, h in hits_v.items()},
             "improved_subjects": int(sum(r["personal"] > r["universal"] for r in rows.values())),
-            "worse_subjects": int(sum(r["personal"] < r["universal"] for r in rows.values())), "per_subject": rows, "seeds": seeds}
+            "worse_subjects": int(sum(r["personal"] < r["universal"] for r in rows.values())), "per_subject": rows}
 
 
 def cremad(rec_factory) -> dict:
@@ -124,23 +118,23 @@ def cremad(rec_factory) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--backbone")
+    ap.add_argument("--personal-head", help="manifest name of the head personal heads start from (default: manifest default)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import emoadapt
 
     def factory(home):
-        return emoadapt.Recognizer(home=home, backbone=args.backbone, adapt_every=0)
+        return emoadapt.Recognizer(home=home, backbone=args.backbone, personal_head=args.personal_head, adapt_every=0)
 
     with tempfile.TemporaryDirectory() as h:
         rec = factory(h)
-        ck = ckplus(rec, args.seeds)
-    print(f"CK+ ({ck['subjects']} subjects with 4+ emotions, split by sequence, {args.seeds} seeds; backbone {rec.backbone.name}, "
-          f"universal {type(rec.universal).__name__}, personal from {type(rec.personal_base).__name__})")
-    print(f"  universal accuracy {ck['universal_mean']:.3f}   personal accuracy {ck['personal_mean']:.3f}   "
-          f"subjects improved {ck['improved_subjects']}, worse {ck['worse_subjects']}")
+        ck = ckplus(rec)
+    print(f"CK+ ({ck['subjects']} subjects with 4+ emotions, leave-one-sequence-out, {ck['test_sequences']} test sequences; "
+          f"backbone {rec.backbone.name}, universal {type(rec.universal).__name__}, personal from {type(rec.personal_base).__name__})")
+    print(f"  universal accuracy {ck['universal_mean']:.3f}   personal accuracy {ck['personal_mean']:.3f} "
+          f"(without replay {ck['personal_no_replay_mean']:.3f})   subjects improved {ck['improved_subjects']}, worse {ck['worse_subjects']}")
     cr = cremad(factory)
     print("CREMA-D actor 1001 (corrected on first halves, predicted on second halves through Recognizer.predict)")
     print(f"  universal accuracy {cr['universal_accuracy']:.3f}   personal accuracy {cr['personal_accuracy']:.3f}   routed to {sorted(set(cr['routed_to'].values()), key=str)}")

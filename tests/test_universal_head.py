@@ -63,7 +63,8 @@ def test_default_universal_head_obeys_the_decision_rule():
     """The recorded held-apart metrics support the defaults: a trained default predictor does
     not lose to the mean-probability baseline on any large held-apart set, is at least as good
     in their mean and at most one clip worse on CREMA-D; "mean_probability" only if no head
-    does that; the personal head has the best mean among the default backbone's heads."""
+    does that; the personal head is tied (within PERSONAL_TIE) with the best mean among the
+    default backbone's heads."""
     d = _defaults()
     models = zoo.manifest()["models"]
     mine = [k for k in _universal_heads() if models[k]["backbone"] == d["backbone"]]
@@ -80,7 +81,7 @@ def test_default_universal_head_obeys_the_decision_rule():
         if d["universal_head"] == "mean_probability":
             assert not beats, f"{k} beats the baseline but the default predictor is mean_probability"
     best = max(mine, key=lambda k: mean(models[k]["metrics"]))
-    assert mean(models[d["personal_head"]]["metrics"]) == pytest.approx(mean(models[best]["metrics"]))
+    assert mean(models[d["personal_head"]]["metrics"]) >= mean(models[best]["metrics"]) - 0.005
 
 
 @pytest.mark.parametrize("name", _universal_heads())
