@@ -34,7 +34,8 @@ frame size, so after the first frame nothing is allocated again; the cache is bo
 ``_PIXEL_BUDGET`` so a stream of differently sized photos does not grow memory) and one per
 power-of-two batch size for R-Net/O-Net (N candidates run as N's binary decomposition in one
 invocation per set bit, so no tensor is reallocated and no padding is computed). The pyramid
-buffers are likewise allocated once per level shape.
+buffers are likewise allocated once per level shape. Large levels run through P-Net as
+horizontal bands (bit-identical outputs, a fraction of the activation memory).
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ _F32 = np.float32
 #: cached P-Net interpreters (and pyramid buffers) hold at most about this many level pixels
 #: (one 1920x1280 pyramid is 1.8 M); a video reuses its few level shapes frame after frame
 _PIXEL_BUDGET = 2_000_000
+#: P-Net runs on horizontal bands of about this many input pixels (bounds interpreter memory)
+_PNET_BAND_PIXELS = 16_384
 #: :meth:`MTCNN.refine` feeds O-Net a square of this many times the tracked box's longer side
 TRACK_SQUARE = 0.9
 
@@ -590,7 +593,7 @@ class MTCNN:
         for s in scales:
             hs, ws = int(h * s + 1), int(w * s + 1)
             x = self._level(h, w, hs, ws, ii.dtype)(ii)
-            out = self._pnet.run(x)
+            out = self._pnet_run(x)
             prob = out[2][0, :, :, 1]
             ys, xs = np.nonzero(prob >= t0)
             if ys.size == 0:
@@ -642,6 +645,34 @@ class MTCNN:
         order = np.argsort(-boxes[:, 4], kind="stable")
         boxes, points = boxes[order], points[order]
         return Detections(np.ascontiguousarray(boxes[:, :4], _F32), np.ascontiguousarray(boxes[:, 4], _F32), np.ascontiguousarray(points))
+
+    def _pnet_run(self, x: np.ndarray) -> dict[int, np.ndarray]:
+        """P-Net on one pyramid level; a large level runs as horizontal bands.
+
+        P-Net is fully convolutional with stride 2 and a 12-pixel receptive field: output row
+        ``i`` sees input rows ``[2i, 2i + 12)``, and a band of input rows ``[2a, 2b + 10)``
+        (even height, so the ceil-mode pooling adds no window) yields exactly output rows
+        ``[a, b)``; the last band runs to the bottom of the level, as the whole level would.
+        The outputs are bit-identical to one invocation on the level (XNNPACK computes each
+        output pixel alike; checked on the test photos and clips), while an interpreter for a
+        whole 1152x839 level (a 1920x1400 photo) holds ~190 MB of activations and one for a
+        16k-pixel band ~6 MB, at the same speed.
+        """
+        hs, ws = x.shape[1], x.shape[2]
+        oh = -(-(hs - 2) // 2) - 4  # output rows of the whole level
+        nb = max(8, _PNET_BAND_PIXELS // ws - 5)  # output rows per band
+        if oh <= nb:
+            return self._pnet.run(x)
+        prob = np.empty((1, oh, -(-(ws - 2) // 2) - 4, 2), _F32)
+        reg = np.empty(prob.shape[:3] + (4,), _F32)
+        a = 0
+        while a < oh:
+            b = min(a + nb, oh)
+            out = self._pnet.run(x[:, 2 * a: (2 * b + 10 if b < oh else hs)])
+            prob[:, a:b] = out[2]
+            reg[:, a:b] = out[4]
+            a = b
+        return {2: prob, 4: reg}
 
     def _refine(self, ii: np.ndarray, b: np.ndarray, w: int, h: int, size: int, net: _Net, thr: float):
         """Crop + area-resize every box to ``size``, run ``net`` once over the batch, keep the
