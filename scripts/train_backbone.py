@@ -99,9 +99,12 @@ def build_export(tf, keras, core, crop):
 
 
 # ------------------------------------------------------------------------------ augmentation
-def make_augment(tf, crop, erase_p):
-    """Vectorized batch augmentation with stateless RNG: (x uint8 (B,48,48), seed[2])."""
+def make_augment(tf, crop, erase_p, strength=1.0):
+    """Vectorized batch augmentation with stateless RNG: (x uint8 (B,48,48), seed[2]).
+
+    ``strength`` scales the ranges of rotation, scale, shift, brightness and contrast."""
     pi = np.float32(np.pi)
+    k = float(strength)
 
     def augment(x, seed):
         b = tf.shape(x)[0]
@@ -111,10 +114,10 @@ def make_augment(tf, crop, erase_p):
         def u(i, lo, hi, shape=None):
             return tf.random.stateless_uniform(shape if shape is not None else [b], seeds[i], lo, hi)
 
-        ang = u(0, -10.0, 10.0) * pi / 180.0
-        scale = u(1, 0.9, 1.1)
-        tx = u(2, -0.1, 0.1) * IMG
-        ty = u(3, -0.1, 0.1) * IMG
+        ang = u(0, -10.0 * k, 10.0 * k) * pi / 180.0
+        scale = u(1, 1.0 - 0.1 * k, 1.0 + 0.1 * k)
+        tx = u(2, -0.1 * k, 0.1 * k) * IMG
+        ty = u(3, -0.1 * k, 0.1 * k) * IMG
         flip = tf.where(u(4, 0.0, 1.0) < 0.5, -1.0, 1.0)
         # output pixel (x, y) -> input pixel: R(ang)/scale * diag(flip,1) * (out - c_out) + c_in + t
         cos, sin = tf.cos(ang) / scale, tf.sin(ang) / scale
@@ -130,8 +133,8 @@ def make_augment(tf, crop, erase_p):
             fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")
         # brightness / contrast
         mu = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-        con = tf.reshape(u(5, 0.75, 1.25), [-1, 1, 1, 1])
-        bri = tf.reshape(u(6, -25.0, 25.0), [-1, 1, 1, 1])
+        con = tf.reshape(u(5, 1.0 - 0.25 * k, 1.0 + 0.25 * k), [-1, 1, 1, 1])
+        bri = tf.reshape(u(6, -25.0 * k, 25.0 * k), [-1, 1, 1, 1])
         x = tf.clip_by_value((x - mu) * con + mu + bri, 0.0, 255.0)
         # random erasing: one rectangle, 2-15 % of the area, aspect 0.4-2.5, filled with noise
         area = u(7, 0.02, 0.15) * crop * crop
@@ -258,10 +261,14 @@ def train(args) -> int:
             history = json.loads(hist_path.read_text())["epochs"][: int(epoch_var.numpy())]
         log.info("resumed from %s: epoch %d, best public acc %.4f", mgr.latest_checkpoint,
                  int(epoch_var.numpy()), float(best_var.numpy()))
+    elif not probe and args.init_from and not mgr.latest_checkpoint:
+        # second phase (fine-tuning): start from another run's best weights, fresh optimizer
+        tf.train.Checkpoint(model=core).read(str(Path(args.init_from) / "best" / "weights")).expect_partial()
+        log.info("initialized weights from %s/best (fresh optimizer and schedule)", args.init_from)
     elif not probe and mgr.latest_checkpoint:
         log.info("--no-resume: ignoring existing checkpoints in %s (they will be overwritten)", wd)
 
-    augment = make_augment(tf, args.crop, args.erase_p)
+    augment = make_augment(tf, args.crop, args.erase_p, args.aug_strength)
     ls = args.label_smoothing
     ncls = len(CLASSES)
 
@@ -578,6 +585,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cw-power", type=float, default=0.5, help="class weight (n_max/n_c)**power; 0 = none")
     ap.add_argument("--dropout", type=float, default=0.4)
     ap.add_argument("--erase-p", type=float, default=0.5)
+    ap.add_argument("--aug-strength", type=float, default=1.0,
+                    help="scale of the affine / photometric augmentation ranges")
+    ap.add_argument("--init-from", default=None,
+                    help="workdir of a previous run: start from its best weights (fine-tuning phase)")
     ap.add_argument("--widths", default="32,64,128,256")
     ap.add_argument("--convs", default="1,2,2,2")
     ap.add_argument("--crop", type=int, default=44)
