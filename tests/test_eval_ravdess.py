@@ -116,7 +116,7 @@ def test_table_printed(runs):
 CREMAD_TO_RAVDESS = {"NEU": 1, "HAP": 3, "SAD": 4, "ANG": 5, "FEA": 6, "DIS": 7}
 
 
-def _tiny_tree(root: Path, cremad_clips: list[Path], actors=(1, 2)) -> list[Path]:
+def _tiny_tree(root: Path, cremad_clips: list[Path], actors=(1, 2), reps=(1,)) -> list[Path]:
     """RAVDESS-named symlinks to the real CREMA-D clips (no data copied)."""
     made = []
     for a in actors:
@@ -125,9 +125,10 @@ def _tiny_tree(root: Path, cremad_clips: list[Path], actors=(1, 2)) -> list[Path
         for clip in cremad_clips:
             emo = CREMAD_TO_RAVDESS[clip.stem.split("_")[2]]
             for modality in (1, 2):  # full-AV and video-only copies of one recording
-                p = d / f"{modality:02d}-01-{emo:02d}-01-01-01-{a:02d}.mp4"
-                p.symlink_to(clip)
-                made.append(p)
+                for r in reps:
+                    p = d / f"{modality:02d}-01-{emo:02d}-01-01-{r:02d}-{a:02d}.mp4"
+                    p.symlink_to(clip)
+                    made.append(p)
         (d / f"02-02-03-01-01-01-{a:02d}.mp4").symlink_to(cremad_clips[0])  # song: ignored
         (d / "notes.txt").write_text("not a clip")
     return made
@@ -167,27 +168,26 @@ def test_extract_features_reads_cache_without_recomputing(tmp_path, data_dir, mo
         np.testing.assert_array_equal(got[k], want[k])
 
 
-def test_todo_root_mode_on_tiny_cremad_tree(tmp_path, cremad_clips):
-    """TODO(pipeline): the --root mode end to end on RAVDESS-named CREMA-D clips.
-
-    Runs once ``emoadapt.recognizer.Recognizer()`` (face detector + backbone) can be built.
-    """
-    try:
-        from emoadapt.recognizer import Recognizer
-
-        Recognizer(home=tmp_path / "home")
-    except (ImportError, NotImplementedError) as e:
-        pytest.skip(f"TODO: Recognizer pipeline not importable yet ({type(e).__name__}: {e})")
-    _tiny_tree(tmp_path / "tree", cremad_clips, actors=(1,))
+def test_root_mode_end_to_end_on_tiny_cremad_tree(tmp_path, cremad_clips):
+    """--root on RAVDESS-named links to the real CREMA-D clips: extracts, caches, resumes, and
+    the whole protocol (all three heads) runs from the cached features."""
+    _tiny_tree(tmp_path / "tree", cremad_clips, actors=(1, 2, 3), reps=(1, 2))
     paths = ev.find_videos(tmp_path / "tree")
     cache = tmp_path / "cache"
     feats = ev.extract_features(paths, cache, workers=2, fps=5)
-    assert len(feats) == 6
+    assert len(feats) == 36
     assert all(f.ndim == 2 and f.shape[0] >= 1 for f in feats.values())
     stamps = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
     again = ev.extract_features(paths, cache, workers=2, fps=5)  # resumed: nothing recomputed
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps
     for k in feats:
         np.testing.assert_array_equal(again[k], feats[k])
-    data = ev.load_videos(tmp_path / "tree", cache, 1, {"fps": 5})
-    assert len(data.clips) == 6 and not data.descriptors and set(data.actors.tolist()) == {1}
+    out = tmp_path / "out"
+    res = ev.main(["--root", str(tmp_path / "tree"), "--cache", str(cache), "--fps", "5", "--users", "1", "--seeds", "1",
+                   "--no-tune", "--test-size", "0.5", "--json", str(out / "r.json"), "--workers", "1"])
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps  # protocol read the cache only
+    heads = res["heads"]
+    assert {"max", "single_attention", "self_attention"} <= set(heads)
+    for h in ("max", "single_attention", "self_attention"):
+        for m in ("universal", "personal"):
+            assert 0.0 <= heads[h][m]["mean"] <= 1.0 and len(heads[h][m]["per_user"]) == 1
