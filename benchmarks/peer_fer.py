@@ -1,0 +1,214 @@
+"""The peer pipeline for the speed benchmark: the `fer` package (PyPI 25.10.3, MIT) with
+``FER(mtcnn=True)``: facenet-pytorch 2.6.0's MTCNN on torch, then fer's mini-Xception
+(its quantized TFLite model on ``tf.lite.Interpreter``, fer's default) per face.
+
+Run it with the peer environment's Python (``bash benchmarks/setup_peer_env.sh`` makes it),
+never with the emoadapt environment; ``benchmarks/pipeline_speed.py --peer`` does so::
+
+    benchmarks/.peer-env/bin/python benchmarks/peer_fer.py CLIP_OR_IMAGE... [--repeat 3]
+
+For each input it decodes the frames with OpenCV (BGR, as fer expects), calls
+``detect_emotions`` on every frame and prints one JSON document on stdout: per input the
+frames, wall and CPU seconds per repeat (decode excluded, as reported separately), the time
+in MTCNN, in the NMS stand-in and in the emotion model, and per frame the faces (box,
+emotion scores). Cold start (imports + ``FER(mtcnn=True)`` + first frame) and peak RSS
+are included.
+
+torchvision: facenet-pytorch imports ``torchvision.ops.boxes.batched_nms`` and
+``torchvision.transforms.functional``; the torchvision wheels on PyPI for this torch are CUDA
+builds whose ops do not load next to the CPU torch. As ``scripts/builders/mtcnn.py``'s
+``ensure_torchvision()`` does for building our models, we register a minimal stand-in module
+-- but with a *vectorised* numpy NMS (same semantics as torchvision's CPU kernel: descending
+score order, areas ``(x2-x1)*(y2-y1)``, suppress IoU > threshold), not a Python double
+loop, so the peer is not slowed down by the stand-in. Its time is measured and reported
+(``nms_s``) so the peer's speed with real torchvision can be bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+import types
+from pathlib import Path
+
+T_START = time.perf_counter()
+C_START = time.process_time()
+
+import numpy as np  # noqa: E402
+
+_NMS_TIME = [0.0]
+
+
+def install_torchvision_standin() -> str:
+    """Register ``torchvision`` (nms, batched_nms, to_tensor) in ``sys.modules`` when the real
+    one is not usable; returns "torchvision" or "stand-in"."""
+    import torch
+
+    try:
+        import torchvision.ops.boxes  # noqa: F401
+
+        torch.ops.torchvision.nms  # noqa: B018 (CUDA builds import but have no ops)
+        return "torchvision"
+    except Exception:  # noqa: BLE001
+        for k in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
+            del sys.modules[k]
+
+    def _nms_np(b: np.ndarray, s: np.ndarray, thr: float) -> np.ndarray:
+        order = np.argsort(-s, kind="stable")
+        x1, y1, x2, y2 = (np.ascontiguousarray(b[order, k]) for k in range(4))
+        areas = (x2 - x1) * (y2 - y1)
+        zero = b.dtype.type(0)
+        keep = []
+        idx = np.arange(len(order))
+        while idx.size:
+            i = idx[0]
+            keep.append(i)
+            rest = idx[1:]
+            w = np.maximum(zero, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+            h = np.maximum(zero, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+            inter = w * h
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ovr = inter / (areas[i] + areas[rest] - inter)
+            idx = rest[~(ovr > thr)]
+        return order[np.asarray(keep, np.int64)]
+
+    def nms(boxes, scores, iou_threshold):
+        t = time.perf_counter()
+        if boxes.numel() == 0:
+            out = torch.empty((0,), dtype=torch.int64)
+        else:
+            out = torch.as_tensor(_nms_np(boxes.detach().cpu().numpy(), scores.detach().cpu().numpy(), float(iou_threshold)))
+        _NMS_TIME[0] += time.perf_counter() - t
+        return out
+
+    def batched_nms(boxes, scores, idxs, iou_threshold):
+        if boxes.numel() == 0:
+            return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+        offsets = idxs.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))
+        return nms(boxes + offsets[:, None], scores, iou_threshold)
+
+    def to_tensor(pic):
+        a = torch.as_tensor(np.asarray(pic))
+        if a.ndim == 2:
+            a = a[:, :, None]
+        a = a.permute(2, 0, 1).contiguous()
+        return a.float().div(255) if a.dtype == torch.uint8 else a.float()
+
+    tv = types.ModuleType("torchvision")
+    tv.__version__ = "stand-in"
+    transforms = types.ModuleType("torchvision.transforms")
+    functional = types.ModuleType("torchvision.transforms.functional")
+    functional.to_tensor = to_tensor
+    ops = types.ModuleType("torchvision.ops")
+    boxes_mod = types.ModuleType("torchvision.ops.boxes")
+    boxes_mod.nms, boxes_mod.batched_nms = nms, batched_nms
+    ops.nms, ops.batched_nms, ops.boxes = nms, batched_nms, boxes_mod
+    transforms.functional = functional
+    tv.transforms, tv.ops = transforms, ops
+    sys.modules.update({"torchvision": tv, "torchvision.transforms": transforms,
+                        "torchvision.transforms.functional": functional,
+                        "torchvision.ops": ops, "torchvision.ops.boxes": boxes_mod})
+    return "stand-in"
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process (VmHWM; ru_maxrss would include the parent's before exec)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _frames(path: Path, max_frames: int | None) -> list[np.ndarray]:
+    import cv2
+
+    img = cv2.imread(str(path)) if path.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"} else None
+    if img is not None:
+        return [img]
+    cap = cv2.VideoCapture(str(path))
+    out = []
+    while max_frames is None or len(out) < max_frames:
+        ok, f = cap.read()
+        if not ok:
+            break
+        out.append(f)
+    cap.release()
+    if not out:
+        raise SystemExit(f"cannot read {path}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("inputs", nargs="+", type=Path, help="video clips or images")
+    ap.add_argument("--repeat", type=int, default=3, help="timed passes over each input (default 3)")
+    ap.add_argument("--max-frames", type=int, default=None, help="use at most this many frames per input")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's, = cores)")
+    args = ap.parse_args()
+
+    import torch  # first: torch before tensorflow
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shim = install_torchvision_standin()
+    import logging
+
+    from fer.fer import FER  # fer 25.10.3's package __init__ does not re-export FER
+
+    logging.getLogger("fer").setLevel(logging.WARNING)
+    t_import = time.perf_counter() - T_START
+    fer = FER(mtcnn=True)
+    t_load = time.perf_counter() - T_START
+    mtcnn = fer._mtcnn
+    det_time = [0.0, 0.0]  # wall, cpu inside MTCNN.detect
+    orig_detect = mtcnn.detect
+
+    def timed_detect(*a, **k):
+        t, c = time.perf_counter(), time.process_time()
+        try:
+            return orig_detect(*a, **k)
+        finally:
+            det_time[0] += time.perf_counter() - t
+            det_time[1] += time.process_time() - c
+
+    mtcnn.detect = timed_detect
+    frames_by_input = {str(p): _frames(p, args.max_frames) for p in args.inputs}
+    first = next(iter(frames_by_input.values()))[0]
+    fer.detect_emotions(first)
+    cold = {"import_s": t_import, "load_s": t_load - t_import, "first_frame_s": time.perf_counter() - T_START - t_load,
+            "total_s": time.perf_counter() - T_START, "total_cpu_s": time.process_time() - C_START}
+
+    results = {}
+    for name, frames in frames_by_input.items():
+        runs = []
+        per_frame = None
+        for _ in range(args.repeat):
+            det_time[:] = [0.0, 0.0]
+            _NMS_TIME[0] = 0.0
+            out = []
+            t, c = time.perf_counter(), time.process_time()
+            for f in frames:
+                out.append(fer.detect_emotions(f))
+            wall, cpu = time.perf_counter() - t, time.process_time() - c
+            runs.append({"wall_s": wall, "cpu_s": cpu, "mtcnn_wall_s": det_time[0], "mtcnn_cpu_s": det_time[1], "nms_s": _NMS_TIME[0]})
+            per_frame = [[{"box": [int(v) for v in e["box"]], "emotions": e["emotions"]} for e in faces] for faces in out]
+        results[name] = {"frames": len(frames), "size": [int(frames[0].shape[1]), int(frames[0].shape[0])],
+                         "runs": runs, "per_frame": per_frame}
+    print(json.dumps({
+        "peer": "fer 25.10.3 FER(mtcnn=True) (facenet-pytorch 2.6.0 MTCNN + fer mini-Xception TFLite)",
+        "torchvision": shim,
+        "torch_threads": torch.get_num_threads(),
+        "cold_start": cold,
+        "peak_rss_mb": peak_rss_mb(),
+        "inputs": results,
+    }))
+
+
+if __name__ == "__main__":
+    main()
