@@ -16,8 +16,8 @@ Tables printed:
    amortised full + tracking), alignment, backbone, identity embedding, clip pooling/head;
 2. end to end (``Recognizer.predict`` on the file, decode included) in frames per second,
    with tracking (``detect_every=10``, the default) and per-frame detection
-   (``detect_every=1``), vs the peer ``fer`` (``FER(mtcnn=True).detect_emotions`` per frame,
-   decode excluded) run by ``benchmarks/peer_fer.py`` in its own environment;
+   (``detect_every=1``), vs the peer ``fer`` (decode + ``FER(mtcnn=True).detect_emotions``
+   per frame) run by ``benchmarks/peer_fer.py`` in its own environment;
 3. accuracy / agreement on the CREMA-D clips (labels from the file names), and the
    per-frame probability difference between tracking and per-frame detection, next to the
    difference an equally valid detector setting makes (pyramid factor 0.72 vs 0.709);
@@ -388,10 +388,10 @@ def main() -> None:
     hdr = ["input", "ours fps (track, wall/CPU)", "ours fps (every frame)"]
     if peer is not None:
         hdr += ["fer fps (wall/CPU)", "speed-up (wall/CPU)", "faces found: ours track/every; fer"]
-    texts.append(table("End to end, frames per second (best of passes; ours includes decoding, fer excludes it)", hdr, rows))
+    texts.append(table("End to end, frames per second (best of passes; decoding included)", hdr, rows))
     if peer is not None:
         pt = report["peer_totals"]
-        texts.append(table("fer (peer) per frame, CPU ms", ["input", "MTCNN (torch)", "of which NMS stand-in", "rest (emotion model, crops)"],
+        texts.append(table("fer (peer) per frame, CPU ms", ["input", "MTCNN (torch)", "of which NMS stand-in", "rest (decode, emotion model, crops)"],
                            [[k, f"{pt[k]['mtcnn_ms_cpu']:.1f}", f"{pt[k]['nms_ms']:.2f}", f"{1e3 * pt[k]['cpu_s'] / pt[k]['frames'] - pt[k]['mtcnn_ms_cpu']:.1f}"] for k in sets]))
 
     classes = rec.classes
