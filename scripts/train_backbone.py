@@ -430,6 +430,23 @@ def time_tflite(path: Path, batch: int, reps: int) -> float:
     return float(np.median(ts)) * 1000.0 / batch
 
 
+def _phase_summary(wd: Path) -> dict:
+    """Config and public-accuracy curve of a finished run (for the manifest)."""
+    cfg = json.loads((wd / "config.json").read_text())
+    hist = json.loads((wd / "history.json").read_text())["epochs"]
+    keys = ("epochs", "batch_size", "lr", "warmup_epochs", "weight_decay", "label_smoothing", "cw_power",
+            "dropout", "erase_p", "aug_strength", "seed", "widths", "convs", "crop")
+    out = {k: cfg.get(k) for k in keys}
+    if out["aug_strength"] is None:  # runs from before the flag existed
+        out["aug_strength"] = 1.0
+    out.update(workdir=str(wd), epochs_run=len(hist),
+               public_acc_curve=[round(h["public_acc"], 4) for h in hist],
+               mean_epoch_s_2cpu=float(np.mean([h["epoch_s"] for h in hist])))
+    if cfg.get("init_from"):
+        out["previous_phase"] = _phase_summary(Path(cfg["init_from"]))
+    return out
+
+
 def export(args) -> int:
     import tempfile
 
@@ -527,7 +544,12 @@ def export(args) -> int:
                      augmentation="flip, rotation +-10 deg, scale +-10%, shift +-10%, 44x44 crop, "
                                   "brightness +-25, contrast +-25%, random erasing",
                      imbalance="class weights (n_max/n_c)^cw_power + label smoothing",
-                     mean_epoch_s_2cpu=summary["mean_epoch_s"])
+                     mean_epoch_s_2cpu=summary["mean_epoch_s"],
+                     public_acc_curve=summary["public_acc_curve"])
+    if cfg.get("init_from"):  # fine-tuning phase: describe the run it started from too
+        train_cfg["aug_strength"] = cfg.get("aug_strength", 1.0)
+        train_cfg["phase"] = "fine-tuning from the best weights of the previous phase"
+        train_cfg["previous_phase"] = _phase_summary(Path(cfg["init_from"]))
     entries = []
     for kind, path in files.items():
         m = metrics[kind]
