@@ -55,15 +55,18 @@ class Backbone:
         self.entry: dict[str, Any] = zoo.model_entry(self.name)
         if self.entry.get("kind", "emotion_backbone") != "emotion_backbone":
             raise ModelIntegrityError(f"model {self.name!r} is not an emotion backbone")
-        spec = self.entry["inputs"]
-        shape = spec["shape"]
-        self.input_size: tuple[int, int] = (int(shape[2]), int(shape[1]))  # (w, h)
-        self.channels: int = int(spec.get("channels", shape[3]))
-        self.scale = float(spec.get("scale", 1.0))
-        self.offset = float(spec.get("offset", 0.0))
-        align = spec.get("align", "fer2013")
-        self.template: str = align if isinstance(align, str) else align.get("template", "fer2013")
-        self.classes: list[str] = list(self.entry["classes"])
+        try:
+            spec = self.entry["inputs"]
+            shape = spec["shape"]
+            self.input_size: tuple[int, int] = (int(shape[2]), int(shape[1]))  # (w, h)
+            self.channels: int = int(spec.get("channels", shape[3]))
+            self.scale = float(spec.get("scale", 1.0))
+            self.offset = float(spec.get("offset", 0.0))
+            align = spec.get("align", "fer2013")
+            self.template: str = align if isinstance(align, str) else align.get("template", "fer2013")
+            self.classes: list[str] = [str(c) for c in self.entry.get("classes") or spec["classes"]]
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise ModelIntegrityError(f"manifest entry of {self.name!r} lacks a valid input spec or class list: {e!r}") from e
         self.tta = bool(self.entry.get("tta", False) if tta is None else tta)
         if batch_size < 1:
             raise InvalidInputError("batch_size must be >= 1")

@@ -556,6 +556,8 @@ def export(args) -> int:
         entries.append({
             "name": f"emoadapt_fer_{kind}",
             "file": path.name,
+            "kind": "emotion_backbone",
+            "classes": CLASSES,
             "source": {"package": "emoadapt (trained by scripts/train_backbone.py)",
                        "data": "FER2013 train split", "version": "0.1.0", "registry": None,
                        "path": "scripts/train_backbone.py",
@@ -563,7 +565,7 @@ def export(args) -> int:
             "licence": "MIT (emoadapt's own weights). Trained on FER2013, whose terms allow research use only; "
                        "check them before commercial use.",
             "inputs": {"shape": [None, IMG, IMG, 1], "dtype": "float32", "channels": 1, "color": "gray",
-                       "scale": 1.0, "offset": 0.0, "classes": CLASSES, "name": "image",
+                       "scale": 1.0, "offset": 0.0, "classes": CLASSES, "name": "image", "align": "fer2013",
                        "note": "raw gray pixels 0..255, face aligned/cropped as FER2013; model normalizes "
                                "and centre-crops 44x44 internally; batch dimension is dynamic"},
             "outputs": {
