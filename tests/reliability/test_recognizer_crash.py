@@ -132,6 +132,8 @@ def _run_trials(home: Path, trials: int, seed: int) -> dict:
     shared = None  # a Recognizer holding the models; per trial a fresh one on the home
     stats = Counter()
     during = Counter()
+    seen_temps: set[str] = set()
+    seen_orphans: set[str] = set()
     for trial in range(trials):
         mode = MODES[trial % len(MODES)]
         w = _Worker(home, seed=trial)
@@ -148,7 +150,6 @@ def _run_trials(home: Path, trials: int, seed: int) -> dict:
         during[_killed_during(lines)] += 1
         stats["kills"] += 1
 
-        new: set[int] = set()
         for line in lines:
             kind, *f = line.split()
             if kind == "C":
@@ -157,7 +158,6 @@ def _run_trials(home: Path, trials: int, seed: int) -> dict:
                 user, clip, label, _ = worker.loop_op(int(f[1]), int(f[2]))
                 assert (f[3], f[4], int(f[5])) == (user, label, len(clip))
                 reported[cid] = (user, label, len(clip))
-                new.add(cid)
             elif kind == "A-":
                 stats["adapts_completed"] += 1
             elif kind == "H-":
@@ -183,7 +183,8 @@ def _run_trials(home: Path, trials: int, seed: int) -> dict:
             assert 0 <= unreported - stats["unreported"] <= 1, (trial, unreported, stats["unreported"])
             stats["unreported"] = unreported
 
-            temps = 0
+            temps: set[str] = set()
+            orphans: set[str] = set()
             if feats is None and "alice" in users:
                 shared = emoadapt.Recognizer(home=home)
                 feats = shared.frame_features(worker.shared_clips(worker.HELD_APART_FRAMES)[0][0])
@@ -197,15 +198,21 @@ def _run_trials(home: Path, trials: int, seed: int) -> dict:
                 h = st.active_head(user, strict=True)
                 if h is None:
                     assert max_saved[user] == 0
-                    continue
-                assert not h.fell_back and h.version >= max_saved[user]
-                head = head_from_arrays(h.arrays)
-                p = np.asarray(head.predict_proba([feats]))
-                assert p.shape == (1, len(head.classes_)) and np.isfinite(p).all() and abs(float(p.sum()) - 1) < 1e-5
-                stats["heads_verified"] += 1
+                else:
+                    assert not h.fell_back and h.version >= max_saved[user]
+                    head = head_from_arrays(h.arrays)
+                    p = np.asarray(head.predict_proba([feats]))
+                    assert p.shape == (1, len(head.classes_)) and np.isfinite(p).all() and abs(float(p.sum()) - 1) < 1e-5
+                    stats["heads_verified"] += 1
                 d = home / "heads" / user_dir_name(user)
-                temps += sum(q.name.startswith(".tmp-head-") for q in d.iterdir())
-        stats["temp_files_max"] = max(stats["temp_files_max"], temps)
+                names = {q.name for q in d.iterdir()} if d.is_dir() else set()
+                temps |= {f"{user}/{n}" for n in names if n.startswith(".tmp-head-")}
+                orphans |= {f"{user}/{n}" for n in names if n.startswith("v") and n not in {r.file for r in recs}}
+        # debris of a kill inside save_head: a temp file (killed before the rename) or a
+        # v<N>.npz no row references (killed between the rename and the commit)
+        stats["kills leaving a temp head file"] += bool(temps - seen_temps)
+        stats["kills leaving an unreferenced v<N>.npz"] += bool(orphans - seen_orphans)
+        seen_temps, seen_orphans = temps, orphans
         if shared is not None:  # end to end: a fresh Recognizer on the home still works
             with emoadapt.Recognizer(home=home, backbone=shared.backbone) as rec:
                 res = rec.predict(worker.shared_clips(worker.HELD_APART_FRAMES)[1][0])
@@ -232,6 +239,7 @@ def test_sigkill_during_correct_and_adapt_loses_nothing(tmp_path, trials, record
            f"none lost; {stats['unreported']} commits the worker had no time to report; "
            f"{stats['adapts_completed']} adaptations completed, {stats['heads_saved']} heads saved, "
            f"{stats['heads_verified']} active heads verified (strict load + prediction); "
-           f"at most {stats['temp_files_max']} temp files of killed saves at once (never referenced)")
+           f"{stats['kills leaving a temp head file']} kills left a temp head file and "
+           f"{stats['kills leaving an unreferenced v<N>.npz']} an unreferenced v<N>.npz (never used as a head)")
     print("\n" + msg)
     record_property("recognizer_crash", msg)
