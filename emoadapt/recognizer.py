@@ -459,7 +459,10 @@ class Recognizer:
                 )
         assert res.features is not None
         cid = int(self.store.add_correction(user, label, res.features, res.features.mean(axis=0), self.model_version))
-        if self.adapt_every and self.store.count_since_last_head(user) >= self.adapt_every:
+        # every adapt_every-th pending correction (not every one after the k-th: a rejected
+        # candidate leaves its corrections pending, and must not make each later call re-adapt)
+        pending = self.store.count_since_last_head(user)
+        if self.adapt_every and pending and pending % self.adapt_every == 0:
             self.adapt(user)
         return cid
 
