@@ -161,6 +161,15 @@ def stage_costs(rec: Any, name: str, paths: list[Path], repeat: int) -> dict[str
     per_clip = [x[: len(v)] for v in frames]
     w, c, _ = best_of(lambda: [head.predict_proba([p]) for p in per_clip], repeat)
     res[f"pooling + head ({type(head).__name__})"] = (w / len(per_clip), c / len(per_clip), "clip")
+    try:  # the trainable head personal heads are fine-tuned from (a user's head costs the same)
+        personal = rec.personal_base
+    except Exception:  # noqa: BLE001 - no trainable head in the manifest
+        personal = None
+    if personal is not None:
+        feats = [F[: len(v)] for v in frames]
+        personal.predict_proba([feats[0]])
+        w, c, _ = best_of(lambda: [personal.predict_proba([f]) for f in feats], repeat)
+        res[f"pooling + personal head ({type(personal).__name__})"] = (w / len(feats), c / len(feats), "clip")
     res["_frames"], res["_faces"] = n, nf
     return res
 
