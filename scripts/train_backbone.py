@@ -155,6 +155,87 @@ def make_augment(tf, crop, erase_p, strength=1.0):
     return augment
 
 
+# ------------------------------------------------------------------------- warm start (tflite)
+def init_from_tflite(tf, core, path: Path, x_sample: np.ndarray) -> dict:
+    """Load the weights of an exported ``emoadapt_fer`` TFLite file into ``core``.
+
+    The converter folded every BatchNorm into the conv / dense layer before it (kernel ``W'``,
+    bias ``b'``), so the original BN parameters cannot be recovered; they are rebuilt instead:
+    each kernel is rescaled per output channel by ``r = 1 / std(W' x)`` (a BN-followed layer's
+    output does not depend on its kernel's scale; unit variance keeps BN's epsilon from
+    distorting training-mode outputs), and the BN after it gets ``moving_mean = m``,
+    ``moving_variance = 1 - eps``, ``gamma = 1 / r``, ``beta = m / r + b'``, where ``m`` is the
+    per-channel mean of the rescaled pre-activation over ``x_sample`` (raw training faces,
+    ``crop x crop``). The core then computes exactly what the TFLite file computes at inference,
+    and the same up to batch statistics in training mode, and trains on from there."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    const = {}
+    for t in it.get_tensor_details():
+        try:
+            const[t["name"]] = (len(t["shape"]), it.get_tensor(t["index"]))
+        except ValueError:  # activation tensors have no data
+            continue
+
+    def find(key: str, ndim: int) -> np.ndarray:
+        # kernels: the tensor name ends with the op (".../conv1_0/Conv2D"); folded biases: a fused
+        # name that contains the BN layer (".../relu1_0/Relu;.../bn1_0/FusedBatchNorm...")
+        hits = [v for n, (d, v) in const.items()
+                if d == ndim and (n.endswith(key) or (ndim == 1 and "/" + key in n))]
+        if len(hits) != 1:
+            raise ValueError(f"{path}: expected one {ndim}-D tensor for {key!r}, found {len(hits)}")
+        return np.asarray(hits[0], np.float32)
+
+    h = core.get_layer("normalize")(tf.constant(x_sample[..., None].astype(np.float32))).numpy()
+
+    def rebuild(layer, bn, w: np.ndarray, bias: np.ndarray, x: np.ndarray, op) -> np.ndarray:
+        z = op(x, w)  # pre-activation of the folded layer, W' x
+        axes = tuple(range(z.ndim - 1))
+        r = 1.0 / np.maximum(z.std(axes), 1e-6)
+        z = z * r
+        m = z.mean(axes)
+        layer.set_weights([(w * r).astype(np.float32)])
+        bn.set_weights([(1.0 / r).astype(np.float32), (m / r + bias).astype(np.float32),
+                        m.astype(np.float32), np.full_like(m, 1.0 - bn.epsilon, dtype=np.float32)])
+        log.debug("%s: kernel norms after rescaling %.3g..%.3g", layer.name,
+                  *np.percentile(np.sqrt(((w * r) ** 2).reshape(-1, len(r)).sum(0)), [5, 95]))
+        return np.maximum(z / r + bias, 0.0)  # ReLU(BN(z)) == ReLU(W' x + b')
+
+    def conv_op(x, w):
+        return tf.nn.conv2d(x, w.astype(np.float32), 1, "SAME").numpy()
+
+    stage = 0
+    while True:
+        try:
+            core.get_layer(f"conv{stage}_0")
+        except ValueError:
+            break
+        if stage > 0:
+            h = tf.nn.max_pool2d(h, 2, 2, "VALID").numpy()
+        c = 0
+        while True:
+            try:
+                conv = core.get_layer(f"conv{stage}_{c}")
+            except ValueError:
+                break
+            w = find(f"conv{stage}_{c}/Conv2D", 4).transpose(1, 2, 3, 0)  # OHWI -> HWIO
+            h = rebuild(conv, core.get_layer(f"bn{stage}_{c}"), w, find(f"bn{stage}_{c}/", 1), h, conv_op)
+            c += 1
+        stage += 1
+    rebuild(core.get_layer("fc"), core.get_layer("fc_bn"), find("fc_bn/batchnorm/mul_1", 2).T,
+            find("fc_bn/", 1), h.mean(axis=(1, 2)), lambda x, w: x @ w)
+    core.get_layer("logits").set_weights([find("logits/MatMul", 2).T, find("logits/BiasAdd", 1)])
+    return {"file": str(path), "sha256": _sha256(path)}
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 # ----------------------------------------------------------------------------------- training
 def setup_tf(threads: int):
     import tensorflow as tf
@@ -255,6 +336,7 @@ def train(args) -> int:
     best_ckpt = tf.train.Checkpoint(model=core)
     hist_path = wd / "history.json"
     history: list[dict] = []
+    init_info: dict = {}
     if not probe and args.resume and mgr.latest_checkpoint:
         ckpt.restore(mgr.latest_checkpoint).assert_existing_objects_matched()
         if hist_path.exists():
@@ -265,6 +347,18 @@ def train(args) -> int:
         # second phase (fine-tuning): start from another run's best weights, fresh optimizer
         tf.train.Checkpoint(model=core).read(str(Path(args.init_from) / "best" / "weights")).expect_partial()
         log.info("initialized weights from %s/best (fresh optimizer and schedule)", args.init_from)
+    elif not probe and args.init_from_tflite and not mgr.latest_checkpoint:
+        # continue from a shipped model (its checkpoints are gone): rebuild its weights
+        pick = np.random.default_rng(args.seed).permutation(len(xtr))[:4096]
+        m = (IMG - args.crop) // 2
+        src = init_from_tflite(tf, core, Path(args.init_from_tflite),
+                               xtr[pick, m:m + args.crop, m:m + args.crop])
+        va0, _, _ = evaluate(tf, core, xva, yva, crop=args.crop)
+        log.info("initialized weights from %s (sha256 %s...): public acc %.4f before training",
+                 src["file"], src["sha256"][:12], va0)
+        # its manifest history now: export replaces that manifest entry
+        init_info.update(src, public_acc_at_start=va0,
+                         training=_shipped_training(src["sha256"], Path(args.out_dir)))
     elif not probe and mgr.latest_checkpoint:
         log.info("--no-resume: ignoring existing checkpoints in %s (they will be overwritten)", wd)
 
@@ -331,6 +425,12 @@ def train(args) -> int:
     config = {k: v for k, v in vars(args).items()}
     config.update(mean=mean, std=std, params=n_params, steps_per_epoch=steps_per_epoch,
                   class_weights=cw.tolist())
+    if init_info:
+        config["init_from_tflite_info"] = init_info
+    elif (wd / "config.json").exists():  # resumed: keep what the first invocation recorded
+        prev = json.loads((wd / "config.json").read_text()).get("init_from_tflite_info")
+        if prev:
+            config["init_from_tflite_info"] = prev
     (wd / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     start = int(epoch_var.numpy())
@@ -447,6 +547,16 @@ def _phase_summary(wd: Path) -> dict:
     return out
 
 
+def _shipped_training(sha: str, models_dir: Path) -> dict:
+    """The manifest's training block of the model file with this sha256 (before it is replaced)."""
+    man = Path(models_dir) / "manifest.json"
+    if man.exists():
+        for e in json.loads(man.read_text())["models"].values():
+            if e.get("sha256") == sha and "training" in e:
+                return dict(e["training"])
+    return {}
+
+
 def export(args) -> int:
     import tempfile
 
@@ -546,10 +656,16 @@ def export(args) -> int:
                      imbalance="class weights (n_max/n_c)^cw_power + label smoothing",
                      mean_epoch_s_2cpu=summary["mean_epoch_s"],
                      public_acc_curve=summary["public_acc_curve"])
+    train_cfg["aug_strength"] = cfg.get("aug_strength", 1.0)
     if cfg.get("init_from"):  # fine-tuning phase: describe the run it started from too
-        train_cfg["aug_strength"] = cfg.get("aug_strength", 1.0)
         train_cfg["phase"] = "fine-tuning from the best weights of the previous phase"
         train_cfg["previous_phase"] = _phase_summary(Path(cfg["init_from"]))
+    elif cfg.get("init_from_tflite_info"):  # continued from a shipped model: keep its history
+        info = cfg["init_from_tflite_info"]
+        train_cfg["phase"] = "continued training from the weights of an earlier shipped model"
+        train_cfg["previous_phase"] = dict(info.get("training") or {},
+                                           sha256=info["sha256"],
+                                           public_acc_at_start=info["public_acc_at_start"])
     entries = []
     for kind, path in files.items():
         m = metrics[kind]
@@ -613,6 +729,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="scale of the affine / photometric augmentation ranges")
     ap.add_argument("--init-from", default=None,
                     help="workdir of a previous run: start from its best weights (fine-tuning phase)")
+    ap.add_argument("--init-from-tflite", default=None,
+                    help="an exported emoadapt_fer float32 .tflite: continue training from its weights "
+                         "(BatchNorm rebuilt from the folded layers; fresh optimizer and schedule; "
+                         "--widths/--convs/--crop must match it)")
     ap.add_argument("--widths", default="32,64,128,256")
     ap.add_argument("--convs", default="1,2,2,2")
     ap.add_argument("--crop", type=int, default=44)

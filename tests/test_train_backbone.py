@@ -1,0 +1,60 @@
+"""scripts/train_backbone.py: continuing training from a shipped TFLite backbone.
+
+Needs TensorFlow (the ``build`` extra), so it is a ``live`` test: ``pytest -m live`` in the
+build environment (README, "Rebuilding the models")."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.live
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("train_backbone", ROOT / "scripts" / "train_backbone.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def fer_faces(data_dir):
+    with np.load(data_dir / "fer2013.npz", allow_pickle=False) as d:
+        # the arrays are ordered by class: a random sample, so that a batch's statistics are
+        # those of the data set (training-mode BatchNorm below)
+        pick = np.random.default_rng(1).permutation(len(d["x_public_test"]))[:256]
+        return d["x_train"], d["x_public_test"][pick]
+
+
+def test_init_from_tflite_reproduces_the_shipped_model(fer_faces):
+    pytest.importorskip("tensorflow")
+    tb = _script()
+    tf, keras = tb.setup_tf(2)
+    entry = json.loads((ROOT / "models" / "manifest.json").read_text())["models"]["emoadapt_fer_f32"]
+    cfg = entry["training"]
+    widths = [int(v) for v in cfg["widths"].split(",")]
+    convs = [int(v) for v in cfg["convs"].split(",")]
+    crop = int(cfg["crop"])
+    xtr, xte = fer_faces
+    mean, std = float(xtr.mean() / 255.0), float(xtr.std() / 255.0)
+    core = tb.build_core(tf, keras, widths, convs, crop, mean, std, 0.0)
+    m = (tb.IMG - crop) // 2
+    sample = xtr[np.random.default_rng(0).permutation(len(xtr))[:2048], m:m + crop, m:m + crop]
+    info = tb.init_from_tflite(tf, core, ROOT / "models" / entry["file"], sample)
+    assert info["sha256"] == entry["sha256"]
+
+    ref_p, ref_f = tb.run_tflite(ROOT / "models" / entry["file"], xte)
+    x = tf.constant(xte[:, m:m + crop, m:m + crop, None].astype(np.float32))
+    p, f, _ = (t.numpy() for t in core(x, training=False))
+    np.testing.assert_allclose(p, ref_p, atol=1e-4)
+    np.testing.assert_allclose(f, ref_f, atol=1e-3 * max(1.0, float(np.abs(ref_f).max())))
+    # training mode normalises with the batch's own statistics: close to, not equal to, inference
+    pt = core(x, training=True)[0].numpy()
+    agree = float((pt.argmax(1) == ref_p.argmax(1)).mean())
+    assert agree > 0.9, agree
