@@ -89,12 +89,21 @@ def build_core(tf, keras, widths, convs, crop, mean, std, dropout):
     return keras.Model(inp, [probs, feats, logits], name="emoadapt_fer_core")
 
 
-def build_export(tf, keras, core, crop):
-    """48x48 raw-pixel input -> centre crop -> core; outputs {probs, features}."""
+def build_export(tf, keras, cores, crop):
+    """48x48 raw-pixel input -> centre crop -> core(s); outputs {probs, features}.
+
+    With several cores (an ensemble of trained networks of one architecture) ``probs`` is
+    the mean of their probabilities and ``features`` the concatenation of their features."""
+    cores = list(cores) if isinstance(cores, (list, tuple)) else [cores]
     inp = keras.Input((IMG, IMG, 1), name="image")
     m = (IMG - crop) // 2
     x = keras.layers.Cropping2D(m, name="center_crop")(inp) if m else inp
-    probs, feats, _ = core(x, training=False)
+    outs = [c(x, training=False) for c in cores]
+    if len(outs) == 1:
+        probs, feats = outs[0][0], outs[0][1]
+    else:
+        probs = keras.layers.Average(name="mean_probs")([o[0] for o in outs])
+        feats = keras.layers.Concatenate(name="concat_features")([o[1] for o in outs])
     return keras.Model(inp, {"probs": probs, "features": feats}, name="emoadapt_fer")
 
 
@@ -571,9 +580,22 @@ def export(args) -> int:
     meta = json.loads((wd / "best" / "meta.json").read_text())
     hist = json.loads((wd / "history.json").read_text())["epochs"]
     log.info("best checkpoint: epoch %d, public acc %.4f", meta["epoch"], meta["public_acc"])
-    model = build_export(tf, keras, core, crop)
-
     d = load_fer()
+    cores, members = [core], []
+    for i, path in enumerate(args.ensemble_with_tflite or []):
+        # another trained network of the same architecture, from its exported float32 file
+        extra = build_core(tf, keras, widths, convs, crop, cfg["mean"], cfg["std"], cfg["dropout"])
+        extra._name = f"emoadapt_fer_core_{i + 1}"
+        pick = np.random.default_rng(i).permutation(len(d["x_train"]))[:4096]
+        m = (IMG - crop) // 2
+        info = init_from_tflite(tf, extra, Path(path), d["x_train"][pick, m:m + crop, m:m + crop])
+        info["training"] = _shipped_training(info["sha256"], Path(args.out_dir))
+        cores.append(extra)
+        members.append(info)
+        log.info("ensemble member %s (sha256 %s...)", path, info["sha256"][:12])
+    model = build_export(tf, keras, cores, crop)
+    feat_dim = FEAT_DIM * len(cores)
+
     xpu, ypu = d["x_public_test"], d["y_public_test"].astype(np.int64)
     xpr, ypr = d["x_private_test"], d["y_private_test"].astype(np.int64)
 
@@ -666,6 +688,11 @@ def export(args) -> int:
         train_cfg["previous_phase"] = dict(info.get("training") or {},
                                            sha256=info["sha256"],
                                            public_acc_at_start=info["public_acc_at_start"])
+    if members:  # the other networks of an ensemble, with their own training histories
+        train_cfg["ensemble"] = {
+            "how": "mean of the members' probabilities; features concatenated",
+            "members": [{"sha256": mb["sha256"], "file_then": Path(mb["file"]).name,
+                         "training": mb["training"]} for mb in members]}
     entries = []
     for kind, path in files.items():
         m = metrics[kind]
@@ -674,6 +701,9 @@ def export(args) -> int:
             "file": path.name,
             "kind": "emotion_backbone",
             "classes": CLASSES,
+            # the runtime's default test-time augmentation (mean with the mirror image), chosen
+            # on the public test like every other model choice
+            "tta": bool(m["public_test_acc_flip_tta"] > m["public_test_acc"]),
             "source": {"package": "emoadapt (trained by scripts/train_backbone.py)",
                        "data": "FER2013 train split", "version": "0.1.0", "registry": None,
                        "path": "scripts/train_backbone.py",
@@ -688,9 +718,11 @@ def export(args) -> int:
                 "probs": {"shape": [None, len(CLASSES)], "name": odet[pi]["name"], "output_position": pi,
                           "tensor_index": int(odet[pi]["index"]),
                           "signature_key": "probs", "activation": "softmax"},
-                "features": {"shape": [None, FEAT_DIM], "name": odet[fi]["name"], "output_position": fi,
+                "features": {"shape": [None, feat_dim], "name": odet[fi]["name"], "output_position": fi,
                              "tensor_index": int(odet[fi]["index"]),
-                             "signature_key": "features", "layer": "post-ReLU 256-d hidden layer before the classifier"},
+                             "signature_key": "features",
+                             "layer": "post-ReLU 256-d hidden layer before the classifier"
+                                      + (f", concatenated over the {len(cores)} ensemble members" if members else "")},
                 "identify": "preferred: get_signature_runner('serving_default') output keys 'probs' / 'features'; "
                             "raw interpreter: get_output_details() tensor names are generic "
                             "(StatefulPartitionedCall:N), so pick by last dimension (7 = probs, 256 = features); "
@@ -733,6 +765,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="an exported emoadapt_fer float32 .tflite: continue training from its weights "
                          "(BatchNorm rebuilt from the folded layers; fresh optimizer and schedule; "
                          "--widths/--convs/--crop must match it)")
+    ap.add_argument("--ensemble-with-tflite", action="append", default=None, metavar="F32_TFLITE",
+                    help="export: average the trained network with this exported float32 model of the "
+                         "same architecture (repeatable); features are concatenated")
     ap.add_argument("--widths", default="32,64,128,256")
     ap.add_argument("--convs", default="1,2,2,2")
     ap.add_argument("--crop", type=int, default=44)
