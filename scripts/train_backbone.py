@@ -557,12 +557,13 @@ def _phase_summary(wd: Path) -> dict:
 
 
 def _shipped_training(sha: str, models_dir: Path) -> dict:
-    """The manifest's training block of the model file with this sha256 (before it is replaced)."""
-    man = Path(models_dir) / "manifest.json"
-    if man.exists():
-        for e in json.loads(man.read_text())["models"].values():
-            if e.get("sha256") == sha and "training" in e:
-                return dict(e["training"])
+    """The manifest's training block of the model file with this sha256 (before it is replaced):
+    looked up in ``models_dir`` and in the repository's ``models/``."""
+    for man in dict.fromkeys([Path(models_dir) / "manifest.json", ROOT / "models" / "manifest.json"]):
+        if man.exists():
+            for e in json.loads(man.read_text())["models"].values():
+                if e.get("sha256") == sha and "training" in e:
+                    return dict(e["training"])
     return {}
 
 
