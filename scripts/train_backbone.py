@@ -165,7 +165,7 @@ def make_augment(tf, crop, erase_p, strength=1.0):
 
 
 # ------------------------------------------------------------------------- warm start (tflite)
-def init_from_tflite(tf, core, path: Path, x_sample: np.ndarray) -> dict:
+def init_from_tflite(tf, core, path: Path, x_sample: np.ndarray, member: int = 0) -> dict:
     """Load the weights of an exported ``emoadapt_fer`` TFLite file into ``core``.
 
     The converter folded every BatchNorm into the conv / dense layer before it (kernel ``W'``,
@@ -176,7 +176,9 @@ def init_from_tflite(tf, core, path: Path, x_sample: np.ndarray) -> dict:
     ``moving_variance = 1 - eps``, ``gamma = 1 / r``, ``beta = m / r + b'``, where ``m`` is the
     per-channel mean of the rescaled pre-activation over ``x_sample`` (raw training faces,
     ``crop x crop``). The core then computes exactly what the TFLite file computes at inference,
-    and the same up to batch statistics in training mode, and trains on from there."""
+    and the same up to batch statistics in training mode, and trains on from there.
+
+    ``member``: which network of an exported ensemble (``--ensemble-with-tflite``) to load."""
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_path=str(path))
@@ -192,11 +194,12 @@ def init_from_tflite(tf, core, path: Path, x_sample: np.ndarray) -> dict:
         # kernels: the tensor name ends with the op (".../conv1_0/Conv2D"); folded biases: a fused
         # name that contains the BN layer (".../relu1_0/Relu;.../bn1_0/FusedBatchNorm...")
         hits = [v for n, (d, v) in const.items()
-                if d == ndim and (n.endswith(key) or (ndim == 1 and "/" + key in n))]
+                if d == ndim and scope in n and (n.endswith(key) or (ndim == 1 and "/" + key in n))]
         if len(hits) != 1:
             raise ValueError(f"{path}: expected one {ndim}-D tensor for {key!r}, found {len(hits)}")
         return np.asarray(hits[0], np.float32)
 
+    scope = "/emoadapt_fer_core/" if member == 0 else f"/emoadapt_fer_core_{member}/"
     h = core.get_layer("normalize")(tf.constant(x_sample[..., None].astype(np.float32))).numpy()
 
     def rebuild(layer, bn, w: np.ndarray, bias: np.ndarray, x: np.ndarray, op) -> np.ndarray:
@@ -361,7 +364,7 @@ def train(args) -> int:
         pick = np.random.default_rng(args.seed).permutation(len(xtr))[:4096]
         m = (IMG - args.crop) // 2
         src = init_from_tflite(tf, core, Path(args.init_from_tflite),
-                               xtr[pick, m:m + args.crop, m:m + args.crop])
+                               xtr[pick, m:m + args.crop, m:m + args.crop], member=args.init_member)
         va0, _, _ = evaluate(tf, core, xva, yva, crop=args.crop)
         log.info("initialized weights from %s (sha256 %s...): public acc %.4f before training",
                  src["file"], src["sha256"][:12], va0)
@@ -766,6 +769,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="an exported emoadapt_fer float32 .tflite: continue training from its weights "
                          "(BatchNorm rebuilt from the folded layers; fresh optimizer and schedule; "
                          "--widths/--convs/--crop must match it)")
+    ap.add_argument("--init-member", type=int, default=0,
+                    help="with --init-from-tflite on an exported ensemble: which network to continue (0 = first)")
     ap.add_argument("--ensemble-with-tflite", action="append", default=None, metavar="F32_TFLITE",
                     help="export: average the trained network with this exported float32 model of the "
                          "same architecture (repeatable); features are concatenated")
