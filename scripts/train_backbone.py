@@ -165,7 +165,8 @@ def make_augment(tf, crop, erase_p, strength=1.0):
 
 
 # ------------------------------------------------------------------------- warm start (tflite)
-def init_from_tflite(tf, core, path: Path, x_sample: np.ndarray, member: int = 0) -> dict:
+def init_from_tflite(tf, core, path: Path, faces: np.ndarray, crop: int, member: int = 0,
+                     seed: int = 0, n_sample: int = 4096) -> dict:
     """Load the weights of an exported ``emoadapt_fer`` TFLite file into ``core``.
 
     The converter folded every BatchNorm into the conv / dense layer before it (kernel ``W'``,
@@ -174,8 +175,8 @@ def init_from_tflite(tf, core, path: Path, x_sample: np.ndarray, member: int = 0
     output does not depend on its kernel's scale; unit variance keeps BN's epsilon from
     distorting training-mode outputs), and the BN after it gets ``moving_mean = m``,
     ``moving_variance = 1 - eps``, ``gamma = 1 / r``, ``beta = m / r + b'``, where ``m`` is the
-    per-channel mean of the rescaled pre-activation over ``x_sample`` (raw training faces,
-    ``crop x crop``). The core then computes exactly what the TFLite file computes at inference,
+    per-channel mean of the rescaled pre-activation over ``n_sample`` of ``faces`` (raw 48x48
+    training faces, drawn with ``seed``, centre-cropped to ``crop``). The core then computes exactly what the TFLite file computes at inference,
     and the same up to batch statistics in training mode, and trains on from there.
 
     ``member``: which network of an exported ensemble (``--ensemble-with-tflite``) to load."""
@@ -187,7 +188,7 @@ def init_from_tflite(tf, core, path: Path, x_sample: np.ndarray, member: int = 0
     for t in it.get_tensor_details():
         try:
             const[t["name"]] = (len(t["shape"]), it.get_tensor(t["index"]))
-        except ValueError:  # activation tensors have no data
+        except ValueError:  # a tensor without a readable buffer
             continue
 
     def find(key: str, ndim: int) -> np.ndarray:
@@ -200,7 +201,10 @@ def init_from_tflite(tf, core, path: Path, x_sample: np.ndarray, member: int = 0
         return np.asarray(hits[0], np.float32)
 
     scope = "/emoadapt_fer_core/" if member == 0 else f"/emoadapt_fer_core_{member}/"
-    h = core.get_layer("normalize")(tf.constant(x_sample[..., None].astype(np.float32))).numpy()
+    pick = np.random.default_rng(seed).permutation(len(faces))[:n_sample]
+    m = (IMG - crop) // 2
+    x = faces[pick, m:m + crop, m:m + crop, None].astype(np.float32)
+    h = core.get_layer("normalize")(tf.constant(x)).numpy()
 
     def rebuild(layer, bn, w: np.ndarray, bias: np.ndarray, x: np.ndarray, op) -> np.ndarray:
         z = op(x, w)  # pre-activation of the folded layer, W' x
@@ -361,10 +365,8 @@ def train(args) -> int:
         log.info("initialized weights from %s/best (fresh optimizer and schedule)", args.init_from)
     elif not probe and args.init_from_tflite and not mgr.latest_checkpoint:
         # continue from a shipped model (its checkpoints are gone): rebuild its weights
-        pick = np.random.default_rng(args.seed).permutation(len(xtr))[:4096]
-        m = (IMG - args.crop) // 2
-        src = init_from_tflite(tf, core, Path(args.init_from_tflite),
-                               xtr[pick, m:m + args.crop, m:m + args.crop], member=args.init_member)
+        src = init_from_tflite(tf, core, Path(args.init_from_tflite), xtr, args.crop,
+                               member=args.init_member, seed=args.seed)
         va0, _, _ = evaluate(tf, core, xva, yva, crop=args.crop)
         log.info("initialized weights from %s (sha256 %s...): public acc %.4f before training",
                  src["file"], src["sha256"][:12], va0)
@@ -590,9 +592,7 @@ def export(args) -> int:
         # another trained network of the same architecture, from its exported float32 file
         extra = build_core(tf, keras, widths, convs, crop, cfg["mean"], cfg["std"], cfg["dropout"])
         extra._name = f"emoadapt_fer_core_{i + 1}"
-        pick = np.random.default_rng(i).permutation(len(d["x_train"]))[:4096]
-        m = (IMG - crop) // 2
-        info = init_from_tflite(tf, extra, Path(path), d["x_train"][pick, m:m + crop, m:m + crop])
+        info = init_from_tflite(tf, extra, Path(path), d["x_train"], crop, seed=i)
         info["training"] = _shipped_training(info["sha256"], Path(args.out_dir))
         cores.append(extra)
         members.append(info)

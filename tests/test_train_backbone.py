@@ -45,8 +45,7 @@ def test_init_from_tflite_reproduces_the_shipped_model(fer_faces):
     mean, std = float(xtr.mean() / 255.0), float(xtr.std() / 255.0)
     core = tb.build_core(tf, keras, widths, convs, crop, mean, std, 0.0)
     m = (tb.IMG - crop) // 2
-    sample = xtr[np.random.default_rng(0).permutation(len(xtr))[:2048], m:m + crop, m:m + crop]
-    info = tb.init_from_tflite(tf, core, ROOT / "models" / entry["file"], sample)
+    info = tb.init_from_tflite(tf, core, ROOT / "models" / entry["file"], xtr, crop, n_sample=2048)
     assert info["sha256"] == entry["sha256"]
 
     ref_p, ref_f = tb.run_tflite(ROOT / "models" / entry["file"], xte)
