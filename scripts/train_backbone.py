@@ -243,13 +243,9 @@ def init_from_tflite(tf, core, path: Path, faces: np.ndarray, crop: int, member:
     rebuild(core.get_layer("fc"), core.get_layer("fc_bn"), find("fc_bn/batchnorm/mul_1", 2).T,
             find("fc_bn/", 1), h.mean(axis=(1, 2)), lambda x, w: x @ w)
     core.get_layer("logits").set_weights([find("logits/MatMul", 2).T, find("logits/BiasAdd", 1)])
-    return {"file": str(path), "sha256": _sha256(path)}
+    from emoadapt.zoo import sha256_file
 
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return {"file": str(path), "sha256": sha256_file(path)}
 
 
 # ----------------------------------------------------------------------------------- training
@@ -729,7 +725,7 @@ def export(args) -> int:
                                       + (f", concatenated over the {len(cores)} ensemble members" if members else "")},
                 "identify": "preferred: get_signature_runner('serving_default') output keys 'probs' / 'features'; "
                             "raw interpreter: get_output_details() tensor names are generic "
-                            "(StatefulPartitionedCall:N), so pick by last dimension (7 = probs, 256 = features); "
+                            f"(StatefulPartitionedCall:N), so pick by last dimension (7 = probs, {feat_dim} = features); "
                             "output_position / tensor_index are recorded for this exact file",
             },
             "metrics": {"public_test_acc": m["public_test_acc"], "private_test_acc": m["private_test_acc"],
