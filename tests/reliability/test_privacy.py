@@ -317,16 +317,23 @@ def test_damaged_heads_fall_back_and_never_execute(populated, recognizer, tmp_pa
     assert not marker.exists()
 
 
+def _default_file(role: str) -> str:
+    """File name of the manifest's default model for ``role`` (backbone, personal_head, ...)."""
+    from emoadapt import zoo
+
+    return zoo.model_entry(zoo.manifest()["defaults"][role])["file"]
+
+
 @pytest.mark.parametrize(
     "file,damage,stage",
     [
-        ("fer_minixception.tflite", "flip", "init"),
-        ("fer_minixception.tflite", "truncate", "init"),
+        (_default_file("backbone"), "flip", "init"),
+        (_default_file("backbone"), "truncate", "init"),
         ("mtcnn_pnet.tflite", "flip", "init"),
         ("mtcnn_onet.tflite", "flip", "init"),
         ("dlib_resnet_int8.tflite", "flip", "enroll"),
-        ("universal_fer_minixception_single_attention.npz", "flip", "adapt"),
-        ("replay_fer_minixception.npz", "flip", "adapt"),
+        (_default_file("personal_head"), "flip", "adapt"),
+        (_default_file("replay_set"), "flip", "adapt"),
     ],
 )
 def test_damaged_model_raises_model_integrity_error(tmp_path, monkeypatch, file, damage, stage):
