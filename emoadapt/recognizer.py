@@ -486,7 +486,7 @@ class Recognizer:
 
         with self._lock:
             if self._replay is None:
-                name = zoo.manifest().get("defaults", {}).get("replay_set")
+                name = _default_for_backbone("replay_set", self.backbone.name)
                 entry = zoo.model_entry(name) if name else None
                 if entry is None or entry.get("backbone") != self.backbone.name or entry.get("inputs", {}).get("features") != self.backbone.dim:
                     self._replay = (np.zeros((0, self.backbone.dim), np.float32), np.zeros(0, str))
@@ -620,6 +620,31 @@ def _on_probabilities(head: Any) -> bool:
     return isinstance(head, MeanProbabilityHead)
 
 
+def _default_for_backbone(key: str, backbone: str) -> str | None:
+    """The manifest default ``key`` (a head or replay set) for ``backbone``.
+
+    The manifest's ``backbone_defaults[backbone]`` (written by the scripts that train heads
+    and replay sets for every backbone) decides first; then ``defaults``, made for the default
+    backbone. Another backbone gets the model that plays the same role for it, named like the
+    default with the backbone part swapped (``universal_<backbone>_single_attention``,
+    ``replay_<backbone>``), when the manifest has it; else ``None``. ``"mean_probability"``
+    works with every backbone."""
+    from . import zoo
+
+    man = zoo.manifest()
+    own = man.get("backbone_defaults", {}).get(backbone, {})
+    if key in own:
+        return own[key]
+    name = man.get("defaults", {}).get(key)
+    if name is None or name == "mean_probability":
+        return name
+    trained_on = zoo.model_entry(name).get("backbone")
+    if trained_on in (None, backbone):
+        return name
+    twin = name.replace(trained_on, backbone, 1)
+    return twin if man["models"].get(twin, {}).get("backbone") == backbone else None
+
+
 def _resolve_head(spec: Any, default_key: str, backbone: Backbone, *, trainable: bool = False) -> Any:
     """A head object from a manifest name / object / 'mean_probability' / None (manifest default)."""
     from . import zoo
@@ -627,12 +652,17 @@ def _resolve_head(spec: Any, default_key: str, backbone: Backbone, *, trainable:
 
     if spec is not None and not isinstance(spec, str):
         return spec
-    name = spec or zoo.manifest().get("defaults", {}).get(default_key)
-    if trainable and (name is None or name == "mean_probability"):
-        name = zoo.manifest().get("defaults", {}).get("personal_head")
+    if spec:
+        name: str | None = spec
+    else:  # the manifest default, or its counterpart for a non-default backbone
+        name = _default_for_backbone(default_key, backbone.name)
+        if trainable and (name is None or name == "mean_probability"):
+            name = _default_for_backbone("personal_head", backbone.name)
     if name is None or name == "mean_probability":
         if trainable:
-            raise ModelIntegrityError("no trainable universal head in the manifest for personal heads")
+            raise ModelIntegrityError(
+                f"no trainable universal head for backbone {backbone.name!r} in the manifest "
+                f"(train one: python scripts/train_universal_head.py --backbone {backbone.name})")
         return MeanProbabilityHead(classes=list(backbone.classes))
     entry = zoo.model_entry(name)
     if entry.get("backbone") not in (None, backbone.name):

@@ -64,9 +64,10 @@ def main() -> None:
     }], zoo.models_dir())
     mpath = zoo.models_dir() / "manifest.json"
     m = json.loads(mpath.read_text())
+    m.setdefault("backbone_defaults", {}).setdefault(bb.name, {})["replay_set"] = name  # what Recognizer(backbone=...) uses
     if args.set_default or m.get("defaults", {}).get("backbone") == bb.name:
         m.setdefault("defaults", {})["replay_set"] = name
-        mpath.write_text(json.dumps(m, indent=2) + "\n")
+    mpath.write_text(json.dumps(m, indent=2) + "\n")
     print(f"wrote {out} ({len(labels)} vectors of {feats.shape[1]} features)")
 
 

@@ -58,8 +58,9 @@ The FER2013 private test split (``fer_private_test`` / ``_aug``) is reported as 
 *validation* column: it is where hyper-parameters and the default clip mode were chosen, so
 that the public test stays held apart.
 
-**Defaults** (written to the manifest's ``defaults`` only when ``--backbone`` is the
-manifest's default backbone, or with ``--set-defaults``):
+**Defaults** (always written to the manifest's ``backbone_defaults.<backbone>``, which
+``Recognizer(backbone=...)`` uses; also to ``defaults`` when ``--backbone`` is the manifest's
+default backbone, or with ``--set-defaults``):
 
 * ``defaults.universal_head`` (the Recognizer's predictor for strangers): a trained head only
   if it beats the baseline on the held-apart data overall, i.e. it does not lose to the
@@ -511,22 +512,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         update_manifest(entries, args.out)
         log.info("saved and registered %s", ", ".join(e["name"] for e in entries))
         set_defaults = args.set_defaults or bb_name == default_backbone_name()
+        # read-modify-write of the defaults tables only: this backbone's own choice always
+        # (backbone_defaults, what Recognizer(backbone=...) uses), the global one for the default backbone
+        path = args.out / "manifest.json"
+        man = json.loads(path.read_text())
+        if universal != "mean_probability" and universal not in man["models"]:
+            raise SystemExit(f"{universal} is not registered")
+        chosen = {"universal_head": universal, **({"personal_head": personal} if personal in man["models"] else {})}
+        man.setdefault("backbone_defaults", {}).setdefault(bb_name, {}).update(chosen)
         if set_defaults:
-            # read-modify-write of the defaults table only
-            path = args.out / "manifest.json"
-            man = json.loads(path.read_text())
-            d = man.setdefault("defaults", {})
-            if universal != "mean_probability" and universal not in man["models"]:
-                raise SystemExit(f"{universal} is not registered")
-            d["universal_head"] = universal
-            if personal in man["models"]:
-                d["personal_head"] = personal
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(man, indent=2) + "\n")
-            tmp.replace(path)
+            man.setdefault("defaults", {}).update(chosen)
             log.info("manifest defaults: universal_head=%s personal_head=%s", universal, personal)
         else:
-            log.warning("%s is not the default backbone: manifest defaults left alone (use --set-defaults, or rerun once it is)", bb_name)
+            log.warning("%s is not the default backbone: only backbone_defaults.%s written (use --set-defaults, or rerun once it is)", bb_name, bb_name)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(man, indent=2) + "\n")
+        tmp.replace(path)
         results["defaults_written"] = bool(set_defaults)
 
     results["timings"]["total_seconds"] = round(time.perf_counter() - t_all, 1)

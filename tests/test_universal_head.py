@@ -126,3 +126,54 @@ def test_recognizer_uses_the_manifest_defaults(recognizer):
     assert isinstance(base, _TrainableHead)
     assert type(base).__name__ == zoo.model_entry(d["personal_head"])["head_type"]
     assert base.n_features_in_ == recognizer.backbone.dim
+
+
+def _emotion_backbones() -> list[str]:
+    return sorted(k for k, e in zoo.manifest()["models"].items() if e.get("kind") == "emotion_backbone")
+
+
+@pytest.mark.parametrize("bb", _emotion_backbones())
+def test_every_backbone_gets_heads_and_replay_of_its_own(bb, tmp_path):
+    """Defaults are chosen per backbone (manifest ``backbone_defaults``): a Recognizer on any
+    shipped backbone gets heads and a replay set trained on that backbone's features, or the
+    mean-probability baseline and a clear error where none were trained, never heads of
+    another feature space."""
+    import emoadapt
+    from emoadapt.errors import ModelIntegrityError
+    from emoadapt.recognizer import _default_for_backbone
+
+    models = zoo.manifest()["models"]
+    own = zoo.manifest().get("backbone_defaults", {}).get(bb, {})
+    with emoadapt.Recognizer(home=tmp_path, backbone=bb) as rec:
+        dim = rec.backbone.dim
+        name = _default_for_backbone("universal_head", bb)
+        assert name == own.get("universal_head", name)
+        if name in (None, "mean_probability"):
+            assert isinstance(rec.universal, MeanProbabilityHead)
+        else:
+            assert models[name]["backbone"] == bb and type(rec.universal).__name__ == models[name]["head_type"]
+            assert rec.universal.n_features_in_ == dim
+        trained = [k for k in _universal_heads() if models[k]["backbone"] == bb]
+        if trained:
+            base = rec.personal_base
+            assert base.n_features_in_ == dim
+            if "personal_head" in own:
+                assert type(base).__name__ == models[own["personal_head"]]["head_type"]
+        else:
+            with pytest.raises(ModelIntegrityError, match="train_universal_head.py --backbone " + bb):
+                rec.personal_base
+        replay = rec.replay
+        assert replay is None or replay[0].shape[1] == dim
+        if "replay_set" in own:
+            assert replay is not None and len(replay[0]) == models[own["replay_set"]]["outputs"]["features"][0]
+
+
+def test_explicit_head_of_another_backbone_is_refused(tmp_path):
+    import emoadapt
+    from emoadapt.errors import ModelIntegrityError
+
+    models = zoo.manifest()["models"]
+    head = next(k for k in _universal_heads())
+    other = next(b for b in _emotion_backbones() if b != models[head]["backbone"])
+    with pytest.raises(ModelIntegrityError, match="trained on backbone"):
+        emoadapt.Recognizer(home=tmp_path, backbone=other, universal_head=head)
