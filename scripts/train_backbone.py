@@ -107,6 +107,82 @@ def build_export(tf, keras, cores, crop):
     return keras.Model(inp, {"probs": probs, "features": feats}, name="emoadapt_fer")
 
 
+# ------------------------------------------------------------------------ weight averaging
+def recalibrate_bn(tf, keras, core, faces: np.ndarray, crop: int, n_sample: int = 8192, seed: int = 0) -> None:
+    """Set every BatchNorm's moving mean / variance to the exact statistics of its input over
+    ``n_sample`` training faces (centre crops), layer by layer in network order, so that each
+    layer is calibrated on the already calibrated layers before it. Needed after averaging
+    weights: the average of the members' moving statistics is not the statistics of the
+    averaged network."""
+    pick = np.random.default_rng(seed).permutation(len(faces))[:n_sample]
+    m = (IMG - crop) // 2
+    x = faces[pick, m:m + crop, m:m + crop, None].astype(np.float32)
+    for layer in core.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        probe = keras.Model(core.input, layer.input)
+        z = np.concatenate([probe(x[i:i + 512], training=False).numpy() for i in range(0, len(x), 512)])
+        axes = tuple(range(z.ndim - 1))
+        gamma, beta, _, _ = layer.get_weights()
+        layer.set_weights([gamma, beta, z.mean(axes).astype(np.float32), z.var(axes).astype(np.float32)])
+
+
+def average(args) -> int:
+    """``--average SRC [SRC ...]``: the mean of the weights of several checkpoints of one
+    architecture (checkpoint prefixes such as ``DIR/ckpt/ckpt-12`` or ``DIR/best/weights``, or
+    exported float32 ``.tflite`` files, rebuilt with ``--seed``), BatchNorm statistics
+    recalibrated on training faces, written to ``--workdir/best`` so that ``--export-only``
+    exports it. Weight averaging of points on one training trajectory (stochastic weight
+    averaging) costs nothing at inference. The configuration (architecture, training history)
+    is taken from ``--config-from`` (default: the workdir of the first checkpoint source)."""
+    tf, keras = setup_tf(args.threads)
+    srcs = [str(s) for s in args.average]
+    cfg_dir = Path(args.config_from) if args.config_from else next(
+        (Path(s).parent.parent for s in srcs if not s.endswith(".tflite")), None)
+    if cfg_dir is None:
+        raise SystemExit("--config-from is needed when every source is a .tflite file")
+    cfg = json.loads((cfg_dir / "config.json").read_text())
+    widths = [int(v) for v in cfg["widths"].split(",")]
+    convs = [int(v) for v in cfg["convs"].split(",")]
+    crop = int(cfg["crop"])
+    d = load_fer()
+    xpu, ypu = d["x_public_test"], d["y_public_test"].astype(np.int64)
+    cores, members = [], []
+    for s in srcs:
+        core = build_core(tf, keras, widths, convs, crop, cfg["mean"], cfg["std"], cfg["dropout"])
+        if s.endswith(".tflite"):
+            info = init_from_tflite(tf, core, Path(s), d["x_train"], crop, seed=args.seed)
+            src = {"file": Path(s).name, "sha256": info["sha256"], "rebuilt_with_seed": args.seed}
+        else:
+            tf.train.Checkpoint(model=core).read(s).expect_partial()
+            src = {"checkpoint": s}
+        acc, _, _ = evaluate(tf, core, xpu, ypu, crop=crop)
+        acc_tta, _, _ = evaluate(tf, core, xpu, ypu, tta=True, crop=crop)
+        src.update(public_acc=round(acc, 4), public_acc_flip_tta=round(acc_tta, 4))
+        log.info("member %s: public acc %.4f (tta %.4f)", s, acc, acc_tta)
+        cores.append(core)
+        members.append(src)
+    avg = build_core(tf, keras, widths, convs, crop, cfg["mean"], cfg["std"], cfg["dropout"])
+    avg.set_weights([np.mean([c.get_weights()[i] for c in cores], axis=0) for i in range(len(avg.get_weights()))])
+    recalibrate_bn(tf, keras, avg, d["x_train"], crop, seed=args.seed)
+    acc, _, _ = evaluate(tf, avg, xpu, ypu, crop=crop)
+    acc_tta, _, _ = evaluate(tf, avg, xpu, ypu, tta=True, crop=crop)
+    log.info("average of %d: public acc %.4f (tta %.4f)", len(cores), acc, acc_tta)
+    wd = Path(args.workdir)
+    (wd / "best").mkdir(parents=True, exist_ok=True)
+    tf.train.Checkpoint(model=avg).write(str(wd / "best" / "weights"))
+    hist = json.loads((cfg_dir / "history.json").read_text())
+    (wd / "history.json").write_text(json.dumps(hist) + "\n")
+    best_epoch = max(int(h["epoch"]) for h in hist["epochs"]) if hist["epochs"] else 0
+    (wd / "best" / "meta.json").write_text(json.dumps({"epoch": best_epoch, "public_acc": acc}) + "\n")
+    cfg["weight_average"] = {"how": "mean of the members' weights, BatchNorm statistics recalibrated on 8192 "
+                                    f"training faces (seed {args.seed})", "members": members,
+                             "public_acc": round(acc, 4), "public_acc_flip_tta": round(acc_tta, 4)}
+    (wd / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    print(json.dumps(cfg["weight_average"], indent=2))
+    return 0
+
+
 # ------------------------------------------------------------------------------ augmentation
 def make_augment(tf, crop, erase_p, strength=1.0):
     """Vectorized batch augmentation with stateless RNG: (x uint8 (B,48,48), seed[2]).
@@ -688,6 +764,8 @@ def export(args) -> int:
         train_cfg["previous_phase"] = dict(info.get("training") or {},
                                            sha256=info["sha256"],
                                            public_acc_at_start=info["public_acc_at_start"])
+    if cfg.get("weight_average"):  # an average of several checkpoints (--average)
+        train_cfg["weight_average"] = cfg["weight_average"]
     if members:  # the other networks of an ensemble, with their own training histories
         train_cfg["ensemble"] = {
             "how": "mean of the members' probabilities; features concatenated",
@@ -770,6 +848,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ensemble-with-tflite", action="append", default=None, metavar="F32_TFLITE",
                     help="export: average the trained network with this exported float32 model of the "
                          "same architecture (repeatable); features are concatenated")
+    ap.add_argument("--average", nargs="+", default=None, metavar="SRC",
+                    help="average these checkpoints' weights (checkpoint prefixes or float32 .tflite files), "
+                         "recalibrate BatchNorm, write --workdir/best for --export-only")
+    ap.add_argument("--config-from", default=None,
+                    help="with --average: the run whose config.json / history.json describe the network")
     ap.add_argument("--widths", default="32,64,128,256")
     ap.add_argument("--convs", default="1,2,2,2")
     ap.add_argument("--crop", type=int, default=44)
@@ -791,6 +874,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="register the exported files in <out-dir>/manifest.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.average:
+        return average(args)
     if args.export_only:
         return export(args)
     return train(args)
