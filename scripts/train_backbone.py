@@ -108,15 +108,22 @@ def build_export(tf, keras, cores, crop):
 
 
 # ------------------------------------------------------------------------ weight averaging
+def sample_crops(faces: np.ndarray, crop: int, n_sample: int, seed: int) -> np.ndarray:
+    """``n_sample`` of the raw 48x48 ``faces`` drawn with ``seed`` (the arrays are ordered by
+    class), centre-cropped to ``crop``: float32 (n, crop, crop, 1), what BatchNorm statistics
+    are computed on."""
+    pick = np.random.default_rng(seed).permutation(len(faces))[:n_sample]
+    m = (IMG - crop) // 2
+    return faces[pick, m:m + crop, m:m + crop, None].astype(np.float32)
+
+
 def recalibrate_bn(tf, keras, core, faces: np.ndarray, crop: int, n_sample: int = 8192, seed: int = 0) -> None:
     """Set every BatchNorm's moving mean / variance to the exact statistics of its input over
     ``n_sample`` training faces (centre crops), layer by layer in network order, so that each
     layer is calibrated on the already calibrated layers before it. Needed after averaging
     weights: the average of the members' moving statistics is not the statistics of the
     averaged network."""
-    pick = np.random.default_rng(seed).permutation(len(faces))[:n_sample]
-    m = (IMG - crop) // 2
-    x = faces[pick, m:m + crop, m:m + crop, None].astype(np.float32)
+    x = sample_crops(faces, crop, n_sample, seed)
     for layer in core.layers:
         if not isinstance(layer, keras.layers.BatchNormalization):
             continue
@@ -277,10 +284,7 @@ def init_from_tflite(tf, core, path: Path, faces: np.ndarray, crop: int, member:
         return np.asarray(hits[0], np.float32)
 
     scope = "/emoadapt_fer_core/" if member == 0 else f"/emoadapt_fer_core_{member}/"
-    pick = np.random.default_rng(seed).permutation(len(faces))[:n_sample]
-    m = (IMG - crop) // 2
-    x = faces[pick, m:m + crop, m:m + crop, None].astype(np.float32)
-    h = core.get_layer("normalize")(tf.constant(x)).numpy()
+    h = core.get_layer("normalize")(tf.constant(sample_crops(faces, crop, n_sample, seed))).numpy()
 
     def rebuild(layer, bn, w: np.ndarray, bias: np.ndarray, x: np.ndarray, op) -> np.ndarray:
         z = op(x, w)  # pre-activation of the folded layer, W' x
