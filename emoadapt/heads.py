@@ -984,6 +984,54 @@ class SingleAttentionHead(_TrainableHead):
     def _init_extra(self, d: int, rng: np.random.Generator, dt: np.dtype) -> dict[str, np.ndarray]:
         return {"q0": np.zeros(d, dtype=dt)}
 
+    @classmethod
+    def from_frame_classifier(cls, features: np.ndarray, probs: np.ndarray, classes: Sequence[Any], **params: Any) -> "SingleAttentionHead":
+        """A head that *is* the backbone's own softmax layer, applied to the mean frame of a clip.
+
+        A backbone whose probabilities are ``softmax(W f + b)`` of its feature vectors ``f``
+        (a linear classifier on the penultimate layer) determines ``W`` and ``b`` up to a
+        per-frame constant: ``log p - mean_c(log p) = W' f + b'`` with ``W'``, ``b'`` centred over
+        the classes. They are recovered here by least squares from frames of that backbone
+        (``features`` ``(N, D)``, ``probs`` ``(N, C)`` in the column order of ``classes``; use
+        frames without test-time augmentation, and ``N`` well above ``D``), no training.
+        ``q0`` is zero, so the pooling is the mean: on one-frame clips the head reproduces the
+        backbone's predictions, and a personal head fine-tuned from it (``copy().partial_fit``)
+        starts exactly at the universal model. ``fit_residual_`` is the RMS error of the fit on
+        the frame log-probabilities (about 0 for such a backbone; large if its last layer is
+        not linear in ``features``). ``params``: constructor parameters (training settings
+        used by later fine-tuning).
+        """
+        f = np.asarray(features, dtype=np.float64)
+        pr = np.asarray(probs, dtype=np.float64)
+        cl = _as_labels(list(classes))
+        if f.ndim != 2 or pr.ndim != 2 or len(f) != len(pr) or pr.shape[1] != len(cl):
+            raise InvalidInputError(f"need features (N, D) and probs (N, C={len(cl)}) of the same frames, got {f.shape} and {pr.shape}")
+        if len(np.unique(cl)) != len(cl):
+            raise InvalidInputError("classes must be distinct")
+        if len(f) <= f.shape[1]:
+            raise InvalidInputError(f"need more frames than features to fit the classifier ({len(f)} <= {f.shape[1]})")
+        if not (np.isfinite(f).all() and np.isfinite(pr).all()) or (pr < 0).any():
+            raise InvalidInputError("features and probs must be finite, probs non-negative")
+        head = cls(**params)
+        dt = np.dtype(head.dtype)
+        if head.standardize:
+            mean, std = f.mean(axis=0), f.std(axis=0)
+            scale = np.where(std > 1e-8 * max(1.0, float(np.abs(mean).max(initial=0.0))), std, 1.0)
+        else:
+            mean, scale = np.zeros(f.shape[1]), np.ones(f.shape[1])
+        logp = np.log(np.clip(pr, 1e-30, None))
+        logp -= logp.mean(axis=1, keepdims=True)
+        design = np.c_[(f - mean) / scale, np.ones(len(f))]
+        sol, *_ = np.linalg.lstsq(design, logp, rcond=None)
+        order = np.argsort(cl, kind="stable")  # classes_ is sorted, like fit() makes it
+        head.classes_ = cl[order]
+        head.n_features_in_ = f.shape[1]
+        head.mean_, head.scale_ = mean.astype(dt), scale.astype(dt)
+        head._set_params_arrays({"coef": sol[:-1].T[order].astype(dt), "intercept": sol[-1][order].astype(dt), "q0": np.zeros(f.shape[1], dt)})
+        head.fit_residual_ = float(np.sqrt(np.mean((design @ sol - logp) ** 2)))
+        head.n_iter_, head.n_updates_, head.loss_curve_ = 0, 0, []
+        return head
+
     def _pool_forward(self, p: Mapping[str, np.ndarray], x: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, Any]:
         sig = _sigmoid(x @ p["q0"])  # (B, T)
         a = sig * m

@@ -135,6 +135,16 @@ HEADS: dict[str, Callable[[int, tuple[str, ...]], Any]] = {
     "single_attention": lambda seed, pooling: SingleAttentionHead(seed=seed, **TRAIN_KW),
     "self_attention": lambda seed, pooling: SelfAttentionHead(d_k=64, seed=seed, **TRAIN_KW),
 }
+#: The backbone's own softmax layer as a clip head (``SingleAttentionHead.from_frame_classifier``:
+#: least squares on LINEAR_FRAMES training faces without TTA, no gradient training). Not
+#: trained on the (memorised) training features, it keeps the backbone's accuracy, and personal
+#: heads fine-tuned from it start exactly at the universal model's predictions.
+LINEAR = "backbone_linear"
+LINEAR_FRAMES = 4096
+LINEAR_SEED = 7
+#: RMS residual (of log-probabilities) above which the backbone's last layer is not linear in
+#: its features: then no such head is built
+LINEAR_MAX_RESIDUAL = 0.05
 
 
 # ---------------------------------------------------------------------------------------
@@ -291,6 +301,19 @@ class Data:
             y.append(CREMAD_MAP[code.group(1)])
         return feats, probs, np.asarray(y)
 
+    def plain_frames(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(feats (n, D), probs (n, C)) of ``n`` FER2013 training faces (a seeded draw) through
+        the backbone *without* test-time augmentation: what :data:`LINEAR` is fitted on."""
+        x = self.fer()["x_train"]
+        pick = np.sort(np.random.default_rng(LINEAR_SEED).permutation(len(x))[:n])
+
+        def compute() -> dict[str, np.ndarray]:
+            plain = Backbone(self.backbone.name, num_threads=os.cpu_count() or 1, batch_size=256, tta=False)
+            return dict(zip(("probs", "feats"), _extract(plain, x[pick], "FER2013 train (no TTA)")))
+
+        c = self.cache.get(f"fer_train_plain{n}", compute)
+        return c["feats"], c["probs"]
+
 
 def accuracy(head: Any, clips: Any, y: np.ndarray) -> float:
     pred = np.asarray(head.predict(clips)).astype(str)
@@ -340,7 +363,7 @@ def choose_defaults(results: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
 
 
 #: Order of preference for the personal warm-start head among heads tied on held-apart data.
-PERSONAL_PREFERENCE = ("single_attention", "self_attention", "stat")
+PERSONAL_PREFERENCE = (LINEAR, "single_attention", "self_attention", "stat")
 #: Heads whose mean held-apart accuracy is within this of the best count as tied.
 PERSONAL_TIE = 0.005
 
@@ -348,7 +371,7 @@ PERSONAL_TIE = 0.005
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default=None, help="manifest name of the backbone (default: the manifest default)")
-    ap.add_argument("--heads", default="stat,single_attention,self_attention", help=f"comma-separated, from {','.join(HEADS)}")
+    ap.add_argument("--heads", default=f"stat,single_attention,self_attention,{LINEAR}", help=f"comma-separated, from {','.join([*HEADS, LINEAR])}")
     ap.add_argument("--stat-pooling", default="mean", help="statistics of the stat head, e.g. mean, max or max,mean,std (default mean)")
     ap.add_argument("--clip-mode", choices=("single", "augmented", "mixed"), default="mixed", help="training clips (default mixed; see above)")
     ap.add_argument("--frames", type=int, default=8, help="frames per augmented clip (default 8)")
@@ -365,8 +388,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     heads = [h.strip() for h in args.heads.split(",") if h.strip()]
     for h in heads:
-        if h not in HEADS:
-            ap.error(f"unknown head {h!r} (choose from {', '.join(HEADS)})")
+        if h not in HEADS and h != LINEAR:
+            ap.error(f"unknown head {h!r} (choose from {', '.join([*HEADS, LINEAR])})")
     pooling = tuple(s.strip() for s in args.stat_pooling.split(",") if s.strip())
     if args.frames < 2:
         ap.error("--frames must be >= 2")
@@ -422,10 +445,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["baseline"]["fer_public_test_first500"] = round(accuracy(baseline, evals["fer_public_test"][1][:500], first500[1]), 4)
 
     for name in heads:
-        head = HEADS[name](args.seed, pooling)
-        log.info("training %s on %d clips (%s) ...", head, len(ytr), desc)
         t = time.perf_counter()
-        head.fit(xtr, ytr)
+        if name == LINEAR:
+            fr, pr = data.plain_frames(LINEAR_FRAMES)
+            head = SingleAttentionHead.from_frame_classifier(fr, pr, backbone.classes, seed=args.seed, **TRAIN_KW)
+            log.info("%s: least squares on %d frames, residual %.2g", name, len(fr), head.fit_residual_)
+            if head.fit_residual_ > LINEAR_MAX_RESIDUAL:
+                log.warning("%s: the last layer of %s is not linear in its features (residual %.3g): skipped", name, bb_name, head.fit_residual_)
+                continue
+        else:
+            head = HEADS[name](args.seed, pooling)
+            log.info("training %s on %d clips (%s) ...", head, len(ytr), desc)
+            head.fit(xtr, ytr)
         secs = time.perf_counter() - t
         metrics = {k: round(accuracy(head, v[0], v[2]), 4) for k, v in evals.items()}
         metrics["fer_public_test_first500"] = round(accuracy(head, *first500), 4)
@@ -435,7 +466,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in head.get_params().items()},
             "train_seconds": round(secs, 1),
             "epochs_run": int(head.n_iter_),
-            "final_loss": round(float(head.loss_curve_[-1]), 5),
+            "final_loss": round(float(head.loss_curve_[-1]), 5) if head.loss_curve_ else None,
+            **({"fit_residual": round(head.fit_residual_, 6), "fit_frames": LINEAR_FRAMES} if name == LINEAR else {}),
             "metrics": metrics,
             "_head": head,
         }
@@ -484,11 +516,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "backbone": bb_name,
                 "backbone_sha256": sha,
                 "head_type": r["type"],
-                "pooling": list(pooling) if name == "stat" else name,
+                "pooling": list(pooling) if name == "stat" else ("mean (single attention with q0 = 0)" if name == LINEAR else name),
                 "params": r["params"],
                 "classes": [str(c) for c in head.classes_],
                 "training": {
                     "data": f"FER2013 train split ({len(ytr)} faces) through backbone {bb_name}, {desc}",
+                    **({"data": (f"none: the backbone's own softmax layer, recovered by least squares from {LINEAR_FRAMES} FER2013 "
+                                 f"train faces through {bb_name} without TTA (RMS residual {r['fit_residual']:.2g})")} if name == LINEAR else {}),
                     "clip_mode": args.clip_mode,
                     "frames": results["frames"],
                     "seed": args.seed,

@@ -383,3 +383,57 @@ def test_mean_probability_head(fer2013, tmp_path):
     assert 0.0 <= back.score(clips, ["happy", "sad", "angry"]) <= 1.0
     c = h.copy()
     assert c.classes == h.classes and c is not h
+
+
+# ---------------------------------------------------------------------------------------
+# the backbone's own classifier as a head
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["emoadapt_fer_int8", "emoadapt_fer_f32"])
+def test_from_frame_classifier_reproduces_the_backbone(name, fer2013):
+    """Least squares on real frames of a backbone recovers its softmax layer: on other faces
+    (one-frame clips) the head gives the backbone's own probabilities; fine-tuning starts from
+    them (a zero-epoch partial_fit changes nothing) and a new label becomes a new class."""
+    from emoadapt.features import Backbone
+
+    bb = Backbone(name, tta=False)
+    p_fit, f_fit = bb.infer(fer2013["x_train"][:1500])
+    head = SingleAttentionHead.from_frame_classifier(f_fit, p_fit, bb.classes, epochs=30)
+    assert head.fit_residual_ < 0.01
+    assert head.classes_.tolist() == sorted(bb.classes)
+    assert head.get_params()["epochs"] == 30
+    p, f = bb.infer(fer2013["x_public_test"][:300])
+    cols = [bb.classes.index(c) for c in head.classes_]
+    got = head.predict_proba(f[:, None, :])
+    np.testing.assert_allclose(got, p[:, cols], atol=0.03)
+    assert np.mean(got.argmax(1) == p[:, cols].argmax(1)) > 0.98
+    # mean pooling: a clip's logits are those of its mean frame
+    np.testing.assert_allclose(head.decision_function([f[:5]]), head.decision_function(f[:5].mean(0)[None, None]), atol=1e-4)
+    # a copy fine-tunes like any trained head, from exactly these weights
+    same = head.copy().set_params(finetune_epochs=0).partial_fit([f[:3]], ["happy"])
+    np.testing.assert_allclose(same.predict_proba(f[:20, None]), got[:20], atol=1e-6)
+    ext = head.copy().partial_fit([f[i : i + 3] for i in range(0, 30, 3)], ["contempt"] * 10)
+    assert "contempt" in ext.classes_.tolist() and ext.predict([f[:3]])[0] == "contempt"
+
+
+def test_from_frame_classifier_rejects_bad_input_and_reports_nonlinear_outputs(fer2013):
+    rng = np.random.default_rng(0)
+    f = _frame_vectors(fer2013["x_train"][:400], 4)  # (400, 16) real block means
+    w = rng.normal(size=(3, 16))
+    logits = f @ w.T * 5
+    soft = np.exp(logits - logits.max(1, keepdims=True))
+    soft /= soft.sum(1, keepdims=True)
+    exact = SingleAttentionHead.from_frame_classifier(f, soft, ["c", "a", "b"])
+    assert exact.fit_residual_ < 1e-6
+    clear = np.flatnonzero(soft.max(1) > 0.5)[:50]  # (a few FER2013 images are blank: ties)
+    assert len(clear) == 50
+    assert exact.predict(f[clear, None]).tolist() == np.array(["c", "a", "b"])[soft[clear].argmax(1)].tolist()
+    # probabilities that are not a softmax of a linear map of the features: a large residual
+    warped = np.exp(np.sin(logits * 3))
+    warped /= warped.sum(1, keepdims=True)
+    assert SingleAttentionHead.from_frame_classifier(f, warped, ["c", "a", "b"]).fit_residual_ > 0.1
+    with pytest.raises(InvalidInputError):
+        SingleAttentionHead.from_frame_classifier(f[:10], soft[:10], ["c", "a", "b"])  # fewer frames than features
+    with pytest.raises(InvalidInputError):
+        SingleAttentionHead.from_frame_classifier(f, soft, ["a", "b"])  # class count mismatch
+    with pytest.raises(InvalidInputError):
+        SingleAttentionHead.from_frame_classifier(f, soft, ["a", "a", "b"])
