@@ -154,12 +154,14 @@ class Backbone:
             self._interp.invoke()
             return self._interp.get_tensor(outs[pi]["index"]).copy(), self._interp.get_tensor(outs[fi]["index"]).copy()
 
-    def infer_prepared(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(probs (N,C), features (N,D)) for an already prepared float32 batch."""
+    def infer_prepared(self, x: np.ndarray, *, tta: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(probs (N,C), features (N,D)) for an already prepared float32 batch (``tta``: None =
+        this backbone's setting)."""
         n = len(x)
         if n == 0:
             return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, self.dim), np.float32)
-        if self.tta:
+        flip = self.tta if tta is None else bool(tta)
+        if flip:
             x = np.concatenate([x, x[:, :, ::-1]])
         probs, feats = [], []
         for s in range(0, len(x), self.batch_size):
@@ -167,13 +169,16 @@ class Backbone:
             probs.append(p)
             feats.append(f)
         p, f = np.concatenate(probs), np.concatenate(feats)
-        if self.tta:
+        if flip:
             p, f = (p[:n] + p[n:]) / 2, (f[:n] + f[n:]) / 2
         return p.astype(np.float32), f.astype(np.float32)
 
-    def infer(self, faces: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Class probabilities (N,C) and feature vectors (N,D) of ``faces`` in one pass."""
-        return self.infer_prepared(self.prepare(faces))
+    def infer(self, faces: Any, *, tta: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities (N,C) and feature vectors (N,D) of ``faces`` in one pass.
+
+        ``tta``: average each face with its mirror image (twice the cost); None (default) =
+        :attr:`tta`, the backbone's setting."""
+        return self.infer_prepared(self.prepare(faces), tta=tta)
 
     def predict_proba(self, faces: Any) -> np.ndarray:
         """Class probabilities (N,C) of face crops (N,H,W) gray or (N,H,W,3) RGB uint8."""

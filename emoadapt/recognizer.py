@@ -131,6 +131,10 @@ class Recognizer:
             landmarks within about 1 px of per-frame detection. A lost face triggers a new
             detection at once; a face entering the picture is found at most
             ``detect_every - 1`` frames late. ``1`` detects on every frame.
+        video_tta: also average every face of a *video* with its mirror image, when the
+            backbone recommends it (``Backbone.tta``). Off by default: it doubles the cost of
+            the emotion network per frame, and a face track's frames are pooled anyway.
+            Still images (:meth:`faces_in`, one-frame clips) always get the backbone's setting.
 
     A Recognizer may be shared by threads: each model serialises its own invocations and the
     store serialises its connection; several processes may share one ``home``.
@@ -152,6 +156,7 @@ class Recognizer:
         num_threads: int | None = None,
         chunk: int = 32,
         detect_every: int = 10,
+        video_tta: bool = False,
     ) -> None:
         from .detection import MTCNN
         from .identity import DEFAULT_THRESHOLD, IdentityMatcher
@@ -169,6 +174,7 @@ class Recognizer:
         if isinstance(detect_every, bool) or not isinstance(detect_every, (int, np.integer)) or detect_every < 1:
             raise InvalidInputError("detect_every must be an int >= 1")
         self.detect_every = int(detect_every)
+        self.video_tta = bool(video_tta)
         self.adapt_every = adapt_every
         self.identity_frames = max(1, int(identity_frames))
         self.matcher = IdentityMatcher(DEFAULT_THRESHOLD if identity_threshold is None else identity_threshold)
@@ -295,15 +301,18 @@ class Recognizer:
                     if identity and n_id < self.identity_frames and (seen - 1) % _IDENTITY_STRIDE == 0:
                         scan.identity[j] = self.embedder.embed_faces(fr.image, det.landmarks[k][None])[0]
                         scan.identity_count[tid] = n_id + 1
-                if len(crops) >= self.chunk:
-                    scan.add_outputs(*self.backbone.infer(np.stack(crops)))
+                if len(crops) >= self.chunk and scan.frames > 1:  # a video (a still image's crops wait)
+                    scan.add_outputs(*self.backbone.infer(np.stack(crops), tta=self._video_tta()))
                     crops = []
         finally:
             if bar is not None:
                 bar.close()
         if crops:
-            scan.add_outputs(*self.backbone.infer(np.stack(crops)))
+            scan.add_outputs(*self.backbone.infer(np.stack(crops), tta=None if scan.frames == 1 else self._video_tta()))
         return scan
+
+    def _video_tta(self) -> bool:
+        return self.video_tta and self.backbone.tta
 
     def analyze(self, clip: Clip, *, color: str = "rgb", fps: float | None = None, max_frames: int | None = None, step: int = 1, progress: bool = False) -> Result:
         """Run detection, alignment and the backbone on every sampled frame of the main face

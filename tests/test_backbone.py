@@ -51,6 +51,18 @@ def test_outputs_consistent_across_input_forms(backbone, fer2013):
     assert (backbone.predict_proba(big).argmax(1) == p_gray.argmax(1)).mean() >= 0.75
 
 
+def test_tta_argument_averages_with_the_mirror_image(backbone, fer2013):
+    x = fer2013["x_public_test"][:12]
+    p0, f0 = backbone.infer(x, tta=False)
+    pm, fm = backbone.infer(np.ascontiguousarray(x[:, :, ::-1]), tta=False)
+    p1, f1 = backbone.infer(x, tta=True)
+    np.testing.assert_allclose(p1, (p0 + pm) / 2, atol=1e-5)
+    np.testing.assert_allclose(f1, (f0 + fm) / 2, atol=1e-4)
+    assert np.abs(p1 - p0).max() > 1e-3  # the mirror image is a different input
+    # None is the backbone's own setting
+    np.testing.assert_allclose(backbone.infer(x)[0], p1 if backbone.tta else p0, atol=1e-6)
+
+
 @pytest.mark.parametrize("bad", [np.zeros((2, 48, 48), np.float32), np.zeros((2, 48, 48, 2), np.uint8), "face.png", [np.zeros((0, 5), np.uint8)]])
 def test_bad_faces_raise(backbone, bad):
     with pytest.raises(InvalidInputError):

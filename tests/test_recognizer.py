@@ -60,6 +60,29 @@ def test_single_image_path_and_group_photo(recognizer, data_dir):
     assert len(faces) >= 2
 
 
+def test_still_images_get_the_backbones_tta_and_video_frames_only_with_video_tta(recognizer, cremad_clips, tmp_path):
+    """A one-frame input is a still image: it gets the backbone's mirror averaging (like
+    faces_in); the frames of a video get it only with video_tta=True."""
+    import emoadapt
+    from emoadapt.video import Sampling, iter_frames
+
+    assert recognizer.backbone.tta, "the default backbone recommends flip TTA"
+    frames = np.stack([f.image for f in iter_frames(cremad_clips[3], sampling=Sampling(max_frames=6))])
+    still = recognizer.analyze(frames[:1])
+    face = recognizer.faces_in(frames[0])[0]
+    assert still.frame_probabilities.shape == (1, len(recognizer.classes))
+    np.testing.assert_allclose(still.frame_probabilities[0], [face.probabilities[c] for c in recognizer.backbone.classes], atol=1e-6)
+    video = recognizer.analyze(frames)
+    both = emoadapt.Recognizer(home=tmp_path, video_tta=True).analyze(frames)
+    assert video.faces == both.faces == 6
+    # with video_tta the first frame is exactly the still image's result; without it, not
+    np.testing.assert_allclose(both.frame_probabilities[0], still.frame_probabilities[0], atol=1e-6)
+    assert np.abs(video.frame_probabilities[0] - still.frame_probabilities[0]).max() > 1e-3
+    # the plain frames are the backbone without TTA on the same crops: mirror averaging moves
+    # each frame's probabilities by a few points only
+    assert np.abs(video.frame_probabilities - both.frame_probabilities).mean() < 0.1
+
+
 def test_no_face_gives_none(recognizer, photo):
     blank = np.full((5, 240, 320, 3), 127, np.uint8)
     r = recognizer.predict(blank)
