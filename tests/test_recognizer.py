@@ -83,6 +83,33 @@ def test_still_images_get_the_backbones_tta_and_video_frames_only_with_video_tta
     assert np.abs(video.frame_probabilities - both.frame_probabilities).mean() < 0.1
 
 
+def test_backbone_worker_keeps_frame_order_and_passes_errors_on(tmp_path, cremad_clips, monkeypatch):
+    """The emotion network runs in a worker thread on chunks of crops: results come back in
+    frame order whatever the chunk size, and an error in it reaches the caller."""
+    import cv2
+
+    import emoadapt
+    from emoadapt.video import Sampling, iter_frames
+
+    frames = np.stack([f.image for f in iter_frames(cremad_clips[0], sampling=Sampling(max_frames=20))])
+    one = emoadapt.Recognizer(home=tmp_path / "a", chunk=1, opencv_threads=None).analyze(frames)
+    big = emoadapt.Recognizer(home=tmp_path / "b", chunk=64).analyze(frames)
+    assert one.faces == big.faces == 20
+    np.testing.assert_allclose(one.frame_probabilities, big.frame_probabilities, atol=1e-5)
+    assert cv2.getNumThreads() == 1  # opencv_threads=1, the default
+    rec = emoadapt.Recognizer(home=tmp_path / "c", chunk=4)
+
+    def broken(*a, **k):
+        raise RuntimeError("backbone failed")
+
+    monkeypatch.setattr(rec.backbone, "infer", broken)
+    with pytest.raises(RuntimeError, match="backbone failed"):
+        rec.analyze(frames)
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(emoadapt.InvalidInputError):
+            emoadapt.Recognizer(home=tmp_path / "d", opencv_threads=bad)
+
+
 def test_no_face_gives_none(recognizer, photo):
     blank = np.full((5, 240, 320, 3), 127, np.uint8)
     r = recognizer.predict(blank)
