@@ -1,6 +1,6 @@
 """Training speed of the clip heads on real backbone features.
 
-Feature source: the shipped backbone (``fer_minixception``, D = 128, via
+Feature source: the default shipped backbone (``emoadapt_fer_int8``, D = 256; D = 128 with ``fer_minixception``, via
 :class:`emoadapt.features.Backbone`) embeds the real FER2013 faces of the public-test split
 (3589 faces, used to build the training clips) and of the private-test split (3589 faces,
 used to build held-out clips and the "personal" clips). A clip of label ``c`` is

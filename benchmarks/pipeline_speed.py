@@ -13,7 +13,9 @@ Tables printed:
 
 1. per-stage cost (ms per frame or per face, wall and CPU): decode, detection (full
    MTCNN cascade), tracking (O-Net refine), detection as run (``detect_every=10``:
-   amortised full + tracking), alignment, backbone, identity embedding, clip pooling/head;
+   amortised full + tracking), alignment, backbone (as the Recognizer runs it: with the
+   backbone's flip TTA on still images, without on video frames), identity embedding, clip
+   pooling/head;
 2. end to end (``Recognizer.predict`` on the file, decode included) in frames per second,
    with tracking (``detect_every=10``, the default) and per-frame detection
    (``detect_every=1``), vs the peer ``fer`` (decode + ``FER(mtcnn=True).detect_emotions``
@@ -148,8 +150,11 @@ def stage_costs(rec: Any, name: str, paths: list[Path], repeat: int) -> dict[str
     w, c, crops = best_of(lambda: [norm_crop(f, lm, size, bb.template, gray=gray) for f, lm in faces], repeat)
     res["align (norm_crop)"] = (w / nf, c / nf, "face")
     arr = np.stack(crops)
-    w, c, _ = best_of(lambda: [bb.infer(arr[s:s + rec.chunk]) for s in range(0, nf, rec.chunk)], repeat)
-    res[f"backbone (batches of {rec.chunk})"] = (w / nf, c / nf, "face")
+    # as the Recognizer runs it: still images with the backbone's flip TTA, video frames without
+    # (unless video_tta)
+    tta = None if all(len(v) == 1 for v in frames) else rec._video_tta()
+    w, c, _ = best_of(lambda: [bb.infer(arr[s:s + rec.chunk], tta=tta) for s in range(0, nf, rec.chunk)], repeat)
+    res[f"backbone (batches of {rec.chunk}, as run)"] = (w / nf, c / nf, "face")
     emb = rec.embedder
     emb.embed_faces(faces[0][0], faces[0][1][None])
     sub = faces[:: max(1, nf // 40)]

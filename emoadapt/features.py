@@ -44,13 +44,25 @@ class Backbone:
         name: manifest name of the model (default: the manifest's default backbone).
         num_threads: TFLite threads (default ``$EMOADAPT_THREADS`` or 1).
         batch_size: faces per invocation; larger inputs are processed in chunks.
-        tta: average the outputs of each face and its mirror image (test-time augmentation;
+        tta: average the outputs of a face and its mirror image (test-time augmentation;
             default: what the manifest recommends for this model, else off).
+        tta_threshold: with ``tta``, mirror only the faces whose top class probability is
+            below this (*selective* TTA: confident faces rarely change their answer, and each
+            mirrored face costs a second pass); ``1.0`` mirrors every face. Default: the
+            manifest's ``tta_threshold`` for this model, else 1.0.
 
     Thread-safe: one lock serialises invocations of the shared interpreter.
     """
 
-    def __init__(self, name: str | None = None, *, num_threads: int | None = None, batch_size: int = 64, tta: bool | None = None):
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        num_threads: int | None = None,
+        batch_size: int = 64,
+        tta: bool | None = None,
+        tta_threshold: float | None = None,
+    ):
         self.name = name or default_backbone_name()
         self.entry: dict[str, Any] = zoo.model_entry(self.name)
         if self.entry.get("kind", "emotion_backbone") != "emotion_backbone":
@@ -68,6 +80,13 @@ class Backbone:
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ModelIntegrityError(f"manifest entry of {self.name!r} lacks a valid input spec or class list: {e!r}") from e
         self.tta = bool(self.entry.get("tta", False) if tta is None else tta)
+        thr = self.entry.get("tta_threshold", 1.0) if tta_threshold is None else tta_threshold
+        try:
+            self.tta_threshold = float(thr)
+        except (TypeError, ValueError) as e:
+            raise InvalidInputError(f"tta_threshold must be a number in (0, 1], got {thr!r}") from e
+        if not 0.0 < self.tta_threshold <= 1.0:
+            raise InvalidInputError(f"tta_threshold must be in (0, 1], got {thr!r}")
         if batch_size < 1:
             raise InvalidInputError("batch_size must be >= 1")
         self.batch_size = int(batch_size)
@@ -160,24 +179,28 @@ class Backbone:
         n = len(x)
         if n == 0:
             return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, self.dim), np.float32)
-        flip = self.tta if tta is None else bool(tta)
-        if flip:
-            x = np.concatenate([x, x[:, :, ::-1]])
+        p, f = self._run_batches(x)
+        if self.tta if tta is None else bool(tta):
+            sel = np.flatnonzero(p.max(axis=1) < self.tta_threshold) if self.tta_threshold < 1.0 else np.arange(n)
+            if sel.size:
+                pm, fm = self._run_batches(np.ascontiguousarray(x[sel, :, ::-1]))
+                p[sel] = (p[sel] + pm) / 2
+                f[sel] = (f[sel] + fm) / 2
+        return p, f
+
+    def _run_batches(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probs, feats = [], []
         for s in range(0, len(x), self.batch_size):
             p, f = self._run(np.ascontiguousarray(x[s : s + self.batch_size]))
             probs.append(p)
             feats.append(f)
-        p, f = np.concatenate(probs), np.concatenate(feats)
-        if flip:
-            p, f = (p[:n] + p[n:]) / 2, (f[:n] + f[n:]) / 2
-        return p.astype(np.float32), f.astype(np.float32)
+        return np.concatenate(probs).astype(np.float32), np.concatenate(feats).astype(np.float32)
 
     def infer(self, faces: Any, *, tta: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities (N,C) and feature vectors (N,D) of ``faces`` in one pass.
 
-        ``tta``: average each face with its mirror image (twice the cost); None (default) =
-        :attr:`tta`, the backbone's setting."""
+        ``tta``: average faces with their mirror images (those below :attr:`tta_threshold`;
+        each costs a second pass); None (default) = :attr:`tta`, the backbone's setting."""
         return self.infer_prepared(self.prepare(faces), tta=tta)
 
     def predict_proba(self, faces: Any) -> np.ndarray:

@@ -7,6 +7,8 @@
     nice -n 5 python scripts/train_backbone.py --epochs 24 --workdir /work/runs/backbone
     # export the best checkpoint (by public-test accuracy) and register it in models/manifest.json
     python scripts/train_backbone.py --export-only --workdir /work/runs/backbone
+    # (re)choose the runtime's flip-TTA setting of the shipped files on the public test
+    python scripts/train_backbone.py --choose-tta
 
 Data: ``fer2013.npz`` (``$EMOADAPT_DATA`` or ``../shared/data``): ``x_train``/``y_train`` to
 train, ``x_public_test`` for early stopping and model choice, ``x_private_test`` only for the
@@ -620,6 +622,66 @@ def time_tflite(path: Path, batch: int, reps: int) -> float:
     return float(np.median(ts)) * 1000.0 / batch
 
 
+#: selective flip-TTA thresholds tried on the public test: mirror only the faces whose top
+#: probability is below the threshold (1.0 = every face)
+TTA_THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def choose_tta(p_pu: np.ndarray, pm_pu: np.ndarray, y_pu: np.ndarray,
+               p_pr: np.ndarray, pm_pr: np.ndarray, y_pr: np.ndarray) -> dict:
+    """The runtime's default test-time augmentation for a model, chosen on the public test
+    from its probabilities on the faces (``p_*``) and their mirror images (``pm_*``).
+
+    Flip TTA is on if mirroring every face beats the plain model on the public test; its
+    ``tta_threshold`` is then the smallest of :data:`TTA_THRESHOLDS` whose selective TTA (the
+    runtime's ``Backbone(tta_threshold=...)``) is as accurate on the public test as mirroring
+    every face: the cheapest setting that keeps the whole gain. Returns the manifest fields
+    ``tta`` / ``tta_threshold`` and ``metrics`` (``*_tta_default``: accuracy as the runtime
+    runs by default; ``tta_mirrored_fraction_*``: the share of faces mirrored)."""
+
+    def run(p, pm, y, thr):
+        sel = p.max(1) < thr if thr < 1.0 else np.ones(len(p), bool)
+        q = np.where(sel[:, None], (p + pm) / 2, p)
+        return float((q.argmax(1) == y).mean()), float(sel.mean())
+
+    plain = float((p_pu.argmax(1) == y_pu).mean())
+    curve = {t: run(p_pu, pm_pu, y_pu, t)[0] for t in TTA_THRESHOLDS}
+    tta = curve[1.0] > plain
+    thr = min(t for t in TTA_THRESHOLDS if curve[t] >= curve[1.0]) if tta else 1.0
+    if tta:
+        (acc_pu, frac_pu), (acc_pr, frac_pr) = run(p_pu, pm_pu, y_pu, thr), run(p_pr, pm_pr, y_pr, thr)
+    else:
+        acc_pu, acc_pr, frac_pu, frac_pr = plain, float((p_pr.argmax(1) == y_pr).mean()), 0.0, 0.0
+    return {"tta": bool(tta), "tta_threshold": float(thr), "metrics": {
+        "public_test_acc_tta_default": acc_pu, "private_test_acc_tta_default": acc_pr,
+        "tta_mirrored_fraction_public": frac_pu, "tta_mirrored_fraction_private": frac_pr,
+        "public_test_acc_by_tta_threshold": {str(t): round(a, 4) for t, a in curve.items()}}}
+
+
+def choose_tta_for_shipped(args) -> int:
+    """``--choose-tta``: choose and record the TTA setting of the shipped ``emoadapt_fer_*``
+    files (TFLite runtime only; no TensorFlow)."""
+    d = load_fer()
+    path = Path(args.out_dir) / "manifest.json"
+    man = json.loads(path.read_text())
+    for kind in ("f32", "int8"):
+        name = f"emoadapt_fer_{kind}"
+        f = Path(args.out_dir) / man["models"][name]["file"]
+        outs = [run_tflite(f, x)[0] for x in (d["x_public_test"], d["x_public_test"][:, :, ::-1],
+                                              d["x_private_test"], d["x_private_test"][:, :, ::-1])]
+        c = choose_tta(outs[0], outs[1], d["y_public_test"], outs[2], outs[3], d["y_private_test"])
+        e = man["models"][name]
+        e["tta"], e["tta_threshold"] = c["tta"], c["tta_threshold"]
+        e["metrics"].update(c["metrics"])
+        log.info("%s: tta=%s threshold %.2f, private %.4f (mirrored %.1f %%), public by threshold %s", name, c["tta"],
+                 c["tta_threshold"], c["metrics"]["private_test_acc_tta_default"],
+                 100 * c["metrics"]["tta_mirrored_fraction_private"], c["metrics"]["public_test_acc_by_tta_threshold"])
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(man, indent=2) + "\n")
+    tmp.replace(path)
+    return 0
+
+
 def _phase_summary(wd: Path) -> dict:
     """Config and public-accuracy curve of a finished run (for the manifest)."""
     cfg = json.loads((wd / "config.json").read_text())
@@ -728,6 +790,7 @@ def export(args) -> int:
         }
         per_class = [float((tp_pr.argmax(1)[ypr == c] == c).mean()) for c in range(len(CLASSES))]
         m["private_test_recall_per_class"] = dict(zip(CLASSES, np.round(per_class, 4).tolist()))
+        m["tta_choice"] = choose_tta(tp_pu, tpf_pu, ypu, tp_pr, tpf_pr, ypr)
         metrics[kind] = m
         log.info("%s: %s", kind, json.dumps(m))
     assert metrics["f32"]["probs_max_abs_diff_vs_keras"] < 1e-4, metrics["f32"]
@@ -785,7 +848,8 @@ def export(args) -> int:
             "classes": CLASSES,
             # the runtime's default test-time augmentation (mean with the mirror image), chosen
             # on the public test like every other model choice
-            "tta": bool(m["public_test_acc_flip_tta"] > m["public_test_acc"]),
+            "tta": m["tta_choice"]["tta"],
+            "tta_threshold": m["tta_choice"]["tta_threshold"],
             "source": {"package": "emoadapt (trained by scripts/train_backbone.py)",
                        "data": "FER2013 train split", "version": "0.1.0", "registry": None,
                        "path": "scripts/train_backbone.py",
@@ -816,7 +880,8 @@ def export(args) -> int:
                         "private_test_recall_per_class": m["private_test_recall_per_class"],
                         "probs_max_abs_diff_vs_keras": m["probs_max_abs_diff_vs_keras"],
                         "ms_per_face_1thread_batch1": round(m["ms_per_face_1thread_batch1"], 3),
-                        "ms_per_face_1thread_batch32": round(m["ms_per_face_1thread_batch32"], 3)},
+                        "ms_per_face_1thread_batch32": round(m["ms_per_face_1thread_batch32"], 3),
+                        **m["tta_choice"]["metrics"]},
             "training": train_cfg,
         })
     if args.register:
@@ -872,12 +937,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--probe-steps", type=int, default=0, help="time N train steps and exit")
     ap.add_argument("--export-only", action="store_true", help="export the best checkpoint and exit")
+    ap.add_argument("--choose-tta", action="store_true",
+                    help="choose and record the runtime TTA setting (selective threshold) of the shipped "
+                         "emoadapt_fer files in <out-dir>/manifest.json, then exit (no TensorFlow needed)")
     ap.add_argument("--export-after", action="store_true", help="export when training ends")
     ap.add_argument("--out-dir", default=str(ROOT / "models"))
     ap.add_argument("--register", action=argparse.BooleanOptionalAction, default=True,
                     help="register the exported files in <out-dir>/manifest.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.choose_tta:
+        return choose_tta_for_shipped(args)
     if args.average:
         return average(args)
     if args.export_only:

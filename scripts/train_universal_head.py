@@ -36,7 +36,7 @@ below mean pooling on multi-frame clips, and its statistics drift with the clip 
 Recognizer's tracks have 50-75 frames, training clips 1-8); mean pooling's do not.
 
 Features (and frame probabilities) are extracted once and cached under ``--cache``
-(default ``/work/runs/universal_head_cache/<backbone>-<sha8>/``; ``$EMOADAPT_HEAD_CACHE``
+(default ``/work/runs/universal_head_cache/<backbone>-<sha8>[-tta<threshold>]/``; ``$EMOADAPT_HEAD_CACHE``
 overrides the parent), so reruns only train and evaluate.
 
 **Held-apart evaluation** (never used for training; each head vs the
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--clip-mode", choices=("single", "augmented", "mixed"), default="mixed", help="training clips (default mixed; see above)")
     ap.add_argument("--frames", type=int, default=8, help="frames per augmented clip (default 8)")
     ap.add_argument("--seed", type=int, default=0, help="training seed (augmentation of the training clips and head init)")
-    ap.add_argument("--cache", type=Path, default=None, help="feature cache dir (default /work/runs/universal_head_cache/<backbone>-<sha8>)")
+    ap.add_argument("--cache", type=Path, default=None, help="feature cache dir (default /work/runs/universal_head_cache/<backbone>-<sha8>[-tta<threshold>])")
     ap.add_argument("--threads", type=int, default=None, help="TFLite threads for extraction (default: all cores)")
     ap.add_argument("--json", type=Path, default=None, help="write all numbers here")
     ap.add_argument("--out", type=Path, default=MODELS, help="models dir to save heads into and register them in (default models/)")
@@ -412,7 +412,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bb_name = args.backbone or default_backbone_name()
     backbone = Backbone(bb_name, num_threads=args.threads or os.cpu_count() or 1, batch_size=256)
     sha = backbone.entry["sha256"]
-    cache = FeatureCache(args.cache or CACHE_ROOT / f"{bb_name}-{sha[:8]}")
+    tta_key = f"-tta{backbone.tta_threshold:g}" if backbone.tta else ""  # the features depend on the runtime's TTA
+    cache = FeatureCache(args.cache or CACHE_ROOT / f"{bb_name}-{sha[:8]}{tta_key}")
     log.info("backbone %s (D=%d, sha256 %s...), cache %s", bb_name, backbone.dim, sha[:8], cache.path)
     data = Data(backbone, cache, args.frames)
 

@@ -67,20 +67,36 @@ def test_still_images_get_the_backbones_tta_and_video_frames_only_with_video_tta
     from emoadapt.video import Sampling, iter_frames
 
     assert recognizer.backbone.tta, "the default backbone recommends flip TTA"
+    bb = emoadapt.Backbone(tta=True, tta_threshold=1.0)  # mirror every face: every frame differs
+    rec = emoadapt.Recognizer(home=tmp_path / "a", backbone=bb)
     frames = np.stack([f.image for f in iter_frames(cremad_clips[3], sampling=Sampling(max_frames=6))])
-    still = recognizer.analyze(frames[:1])
-    face = recognizer.faces_in(frames[0])[0]
-    assert still.frame_probabilities.shape == (1, len(recognizer.classes))
-    np.testing.assert_allclose(still.frame_probabilities[0], [face.probabilities[c] for c in recognizer.backbone.classes], atol=1e-6)
-    video = recognizer.analyze(frames)
-    both = emoadapt.Recognizer(home=tmp_path, video_tta=True).analyze(frames)
+    still = rec.analyze(frames[:1])
+    face = rec.faces_in(frames[0])[0]
+    assert still.frame_probabilities.shape == (1, len(rec.classes))
+    np.testing.assert_allclose(still.frame_probabilities[0], [face.probabilities[c] for c in bb.classes], atol=1e-6)
+    video = rec.analyze(frames)
+    both = emoadapt.Recognizer(home=tmp_path / "b", backbone=bb, video_tta=True).analyze(frames)
     assert video.faces == both.faces == 6
     # with video_tta the first frame is exactly the still image's result; without it, not
     np.testing.assert_allclose(both.frame_probabilities[0], still.frame_probabilities[0], atol=1e-6)
     assert np.abs(video.frame_probabilities[0] - still.frame_probabilities[0]).max() > 1e-3
-    # the plain frames are the backbone without TTA on the same crops: mirror averaging moves
-    # each frame's probabilities by a few points only
+    # the plain frames are the backbone without TTA on the same crops
+    np.testing.assert_allclose(video.features, bb.infer(_crops(rec, frames), tta=False)[1], atol=1e-4)
     assert np.abs(video.frame_probabilities - both.frame_probabilities).mean() < 0.1
+
+
+def _crops(rec, frames):
+    """The aligned crops the Recognizer feeds its backbone (one face per frame here)."""
+    from emoadapt.alignment import norm_crop
+    from emoadapt.detection import TrackingDetector
+
+    det = TrackingDetector(rec.detector, detect_every=rec.detect_every, min_score=rec.min_face_score)
+    out = []
+    for f in frames:
+        d = det(f)
+        i = rec._faces(d)[0]
+        out.append(norm_crop(f, d.landmarks[i], rec.backbone.input_size, rec.backbone.template, gray=rec.backbone.channels == 1))
+    return np.stack(out)
 
 
 def test_backbone_worker_keeps_frame_order_and_passes_errors_on(tmp_path, cremad_clips, monkeypatch):
