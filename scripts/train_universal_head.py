@@ -78,11 +78,11 @@ least squares from 4,096 training faces without TTA
 a clip's frames. A backbone's features of its own training faces are memorised (the new
 backbone is right on 77 % of its FER2013 training clips, 67 % of the test faces), so heads trained
 on them from scratch lose to the backbone's own classifier (emoadapt_fer_int8: public
-0.661-0.664 vs 0.666, CK+ 0.737-0.742 vs 0.780, CREMA-D 2-3/6 vs 4/6); and a personal head
+0.663-0.664 vs 0.666, CK+ 0.743-0.747 vs 0.780, CREMA-D 2-3/6 vs 4/6); and a personal head
 warm-started from this one starts exactly at the universal model's predictions.
 ``scripts/eval_personalization.py`` on emoadapt_fer_int8: CK+ universal 0.746, personal
-0.805 from ``backbone_linear`` vs 0.737 from ``single_attention``; CREMA-D 0.667 -> 1.000
-vs 0.833. Not built for a backbone whose probabilities are not a softmax of a linear map of
+0.805 from ``backbone_linear`` vs 0.780 from ``single_attention``; CREMA-D 0.667 -> 1.000
+from either. Not built for a backbone whose probabilities are not a softmax of a linear map of
 its features (residual above 0.05).
 
 Each trained head is saved as ``models/universal_<backbone>_<head>.npz`` and registered as
