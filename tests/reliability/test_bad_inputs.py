@@ -638,12 +638,15 @@ def _all_faces(res: emoadapt.Result) -> list:
     return sorted((fr for t in (res.tracks or [res]) for fr in t.timeline), key=lambda fr: fr.index)
 
 
-def test_generator_with_inconsistent_frame_sizes(recognizer, clip_frames, photo):
+def test_generator_with_inconsistent_frame_sizes(recognizer, clip_frames, photo, tmp_path):
     """Each frame of another size than the previous one is processed alone (no detector
     buffer, pyramid, crop or face-tracking state leaks across a change of frame size): every
     face reported equals that frame predicted alone. The face tracker may split them into
-    tracks (their boxes do not overlap), so faces are collected over all tracks."""
+    tracks (their boxes do not overlap), so faces are collected over all tracks. (Video frames
+    get the backbone's flip TTA here too, ``video_tta=True``, as a frame alone, a still image,
+    does.)"""
     _tried("generator:inconsistent sizes")
+    recognizer = emoadapt.Recognizer(home=tmp_path, backbone=recognizer.backbone, video_tta=True)
     frames = [clip_frames[5], cv2.resize(clip_frames[15], (640, 480)), clip_frames[25][40:300, 60:420],
               cv2.resize(photo("biden.jpg"), (485, 1102)), _gray(clip_frames[35]), clip_frames[45][20:340, 20:460],
               cv2.resize(clip_frames[55], (241, 181), interpolation=cv2.INTER_AREA), clip_frames[60]]
