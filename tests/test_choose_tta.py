@@ -3,28 +3,14 @@ against what ``Backbone`` does with it, on real FER2013 faces (no TensorFlow nee
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from _scripts import load_script
 
 from emoadapt import zoo
 from emoadapt.features import Backbone
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("train_backbone", ROOT / "scripts" / "train_backbone.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["train_backbone"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-tb = _load_script()
+tb = load_script("train_backbone")
 
 
 @pytest.fixture(scope="module")

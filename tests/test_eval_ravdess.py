@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("eval_ravdess", ROOT / "scripts" / "eval_ravdess.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["eval_ravdess"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ev = _load_script()
+ev = load_script("eval_ravdess")
 
 
 @pytest.fixture(scope="module")
