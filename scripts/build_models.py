@@ -51,6 +51,11 @@ def update_manifest(entries: list[dict], models_dir: Path = MODELS) -> None:
         data["models"][name] = e
         log.info("registered %s: %s (%.2f MB, sha256 %s...)", name, e["file"], e["size"] / 1e6, e["sha256"][:12])
     data["models"] = dict(sorted(data["models"].items()))
+    write_manifest(data, path)
+
+
+def write_manifest(data: dict, path: Path) -> None:
+    """Write the manifest ``data`` to ``path`` atomically (temporary file, then rename)."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.replace(path)

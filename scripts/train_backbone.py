@@ -676,9 +676,10 @@ def choose_tta_for_shipped(args) -> int:
         log.info("%s: tta=%s threshold %.2f, private %.4f (mirrored %.1f %%), public by threshold %s", name, c["tta"],
                  c["tta_threshold"], c["metrics"]["private_test_acc_tta_default"],
                  100 * c["metrics"]["tta_mirrored_fraction_private"], c["metrics"]["public_test_acc_by_tta_threshold"])
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(man, indent=2) + "\n")
-    tmp.replace(path)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from build_models import write_manifest
+
+    write_manifest(man, path)
     return 0
 
 

@@ -517,7 +517,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # save + register
     if not args.no_save and results["heads"]:
-        from build_models import update_manifest
+        from build_models import update_manifest, write_manifest
 
         entries = []
         args.out.mkdir(parents=True, exist_ok=True)
@@ -575,9 +575,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log.info("manifest defaults: universal_head=%s personal_head=%s", universal, personal)
         else:
             log.warning("%s is not the default backbone: only backbone_defaults.%s written (use --set-defaults, or rerun once it is)", bb_name, bb_name)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(man, indent=2) + "\n")
-        tmp.replace(path)
+        write_manifest(man, path)
         results["defaults_written"] = bool(set_defaults)
 
     results["timings"]["total_seconds"] = round(time.perf_counter() - t_all, 1)
