@@ -488,6 +488,18 @@ class _TrainableHead(_Head):
             ss += ((c.astype(np.float64, copy=False) - mean) ** 2).sum(axis=0)
         return mean, np.sqrt(ss / n)
 
+    def _fit_scaler(self, clips: list[np.ndarray], d: int, dt: np.dtype) -> None:
+        """``mean_`` / ``scale_`` of the per-frame standardisation (identity without
+        ``standardize``; constant features keep scale 1)."""
+        if self.standardize:
+            mean, std = self._scaler_stats(clips)
+            self.mean_ = mean.astype(dt)
+            self.scale_ = np.where(std > 1e-8 * max(1.0, float(np.abs(mean).max(initial=0.0))), std, 1.0).astype(dt)
+        else:
+            k = self._scaler_dim(d)
+            self.mean_ = np.zeros(k, dtype=dt)
+            self.scale_ = np.ones(k, dtype=dt)
+
     def _prepare(self, clips: list[np.ndarray]) -> Any:
         """Turn validated clips into a design object consumed by :meth:`_batch`."""
         if len({len(c) for c in clips}) == 1:
@@ -678,14 +690,7 @@ class _TrainableHead(_Head):
         d = cl[0].shape[1]
         self.n_features_in_ = d
         rng = np.random.default_rng(self.seed)
-        if self.standardize:
-            mean, std = self._scaler_stats(cl)
-            self.mean_ = mean.astype(dt)
-            self.scale_ = np.where(std > 1e-8 * max(1.0, float(np.abs(mean).max(initial=0.0))), std, 1.0).astype(dt)
-        else:
-            k = self._scaler_dim(d)
-            self.mean_ = np.zeros(k, dtype=dt)
-            self.scale_ = np.ones(k, dtype=dt)
+        self._fit_scaler(cl, d, dt)
         c = len(self.classes_)
         p = {"coef": np.zeros((c, self._in_dim(d)), dtype=dt), "intercept": np.zeros(c, dtype=dt)}
         p.update(self._init_extra(d, rng, dt))
@@ -1014,19 +1019,14 @@ class SingleAttentionHead(_TrainableHead):
             raise InvalidInputError("features and probs must be finite, probs non-negative")
         head = cls(**params)
         dt = np.dtype(head.dtype)
-        if head.standardize:
-            mean, std = f.mean(axis=0), f.std(axis=0)
-            scale = np.where(std > 1e-8 * max(1.0, float(np.abs(mean).max(initial=0.0))), std, 1.0)
-        else:
-            mean, scale = np.zeros(f.shape[1]), np.ones(f.shape[1])
+        head._fit_scaler([f], f.shape[1], dt)  # the frames as one clip: per-frame statistics
         logp = np.log(np.clip(pr, 1e-30, None))
         logp -= logp.mean(axis=1, keepdims=True)
-        design = np.c_[(f - mean) / scale, np.ones(len(f))]
+        design = np.c_[(f - head.mean_) / head.scale_, np.ones(len(f))]
         sol, *_ = np.linalg.lstsq(design, logp, rcond=None)
         order = np.argsort(cl, kind="stable")  # classes_ is sorted, like fit() makes it
         head.classes_ = cl[order]
         head.n_features_in_ = f.shape[1]
-        head.mean_, head.scale_ = mean.astype(dt), scale.astype(dt)
         head._set_params_arrays({"coef": sol[:-1].T[order].astype(dt), "intercept": sol[-1][order].astype(dt), "q0": np.zeros(f.shape[1], dt)})
         head.fit_residual_ = float(np.sqrt(np.mean((design @ sol - logp) ** 2)))
         head.n_iter_, head.n_updates_, head.loss_curve_ = 0, 0, []
