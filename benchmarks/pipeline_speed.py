@@ -152,7 +152,7 @@ def stage_costs(rec: Any, name: str, paths: list[Path], repeat: int) -> dict[str
     arr = np.stack(crops)
     # as the Recognizer runs it: still images with the backbone's flip TTA, video frames without
     # (unless video_tta)
-    tta = None if all(len(v) == 1 for v in frames) else rec._video_tta()
+    tta = rec._tta_for(max(len(v) for v in frames))
     w, c, _ = best_of(lambda: [bb.infer(arr[s:s + rec.chunk], tta=tta) for s in range(0, nf, rec.chunk)], repeat)
     res[f"backbone (batches of {rec.chunk}, as run)"] = (w / nf, c / nf, "face")
     emb = rec.embedder

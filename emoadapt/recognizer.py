@@ -140,8 +140,8 @@ class Recognizer:
             made; ``None`` leaves OpenCV's setting alone. Default 1: the library's OpenCV work
             is many small operations (colour conversion, resizing, warping one face), for which
             OpenCV's thread pool costs more CPU than it saves; the emotion network already runs
-            beside decoding and detection in a worker thread (CREMA-D clips on 2 cores:
-            126-131 fps wall, 100-105 CPU vs 110-121 / 82-90 with OpenCV's default threads).
+            beside decoding and detection in a worker thread (speed: README "Speed",
+            ``benchmarks/pipeline_speed.py``).
 
     A Recognizer may be shared by threads: each model serialises its own invocations and the
     store serialises its connection; several processes may share one ``home``.
@@ -321,7 +321,7 @@ class Recognizer:
                         scan.identity[j] = self.embedder.embed_faces(fr.image, det.landmarks[k][None])[0]
                         scan.identity_count[tid] = n_id + 1
                 if len(crops) >= self.chunk and scan.frames > 1:  # a video (a still image's crops wait)
-                    pending.append(worker.submit(self.backbone.infer, np.stack(crops), tta=self._video_tta()))
+                    pending.append(worker.submit(self.backbone.infer, np.stack(crops), tta=self._tta_for(scan.frames)))
                     crops = []
             for job in pending:
                 scan.add_outputs(*job.result())
@@ -330,11 +330,13 @@ class Recognizer:
             if bar is not None:
                 bar.close()
         if crops:
-            scan.add_outputs(*self.backbone.infer(np.stack(crops), tta=None if scan.frames == 1 else self._video_tta()))
+            scan.add_outputs(*self.backbone.infer(np.stack(crops), tta=self._tta_for(scan.frames)))
         return scan
 
-    def _video_tta(self) -> bool:
-        return self.video_tta and self.backbone.tta
+    def _tta_for(self, frames: int) -> bool | None:
+        """The backbone's ``tta`` argument for the faces of an input of ``frames`` frames: a still
+        image gets the backbone's own setting (None), a video's frames only with ``video_tta``."""
+        return None if frames == 1 else self.video_tta and self.backbone.tta
 
     def analyze(self, clip: Clip, *, color: str = "rgb", fps: float | None = None, max_frames: int | None = None, step: int = 1, progress: bool = False) -> Result:
         """Run detection, alignment and the backbone on every sampled frame of the main face
