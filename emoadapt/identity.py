@@ -408,9 +408,9 @@ def normalize(e: np.ndarray) -> np.ndarray:
 def clip_embedding(descriptors: np.ndarray) -> np.ndarray:
     """One identity embedding for a clip: the normalised mean of its normalised frame descriptors."""
     d = np.asarray(descriptors, dtype=np.float32)
-    d = d.reshape(-1, d.shape[-1]) if d.ndim else d.reshape(0, 1)
-    if len(d) == 0:
+    if d.size == 0 or d.ndim == 0:
         raise InvalidInputError("no face descriptors to pool")
+    d = d.reshape(-1, d.shape[-1])
     return normalize(normalize(d).mean(axis=0))
 
 
