@@ -36,7 +36,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 def _recognizer(args: argparse.Namespace, **kw: Any):
     from .recognizer import Recognizer
 
-    return Recognizer(home=args.home, backbone=args.backbone, **kw)
+    return Recognizer(home=args.home, backbone=args.backbone, identity=args.identity, **kw)
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
@@ -147,9 +147,11 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 def cmd_users(args: argparse.Namespace) -> int:
     rec = _recognizer(args)
+    stale = rec.reenrol_needed()
     for u in rec.users():
         n = len(rec.corrections(u))
-        print(f"{u}\t{n} corrections")
+        note = f"\tre-enrol needed (enrolled with {', '.join(stale[u])} only)" if u in stale else ""
+        print(f"{u}\t{n} corrections{note}")
     return 0
 
 
@@ -179,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="emoadapt", description="On-device, personalized facial-emotion recognition in video.")
     ap.add_argument("--home", help="user data directory (default: $EMOADAPT_HOME or ~/.local/share/emoadapt)")
     ap.add_argument("--backbone", help="emotion backbone (a model name from the manifest)")
+    ap.add_argument("--identity", choices=("mobilefacenet", "dlib_resnet"), default="mobilefacenet",
+                    help="identity model that recognises enrolled users (default mobilefacenet)")
     ap.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = ap.add_subparsers(dest="command", required=True)

