@@ -65,7 +65,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from emoadapt.identity import IDENTITY_MODELS, THRESHOLDS, IdentityMatcher, clip_embedding  # noqa: E402
+from emoadapt.identity import (
+    IDENTITY_MODELS,
+    THRESHOLDS,
+    IdentityMatcher,
+    clip_embedding,
+)
 
 log = logging.getLogger("benchmarks.identity")
 
@@ -234,7 +239,7 @@ class Samples:
     ident: np.ndarray
     names: np.ndarray
 
-    def select(self, mask: np.ndarray) -> "Samples":
+    def select(self, mask: np.ndarray) -> Samples:
         return Samples(*(getattr(self, a)[mask] for a in ("emb", "group", "source", "ident", "names")))
 
 

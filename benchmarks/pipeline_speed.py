@@ -365,11 +365,11 @@ def enrolled_speed(identities: list[str], repeat: int) -> None:
     for ident in identities:
         with tempfile.TemporaryDirectory() as home:
             rec = emoadapt.Recognizer(home=home, identity=ident)
-            empty = end_to_end(lambda every: rec, clips, repeat, 10)
+            empty = end_to_end(lambda every, r=rec: r, clips, repeat, 10)
             rec.enroll("1001", frame_1001)
             for user, p in photos.items():
                 rec.enroll(user, str(p))
-            full = end_to_end(lambda every: rec, clips, repeat, 10)
+            full = end_to_end(lambda every, r=rec: r, clips, repeat, 10)
             routed = sum(r.user == "1001" for r in full["results"])
             rows.append([ident, f"{empty['fps_wall']:.1f} / {empty['fps_cpu']:.1f}", f"{full['fps_wall']:.1f} / {full['fps_cpu']:.1f}",
                          f"{routed}/{len(clips)}"])

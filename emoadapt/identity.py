@@ -29,9 +29,8 @@ import math
 import threading
 from typing import Sequence
 
-import numpy as np
-
 import cv2
+import numpy as np
 
 from .alignment import norm_crop, similarity_transform
 from .errors import InvalidInputError, ModelIntegrityError

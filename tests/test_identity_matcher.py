@@ -16,7 +16,17 @@ import numpy as np
 import pytest
 
 from emoadapt.errors import InvalidInputError
-from emoadapt.identity import DEFAULT_IDENTITY, DEFAULT_THRESHOLD, DESCRIPTOR_DIM, IDENTITY_MODELS, THRESHOLDS, IdentityMatcher, clip_embedding, load_embedder, normalize
+from emoadapt.identity import (
+    DEFAULT_IDENTITY,
+    DEFAULT_THRESHOLD,
+    DESCRIPTOR_DIM,
+    IDENTITY_MODELS,
+    THRESHOLDS,
+    IdentityMatcher,
+    clip_embedding,
+    load_embedder,
+    normalize,
+)
 from emoadapt.video import Sampling, iter_frames
 
 ACTORS = [f"Actor_{i:02d}.png" for i in range(1, 25)]

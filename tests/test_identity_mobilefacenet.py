@@ -19,7 +19,11 @@ import pytest
 import emoadapt
 from emoadapt import zoo
 from emoadapt.alignment import TEMPLATES, similarity_transform
-from emoadapt.errors import IdentityMismatchError, InvalidInputError, ModelIntegrityError
+from emoadapt.errors import (
+    IdentityMismatchError,
+    InvalidInputError,
+    ModelIntegrityError,
+)
 from emoadapt.identity import (
     ARCFACE_SIZE,
     DEFAULT_IDENTITY,

@@ -47,8 +47,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
