@@ -193,3 +193,26 @@ def test_enrolments_of_another_model_are_never_compared(tmp_path, photo, caplog)
     assert old.predict(photo("obama.jpg")).user == "obama"
     rec.close()
     old.close()
+
+
+@pytest.mark.live
+def test_keras_rebuild_matches_the_upstream_file_and_gives_the_trunk(ref, crops):
+    """``build_keras`` (TensorFlow; the unpacked npm package) reproduces the upstream outputs,
+    and its trunk variant (for fine-tuning on another task) takes other input sizes."""
+    import sys
+
+    pytest.importorskip("tensorflow")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from builders import mobilefacenet as b
+
+    try:
+        src = b.upstream_file(b.package_dir(fetch=False))
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    model = b.build_keras(src)
+    out = np.asarray(model(crops.astype(np.float32), training=False))
+    assert _cos(out, ref["upstream_embeddings"]).min() > 0.99999
+    trunk = b.build_keras(src, include_embedding=False, input_size=96)
+    assert tuple(trunk.output_shape) == (None, 6, 6, 512)
+    with pytest.raises(ValueError, match="112"):
+        b.build_keras(src, input_size=96)

@@ -194,18 +194,16 @@ def convert(module, out: Path, quantize: bool) -> Path:
     """Write ``module`` as TFLite (float32, or dynamic-range int8 weights when ``quantize``)."""
     import tensorflow as tf
 
+    from .tflite_export import saved_model_to_tflite
+
     with tempfile.TemporaryDirectory() as tmp:
         tf.saved_model.save(module, tmp, signatures=module.__call__.get_concrete_function())
-        conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        if quantize:
-            conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        data = conv.convert()
-    out.write_bytes(data)
-    log.info("wrote %s (%.2f MB)", out, len(data) / 1e6)
-    return out
+        return saved_model_to_tflite(tmp, out, quantize)
 
 
 def _entry(name: str, file: str, quantization: str) -> dict:
+    from .tflite_export import rgb_float_input
+
     return {
         "name": name,
         "file": file,
@@ -218,19 +216,12 @@ def _entry(name: str, file: str, quantization: str) -> dict:
         "licence": "MIT (package); model weights CC0 (dlib, Davis King)",
         "architecture": "dlib_face_recognition_resnet_model_v1 (29-conv ResNet, 128-D metric embedding)",
         "quantization": quantization,
-        "inputs": {
-            "shape": [None, INPUT_SIZE, INPUT_SIZE, 3],
-            "dtype": "float32",
-            "color": "RGB",
-            "range": [0, 255],
-            "normalization": "in-model: (x - [122.782, 117.001, 104.298]) / 256 (dlib input_rgb_image)",
-            "align": {
-                "method": "dlib get_face_chip",
-                "size": INPUT_SIZE,
-                "padding": 0.25,
-                "landmarks": "5-point; for MTCNN landmarks use emoadapt.identity.MTCNN_CHIP_TEMPLATE",
-            },
-        },
+        "inputs": rgb_float_input(
+            INPUT_SIZE,
+            "in-model: (x - [122.782, 117.001, 104.298]) / 256 (dlib input_rgb_image)",
+            {"method": "dlib get_face_chip", "size": INPUT_SIZE, "padding": 0.25,
+             "landmarks": "5-point; for MTCNN landmarks use emoadapt.identity.MTCNN_CHIP_TEMPLATE"},
+        ),
         "outputs": {"descriptor": 128, "l2_normalized": False, "same_person_threshold_euclidean": 0.6},
     }
 

@@ -257,16 +257,12 @@ def convert(model: Any, out: Path, quantize: bool) -> Path:
     weights when ``quantize``)."""
     import tensorflow as tf
 
+    from .tflite_export import saved_model_to_tflite
+
     shape = [None, *model.input_shape[1:]]
     with tempfile.TemporaryDirectory() as tmp:
         model.export(tmp, format="tf_saved_model", input_signature=[tf.TensorSpec(shape, tf.float32, name="faces")], verbose=False)
-        conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        if quantize:
-            conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        data = conv.convert()
-    out.write_bytes(data)
-    log.info("wrote %s (%.2f MB)", out, len(data) / 1e6)
-    return out
+        return saved_model_to_tflite(tmp, out, quantize)
 
 
 def run_upstream(path: str | os.PathLike[str], faces: np.ndarray) -> np.ndarray:
@@ -349,6 +345,8 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 
 def _entry(name: str, file: str, quantization: str, check: dict[str, float]) -> dict:
+    from .tflite_export import rgb_float_input
+
     return {
         "name": name,
         "file": file,
@@ -357,14 +355,11 @@ def _entry(name: str, file: str, quantization: str, check: dict[str, float]) -> 
         "architecture": "MobileFaceNet (Chen et al. 2018; PReLU, global depthwise conv), ArcFace loss, MS1M; "
         "rebuilt at batch 1/dynamic from the upstream batch-2 TFLite by scripts/builders/mobilefacenet.py",
         "quantization": quantization,
-        "inputs": {
-            "shape": [None, INPUT_SIZE, INPUT_SIZE, 3],
-            "dtype": "float32",
-            "color": "RGB",
-            "range": [0, 255],
-            "normalization": "in-model: (x - 127.5) / 128",
-            "align": {"method": "similarity transform of the 5 MTCNN landmarks onto the ArcFace 112x112 template (emoadapt.identity.arcface_crop)", "size": INPUT_SIZE, "template": "arcface"},
-        },
+        "inputs": rgb_float_input(
+            INPUT_SIZE,
+            "in-model: (x - 127.5) / 128",
+            {"method": "similarity transform of the 5 MTCNN landmarks onto the ArcFace 112x112 template (emoadapt.identity.arcface_crop)", "size": INPUT_SIZE, "template": "arcface"},
+        ),
         "outputs": {"embedding": EMBEDDING_DIM, "l2_normalized": False, "compare": "cosine"},
         "check_vs_upstream": check,
     }
