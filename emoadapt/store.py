@@ -819,7 +819,8 @@ class Store:
 
         def tx(conn: sqlite3.Connection) -> dict[str, np.ndarray]:
             sql = "SELECT u.name, e.dim, e.vector FROM embeddings e JOIN users u ON u.id = e.user_id"
-            cond, args = [], []
+            cond: list[str] = []
+            args: list[Any] = []
             if name is not None:
                 cond.append("e.user_id = ?")
                 args.append(self._user_id(conn, name))
