@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="emoadapt", description="On-device, personalized facial-emotion recognition in video.")
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}", help="print the version and exit")
     _add_common(ap, top=True)
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands",
+                            help="what to do (emoadapt COMMAND --help for its options)")
 
     def command(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + ".")
