@@ -75,7 +75,7 @@ class Sampling:
     fps: float | None = None
     max_frames: int | None = None
     step: int = 1
-    source_fps: float = 30.0  # DEFAULT_SOURCE_FPS (a literal here: the dataclass is defined first)
+    source_fps: float = DEFAULT_SOURCE_FPS
 
     def __post_init__(self) -> None:
         # numpy scalars are accepted (normalised to Python numbers); bools are rejected:
