@@ -195,8 +195,8 @@ def test_progress_bars_only_on_a_terminal(cremad_clips):
 
 def test_annotate_writes_labelled_video(tmp_path):
     out = tmp_path / "annotated.mp4"
-    r = run("annotate", str(DEMO), "-o", str(out), "--max-frames", "12")
-    assert r.returncode == 0, r.stderr
+    r = run("annotate", str(DEMO), "-o", str(out), "--max-frames", "12", quiet=False)
+    assert r.returncode == 0 and r.stderr == "", r.stderr  # nothing from OpenCV's or FFmpeg's encoder either
     cap = cv2.VideoCapture(str(out))
     frames = []
     while True:
