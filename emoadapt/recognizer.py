@@ -23,9 +23,9 @@ import numpy as np
 from .alignment import norm_crop
 from .errors import InvalidInputError, ModelIntegrityError
 from .features import Backbone
-from .video import Clip, Sampling, iter_frames
+from .video import DEFAULT_SOURCE_FPS, Clip, Sampling, iter_frames
 
-__all__ = ["Recognizer", "Result", "FrameResult", "default_home"]
+__all__ = ["Recognizer", "Result", "FrameResult", "default_home", "DEFAULT_SOURCE_FPS"]
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,74 @@ class Result:
     """Per-frame backbone features (faces, D) of the used frames (what the heads pool)."""
     frame_probabilities: np.ndarray | None = field(default=None, repr=False)
     """Per-frame backbone probabilities (faces, C)."""
+    source: str | None = None
+    """The clip's path when it was given as a path, else ``None``."""
+    fps: float | None = None
+    """Frame rate of the source that frame times are counted at: the container's for a video
+    file, ``source_fps`` for arrays and iterables; ``None`` for a still image."""
 
     def top(self, k: int = 3) -> list[tuple[str, float]]:
         """The ``k`` most probable labels with their probabilities."""
         return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
+
+    def rows(self, kind: str = "frames") -> list[dict[str, Any]]:
+        """The result as table rows (dicts with the same keys, in column order).
+
+        ``kind="frames"``: one row per analysed face per frame, over every face track: ``clip``,
+        ``frame`` (index in the source), ``time`` (seconds: ``frame / fps``; ``0`` for a still
+        image), ``track`` (0 = the main track), ``user`` (recognised user of the track, else
+        empty), the face box ``x1, y1, x2, y2`` (pixels), the detector ``score``, then one column
+        per class with the frame-level probability of the universal backbone. Boxes are rounded
+        to 0.01 px, scores and probabilities to 6 decimals.
+
+        ``kind="clips"``: one row per face track: ``clip``, ``track``, ``user``, ``label``,
+        ``frames`` (frames read), ``faces`` (frames of this track), ``start`` and ``end`` (seconds
+        of the track's first and last face), then one column per class with the track's
+        clip-level probability (from the user's personal head when the user was recognised).
+        A clip with no face gives one row with an empty label and no probabilities.
+        """
+        if kind not in ("frames", "clips"):
+            raise InvalidInputError(f"kind must be 'frames' or 'clips', got {kind!r}")
+        tracks = self.tracks or [self]
+        clip = self.source or ""
+        rows: list[dict[str, Any]] = []
+        if kind == "frames":
+            classes = list(tracks[0].timeline[0].probabilities) if tracks[0].timeline else []
+            for t, r in enumerate(tracks):
+                for f in r.timeline:
+                    row: dict[str, Any] = {"clip": clip, "frame": f.index, "time": self._time(f.index), "track": t, "user": r.user or ""}
+                    row.update(zip(("x1", "y1", "x2", "y2"), (round(float(v), 2) for v in f.box)))
+                    row["score"] = round(float(f.score), 6)
+                    row.update((c, round(float(f.probabilities[c]), 6)) for c in classes)
+                    rows.append(row)
+            return rows
+        classes = list(tracks[0].probabilities)
+        for t, r in enumerate(tracks):
+            idx = [f.index for f in r.timeline]
+            row = {"clip": clip, "track": t, "user": r.user or "", "label": r.label or "", "frames": r.frames, "faces": r.faces,
+                   "start": self._time(min(idx)) if idx else None, "end": self._time(max(idx)) if idx else None}
+            row.update((c, round(float(r.probabilities[c]), 6)) for c in classes)
+            rows.append(row)
+        return rows
+
+    def _time(self, index: int) -> float:
+        return round(index / self.fps, 6) if self.fps else 0.0
+
+    def to_frame(self, kind: str = "frames") -> Any:
+        """The result as a :class:`pandas.DataFrame` (pandas is an optional dependency:
+        ``pip install pandas``); rows and columns as in :meth:`rows`. The ``"frames"`` table
+        has the shape of py-feat's ``Fex``: one row per face per frame, box and emotion columns.
+        """
+        try:
+            import pandas as pd
+        except ImportError as e:
+            raise ImportError("Result.to_frame needs pandas, an optional dependency: pip install pandas") from e
+        rows = self.rows(kind)
+        if rows:
+            return pd.DataFrame(rows)
+        cols = ["clip", "frame", "time", "track", "user", "x1", "y1", "x2", "y2", "score"] if kind == "frames" else \
+            ["clip", "track", "user", "label", "frames", "faces", "start", "end"]
+        return pd.DataFrame(columns=cols)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable summary."""
@@ -317,7 +381,8 @@ class Recognizer:
     def _scan(self, clip: Clip, *, color: str, sampling: Sampling, identity: bool, progress: bool) -> _Scan:
         """Detect, track, align and embed every face of every sampled frame."""
         size, gray = self.backbone.input_size, self.backbone.channels == 1
-        scan = _Scan()
+        scan = _Scan(source=os.fspath(clip) if isinstance(clip, (str, os.PathLike)) else None)
+        scan.fps = _clip_fps(clip, sampling)
         tracker = _OnlineTracker()
         from .detection import TrackingDetector
 
@@ -366,10 +431,13 @@ class Recognizer:
         image gets the backbone's own setting (None), a video's frames only with ``video_tta``."""
         return None if frames == 1 else self.video_tta and self.backbone.tta
 
-    def analyze(self, clip: Clip, *, color: str = "rgb", fps: float | None = None, max_frames: int | None = None, step: int = 1, progress: bool = False) -> Result:
+    def analyze(self, clip: Clip, *, color: str = "rgb", fps: float | None = None, max_frames: int | None = None, step: int = 1,
+                source_fps: float = DEFAULT_SOURCE_FPS, progress: bool = False) -> Result:
         """Run detection, alignment and the backbone on every sampled frame of the main face
-        track (no clip head, no identity): ``features`` and ``frame_probabilities`` filled."""
-        scan = self._scan(clip, color=color, sampling=Sampling(fps=fps, max_frames=max_frames, step=step), identity=False, progress=progress)
+        track (no clip head, no identity): ``features`` and ``frame_probabilities`` filled.
+        Arguments as in :meth:`predict`."""
+        sampling = Sampling(fps=fps, max_frames=max_frames, step=step, source_fps=source_fps)
+        scan = self._scan(clip, color=color, sampling=sampling, identity=False, progress=progress)
         tracks = scan.tracks()
         return self._track_result(scan, tracks[0] if tracks else [])
 
@@ -389,7 +457,8 @@ class Recognizer:
                         probabilities=dict(zip(classes, map(float, P[n]))), landmarks=scan.faces[j].landmarks)
             for n, j in enumerate(idx)
         ]
-        return Result(label=None, probabilities={}, frames=scan.frames, faces=len(idx), timeline=timeline, features=F, frame_probabilities=P)
+        return Result(label=None, probabilities={}, frames=scan.frames, faces=len(idx), timeline=timeline, features=F, frame_probabilities=P,
+                      source=scan.source, fps=scan.fps)
 
     # -- heads ----------------------------------------------------------------------------------
     def _personal_head(self, user: str) -> Any | None:
@@ -425,7 +494,8 @@ class Recognizer:
         res.label = labels[int(np.argmax(p))]
 
     # -- prediction -----------------------------------------------------------------------
-    def predict(self, clip: Clip, *, color: str = "rgb", fps: float | None = None, max_frames: int | None = None, step: int = 1, progress: bool = False) -> Result:
+    def predict(self, clip: Clip, *, color: str = "rgb", fps: float | None = None, max_frames: int | None = None, step: int = 1,
+                source_fps: float = DEFAULT_SOURCE_FPS, progress: bool = False) -> Result:
         """Emotion of the face(s) in ``clip``.
 
         Faces are tracked across frames; each track is pooled into one prediction and, when
@@ -440,14 +510,19 @@ class Recognizer:
             fps: sample about this many frames per second (default: every frame).
             max_frames: stop after this many sampled frames.
             step: keep every ``step``-th frame.
+            source_fps: the frame rate of an array or iterable of frames, which carry none
+                (default 30, :data:`DEFAULT_SOURCE_FPS`): ``fps`` sampling and the frame times
+                of :meth:`Result.rows` count at this rate. A video file's own rate (from its
+                container) is used instead; this rate only when the container gives none.
             progress: show a progress bar on stderr.
         """
         gallery = self._gallery()
-        scan = self._scan(clip, color=color, sampling=Sampling(fps=fps, max_frames=max_frames, step=step), identity=bool(gallery), progress=progress)
+        sampling = Sampling(fps=fps, max_frames=max_frames, step=step, source_fps=source_fps)
+        scan = self._scan(clip, color=color, sampling=sampling, identity=bool(gallery), progress=progress)
         tracks = scan.tracks(self.matcher.threshold if gallery else None)
         if not tracks:
             log.info("no face found in %d frames", scan.frames)
-            return Result(label=None, probabilities={}, frames=scan.frames, faces=0)
+            return Result(label=None, probabilities={}, frames=scan.frames, faces=0, source=scan.source, fps=scan.fps)
         results = []
         for idx in tracks:
             r = self._track_result(scan, idx)
@@ -462,7 +537,8 @@ class Recognizer:
 
     # -- personalisation --------------------------------------------------------------------
     def _identify_clip(self, clip: Clip, kw: dict[str, Any]) -> tuple[Result, np.ndarray]:
-        sampling = Sampling(fps=kw.pop("fps", None), max_frames=kw.pop("max_frames", None), step=kw.pop("step", 1))
+        sampling = Sampling(fps=kw.pop("fps", None), max_frames=kw.pop("max_frames", None), step=kw.pop("step", 1),
+                            source_fps=kw.pop("source_fps", DEFAULT_SOURCE_FPS))
         scan = self._scan(clip, color=kw.pop("color", "rgb"), sampling=sampling, identity=True, progress=kw.pop("progress", False))
         if kw:
             raise InvalidInputError(f"unexpected arguments: {sorted(kw)}")
@@ -477,7 +553,8 @@ class Recognizer:
         """Register ``user``'s face from a clip, an image, or a list of clips/images.
 
         Each clip or image adds one embedding (its main face) to the user's gallery; returns
-        the number added. Keyword arguments: ``color``, ``fps``, ``max_frames``, ``step``.
+        the number added. Keyword arguments: ``color``, ``fps``, ``max_frames``, ``step``,
+        ``source_fps`` (as in :meth:`predict`).
         """
         from .store import normalize_label  # noqa: F401 - validates early via Store
 
@@ -597,8 +674,20 @@ class _Face:
     track: int
 
 
+def _clip_fps(clip: Clip, sampling: Sampling) -> float | None:
+    """The rate frame times count at: a video file's container rate (``sampling.source_fps``
+    when it gives none), ``None`` for a still image, ``sampling.source_fps`` for arrays and iterables."""
+    if not isinstance(clip, (str, os.PathLike)):
+        return sampling.source_fps
+    from .video import source_rate
+
+    return source_rate(clip, sampling)
+
+
 @dataclass
 class _Scan:
+    source: str | None = None
+    fps: float | None = None
     frames: int = 0
     faces: list[_Face] = field(default_factory=list)
     identity: dict[int, np.ndarray] = field(default_factory=dict)

@@ -36,13 +36,18 @@ import numpy as np
 
 from .errors import InvalidInputError, VideoDecodeError
 
-__all__ = ["Clip", "Frame", "Sampling", "iter_frames", "as_rgb_frame", "video_info", "IMAGE_SUFFIXES"]
+__all__ = ["Clip", "Frame", "Sampling", "iter_frames", "as_rgb_frame", "video_info", "source_rate", "IMAGE_SUFFIXES", "DEFAULT_SOURCE_FPS"]
 
 log = logging.getLogger(__name__)
 
 Clip = Union[str, os.PathLike, np.ndarray, Iterable[Any]]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+#: frame rate assumed for arrays and iterables of frames (and video files whose container gives
+#: none) unless ``source_fps`` says otherwise
+DEFAULT_SOURCE_FPS = 30.0
 
 
 class Frame(NamedTuple):
@@ -57,17 +62,20 @@ class Sampling:
     """Which frames of a clip to use.
 
     Args:
-        fps: keep about this many frames per second of video (needs the source frame rate;
-            for arrays and iterables ``source_fps`` is assumed). ``None`` keeps every frame.
+        fps: keep about this many frames per second of video, counted at the source's frame
+            rate (a video file's container rate; ``source_fps`` for arrays and iterables, which
+            carry none). ``None`` keeps every frame.
         max_frames: stop after this many frames have been kept. ``None``: no limit.
         step: keep every ``step``-th frame (applied before ``fps``).
-        source_fps: frame rate assumed when the source does not say (arrays, iterables).
+        source_fps: the frame rate of arrays and iterables, and of a video file whose container
+            gives none (default :data:`DEFAULT_SOURCE_FPS`, 30). With ``fps=10`` a 60 fps
+            webcam stream needs ``source_fps=60``, else every 3rd frame (not every 6th) is kept.
     """
 
     fps: float | None = None
     max_frames: int | None = None
     step: int = 1
-    source_fps: float = 30.0
+    source_fps: float = DEFAULT_SOURCE_FPS
 
     def __post_init__(self) -> None:
         # numpy scalars are accepted (normalised to Python numbers); bools are rejected:
@@ -350,6 +358,29 @@ def _source(clip: Clip, color: str) -> tuple[float | None, Iterator[np.ndarray]]
     if hasattr(clip, "__array__") or hasattr(clip, "getdata"):  # PIL image
         return None, iter([as_rgb_frame(clip, color)])
     raise InvalidInputError(f"unsupported clip type {type(clip).__name__}: give a path, an array or an iterable of frames")
+
+
+def _valid_rate(fps: float) -> float | None:
+    return fps if math.isfinite(fps) and 0 < fps < 1000 else None
+
+
+def source_rate(path: str | os.PathLike, sampling: Sampling | None = None) -> float | None:
+    """The frame rate :func:`iter_frames` counts a file's frames at: the container's rate for a
+    video, ``sampling.source_fps`` when the container gives none (or the file cannot be opened:
+    :func:`iter_frames` then raises), ``None`` for a still image."""
+    sampling = sampling or Sampling()
+    p = Path(path)
+    try:
+        _check_file(p)
+        if _looks_like_image(p):
+            return None
+        cap = _open_capture(p)
+    except VideoDecodeError:
+        return sampling.source_fps
+    try:
+        return _valid_rate(float(cap.get(cv2.CAP_PROP_FPS))) or sampling.source_fps
+    finally:
+        cap.release()
 
 
 def iter_frames(clip: Clip, *, color: str = "rgb", sampling: Sampling | None = None) -> Iterator[Frame]:

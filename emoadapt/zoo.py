@@ -8,11 +8,15 @@ verifies the hash first, so a truncated or tampered file raises
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -120,11 +124,51 @@ def load_interpreter(name_or_path: str | os.PathLike[str], num_threads: int | No
         path = Path(name_or_path)
     threads = num_threads if num_threads is not None else default_threads()
     try:
-        interp = Interpreter(model_path=str(path), num_threads=threads)
-        interp.allocate_tensors()
+        with _native_stderr_filtered():
+            interp = Interpreter(model_path=str(path), num_threads=threads)
+            interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise ModelIntegrityError(f"TFLite could not load {path.name}: {e}") from e
     return interp
+
+
+#: lines the TFLite runtime writes to file descriptor 2 when an interpreter is made (not through
+#: Python, so ``logging`` cannot silence them): routine information, dropped
+_NATIVE_NOISE = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _native_stderr_filtered() -> Iterator[None]:
+    """Capture what native code writes to fd 2 inside the block; replay it, less :data:`_NATIVE_NOISE`.
+
+    Nothing is lost: output of other threads written meanwhile is replayed after the block
+    (delayed, in order). Blocks are serialised by a lock. When fd 2 cannot be duplicated (no
+    stderr at all), the block runs as is.
+    """
+    with _STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+        try:
+            saved = os.dup(2)
+        except OSError:
+            yield
+            return
+        try:
+            with tempfile.TemporaryFile() as tmp:
+                os.dup2(tmp.fileno(), 2)
+                try:
+                    yield
+                finally:
+                    os.dup2(saved, 2)
+                    tmp.seek(0)
+                    kept = [ln for ln in tmp.read().splitlines(keepends=True) if ln.rstrip(b"\r\n") not in _NATIVE_NOISE]
+                    if kept:
+                        os.write(2, b"".join(kept))
+        finally:
+            os.close(saved)
 
 
 def default_threads() -> int:
