@@ -37,7 +37,7 @@ T = TypeVar("T")
 def _recognizer(args: argparse.Namespace, **kw: Any):
     from .recognizer import Recognizer
 
-    return Recognizer(home=args.home, backbone=args.backbone, **kw)
+    return Recognizer(home=args.home, backbone=args.backbone, identity=args.identity, **kw)
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
@@ -175,9 +175,11 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 def cmd_users(args: argparse.Namespace) -> int:
     rec = _recognizer(args)
+    stale = rec.reenrol_needed()
     for u in rec.users():
         n = len(rec.corrections(u))
-        print(f"{u}\t{n} corrections")
+        note = f"\tre-enrol needed (enrolled with {', '.join(stale[u])} only)" if u in stale else ""
+        print(f"{u}\t{n} corrections{note}")
     return 0
 
 
@@ -188,7 +190,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
 
 # -- parser -----------------------------------------------------------------------------------
-_COMMON = ("home", "backbone", "verbose", "quiet")
+_COMMON = ("home", "backbone", "identity", "verbose", "quiet")
 
 
 def _emotion_backbones() -> list[str] | None:
@@ -219,6 +221,10 @@ def _add_common(p: argparse.ArgumentParser, *, top: bool) -> None:
     g.add_argument("--backbone", dest=pre + "backbone", choices=backbones, metavar="NAME", **dflt,
                    help="emotion backbone" + (f", one of: {', '.join(backbones)}" if backbones else "")
                         + " (default: the manifest's default)")
+    g.add_argument("--identity", dest=pre + "identity", choices=("mobilefacenet", "dlib_resnet"), metavar="NAME",
+                   **({"default": "mobilefacenet"} if top else dflt),
+                   help="identity model that recognises enrolled users: mobilefacenet (default) or dlib_resnet; "
+                        "users enrolled with the other one must be re-enrolled")
     g.add_argument("-v", "--verbose", dest=pre + "verbose", action="count", **({"default": 0} if top else dflt),
                    help="more messages: -v progress information, -vv debugging, including the video decoder's and "
                         "OpenCV's own")

@@ -180,8 +180,14 @@ class Recognizer:
             head object or ``None`` for the manifest default).
         adapt_every: fine-tune a user's head automatically after this many new corrections
             (0 disables; :meth:`adapt` always works).
+        identity: the identity model that recognises enrolled users:
+            ``"mobilefacenet"`` (default: ArcFace-trained MobileFaceNet, 192-D) or
+            ``"dlib_resnet"`` (dlib's ResNet descriptor, 128-D); see README "Identity routing".
+            Enrolments are stored with the name of the model that made them and only those of
+            this model are compared: a user enrolled with another model only is not recognised
+            (logged) and must be re-enrolled (:meth:`reenrol_needed`).
         identity_threshold: cosine similarity needed to recognise an enrolled user
-            (default :data:`emoadapt.identity.DEFAULT_THRESHOLD`).
+            (default: the model's measured threshold, :data:`emoadapt.identity.THRESHOLDS`).
         identity_frames: at most this many frames of a face track are embedded for identity.
         min_face_size: smallest face (pixels) the detector looks for.
         min_face_score: detections below this confidence are ignored (0.95: every real face in
@@ -219,6 +225,7 @@ class Recognizer:
         universal_head: str | Any | None = None,
         personal_head: str | Any | None = None,
         adapt_every: int = 5,
+        identity: str = "mobilefacenet",
         identity_threshold: float | None = None,
         identity_frames: int = 8,
         min_face_size: int = 20,
@@ -231,7 +238,7 @@ class Recognizer:
         opencv_threads: int | None = 1,
     ) -> None:
         from .detection import MTCNN
-        from .identity import DEFAULT_THRESHOLD, IdentityMatcher
+        from .identity import IDENTITY_MODELS, THRESHOLDS, IdentityMatcher
 
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.backbone = backbone if isinstance(backbone, Backbone) else Backbone(backbone, num_threads=num_threads)
@@ -255,13 +262,17 @@ class Recognizer:
             cv2.setNumThreads(int(opencv_threads))
         self.adapt_every = adapt_every
         self.identity_frames = max(1, int(identity_frames))
-        self.matcher = IdentityMatcher(DEFAULT_THRESHOLD if identity_threshold is None else identity_threshold)
+        if not isinstance(identity, str) or identity not in IDENTITY_MODELS:
+            raise InvalidInputError(f"unknown identity model {identity!r} (known: {sorted(IDENTITY_MODELS)})")
+        self.identity = identity
+        self.matcher = IdentityMatcher(THRESHOLDS[identity] if identity_threshold is None else identity_threshold)
         self.universal = _resolve_head(universal_head, "universal_head", self.backbone)
         self._personal_spec = personal_head
         self._personal_base: Any = None
         self.model_version = f"{self.backbone.name}@{self.backbone.entry['sha256'][:12]}"
         self._num_threads = num_threads
         self._embedder: Any = None
+        self._stale_logged: tuple[str, ...] = ()
         self._store: Any = None
         self._heads: dict[str, tuple[int, Any]] = {}
         self._replay: tuple[np.ndarray, np.ndarray] | None = None
@@ -286,9 +297,9 @@ class Recognizer:
         """The identity embedder (loaded on first use)."""
         with self._lock:
             if self._embedder is None:
-                from .identity import FaceEmbedder
+                from .identity import load_embedder
 
-                self._embedder = FaceEmbedder(num_threads=self._num_threads)
+                self._embedder = load_embedder(self.identity, num_threads=self._num_threads)
             return self._embedder
 
     @property
@@ -302,10 +313,27 @@ class Recognizer:
             return self._store
 
     def _gallery(self) -> dict[str, np.ndarray]:
-        """Enrolment embeddings per user; empty (and nothing created) when no store exists yet."""
+        """Enrolment embeddings of this identity model per user; empty (and nothing created)
+        when no store exists yet. Users enrolled only with another model are left out, and
+        logged (once per set of such users): their embeddings live in another space."""
         if self._store is None and not (self.home / "store.sqlite3").exists():
             return {}
-        return self.store.embeddings()
+        gallery = self.store.embeddings(model=self.identity)
+        stale = tuple(sorted(set(self.store.embedding_models()) - set(gallery)))
+        if stale and stale != self._stale_logged:
+            self._stale_logged = stale
+            log.warning("%d user(s) enrolled only with another identity model cannot be recognised by %s: %s; re-enrol needed "
+                        "(Recognizer.enroll) or use Recognizer(identity=...) of their model", len(stale), self.identity, ", ".join(stale))
+        return gallery
+
+    def reenrol_needed(self) -> dict[str, list[str]]:
+        """Users whose enrolment embeddings were all made by another identity model than this
+        Recognizer's, with those models: they are not recognised until re-enrolled with
+        :meth:`enroll` (embeddings cannot be converted between models, and no pixels are
+        stored to recompute them)."""
+        if self._store is None and not (self.home / "store.sqlite3").exists():
+            return {}
+        return {u: m for u, m in self.store.embedding_models().items() if self.identity not in m}
 
     def close(self) -> None:
         """Close the store (models need no closing)."""
@@ -535,7 +563,7 @@ class Recognizer:
             raise InvalidInputError("nothing to enrol: give a clip, an image or a list of them")
         embs = [self._identify_clip(c, dict(kw))[1] for c in items]
         self.store.add_user(user)
-        return int(self.store.add_embeddings(user, np.stack(embs), source="enrol"))
+        return int(self.store.add_embeddings(user, np.stack(embs), source="enrol", model=self.identity))
 
     def correct(self, clip: Clip, label: str, user: str | None = None, *, force: bool = False, **kw: Any) -> int:
         """Record that the emotion in ``clip`` is ``label`` (a correction); returns its id.
@@ -543,7 +571,9 @@ class Recognizer:
         ``user=None``: the user is recognised from the face (UnknownUserError when nobody
         enrolled matches). A ``user`` who is not enrolled yet is enrolled from this clip. A
         ``user`` whose enrolled face does not match the clip's face raises
-        IdentityMismatchError unless ``force=True``. After every ``adapt_every`` new
+        IdentityMismatchError unless ``force=True``; so does a ``user`` enrolled only with
+        another identity model (re-enrol needed; ``force=True`` enrols them from this clip
+        with this Recognizer's model). After every ``adapt_every`` new
         corrections the user's head is fine-tuned (:meth:`adapt`). Only features are stored,
         never pixels.
         """
@@ -558,9 +588,16 @@ class Recognizer:
             if user is None:
                 raise UnknownUserError(f"the face in the clip matches no enrolled user (best similarity {score:.3f}); pass user= to enrol it")
         elif user not in gallery:
+            other = self.reenrol_needed().get(user)
+            if other and not force:
+                raise IdentityMismatchError(
+                    f"{user!r} is enrolled only with the {', '.join(other)} identity model, whose embeddings this Recognizer "
+                    f"({self.identity}) cannot compare: re-enrol needed (Recognizer.enroll({user!r}, ...)), or pass force=True "
+                    "to enrol them from this clip"
+                )
             self.store.add_user(user)
-            self.store.add_embeddings(user, emb[None], source="correct")
-            log.info("enrolled %s from a corrected clip", user)
+            self.store.add_embeddings(user, emb[None], source="correct", model=self.identity)
+            log.info("enrolled %s from a corrected clip (%s)", user, self.identity)
         else:
             ok, score = self.matcher.verify(emb, gallery[user])
             if not ok and not force:
