@@ -24,7 +24,7 @@ import numpy as np
 
 from .alignment import similarity_transform
 from .errors import InvalidInputError, ModelIntegrityError
-from .zoo import load_interpreter
+from . import zoo
 
 __all__ = [
     "CHIP_SIZE",
@@ -215,23 +215,31 @@ class FaceEmbedder:
         model: manifest name or ``.tflite`` path (default ``"dlib_resnet"``, int8 weights).
         max_batch: chips per interpreter call (bounds memory for long lists).
 
-    Not thread-safe per instance beyond an internal lock: calls are serialized.
+    Not thread-safe per instance beyond an internal lock: calls are serialized. The
+    interpreter is leased from the process-wide pool (:class:`emoadapt.zoo.Lease`) and given
+    back by :meth:`close` or when the embedder is collected.
     """
 
     size: int = CHIP_SIZE
     dim: int = DESCRIPTOR_DIM
 
     def __init__(self, num_threads: int | None = None, model: str = "dlib_resnet", max_batch: int = 32) -> None:
-        self._interp = load_interpreter(model, num_threads)
-        inp = self._interp.get_input_details()[0]
-        out = self._interp.get_output_details()[0]
+        self._lease = zoo.interpreter_lease(model, num_threads)
+        interp = self._lease.get()
+        inp = interp.get_input_details()[0]
+        out = interp.get_output_details()[0]
         if tuple(inp["shape"][1:]) != (CHIP_SIZE, CHIP_SIZE, 3) or int(out["shape"][-1]) != DESCRIPTOR_DIM:
+            self._lease.release()
             raise ModelIntegrityError(f"{model}: expected [N,150,150,3] -> [N,128], got {inp['shape']} -> {out['shape']}")
-        self._in = inp["index"]
-        self._out = out["index"]
-        self._batch = int(inp["shape"][0])
+        self._in = int(inp["index"])
+        self._out = int(out["index"])
         self._max_batch = max(1, int(max_batch))
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Give the interpreter back to the process-wide pool (leased again when next used)."""
+        with self._lock:
+            self._lease.release()
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
         """Descriptors (N, 128) float32 of chips (N, 150, 150, 3) RGB (uint8, or float in 0..255).
@@ -249,15 +257,15 @@ class FaceEmbedder:
             raise InvalidInputError("chips contain NaN or infinite values")
         out = np.empty((len(x), DESCRIPTOR_DIM), dtype=np.float32)
         with self._lock:
+            it = self._lease.get()
             for i in range(0, len(x), self._max_batch):
                 part = np.ascontiguousarray(x[i : i + self._max_batch], dtype=np.float32)
-                if len(part) != self._batch:
-                    self._interp.resize_tensor_input(self._in, [len(part), CHIP_SIZE, CHIP_SIZE, 3])
-                    self._interp.allocate_tensors()
-                    self._batch = len(part)
-                self._interp.set_tensor(self._in, part)
-                self._interp.invoke()
-                out[i : i + len(part)] = self._interp.get_tensor(self._out)
+                if int(it.get_input_details()[0]["shape"][0]) != len(part):  # a pooled one keeps its last batch size
+                    it.resize_tensor_input(self._in, [len(part), CHIP_SIZE, CHIP_SIZE, 3])
+                    it.allocate_tensors()
+                it.set_tensor(self._in, part)
+                it.invoke()
+                out[i : i + len(part)] = it.get_tensor(self._out)
         return out
 
     @staticmethod
