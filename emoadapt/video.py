@@ -169,10 +169,6 @@ MAX_IMAGE_BYTES = 256 * 2**20
 #: images and video frames whose header declares more pixels than this are refused before
 #: decoding (a few-KB PNG can declare 24000x24000 pixels: 1.7 GB decoded)
 MAX_FRAME_PIXELS = 50_000_000
-#: JPEG photos declaring more pixels than this are decoded at 1/2, 1/4 or 1/8 of their size
-#: (libjpeg's DCT scaling, cheap and bounded) down to at most this many pixels: a 48 MP photo
-#: becomes 12 MP; faces in it stay far above the size the networks need
-MAX_DECODE_PIXELS = 16_000_000
 
 
 def _check_file(path: Path) -> int:
@@ -319,8 +315,8 @@ def _image_size(path: Path) -> tuple[int, int] | None:
 
 
 def _read_image(path: Path, size: int) -> np.ndarray | None:
-    """Decode an image file, bounded: the header's size is checked before decoding, large
-    JPEGs are decoded reduced, and the file is read only when its size is plausible."""
+    """Decode an image file, bounded: the file size and the pixel count its header declares
+    are checked before decoding, and the decoder reads the file as it goes."""
     if size > MAX_IMAGE_BYTES:
         raise VideoDecodeError(f"{path.name} is {size / 2**20:.0f} MiB: image files are limited to {MAX_IMAGE_BYTES // 2**20} MiB")
     dims = _image_size(path)
@@ -328,30 +324,21 @@ def _read_image(path: Path, size: int) -> np.ndarray | None:
         return None
     w, h = dims
     flags = cv2.IMREAD_COLOR
-    if w * h > MAX_DECODE_PIXELS and _is_jpeg(path):
-        for k, flag in ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8)):
-            flags = flag
-            if (w // k) * (h // k) <= MAX_DECODE_PIXELS:
-                break
-        log.info("%s declares %dx%d pixels: decoding it at 1/%d size", path.name, w, h, k)
-        w, h = w // k, h // k
     if w * h > MAX_FRAME_PIXELS:
         raise VideoDecodeError(f"{path.name} declares {dims[0]}x{dims[1]} pixels, more than the {MAX_FRAME_PIXELS // 10**6} MP "
                                "an image may have here (a decompression bomb, or a photo to downscale first)")
-    data = np.fromfile(str(path), dtype=np.uint8, count=size)
     try:
-        img = cv2.imdecode(data, flags)
+        try:
+            os.fsencode(str(path)).decode("utf-8")
+        except UnicodeDecodeError:  # a name OpenCV cannot open: decode from memory (size-checked above)
+            img = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8, count=size), flags)
+        else:  # the decoder reads the file as it goes (a JPEG stops at its end marker)
+            img = cv2.imread(str(path), flags)
     except cv2.error:
         return None
-    del data
     if img is None or img.size == 0:
         return None
-    return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
-
-
-def _is_jpeg(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(3) == b"\xff\xd8\xff"
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)  # in place: no second full-size copy
 
 
 def video_info(path: str | os.PathLike) -> dict[str, float]:
