@@ -70,7 +70,7 @@ TRACK_SQUARE = 0.9
 #: :meth:`MTCNN.detect` searches an image (or region) of more pixels than this on a copy
 #: downscaled to this many pixels (area averaging), and maps the boxes and landmarks back:
 #: bounds the detector's memory for any input (4K frames, 48 MP photos) at the cost of faces
-#: smaller than about ``min_face_size / scale`` pixels in such images
+#: smaller than ``max(min_face_size, 12 / scale)`` pixels in such images
 MAX_DETECT_PIXELS = 1 << 22  # 4.19 M, e.g. 2731x1536
 
 

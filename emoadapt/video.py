@@ -316,7 +316,7 @@ def _image_size(path: Path) -> tuple[int, int] | None:
 
 def _read_image(path: Path, size: int) -> np.ndarray | None:
     """Decode an image file, bounded: the file size and the pixel count its header declares
-    are checked before decoding, and the decoder reads the file as it goes."""
+    are checked before anything more than the header is read."""
     if size > MAX_IMAGE_BYTES:
         raise VideoDecodeError(f"{path.name} is {size / 2**20:.0f} MiB: image files are limited to {MAX_IMAGE_BYTES // 2**20} MiB")
     dims = _image_size(path)
@@ -327,13 +327,13 @@ def _read_image(path: Path, size: int) -> np.ndarray | None:
     if w * h > MAX_FRAME_PIXELS:
         raise VideoDecodeError(f"{path.name} declares {dims[0]}x{dims[1]} pixels, more than the {MAX_FRAME_PIXELS // 10**6} MP "
                                "an image may have here (a decompression bomb, or a photo to downscale first)")
+    # no image needs more bytes than 8 per pixel (16-bit RGBA, uncompressed) plus metadata:
+    # anything beyond is not image data (a sparse or padded file) and is not read
+    limit = min(MAX_IMAGE_BYTES, w * h * 8 + (16 << 20))
+    if size > limit:
+        raise VideoDecodeError(f"{path.name} is {size / 2**20:.1f} MiB, more than a {w}x{h} image can need ({limit / 2**20:.1f} MiB)")
     try:
-        try:
-            os.fsencode(str(path)).decode("utf-8")
-        except UnicodeDecodeError:  # a name OpenCV cannot open: decode from memory (size-checked above)
-            img = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8, count=size), flags)
-        else:  # the decoder reads the file as it goes (a JPEG stops at its end marker)
-            img = cv2.imread(str(path), flags)
+        img = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8, count=size), flags)
     except cv2.error:
         return None
     if img is None or img.size == 0:
