@@ -116,7 +116,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         fps = min(fps, args.fps)
     # the suffix is kept: OpenCV picks the container from it
     try:
-        fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=f".part{out.suffix}")
+        fd, name = tempfile.mkstemp(dir=out.parent, prefix=".emoadapt-annotate-", suffix=f".part{out.suffix[:32]}")
     except OSError as e:
         raise InvalidInputError(f"cannot write in {out.parent}: {e.strerror or e}") from e
     os.close(fd)
