@@ -183,3 +183,17 @@ def test_large_photo_and_4k_frames_run_in_bounded_memory(tmp_path, data_dir, cli
     assert 1000 < x1 < x2 < 2800 and 200 < y1 < y2 < 1600, v  # the actor's face, 8x the 480x360 box
     peak = max(p["rss_mb"], v["rss_mb"])
     assert peak < RSS_BOUND_MB, r
+
+
+@pytest.mark.parametrize("ext,params", [(".jpg", []), (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]), (".png", []), (".bmp", []), (".tif", []),
+                                        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 80]), (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]), (".ppm", [])],
+                         ids=["jpeg", "progressive jpeg", "png", "bmp", "tiff", "webp lossy", "webp lossless", "ppm"])
+def test_declared_size_is_read_from_every_format(tmp_path, photo, ext, params):
+    """The header parser that guards the decoder reads the true size of each format OpenCV
+    writes (from a real photo), so no legitimate image is refused for a misread header."""
+    from emoadapt.video import _image_size
+
+    img = np.ascontiguousarray(photo("obama.jpg")[:301, :203, ::-1])  # odd sizes, BGR for imwrite
+    p = tmp_path / f"x{ext}"
+    assert cv2.imwrite(str(p), img, params)
+    assert _image_size(p) == (203, 301)
