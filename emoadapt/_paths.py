@@ -30,7 +30,7 @@ def as_path(value: Any, what: str = "path", *, expanduser: bool = False) -> Path
         raise InvalidInputError(f"{what} must be a str or os.PathLike, got {type(value).__name__}")
     try:
         s = os.fspath(value)
-    except Exception as e:  # noqa: BLE001 - a user's __fspath__ may raise anything
+    except Exception as e:  # a user's __fspath__ may raise anything
         raise InvalidInputError(f"{what}: {type(value).__name__}.__fspath__ raised {type(e).__name__}: {e}") from e
     if not isinstance(s, str):
         raise InvalidInputError(f"{what}: {type(value).__name__}.__fspath__ returned {type(s).__name__}, not a text path")

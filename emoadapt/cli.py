@@ -141,7 +141,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
             for face in rec.faces_in(fr.image):
                 n_faces += 1
                 draw_face(img, face.box, face.label, face.probabilities[face.label])
-            writer.write(img)
+            writer.write(img)  # type: ignore[union-attr]  # opened above
             n_frames += 1
         if writer is not None:
             writer.release()

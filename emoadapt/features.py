@@ -93,14 +93,14 @@ class Backbone:
             raise InvalidInputError(f"tta_threshold must be in (0, 1], got {thr!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or not 1 <= batch_size <= 1 << 16:
             raise InvalidInputError(f"batch_size must be an int in 1..65536, got {batch_size!r}")
-        self.batch_size = int(batch_size)
-        self._lease = zoo.interpreter_lease(self.name, num_threads)
+        self.batch_size: int = int(batch_size)
+        self._lease: zoo.Lease = zoo.interpreter_lease(self.name, num_threads)
         interp = self._lease.get()
-        self._in_index = int(interp.get_input_details()[0]["index"])
-        self._lock = threading.Lock()
+        self._in_index: int = int(interp.get_input_details()[0]["index"])
+        self._lock: threading.Lock = threading.Lock()
         self._out_idx = self._match_outputs(interp)
         outs = interp.get_output_details()
-        self._out_tensors = (int(outs[self._out_idx[0]]["index"]), int(outs[self._out_idx[1]]["index"]))
+        self._out_tensors: tuple[int, int] = (int(outs[self._out_idx[0]]["index"]), int(outs[self._out_idx[1]]["index"]))
         self.dim: int = int(outs[self._out_idx[1]]["shape"][-1])
 
     def close(self) -> None:

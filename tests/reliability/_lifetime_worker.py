@@ -24,25 +24,25 @@ import threading
 
 faulthandler.enable()
 
-from ai_edge_litert import interpreter as _litert  # noqa: E402
+from ai_edge_litert import interpreter as _litert
 
 _DESTROYED = [0]
 _del = _litert.Interpreter.__del__
 
 
-def _counting_del(self) -> None:  # noqa: ANN001
+def _counting_del(self) -> None:
     _DESTROYED[0] += 1
     _del(self)
 
 
 _litert.Interpreter.__del__ = _counting_del
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import emoadapt  # noqa: E402
-from emoadapt.errors import InvalidInputError  # noqa: E402
-from emoadapt.features import Backbone  # noqa: E402
-from emoadapt.video import iter_frames  # noqa: E402
+import emoadapt
+from emoadapt.errors import InvalidInputError
+from emoadapt.features import Backbone
+from emoadapt.video import iter_frames
 
 
 def main() -> int:

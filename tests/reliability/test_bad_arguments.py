@@ -151,7 +151,7 @@ def test_unknown_keyword_arguments_are_refused_before_any_work(recognizer, clip_
         "adapt": lambda: recognizer.adapt("kw-user", epoch=3),
         "detect_batch": lambda: recognizer.detector.detect_batch([portrait], min_size=20),
     }
-    for name, call in calls.items():
+    for call in calls.values():
         with pytest.raises(InvalidInputError, match="unexpected keyword"):
             call()
     assert "kw-user" not in recognizer.users()

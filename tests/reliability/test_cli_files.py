@@ -67,7 +67,7 @@ def test_failed_annotate_leaves_a_previous_output_unchanged(clip, tmp_path, case
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     src, suffix, fourcc = clip, ".mp4", "mp4v"
-    if case.endswith("refuses mp4v") or case.endswith("refuses VP80"):  # these deleted the old output
+    if case.endswith(("refuses mp4v", "refuses VP80")):  # these deleted the old output
         suffix, fourcc = "." + case.split()[0], case.split()[-1]
     elif case == "unknown container":
         suffix = ".notacontainer"

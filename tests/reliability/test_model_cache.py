@@ -18,7 +18,6 @@ from emoadapt.errors import ModelIntegrityError
 from emoadapt.features import Backbone
 
 
-
 @pytest.fixture()
 def models(tmp_path, monkeypatch):
     d = tmp_path / "models"
@@ -48,7 +47,7 @@ def _tamper(p, how: str) -> None:
 @pytest.mark.parametrize("how", ["in place", "renamed over"])
 @pytest.mark.parametrize("role", ["backbone", "personal_head", "mtcnn_onet"])
 def test_same_size_tampered_model_with_restored_mtime_is_refused(models, how, role):
-    name = zoo.manifest()["defaults"][role] if role in zoo.manifest()["defaults"] else role
+    name = zoo.manifest()["defaults"].get(role, role)
     p = zoo.model_path(name)  # verified, and cached
     assert p.parent == models
     _tamper(p, how)
