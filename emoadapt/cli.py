@@ -23,11 +23,12 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import EmoadaptError
+from .errors import EmoadaptError, InvalidInputError
 
 log = logging.getLogger("emoadapt.cli")
 
@@ -71,16 +72,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for clip in _bar(args, args.clips, unit="clip", disable=not many):
         try:
             res = rec.predict(clip, progress=not many and _show_progress(args), **_sampling(args))
-        except EmoadaptError as e:
+        except Exception as e:  # noqa: BLE001 - one clip's failure must not lose the others' results
             # each error is reported once: in the results where the format has a place for it
             # (a text line, a JSON object), else (csv) on stderr
             failed += 1
+            if not isinstance(e, EmoadaptError):  # a bug: reported with its traceback at -v
+                log.debug("unexpected error on %s", clip, exc_info=True)
+            msg = _predict_error(args, e) if isinstance(e, EmoadaptError) else f"{type(e).__name__}: {e}"
             if fmt == "json":
-                out.append({"clip": str(clip), "error": _predict_error(args, e)})
+                out.append({"clip": str(clip), "error": msg})
             elif fmt == "text":
-                print(f"{clip}\tERROR\t{_predict_error(args, e)}", flush=True)
+                print(f"{clip}\tERROR\t{msg}", flush=True)
             else:
-                log.error("%s: %s", clip, _predict_error(args, e))
+                log.error("%s: %s", clip, msg)
             continue
         if fmt == "json":
             d = res.to_dict()
@@ -108,41 +112,90 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name the same file (any spelling, symlink or hard link)."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
 def cmd_annotate(args: argparse.Namespace) -> int:
+    """Write the annotated video to a temporary file beside the output and rename it over the
+    output only when every frame was written: the input is never the output, and a failure
+    (codec, container, decoding) leaves a pre-existing output file as it was."""
     import cv2
 
+    from ._paths import as_path
     from .annotate import annotated_frames
     from .video import Sampling, video_info
 
+    src = as_path(args.clip, "clip")
+    out = as_path(args.output, "output").expanduser()
+    if _same_file(src, out) or os.path.abspath(src) == os.path.abspath(out):
+        raise InvalidInputError(f"the output {out} is the input clip: choose another file name")
+    if not out.parent.is_dir():
+        raise InvalidInputError(f"the output's directory {out.parent} does not exist")
+    if out.is_dir():
+        raise InvalidInputError(f"the output {out} is a directory")
     rec = _recognizer(args)
-    src = Path(args.clip)
     try:
         fps = video_info(src)["fps"] or 25.0
     except EmoadaptError:
         fps = 25.0
     if args.fps:
         fps = min(fps, args.fps)
+    # the suffix is kept: OpenCV picks the container from it
+    try:
+        fd, name = tempfile.mkstemp(dir=out.parent, prefix=".emoadapt-annotate-", suffix=f".part{out.suffix[:32]}")
+    except OSError as e:
+        raise InvalidInputError(f"cannot write in {out.parent}: {e.strerror or e}") from e
+    os.close(fd)
+    tmp = Path(name)
     writer = None
-    n_faces = 0
+    n_faces = n_frames = 0
+    ok = False
     try:
         frames = annotated_frames(rec, src, sampling=Sampling(fps=args.fps, max_frames=args.max_frames), window=args.window or None)
         for _, img, faces in _bar(args, frames, unit="frame"):
             if writer is None:
                 h, w = img.shape[:2]
-                writer = cv2.VideoWriter(str(args.output), cv2.VideoWriter_fourcc(*args.fourcc), fps, (w, h))
-                if not writer.isOpened():
-                    log.error("cannot open %s for writing with codec %s", args.output, args.fourcc)
+                try:
+                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*args.fourcc), fps, (w, h))
+                    opened = writer.isOpened()
+                except cv2.error:
+                    opened = False
+                if not opened:
+                    log.error("cannot write %s with codec %s (container %r): %s left unchanged", out.name, args.fourcc, out.suffix, out)
                     return 1
             n_faces += len(faces)
-            writer.write(img)
+            writer.write(img)  # type: ignore[union-attr]  # opened above
+            n_frames += 1
+        if writer is not None:
+            writer.release()
+            writer = None
+        if n_frames == 0 or tmp.stat().st_size == 0:
+            log.error("%s: nothing was written; %s left unchanged", src, out)
+            return 1
+        os.replace(tmp, out)
+        ok = True
     except EmoadaptError as e:
-        log.error("%s: %s", src, e)
+        log.error("%s: %s (%s left unchanged)", src, e, out)
         return 1
     finally:
         if writer is not None:
             writer.release()
-    print(f"wrote {args.output} ({n_faces} faces labelled)")
+        if not ok:
+            tmp.unlink(missing_ok=True)
+    print(f"wrote {out} ({n_frames} frames, {n_faces} faces labelled)")
     return 0
+
+
+def _fourcc(value: str) -> str:
+    """argparse type of ``--fourcc``: exactly four printable ASCII characters."""
+    if len(value) != 4 or not all(32 <= ord(c) < 127 for c in value):
+        raise argparse.ArgumentTypeError(f"a FourCC is exactly 4 printable ASCII characters (e.g. mp4v, MJPG, XVID), got {value!r}")
+    return value
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
@@ -283,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "(face tracks, personal heads of recognised users); one label per face track and window.")
     p.add_argument("clip", metavar="CLIP", help="the video to annotate")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="FILE", help="the annotated video to write")
-    p.add_argument("--fourcc", default="mp4v", help="four-character video codec of the output (default mp4v)")
+    p.add_argument("--fourcc", default="mp4v", type=_fourcc, help="four-character video codec of the output (default mp4v)")
     p.add_argument("--window", type=float, default=1.0, metavar="SECONDS",
                    help="a face's label is decided per window of this many seconds (default 1; 0: one label per face track)")
     sampling(p)

@@ -34,7 +34,7 @@ import numpy as np
 
 from .alignment import norm_crop, similarity_transform
 from .errors import InvalidInputError, ModelIntegrityError
-from .zoo import load_interpreter
+from . import zoo
 
 __all__ = [
     "ARCFACE_SIZE",
@@ -255,6 +255,9 @@ class Embedder:
         num_threads: interpreter threads (default :func:`emoadapt.zoo.default_threads`).
         model: manifest name or ``.tflite`` path (default: the subclass's model).
         max_batch: crops per interpreter call (bounds memory for long lists).
+
+    The interpreter is leased from the process-wide pool (:class:`emoadapt.zoo.Lease`) and
+    given back by :meth:`close` or when the embedder is collected.
     """
 
     name: str = ""
@@ -263,14 +266,15 @@ class Embedder:
 
     def __init__(self, num_threads: int | None = None, model: str | None = None, max_batch: int = 32) -> None:
         model = model or self.name
-        self._interp = load_interpreter(model, num_threads)
-        inp = self._interp.get_input_details()[0]
-        out = self._interp.get_output_details()[0]
+        self._lease = zoo.interpreter_lease(model, num_threads)
+        interp = self._lease.get()
+        inp = interp.get_input_details()[0]
+        out = interp.get_output_details()[0]
         if tuple(inp["shape"][1:]) != (self.size, self.size, 3) or int(out["shape"][-1]) != self.dim:
+            self._lease.release()
             raise ModelIntegrityError(f"{model}: expected [N,{self.size},{self.size},3] -> [N,{self.dim}], got {inp['shape']} -> {out['shape']}")
-        self._in = inp["index"]
-        self._out = out["index"]
-        self._batch = int(inp["shape"][0])
+        self._in = int(inp["index"])
+        self._out = int(out["index"])
         self._max_batch = max(1, int(max_batch))
         self._lock = threading.Lock()
 
@@ -278,6 +282,11 @@ class Embedder:
     def threshold(self) -> float:
         """The cosine threshold measured for this model (:data:`THRESHOLDS`)."""
         return THRESHOLDS[self.name]
+
+    def close(self) -> None:
+        """Give the interpreter back to the process-wide pool (leased again when next used)."""
+        with self._lock:
+            self._lease.release()
 
     def crop(self, image: np.ndarray, landmarks5: np.ndarray) -> np.ndarray:
         """The aligned (size, size, 3) uint8 RGB crop this model expects."""
@@ -297,15 +306,15 @@ class Embedder:
             raise InvalidInputError("crops contain NaN or infinite values")
         out = np.empty((len(x), self.dim), dtype=np.float32)
         with self._lock:
+            it = self._lease.get()
             for i in range(0, len(x), self._max_batch):
                 part = np.ascontiguousarray(x[i : i + self._max_batch], dtype=np.float32)
-                if len(part) != self._batch:
-                    self._interp.resize_tensor_input(self._in, [len(part), self.size, self.size, 3])
-                    self._interp.allocate_tensors()
-                    self._batch = len(part)
-                self._interp.set_tensor(self._in, part)
-                self._interp.invoke()
-                out[i : i + len(part)] = self._interp.get_tensor(self._out)
+                if int(it.get_input_details()[0]["shape"][0]) != len(part):  # a pooled one keeps its last batch size
+                    it.resize_tensor_input(self._in, [len(part), self.size, self.size, 3])
+                    it.allocate_tensors()
+                it.set_tensor(self._in, part)
+                it.invoke()
+                out[i : i + len(part)] = it.get_tensor(self._out)
         return out
 
     def embed_faces(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:

@@ -237,35 +237,40 @@ class Recognizer:
         video_tta: bool = False,
         opencv_threads: int | None = 1,
     ) -> None:
+        from . import zoo
+        from ._paths import as_path
         from .detection import MTCNN
         from .identity import IDENTITY_MODELS, THRESHOLDS, IdentityMatcher
 
-        self.home = Path(home).expanduser() if home is not None else default_home()
+        # every argument is checked before any model is loaded: a bad value is an
+        # InvalidInputError, never a raw TypeError/ValueError from deeper down
+        self.home = as_path(home, "home", expanduser=True) if home is not None else default_home()
+        if backbone is not None and not isinstance(backbone, (str, Backbone)):
+            raise InvalidInputError(f"backbone must be a model name, a Backbone or None, got {type(backbone).__name__}")
+        self.min_face_score = _number(min_face_score, "min_face_score", 0.0, 1.0)
+        if isinstance(adapt_every, bool) or not isinstance(adapt_every, (int, np.integer)) or adapt_every < 0:
+            raise InvalidInputError(f"adapt_every must be an int >= 0, got {adapt_every!r}")
+        if not isinstance(identity, str) or identity not in IDENTITY_MODELS:
+            raise InvalidInputError(f"unknown identity model {identity!r} (known: {sorted(IDENTITY_MODELS)})")
+        threshold = THRESHOLDS[identity] if identity_threshold is None else _number(identity_threshold, "identity_threshold", -1.0, 1.0)
+        self.max_faces = _count(max_faces, "max_faces")
+        self.chunk = _count(chunk, "chunk", 4096)
+        self.identity_frames = _count(identity_frames, "identity_frames")
+        self.detect_every = _count(detect_every, "detect_every")
+        if opencv_threads is not None:
+            opencv_threads = _count(opencv_threads, "opencv_threads", zoo.MAX_THREADS, low=0)
+        num_threads = None if num_threads is None else zoo.check_threads(num_threads)
+        self._own_backbone = not isinstance(backbone, Backbone)
         self.backbone = backbone if isinstance(backbone, Backbone) else Backbone(backbone, num_threads=num_threads)
         self.detector = MTCNN(min_face_size=min_face_size, num_threads=num_threads)
-        if not 0.0 <= min_face_score <= 1.0:
-            raise InvalidInputError("min_face_score must be within [0, 1]")
-        if not isinstance(adapt_every, int) or adapt_every < 0:
-            raise InvalidInputError("adapt_every must be an int >= 0")
-        self.min_face_score = float(min_face_score)
-        self.max_faces = max(1, int(max_faces))
-        self.chunk = max(1, int(chunk))
-        if isinstance(detect_every, bool) or not isinstance(detect_every, (int, np.integer)) or detect_every < 1:
-            raise InvalidInputError("detect_every must be an int >= 1")
-        self.detect_every = int(detect_every)
         self.video_tta = bool(video_tta)
         if opencv_threads is not None:
-            if isinstance(opencv_threads, bool) or not isinstance(opencv_threads, (int, np.integer)) or opencv_threads < 0:
-                raise InvalidInputError("opencv_threads must be None or an int >= 0")
             import cv2
 
             cv2.setNumThreads(int(opencv_threads))
-        self.adapt_every = adapt_every
-        self.identity_frames = max(1, int(identity_frames))
-        if not isinstance(identity, str) or identity not in IDENTITY_MODELS:
-            raise InvalidInputError(f"unknown identity model {identity!r} (known: {sorted(IDENTITY_MODELS)})")
+        self.adapt_every = int(adapt_every)
         self.identity = identity
-        self.matcher = IdentityMatcher(THRESHOLDS[identity] if identity_threshold is None else identity_threshold)
+        self.matcher = IdentityMatcher(threshold)
         self.universal = _resolve_head(universal_head, "universal_head", self.backbone)
         self._personal_spec = personal_head
         self._personal_base: Any = None
@@ -312,11 +317,23 @@ class Recognizer:
                 self._store = Store(self.home)
             return self._store
 
+    def _store_file_exists(self) -> bool:
+        """Whether the home holds a store (StoreError when the home cannot be looked into)."""
+        from .errors import StoreError
+
+        try:
+            os.stat(self.home / "store.sqlite3")
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as e:
+            raise StoreError(f"cannot look into the home {self.home}: {e.strerror or e}") from e
+        return True
+
     def _gallery(self) -> dict[str, np.ndarray]:
         """Enrolment embeddings of this identity model per user; empty (and nothing created)
         when no store exists yet. Users enrolled only with another model are left out, and
         logged (once per set of such users): their embeddings live in another space."""
-        if self._store is None and not (self.home / "store.sqlite3").exists():
+        if self._store is None and not self._store_file_exists():
             return {}
         gallery = self.store.embeddings(model=self.identity)
         stale = tuple(sorted(set(self.store.embedding_models()) - set(gallery)))
@@ -331,16 +348,25 @@ class Recognizer:
         Recognizer's, with those models: they are not recognised until re-enrolled with
         :meth:`enroll` (embeddings cannot be converted between models, and no pixels are
         stored to recompute them)."""
-        if self._store is None and not (self.home / "store.sqlite3").exists():
+        if self._store is None and not self._store_file_exists():
             return {}
         return {u: m for u, m in self.store.embedding_models().items() if self.identity not in m}
 
     def close(self) -> None:
-        """Close the store (models need no closing)."""
+        """Close the store and give the models' interpreters back to the process-wide pool
+        (:class:`emoadapt.zoo.Lease`; a Backbone passed in by the caller is left to its
+        owner). Deterministic: no worker thread outlives a call, so nothing runs after
+        ``close`` returns. The Recognizer stays usable: the store reopens and the models lease
+        interpreters again when next needed."""
         with self._lock:
             if self._store is not None:
                 self._store.close()
                 self._store = None
+            if self._own_backbone:
+                self.backbone.close()
+            self.detector.close()
+            if self._embedder is not None:
+                self._embedder.close()
 
     def __enter__(self) -> Recognizer:
         return self
@@ -381,7 +407,11 @@ class Recognizer:
     def _scan(self, clip: Clip, *, color: str, sampling: Sampling, identity: bool, progress: bool) -> _Scan:
         """Detect, track, align and embed every face of every sampled frame."""
         size, gray = self.backbone.input_size, self.backbone.channels == 1
-        scan = _Scan(source=os.fspath(clip) if isinstance(clip, (str, os.PathLike)) else None)
+        if isinstance(clip, (str, os.PathLike)):
+            from ._paths import as_path
+
+            clip = as_path(clip, "clip")  # InvalidInputError for unusable path-likes, before any use
+        scan = _Scan(source=os.fspath(clip) if isinstance(clip, os.PathLike) else None)
         scan.fps = _clip_fps(clip, sampling)
         tracker = _OnlineTracker()
         from .detection import TrackingDetector
@@ -442,7 +472,9 @@ class Recognizer:
         return self._track_result(scan, tracks[0] if tracks else [])
 
     def frame_features(self, clip: Clip, **kw: Any) -> np.ndarray:
-        """Per-frame backbone features (faces, D) of the main face of a clip: what heads consume."""
+        """Per-frame backbone features (faces, D) of the main face of a clip: what heads consume
+        (keyword arguments: those of :meth:`analyze`)."""
+        _check_kw(kw, _SCAN_KW, "frame_features")
         res = self.analyze(clip, **kw)
         assert res.features is not None
         return res.features
@@ -537,11 +569,10 @@ class Recognizer:
 
     # -- personalisation --------------------------------------------------------------------
     def _identify_clip(self, clip: Clip, kw: dict[str, Any]) -> tuple[Result, np.ndarray]:
+        _check_kw(kw, _SCAN_KW, "enroll/correct")
         sampling = Sampling(fps=kw.pop("fps", None), max_frames=kw.pop("max_frames", None), step=kw.pop("step", 1),
                             source_fps=kw.pop("source_fps", DEFAULT_SOURCE_FPS))
         scan = self._scan(clip, color=kw.pop("color", "rgb"), sampling=sampling, identity=True, progress=kw.pop("progress", False))
-        if kw:
-            raise InvalidInputError(f"unexpected arguments: {sorted(kw)}")
         tracks = scan.tracks(self.matcher.threshold)
         if not tracks:
             raise InvalidInputError(f"no face found in the clip ({scan.frames} frames): nothing to learn from")
@@ -620,6 +651,7 @@ class Recognizer:
         from .adaptation import adapt_user
         from .errors import UnknownUserError
 
+        _check_kw(kw, _adapt_kw(), "adapt")
         if not self.store.has_user(user):
             raise UnknownUserError(f"unknown user {user!r}")
         kw.setdefault("replay", self.replay)
@@ -643,7 +675,7 @@ class Recognizer:
 
     def users(self) -> list[str]:
         """Enrolled users."""
-        if self._store is None and not (self.home / "store.sqlite3").exists():
+        if self._store is None and not self._store_file_exists():
             return []
         return list(self.store.users())
 
@@ -663,6 +695,43 @@ class Recognizer:
 
 
 _IDENTITY_STRIDE = 5  # embed every 5th frame of a track for identity (up to identity_frames)
+
+#: keyword arguments of the methods that scan a clip (enroll, correct, frame_features)
+_SCAN_KW = frozenset({"color", "fps", "max_frames", "step", "progress", "source_fps"})
+
+
+def _check_kw(kw: dict[str, Any], allowed: frozenset[str], where: str) -> None:
+    """InvalidInputError for keyword arguments ``where`` does not take (before any work)."""
+    unknown = sorted(set(kw) - allowed)
+    if unknown:
+        raise InvalidInputError(f"{where}: unexpected keyword argument(s) {unknown}; accepted: {sorted(allowed)}")
+
+
+def _adapt_kw() -> frozenset[str]:
+    """Keyword arguments :meth:`Recognizer.adapt` passes on to :func:`emoadapt.adaptation.adapt_user`."""
+    import inspect
+
+    from .adaptation import adapt_user
+
+    params = inspect.signature(adapt_user).parameters
+    return frozenset(n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n != "model_version")
+
+
+def _number(value: Any, what: str, low: float, high: float) -> float:
+    """A real number in ``[low, high]`` (bools and NaN refused) or InvalidInputError."""
+    import math
+    import numbers
+
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) or not low <= float(value) <= high:
+        raise InvalidInputError(f"{what} must be a number in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+def _count(value: Any, what: str, high: int = 1 << 20, *, low: int = 1) -> int:
+    """An int in ``[low, high]`` (bools refused) or InvalidInputError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not low <= int(value) <= high:
+        raise InvalidInputError(f"{what} must be an int in [{low}, {high}], got {value!r}")
+    return int(value)
 
 
 @dataclass
