@@ -19,6 +19,7 @@ from .errors import (
     InvalidInputError,
     ModelIntegrityError,
     StoreError,
+    UnknownLabelError,
     UnknownUserError,
     VideoDecodeError,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "ModelIntegrityError",
     "StoreError",
     "UnknownUserError",
+    "UnknownLabelError",
     "IdentityMismatchError",
     "__version__",
 ]
