@@ -24,13 +24,14 @@ from .errors import (
     VideoDecodeError,
 )
 from .features import Backbone
-from .recognizer import FrameResult, Recognizer, Result
+from .recognizer import Correction, FrameResult, Recognizer, Result
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Recognizer",
     "Result",
+    "Correction",
     "FrameResult",
     "Backbone",
     "EmoadaptError",
