@@ -287,6 +287,8 @@ class Recognizer:
     def _gallery(self) -> dict[str, np.ndarray]:
         """Enrolment embeddings per user; empty (and nothing created) when no store exists yet."""
         if self._store is None and not (self.home / "store.sqlite3").exists():
+            if self.home.exists() and not self.home.is_dir():
+                raise StoreError(f"the home {self.home} is not a directory")
             return {}
         return self.store.embeddings()
 

@@ -90,7 +90,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from .errors import InvalidInputError, ModelIntegrityError, StoreError, UnknownUserError
+from .errors import EmoadaptError, InvalidInputError, ModelIntegrityError, StoreError, UnknownUserError
 
 __all__ = [
     "Store",
@@ -1216,7 +1216,7 @@ class Store:
             _mkdir_private(udir)
             fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".npz", dir=udir)
         except OSError as e:
-            raise self._os_error(e, what) from None
+            raise self._head_file_error(e, name, user_uid, what) from None
         current = Path(tmp_name)  # where the file is now (temp name, then v<N>.npz)
         try:
             try:
@@ -1226,7 +1226,7 @@ class Store:
                     f.flush()
                     os.fsync(f.fileno())
             except OSError as e:
-                raise self._os_error(e, what) from None
+                raise self._head_file_error(e, name, user_uid, what) from None
 
             to_delete: list[Path] = []
 
@@ -1303,6 +1303,16 @@ class Store:
                 log.warning("could not delete old head file %s: %s", p, e)
         log.info("saved head v%d of a user (%d bytes, sha256 %s)", version, len(blob), digest[:12])
         return version
+
+    def _head_file_error(self, e: OSError, name: str, user_uid: str | None, what: str) -> EmoadaptError:
+        """The error for a failed head file operation: UnknownUserError when the user was
+        forgotten meanwhile (a concurrent forget removes the user's directory under a save),
+        else StoreError."""
+        try:  # under the write lock: a forget removes the directory before its commit
+            self._run(lambda c: self._user_uid_check(c, name, user_uid), write=True, what=what)
+        except UnknownUserError as gone:
+            return gone
+        return self._os_error(e, what)
 
     @staticmethod
     def _debris(udir: Path, referenced: set[str]) -> list[Path]:
