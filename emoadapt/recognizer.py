@@ -21,7 +21,13 @@ from typing import Any
 import numpy as np
 
 from .alignment import norm_crop
-from .errors import EmoadaptError, InvalidInputError, ModelIntegrityError, StoreError, UnknownUserError
+from .errors import (
+    EmoadaptError,
+    InvalidInputError,
+    ModelIntegrityError,
+    StoreError,
+    UnknownUserError,
+)
 from .features import Backbone
 from .video import Clip, Sampling, iter_frames
 
@@ -124,8 +130,9 @@ class Correction(int):
     """The exception of a failed automatic adaptation (usually an
     :class:`~emoadapt.errors.EmoadaptError`), else ``None``."""
 
-    def __new__(cls, id: int, *, user: str = "", label: str = "", adapt_report: Any = None,
-                adapt_error: BaseException | None = None) -> Correction:
+    def __new__(  # noqa: PYI034
+        cls, id: int, *, user: str = "", label: str = "", adapt_report: Any = None, adapt_error: BaseException | None = None
+    ) -> Correction:
         self = super().__new__(cls, id)
         self.user, self.label, self.adapt_report, self.adapt_error = user, label, adapt_report, adapt_error
         return self
@@ -483,7 +490,7 @@ class Recognizer:
                 p = np.asarray(head.predict_proba([res.features]), dtype=np.float64)[0]
                 if not (np.isfinite(p).all() and p.sum() > 0):
                     raise ModelIntegrityError("non-finite or zero probabilities")
-            except Exception as e:  # a head that loads but cannot predict: the universal one
+            except Exception as e:
                 log.warning("personal head of a user failed to predict (%s: %s); using the universal head", type(e).__name__, e)
                 head, p = None, None
         if head is None:
@@ -632,7 +639,7 @@ class Recognizer:
             pending = self.store.count_since_last_head(user)
             if self.adapt_every and pending and pending % self.adapt_every == 0:
                 report = self.adapt(user)
-        except Exception as e:  # noqa: BLE001 - reported on the result, see the docstring
+        except Exception as e:  # reported on the result, see the docstring
             error = e
             log.warning("correction %d of %r is stored, but the automatic adaptation failed (%s: %s); call adapt(%r) later",
                         cid, user, type(e).__name__, e, user, exc_info=not isinstance(e, EmoadaptError))

@@ -90,7 +90,13 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from .errors import EmoadaptError, InvalidInputError, ModelIntegrityError, StoreError, UnknownUserError
+from .errors import (
+    EmoadaptError,
+    InvalidInputError,
+    ModelIntegrityError,
+    StoreError,
+    UnknownUserError,
+)
 
 __all__ = [
     "Store",
@@ -1441,7 +1447,7 @@ class Store:
             try:
                 arrays, meta = self._load_verified(name, rec)
                 head = None if build is None else build(arrays, meta)
-            except Exception as e:  # whatever build raises too (RecursionError, MemoryError, ...)
+            except Exception as e:
                 if strict:
                     if isinstance(e, ModelIntegrityError):
                         raise

@@ -36,7 +36,12 @@ import numpy as np
 import pytest
 
 import emoadapt
-from emoadapt.errors import EmoadaptError, ModelIntegrityError, StoreError, UnknownUserError
+from emoadapt.errors import (
+    EmoadaptError,
+    ModelIntegrityError,
+    StoreError,
+    UnknownUserError,
+)
 from emoadapt.heads import head_from_arrays, head_to_arrays
 from emoadapt.store import DB_NAME, MAX_HEAD_BYTES, Store, user_dir_name
 
