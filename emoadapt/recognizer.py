@@ -147,6 +147,9 @@ class Correction(int):
         """True when an automatic adaptation was due and failed (see :attr:`adapt_error`)."""
         return self.adapt_error is not None
 
+    def __str__(self) -> str:  # prints, formats and logs as the plain id
+        return int.__repr__(self)
+
     def __repr__(self) -> str:
         extra = f", adapt_error={self.adapt_error!r}" if self.adapt_error is not None else ""
         return f"Correction({int(self)}, user={self.user!r}, label={self.label!r}{extra})"

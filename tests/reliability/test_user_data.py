@@ -128,6 +128,7 @@ def test_committed_correction_is_reported_when_automatic_adapt_fails(tmp_path, r
     caplog.set_level(logging.WARNING)
     second = rec.correct(c2, l2, user=USER)  # must not raise
     assert isinstance(second, int) and second.id == int(second) > first
+    assert str(second) == f"{second}" == str(int(second))  # prints as the plain id, as before
     assert second.adapt_failed and isinstance(second.adapt_error, expected), repr(second.adapt_error)
     assert second.user == USER and second.label == l2
     assert _warnings(caplog, "automatic adaptation failed"), caplog.text
