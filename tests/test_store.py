@@ -782,3 +782,59 @@ def test_latency_report(home):
         f"\nactive_head: median {statistics.median(ls):.2f} ms; correction_data of 300 clips: {cd:.1f} ms"
     )
     assert statistics.median(times) < 100
+
+
+# ---------------------------------------------------------------------------------------
+# user records, file identity, head fallback (issue 12)
+# ---------------------------------------------------------------------------------------
+def test_database_replaced_under_an_open_store_is_refused(tmp_path, ravdess_actor1):
+    x, labels = ravdess_actor1
+    home = tmp_path / "home"
+    s = Store(home)
+    s.add_user("alice")
+    s.add_correction("alice", labels[0], x[:1])
+    for replace in (lambda: os.rename(home, tmp_path / "gone"), lambda: Store(home).close()):
+        replace()
+        for call in (lambda: s.add_correction("alice", labels[1], x[1:2]), s.users, lambda: s.save_head("alice", {"w": np.ones(2)})):
+            with pytest.raises(StoreError, match="deleted, moved or replaced"):
+                call()
+    assert not (home / "heads").exists()  # save_head wrote no file either
+    s.close()
+    with Store(tmp_path / "gone", create=False) as old, Store(home, create=False) as new:
+        assert len(old.corrections("alice")) == 1 and new.users() == []
+
+
+def test_user_uid_is_new_for_a_recreated_user_and_save_head_checks_it(store, home):
+    uid = store.user_uid("alice")
+    assert len(uid) == 32 and store.user(" alice").uid == uid
+    store.add_correction("alice", "happy", np.ones((2, 4), np.float32))
+    assert store.active_head_key("alice") is None
+    v = store.save_head("alice", {"w": np.ones(3)}, user_uid=uid)
+    key = store.active_head_key("alice")
+    assert key[:2] == (uid, v) and key[2] == store.head_versions("alice")[0].sha256
+    store.forget("alice")
+    store.add_user("alice")
+    assert store.user_uid("alice") != uid
+    with pytest.raises(UnknownUserError, match="forgotten"):
+        store.save_head("alice", {"w": np.ones(3)}, user_uid=uid)
+    assert store.head_versions("alice") == [] and not _head_dir(home, "alice").exists()
+    with pytest.raises(InvalidInputError):
+        store.save_head("alice", {"w": np.ones(3)}, user_uid=5)
+
+
+def test_active_head_falls_back_when_build_refuses_a_version(store, caplog):
+    store.save_head("alice", {"w": np.ones(3)}, meta={"format": 1})
+    store.save_head("alice", {"w": np.ones(3)}, meta={"format": 99})
+
+    def build(arrays, meta):
+        if meta["format"] != 1:
+            raise ValueError(f"format {meta['format']} is from the future")
+        return "head"
+
+    got = store.active_head("alice", build=build)
+    assert (got.version, got.active_version, got.fell_back, got.head) == (1, 2, True, "head")
+    assert got.user_uid == store.user_uid("alice")
+    assert "from the future" in caplog.text
+    with pytest.raises(ModelIntegrityError, match="from the future"):
+        store.active_head("alice", strict=True, build=build)
+    assert store.active_head("alice", build=lambda a, m: 1 / 0) is None  # none usable
