@@ -39,6 +39,14 @@ Guarantees:
 * **Concurrency.** Several processes (and threads: one Store may be shared, a lock
   serialises its connection) can use one home at the same time: waits of up to ``timeout``
   seconds for the database lock (``busy_timeout``), then retries with backoff.
+* **The file it opened.** Before every transaction the store checks that ``store.sqlite3``
+  is still the file it opened (``st_dev``, ``st_ino``): a home deleted, moved or replaced
+  under an open store, or a database restored from a copy, raises :class:`StoreError`
+  instead of reading stale data or writing to an unlinked file no one reads again.
+* **User records.** Every user row has a random ``uid``; a user forgotten and created again
+  under the same name gets a new one. :meth:`Store.save_head` (``user_uid=``) refuses to
+  save a head for another record than the one its training data was read from, and caches
+  keyed by :meth:`Store.active_head_key` never serve a forgotten user's head.
 * **Forgetting.** :meth:`Store.forget` deletes a user's rows and head files, then
   ``VACUUM`` + ``wal_checkpoint(TRUNCATE)`` with ``PRAGMA secure_delete=ON`` so that no
   byte of the user's name, embeddings or features remains in the database files (blocks the
