@@ -26,7 +26,7 @@ import emoadapt
 from emoadapt import cli
 from emoadapt.errors import IdentityMismatchError, InvalidInputError, UnknownLabelError
 from emoadapt.labels import CANONICAL, SYNONYMS, resolve_label
-from emoadapt.store import DB_NAME, Store, normalize_user_name
+from emoadapt.store import DB_NAME, SCHEMA_VERSION, Store, normalize_user_name
 
 from . import _recognizer_worker as w
 from ._tally import record
