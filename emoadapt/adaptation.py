@@ -1,23 +1,35 @@
-"""Personal adaptation: fine-tune a user's head from the universal one on their corrections.
+"""Personal adaptation: a user's head from the universal one and their corrections.
 
 Policy (:func:`adapt_user`):
 
-1. The user's corrections are read from the :class:`~emoadapt.store.Store`. Every fifth
-   correction (by the order they were made: the 5th, 10th, ...) is *held out* for
-   validation once the user has at least ``min_held_out * 5`` of them.
-2. A candidate head is a copy of the universal head fine-tuned (``partial_fit``: warm start,
-   L2 pull toward the universal weights, new labels added as new outputs) on the other
-   corrections, mixed with a small *replay* of universal training features for the classes
-   the user has not corrected (so that corrections of some emotions do not erase the others;
-   ``models/replay_<backbone>.npz``, built by ``scripts/build_replay_set.py``).
-3. The candidate is compared on the held-out corrections with the head in use now (the
-   active personal head, else the universal head). If it is worse, the current head stays
-   (*rollback*: nothing is saved).
-4. Otherwise the head is refitted the same way on all corrections and saved atomically as a
-   new version (the previous one is kept as a fallback).
+1. The user's corrections are read from the :class:`~emoadapt.store.Store` (only those made
+   with the current backbone).
+2. A *personal* head is fitted on them by the chosen ``strategy`` (:data:`STRATEGIES`):
+   ``"finetune"`` (default) a copy of the universal head fine-tuned with an L2 pull
+   toward the universal weights (``anchor``), new labels added as new outputs, mixed with a
+   small *replay* of universal training features for the classes the user has not corrected
+   (``models/replay_<backbone>.npz``, built by ``scripts/build_replay_set.py``);
+   ``"prototype"`` nearest class prototypes of the user's own features
+   (:class:`~emoadapt.heads.PrototypeHead`); ``"logistic"`` a logistic regression on the
+   user's own features only.
+3. The *guard* decides how much to trust it, from the first correction on: every
+   correction is held out once (leave-one-out up to :data:`LOO_MAX` corrections, then
+   :data:`CV_FOLDS`-fold cross-validation), the personal head is refitted on the others, and
+   three candidates are scored on it: the universal head (weight 0), the *mix* (weight
+   ``n / (n + mix_k)``, growing with the evidence) and the personal head (weight 1). The
+   most accurate wins; ties go to the more personal candidate (the benchmark's numbers).
+   With one correction per class, the held-out correction's class is absent from the
+   others: the check then measures whether the personal evidence about the other classes
+   drags an unseen expression away from what the universal head says, the harm a
+   personal model can do.
+4. The personal head refitted on all corrections is saved atomically as a new version,
+   inside a :class:`~emoadapt.heads.BlendHead` with the chosen weight (so choosing the
+   universal model also retires an older personal head); the previous version is kept as
+   a fallback. :class:`AdaptReport` says what was chosen and why.
 
-With fewer corrections than that there is nothing to validate on: the head trained on all of
-them is saved directly (the pull toward the universal weights is what protects it).
+The defaults (``finetune``, ``anchor`` = :data:`DEFAULT_ANCHOR`, ``mix_k`` =
+:data:`DEFAULT_MIX_K`) were chosen by ``benchmarks/personalization.py`` (README,
+"Personalization").
 """
 
 from __future__ import annotations
@@ -29,19 +41,40 @@ from typing import Any
 
 import numpy as np
 
-from .heads import _TrainableHead, head_from_arrays, head_to_arrays
+from .errors import InvalidInputError
+from .heads import BlendHead, PrototypeHead, StatPoolingHead, _Head, _TrainableHead, head_from_arrays, head_to_arrays
 from .store import Store
 
-__all__ = ["AdaptReport", "adapt_user", "fine_tune", "load_personal_head", "load_replay", "DEFAULT_ANCHOR"]
+__all__ = [
+    "AdaptReport",
+    "adapt_user",
+    "fine_tune",
+    "fit_personal",
+    "guard",
+    "personalize",
+    "load_personal_head",
+    "load_replay",
+    "DEFAULT_ANCHOR",
+    "DEFAULT_MIX_K",
+    "DEFAULT_STRATEGY",
+    "STRATEGIES",
+]
 
 log = logging.getLogger(__name__)
 
-HELD_OUT_EVERY = 5
+#: Personal-model strategies of :func:`fit_personal`.
+STRATEGIES = ("finetune", "prototype", "logistic")
+DEFAULT_STRATEGY = "finetune"
+#: Leave-one-out up to this many corrections, then :data:`CV_FOLDS`-fold cross-validation.
+LOO_MAX = 20
+CV_FOLDS = 5
+#: The guard's candidates: name -> weight of the personal head (``"mix"``: ``n / (n + mix_k)``).
+CHOICES = ("universal", "mix", "personal")
 
 
 @dataclass
 class AdaptReport:
-    """What :meth:`Recognizer.adapt` did."""
+    """What :meth:`Recognizer.adapt` did: what was chosen, and the evidence for it."""
 
     user: str
     accepted: bool
@@ -50,22 +83,51 @@ class AdaptReport:
     """Active personal head version after adaptation (None: the universal head is used)."""
     n_corrections: int
     n_train: int
+    """Corrections the saved head was fitted on (all of them)."""
     n_held_out: int
+    """Corrections scored by the guard (each held out once; 0 with a single correction)."""
     held_out_accuracy_before: float | None = None
-    """Accuracy of the previously active head (or the universal one) on held-out corrections."""
+    """The universal head's accuracy on the held-out corrections."""
     held_out_accuracy_after: float | None = None
-    """Accuracy of the candidate head on held-out corrections."""
+    """The chosen candidate's accuracy on the held-out corrections."""
     classes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     reason: str = ""
+    strategy: str = ""
+    """How the personal head was fitted (:data:`STRATEGIES`)."""
+    choice: str = ""
+    """What the guard chose: ``"universal"``, ``"mix"`` or ``"personal"``."""
+    weight: float | None = None
+    """The personal head's weight in the saved :class:`~emoadapt.heads.BlendHead`."""
+    guard: str = ""
+    """How the candidates were scored (``"leave-one-out"``, ``"5-fold"`` or ``"none"``)."""
+    evidence: dict[str, float] = field(default_factory=dict)
+    """Held-out accuracy of each candidate (``universal``, ``mix``, ``personal``)."""
+    label_counts: dict[str, int] = field(default_factory=dict)
+    """Corrections per label."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def summary(self) -> str:
+        """A few human-readable lines (what ``emoadapt adapt`` prints)."""
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(self.label_counts.items()))
+        lines = [f"user {self.user}: {self.n_corrections} corrections ({counts or 'none'})"]
+        if self.evidence:
+            ev = "  ".join(f"{k} {self.evidence[k]:.3f}" for k in CHOICES if k in self.evidence)
+            lines.append(f"guard ({self.guard}, {self.n_held_out} held out): {ev}")
+        if self.choice:
+            lines.append(f"chosen: {self.choice} (strategy {self.strategy}, personal weight {self.weight:.2f})")
+        state = f"head v{self.version} active" if self.accepted else "no new head"
+        lines.append(f"{state}: {self.reason} ({self.seconds:.2f} s)")
+        return "\n".join(lines)
+
 
 #: Strength of the L2 pull toward the universal weights while fine-tuning personal heads.
-#: Chosen with ``scripts/eval_personalization.py`` (CK+ leave-one-sequence-out, CREMA-D halves).
-DEFAULT_ANCHOR = 0.1
+#: Chosen with ``benchmarks/personalization.py`` (Taiwanese faces, CK+, CREMA-D, RAVDESS).
+DEFAULT_ANCHOR = 1.0
+#: Evidence scale of the guard's mix: the personal weight is ``n / (n + DEFAULT_MIX_K)``.
+DEFAULT_MIX_K = 7.0
 
 
 def load_replay(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -117,9 +179,103 @@ def fine_tune(
     return head.partial_fit(clips, np.asarray(labels, dtype=object).astype(str))
 
 
-def _accuracy(head: Any, clips: list[np.ndarray], labels: list[str]) -> float:
-    pred = np.asarray(head.predict(clips)).astype(str)
-    return float(np.mean(pred == np.asarray(labels, dtype=str)))
+def fit_personal(
+    universal: _TrainableHead,
+    clips: list[np.ndarray],
+    labels: list[str],
+    *,
+    strategy: str = DEFAULT_STRATEGY,
+    replay: tuple[np.ndarray, np.ndarray] | None = None,
+    anchor: float | None = DEFAULT_ANCHOR,
+    epochs: int | None = None,
+    seed: int = 0,
+) -> _Head:
+    """The personal head of one user's ``(clips, labels)`` by ``strategy`` (:data:`STRATEGIES`).
+
+    ``"finetune"``: :func:`fine_tune` of ``universal``. ``"prototype"``: a
+    :class:`~emoadapt.heads.PrototypeHead` of the clips. ``"logistic"``: a softmax regression
+    (:class:`~emoadapt.heads.StatPoolingHead`, mean pooling) trained from scratch on the
+    user's clips only (a prototype head while they hold one label).
+    """
+    labels = [str(v) for v in labels]
+    if strategy == "finetune":
+        return fine_tune(universal, clips, labels, replay=replay, anchor=anchor, epochs=epochs, seed=seed)
+    if strategy == "prototype" or (strategy == "logistic" and len(set(labels)) < 2):
+        return PrototypeHead().fit(clips, labels)
+    if strategy == "logistic":
+        head = StatPoolingHead(pooling=("mean",), lr=0.05, epochs=epochs or 200, batch_size=64, l2=1e-2, early_stopping=False, seed=seed)
+        return head.fit(clips, np.asarray(labels))
+    raise InvalidInputError(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
+
+
+def _weights(n: int, mix_k: float) -> dict[str, float]:
+    return {"universal": 0.0, "mix": float(n) / (n + float(mix_k)), "personal": 1.0}
+
+
+def guard(
+    universal: _TrainableHead,
+    clips: list[np.ndarray],
+    labels: list[str],
+    *,
+    mix_k: float = DEFAULT_MIX_K,
+    **fit_kw: Any,
+) -> tuple[str, dict[str, float], str, int]:
+    """Choose between the universal head, the mix and the personal head (see module docs).
+
+    Returns ``(choice, held-out accuracy per candidate, scheme, corrections scored)``. With a
+    single correction nothing can be held out: the mix is chosen (its weight, ``1 / (1 +
+    mix_k)``, keeps the universal head in charge of what the one correction does not
+    cover). ``fit_kw`` go to :func:`fit_personal`.
+    """
+    n = len(labels)
+    if n < 2:
+        return "mix", {}, "none", 0
+    folds = [np.array([i]) for i in range(n)] if n <= LOO_MAX else [np.arange(f, n, CV_FOLDS) for f in range(CV_FOLDS)]
+    scheme = "leave-one-out" if n <= LOO_MAX else f"{CV_FOLDS}-fold"
+    weights = _weights(n - len(folds[0]), mix_k)
+    hits = {k: 0 for k in CHOICES}
+    y = np.asarray(labels, dtype=str)
+    for held in folds:
+        keep = np.setdiff1d(np.arange(n), held)
+        personal = fit_personal(universal, [clips[i] for i in keep], [labels[i] for i in keep], **fit_kw)
+        blend = BlendHead(universal, personal, 0.0)
+        test = [clips[i] for i in held]
+        for k in CHOICES:
+            blend.weight = weights[k]
+            hits[k] += int(np.sum(np.asarray(blend.predict(test)).astype(str) == y[held]))
+    acc = {k: hits[k] / n for k in CHOICES}
+    best = max(acc.values())
+    choice = [k for k in CHOICES if acc[k] == best][-1]  # ties: the more personal candidate
+    return choice, acc, scheme, n
+
+
+def personalize(
+    universal: _TrainableHead,
+    clips: list[np.ndarray],
+    labels: list[str],
+    *,
+    strategy: str = DEFAULT_STRATEGY,
+    use_guard: bool = True,
+    mix_k: float = DEFAULT_MIX_K,
+    **fit_kw: Any,
+) -> tuple[BlendHead, dict[str, Any]]:
+    """The head :func:`adapt_user` installs, from one user's ``(clips, labels)``, without a store.
+
+    Returns ``(BlendHead, info)``; ``info`` has ``choice``, ``weight``, ``evidence``, ``guard``
+    and ``n_held_out``. ``use_guard=False`` skips the check and takes the personal head
+    (weight 1). ``fit_kw`` (``replay``, ``anchor``, ``epochs``, ``seed``) go to
+    :func:`fit_personal`.
+    """
+    if len(clips) != len(labels) or not labels:
+        raise InvalidInputError(f"need as many labels as clips, at least one ({len(clips)} clips, {len(labels)} labels)")
+    fit_kw["strategy"] = strategy
+    if use_guard:
+        choice, evidence, scheme, scored = guard(universal, clips, labels, mix_k=mix_k, **fit_kw)
+    else:
+        choice, evidence, scheme, scored = "personal", {}, "off", 0
+    weight = _weights(len(labels), mix_k)[choice]
+    head = BlendHead(universal, fit_personal(universal, clips, labels, **fit_kw), weight)
+    return head, {"choice": choice, "weight": weight, "evidence": evidence, "guard": scheme, "n_held_out": scored}
 
 
 def load_personal_head(store: Store, user: str) -> Any | None:
@@ -138,17 +294,22 @@ def adapt_user(
     *,
     model_version: str | None = None,
     replay: tuple[np.ndarray, np.ndarray] | None = None,
+    strategy: str = DEFAULT_STRATEGY,
+    use_guard: bool = True,
     anchor: float | None = DEFAULT_ANCHOR,
+    mix_k: float = DEFAULT_MIX_K,
     epochs: int | None = None,
-    min_held_out: int = 2,
     seed: int = 0,
 ) -> AdaptReport:
-    """Fine-tune ``user``'s personal head on their stored corrections (see module docs).
+    """Fit, check and install ``user``'s personal head from their stored corrections (see
+    module docs).
 
     Only corrections recorded with ``model_version`` (the backbone that produced their
     features) are used when it is given: features of another backbone live in another space.
     """
     t0 = time.perf_counter()
+    if strategy not in STRATEGIES:
+        raise InvalidInputError(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
     if model_version is None:
         feats, labels, ids = store.correction_data(user)
     else:
@@ -157,37 +318,35 @@ def adapt_user(
     labels = [str(lab) for lab in labels]
     n = len(ids)
     if n == 0:
-        return AdaptReport(user, False, _active_version(store, user), 0, 0, 0, reason="no corrections", seconds=time.perf_counter() - t0)
+        return AdaptReport(user, False, _active_version(store, user), 0, 0, 0, reason="no corrections", strategy=strategy, seconds=time.perf_counter() - t0)
     order = np.argsort(ids)
     feats = [feats[i] for i in order]
     labels = [labels[i] for i in order]
     ids = [ids[i] for i in order]
-    held = np.zeros(n, bool)
-    if n >= min_held_out * HELD_OUT_EVERY:
-        held[HELD_OUT_EVERY - 1 :: HELD_OUT_EVERY] = True
-    tr = np.flatnonzero(~held)
-    ho = np.flatnonzero(held)
-    report = AdaptReport(user, False, _active_version(store, user), n, len(tr), len(ho))
-    if len(ho):
-        current = load_personal_head(store, user) or universal
-        cand = fine_tune(universal, [feats[i] for i in tr], [labels[i] for i in tr], replay=replay, anchor=anchor, epochs=epochs, seed=seed)
-        ho_clips, ho_labels = [feats[i] for i in ho], [labels[i] for i in ho]
-        report.held_out_accuracy_before = _accuracy(current, ho_clips, ho_labels)
-        report.held_out_accuracy_after = _accuracy(cand, ho_clips, ho_labels)
-        if report.held_out_accuracy_after < report.held_out_accuracy_before:
-            report.reason = "candidate worse on held-out corrections: kept the current head"
-            report.seconds = time.perf_counter() - t0
-            log.info("adapt %s: rolled back (%.3f < %.3f)", user, report.held_out_accuracy_after, report.held_out_accuracy_before)
-            return report
-    head = fine_tune(universal, feats, labels, replay=replay, anchor=anchor, epochs=epochs, seed=seed)
-    metrics = {k: v for k, v in (("held_out_accuracy_before", report.held_out_accuracy_before), ("held_out_accuracy_after", report.held_out_accuracy_after)) if v is not None}
-    metrics.update(n_corrections=n, n_train=len(tr), n_held_out=len(ho))
-    version = store.save_head(user, head_to_arrays(head), meta={"type": type(head).__name__}, metrics=metrics, trained_on=ids)
+    head, info = personalize(universal, feats, labels, strategy=strategy, use_guard=use_guard, mix_k=mix_k, replay=replay, anchor=anchor, epochs=epochs, seed=seed)
+    counts = {lab: labels.count(lab) for lab in sorted(set(labels))}
+    report = AdaptReport(user, False, _active_version(store, user), n, n, info["n_held_out"], strategy=strategy, choice=info["choice"],
+                         weight=info["weight"], guard=info["guard"], evidence=info["evidence"], label_counts=counts)
+    if info["evidence"]:
+        report.held_out_accuracy_before = info["evidence"]["universal"]
+        report.held_out_accuracy_after = info["evidence"][info["choice"]]
+    metrics: dict[str, Any] = {f"held_out_{k}": v for k, v in info["evidence"].items()}
+    metrics.update(n_corrections=n, n_train=n, n_held_out=info["n_held_out"], weight=info["weight"])
+    meta = {"type": type(head).__name__, "strategy": strategy, "choice": info["choice"], "guard": info["guard"]}
+    version = store.save_head(user, head_to_arrays(head), meta=meta, metrics=metrics, trained_on=ids)
     report.accepted, report.version = True, version
     report.classes = [str(c) for c in head.classes_]
-    report.reason = "validated on held-out corrections" if len(ho) else "too few corrections to hold out: regularized toward the universal head"
+    report.reason = {
+        "universal": "the personal evidence hurt held-out corrections: the universal head decides",
+        "mix": "universal and personal heads mixed, weighted by the evidence",
+        "personal": "the personal head did best on held-out corrections",
+    }[info["choice"]]
+    if info["guard"] == "none":
+        report.reason = "one correction, nothing to hold out: universal and personal heads mixed, weighted by the evidence"
+    elif info["guard"] == "off":
+        report.reason = "guard off: the personal head is used"
     report.seconds = time.perf_counter() - t0
-    log.info("adapt %s: head v%d on %d corrections (%.2fs)", user, version, n, report.seconds)
+    log.info("adapt %s: head v%d (%s, %s, weight %.2f) on %d corrections (%.2fs)", user, version, strategy, info["choice"], info["weight"], n, report.seconds)
     return report
 
 
