@@ -68,8 +68,6 @@ DEFAULT_STRATEGY = "finetune"
 #: Leave-one-out up to this many corrections, then :data:`CV_FOLDS`-fold cross-validation.
 LOO_MAX = 20
 CV_FOLDS = 5
-#: The guard's candidates: name -> weight of the personal head (``"mix"``: ``n / (n + mix_k)``).
-CHOICES = ("universal", "mix", "personal")
 
 
 @dataclass
@@ -99,10 +97,12 @@ class AdaptReport:
     """What the guard chose: ``"universal"``, ``"mix"`` or ``"personal"``."""
     weight: float | None = None
     """The personal head's weight in the saved :class:`~emoadapt.heads.BlendHead`."""
+    anchor: float | None = None
+    """The fine-tune's pull toward the universal weights (fine-tune strategy)."""
     guard: str = ""
     """How the candidates were scored (``"leave-one-out"``, ``"5-fold"`` or ``"none"``)."""
     evidence: dict[str, float] = field(default_factory=dict)
-    """Held-out accuracy of each candidate (``universal``, ``mix``, ``personal``)."""
+    """Held-out accuracy of each candidate (``universal``, ``mix``, ``personal``, ``personal@A``)."""
     label_counts: dict[str, int] = field(default_factory=dict)
     """Corrections per label."""
 
@@ -114,10 +114,11 @@ class AdaptReport:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.label_counts.items()))
         lines = [f"user {self.user}: {self.n_corrections} corrections ({counts or 'none'})"]
         if self.evidence:
-            ev = "  ".join(f"{k} {self.evidence[k]:.3f}" for k in CHOICES if k in self.evidence)
+            ev = "  ".join(f"{k} {v:.3f}" for k, v in self.evidence.items())
             lines.append(f"guard ({self.guard}, {self.n_held_out} held out): {ev}")
         if self.choice:
-            lines.append(f"chosen: {self.choice} (strategy {self.strategy}, personal weight {self.weight:.2f})")
+            anchor = "" if self.anchor is None else f", anchor {self.anchor:g}"
+            lines.append(f"chosen: {self.choice} (strategy {self.strategy}{anchor}, personal weight {self.weight:.2f})")
         state = f"head v{self.version} active" if self.accepted else "no new head"
         lines.append(f"{state}: {self.reason} ({self.seconds:.2f} s)")
         return "\n".join(lines)
@@ -128,6 +129,8 @@ class AdaptReport:
 DEFAULT_ANCHOR = 1.0
 #: Evidence scale of the guard's mix: the personal weight is ``n / (n + DEFAULT_MIX_K)``.
 DEFAULT_MIX_K = 7.0
+#: Other anchors the guard tries for the fine-tune strategy (a weaker pull: more personal).
+ALT_ANCHORS: tuple[float, ...] = (0.1,)
 
 
 def load_replay(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -212,40 +215,58 @@ def _weights(n: int, mix_k: float) -> dict[str, float]:
     return {"universal": 0.0, "mix": float(n) / (n + float(mix_k)), "personal": 1.0}
 
 
+def _candidates(strategy: str, anchor: float | None, alt_anchors: tuple[float, ...]) -> list[tuple[str, float | None]]:
+    """The guard's personal heads: ``(name, anchor)``; the first is also the mix's. Listed
+    from the least to the most preferred on ties."""
+    alts = [a for a in alt_anchors if strategy == "finetune" and a != anchor]
+    return [*((f"personal@{a:g}", a) for a in alts), ("personal", anchor)]
+
+
 def guard(
     universal: _TrainableHead,
     clips: list[np.ndarray],
     labels: list[str],
     *,
     mix_k: float = DEFAULT_MIX_K,
+    alt_anchors: tuple[float, ...] = ALT_ANCHORS,
+    anchor: float | None = DEFAULT_ANCHOR,
     **fit_kw: Any,
 ) -> tuple[str, dict[str, float], str, int]:
-    """Choose between the universal head, the mix and the personal head (see module docs).
+    """Choose between the universal head, the mix and the personal head(s) (see module docs).
 
-    Returns ``(choice, held-out accuracy per candidate, scheme, corrections scored)``. With a
-    single correction nothing can be held out: the mix is chosen (its weight, ``1 / (1 +
-    mix_k)``, keeps the universal head in charge of what the one correction does not
-    cover). ``fit_kw`` go to :func:`fit_personal`.
+    Returns ``(choice, held-out accuracy per candidate, scheme, corrections scored)``. The
+    candidates are ``universal``, ``mix`` (weight ``n / (n + mix_k)``), ``personal`` and,
+    for the fine-tune strategy, ``personal@A`` (fine-tuned with anchor ``A`` of
+    ``alt_anchors`` instead of ``anchor``). The most accurate wins; ties go to ``personal``,
+    then ``personal@A``, then ``mix``. With a single correction nothing can be held out: the
+    mix is chosen (its weight, ``1 / (1 + mix_k)``, keeps the universal head in charge of what
+    the one correction does not cover). ``fit_kw`` go to :func:`fit_personal`.
     """
     n = len(labels)
     if n < 2:
         return "mix", {}, "none", 0
     folds = [np.array([i]) for i in range(n)] if n <= LOO_MAX else [np.arange(f, n, CV_FOLDS) for f in range(CV_FOLDS)]
     scheme = "leave-one-out" if n <= LOO_MAX else f"{CV_FOLDS}-fold"
-    weights = _weights(n - len(folds[0]), mix_k)
-    hits = {k: 0 for k in CHOICES}
+    w_mix = _weights(n - len(folds[0]), mix_k)["mix"]
+    cands = _candidates(str(fit_kw.get("strategy", DEFAULT_STRATEGY)), anchor, alt_anchors)
+    order = ["universal", "mix", *(c for c, _ in cands)]
+    hits = {k: 0 for k in order}
     y = np.asarray(labels, dtype=str)
     for held in folds:
         keep = np.setdiff1d(np.arange(n), held)
-        personal = fit_personal(universal, [clips[i] for i in keep], [labels[i] for i in keep], **fit_kw)
-        blend = BlendHead(universal, personal, 0.0)
         test = [clips[i] for i in held]
-        for k in CHOICES:
-            blend.weight = weights[k]
-            hits[k] += int(np.sum(np.asarray(blend.predict(test)).astype(str) == y[held]))
-    acc = {k: hits[k] / n for k in CHOICES}
+        truth = y[held]
+        for name, a in cands:
+            personal = fit_personal(universal, [clips[i] for i in keep], [labels[i] for i in keep], anchor=a, **fit_kw)
+            blend = BlendHead(universal, personal, 1.0)
+            hits[name] += int(np.sum(np.asarray(blend.predict(test)).astype(str) == truth))
+            if name == "personal":
+                for k, w in (("universal", 0.0), ("mix", w_mix)):
+                    blend.weight = w
+                    hits[k] += int(np.sum(np.asarray(blend.predict(test)).astype(str) == truth))
+    acc = {k: hits[k] / n for k in order}
     best = max(acc.values())
-    choice = [k for k in CHOICES if acc[k] == best][-1]  # ties: the more personal candidate
+    choice = [k for k in order if acc[k] == best][-1]  # ties: the more preferred candidate
     return choice, acc, scheme, n
 
 
@@ -257,25 +278,29 @@ def personalize(
     strategy: str = DEFAULT_STRATEGY,
     use_guard: bool = True,
     mix_k: float = DEFAULT_MIX_K,
+    anchor: float | None = DEFAULT_ANCHOR,
+    alt_anchors: tuple[float, ...] = ALT_ANCHORS,
     **fit_kw: Any,
 ) -> tuple[BlendHead, dict[str, Any]]:
     """The head :func:`adapt_user` installs, from one user's ``(clips, labels)``, without a store.
 
-    Returns ``(BlendHead, info)``; ``info`` has ``choice``, ``weight``, ``evidence``, ``guard``
-    and ``n_held_out``. ``use_guard=False`` skips the check and takes the personal head
-    (weight 1). ``fit_kw`` (``replay``, ``anchor``, ``epochs``, ``seed``) go to
+    Returns ``(BlendHead, info)``; ``info`` has ``choice``, ``weight``, ``anchor``,
+    ``evidence``, ``guard`` and ``n_held_out``. ``use_guard=False`` skips the check and takes
+    the personal head (weight 1). ``fit_kw`` (``replay``, ``epochs``, ``seed``) go to
     :func:`fit_personal`.
     """
     if len(clips) != len(labels) or not labels:
         raise InvalidInputError(f"need as many labels as clips, at least one ({len(clips)} clips, {len(labels)} labels)")
     fit_kw["strategy"] = strategy
     if use_guard:
-        choice, evidence, scheme, scored = guard(universal, clips, labels, mix_k=mix_k, **fit_kw)
+        choice, evidence, scheme, scored = guard(universal, clips, labels, mix_k=mix_k, anchor=anchor, alt_anchors=alt_anchors, **fit_kw)
     else:
         choice, evidence, scheme, scored = "personal", {}, "off", 0
-    weight = _weights(len(labels), mix_k)[choice]
-    head = BlendHead(universal, fit_personal(universal, clips, labels, **fit_kw), weight)
-    return head, {"choice": choice, "weight": weight, "evidence": evidence, "guard": scheme, "n_held_out": scored}
+    chosen_anchor = dict(_candidates(strategy, anchor, alt_anchors)).get(choice, anchor)
+    weight = _weights(len(labels), mix_k).get(choice, 1.0)
+    head = BlendHead(universal, fit_personal(universal, clips, labels, anchor=chosen_anchor, **fit_kw), weight)
+    return head, {"choice": choice, "weight": weight, "anchor": chosen_anchor if strategy == "finetune" else None,
+                  "evidence": evidence, "guard": scheme, "n_held_out": scored}
 
 
 def load_personal_head(store: Store, user: str) -> Any | None:
@@ -326,21 +351,20 @@ def adapt_user(
     head, info = personalize(universal, feats, labels, strategy=strategy, use_guard=use_guard, mix_k=mix_k, replay=replay, anchor=anchor, epochs=epochs, seed=seed)
     counts = {lab: labels.count(lab) for lab in sorted(set(labels))}
     report = AdaptReport(user, False, _active_version(store, user), n, n, info["n_held_out"], strategy=strategy, choice=info["choice"],
-                         weight=info["weight"], guard=info["guard"], evidence=info["evidence"], label_counts=counts)
+                         weight=info["weight"], anchor=info["anchor"], guard=info["guard"], evidence=info["evidence"], label_counts=counts)
     if info["evidence"]:
         report.held_out_accuracy_before = info["evidence"]["universal"]
         report.held_out_accuracy_after = info["evidence"][info["choice"]]
     metrics: dict[str, Any] = {f"held_out_{k}": v for k, v in info["evidence"].items()}
     metrics.update(n_corrections=n, n_train=n, n_held_out=info["n_held_out"], weight=info["weight"])
-    meta = {"type": type(head).__name__, "strategy": strategy, "choice": info["choice"], "guard": info["guard"]}
+    meta = {"type": type(head).__name__, "strategy": strategy, "choice": info["choice"], "guard": info["guard"], "anchor": info["anchor"]}
     version = store.save_head(user, head_to_arrays(head), meta=meta, metrics=metrics, trained_on=ids)
     report.accepted, report.version = True, version
     report.classes = [str(c) for c in head.classes_]
     report.reason = {
         "universal": "the personal evidence hurt held-out corrections: the universal head decides",
         "mix": "universal and personal heads mixed, weighted by the evidence",
-        "personal": "the personal head did best on held-out corrections",
-    }[info["choice"]]
+    }.get(info["choice"], "the personal head did best on held-out corrections")
     if info["guard"] == "none":
         report.reason = "one correction, nothing to hold out: universal and personal heads mixed, weighted by the evidence"
     elif info["guard"] == "off":
