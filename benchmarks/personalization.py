@@ -365,14 +365,19 @@ def plot(res: dict[str, Any], path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    global M_GRID, STYLES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--people", type=int, help="only the first N Taiwanese people (and N CK+ subjects)")
     ap.add_argument("--api-styles", default="1", help="elicitation styles for the through-the-API run (default 1; '123' for all)")
     ap.add_argument("--skip-api", action="store_true", help="no through-the-API Taiwanese run")
     ap.add_argument("--only", default="taiwanese,ckplus,cremad,ravdess", help="comma-separated parts to run")
     ap.add_argument("--ravdess-seeds", type=int, default=5)
+    ap.add_argument("--styles", default="".join(STYLES), help="elicitation styles of the cached comparison (default 123)")
+    ap.add_argument("--m", default=",".join(map(str, M_GRID)), help="adaptation photos per emotion to run (default 1,2,3,5)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
+    M_GRID = tuple(int(m) for m in args.m.split(","))
+    STYLES = tuple(args.styles)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import emoadapt
 
@@ -383,7 +388,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     only = set(args.only.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
     strategies = _strategies()
-    res: dict[str, Any] = {"api_styles": args.api_styles}
+    res: dict[str, Any] = {"api_styles": args.api_styles, "styles": "".join(STYLES)}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as home:
         rec = make_rec(home)

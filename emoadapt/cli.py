@@ -137,11 +137,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         json.dump(rep.to_dict(), sys.stdout, indent=2)
         print()
     else:
-        state = f"head v{rep.version} active" if rep.version else "universal head in use"
-        acc = ""
-        if rep.held_out_accuracy_after is not None:
-            acc = f"; held-out accuracy {rep.held_out_accuracy_before:.2f} -> {rep.held_out_accuracy_after:.2f}"
-        print(f"{args.user}: {'adapted' if rep.accepted else 'kept the current head'} ({rep.reason}); {rep.n_corrections} corrections{acc}; {state}; {rep.seconds:.2f}s")
+        print(rep.summary())
     return 0
 
 
@@ -216,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     sampling(p)
     p.set_defaults(func=cmd_correct)
 
-    p = sub.add_parser("adapt", help="fine-tune a user's personal head now")
+    p = sub.add_parser("adapt", help="adapt a user's personal head now; prints what the guard chose and its evidence")
     p.add_argument("user")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_adapt)
