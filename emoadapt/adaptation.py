@@ -13,15 +13,16 @@ Policy (:func:`adapt_user`):
    (:class:`~emoadapt.heads.PrototypeHead`); ``"logistic"`` a logistic regression on the
    user's own features only.
 3. The *guard* decides how much to trust it, from the first correction on: every
-   correction is held out once (leave-one-out up to :data:`LOO_MAX` corrections, then
-   :data:`CV_FOLDS`-fold cross-validation), the personal head is refitted on the others, and
-   three candidates are scored on it: the universal head (weight 0), the *mix* (weight
-   ``n / (n + mix_k)``, growing with the evidence) and the personal head (weight 1). The
-   most accurate wins; ties go to the more personal candidate (the benchmark's numbers).
-   With one correction per class, the held-out correction's class is absent from the
-   others: the check then measures whether the personal evidence about the other classes
-   drags an unseen expression away from what the universal head says, the harm a
-   personal model can do.
+   correction is held out once (leave-one-out up to :data:`LOO_MAX` corrections; beyond,
+   every :data:`HELD_OUT_EVERY`-th correction is held out once, which keeps ``adapt``
+   fast), the personal head is refitted on the others, and the candidates are scored on
+   it: the universal head (weight 0), the *mix* (weight ``n / (n + mix_k)``, growing with
+   the evidence), the personal head (weight 1) and, for the fine-tune, the personal head
+   fine-tuned with a weaker pull (:data:`ALT_ANCHORS`). The most accurate wins; ties go to
+   the more personal candidate (the benchmark's numbers). With one correction per class,
+   the held-out correction's class is absent from the others: the check then measures
+   whether the personal evidence about the other classes drags an unseen expression away
+   from what the universal head says, the harm a personal model can do.
 4. The personal head refitted on all corrections is saved atomically as a new version,
    inside a :class:`~emoadapt.heads.BlendHead` with the chosen weight (so choosing the
    universal model also retires an older personal head); the previous version is kept as
@@ -65,9 +66,9 @@ log = logging.getLogger(__name__)
 #: Personal-model strategies of :func:`fit_personal`.
 STRATEGIES = ("finetune", "prototype", "logistic")
 DEFAULT_STRATEGY = "finetune"
-#: Leave-one-out up to this many corrections, then :data:`CV_FOLDS`-fold cross-validation.
+#: Leave-one-out up to this many corrections; beyond, every :data:`HELD_OUT_EVERY`-th is held out.
 LOO_MAX = 20
-CV_FOLDS = 5
+HELD_OUT_EVERY = 5
 
 
 @dataclass
@@ -83,7 +84,7 @@ class AdaptReport:
     n_train: int
     """Corrections the saved head was fitted on (all of them)."""
     n_held_out: int
-    """Corrections scored by the guard (each held out once; 0 with a single correction)."""
+    """Corrections the guard scored (held out once each; 0 with a single correction)."""
     held_out_accuracy_before: float | None = None
     """The universal head's accuracy on the held-out corrections."""
     held_out_accuracy_after: float | None = None
@@ -100,7 +101,8 @@ class AdaptReport:
     anchor: float | None = None
     """The fine-tune's pull toward the universal weights (fine-tune strategy)."""
     guard: str = ""
-    """How the candidates were scored (``"leave-one-out"``, ``"5-fold"`` or ``"none"``)."""
+    """How the candidates were scored (``"leave-one-out"``, ``"every 5th held out"``,
+    ``"none"`` with one correction, ``"off"``)."""
     evidence: dict[str, float] = field(default_factory=dict)
     """Held-out accuracy of each candidate (``universal``, ``mix``, ``personal``, ``personal@A``)."""
     label_counts: dict[str, int] = field(default_factory=dict)
@@ -245,12 +247,13 @@ def guard(
     n = len(labels)
     if n < 2:
         return "mix", {}, "none", 0
-    folds = [np.array([i]) for i in range(n)] if n <= LOO_MAX else [np.arange(f, n, CV_FOLDS) for f in range(CV_FOLDS)]
-    scheme = "leave-one-out" if n <= LOO_MAX else f"{CV_FOLDS}-fold"
+    folds = [np.array([i]) for i in range(n)] if n <= LOO_MAX else [np.arange(HELD_OUT_EVERY - 1, n, HELD_OUT_EVERY)]
+    scheme = "leave-one-out" if n <= LOO_MAX else f"every {HELD_OUT_EVERY}th held out"
     w_mix = _weights(n - len(folds[0]), mix_k)["mix"]
     cands = _candidates(str(fit_kw.get("strategy", DEFAULT_STRATEGY)), anchor, alt_anchors)
     order = ["universal", "mix", *(c for c, _ in cands)]
     hits = {k: 0 for k in order}
+    scored = sum(len(f) for f in folds)
     y = np.asarray(labels, dtype=str)
     for held in folds:
         keep = np.setdiff1d(np.arange(n), held)
@@ -264,10 +267,10 @@ def guard(
                 for k, w in (("universal", 0.0), ("mix", w_mix)):
                     blend.weight = w
                     hits[k] += int(np.sum(np.asarray(blend.predict(test)).astype(str) == truth))
-    acc = {k: hits[k] / n for k in order}
+    acc = {k: hits[k] / scored for k in order}
     best = max(acc.values())
     choice = [k for k in order if acc[k] == best][-1]  # ties: the more preferred candidate
-    return choice, acc, scheme, n
+    return choice, acc, scheme, scored
 
 
 def personalize(
