@@ -19,7 +19,8 @@ Policy (:func:`adapt_user`):
    it: the universal head (weight 0), the *mix* (weight ``n / (n + mix_k)``, growing with
    the evidence), the personal head (weight 1) and, for the fine-tune, the personal head
    fine-tuned with a weaker pull (:data:`ALT_ANCHORS`). The most accurate wins; ties go to
-   the more personal candidate (the benchmark's numbers). With one correction per class,
+   the more personal candidate, and between personal heads to the higher mean
+   log-likelihood of the held-out labels (the benchmark's numbers). With one correction per class,
    the held-out correction's class is absent from the others: the check then measures
    whether the personal evidence about the other classes drags an unseen expression away
    from what the universal head says, the harm a personal model can do.
@@ -116,8 +117,10 @@ class AdaptReport:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.label_counts.items()))
         lines = [f"user {self.user}: {self.n_corrections} corrections ({counts or 'none'})"]
         if self.evidence:
-            ev = "  ".join(f"{k} {v:.3f}" for k, v in self.evidence.items())
-            lines.append(f"guard ({self.guard}, {self.n_held_out} held out): {ev}")
+            ev = "  ".join(f"{k} {v:.3f}" for k, v in self.evidence.items() if not k.endswith("log-likelihood"))
+            ll = "  ".join(f"{k[: -len(' log-likelihood')]} {v:.2f}" for k, v in self.evidence.items() if k.endswith("log-likelihood"))
+            lines.append(f"guard ({self.guard}, {self.n_held_out} held out), accuracy: {ev}")
+            lines.append(f"  mean log-likelihood: {ll}")
         if self.choice:
             anchor = "" if self.anchor is None else f", anchor {self.anchor:g}"
             lines.append(f"chosen: {self.choice} (strategy {self.strategy}{anchor}, personal weight {self.weight:.2f})")
@@ -239,8 +242,10 @@ def guard(
     Returns ``(choice, held-out accuracy per candidate, scheme, corrections scored)``. The
     candidates are ``universal``, ``mix`` (weight ``n / (n + mix_k)``), ``personal`` and,
     for the fine-tune strategy, ``personal@A`` (fine-tuned with anchor ``A`` of
-    ``alt_anchors`` instead of ``anchor``). The most accurate wins; ties go to ``personal``,
-    then ``personal@A``, then ``mix``. With a single correction nothing can be held out: the
+    ``alt_anchors`` instead of ``anchor``). The most accurate wins; on ties a personal head
+    goes before the mix, the mix before the universal head, and between personal heads the
+    higher mean log-likelihood of the held-out labels wins (then ``personal``). The evidence
+    also lists each candidate's ``"<name> log-likelihood"``. With a single correction nothing can be held out: the
     mix is chosen (its weight, ``1 / (1 + mix_k)``, keeps the universal head in charge of what
     the one correction does not cover). ``fit_kw`` go to :func:`fit_personal`.
     """
@@ -253,8 +258,17 @@ def guard(
     cands = _candidates(str(fit_kw.get("strategy", DEFAULT_STRATEGY)), anchor, alt_anchors)
     order = ["universal", "mix", *(c for c, _ in cands)]
     hits = {k: 0 for k in order}
+    loglik = {k: 0.0 for k in order}
     scored = sum(len(f) for f in folds)
     y = np.asarray(labels, dtype=str)
+
+    def score(name: str, blend: BlendHead, test: list[np.ndarray], truth: np.ndarray) -> None:
+        p = blend.predict_proba(test)
+        classes = np.asarray(blend.classes_).astype(str)
+        hits[name] += int(np.sum(classes[np.argmax(p, axis=1)] == truth))
+        col = {c: i for i, c in enumerate(classes)}
+        loglik[name] += float(sum(np.log(max(p[r, col[t]], BlendHead._FLOOR)) if t in col else np.log(BlendHead._FLOOR) for r, t in enumerate(truth)))
+
     for held in folds:
         keep = np.setdiff1d(np.arange(n), held)
         test = [clips[i] for i in held]
@@ -262,14 +276,16 @@ def guard(
         for name, a in cands:
             personal = fit_personal(universal, [clips[i] for i in keep], [labels[i] for i in keep], anchor=a, **fit_kw)
             blend = BlendHead(universal, personal, 1.0)
-            hits[name] += int(np.sum(np.asarray(blend.predict(test)).astype(str) == truth))
+            score(name, blend, test, truth)
             if name == "personal":
                 for k, w in (("universal", 0.0), ("mix", w_mix)):
                     blend.weight = w
-                    hits[k] += int(np.sum(np.asarray(blend.predict(test)).astype(str) == truth))
+                    score(k, blend, test, truth)
     acc = {k: hits[k] / scored for k in order}
-    best = max(acc.values())
-    choice = [k for k in order if acc[k] == best][-1]  # ties: the more preferred candidate
+    # most accurate; ties: a personal head over the mix over the universal one, and between
+    # personal heads, the higher mean log-likelihood of the held-out labels
+    choice = max(reversed(order), key=lambda k: (acc[k], order.index(k) >= 2, round(loglik[k] / scored, 9) if order.index(k) >= 2 else 0.0, order.index(k)))
+    acc.update({f"{k} log-likelihood": loglik[k] / scored for k in order})
     return choice, acc, scheme, scored
 
 

@@ -167,7 +167,7 @@ def test_cli_adapt_prints_the_choice_and_evidence(tmp_path, cremad_clips):
     r = cli("adapt", "bob")
     assert r.returncode == 0, r.stderr
     assert "user bob: 2 corrections (angry 1, disgust 1)" in r.stdout
-    assert "guard (leave-one-out, 2 held out): universal" in r.stdout and "chosen: " in r.stdout
+    assert "guard (leave-one-out, 2 held out), accuracy: universal" in r.stdout and "mean log-likelihood: universal" in r.stdout and "chosen: " in r.stdout
     assert "head v1 active" in r.stdout
     r = cli("adapt", "bob", "--json")
     d = json.loads(r.stdout)
