@@ -46,11 +46,10 @@ DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "benchmarks" / "out" / "personalization"
 sys.path.insert(0, str(ROOT))
 
-from emoadapt.adaptation import DEFAULT_ANCHOR, fit_personal, personalize  # noqa: E402
-from emoadapt.heads import BlendHead, PrototypeHead  # noqa: E402
+from emoadapt.adaptation import DEFAULT_ANCHOR, fit_personal, personalize
+from emoadapt.heads import BlendHead, PrototypeHead
 
 LETTERS = {"a": "neutral", "b": "happy", "c": "sad", "d": "angry", "e": "disgust", "f": "fear", "g": "surprise"}
-CK_TO_OURS = {"anger": "angry", "disgust": "disgust", "fear": "fear", "happy": "happy", "sadness": "sad", "surprise": "surprise", "contempt": "contempt"}
 CREMA = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
 M_GRID = (1, 2, 3, 5)
 STYLES = ("1", "2", "3")
@@ -220,17 +219,11 @@ def taiwanese_api(make_rec: Callable[[str], Any], files: list[Path], styles: tup
 # CK+, CREMA-D, RAVDESS
 # -------------------------------------------------------------------------------------------
 def ckplus(rec: Any, strategies: dict[str, Strategy], subjects_limit: int | None) -> dict[str, Any]:
-    d = np.load(DATA / "ckplus48.npz", allow_pickle=False)
-    classes = [str(c) for c in d["classes"]]
-    y = np.array([CK_TO_OURS[classes[i]] for i in d["y"]])
-    subj, seq = d["subject"].astype(str), d["sequence"].astype(str)
-    probs, feats = rec.backbone.infer(d["x"])
-    keys = sorted({(s, q) for s, q in zip(subj, seq)})
-    idx = {k: np.flatnonzero((subj == k[0]) & (seq == k[1])) for k in keys}
-    per_subject: dict[str, list] = {}
-    for k in keys:
-        per_subject.setdefault(k[0], []).append(k)
-    subjects = [s for s, ks in per_subject.items() if len({y[idx[k][0]] for k in ks}) >= 4][:subjects_limit]
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from eval_personalization import ck_sequences
+
+    y, probs, feats, idx, per_subject, subjects = ck_sequences(rec)
+    subjects = subjects[:subjects_limit]
     u, replay = rec.personal_base, rec.replay
     per: dict[str, dict[str, float]] = {s: {} for s in ["universal", *strategies]}
     for s in subjects:
@@ -245,8 +238,8 @@ def ckplus(rec: Any, strategies: dict[str, Strategy], subjects_limit: int | None
             for name, fit in strategies.items():
                 head = fit(u, replay, [feats[idx[ks[i]]] for i in a], [labels[i] for i in a])
                 hits[name].append(str(head.predict([feats[idx[k]]])[0]) == labels[t])
-        for n in per:
-            per[n][s] = float(np.mean(hits[n]))
+        for n, scores in per.items():
+            scores[s] = float(np.mean(hits[n]))
     log.info("CK+: %s", {n: round(float(np.mean(list(v.values()))), 3) for n, v in per.items()})
     return per
 

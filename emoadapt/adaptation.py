@@ -44,22 +44,30 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidInputError
-from .heads import BlendHead, PrototypeHead, StatPoolingHead, _Head, _TrainableHead, head_from_arrays, head_to_arrays
+from .heads import (
+    BlendHead,
+    PrototypeHead,
+    StatPoolingHead,
+    _Head,
+    _TrainableHead,
+    head_from_arrays,
+    head_to_arrays,
+)
 from .store import Store
 
 __all__ = [
+    "DEFAULT_ANCHOR",
+    "DEFAULT_MIX_K",
+    "DEFAULT_STRATEGY",
+    "STRATEGIES",
     "AdaptReport",
     "adapt_user",
     "fine_tune",
     "fit_personal",
     "guard",
-    "personalize",
     "load_personal_head",
     "load_replay",
-    "DEFAULT_ANCHOR",
-    "DEFAULT_MIX_K",
-    "DEFAULT_STRATEGY",
-    "STRATEGIES",
+    "personalize",
 ]
 
 log = logging.getLogger(__name__)
