@@ -500,9 +500,10 @@ class Recognizer:
         return cid
 
     def adapt(self, user: str, **kw: Any) -> Any:
-        """Fine-tune ``user``'s personal head on their corrections now; returns an
-        :class:`~emoadapt.adaptation.AdaptReport` (held-out accuracy before/after, whether the
-        new head was kept). Keyword arguments go to :func:`emoadapt.adaptation.adapt_user`."""
+        """Adapt ``user``'s personal head to their corrections now; returns an
+        :class:`~emoadapt.adaptation.AdaptReport` (what the guard chose -- universal, mix or
+        personal head -- and its held-out evidence). Keyword arguments (``strategy``,
+        ``anchor``, ``use_guard``, ...) go to :func:`emoadapt.adaptation.adapt_user`."""
         from .adaptation import adapt_user
         from .errors import UnknownUserError
 
