@@ -340,13 +340,13 @@ def plot(res: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     tw = res["taiwanese_cached"]
-    ms = [0, *M_GRID]
-    uni = float(np.mean([_mean(tw[str(m)]["universal"]) for m in M_GRID]))
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label, style in ((DEFAULT, "personal (default)", "-o"), ("shared", "one shared adapted model", "--s"), (BASELINE, "personal (today's fine-tune)", ":^")):
-        ax.plot(ms, [_mean(tw[str(M_GRID[0])]["universal"]), *[_mean(tw[str(m)][key]) for m in M_GRID]], style, label=label)
-    ax.axhline(uni, color="gray", lw=0.8, label="universal (mean over M)")
-    ax.set_xlabel("M adaptation photos per emotion")
+    series = (("universal", "universal (same test photos)", "-.", "gray"), (DEFAULT, "personal (default)", "-o", None),
+              ("shared", "one shared adapted model", "--s", None), (BASELINE, "personal (today's fine-tune)", ":^", None))
+    for key, label, style, color in series:
+        ax.plot(list(M_GRID), [_mean(tw[str(m)][key]) for m in M_GRID], style, label=label, color=color)
+    ax.set_xticks(list(M_GRID))
+    ax.set_xlabel("M corrected photos per emotion (one style; mean over 3 styles)")
     ax.set_ylabel("accuracy on the person's other photos")
     ax.set_title("Taiwanese faces, 19 people" if len(tw[str(M_GRID[0])]["universal"]) == 19 else "Taiwanese faces (subset)")
     ax.grid(alpha=0.3)
