@@ -1,61 +1,55 @@
-"""Identity matcher on real faces: genuine/impostor cosine scores, FAR/FRR, EER, threshold.
+"""Identity models side by side on real faces: EER, FAR/FRR, thresholds, open-set identification, speed.
 
-Embeddings: our MTCNN (:class:`emoadapt.detection.MTCNN`) finds the face and its 5 landmarks,
-:class:`emoadapt.identity.FaceEmbedder` gives dlib's 128-D descriptor, and a sample (photo,
-clip, CK+ sequence) is one :func:`emoadapt.identity.clip_embedding` -- exactly what the
-Recognizer enrols and matches. Scores are cosine similarities between sample embeddings (what
+Every identity model (``emoadapt.identity.IDENTITY_MODELS``: ``mobilefacenet``, the default,
+and ``dlib_resnet``; plus ``mobilefacenet_int8`` when its file is in the manifest, to decide
+which export ships) sees the same faces: our MTCNN (:class:`emoadapt.detection.MTCNN`) finds
+each face and its 5 landmarks once, each model cuts its own crop (``Embedder.crop``) and embeds
+it, and a sample (photo, clip, CK+ sequence) is one :func:`emoadapt.identity.clip_embedding`,
+exactly what the Recognizer enrols and matches. Scores are cosine similarities (what
 :class:`emoadapt.identity.IdentityMatcher` thresholds). All data is real, read from
-``../shared/data`` (or ``$EMOADAPT_DATA``):
+``../shared/data`` (or ``$EMOADAPT_DATA``), reported per group so that a bias shows:
 
-* **photos** -- ``faces/identity``: Obama (``obama.jpg``, ``obama2.jpg``, ``obama3.jpg`` and
-  the two ``obama_partial_face*.jpg``), Biden (``biden.jpg``); ``faces/ravdess_actors``: 24
-  RAVDESS actors, one frame each; the faces of the six group photos ``sample1-6.jpg``
-  (identities unknown, some people repeat across photos: used only as impostors against the
-  named people, never paired with each other). The two partial faces are crops of
-  ``obama.jpg`` itself (template match 0.999), so pairs among those three are the same
-  capture and are left out of the genuine set (they would flatter it).
-  Face selection: the largest face of a single-person photo; in group photos every face with
-  MTCNN score >= 0.7 and side >= 100 px (the two smaller detections in these photos are
-  background false positives, checked by eye).
-* **clips** -- CREMA-D actor 1001, six clips (one per emotion), 480x360. Clip embedding as the
-  Recognizer computes it (every 5th frame of the face track, at most 8 frames: ``recognizer``;
-  ``--clip-frames all`` or ``every3`` for the alternatives; the table always shows all three
-  plus single frames). Genuine: pairs of different clips of 1001; impostor: each 1001 clip
-  vs every photo face above.
-* **CK+** -- ``ckplus48.npz``: 48x48 gray faces upscaled to 192x192 (bicubic) with a 48 px
-  replicated border so MTCNN sees the whole head; one embedding per sequence (its 3 frames).
-  Genuine: same subject, different sequence; impostor: different subjects (all pairs, or a
-  seeded sample of ``--ck-max-impostors``). Low resolution: reported on its own, not used to
-  choose the threshold.
+* **taiwanese** -- ``faces/taiwanese``: 19 East-Asian people, about 44 frontal 256x256 photos
+  each: neutral and the six basic emotions, each acted in three ways (theatrical, FACS
+  criteria, recalling a personal event). One photo = one sample.
+* **western photos** -- ``faces/identity``: Obama (three photos; the two half-face crops of
+  ``obama.jpg`` are left out: the same capture), Biden; ``faces/ravdess_actors``: 24 RAVDESS
+  actors, one frame each; the faces of the six group photos (identities unknown: used only as
+  impostors against the named people, never paired with each other); and **CREMA-D** actor
+  1001, six clips, clip embedding as the Recognizer computes it (every 5th frame of the face
+  track, at most 8 frames).
+* **CK+ 48px** -- ``ckplus48.npz``: 48x48 gray faces upscaled to 192x192 with a 48 px border;
+  one sample per sequence (its frames). Low resolution: reported on its own.
+* **all** -- every sample above in one pool (cross-group pairs are impostors).
 
-Identification (the matcher's real use): every identity is enrolled with ONE sample (one
-photo / clip embedding). Closed set: a probe of an enrolled person (Obama, 1001) against a
-gallery of everyone, enrolled with another of its samples (every enrol/probe choice and every
-enrolment choice of the other multi-sample identity is run): correct, rejected (None) or
-misrouted (someone else's head). Open set: a probe whose identity is not enrolled (each
-person in turn, gallery = everyone else; group faces only against the named people): a false
-accept is any match. CK+ the same way on its own: half the subjects (seeded) enrolled with one
-sequence each, the other half as strangers.
+Threshold rule (per model, the same rule for both; the tables are at the shipped thresholds,
+``emoadapt.identity.THRESHOLDS``, or at the rule's with ``--at rule``): the smallest threshold
+on a 0.005 grid whose impostor-pair accept rate on the high-resolution pool (taiwanese +
+western) is <= ``--target-far`` (0.1 %); with fewer than 10 / target impostor pairs (too few
+to see the tail) no lower than mean + z(target) sd of a Gaussian fitted to them. With G enrolled users a stranger is falsely accepted
+with probability about G x FAR, so 0.1 % per pair keeps a 10-user device near 1 %.
 
-Threshold rule: the smallest threshold on a 0.005 grid whose pooled high-resolution (photos +
-clips) pair-level impostor accept rate is <= ``--target-far`` (default 0.1 %), and no lower
-than the cosine equivalent of the mean of a Gaussian fitted to the impostor scores + z(target)
-sigma (a guard against the small sample). With G enrolled users an impostor probe is falsely
-accepted with probability about G x FAR, so 0.1 % per pair keeps a 10-user device near 1 %.
+Open-set identification on the Taiwanese faces (the mission's use): in each of ``--splits``
+seeded splits, 10 of the 19 people are enrolled from ONE neutral photo each; every other photo
+of an enrolled person is a genuine probe (own-face acceptance: routed to the right person;
+verify: score to their own enrolment >= threshold, what ``correct(user=...)`` checks), every
+photo of the 9 others is a stranger probe (accepted = routed to anyone).
 
-    python benchmarks/identity.py [--out benchmarks/out/identity] [--target-far 0.001]
+Speed: ms per face for the embedding (one network pass, one thread, one face per call) and for
+the crop, over ``--time-faces`` faces.
 
-Prints the tables and ends with ``identity_threshold=<t> far=<pair FAR> frr=<pair FRR>``
-(pooled high-res). Writes ``genuine_impostor_hist.png``, ``det.png`` and ``embeddings.npz``
-(a cache of the per-face descriptors, reused when the data and settings are unchanged) to
-``--out``.
+    python benchmarks/identity.py [--out benchmarks/out/identity] [--target-far 0.001] [--splits 20]
+
+Writes ``hist_<model>.png`` (score histograms per group), ``det.png`` (DET curves per model
+and group) and ``faces.npz`` (cache of landmarks and embeddings, reused while the data and the
+model files are unchanged) to ``--out``, and ends with one line per model:
+``identity_model=<name> threshold=<t> eer_all=<..> own_accept=<..> stranger_accept=<..> ms=<..>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import json
 import logging
 import math
@@ -71,20 +65,37 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from emoadapt.identity import DEFAULT_THRESHOLD, IdentityMatcher, clip_embedding, normalize  # noqa: E402
+from emoadapt.identity import (
+    IDENTITY_MODELS,
+    THRESHOLDS,
+    IdentityMatcher,
+    clip_embedding,
+)
 
 log = logging.getLogger("benchmarks.identity")
 
 DATA = Path(os.environ.get("EMOADAPT_DATA", ROOT.parent / "shared" / "data"))
 OUT = ROOT / "benchmarks" / "out" / "identity"
 
-#: photos that are crops of one and the same photograph (checked: template match 0.999)
-SAME_CAPTURE = {"obama.jpg": "obama#1", "obama_partial_face.jpg": "obama#1", "obama_partial_face2.jpg": "obama#1"}
+#: photos that are crops of ``obama.jpg`` itself (template match 0.999): left out
+SAME_CAPTURE = ("obama_partial_face.jpg", "obama_partial_face2.jpg")
 GROUP_MIN_SCORE, GROUP_MIN_SIDE = 0.7, 100.0
 CK_SIZE, CK_BORDER = 192, 48
 RECOGNIZER_STRIDE, RECOGNIZER_FRAMES = 5, 8  # emoadapt.recognizer: every 5th track frame, at most 8
-CACHE_VERSION = 1
-THRESHOLDS = (0.86, 0.88, 0.90, 0.91, 0.92, 0.93, 0.94, 0.95)
+CACHE_VERSION = 2
+GROUPS = ("taiwanese", "western", "CK+ 48px")
+EMOTIONS = {"a": "neutral", "b": "happy", "c": "sad", "d": "angry", "e": "disgusted", "f": "fearful", "g": "surprised"}
+
+
+def model_variants() -> dict[str, tuple[str, str]]:
+    """Evaluated variants: label -> (identity model name, manifest model)."""
+    from emoadapt import zoo
+
+    out = {name: (name, name) for name in IDENTITY_MODELS}
+    for extra, base in (("mobilefacenet_int8", "mobilefacenet"), ("mobilefacenet_f32", "mobilefacenet")):
+        if extra in zoo.manifest()["models"] and zoo.model_entry(extra)["file"] != zoo.model_entry(base)["file"]:
+            out[extra] = (base, extra)
+    return out
 
 
 # ------------------------------------------------------------------------------ extraction
@@ -92,23 +103,22 @@ THRESHOLDS = (0.86, 0.88, 0.90, 0.91, 0.92, 0.93, 0.94, 0.95)
 
 @dataclass
 class Faces:
-    """Per-face descriptors with their provenance (one row per detected face)."""
+    """One row per detected face: provenance, landmarks and one embedding per model variant."""
 
-    desc: np.ndarray  # (N, 128) float32, raw dlib descriptors
-    source: np.ndarray  # photo | actor | group | cremad | ckplus
-    ident: np.ndarray  # identity label ("" never)
+    emb: dict[str, np.ndarray]  # variant -> (N, D) raw embeddings
+    group: np.ndarray  # taiwanese | western | CK+ 48px
+    source: np.ndarray  # taiwanese | photo | actor | grouphoto | cremad | ckplus
+    ident: np.ndarray
     sample: np.ndarray  # photo file / clip stem / CK+ sequence
-    frame: np.ndarray  # frame index within the sample (0 for photos)
-
-    def select(self, mask: np.ndarray) -> "Faces":
-        return Faces(*(getattr(self, k)[mask] for k in ("desc", "source", "ident", "sample", "frame")))
+    frame: np.ndarray
 
 
-def _largest(det) -> int | None:
-    if not len(det):
+def _largest(det, min_score: float = 0.0) -> int | None:
+    ok = np.flatnonzero(det.scores >= min_score) if len(det) else []
+    if not len(ok):
         return None
-    side = (det.boxes[:, 2] - det.boxes[:, 0]) * (det.boxes[:, 3] - det.boxes[:, 1])
-    return int(np.argmax(side))
+    area = (det.boxes[ok, 2] - det.boxes[ok, 0]) * (det.boxes[ok, 3] - det.boxes[ok, 1])
+    return int(ok[np.argmax(area)])
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -118,99 +128,101 @@ def _rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
 
 
-def _data_key(data: Path, args: argparse.Namespace) -> str:
-    files = sorted(
-        [*(data / "faces" / "identity").glob("*.jpg"), *(data / "faces" / "ravdess_actors").glob("*.png"), *(data / "clips" / "cremad").glob("*.flv"), data / "ckplus48.npz"]
+def _inputs(data: Path) -> list[Path]:
+    return sorted(
+        [*(data / "faces" / "identity").glob("*.jpg"), *(data / "faces" / "ravdess_actors").glob("*.png"), *(data / "faces" / "taiwanese").glob("*.jpg"),
+         *(data / "clips" / "cremad").glob("*.flv"), data / "ckplus48.npz"]
     )
-    manifest = ROOT / "emoadapt" / "models" / "manifest.json"
+
+
+def _cache_key(data: Path, variants: dict[str, tuple[str, str]]) -> str:
+    from emoadapt import zoo
+
     h = hashlib.sha256()
-    for f in files:
+    for f in _inputs(data):
         st = f.stat()
         h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
-    if manifest.exists():
-        h.update(manifest.read_bytes())
-    h.update(json.dumps([CACHE_VERSION, GROUP_MIN_SCORE, GROUP_MIN_SIDE, CK_SIZE, CK_BORDER, args.cremad_step]).encode())
+    h.update(json.dumps([CACHE_VERSION, GROUP_MIN_SCORE, GROUP_MIN_SIDE, CK_SIZE, CK_BORDER, zoo.model_entry("mtcnn_onet")["sha256"]]).encode())
+    h.update(json.dumps({k: zoo.model_entry(m)["sha256"] for k, (_, m) in sorted(variants.items())}).encode())
     return h.hexdigest()
 
 
-def extract(data: Path, args: argparse.Namespace) -> Faces:
+def extract(data: Path, variants: dict[str, tuple[str, str]], threads: int | None) -> Faces:
     from emoadapt.detection import MTCNN
-    from emoadapt.identity import FaceEmbedder
-    from emoadapt.video import Sampling, iter_frames
+    from emoadapt.identity import load_embedder
+    from emoadapt.video import iter_frames
 
-    det, emb = MTCNN(num_threads=args.threads), FaceEmbedder(num_threads=args.threads)
-    rows: list[tuple[np.ndarray, str, str, str, int]] = []
+    det = MTCNN(num_threads=threads)
+    embs = {k: load_embedder(name, num_threads=threads, model=m) for k, (name, m) in variants.items()}
+    rows: list[tuple[str, str, str, str, int]] = []
+    vecs: dict[str, list[np.ndarray]] = {k: [] for k in embs}
+
+    def add(img: np.ndarray, lm: np.ndarray, meta: tuple[str, str, str, str, int]) -> None:
+        for k, e in embs.items():
+            vecs[k].append(e.embed_faces(img, lm[None])[0])
+        rows.append(meta)
+
     t0 = time.perf_counter()
-
     for p in sorted((data / "faces" / "identity").glob("*.jpg")):
+        if p.name in SAME_CAPTURE:
+            continue
         img = _rgb(p)
         d = det.detect(img)
         if p.name.startswith("sample"):
             side = np.minimum(d.boxes[:, 2] - d.boxes[:, 0], d.boxes[:, 3] - d.boxes[:, 1])
-            keep = np.flatnonzero((d.scores >= GROUP_MIN_SCORE) & (side >= GROUP_MIN_SIDE))
-            for k, e in zip(keep, emb.embed_faces(img, d.landmarks[keep])):
-                rows.append((e, "group", f"group:{p.stem}#{k}", f"{p.name}#{k}", 0))
-            log.info("%s: %d faces kept of %d detected", p.name, len(keep), len(d))
+            for k in np.flatnonzero((d.scores >= GROUP_MIN_SCORE) & (side >= GROUP_MIN_SIDE)):
+                add(img, d.landmarks[k], ("western", "grouphoto", f"group:{p.stem}#{k}", f"{p.name}#{k}", 0))
             continue
         k = _largest(d)
         if k is None:
             log.warning("no face in %s", p.name)
             continue
-        who = "obama" if p.name.startswith("obama") else p.stem
-        rows.append((emb.embed_faces(img, d.landmarks[k][None])[0], "photo", who, p.name, 0))
+        add(img, d.landmarks[k], ("western", "photo", "obama" if p.name.startswith("obama") else p.stem, p.name, 0))
     for p in sorted((data / "faces" / "ravdess_actors").glob("Actor_*.png")):
+        img = _rgb(p)
+        k = _largest(d := det.detect(img))
+        if k is not None:
+            add(img, d.landmarks[k], ("western", "actor", f"ravdess:{p.stem}", p.name, 0))
+    for p in sorted((data / "faces" / "taiwanese").glob("*.jpg")):
         img = _rgb(p)
         k = _largest(d := det.detect(img))
         if k is None:
             log.warning("no face in %s", p.name)
             continue
-        rows.append((emb.embed_faces(img, d.landmarks[k][None])[0], "actor", f"ravdess:{p.stem}", p.name, 0))
+        add(img, d.landmarks[k], ("taiwanese", "taiwanese", f"tw:{p.name[:2]}", p.name, 0))
     log.info("photos: %d faces in %.1f s", len(rows), time.perf_counter() - t0)
-
     t1 = time.perf_counter()
-    n0 = len(rows)
     for p in sorted((data / "clips" / "cremad").glob("*.flv")):
-        actor = p.name.split("_")[0]
-        for fr in iter_frames(p, sampling=Sampling(step=args.cremad_step)):
+        for fr in iter_frames(p):
             k = _largest(d := det.detect(fr.image))
             if k is not None:
-                rows.append((emb.embed_faces(fr.image, d.landmarks[k][None])[0], "cremad", f"cremad:{actor}", p.stem, fr.index))
-    log.info("CREMA-D: %d frames with a face in %.1f s", len(rows) - n0, time.perf_counter() - t1)
-
+                add(fr.image, d.landmarks[k], ("western", "cremad", f"cremad:{p.name.split('_')[0]}", p.stem, fr.index))
+    log.info("CREMA-D: %.1f s", time.perf_counter() - t1)
     t2 = time.perf_counter()
     with np.load(data / "ckplus48.npz", allow_pickle=False) as z:
         x, subj, seq = z["x"], z["subject"].astype(str), z["sequence"].astype(str)
-    missed = 0
     for i, (im, s, q) in enumerate(zip(x, subj, seq)):
         u = cv2.resize(im, (CK_SIZE, CK_SIZE), interpolation=cv2.INTER_CUBIC)
         u = cv2.copyMakeBorder(u, CK_BORDER, CK_BORDER, CK_BORDER, CK_BORDER, cv2.BORDER_REPLICATE)
         rgb = np.ascontiguousarray(np.repeat(u[:, :, None], 3, axis=2))
         k = _largest(d := det.detect(rgb))
-        if k is None:
-            missed += 1
-            continue
-        rows.append((emb.embed_faces(rgb, d.landmarks[k][None])[0], "ckplus", f"ck:{s}", q, i))
-    log.info("CK+: %d of %d faces detected in %.1f s", len(x) - missed, len(x), time.perf_counter() - t2)
-
-    return Faces(
-        np.stack([r[0] for r in rows]).astype(np.float32),
-        np.array([r[1] for r in rows]),
-        np.array([r[2] for r in rows]),
-        np.array([r[3] for r in rows]),
-        np.array([r[4] for r in rows], dtype=np.int64),
-    )
+        if k is not None:
+            add(rgb, d.landmarks[k], ("CK+ 48px", "ckplus", f"ck:{s}", q, i))
+    log.info("CK+: %.1f s", time.perf_counter() - t2)
+    cols = list(zip(*rows))
+    return Faces({k: np.stack(v).astype(np.float32) for k, v in vecs.items()}, *(np.array(c) for c in cols[:4]), np.array(cols[4], dtype=np.int64))
 
 
-def load_or_extract(data: Path, out: Path, args: argparse.Namespace) -> Faces:
-    cache = out / "embeddings.npz"
-    key = _data_key(data, args)
-    if cache.exists() and not args.no_cache:
+def load_or_extract(data: Path, out: Path, variants: dict[str, tuple[str, str]], threads: int | None, no_cache: bool) -> Faces:
+    cache = out / "faces.npz"
+    key = _cache_key(data, variants)
+    if cache.exists() and not no_cache:
         with np.load(cache, allow_pickle=False) as z:
             if str(z["key"]) == key:
-                log.info("using cached descriptors %s", cache)
-                return Faces(z["desc"], z["source"], z["ident"], z["sample"], z["frame"])
-    f = extract(data, args)
-    np.savez_compressed(cache, key=np.array(key), desc=f.desc, source=f.source, ident=f.ident, sample=f.sample, frame=f.frame)
+                log.info("using cached embeddings %s", cache)
+                return Faces({k: z[f"emb_{k}"] for k in variants}, z["group"], z["source"], z["ident"], z["sample"], z["frame"])
+    f = extract(data, variants, threads)
+    np.savez_compressed(cache, key=np.array(key), group=f.group, source=f.source, ident=f.ident, sample=f.sample, frame=f.frame, **{f"emb_{k}": v for k, v in f.emb.items()})
     return f
 
 
@@ -219,71 +231,41 @@ def load_or_extract(data: Path, out: Path, args: argparse.Namespace) -> Faces:
 
 @dataclass
 class Samples:
-    """One embedding per sample (photo / clip / sequence), as the matcher sees them."""
+    """One unit embedding per sample (photo / clip / sequence), as the matcher sees them."""
 
-    emb: np.ndarray  # (S, 128) unit vectors
-    source: list[str]
-    ident: list[str]
-    capture: list[str]  # samples sharing a capture are never a genuine pair
-    names: list[str]  # photo file / clip stem / sequence
+    emb: np.ndarray
+    group: np.ndarray
+    source: np.ndarray
+    ident: np.ndarray
+    names: np.ndarray
 
-    def select(self, keep: list[bool]) -> "Samples":
-        idx = [i for i, k in enumerate(keep) if k]
-        return Samples(self.emb[idx], *([getattr(self, a)[i] for i in idx] for a in ("source", "ident", "capture", "names")))
-
-    def __len__(self) -> int:
-        return len(self.ident)
-
-    def __add__(self, o: "Samples") -> "Samples":
-        return Samples(np.concatenate([self.emb, o.emb]), self.source + o.source, self.ident + o.ident, self.capture + o.capture, self.names + o.names)
+    def select(self, mask: np.ndarray) -> Samples:
+        return Samples(*(getattr(self, a)[mask] for a in ("emb", "group", "source", "ident", "names")))
 
 
-def _pick(frames: np.ndarray, mode: str) -> np.ndarray:
-    """Row indices of a sample's detected frames (sorted by frame) used for its embedding."""
-    if mode == "recognizer":
-        return frames[::RECOGNIZER_STRIDE][:RECOGNIZER_FRAMES]
-    if mode == "every3":
-        return frames[::3]
-    if mode == "all":
-        return frames
-    raise ValueError(mode)
+def samples(f: Faces, variant: str) -> Samples:
+    """Sample embeddings: photos one each; a clip / CK+ sequence pools its frames like the Recognizer."""
+    emb, meta = [], []
+    order = np.lexsort((f.frame, f.sample))
+    for s in dict.fromkeys(f.sample[order].tolist()):
+        rows = order[f.sample[order] == s]
+        if f.source[rows[0]] == "cremad":
+            rows = rows[::RECOGNIZER_STRIDE][:RECOGNIZER_FRAMES]
+        emb.append(clip_embedding(f.emb[variant][rows]))
+        meta.append((f.group[rows[0]], f.source[rows[0]], f.ident[rows[0]], s))
+    cols = [np.array(c) for c in zip(*meta)]
+    return Samples(np.stack(emb), *cols)
 
 
-def samples(f: Faces, sources: tuple[str, ...], mode: str = "recognizer") -> Samples:
-    """Sample embeddings of the given sources; ``mode="frame"``: every face row is its own sample."""
-    m = np.isin(f.source, sources)
-    g = f.select(m)
-    if mode == "frame":
-        names = [f"{a}@{i}" for a, i in zip(g.sample, g.frame)]
-        return Samples(normalize(g.desc), g.source.tolist(), g.ident.tolist(), g.sample.tolist(), names)  # a clip = one capture
-    emb, src, ident, cap, names = [], [], [], [], []
-    for s in dict.fromkeys(g.sample.tolist()):
-        rows = np.flatnonzero(g.sample == s)
-        rows = rows[np.argsort(g.frame[rows], kind="stable")]
-        emb.append(clip_embedding(g.desc[_pick(rows, mode)]))
-        src.append(str(g.source[rows[0]]))
-        ident.append(str(g.ident[rows[0]]))
-        cap.append(SAME_CAPTURE.get(s, s))
-        names.append(s)
-    return Samples(np.stack(emb), src, ident, cap, names)
-
-
-def pair_scores(a: Samples, b: Samples | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Genuine and impostor cosine scores: all pairs within ``a`` (``b`` None) or across a x b.
-
-    Genuine: same identity, different capture. Impostor: different identities, except two
-    group-photo faces (unknown identities, never compared with each other).
-    """
-    same_set = b is None
-    b = a if b is None else b
-    s = a.emb @ b.emb.T
-    ia, ib = np.array(a.ident), np.array(b.ident)
-    ca, cb = np.array(a.capture), np.array(b.capture)
-    ga, gb = np.array(a.source) == "group", np.array(b.source) == "group"
-    mask = np.triu(np.ones(s.shape, bool), 1) if same_set else np.ones(s.shape, bool)
-    gen = mask & (ia[:, None] == ib[None]) & (ca[:, None] != cb[None])
-    imp = mask & (ia[:, None] != ib[None]) & ~(ga[:, None] & gb[None])
-    return s[gen], s[imp]
+def pair_scores(s: Samples) -> tuple[np.ndarray, np.ndarray]:
+    """Genuine (same identity) and impostor (different identities; two group-photo faces of
+    unknown identity are never paired) cosine scores over all pairs of samples."""
+    sim = s.emb @ s.emb.T
+    iu = np.triu_indices(len(s.ident), 1)
+    same = s.ident[iu[0]] == s.ident[iu[1]]
+    both_unknown = (s.source[iu[0]] == "grouphoto") & (s.source[iu[1]] == "grouphoto")
+    v = sim[iu]
+    return v[same], v[~same & ~both_unknown]
 
 
 # ------------------------------------------------------------------------------- metrics
@@ -297,9 +279,8 @@ def far_frr(gen: np.ndarray, imp: np.ndarray, t: float) -> tuple[float, float]:
 
 def rates(gen: np.ndarray, imp: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """FAR(t) = P(impostor >= t) and FRR(t) = P(genuine < t) for every t in ``ts``."""
-    gs, is_ = np.sort(gen), np.sort(imp)
-    far = 1 - np.searchsorted(is_, ts, side="left") / max(len(is_), 1)
-    frr = np.searchsorted(gs, ts, side="left") / max(len(gs), 1)
+    far = 1 - np.searchsorted(np.sort(imp), ts, side="left") / max(len(imp), 1)
+    frr = np.searchsorted(np.sort(gen), ts, side="left") / max(len(gen), 1)
     return far, frr
 
 
@@ -312,140 +293,184 @@ def eer(gen: np.ndarray, imp: np.ndarray) -> tuple[float, float]:
     return float((far[i] + frr[i]) / 2), float(ts[i])
 
 
+def frr_at_far(gen: np.ndarray, imp: np.ndarray, target: float) -> float:
+    """FRR at the smallest threshold whose FAR is <= target."""
+    t = np.quantile(imp, 1 - target, method="higher") + 1e-9 if len(imp) else 1.0
+    return far_frr(gen, imp, float(t))[1]
+
+
 def choose_threshold(gen: np.ndarray, imp: np.ndarray, target: float) -> tuple[float, dict]:
-    """Smallest 0.005-grid threshold with empirical impostor FAR <= target, raised to the
-    Gaussian-tail estimate mean + z(target) * std of the impostor scores if that is higher."""
+    """Smallest 0.005-grid threshold with empirical impostor FAR <= target. Only when there are
+    fewer than ``10 / target`` impostor pairs (too few to see the tail) is it raised to the
+    Gaussian-tail estimate mean + z(target) * std of the impostor scores, if that is higher."""
     from statistics import NormalDist
 
-    grid = np.round(np.arange(0.5, 1.0001, 0.005), 3)
+    grid = np.round(np.arange(-1.0, 1.0001, 0.005), 3)
     emp = next(float(t) for t in grid if far_frr(gen, imp, t)[0] <= target)
     z = NormalDist().inv_cdf(1 - target)
     gauss = float(imp.mean() + z * imp.std(ddof=1))
-    t = max(emp, math.ceil(gauss / 0.005) * 0.005)
-    return round(t, 3), {"empirical": emp, "gaussian": gauss, "z": z}
+    small = len(imp) < 10 / target
+    t = max(emp, math.ceil(gauss / 0.005) * 0.005) if small else emp
+    return round(min(t, 1.0), 3), {"empirical": emp, "gaussian": gauss, "z": z, "gaussian_guard": small}
 
 
 # ------------------------------------------------------------------------- identification
 
 
-def _rates(outcomes: list[str]) -> dict[str, float]:
-    n = max(len(outcomes), 1)
-    return {k: outcomes.count(k) / n for k in ("correct", "reject", "misroute", "accept")} | {"n": len(outcomes)}
+def _parse_tw(name: str) -> tuple[int, str]:
+    """(elicitation type, emotion) of a Taiwanese photo file name ``PPTVEss.jpg``."""
+    return int(name[2]), EMOTIONS.get(name[4], "neutral")
 
 
-def identification(s: Samples, t: float, groups_as_users: bool = True) -> dict[str, dict[str, float]]:
-    """Closed/open-set identification with one enrolment per identity (see module docstring)."""
-    matcher = IdentityMatcher(t)
-    by_id: dict[str, list[int]] = {}
-    for i, who in enumerate(s.ident):
-        by_id.setdefault(who, []).append(i)
-    group = {who for who, src in zip(s.ident, s.source) if src == "group"}
-    named = [w for w in by_id if w not in group]
-    multi = [w for w in named if len(by_id[w]) > 1]
-
-    def galleries(exclude: set[str], with_groups: bool):
-        """All galleries: every named identity but ``exclude`` with one enrolment (all
-        combinations over the multi-sample ones), plus the group faces as users if asked."""
-        fixed = {w: s.emb[by_id[w][0]][None] for w in named if w not in exclude and w not in multi}
-        if with_groups:
-            fixed |= {w: s.emb[by_id[w][0]][None] for w in group}
-        choose = [w for w in multi if w not in exclude]
-        for combo in itertools.product(*(by_id[w] for w in choose)):
-            yield fixed | {w: s.emb[i][None] for w, i in zip(choose, combo)}
-
-    closed: list[str] = []
-    for who in multi:
-        for e, p in itertools.permutations(by_id[who], 2):
-            if s.capture[e] == s.capture[p]:
-                continue
-            for gal in galleries({who}, groups_as_users):
-                gal[who] = s.emb[e][None]
-                user, _ = matcher.identify(s.emb[p], gal)
-                closed.append("correct" if user == who else "reject" if user is None else "misroute")
-    opened: list[str] = []
-    for who, idx in by_id.items():
-        for p in idx:
-            for gal in galleries({who}, groups_as_users and who not in group):
-                user, _ = matcher.identify(s.emb[p], gal)
-                opened.append("reject" if user is None else "accept")
-    return {"closed": _rates(closed), "open": _rates(opened)}
-
-
-def ck_identification(s: Samples, t: float, seed: int) -> dict[str, dict[str, float]]:
-    """CK+: half the subjects enrolled with one random sequence, the rest strangers."""
+def taiwanese_open_set(s: Samples, t: float, splits: int, seed: int, n_enrolled: int = 10) -> dict:
+    """Enrol ``n_enrolled`` people from one neutral photo each, probe everything else."""
+    tw = s.select(s.group == "taiwanese")
+    people = np.unique(tw.ident)
+    neutral = np.array([_parse_tw(n)[0] == 0 for n in tw.names])
     rng = np.random.default_rng(seed)
     matcher = IdentityMatcher(t)
-    ids = np.array(s.ident)
-    subjects = np.unique(ids)
-    enrolled = set(rng.permutation(subjects)[: len(subjects) // 2].tolist())
-    gallery, enrol_idx = {}, set()
-    for w in sorted(enrolled):
-        i = int(rng.choice(np.flatnonzero(ids == w)))
-        gallery[w] = s.emb[i][None]
-        enrol_idx.add(i)
+    own = {"correct": 0, "reject": 0, "misroute": 0, "verified": 0, "n": 0}
+    by_emotion: dict[str, list[int]] = {}
+    by_style: dict[int, list[int]] = {}
+    strangers = {"accept": 0, "n": 0}
+    for _ in range(splits):
+        enrolled = set(rng.permutation(people)[:n_enrolled].tolist())
+        gallery, enrol_idx = {}, set()
+        for w in sorted(enrolled):
+            i = int(rng.choice(np.flatnonzero((tw.ident == w) & neutral)))
+            gallery[w] = tw.emb[i][None]
+            enrol_idx.add(i)
+        G = np.stack([gallery[w][0] for w in sorted(gallery)])
+        names = sorted(gallery)
+        sims = tw.emb @ G.T
+        for i, w in enumerate(tw.ident):
+            if i in enrol_idx:
+                continue
+            j = int(np.argmax(sims[i]))
+            user = names[j] if sims[i, j] >= matcher.threshold else None
+            if w in enrolled:
+                own["n"] += 1
+                own["correct" if user == w else "reject" if user is None else "misroute"] += 1
+                ok = sims[i, names.index(w)] >= matcher.threshold
+                own["verified"] += int(ok)
+                style, emo = _parse_tw(tw.names[i])
+                by_emotion.setdefault(emo, []).append(int(user == w))
+                by_style.setdefault(style, []).append(int(user == w))
+            else:
+                strangers["n"] += 1
+                strangers["accept"] += int(user is not None)
+    return {
+        "own_accept": own["correct"] / max(own["n"], 1),
+        "own_verified": own["verified"] / max(own["n"], 1),
+        "own_misroute": own["misroute"] / max(own["n"], 1),
+        "own_n": own["n"],
+        "stranger_accept": strangers["accept"] / max(strangers["n"], 1),
+        "stranger_n": strangers["n"],
+        "by_emotion": {k: float(np.mean(v)) for k, v in sorted(by_emotion.items())},
+        "by_style": {k: float(np.mean(v)) for k, v in sorted(by_style.items())},
+    }
+
+
+def western_open_set(s: Samples, t: float) -> dict:
+    """Every named western identity enrolled with one sample; each probe of a person against
+    the gallery of everyone else (open set: any match is a false accept); Obama / 1001 probes
+    against a gallery including their other sample (closed set)."""
+    w = s.select((s.group == "western") & (s.source != "grouphoto"))
+    matcher = IdentityMatcher(t)
+    first: dict[str, int] = {}
+    for i, who in enumerate(w.ident):
+        first.setdefault(who, i)
     closed, opened = [], []
-    for i, w in enumerate(ids):
-        if i in enrol_idx:
-            continue
-        user, _ = matcher.identify(s.emb[i], gallery)
-        if w in enrolled:
-            closed.append("correct" if user == w else "reject" if user is None else "misroute")
-        else:
-            opened.append("reject" if user is None else "accept")
-    return {"closed": _rates(closed), "open": _rates(opened)}
+    for i, who in enumerate(w.ident):
+        others = {u: w.emb[j][None] for u, j in first.items() if u != who}
+        user, _ = matcher.identify(w.emb[i], others)
+        opened.append(user is not None)
+        if first[who] != i:
+            user, _ = matcher.identify(w.emb[i], others | {who: w.emb[first[who]][None]})
+            closed.append(user == who)
+    return {"closed_correct": float(np.mean(closed)) if closed else float("nan"), "closed_n": len(closed),
+            "open_accept": float(np.mean(opened)), "open_n": len(opened)}
+
+
+# ---------------------------------------------------------------------------------- speed
+
+
+def speed(data: Path, variants: dict[str, tuple[str, str]], n: int) -> dict[str, tuple[float, float]]:
+    """(ms per embedding pass, ms per crop) of each variant, one thread, one face per call,
+    on Taiwanese photos (best of 3 rounds over ``n`` faces, after a warm-up)."""
+    from emoadapt.detection import MTCNN
+    from emoadapt.identity import load_embedder
+
+    det = MTCNN(num_threads=1)
+    imgs, lms = [], []
+    for p in sorted((data / "faces" / "taiwanese").glob("*.jpg"))[1::7][:n]:
+        img = _rgb(p)
+        k = _largest(d := det.detect(img))
+        if k is not None:
+            imgs.append(img)
+            lms.append(d.landmarks[k])
+    out = {}
+    for k, (name, m) in variants.items():
+        e = load_embedder(name, num_threads=1, model=m)
+        crops = [e.crop(im, lm) for im, lm in zip(imgs, lms)]
+        e.embed(crops[0])
+        best_e = best_c = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for c in crops:
+                e.embed(c)
+            best_e = min(best_e, (time.perf_counter() - t0) * 1e3 / len(crops))
+            t0 = time.perf_counter()
+            for im, lm in zip(imgs, lms):
+                e.crop(im, lm)
+            best_c = min(best_c, (time.perf_counter() - t0) * 1e3 / len(crops))
+        out[k] = (best_e, best_c)
+    return out
 
 
 # ---------------------------------------------------------------------------------- plots
 
 
-def plots(sets: dict[str, tuple[np.ndarray, np.ndarray]], t: float, out: Path) -> None:
+def plots(sets: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], thresholds: dict[str, float], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(sets)
-    fig, axes = plt.subplots(len(names), 1, figsize=(8, 2.3 * len(names)), sharex=True)
-    bins = np.linspace(0.5, 1.0, 101)
-    for ax, name in zip(np.atleast_1d(axes), names):
-        gen, imp = sets[name]
-        ax.hist(imp, bins=bins, density=True, alpha=0.6, color="tab:red", label=f"impostor (n={len(imp)})")
-        ax.hist(gen, bins=bins, density=True, alpha=0.6, color="tab:green", label=f"genuine (n={len(gen)})")
-        ax.axvline(t, color="k", ls="--", lw=1, label=f"threshold {t:.3f}")
-        ax.set_title(name, fontsize=9)
-        ax.legend(fontsize=7, loc="upper left")
-    np.atleast_1d(axes)[-1].set_xlabel("cosine similarity of sample embeddings")
-    fig.tight_layout()
-    fig.savefig(out / "genuine_impostor_hist.png", dpi=110)
-    plt.close(fig)
+    for v, by_group in sets.items():
+        fig, axes = plt.subplots(len(by_group), 1, figsize=(8, 2.2 * len(by_group)), sharex=True)
+        lo = min(float(i.min()) for _, i in by_group.values())
+        bins = np.linspace(max(-1.0, lo - 0.02), 1.0, 121)
+        for ax, (name, (gen, imp)) in zip(np.atleast_1d(axes), by_group.items()):
+            ax.hist(imp, bins=bins, density=True, alpha=0.6, color="tab:red", label=f"impostor (n={len(imp)})")
+            ax.hist(gen, bins=bins, density=True, alpha=0.6, color="tab:green", label=f"genuine (n={len(gen)})")
+            ax.axvline(thresholds[v], color="k", ls="--", lw=1, label=f"threshold {thresholds[v]:.3f}")
+            ax.set_title(f"{v}: {name}", fontsize=9)
+            ax.legend(fontsize=7, loc="upper left")
+        np.atleast_1d(axes)[-1].set_xlabel("cosine similarity of sample embeddings")
+        fig.tight_layout()
+        fig.savefig(out / f"hist_{v}.png", dpi=110)
+        plt.close(fig)
 
-    keep = [n for n in names if n not in ("clips (every3)", "clips (all)")]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 5))
-    ts = np.linspace(0.8, 1.0, 801)
-    for name in keep:
-        gen, imp = sets[name]
-        far, frr = rates(gen, imp, ts)
-        (line,) = ax.plot(ts, np.where(far > 0, far, np.nan), label=f"{name} FAR")
-        ax.plot(ts, np.where(frr > 0, frr, np.nan), "--", color=line.get_color(), label=f"{name} FRR")
-        # DET: zero rates are drawn at 0.5/n so the curves stay on log axes
-        fl_far, fl_frr = 0.5 / max(len(imp), 1), 0.5 / max(len(gen), 1)
-        bx.plot(np.maximum(far, fl_far), np.maximum(frr, fl_frr), color=line.get_color(), label=name)
-        fa, fr = far_frr(gen, imp, t)
-        bx.plot(max(fa, fl_far), max(fr, fl_frr), "o", color=line.get_color())
-    ax.axvline(t, color="k", ls=":", lw=1)
+    fig, ax = plt.subplots(figsize=(8, 6))
+    styles = ["-", "--", ":", "-."]
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
+    for vi, (v, by_group) in enumerate(sets.items()):
+        for gi, (name, (gen, imp)) in enumerate(by_group.items()):
+            ts = np.unique(np.concatenate([gen, imp]))
+            far, frr = rates(gen, imp, ts)
+            fl_far, fl_frr = 0.5 / max(len(imp), 1), 0.5 / max(len(gen), 1)
+            c = colors[gi % len(colors)]
+            ax.plot(np.maximum(far, fl_far), np.maximum(frr, fl_frr), styles[vi % len(styles)], color=c, label=f"{v}: {name}")
+            fa, fr = far_frr(gen, imp, thresholds[v])
+            ax.plot(max(fa, fl_far), max(fr, fl_frr), "o", color=c, ms=4)
+    ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("threshold (cosine)")
-    ax.set_ylabel("rate (zeros not drawn)")
-    ax.set_title(f"FAR (solid) / FRR (dashed) vs threshold; dotted: {t:.3f}", fontsize=9)
+    ax.set_xlabel("false accept rate (impostor pairs)")
+    ax.set_ylabel("false reject rate (genuine pairs)")
+    ax.set_title("DET per model (line style) and group (colour); dots at each model's threshold; zero drawn at 0.5/n", fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
-    bx.set_xscale("log")
-    bx.set_yscale("log")
-    bx.set_xlabel("false accept rate (impostor pairs)")
-    bx.set_ylabel("false reject rate (genuine pairs)")
-    bx.set_title(f"DET; dots at {t:.3f}; a zero rate is drawn at 0.5/n", fontsize=9)
-    bx.grid(True, which="both", alpha=0.3)
-    bx.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "det.png", dpi=110)
     plt.close(fig)
@@ -459,9 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--target-far", type=float, default=0.001, help="pair-level impostor accept rate to stay under")
-    ap.add_argument("--clip-frames", choices=("recognizer", "every3", "all"), default="recognizer", help="clip embedding used for the pooled set")
-    ap.add_argument("--cremad-step", type=int, default=1, help="decode every n-th CREMA-D frame (1: all)")
-    ap.add_argument("--ck-max-impostors", type=int, default=100_000)
+    ap.add_argument("--at", choices=("shipped", "rule"), default="shipped", help="evaluate at the shipped thresholds or at the rule's")
+    ap.add_argument("--splits", type=int, default=20, help="seeded enrolled/stranger splits of the Taiwanese people")
+    ap.add_argument("--time-faces", type=int, default=60, help="faces timed per model (0: no timing)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-cache", action="store_true")
@@ -470,79 +495,58 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
-    f = load_or_extract(args.data, args.out, args)
-    photos = samples(f, ("photo", "actor", "group"))
-    clips = {m: samples(f, ("cremad",), m) for m in ("recognizer", "every3", "all", "frame")}
-    ck = samples(f, ("ckplus",))
-    n_ck_faces = int((f.source == "ckplus").sum())
-    print(f"faces: {len(photos)} photo faces ({sum(x == 'group' for x in photos.source)} from group photos), "
-          f"{len(clips['frame'])} CREMA-D frames in {len(clips['all'])} clips, {n_ck_faces} CK+ faces in {len(ck)} sequences "
-          f"of {len(set(ck.ident))} subjects")
+    variants = model_variants()
+    f = load_or_extract(args.data, args.out, variants, args.threads, args.no_cache)
+    counts = {g: (int((f.group == g).sum()), len(set(f.ident[f.group == g]))) for g in GROUPS}
+    print("faces per group (detected faces, identities): " + ", ".join(f"{g} {n} / {k}" for g, (n, k) in counts.items()))
 
-    sets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    sets["photos"] = pair_scores(photos)
-    for m in ("recognizer", "every3", "all", "frame"):
-        g, _ = pair_scores(clips[m])
-        _, i = pair_scores(clips[m], photos)
-        sets[f"clips ({m})"] = (g, i)
-    main_clips = f"clips ({args.clip_frames})"
-    sets["pooled high-res"] = (np.concatenate([sets["photos"][0], sets[main_clips][0]]), np.concatenate([sets["photos"][1], sets[main_clips][1]]))
-    # the same without the two half-face crops (landmarks extrapolated off the image)
-    full = photos.select([not c.startswith("obama#1") or cap == "obama.jpg" for c, cap in zip(photos.capture, photos.names)])
-    g_full, i_full = pair_scores(full)
-    _, i_clip_full = pair_scores(clips[args.clip_frames], full)
-    sets["pooled full faces"] = (np.concatenate([g_full, sets[main_clips][0]]), np.concatenate([i_full, i_clip_full]))
-    gen, imp = pair_scores(ck)
-    if len(imp) > args.ck_max_impostors:
-        imp = np.random.default_rng(args.seed).choice(imp, args.ck_max_impostors, replace=False)
-    sets["CK+ 48px"] = (gen, imp)
+    sets: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    thresholds: dict[str, float] = {}
+    summary: dict[str, dict] = {}
+    timing = speed(args.data, variants, args.time_faces) if args.time_faces else {}
+    for v in variants:
+        s = samples(f, v)
+        by_group = {g: pair_scores(s.select(s.group == g)) for g in GROUPS}
+        by_group["high-res (taiwanese + western)"] = pair_scores(s.select(s.group != "CK+ 48px"))
+        by_group["all real faces"] = pair_scores(s)
+        sets[v] = by_group
+        gen, imp = by_group["high-res (taiwanese + western)"]
+        rule, how = choose_threshold(gen, imp, args.target_far)
+        t = THRESHOLDS[variants[v][0]] if args.at == "shipped" else rule
+        thresholds[v] = t
+        print()
+        print(f"== {v}: evaluated at {args.at} threshold {t:.3f} (shipped {THRESHOLDS[variants[v][0]]:.3f}; the rule gives {rule:.3f}: "
+              f"empirical FAR <= {args.target_far:g} at {how['empirical']:.3f}, Gaussian tail {how['gaussian']:.4f}"
+              f"{', used' if how['gaussian_guard'] else ', not needed with this many impostor pairs'})")
+        print(f"{'group':>31} | {'n_gen':>6} | {'n_imp':>8} | {'EER %':>6} | {'EER t':>6} | {'FRR@FAR0.1%':>11} | {'FAR % @t':>8} | {'FRR % @t':>8}")
+        rows = {}
+        for g, (gen, imp) in by_group.items():
+            e, et = eer(gen, imp)
+            fa, fr = far_frr(gen, imp, t)
+            f01 = frr_at_far(gen, imp, 0.001)
+            rows[g] = {"eer": e, "far": fa, "frr": fr, "frr_at_far_0.1%": f01, "n_gen": len(gen), "n_imp": len(imp)}
+            print(f"{g:>31} | {len(gen):>6} | {len(imp):>8} | {100 * e:6.2f} | {et:6.3f} | {100 * f01:10.2f}% | {100 * fa:8.3f} | {100 * fr:8.2f}")
+        tw = taiwanese_open_set(s, t, args.splits, args.seed)
+        we = western_open_set(s, t)
+        print(f"Taiwanese open set ({args.splits} splits, 10 enrolled from one neutral photo, 9 strangers): own photos routed right "
+              f"{100 * tw['own_accept']:.2f} % (verify {100 * tw['own_verified']:.2f} %, misrouted {100 * tw['own_misroute']:.2f} %) of {tw['own_n']}; "
+              f"strangers accepted {100 * tw['stranger_accept']:.2f} % of {tw['stranger_n']}")
+        print("  own photos routed right by emotion: " + ", ".join(f"{k} {100 * x:.1f}" for k, x in tw["by_emotion"].items())
+              + "; by style (0 neutral, 1 theatrical, 2 FACS, 3 personal event): " + ", ".join(f"{k}: {100 * x:.1f}" for k, x in tw["by_style"].items()))
+        print(f"western one-enrolment identification: closed set correct {100 * we['closed_correct']:.1f} % of {we['closed_n']}, "
+              f"open set accepted {100 * we['open_accept']:.2f} % of {we['open_n']}")
+        if v in timing:
+            print(f"speed (one thread, one face per call): embedding {timing[v][0]:.2f} ms, crop {timing[v][1]:.2f} ms")
+        summary[v] = {"threshold": t, "rule_threshold": rule, "groups": rows, "taiwanese_open_set": tw, "western": we, "ms": timing.get(v)}
 
-    pg, pi = sets["pooled high-res"]
-    t, how = choose_threshold(pg, pi, args.target_far)
-
-    cols = ["set", "n_gen", "n_imp", "gen_min", "gen_mean", "imp_mean", "imp_max", "EER", "@EER_t", f"FAR@{t:.3f}", f"FRR@{t:.3f}"]
+    plots(sets, thresholds, args.out)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
     print()
-    print(f"pair-level scores (cosine of sample embeddings); pooled = photos + {main_clips}")
-    print(" | ".join(f"{c:>18}" if i == 0 else f"{c:>9}" for i, c in enumerate(cols)))
-    for name, (g, i) in sets.items():
-        e, et = eer(g, i)
-        fa, fr = far_frr(g, i, t)
-        print(f"{name:>18} | {len(g):>9} | {len(i):>9} | {g.min():9.4f} | {g.mean():9.4f} | {i.mean():9.4f} | {i.max():9.4f} | {e:9.4f} | {et:9.4f} | {fa:9.5f} | {fr:9.4f}")
-
-    print()
-    print("FAR / FRR at other thresholds")
-    print(f"{'set':>18} | " + " | ".join(f"{x:>13.3f}" for x in THRESHOLDS))
-    for name, (g, i) in sets.items():
-        print(f"{name:>18} | " + " | ".join("{:>6.4f}/{:<6.3f}".format(*far_frr(g, i, x)) for x in THRESHOLDS))
-
-    hi = photos + clips[args.clip_frames]
-    hi_full = full + clips[args.clip_frames]
-    print()
-    print("identification, one enrolment per identity (rates over trials)")
-    print(f"{'set':>19} | {'threshold':>9} | {'closed n':>8} | {'correct':>7} | {'reject':>7} | {'misroute':>8} | {'open n':>7} | {'false acc':>9}")
-    for thr in sorted({t, DEFAULT_THRESHOLD, 0.90, 0.92, 0.94}):
-        for name, r in (("high-res", identification(hi, thr)), ("high-res full faces", identification(hi_full, thr)), ("CK+ 48px", ck_identification(ck, thr, args.seed))):
-            c, o = r["closed"], r["open"]
-            print(f"{name:>19} | {thr:9.3f} | {c['n']:8d} | {c['correct']:7.4f} | {c['reject']:7.4f} | {c['misroute']:8.4f} | {o['n']:7d} | {o['accept']:9.4f}")
-
-    plots({k: v for k, v in sets.items() if k != "pooled high-res"} | {"pooled high-res": sets["pooled high-res"]}, t, args.out)
-    far, frr = far_frr(pg, pi, t)
-    e, et = eer(pg, pi)
-    print()
-    print(f"threshold rule: smallest 0.005-grid t with pooled high-res impostor FAR <= {args.target_far:g} "
-          f"(empirical: {how['empirical']:.3f}), not below the Gaussian impostor tail mean+{how['z']:.2f}sd = {how['gaussian']:.4f}")
-    from statistics import NormalDist
-
-    n_acc = int((pi >= t).sum())
-    upper = 1 - 0.05 ** (1 / len(pi)) if n_acc == 0 else float("nan")  # one-sided 95 % bound for 0 events
-    gauss_far = 1 - NormalDist(float(pi.mean()), float(pi.std(ddof=1))).cdf(t)
-    print(f"pooled high-res: EER {e:.4f} at {et:.4f}; at {t:.3f}: FAR {far:.5f} ({n_acc}/{len(pi)}"
-          + (f", 95% upper bound {upper:.4f}" if n_acc == 0 else "") + f"; Gaussian tail {gauss_far:.1e}), "
-          f"FRR {frr:.4f} ({int((pg < t).sum())}/{len(pg)})")
-    fg, fi = sets["pooled full faces"]
-    print(f"pooled full faces (no half-face crops): at {t:.3f}: FAR {far_frr(fg, fi, t)[0]:.5f}, FRR {far_frr(fg, fi, t)[1]:.4f} ({int((fg < t).sum())}/{len(fg)})")
-    print(f"plots: {args.out / 'genuine_impostor_hist.png'}, {args.out / 'det.png'}  ({time.perf_counter() - t0:.0f} s)")
-    print(f"identity_threshold={t:.3f} far={far:.5f} frr={frr:.4f}")
+    print(f"plots: {args.out / 'det.png'}, {args.out}/hist_<model>.png; summary.json ({time.perf_counter() - t0:.0f} s)")
+    for v, r in summary.items():
+        ms = f"{r['ms'][0]:.2f}" if r["ms"] else "nan"
+        print(f"identity_model={v} threshold={r['threshold']:.3f} rule_threshold={r['rule_threshold']:.3f} eer_all={r['groups']['all real faces']['eer']:.4f} "
+              f"own_accept={r['taiwanese_open_set']['own_accept']:.4f} stranger_accept={r['taiwanese_open_set']['stranger_accept']:.4f} ms={ms}")
     return 0
 
 

@@ -37,6 +37,12 @@ core it is several times slower on a loaded 2-core machine, spin-waiting).
     nice -n 10 python benchmarks/pipeline_speed.py [--repeat 3] [--no-peer]
 
 Ends with the key figure: the end-to-end speed-up over the peer on the CREMA-D clips.
+
+``--enrolled-only`` measures only the CREMA-D clips end to end with users enrolled (so every
+face track is also embedded and matched for identity), for each identity model in
+``--identity`` (default: both), against the same run with nobody enrolled:
+
+    nice -n 10 python benchmarks/pipeline_speed.py --enrolled-only [--identity mobilefacenet] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -342,6 +348,36 @@ def noise_floor(rec: Any, clips: list[Path]) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- main
+def enrolled_speed(identities: list[str], repeat: int) -> None:
+    """CREMA-D clips end to end (``detect_every=10``) with 11 users enrolled -- actor 1001
+    (from one frame of another clip, so that the clips' tracks match her), Obama, Biden and 8
+    RAVDESS actors -- for each identity model, next to the same Recognizer with nobody enrolled."""
+    import emoadapt
+    from emoadapt.video import Sampling, iter_frames
+
+    clips = sorted((DATA / "clips" / "cremad").glob("*.flv"))
+    faces = DATA / "faces"
+    photos = {"obama": faces / "identity" / "obama.jpg", "biden": faces / "identity" / "biden.jpg"}
+    photos |= {f"actor{i:02d}": faces / "ravdess_actors" / f"Actor_{i:02d}.png" for i in range(1, 9)}
+    frame_1001 = next(iter_frames(clips[0], sampling=Sampling(step=30))).image
+    print(f"machine: {os.cpu_count()} CPUs, load average {load_avg()} (other jobs running); best of {repeat} passes", flush=True)
+    rows = []
+    for ident in identities:
+        with tempfile.TemporaryDirectory() as home:
+            rec = emoadapt.Recognizer(home=home, identity=ident)
+            empty = end_to_end(lambda every, r=rec: r, clips, repeat, 10)
+            rec.enroll("1001", frame_1001)
+            for user, p in photos.items():
+                rec.enroll(user, str(p))
+            full = end_to_end(lambda every, r=rec: r, clips, repeat, 10)
+            routed = sum(r.user == "1001" for r in full["results"])
+            rows.append([ident, f"{empty['fps_wall']:.1f} / {empty['fps_cpu']:.1f}", f"{full['fps_wall']:.1f} / {full['fps_cpu']:.1f}",
+                         f"{routed}/{len(clips)}"])
+            rec.close()
+    print(table(f"CREMA-D clips end to end, fps wall / CPU (best of {repeat}; load average now {load_avg()})",
+                ["identity model", "nobody enrolled", "11 users enrolled", "clips routed to 1001"], rows))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=3, help="passes per measurement; the best is kept (default 3)")
@@ -350,7 +386,12 @@ def main() -> None:
     ap.add_argument("--peer-threads", type=int, default=1, help="torch threads for the peer (default 1, like ours)")
     ap.add_argument("--peer-repeat", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT / "speed.json")
+    ap.add_argument("--enrolled-only", action="store_true", help="only the CREMA-D clips end to end, with users enrolled vs none")
+    ap.add_argument("--identity", nargs="+", default=["mobilefacenet", "dlib_resnet"], help="identity models for --enrolled-only")
     args = ap.parse_args()
+    if args.enrolled_only:
+        enrolled_speed(args.identity, args.repeat)
+        return
 
     import emoadapt
 

@@ -1,120 +1,201 @@
 """Command-line interface: ``emoadapt predict``, ``emoadapt annotate`` and user management.
 
     emoadapt predict clip.mp4 other.avi          # one line per clip
-    emoadapt predict --json clips/*.mp4          # machine-readable
+    emoadapt predict --format json clips/*.mp4   # machine-readable (--json is the same)
+    emoadapt predict --format csv clip.mp4       # one row per face per frame
     emoadapt annotate clip.mp4 -o annotated.mp4  # boxes and labels drawn on every frame
     emoadapt enroll alice alice1.mp4 alice.jpg   # register a face
     emoadapt correct clip.mp4 surprise           # feedback (user recognised by face)
     emoadapt adapt alice; emoadapt users; emoadapt forget alice
+
+Common options (``--home``, ``--backbone``, ``-v``, ``-q``) go before or after the command.
+stderr carries emoadapt's own messages only (``emoadapt: error: ...``); progress bars appear
+only on a terminal.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import json
 import logging
+import os
+import re
 import sys
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from .errors import EmoadaptError
+from .errors import EmoadaptError, InvalidInputError
 
 log = logging.getLogger("emoadapt.cli")
 
-#: BGR colours per emotion for annotated videos.
-COLORS: dict[str, tuple[int, int, int]] = {
-    "angry": (0, 0, 255),
-    "disgust": (0, 128, 0),
-    "fear": (128, 0, 128),
-    "happy": (0, 215, 255),
-    "sad": (255, 0, 0),
-    "surprise": (255, 255, 0),
-    "neutral": (200, 200, 200),
-}
+T = TypeVar("T")
 
 
 def _recognizer(args: argparse.Namespace, **kw: Any):
     from .recognizer import Recognizer
 
-    return Recognizer(home=args.home, backbone=args.backbone, **kw)
+    return Recognizer(home=args.home, backbone=args.backbone, identity=args.identity, **kw)
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
     return {"fps": args.fps, "max_frames": args.max_frames}
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def _show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal (never into a pipe or a log file) and never with -q."""
+    return not args.quiet and sys.stderr.isatty()
+
+
+def _bar(args: argparse.Namespace, items: Iterable[T], **kw: Any) -> Iterable[T]:
+    if not _show_progress(args):
+        return items
     from tqdm.auto import tqdm
 
+    return tqdm(items, leave=False, file=sys.stderr, dynamic_ncols=True, **kw)
+
+
+def _predict_error(args: argparse.Namespace, e: EmoadaptError) -> str:
+    return f"{type(e).__name__}: {cli_message(e, args.parser) if 'parser' in args else e}"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
     rec = _recognizer(args)
-    status = 0
+    fmt = args.format
+    failed = 0
     many = len(args.clips) > 1
     out: list[dict[str, Any]] = []
-    for clip in tqdm(args.clips, unit="clip", disable=not many or args.quiet, leave=False, file=sys.stderr):
+    writer: csv.DictWriter | None = None
+    for clip in _bar(args, args.clips, unit="clip", disable=not many):
         try:
-            res = rec.predict(clip, progress=not many and not args.quiet and sys.stderr.isatty(), **_sampling(args))
-        except EmoadaptError as e:
-            status = 1
-            log.error("%s: %s", clip, e)
-            if args.json:
-                out.append({"clip": str(clip), "error": f"{type(e).__name__}: {e}"})
+            res = rec.predict(clip, progress=not many and _show_progress(args), **_sampling(args))
+        except Exception as e:  # noqa: BLE001 - one clip's failure must not lose the others' results
+            # each error is reported once: in the results where the format has a place for it
+            # (a text line, a JSON object), else (csv) on stderr
+            failed += 1
+            if not isinstance(e, EmoadaptError):  # a bug: reported with its traceback at -v
+                log.debug("unexpected error on %s", clip, exc_info=True)
+            msg = _predict_error(args, e) if isinstance(e, EmoadaptError) else f"{type(e).__name__}: {e}"
+            if fmt == "json":
+                out.append({"clip": str(clip), "error": msg})
+            elif fmt == "text":
+                print(f"{clip}\tERROR\t{msg}", flush=True)
             else:
-                print(f"{clip}\tERROR\t{type(e).__name__}: {e}", flush=True)
+                log.error("%s: %s", clip, msg)
             continue
-        if args.json:
+        if fmt == "json":
             d = res.to_dict()
             if not args.timeline:
                 d.pop("timeline")
             out.append({"clip": str(clip), **d})
+        elif fmt == "csv":
+            rows = res.rows(args.table)
+            if rows and writer is None:
+                writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
+                writer.writeheader()
+            if writer is not None:
+                writer.writerows(rows)
+            sys.stdout.flush()
         else:
             top = "  ".join(f"{k} {v:.2f}" for k, v in res.top(3))
             label = res.label if res.label is not None else "(no face)"
             user = f"\tuser={res.user}" if res.user else ""
             print(f"{clip}\t{label}\t{top}\tfaces {res.faces}/{res.frames}{user}", flush=True)
-    if args.json:
+    if fmt == "json":
         json.dump(out if many else out[0], sys.stdout, indent=2)
         print()
-    return status
+    if failed and fmt != "csv" and not sys.stdout.isatty():
+        log.error("%d of %d clip(s) could not be analysed (errors in the output)", failed, len(args.clips))
+    return 1 if failed else 0
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name the same file (any spelling, symlink or hard link)."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
+    """Write the annotated video to a temporary file beside the output and rename it over the
+    output only when every frame was written: the input is never the output, and a failure
+    (codec, container, decoding) leaves a pre-existing output file as it was."""
     import cv2
-    from tqdm.auto import tqdm
 
-    from .video import Sampling, iter_frames, video_info
+    from ._paths import as_path
+    from .annotate import annotated_frames
+    from .video import Sampling, video_info
 
+    src = as_path(args.clip, "clip")
+    out = as_path(args.output, "output").expanduser()
+    if _same_file(src, out) or os.path.abspath(src) == os.path.abspath(out):
+        raise InvalidInputError(f"the output {out} is the input clip: choose another file name")
+    if not out.parent.is_dir():
+        raise InvalidInputError(f"the output's directory {out.parent} does not exist")
+    if out.is_dir():
+        raise InvalidInputError(f"the output {out} is a directory")
     rec = _recognizer(args)
-    src = Path(args.clip)
     try:
         fps = video_info(src)["fps"] or 25.0
     except EmoadaptError:
         fps = 25.0
     if args.fps:
         fps = min(fps, args.fps)
-    writer = None
-    n_faces = 0
+    # the suffix is kept: OpenCV picks the container from it
     try:
-        frames = iter_frames(src, sampling=Sampling(fps=args.fps, max_frames=args.max_frames))
-        for fr in tqdm(frames, unit="frame", disable=args.quiet, leave=False, file=sys.stderr):
-            img = cv2.cvtColor(fr.image, cv2.COLOR_RGB2BGR)
+        fd, name = tempfile.mkstemp(dir=out.parent, prefix=".emoadapt-annotate-", suffix=f".part{out.suffix[:32]}")
+    except OSError as e:
+        raise InvalidInputError(f"cannot write in {out.parent}: {e.strerror or e}") from e
+    os.close(fd)
+    tmp = Path(name)
+    writer = None
+    n_faces = n_frames = 0
+    ok = False
+    try:
+        frames = annotated_frames(rec, src, sampling=Sampling(fps=args.fps, max_frames=args.max_frames), window=args.window or None)
+        for _, img, faces in _bar(args, frames, unit="frame"):
             if writer is None:
                 h, w = img.shape[:2]
-                writer = cv2.VideoWriter(str(args.output), cv2.VideoWriter_fourcc(*args.fourcc), fps, (w, h))
-                if not writer.isOpened():
-                    log.error("cannot open %s for writing with codec %s", args.output, args.fourcc)
+                try:
+                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*args.fourcc), fps, (w, h))
+                    opened = writer.isOpened()
+                except cv2.error:
+                    opened = False
+                if not opened:
+                    log.error("cannot write %s with codec %s (container %r): %s left unchanged", out.name, args.fourcc, out.suffix, out)
                     return 1
-            for face in rec.faces_in(fr.image):
-                n_faces += 1
-                draw_face(img, face.box, face.label, face.probabilities[face.label])
-            writer.write(img)
+            n_faces += len(faces)
+            writer.write(img)  # type: ignore[union-attr]  # opened above
+            n_frames += 1
+        if writer is not None:
+            writer.release()
+            writer = None
+        if n_frames == 0 or tmp.stat().st_size == 0:
+            log.error("%s: nothing was written; %s left unchanged", src, out)
+            return 1
+        os.replace(tmp, out)
+        ok = True
     except EmoadaptError as e:
-        log.error("%s: %s", src, e)
+        log.error("%s: %s (%s left unchanged)", src, e, out)
         return 1
     finally:
         if writer is not None:
             writer.release()
-    print(f"wrote {args.output} ({n_faces} faces labelled)")
+        if not ok:
+            tmp.unlink(missing_ok=True)
+    print(f"wrote {out} ({n_frames} frames, {n_faces} faces labelled)")
     return 0
+
+
+def _fourcc(value: str) -> str:
+    """argparse type of ``--fourcc``: exactly four printable ASCII characters."""
+    if len(value) != 4 or not all(32 <= ord(c) < 127 for c in value):
+        raise argparse.ArgumentTypeError(f"a FourCC is exactly 4 printable ASCII characters (e.g. mp4v, MJPG, XVID), got {value!r}")
+    return value
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
@@ -143,9 +224,11 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 def cmd_users(args: argparse.Namespace) -> int:
     rec = _recognizer(args)
+    stale = rec.reenrol_needed()
     for u in rec.users():
         n = len(rec.corrections(u))
-        print(f"{u}\t{n} corrections")
+        note = f"\tre-enrol needed (enrolled with {', '.join(stale[u])} only)" if u in stale else ""
+        print(f"{u}\t{n} corrections{note}")
     return 0
 
 
@@ -155,85 +238,233 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
-def draw_face(img, box, label: str, prob: float) -> None:
-    """Draw a coloured box and the emotion's name on a BGR image in place."""
-    import cv2
+# -- parser -----------------------------------------------------------------------------------
+_COMMON = ("home", "backbone", "identity", "verbose", "quiet")
 
-    color = COLORS.get(label, (255, 255, 255))
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
-    t = max(1, round(min(img.shape[:2]) / 240))
-    cv2.rectangle(img, (x1, y1), (x2, y2), color, t)
-    text = f"{label} {prob:.0%}"
-    scale = max(0.4, min(img.shape[:2]) / 720)
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, t)
-    ty = y1 - 4 if y1 - th - base - 4 >= 0 else y2 + th + 4
-    cv2.rectangle(img, (x1, ty - th - base), (x1 + tw + 4, ty + base), color, -1)
-    cv2.putText(img, text, (x1 + 2, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), t, cv2.LINE_AA)
+
+def _emotion_backbones() -> list[str] | None:
+    """Emotion backbones of the manifest (``None`` when it cannot be read: the Recognizer then
+    reports the problem)."""
+    try:
+        from .zoo import manifest
+
+        return sorted(k for k, v in manifest()["models"].items() if v.get("kind") == "emotion_backbone")
+    except (EmoadaptError, AttributeError, KeyError, TypeError):
+        return None
+
+
+def _add_common(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """Options every command takes, before or after the command's name.
+
+    On the subcommands they default to SUPPRESS and land in ``sub_*`` attributes, so that a
+    value given after the command overrides one given before it and an absent one leaves it
+    alone; :func:`_merge_common` then combines them.
+    """
+    g = p.add_argument_group("common options (before or after the command)")
+    pre = "" if top else "sub_"
+    dflt: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
+    backbones = _emotion_backbones()
+    g.add_argument("--home", dest=pre + "home", metavar="DIR", **dflt,
+                   help="user data directory: enrolments, corrections, personal heads (default: $EMOADAPT_HOME, "
+                        "else $XDG_DATA_HOME/emoadapt or ~/.local/share/emoadapt)")
+    g.add_argument("--backbone", dest=pre + "backbone", choices=backbones, metavar="NAME", **dflt,
+                   help="emotion backbone" + (f", one of: {', '.join(backbones)}" if backbones else "")
+                        + " (default: the manifest's default)")
+    g.add_argument("--identity", dest=pre + "identity", choices=("mobilefacenet", "dlib_resnet"), metavar="NAME",
+                   **({"default": "mobilefacenet"} if top else dflt),
+                   help="identity model that recognises enrolled users: mobilefacenet (default) or dlib_resnet; "
+                        "users enrolled with the other one must be re-enrolled")
+    g.add_argument("-v", "--verbose", dest=pre + "verbose", action="count", **({"default": 0} if top else dflt),
+                   help="more messages: -v progress information, -vv debugging, including the video decoder's and "
+                        "OpenCV's own")
+    g.add_argument("-q", "--quiet", dest=pre + "quiet", action="store_true", **({"default": False} if top else dflt),
+                   help="no progress bars and no warnings, only errors")
+
+
+def _merge_common(args: argparse.Namespace) -> argparse.Namespace:
+    for name in _COMMON:
+        sub = getattr(args, "sub_" + name, None)
+        if sub is not None:
+            if name == "verbose":
+                sub += args.verbose
+            setattr(args, name, sub)
+        if hasattr(args, "sub_" + name):
+            delattr(args, "sub_" + name)
+    return args
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``emoadapt`` argument parser (also what the documentation's CLI page is made from)."""
+    from . import __version__
+
     ap = argparse.ArgumentParser(prog="emoadapt", description="On-device, personalized facial-emotion recognition in video.")
-    ap.add_argument("--home", help="user data directory (default: $EMOADAPT_HOME or ~/.local/share/emoadapt)")
-    ap.add_argument("--backbone", help="emotion backbone (a model name from the manifest)")
-    ap.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}", help="print the version and exit")
+    _add_common(ap, top=True)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands",
+                            help="what to do (emoadapt COMMAND --help for its options)")
+
+    def command(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + ".")
+        _add_common(p, top=False)
+        return p
 
     def sampling(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--fps", type=float, help="sample about this many frames per second")
-        p.add_argument("--max-frames", type=int, help="use at most this many frames per clip")
+        g = p.add_argument_group("frame sampling")
+        g.add_argument("--fps", type=float, metavar="RATE", help="analyse about RATE frames per second of video (default: every frame)")
+        g.add_argument("--max-frames", type=int, metavar="N", help="analyse at most N frames per clip (default: all)")
 
-    p = sub.add_parser("predict", help="predict the emotion of each clip")
-    p.add_argument("clips", nargs="+", help="video or image files")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--timeline", action="store_true", help="include per-frame results in --json output")
+    p = command("predict", "predict the emotion of each clip",
+                "Predict the emotion of each clip: one text line, JSON object or CSV rows per clip. "
+                "Faces are tracked; a recognised enrolled user's personal head is used for their face.")
+    p.add_argument("clips", nargs="+", metavar="CLIP", help="video or image files")
+    p.add_argument("--format", choices=("text", "json", "csv"), default="text",
+                   help="output: text (one line per clip, default), json, or csv (one row per face per frame, "
+                        "or per face track with --table clips)")
+    p.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
+    p.add_argument("--timeline", action="store_true", help="include per-frame results in JSON output (needs --format json)")
+    p.add_argument("--table", choices=("frames", "clips"), default="frames",
+                   help="with --format csv: one row per face per frame (frames, default) or per face track of each clip (clips)")
     sampling(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("annotate", help="write the video with each face boxed and labelled")
-    p.add_argument("clip")
-    p.add_argument("-o", "--output", required=True, type=Path)
-    p.add_argument("--fourcc", default="mp4v", help="video codec (default mp4v)")
+    p = command("annotate", "write the video with each face boxed and labelled",
+                "Write the video with each face boxed and labelled with its emotion, as predict analyses it "
+                "(face tracks, personal heads of recognised users); one label per face track and window.")
+    p.add_argument("clip", metavar="CLIP", help="the video to annotate")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="FILE", help="the annotated video to write")
+    p.add_argument("--fourcc", default="mp4v", type=_fourcc, help="four-character video codec of the output (default mp4v)")
+    p.add_argument("--window", type=float, default=1.0, metavar="SECONDS",
+                   help="a face's label is decided per window of this many seconds (default 1; 0: one label per face track)")
     sampling(p)
     p.set_defaults(func=cmd_annotate)
 
-    p = sub.add_parser("enroll", help="register a user's face from clips or photos")
-    p.add_argument("user")
-    p.add_argument("clips", nargs="+")
+    p = command("enroll", "register a user's face from clips or photos")
+    p.add_argument("user", metavar="USER", help="the user's name")
+    p.add_argument("clips", nargs="+", metavar="CLIP", help="videos or photos of the user's face (one embedding each)")
     sampling(p)
     p.set_defaults(func=cmd_enroll)
 
-    p = sub.add_parser("correct", help="record the true emotion of a clip (personalization feedback)")
-    p.add_argument("clip")
-    p.add_argument("label")
-    p.add_argument("--user", help="whose correction (default: recognised from the face)")
+    p = command("correct", "record the true emotion of a clip (personalization feedback)")
+    p.add_argument("clip", metavar="CLIP", help="the video or image")
+    p.add_argument("label", metavar="LABEL", help="its true emotion (one of the model's classes)")
+    p.add_argument("--user", help="whose correction (default: recognised from the face); a new name is enrolled from the clip")
     p.add_argument("--force", action="store_true", help="record it even if the face does not match --user")
-    p.add_argument("--adapt-every", type=int, default=5, help="fine-tune after this many new corrections (0: never)")
+    p.add_argument("--adapt-every", type=int, default=5, metavar="N", help="fine-tune after every N new corrections (0: never; default 5)")
     sampling(p)
     p.set_defaults(func=cmd_correct)
 
-    p = sub.add_parser("adapt", help="adapt a user's personal head now; prints what the guard chose and its evidence")
-    p.add_argument("user")
-    p.add_argument("--json", action="store_true")
+    p = command("adapt", "adapt a user's personal head now; prints what the guard chose and its evidence")
+    p.add_argument("user", metavar="USER", help="an enrolled user")
+    p.add_argument("--json", action="store_true", help="print the adaptation report as JSON")
     p.set_defaults(func=cmd_adapt)
 
-    p = sub.add_parser("users", help="list enrolled users")
+    p = command("users", "list enrolled users")
     p.set_defaults(func=cmd_users)
 
-    p = sub.add_parser("forget", help="delete every trace of a user")
-    p.add_argument("user")
+    p = command("forget", "delete every trace of a user")
+    p.add_argument("user", metavar="USER", help="the user to delete (profile, embeddings, corrections, heads)")
     p.set_defaults(func=cmd_forget)
     return ap
 
 
+def _check(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Option combinations argparse cannot express (reported like argparse's own errors)."""
+    if args.command == "predict":
+        ap = next(p for p in _subparsers(ap) if p.prog.endswith(" predict"))
+        if args.timeline and args.format != "json":
+            ap.error("--timeline applies to --format json only (--format csv is one row per frame already)")
+        if args.table != "frames" and args.format != "csv":
+            ap.error("--table applies to --format csv only")
+
+
+# -- messages ---------------------------------------------------------------------------------
+def cli_message(e: BaseException, parser: argparse.ArgumentParser) -> str:
+    """An exception's message in the CLI's words: a Python argument the message names
+    (``user=``, ``force=True``) becomes the command's option (``--user``, ``--force``)."""
+    flags: dict[str, str] = {}
+    for p in [parser, *_subparsers(parser)]:
+        for a in p._actions:
+            long = [o for o in a.option_strings if o.startswith("--")]
+            if long and a.dest not in flags:
+                flags[a.dest] = long[0]
+
+    def sub(m: re.Match[str]) -> str:
+        flag = flags.get(m.group(1))
+        if flag is None:
+            return m.group(0)
+        return flag if m.group(2) else f"{flag} {m.group(1).upper()}"
+
+    return re.sub(r"\b([a-z_]+)=(True)?(?![\w'\"])", sub, str(e))
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    return [p for a in parser._actions if isinstance(a, argparse._SubParsersAction) for p in a.choices.values()]
+
+
+class _Formatter(logging.Formatter):
+    """``emoadapt: error: message`` (with the logger's name when verbose)."""
+
+    def __init__(self, verbose: int) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def format(self, record: logging.LogRecord) -> str:
+        where = f" [{record.name}]" if self.verbose else ""
+        msg = f"emoadapt: {record.levelname.lower()}{where}: {record.getMessage()}"
+        if record.exc_info and self.verbose > 1:
+            msg += "\n" + self.formatException(record.exc_info)
+        return msg
+
+
+def quiet_native_logs(verbose: int = 0) -> None:
+    """Silence what FFmpeg and OpenCV print to stderr themselves (their failures reach us as
+    errors and return values, which emoadapt reports in its own words); kept at -vv.
+
+    The TFLite runtime's routine notice is filtered where interpreters are made
+    (:func:`emoadapt.zoo.load_interpreter`)."""
+    if verbose >= 2:
+        return
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read at the first capture
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+    import cv2
+
+    with contextlib.suppress(AttributeError, cv2.error):
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.ERROR if args.quiet else logging.WARNING - 10 * min(args.verbose, 2)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(args.verbose))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+@contextlib.contextmanager
+def _logs_beside_bars(args: argparse.Namespace) -> Iterator[None]:
+    """While a progress bar may be on screen, log lines are written above it, not into it."""
+    if not _show_progress(args):
+        yield
+        return
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm():
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    ap = build_parser()
+    args = _merge_common(ap.parse_args(argv))
+    _check(ap, args)
+    args.parser = ap
+    _setup_logging(args)
+    quiet_native_logs(args.verbose)
     try:
-        return int(args.func(args) or 0)
+        with _logs_beside_bars(args):
+            return int(args.func(args) or 0)
     except EmoadaptError as e:
-        log.error("%s", e)
+        log.error("%s", cli_message(e, ap), exc_info=args.verbose > 1)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -67,6 +67,11 @@ _PIXEL_BUDGET = 2_000_000
 _PNET_BAND_PIXELS = 16_384
 #: :meth:`MTCNN.refine` feeds O-Net a square of this many times the tracked box's longer side
 TRACK_SQUARE = 0.9
+#: :meth:`MTCNN.detect` searches an image (or region) of more pixels than this on a copy
+#: downscaled to this many pixels (area averaging), and maps the boxes and landmarks back:
+#: bounds the detector's memory for any input (4K frames, 48 MP photos) at the cost of faces
+#: smaller than ``max(min_face_size, 12 / scale)`` pixels in such images
+MAX_DETECT_PIXELS = 1 << 22  # 4.19 M, e.g. 2731x1536
 
 
 @dataclass(frozen=True, eq=False)
@@ -323,13 +328,13 @@ class _BudgetLRU:
 class _Net:
     """One TFLite model, with one allocated interpreter per input shape (cached, LRU)."""
 
-    def __init__(self, name: str, num_threads: int, cache_budget: int) -> None:
+    def __init__(self, name: str, content: bytes, num_threads: int, cache_budget: int) -> None:
         self.name = name
-        self._path = zoo.model_path(name)  # sha256-verified
-        self._content = self._path.read_bytes()
+        self._content = content  # sha256-verified bytes (zoo.model_bytes)
         self._threads = num_threads
         self._cache = _BudgetLRU(cache_budget)  # budget in input elements
-        self.input_shape = tuple(self._make(None)[3])
+        self._probe = self._make(None)  # kept: an interpreter is never dropped right after it is made
+        self.input_shape = tuple(self._probe[3])
 
     def _make(self, shape: tuple[int, ...] | None):
         from ai_edge_litert.interpreter import Interpreter
@@ -342,7 +347,7 @@ class _Net:
                 it.allocate_tensors()
             outs = {int(o["shape_signature"][-1]): int(o["index"]) for o in it.get_output_details()}
         except (ValueError, RuntimeError) as e:
-            raise ModelIntegrityError(f"TFLite could not load {self._path.name}: {e}") from e
+            raise ModelIntegrityError(f"TFLite could not load {self.name}: {e}") from e
         return it, int(d["index"]), outs, [int(v) for v in d["shape_signature"]]
 
     def run(self, x: np.ndarray) -> dict[int, np.ndarray]:
@@ -386,7 +391,9 @@ class MTCNN:
         num_threads: TFLite threads per network (default ``$EMOADAPT_THREADS`` or 1).
 
     The interpreters are created here and reused (one per input shape, see the module
-    docstring). ``detect`` is thread-safe (a lock serialises calls on one instance).
+    docstring); the three networks are leased from a process-wide pool
+    (:class:`emoadapt.zoo.Lease`) and given back by :meth:`close` or when the detector is
+    collected. ``detect`` is thread-safe (a lock serialises calls on one instance).
 
     Example:
         >>> det = MTCNN()
@@ -409,17 +416,40 @@ class MTCNN:
         if not 0.0 < float(factor) < 1.0:
             raise InvalidInputError(f"factor must be in (0, 1), got {factor!r}")
         self.factor = float(factor)
-        threads = zoo.default_threads() if num_threads is None else int(num_threads)
-        if threads < 1:
-            raise InvalidInputError(f"num_threads must be >= 1, got {num_threads!r}")
+        threads = zoo.check_threads(num_threads)
         self.num_threads = threads
-        # budgets in input elements: P-Net see _PIXEL_BUDGET; R-/O-Net all batch sizes <= 64
-        self._pnet = _Net("mtcnn_pnet", threads, cache_budget=3 * _PIXEL_BUDGET)
-        self._rnet = _Net("mtcnn_rnet", threads, cache_budget=128 * 24 * 24 * 3)
-        self._onet = _Net("mtcnn_onet", threads, cache_budget=128 * 48 * 48 * 3)
+        content = {n: zoo.model_bytes(n) for n in ("mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet")}
+
+        def nets() -> tuple[_Net, _Net, _Net]:
+            # budgets in input elements: P-Net see _PIXEL_BUDGET; R-/O-Net all batch sizes <= 64
+            return (_Net("mtcnn_pnet", content["mtcnn_pnet"][0], threads, cache_budget=3 * _PIXEL_BUDGET),
+                    _Net("mtcnn_rnet", content["mtcnn_rnet"][0], threads, cache_budget=128 * 24 * 24 * 3),
+                    _Net("mtcnn_onet", content["mtcnn_onet"][0], threads, cache_budget=128 * 48 * 48 * 3))
+
+        # the three networks (with their per-shape interpreters) are leased from the
+        # process-wide pool and given back, not destroyed, by close() or collection
+        self._nets = zoo.Lease(("mtcnn", tuple(d for _, d in content.values()), threads), nets)
+        self._nets.get()
         self._lock = threading.Lock()
         self._levels = _BudgetLRU(3 * _PIXEL_BUDGET)
         self._ii: np.ndarray | None = None
+
+    @property
+    def _pnet(self) -> _Net:
+        return self._nets.get()[0]
+
+    @property
+    def _rnet(self) -> _Net:
+        return self._nets.get()[1]
+
+    @property
+    def _onet(self) -> _Net:
+        return self._nets.get()[2]
+
+    def close(self) -> None:
+        """Give the networks back to the process-wide pool (leased again when next used)."""
+        with self._lock:
+            self._nets.release()
 
     def _level(self, h: int, w: int, hs: int, ws: int, dtype: np.dtype) -> _PyramidLevel:
         key = (h, w, hs, ws, np.dtype(dtype).num)
@@ -485,15 +515,35 @@ class MTCNN:
         if roi is not None:
             x1, y1, x2, y2 = self._roi(roi, img.shape[0], img.shape[1])
             with self._lock:
-                det = self._detect(np.ascontiguousarray(img[y1:y2, x1:x2]), mfs)
+                det = self._detect_capped(img[y1:y2, x1:x2], mfs)
             return det.shifted(x1, y1) if len(det) else det
         with self._lock:
-            return self._detect(img, mfs)
+            return self._detect_capped(img, mfs)
+
+    def _detect_capped(self, img: np.ndarray, min_face_size: float) -> Detections:
+        """:meth:`_detect` on ``img``, or on a copy downscaled to :data:`MAX_DETECT_PIXELS`
+        when larger (results mapped back to ``img``'s pixels)."""
+        h, w = img.shape[:2]
+        if h * w <= MAX_DETECT_PIXELS:
+            return self._detect(np.ascontiguousarray(img), min_face_size)
+        s = math.sqrt(MAX_DETECT_PIXELS / (h * w))
+        ws, hs = max(1, int(w * s)), max(1, int(h * s))
+        small = cv2.resize(img, (ws, hs), interpolation=cv2.INTER_AREA)
+        log.debug("detecting on %dx%d instead of %dx%d (MAX_DETECT_PIXELS)", ws, hs, w, h)
+        # the same physical face size, but never a pyramid that starts above the small copy
+        det = self._detect(small, max(min_face_size * ws / w, 12.0))
+        if len(det) == 0:
+            return det
+        sx, sy = _F32(w / ws), _F32(h / hs)
+        return Detections(det.boxes * np.array([sx, sy, sx, sy], _F32), det.scores, det.landmarks * np.array([sx, sy], _F32))
 
     def detect_batch(self, images: Iterable[Any], **kw: Any) -> list[Detections]:
         """:meth:`detect` on each image of a list / ``(B, H, W, 3)`` array / iterable."""
         if isinstance(images, np.ndarray) and images.ndim != 4:
             raise InvalidInputError(f"a batch array must be (B, H, W, 3), got shape {images.shape}")
+        unknown = sorted(set(kw) - {"roi", "min_face_size"})
+        if unknown:
+            raise InvalidInputError(f"detect_batch: unexpected keyword argument(s) {unknown}; accepted: ['min_face_size', 'roi']")
         return [self.detect(im, **kw) for im in images]
 
     def refine(self, image: np.ndarray, boxes: Any) -> Detections:

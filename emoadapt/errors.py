@@ -36,6 +36,9 @@ class StoreError(EmoadaptError):
 class UnknownUserError(EmoadaptError, KeyError):
     """A user name that is not enrolled."""
 
+    def __str__(self) -> str:  # the message as given, not KeyError's repr of it (no stray quotes)
+        return Exception.__str__(self)
+
 
 class IdentityMismatchError(EmoadaptError):
     """A correction names a user whose enrolled face does not match the face in the clip."""

@@ -10,6 +10,7 @@ and resized to the model's input spec here.
 from __future__ import annotations
 
 import logging
+import numbers
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -51,7 +52,10 @@ class Backbone:
             mirrored face costs a second pass); ``1.0`` mirrors every face. Default: the
             manifest's ``tta_threshold`` for this model, else 1.0.
 
-    Thread-safe: one lock serialises invocations of the shared interpreter.
+    Thread-safe: one lock serialises invocations of the interpreter. The interpreter is
+    leased from a process-wide pool (:class:`emoadapt.zoo.Lease`) and given back, not
+    destroyed, by :meth:`close` or when the backbone is collected; a closed backbone leases
+    one again when used.
     """
 
     def __init__(
@@ -87,19 +91,33 @@ class Backbone:
             raise InvalidInputError(f"tta_threshold must be a number in (0, 1], got {thr!r}") from e
         if not 0.0 < self.tta_threshold <= 1.0:
             raise InvalidInputError(f"tta_threshold must be in (0, 1], got {thr!r}")
-        if batch_size < 1:
-            raise InvalidInputError("batch_size must be >= 1")
-        self.batch_size = int(batch_size)
-        self._interp = zoo.load_interpreter(self.name, num_threads)
-        self._in = self._interp.get_input_details()[0]
-        self._batch = int(self._in["shape"][0])
-        self._lock = threading.Lock()
-        self._out_idx = self._match_outputs()
-        self.dim: int = self._feature_dim()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or not 1 <= batch_size <= 1 << 16:
+            raise InvalidInputError(f"batch_size must be an int in 1..65536, got {batch_size!r}")
+        self.batch_size: int = int(batch_size)
+        self._lease: zoo.Lease = zoo.interpreter_lease(self.name, num_threads)
+        interp = self._lease.get()
+        self._in_index: int = int(interp.get_input_details()[0]["index"])
+        self._lock: threading.Lock = threading.Lock()
+        self._out_idx = self._match_outputs(interp)
+        outs = interp.get_output_details()
+        self._out_tensors: tuple[int, int] = (int(outs[self._out_idx[0]]["index"]), int(outs[self._out_idx[1]]["index"]))
+        self.dim: int = int(outs[self._out_idx[1]]["shape"][-1])
+
+    def close(self) -> None:
+        """Give the interpreter back to the process-wide pool (the backbone stays usable: it
+        leases one again when next used)."""
+        with self._lock:
+            self._lease.release()
+
+    def __enter__(self) -> Backbone:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     # -- model plumbing ---------------------------------------------------------------
-    def _match_outputs(self) -> tuple[int, int]:
-        outs = self._interp.get_output_details()
+    def _match_outputs(self, interp: Any) -> tuple[int, int]:
+        outs = interp.get_output_details()
         spec = self.entry.get("outputs", {})
         n_cls = len(self.classes)
         by_name = {d["name"]: i for i, d in enumerate(outs)}
@@ -112,10 +130,6 @@ class Backbone:
             pi = dims.index(n_cls)
             fi = 1 - pi
         return pi, fi
-
-    def _feature_dim(self) -> int:
-        d = self._interp.get_output_details()[self._out_idx[1]]
-        return int(d["shape"][-1])
 
     # -- input handling -----------------------------------------------------------------
     def prepare(self, faces: Any) -> np.ndarray:
@@ -162,16 +176,15 @@ class Backbone:
 
     # -- inference ------------------------------------------------------------------------
     def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pi, fi = self._out_idx
-        outs = self._interp.get_output_details()
-        with self._lock:
-            if self._batch != len(x):
-                self._interp.resize_tensor_input(self._in["index"], [len(x), *x.shape[1:]])
-                self._interp.allocate_tensors()
-                self._batch = len(x)
-            self._interp.set_tensor(self._in["index"], x)
-            self._interp.invoke()
-            return self._interp.get_tensor(outs[pi]["index"]).copy(), self._interp.get_tensor(outs[fi]["index"]).copy()
+        pi, fi = self._out_tensors
+        with self._lock:  # everything that touches the interpreter, under the lock
+            it = self._lease.get()
+            if tuple(it.get_input_details()[0]["shape"]) != x.shape:  # a pooled one keeps its last batch size
+                it.resize_tensor_input(self._in_index, list(x.shape))
+                it.allocate_tensors()
+            it.set_tensor(self._in_index, x)
+            it.invoke()
+            return it.get_tensor(pi), it.get_tensor(fi)  # copies, never views into the interpreter
 
     def infer_prepared(self, x: np.ndarray, *, tta: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(probs (N,C), features (N,D)) for an already prepared float32 batch (``tta``: None =

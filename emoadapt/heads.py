@@ -291,7 +291,7 @@ _CONTROLLER: Any = None
 def _blas_threads(n: int | None) -> Iterator[None]:
     """Limit BLAS threads to ``n`` inside the block (``None``: leave them alone).
 
-    Uses ``threadpoolctl`` (installed with scikit-learn) when importable; a no-op otherwise.
+    Uses ``threadpoolctl`` (a runtime dependency) when importable; a no-op otherwise.
     """
     global _CONTROLLER
     if n is None:
@@ -300,7 +300,7 @@ def _blas_threads(n: int | None) -> Iterator[None]:
     if _CONTROLLER is None:
         try:
             from threadpoolctl import ThreadpoolController
-        except ImportError:  # pragma: no cover - comes with scikit-learn
+        except ImportError:  # pragma: no cover - a dependency; absent only in odd installs
             _CONTROLLER = False
         else:
             _CONTROLLER = ThreadpoolController()
@@ -871,18 +871,19 @@ class StatPoolingHead(_TrainableHead):
         pooling: statistics from :data:`POOLINGS` concatenated into the clip descriptor,
             e.g. ``("max",)`` or ``("max", "mean", "std")``. With one-frame clips (per-clip
             descriptors) every statistic except ``std`` is the descriptor itself.
-        **kwargs: training parameters, see :class:`_TrainableHead`: ``lr`` (Adam step,
-            default 0.01), ``epochs`` (max epochs of :meth:`fit`, 100), ``batch_size`` (64),
-            ``l2`` (weight decay on ``coef_``, 1e-4), ``anchor`` (pull toward the warm-start
-            weights in :meth:`partial_fit`, 0.01), ``class_weight`` (None / "balanced" / dict),
-            ``standardize`` (True), ``early_stopping`` / ``tol`` / ``n_iter_no_change``
-            (stop when the epoch training loss has not improved by ``tol`` for that many
-            epochs), ``finetune_epochs`` / ``finetune_lr`` (for :meth:`partial_fit`;
-            default: same as fit), ``dtype`` ("float32" or "float64"), ``seed``, ``verbose``
-            (log the loss per epoch), ``n_threads`` (BLAS threads while training, default 1:
-            faster than BLAS threading for these mid-sized products on small or busy
-            machines, and reproducible; ``None`` leaves the BLAS default; needs
-            ``threadpoolctl``, installed with scikit-learn, else ignored).
+
+    Keyword-only training parameters (see :class:`_TrainableHead`): ``lr`` (Adam step,
+    default 0.01), ``epochs`` (max epochs of :meth:`fit`, 100), ``batch_size`` (64),
+    ``l2`` (weight decay on ``coef_``, 1e-4), ``anchor`` (pull toward the warm-start
+    weights in :meth:`partial_fit`, 0.01), ``class_weight`` (None / "balanced" / dict),
+    ``standardize`` (True), ``early_stopping`` / ``tol`` / ``n_iter_no_change``
+    (stop when the epoch training loss has not improved by ``tol`` for that many
+    epochs), ``finetune_epochs`` / ``finetune_lr`` (for :meth:`partial_fit`;
+    default: same as fit), ``dtype`` ("float32" or "float64"), ``seed``, ``verbose``
+    (log the loss per epoch), ``n_threads`` (BLAS threads while training, default 1:
+    faster than BLAS threading for these mid-sized products on small or busy
+    machines, and reproducible; ``None`` leaves the BLAS default; needs
+    ``threadpoolctl``, a dependency, else ignored).
 
     Learned attributes: ``classes_``, ``coef_`` ``(C, k*D)``, ``intercept_`` ``(C,)``,
     ``mean_`` / ``scale_`` (standardisation of the pooled descriptor), ``n_features_in_``,
@@ -1074,7 +1075,8 @@ class SelfAttentionHead(_TrainableHead):
     Args:
         d_k: attention dimension (default 64).
         attn_eps: the guard above (default 1e-3).
-        **kwargs: training parameters as in :class:`StatPoolingHead`.
+
+    Keyword-only training parameters as in :class:`StatPoolingHead`.
 
     Learned attributes: ``W_q_`` / ``W_k_`` ``(D, d_k)``, ``q0_`` ``(d_k,)``, ``coef_``
     ``(C, D)``, ``intercept_``, ``mean_`` / ``scale_``, ``classes_``, ...

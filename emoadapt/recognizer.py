@@ -23,9 +23,9 @@ import numpy as np
 from .alignment import norm_crop
 from .errors import InvalidInputError, ModelIntegrityError
 from .features import Backbone
-from .video import Clip, Sampling, iter_frames
+from .video import DEFAULT_SOURCE_FPS, Clip, Sampling, iter_frames
 
-__all__ = ["Recognizer", "Result", "FrameResult", "default_home"]
+__all__ = ["Recognizer", "Result", "FrameResult", "default_home", "DEFAULT_SOURCE_FPS"]
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,74 @@ class Result:
     """Per-frame backbone features (faces, D) of the used frames (what the heads pool)."""
     frame_probabilities: np.ndarray | None = field(default=None, repr=False)
     """Per-frame backbone probabilities (faces, C)."""
+    source: str | None = None
+    """The clip's path when it was given as a path, else ``None``."""
+    fps: float | None = None
+    """Frame rate of the source that frame times are counted at: the container's for a video
+    file, ``source_fps`` for arrays and iterables; ``None`` for a still image."""
 
     def top(self, k: int = 3) -> list[tuple[str, float]]:
         """The ``k`` most probable labels with their probabilities."""
         return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
+
+    def rows(self, kind: str = "frames") -> list[dict[str, Any]]:
+        """The result as table rows (dicts with the same keys, in column order).
+
+        ``kind="frames"``: one row per analysed face per frame, over every face track: ``clip``,
+        ``frame`` (index in the source), ``time`` (seconds: ``frame / fps``; ``0`` for a still
+        image), ``track`` (0 = the main track), ``user`` (recognised user of the track, else
+        empty), the face box ``x1, y1, x2, y2`` (pixels), the detector ``score``, then one column
+        per class with the frame-level probability of the universal backbone. Boxes are rounded
+        to 0.01 px, scores and probabilities to 6 decimals.
+
+        ``kind="clips"``: one row per face track: ``clip``, ``track``, ``user``, ``label``,
+        ``frames`` (frames read), ``faces`` (frames of this track), ``start`` and ``end`` (seconds
+        of the track's first and last face), then one column per class with the track's
+        clip-level probability (from the user's personal head when the user was recognised).
+        A clip with no face gives one row with an empty label and no probabilities.
+        """
+        if kind not in ("frames", "clips"):
+            raise InvalidInputError(f"kind must be 'frames' or 'clips', got {kind!r}")
+        tracks = self.tracks or [self]
+        clip = self.source or ""
+        rows: list[dict[str, Any]] = []
+        if kind == "frames":
+            classes = list(tracks[0].timeline[0].probabilities) if tracks[0].timeline else []
+            for t, r in enumerate(tracks):
+                for f in r.timeline:
+                    row: dict[str, Any] = {"clip": clip, "frame": f.index, "time": self._time(f.index), "track": t, "user": r.user or ""}
+                    row.update(zip(("x1", "y1", "x2", "y2"), (round(float(v), 2) for v in f.box)))
+                    row["score"] = round(float(f.score), 6)
+                    row.update((c, round(float(f.probabilities[c]), 6)) for c in classes)
+                    rows.append(row)
+            return rows
+        classes = list(tracks[0].probabilities)
+        for t, r in enumerate(tracks):
+            idx = [f.index for f in r.timeline]
+            row = {"clip": clip, "track": t, "user": r.user or "", "label": r.label or "", "frames": r.frames, "faces": r.faces,
+                   "start": self._time(min(idx)) if idx else None, "end": self._time(max(idx)) if idx else None}
+            row.update((c, round(float(r.probabilities[c]), 6)) for c in classes)
+            rows.append(row)
+        return rows
+
+    def _time(self, index: int) -> float:
+        return round(index / self.fps, 6) if self.fps else 0.0
+
+    def to_frame(self, kind: str = "frames") -> Any:
+        """The result as a :class:`pandas.DataFrame` (pandas is an optional dependency:
+        ``pip install pandas``); rows and columns as in :meth:`rows`. The ``"frames"`` table
+        has the shape of py-feat's ``Fex``: one row per face per frame, box and emotion columns.
+        """
+        try:
+            import pandas as pd
+        except ImportError as e:
+            raise ImportError("Result.to_frame needs pandas, an optional dependency: pip install pandas") from e
+        rows = self.rows(kind)
+        if rows:
+            return pd.DataFrame(rows)
+        cols = ["clip", "frame", "time", "track", "user", "x1", "y1", "x2", "y2", "score"] if kind == "frames" else \
+            ["clip", "track", "user", "label", "frames", "faces", "start", "end"]
+        return pd.DataFrame(columns=cols)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable summary."""
@@ -116,8 +180,14 @@ class Recognizer:
             head object or ``None`` for the manifest default).
         adapt_every: fine-tune a user's head automatically after this many new corrections
             (0 disables; :meth:`adapt` always works).
+        identity: the identity model that recognises enrolled users:
+            ``"mobilefacenet"`` (default: ArcFace-trained MobileFaceNet, 192-D) or
+            ``"dlib_resnet"`` (dlib's ResNet descriptor, 128-D); see README "Identity routing".
+            Enrolments are stored with the name of the model that made them and only those of
+            this model are compared: a user enrolled with another model only is not recognised
+            (logged) and must be re-enrolled (:meth:`reenrol_needed`).
         identity_threshold: cosine similarity needed to recognise an enrolled user
-            (default :data:`emoadapt.identity.DEFAULT_THRESHOLD`).
+            (default: the model's measured threshold, :data:`emoadapt.identity.THRESHOLDS`).
         identity_frames: at most this many frames of a face track are embedded for identity.
         min_face_size: smallest face (pixels) the detector looks for.
         min_face_score: detections below this confidence are ignored (0.95: every real face in
@@ -155,6 +225,7 @@ class Recognizer:
         universal_head: str | Any | None = None,
         personal_head: str | Any | None = None,
         adapt_every: int = 5,
+        identity: str = "mobilefacenet",
         identity_threshold: float | None = None,
         identity_frames: int = 8,
         min_face_size: int = 20,
@@ -166,38 +237,47 @@ class Recognizer:
         video_tta: bool = False,
         opencv_threads: int | None = 1,
     ) -> None:
+        from . import zoo
+        from ._paths import as_path
         from .detection import MTCNN
-        from .identity import DEFAULT_THRESHOLD, IdentityMatcher
+        from .identity import IDENTITY_MODELS, THRESHOLDS, IdentityMatcher
 
-        self.home = Path(home).expanduser() if home is not None else default_home()
+        # every argument is checked before any model is loaded: a bad value is an
+        # InvalidInputError, never a raw TypeError/ValueError from deeper down
+        self.home = as_path(home, "home", expanduser=True) if home is not None else default_home()
+        if backbone is not None and not isinstance(backbone, (str, Backbone)):
+            raise InvalidInputError(f"backbone must be a model name, a Backbone or None, got {type(backbone).__name__}")
+        self.min_face_score = _number(min_face_score, "min_face_score", 0.0, 1.0)
+        if isinstance(adapt_every, bool) or not isinstance(adapt_every, (int, np.integer)) or adapt_every < 0:
+            raise InvalidInputError(f"adapt_every must be an int >= 0, got {adapt_every!r}")
+        if not isinstance(identity, str) or identity not in IDENTITY_MODELS:
+            raise InvalidInputError(f"unknown identity model {identity!r} (known: {sorted(IDENTITY_MODELS)})")
+        threshold = THRESHOLDS[identity] if identity_threshold is None else _number(identity_threshold, "identity_threshold", -1.0, 1.0)
+        self.max_faces = _count(max_faces, "max_faces")
+        self.chunk = _count(chunk, "chunk", 4096)
+        self.identity_frames = _count(identity_frames, "identity_frames")
+        self.detect_every = _count(detect_every, "detect_every")
+        if opencv_threads is not None:
+            opencv_threads = _count(opencv_threads, "opencv_threads", zoo.MAX_THREADS, low=0)
+        num_threads = None if num_threads is None else zoo.check_threads(num_threads)
+        self._own_backbone = not isinstance(backbone, Backbone)
         self.backbone = backbone if isinstance(backbone, Backbone) else Backbone(backbone, num_threads=num_threads)
         self.detector = MTCNN(min_face_size=min_face_size, num_threads=num_threads)
-        if not 0.0 <= min_face_score <= 1.0:
-            raise InvalidInputError("min_face_score must be within [0, 1]")
-        if not isinstance(adapt_every, int) or adapt_every < 0:
-            raise InvalidInputError("adapt_every must be an int >= 0")
-        self.min_face_score = float(min_face_score)
-        self.max_faces = max(1, int(max_faces))
-        self.chunk = max(1, int(chunk))
-        if isinstance(detect_every, bool) or not isinstance(detect_every, (int, np.integer)) or detect_every < 1:
-            raise InvalidInputError("detect_every must be an int >= 1")
-        self.detect_every = int(detect_every)
         self.video_tta = bool(video_tta)
         if opencv_threads is not None:
-            if isinstance(opencv_threads, bool) or not isinstance(opencv_threads, (int, np.integer)) or opencv_threads < 0:
-                raise InvalidInputError("opencv_threads must be None or an int >= 0")
             import cv2
 
             cv2.setNumThreads(int(opencv_threads))
-        self.adapt_every = adapt_every
-        self.identity_frames = max(1, int(identity_frames))
-        self.matcher = IdentityMatcher(DEFAULT_THRESHOLD if identity_threshold is None else identity_threshold)
+        self.adapt_every = int(adapt_every)
+        self.identity = identity
+        self.matcher = IdentityMatcher(threshold)
         self.universal = _resolve_head(universal_head, "universal_head", self.backbone)
         self._personal_spec = personal_head
         self._personal_base: Any = None
         self.model_version = f"{self.backbone.name}@{self.backbone.entry['sha256'][:12]}"
         self._num_threads = num_threads
         self._embedder: Any = None
+        self._stale_logged: tuple[str, ...] = ()
         self._store: Any = None
         self._heads: dict[str, tuple[int, Any]] = {}
         self._replay: tuple[np.ndarray, np.ndarray] | None = None
@@ -222,9 +302,9 @@ class Recognizer:
         """The identity embedder (loaded on first use)."""
         with self._lock:
             if self._embedder is None:
-                from .identity import FaceEmbedder
+                from .identity import load_embedder
 
-                self._embedder = FaceEmbedder(num_threads=self._num_threads)
+                self._embedder = load_embedder(self.identity, num_threads=self._num_threads)
             return self._embedder
 
     @property
@@ -237,18 +317,56 @@ class Recognizer:
                 self._store = Store(self.home)
             return self._store
 
+    def _store_file_exists(self) -> bool:
+        """Whether the home holds a store (StoreError when the home cannot be looked into)."""
+        from .errors import StoreError
+
+        try:
+            os.stat(self.home / "store.sqlite3")
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as e:
+            raise StoreError(f"cannot look into the home {self.home}: {e.strerror or e}") from e
+        return True
+
     def _gallery(self) -> dict[str, np.ndarray]:
-        """Enrolment embeddings per user; empty (and nothing created) when no store exists yet."""
-        if self._store is None and not (self.home / "store.sqlite3").exists():
+        """Enrolment embeddings of this identity model per user; empty (and nothing created)
+        when no store exists yet. Users enrolled only with another model are left out, and
+        logged (once per set of such users): their embeddings live in another space."""
+        if self._store is None and not self._store_file_exists():
             return {}
-        return self.store.embeddings()
+        gallery = self.store.embeddings(model=self.identity)
+        stale = tuple(sorted(set(self.store.embedding_models()) - set(gallery)))
+        if stale and stale != self._stale_logged:
+            self._stale_logged = stale
+            log.warning("%d user(s) enrolled only with another identity model cannot be recognised by %s: %s; re-enrol needed "
+                        "(Recognizer.enroll) or use Recognizer(identity=...) of their model", len(stale), self.identity, ", ".join(stale))
+        return gallery
+
+    def reenrol_needed(self) -> dict[str, list[str]]:
+        """Users whose enrolment embeddings were all made by another identity model than this
+        Recognizer's, with those models: they are not recognised until re-enrolled with
+        :meth:`enroll` (embeddings cannot be converted between models, and no pixels are
+        stored to recompute them)."""
+        if self._store is None and not self._store_file_exists():
+            return {}
+        return {u: m for u, m in self.store.embedding_models().items() if self.identity not in m}
 
     def close(self) -> None:
-        """Close the store (models need no closing)."""
+        """Close the store and give the models' interpreters back to the process-wide pool
+        (:class:`emoadapt.zoo.Lease`; a Backbone passed in by the caller is left to its
+        owner). Deterministic: no worker thread outlives a call, so nothing runs after
+        ``close`` returns. The Recognizer stays usable: the store reopens and the models lease
+        interpreters again when next needed."""
         with self._lock:
             if self._store is not None:
                 self._store.close()
                 self._store = None
+            if self._own_backbone:
+                self.backbone.close()
+            self.detector.close()
+            if self._embedder is not None:
+                self._embedder.close()
 
     def __enter__(self) -> Recognizer:
         return self
@@ -289,7 +407,12 @@ class Recognizer:
     def _scan(self, clip: Clip, *, color: str, sampling: Sampling, identity: bool, progress: bool) -> _Scan:
         """Detect, track, align and embed every face of every sampled frame."""
         size, gray = self.backbone.input_size, self.backbone.channels == 1
-        scan = _Scan()
+        if isinstance(clip, (str, os.PathLike)):
+            from ._paths import as_path
+
+            clip = as_path(clip, "clip")  # InvalidInputError for unusable path-likes, before any use
+        scan = _Scan(source=os.fspath(clip) if isinstance(clip, os.PathLike) else None)
+        scan.fps = _clip_fps(clip, sampling)
         tracker = _OnlineTracker()
         from .detection import TrackingDetector
 
@@ -338,15 +461,20 @@ class Recognizer:
         image gets the backbone's own setting (None), a video's frames only with ``video_tta``."""
         return None if frames == 1 else self.video_tta and self.backbone.tta
 
-    def analyze(self, clip: Clip, *, color: str = "rgb", fps: float | None = None, max_frames: int | None = None, step: int = 1, progress: bool = False) -> Result:
+    def analyze(self, clip: Clip, *, color: str = "rgb", fps: float | None = None, max_frames: int | None = None, step: int = 1,
+                source_fps: float = DEFAULT_SOURCE_FPS, progress: bool = False) -> Result:
         """Run detection, alignment and the backbone on every sampled frame of the main face
-        track (no clip head, no identity): ``features`` and ``frame_probabilities`` filled."""
-        scan = self._scan(clip, color=color, sampling=Sampling(fps=fps, max_frames=max_frames, step=step), identity=False, progress=progress)
+        track (no clip head, no identity): ``features`` and ``frame_probabilities`` filled.
+        Arguments as in :meth:`predict`."""
+        sampling = Sampling(fps=fps, max_frames=max_frames, step=step, source_fps=source_fps)
+        scan = self._scan(clip, color=color, sampling=sampling, identity=False, progress=progress)
         tracks = scan.tracks()
         return self._track_result(scan, tracks[0] if tracks else [])
 
     def frame_features(self, clip: Clip, **kw: Any) -> np.ndarray:
-        """Per-frame backbone features (faces, D) of the main face of a clip: what heads consume."""
+        """Per-frame backbone features (faces, D) of the main face of a clip: what heads consume
+        (keyword arguments: those of :meth:`analyze`)."""
+        _check_kw(kw, _SCAN_KW, "frame_features")
         res = self.analyze(clip, **kw)
         assert res.features is not None
         return res.features
@@ -361,7 +489,8 @@ class Recognizer:
                         probabilities=dict(zip(classes, map(float, P[n]))), landmarks=scan.faces[j].landmarks)
             for n, j in enumerate(idx)
         ]
-        return Result(label=None, probabilities={}, frames=scan.frames, faces=len(idx), timeline=timeline, features=F, frame_probabilities=P)
+        return Result(label=None, probabilities={}, frames=scan.frames, faces=len(idx), timeline=timeline, features=F, frame_probabilities=P,
+                      source=scan.source, fps=scan.fps)
 
     # -- heads ----------------------------------------------------------------------------------
     def _personal_head(self, user: str) -> Any | None:
@@ -397,7 +526,8 @@ class Recognizer:
         res.label = labels[int(np.argmax(p))]
 
     # -- prediction -----------------------------------------------------------------------
-    def predict(self, clip: Clip, *, color: str = "rgb", fps: float | None = None, max_frames: int | None = None, step: int = 1, progress: bool = False) -> Result:
+    def predict(self, clip: Clip, *, color: str = "rgb", fps: float | None = None, max_frames: int | None = None, step: int = 1,
+                source_fps: float = DEFAULT_SOURCE_FPS, progress: bool = False) -> Result:
         """Emotion of the face(s) in ``clip``.
 
         Faces are tracked across frames; each track is pooled into one prediction and, when
@@ -412,14 +542,19 @@ class Recognizer:
             fps: sample about this many frames per second (default: every frame).
             max_frames: stop after this many sampled frames.
             step: keep every ``step``-th frame.
+            source_fps: the frame rate of an array or iterable of frames, which carry none
+                (default 30, :data:`DEFAULT_SOURCE_FPS`): ``fps`` sampling and the frame times
+                of :meth:`Result.rows` count at this rate. A video file's own rate (from its
+                container) is used instead; this rate only when the container gives none.
             progress: show a progress bar on stderr.
         """
         gallery = self._gallery()
-        scan = self._scan(clip, color=color, sampling=Sampling(fps=fps, max_frames=max_frames, step=step), identity=bool(gallery), progress=progress)
+        sampling = Sampling(fps=fps, max_frames=max_frames, step=step, source_fps=source_fps)
+        scan = self._scan(clip, color=color, sampling=sampling, identity=bool(gallery), progress=progress)
         tracks = scan.tracks(self.matcher.threshold if gallery else None)
         if not tracks:
             log.info("no face found in %d frames", scan.frames)
-            return Result(label=None, probabilities={}, frames=scan.frames, faces=0)
+            return Result(label=None, probabilities={}, frames=scan.frames, faces=0, source=scan.source, fps=scan.fps)
         results = []
         for idx in tracks:
             r = self._track_result(scan, idx)
@@ -434,10 +569,10 @@ class Recognizer:
 
     # -- personalisation --------------------------------------------------------------------
     def _identify_clip(self, clip: Clip, kw: dict[str, Any]) -> tuple[Result, np.ndarray]:
-        sampling = Sampling(fps=kw.pop("fps", None), max_frames=kw.pop("max_frames", None), step=kw.pop("step", 1))
+        _check_kw(kw, _SCAN_KW, "enroll/correct")
+        sampling = Sampling(fps=kw.pop("fps", None), max_frames=kw.pop("max_frames", None), step=kw.pop("step", 1),
+                            source_fps=kw.pop("source_fps", DEFAULT_SOURCE_FPS))
         scan = self._scan(clip, color=kw.pop("color", "rgb"), sampling=sampling, identity=True, progress=kw.pop("progress", False))
-        if kw:
-            raise InvalidInputError(f"unexpected arguments: {sorted(kw)}")
         tracks = scan.tracks(self.matcher.threshold)
         if not tracks:
             raise InvalidInputError(f"no face found in the clip ({scan.frames} frames): nothing to learn from")
@@ -449,7 +584,8 @@ class Recognizer:
         """Register ``user``'s face from a clip, an image, or a list of clips/images.
 
         Each clip or image adds one embedding (its main face) to the user's gallery; returns
-        the number added. Keyword arguments: ``color``, ``fps``, ``max_frames``, ``step``.
+        the number added. Keyword arguments: ``color``, ``fps``, ``max_frames``, ``step``,
+        ``source_fps`` (as in :meth:`predict`).
         """
         from .store import normalize_label  # noqa: F401 - validates early via Store
 
@@ -458,7 +594,7 @@ class Recognizer:
             raise InvalidInputError("nothing to enrol: give a clip, an image or a list of them")
         embs = [self._identify_clip(c, dict(kw))[1] for c in items]
         self.store.add_user(user)
-        return int(self.store.add_embeddings(user, np.stack(embs), source="enrol"))
+        return int(self.store.add_embeddings(user, np.stack(embs), source="enrol", model=self.identity))
 
     def correct(self, clip: Clip, label: str, user: str | None = None, *, force: bool = False, **kw: Any) -> int:
         """Record that the emotion in ``clip`` is ``label`` (a correction); returns its id.
@@ -466,7 +602,9 @@ class Recognizer:
         ``user=None``: the user is recognised from the face (UnknownUserError when nobody
         enrolled matches). A ``user`` who is not enrolled yet is enrolled from this clip. A
         ``user`` whose enrolled face does not match the clip's face raises
-        IdentityMismatchError unless ``force=True``. After every ``adapt_every`` new
+        IdentityMismatchError unless ``force=True``; so does a ``user`` enrolled only with
+        another identity model (re-enrol needed; ``force=True`` enrols them from this clip
+        with this Recognizer's model). After every ``adapt_every`` new
         corrections the user's head is fine-tuned (:meth:`adapt`). Only features are stored,
         never pixels.
         """
@@ -481,9 +619,16 @@ class Recognizer:
             if user is None:
                 raise UnknownUserError(f"the face in the clip matches no enrolled user (best similarity {score:.3f}); pass user= to enrol it")
         elif user not in gallery:
+            other = self.reenrol_needed().get(user)
+            if other and not force:
+                raise IdentityMismatchError(
+                    f"{user!r} is enrolled only with the {', '.join(other)} identity model, whose embeddings this Recognizer "
+                    f"({self.identity}) cannot compare: re-enrol needed (Recognizer.enroll({user!r}, ...)), or pass force=True "
+                    "to enrol them from this clip"
+                )
             self.store.add_user(user)
-            self.store.add_embeddings(user, emb[None], source="correct")
-            log.info("enrolled %s from a corrected clip", user)
+            self.store.add_embeddings(user, emb[None], source="correct", model=self.identity)
+            log.info("enrolled %s from a corrected clip (%s)", user, self.identity)
         else:
             ok, score = self.matcher.verify(emb, gallery[user])
             if not ok and not force:
@@ -507,6 +652,7 @@ class Recognizer:
         from .adaptation import adapt_user
         from .errors import UnknownUserError
 
+        _check_kw(kw, _adapt_kw(), "adapt")
         if not self.store.has_user(user):
             raise UnknownUserError(f"unknown user {user!r}")
         kw.setdefault("replay", self.replay)
@@ -530,7 +676,7 @@ class Recognizer:
 
     def users(self) -> list[str]:
         """Enrolled users."""
-        if self._store is None and not (self.home / "store.sqlite3").exists():
+        if self._store is None and not self._store_file_exists():
             return []
         return list(self.store.users())
 
@@ -551,6 +697,43 @@ class Recognizer:
 
 _IDENTITY_STRIDE = 5  # embed every 5th frame of a track for identity (up to identity_frames)
 
+#: keyword arguments of the methods that scan a clip (enroll, correct, frame_features)
+_SCAN_KW = frozenset({"color", "fps", "max_frames", "step", "progress", "source_fps"})
+
+
+def _check_kw(kw: dict[str, Any], allowed: frozenset[str], where: str) -> None:
+    """InvalidInputError for keyword arguments ``where`` does not take (before any work)."""
+    unknown = sorted(set(kw) - allowed)
+    if unknown:
+        raise InvalidInputError(f"{where}: unexpected keyword argument(s) {unknown}; accepted: {sorted(allowed)}")
+
+
+def _adapt_kw() -> frozenset[str]:
+    """Keyword arguments :meth:`Recognizer.adapt` passes on to :func:`emoadapt.adaptation.adapt_user`."""
+    import inspect
+
+    from .adaptation import adapt_user
+
+    params = inspect.signature(adapt_user).parameters
+    return frozenset(n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n != "model_version")
+
+
+def _number(value: Any, what: str, low: float, high: float) -> float:
+    """A real number in ``[low, high]`` (bools and NaN refused) or InvalidInputError."""
+    import math
+    import numbers
+
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) or not low <= float(value) <= high:
+        raise InvalidInputError(f"{what} must be a number in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+def _count(value: Any, what: str, high: int = 1 << 20, *, low: int = 1) -> int:
+    """An int in ``[low, high]`` (bools refused) or InvalidInputError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not low <= int(value) <= high:
+        raise InvalidInputError(f"{what} must be an int in [{low}, {high}], got {value!r}")
+    return int(value)
+
 
 @dataclass
 class _Face:
@@ -561,8 +744,20 @@ class _Face:
     track: int
 
 
+def _clip_fps(clip: Clip, sampling: Sampling) -> float | None:
+    """The rate frame times count at: a video file's container rate (``sampling.source_fps``
+    when it gives none), ``None`` for a still image, ``sampling.source_fps`` for arrays and iterables."""
+    if not isinstance(clip, (str, os.PathLike)):
+        return sampling.source_fps
+    from .video import source_rate
+
+    return source_rate(clip, sampling)
+
+
 @dataclass
 class _Scan:
+    source: str | None = None
+    fps: float | None = None
     frames: int = 0
     faces: list[_Face] = field(default_factory=list)
     identity: dict[int, np.ndarray] = field(default_factory=dict)

@@ -14,8 +14,10 @@ What is stored -- never pixels:
 
 * **users**: a unique name (any non-empty string up to 128 characters without control
   characters), the creation time and JSON metadata;
-* **embeddings**: enrolment face descriptors (float32 vectors, e.g. the 128-D dlib ones)
-  with a source tag, the gallery of the identity matcher;
+* **embeddings**: enrolment face descriptors (float32 vectors, e.g. the 192-D MobileFaceNet
+  or 128-D dlib ones) with a source tag and the name of the identity model that made them
+  (rows written before schema version 3 are ``dlib_resnet``, the only model then), the
+  gallery of the identity matcher;
 * **corrections**: one row per ``recognizer.correct(clip, label)``: the label (any non-empty
   string up to 64 characters after stripping; case is kept), the per-frame backbone
   features ``(T, D)`` and optionally a clip descriptor ``(D',)`` as float32 blobs, the
@@ -129,6 +131,9 @@ _IN_CHUNK = 500  # ids per "IN (...)" (SQLite's variable limit is >= 999)
 
 _T = TypeVar("_T")
 
+#: identity model of enrolment embeddings stored before they were tagged (schema < 3)
+LEGACY_IDENTITY_MODEL = "dlib_resnet"
+
 
 # ---------------------------------------------------------------------------------------
 # schema
@@ -196,6 +201,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
             "CREATE UNIQUE INDEX heads_one_active ON heads(user_id) WHERE status = 'active'",
         ),
+    ),
+    Migration(
+        3,
+        "identity model of each enrolment embedding (older rows: dlib_resnet)",
+        (f"ALTER TABLE embeddings ADD COLUMN model TEXT NOT NULL DEFAULT '{LEGACY_IDENTITY_MODEL}'",),
     ),
 )
 
@@ -771,55 +781,78 @@ class Store:
         return self._run(tx, write=False, what="cannot read users")
 
     # -- enrolment embeddings ---------------------------------------------------------------
-    def add_embeddings(self, user: str, embeddings: Any, source: str = "enrol") -> int:
-        """Append enrolment embeddings ``(N, D)`` (or one ``(D,)``) to the user's gallery.
+    def add_embeddings(self, user: str, embeddings: Any, source: str = "enrol", model: str = LEGACY_IDENTITY_MODEL) -> int:
+        """Append enrolment embeddings ``(N, D)`` (or one ``(D,)``) made by identity ``model``
+        to the user's gallery.
 
-        Stored as float32; all embeddings of a user must share D. Returns N.
+        Stored as float32; all embeddings of a user made by one model must share D. Returns N.
         """
         name = _user_name(user)
         a = _asarray(embeddings, "embeddings")
         emb = _as_f32(a[None, :] if a.ndim == 1 else a, 2, "embeddings")
         source = _clean_text(source, "source", _MAX_TAG_LENGTH)
+        model = _clean_text(model, "model", _MAX_TAG_LENGTH)
         n, d = emb.shape
 
         def tx(conn: sqlite3.Connection) -> int:
             uid = self._user_id(conn, name)
-            dims = {r[0] for r in conn.execute("SELECT DISTINCT dim FROM embeddings WHERE user_id = ?", (uid,))}
+            dims = {r[0] for r in conn.execute("SELECT DISTINCT dim FROM embeddings WHERE user_id = ? AND model = ?", (uid, model))}
             if dims and dims != {d}:
-                raise InvalidInputError(f"embeddings of user {name!r} have dimension {sorted(dims)}, got {d}")
+                raise InvalidInputError(f"{model} embeddings of user {name!r} have dimension {sorted(dims)}, got {d}")
             now = time.time()
             conn.executemany(
-                "INSERT INTO embeddings (user_id, dim, vector, source, created) VALUES (?, ?, ?, ?, ?)",
-                ((uid, d, row.tobytes(), source, now) for row in emb),
+                "INSERT INTO embeddings (user_id, dim, vector, source, created, model) VALUES (?, ?, ?, ?, ?, ?)",
+                ((uid, d, row.tobytes(), source, now, model) for row in emb),
             )
             return n
 
         return self._run(tx, write=True, what=f"cannot store embeddings of {name!r}")
 
-    def embeddings(self, user: str | None = None, *, source: str | None = None) -> dict[str, np.ndarray]:
+    def embeddings(self, user: str | None = None, *, source: str | None = None, model: str | None = None) -> dict[str, np.ndarray]:
         """Gallery: ``{user: float32 (N, D)}`` for ``user`` or for every user that has
-        embeddings (optionally only those tagged ``source``). Users without embeddings are
-        absent from the dict."""
+        embeddings (optionally only those tagged ``source`` and / or made by identity
+        ``model``; without ``model`` a user with embeddings of several models gets them all,
+        so the dimensions must agree). Users without such embeddings are absent."""
         name = None if user is None else _user_name(user)
         src = None if source is None else _clean_text(source, "source", _MAX_TAG_LENGTH)
+        mdl = None if model is None else _clean_text(model, "model", _MAX_TAG_LENGTH)
 
         def tx(conn: sqlite3.Connection) -> dict[str, np.ndarray]:
             sql = "SELECT u.name, e.dim, e.vector FROM embeddings e JOIN users u ON u.id = e.user_id"
-            cond, args = [], []
+            cond: list[str] = []
+            args: list[Any] = []
             if name is not None:
                 cond.append("e.user_id = ?")
                 args.append(self._user_id(conn, name))
             if src is not None:
                 cond.append("e.source = ?")
                 args.append(src)
+            if mdl is not None:
+                cond.append("e.model = ?")
+                args.append(mdl)
             if cond:
                 sql += " WHERE " + " AND ".join(cond)
             rows: dict[str, list[np.ndarray]] = {}
             for uname, dim, blob in conn.execute(sql + " ORDER BY e.user_id, e.id", args):
                 rows.setdefault(uname, []).append(_blob_to_f32(blob, (int(dim),), "embedding"))
-            return {k: np.stack(v) for k, v in rows.items()}
+            try:
+                return {k: np.stack(v) for k, v in rows.items()}
+            except ValueError as e:
+                raise InvalidInputError("embeddings of several identity models differ in dimension: pass model=") from e
 
         return self._run(tx, write=False, what="cannot read embeddings")
+
+    def embedding_models(self) -> dict[str, list[str]]:
+        """``{user: [identity model, ...]}``: which models each user has enrolment embeddings of."""
+
+        def tx(conn: sqlite3.Connection) -> dict[str, list[str]]:
+            out: dict[str, list[str]] = {}
+            sql = "SELECT DISTINCT u.name, e.model FROM embeddings e JOIN users u ON u.id = e.user_id ORDER BY u.name, e.model"
+            for uname, mdl in conn.execute(sql):
+                out.setdefault(uname, []).append(mdl)
+            return out
+
+        return self._run(tx, write=False, what="cannot read embedding models")
 
     def clear_embeddings(self, user: str, *, source: str | None = None) -> int:
         """Delete the user's embeddings (only those tagged ``source`` if given); returns the count."""

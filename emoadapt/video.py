@@ -26,6 +26,7 @@ import logging
 import math
 import numbers
 import os
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,15 +35,21 @@ from typing import Any, NamedTuple, Union
 import cv2
 import numpy as np
 
+from ._paths import as_path
 from .errors import InvalidInputError, VideoDecodeError
 
-__all__ = ["Clip", "Frame", "Sampling", "iter_frames", "as_rgb_frame", "video_info", "IMAGE_SUFFIXES"]
+__all__ = ["Clip", "Frame", "Sampling", "iter_frames", "as_rgb_frame", "video_info", "source_rate", "IMAGE_SUFFIXES", "DEFAULT_SOURCE_FPS"]
 
 log = logging.getLogger(__name__)
 
 Clip = Union[str, os.PathLike, np.ndarray, Iterable[Any]]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+#: frame rate assumed for arrays and iterables of frames (and video files whose container gives
+#: none) unless ``source_fps`` says otherwise
+DEFAULT_SOURCE_FPS = 30.0
 
 
 class Frame(NamedTuple):
@@ -57,17 +64,20 @@ class Sampling:
     """Which frames of a clip to use.
 
     Args:
-        fps: keep about this many frames per second of video (needs the source frame rate;
-            for arrays and iterables ``source_fps`` is assumed). ``None`` keeps every frame.
+        fps: keep about this many frames per second of video, counted at the source's frame
+            rate (a video file's container rate; ``source_fps`` for arrays and iterables, which
+            carry none). ``None`` keeps every frame.
         max_frames: stop after this many frames have been kept. ``None``: no limit.
         step: keep every ``step``-th frame (applied before ``fps``).
-        source_fps: frame rate assumed when the source does not say (arrays, iterables).
+        source_fps: the frame rate of arrays and iterables, and of a video file whose container
+            gives none (default :data:`DEFAULT_SOURCE_FPS`, 30). With ``fps=10`` a 60 fps
+            webcam stream needs ``source_fps=60``, else every 3rd frame (not every 6th) is kept.
     """
 
     fps: float | None = None
     max_frames: int | None = None
     step: int = 1
-    source_fps: float = 30.0
+    source_fps: float = DEFAULT_SOURCE_FPS
 
     def __post_init__(self) -> None:
         # numpy scalars are accepted (normalised to Python numbers); bools are rejected:
@@ -161,21 +171,36 @@ def as_rgb_frame(frame: Any, color: str = "rgb") -> np.ndarray:
     return np.ascontiguousarray(frame)
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise VideoDecodeError(f"no such file: {path}")
-    if path.is_dir():
+#: image files larger than this are refused before anything is read (a legitimate 50 MP PNG
+#: or TIFF is well below; a sparse file that starts with JPEG magic is not read at all)
+MAX_IMAGE_BYTES = 256 * 2**20
+#: images and video frames whose header declares more pixels than this are refused before
+#: decoding (a few-KB PNG can declare 24000x24000 pixels: 1.7 GB decoded)
+MAX_FRAME_PIXELS = 50_000_000
+
+
+def _check_file(path: Path) -> int:
+    """The size of a readable regular file, else VideoDecodeError (never a raw OSError)."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise VideoDecodeError(f"no such file: {path}") from None
+    except OSError as e:  # EACCES on a directory on the way, ELOOP, ENAMETOOLONG, EIO...
+        raise VideoDecodeError(f"cannot access {path}: {e.strerror or e}") from e
+    if stat.S_ISDIR(st.st_mode):
         raise VideoDecodeError(f"is a directory, not a clip: {path}")
-    if not path.is_file():  # a FIFO, socket or device: opening it could block forever
+    if not stat.S_ISREG(st.st_mode):  # a FIFO, socket or device: opening it could block forever
         raise VideoDecodeError(f"not a regular file: {path}")
     try:
-        size = path.stat().st_size
         with open(path, "rb"):
             pass
     except OSError as e:
-        raise VideoDecodeError(f"cannot read {path}: {e}") from e
-    if size == 0:
+        raise VideoDecodeError(f"cannot read {path}: {e.strerror or e}") from e
+    if st.st_size == 0:
         raise VideoDecodeError(f"empty file: {path}")
+    return int(st.st_size)
 
 
 #: leading bytes of the still-image formats OpenCV decodes (a file with one of these is read
@@ -202,20 +227,131 @@ def _looks_like_image(path: Path) -> bool:
     return len(head) >= 2 and head[:1] == b"P" and head[1:2] in b"1234567" and path.suffix.lower() in (".ppm", ".pgm", ".pbm", ".pnm")
 
 
-def _read_image(path: Path) -> np.ndarray | None:
-    data = np.fromfile(str(path), dtype=np.uint8)
+def _jpeg_size(f: Any) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's SOF segment, walking the segments by their lengths
+    (bounded seeks, never a read of the whole file); None when there is none before the scan."""
+    f.seek(2)
+    for _ in range(4096):
+        b = f.read(1)
+        while b == b"\xff":  # fill bytes before a marker
+            b = f.read(1)
+        if not b:
+            return None
+        m = b[0]
+        if m in (0x01, 0xD8) or 0xD0 <= m <= 0xD7:  # markers without a length
+            continue
+        seg = f.read(2)
+        if len(seg) < 2 or m in (0xD9, 0xDA):  # end of image / start of scan before a SOF
+            return None
+        length = struct.unpack(">H", seg)[0]
+        if m in _JPEG_SOF:
+            sof = f.read(5)
+            if len(sof) < 5:
+                return None
+            h, w = struct.unpack(">HH", sof[1:5])
+            return (w, h) if w and h else None  # height 0 (set by a DNL marker later): refused
+        if length < 2:
+            return None
+        f.seek(length - 2, 1)
+        # the next byte must be a marker
+        nxt = f.read(1)
+        if nxt != b"\xff":
+            return None
+        f.seek(-1, 1)
+    return None
+
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _tiff_size(f: Any, head: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first IFD of a TIFF (tags 256/257)."""
+    end = "<" if head[:2] == b"II" else ">"
+    f.seek(struct.unpack(end + "I", head[4:8])[0])
+    raw = f.read(2)
+    if len(raw) < 2:
+        return None
+    n = struct.unpack(end + "H", raw)[0]
+    entries = f.read(12 * min(n, 4096))
+    dims: dict[int, int] = {}
+    for i in range(len(entries) // 12):
+        tag, typ, _count = struct.unpack(end + "HHI", entries[12 * i: 12 * i + 8])
+        if tag in (256, 257):
+            dims[tag] = struct.unpack(end + ("H" if typ == 3 else "I"), entries[12 * i + 8: 12 * i + (10 if typ == 3 else 12)])[0]
+    return (dims[256], dims[257]) if len(dims) == 2 else None
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) the header of an image file declares, read with a few bounded reads;
+    None when the header does not say (OpenCV would not decode such a file either)."""
     try:
-        img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+                return struct.unpack(">II", head[16:24])  # type: ignore[return-value]
+            if head.startswith(b"\xff\xd8\xff"):
+                return _jpeg_size(f)
+            if head.startswith(b"BM") and len(head) >= 26:
+                if struct.unpack("<I", head[14:18])[0] == 12:  # OS/2 header: 16-bit sizes
+                    return struct.unpack("<HH", head[18:22])  # type: ignore[return-value]
+                w, h = struct.unpack("<ii", head[18:26])
+                return abs(w), abs(h)
+            if head[:4] in (b"II*\x00", b"MM\x00*"):
+                return _tiff_size(f, head)
+            if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+                chunk = head[12:16]
+                if chunk == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":
+                    w, h = struct.unpack("<HH", head[26:30])
+                    return w & 0x3FFF, h & 0x3FFF
+                if chunk == b"VP8L" and head[20] == 0x2F:
+                    bits = int.from_bytes(head[21:25], "little")
+                    return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+                if chunk == b"VP8X":
+                    return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+                return None
+            if head[:1] == b"P":  # PNM: magic, then width and height as text (comments allowed)
+                text = (head + f.read(1024)).split(b"\n")
+                tokens: list[bytes] = []
+                for line in text:
+                    tokens += line.split(b"#")[0].split()
+                    if len(tokens) >= 3:
+                        break
+                return (int(tokens[1]), int(tokens[2])) if len(tokens) >= 3 and tokens[1].isdigit() and tokens[2].isdigit() else None
+    except (OSError, struct.error, ValueError, IndexError) as e:
+        log.debug("cannot read the image header of %s: %s", path, e)
+    return None
+
+
+def _read_image(path: Path, size: int) -> np.ndarray | None:
+    """Decode an image file, bounded: the file size and the pixel count its header declares
+    are checked before anything more than the header is read."""
+    if size > MAX_IMAGE_BYTES:
+        raise VideoDecodeError(f"{path.name} is {size / 2**20:.0f} MiB: image files are limited to {MAX_IMAGE_BYTES // 2**20} MiB")
+    dims = _image_size(path)
+    if dims is None:
+        return None
+    w, h = dims
+    flags = cv2.IMREAD_COLOR
+    if w * h > MAX_FRAME_PIXELS:
+        raise VideoDecodeError(f"{path.name} declares {dims[0]}x{dims[1]} pixels, more than the {MAX_FRAME_PIXELS // 10**6} MP "
+                               "an image may have here (a decompression bomb, or a photo to downscale first)")
+    # no image needs more bytes than 8 per pixel (16-bit RGBA, uncompressed) plus metadata:
+    # anything beyond is not image data (a sparse or padded file) and is not read
+    limit = min(MAX_IMAGE_BYTES, w * h * 8 + (16 << 20))
+    if size > limit:
+        raise VideoDecodeError(f"{path.name} is {size / 2**20:.1f} MiB, more than a {w}x{h} image can need ({limit / 2**20:.1f} MiB)")
+    try:
+        img = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8, count=size), flags)
     except cv2.error:
         return None
     if img is None or img.size == 0:
         return None
-    return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)  # in place: no second full-size copy
 
 
 def video_info(path: str | os.PathLike) -> dict[str, float]:
     """Frame count, fps, width and height as reported by the container (may be approximate)."""
-    p = Path(path)
+    p = as_path(path, "video path")
     _check_file(p)
     cap = _open_capture(p)
     try:
@@ -238,6 +374,11 @@ def _open_capture(path: Path) -> cv2.VideoCapture:
     if not ok:
         cap.release()
         raise VideoDecodeError(f"cannot decode {path.name}: not a video or image OpenCV can read")
+    w, h = cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
+    if not (math.isfinite(w) and math.isfinite(h)) or w * h > MAX_FRAME_PIXELS:
+        cap.release()
+        raise VideoDecodeError(f"{path.name} declares {w:.0f}x{h:.0f} frames, more than the {MAX_FRAME_PIXELS // 10**6} MP "
+                               "a frame may have here")
     return cap
 
 
@@ -306,13 +447,11 @@ def _iter_video(path: Path) -> tuple[float | None, Iterator[np.ndarray]]:
 
 def _source(clip: Clip, color: str) -> tuple[float | None, Iterator[np.ndarray]]:
     if isinstance(clip, (str, os.PathLike)):
-        if not os.fspath(clip):
-            raise InvalidInputError("the clip path is an empty string")
-        path = Path(clip)
-        _check_file(path)
+        path = as_path(clip, "the clip path")
+        size = _check_file(path)
         suffix = path.suffix.lower()
         if _looks_like_image(path):
-            img = _read_image(path)
+            img = _read_image(path, size)
             if img is None:
                 raise VideoDecodeError(f"cannot decode image {path.name} (truncated or corrupt)")
             if suffix not in IMAGE_SUFFIXES:
@@ -350,6 +489,31 @@ def _source(clip: Clip, color: str) -> tuple[float | None, Iterator[np.ndarray]]
     if hasattr(clip, "__array__") or hasattr(clip, "getdata"):  # PIL image
         return None, iter([as_rgb_frame(clip, color)])
     raise InvalidInputError(f"unsupported clip type {type(clip).__name__}: give a path, an array or an iterable of frames")
+
+
+def _valid_rate(fps: float) -> float | None:
+    return fps if math.isfinite(fps) and 0 < fps < 1000 else None
+
+
+def source_rate(path: str | os.PathLike, sampling: Sampling | None = None) -> float | None:
+    """The frame rate :func:`iter_frames` counts a file's frames at: the container's rate for a
+    video, ``sampling.source_fps`` when the container gives none (or the file cannot be opened:
+    :func:`iter_frames` then raises), ``None`` for a still image."""
+    from ._paths import as_path
+
+    sampling = sampling or Sampling()
+    p = as_path(path, "clip")
+    try:
+        _check_file(p)
+        if _looks_like_image(p):
+            return None
+        cap = _open_capture(p)
+    except VideoDecodeError:
+        return sampling.source_fps
+    try:
+        return _valid_rate(float(cap.get(cv2.CAP_PROP_FPS))) or sampling.source_fps
+    finally:
+        cap.release()
 
 
 def iter_frames(clip: Clip, *, color: str = "rgb", sampling: Sampling | None = None) -> Iterator[Frame]:

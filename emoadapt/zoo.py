@@ -4,27 +4,54 @@ Every model file that ships in ``models/`` is listed in ``models/manifest.json``
 sha256, size, source package, licence, input spec and output names. Loading a model always
 verifies the hash first, so a truncated or tampered file raises
 :class:`~emoadapt.errors.ModelIntegrityError` instead of reaching the TFLite runtime.
+
+Verification is cached per path, keyed by the file's identity ``(device, inode, size,
+mtime_ns, ctime_ns)``: replacing or rewriting a file changes its inode or its ctime (which no
+user can set back, unlike the mtime), so a tampered file is hashed again. Interpreters are
+built from the verified bytes themselves (``model_content``), never by re-reading the file.
+
+Interpreter lifetime. TFLite interpreters are pooled process-wide, keyed by the sha256 of
+their verified content and the thread count (:class:`Lease`): a :class:`~emoadapt.Backbone`,
+:class:`~emoadapt.identity.FaceEmbedder` or :class:`~emoadapt.detection.MTCNN` leases its
+interpreters when made and gives them back (they are *not* destroyed) when it is closed or
+collected; the next model of the same content reuses them. So an application that creates
+and drops Recognizers never runs an ``Interpreter.__del__`` while the process runs (the
+teardown that crashed once in ``benchmarks/fer2013.py``, issue 12), and interpreters of a
+dropped object are never freed from whatever thread happens to collect it. At most
+:data:`MAX_IDLE` idle interpreters are kept per key (the peak number of live objects); only
+beyond that is one dropped. Outputs are always copied out of the interpreter
+(``get_tensor``), never held as views (``tensor()``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import numbers
 import os
+import sys
+import tempfile
 import threading
+from collections.abc import Iterator
+import weakref
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelIntegrityError
 
-__all__ = ["models_dir", "manifest", "model_entry", "model_path", "verify_file", "load_interpreter", "sha256_file"]
+__all__ = ["models_dir", "manifest", "model_entry", "model_path", "verify_file", "load_interpreter", "sha256_file",
+           "model_bytes", "Lease", "MAX_IDLE"]
 
 log = logging.getLogger(__name__)
 
-_VERIFIED: dict[tuple[str, float, int], str] = {}
+#: path -> (file identity (dev, ino, size, mtime_ns, ctime_ns), sha256) of verified files
+_VERIFIED: dict[str, tuple[tuple[int, int, int, int, int], str]] = {}
 _LOCK = threading.Lock()
+#: idle pooled objects kept per key (see the module docstring)
+MAX_IDLE = 8
 
 
 def models_dir() -> Path:
@@ -44,7 +71,7 @@ def models_dir() -> Path:
 
 
 @lru_cache(maxsize=4)
-def _load_manifest(path: str, mtime: float) -> dict[str, Any]:
+def _load_manifest(path: str, ident: tuple[int, int, int, int, int]) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -61,10 +88,10 @@ def manifest() -> dict[str, Any]:
     """The parsed ``manifest.json``."""
     path = models_dir() / "manifest.json"
     try:
-        mtime = path.stat().st_mtime
-    except OSError as e:
+        ident = _identity(path.stat())
+    except (OSError, ValueError) as e:
         raise ModelIntegrityError(f"model manifest not found: {path}") from e
-    return _load_manifest(str(path), mtime)
+    return _load_manifest(str(path), ident)
 
 
 def model_entry(name: str) -> dict[str, Any]:
@@ -83,25 +110,57 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def verify_file(path: str | os.PathLike[str], sha256: str, size: int | None = None) -> Path:
-    """Check that ``path`` exists and hashes to ``sha256``; cache by (path, mtime, size)."""
+    """Check that ``path`` exists and hashes to ``sha256``.
+
+    The result is cached per path with the file's identity ``(device, inode, size, mtime_ns,
+    ctime_ns)``; any replacement or rewrite of the file (even one that restores the size and
+    the mtime) changes the inode or the ctime, so it is hashed again."""
     p = Path(path)
     try:
         st = p.stat()
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise ModelIntegrityError(f"model file missing: {p}") from e
     if size is not None and st.st_size != size:
         raise ModelIntegrityError(f"model file {p.name} has {st.st_size} bytes, manifest says {size} (truncated or replaced)")
-    key = (str(p), st.st_mtime, st.st_size)
+    ident = _identity(st)
     with _LOCK:
-        if _VERIFIED.get(key) == sha256:
+        if _VERIFIED.get(str(p)) == (ident, sha256):
             return p
-    digest = sha256_file(p)
+    try:
+        digest = sha256_file(p)
+        after = _identity(p.stat())
+    except OSError as e:
+        raise ModelIntegrityError(f"model file {p.name} unreadable: {e}") from e
     if digest != sha256:
         raise ModelIntegrityError(f"model file {p.name} fails its sha256 check (expected {sha256[:12]}..., got {digest[:12]}...)")
-    with _LOCK:
-        _VERIFIED[key] = sha256
+    if after == ident:  # not cached when the file changed while it was hashed
+        with _LOCK:
+            _VERIFIED[str(p)] = (ident, sha256)
     return p
+
+
+def model_bytes(name: str) -> tuple[bytes, str]:
+    """The content of model ``name`` and its sha256, verified on these very bytes (what is
+    checked is what is used: no window between the check and a second read)."""
+    e = model_entry(name)
+    p = models_dir() / e["file"]
+    size = e.get("size")
+    try:
+        with open(p, "rb") as f:
+            data = f.read(size + 1 if isinstance(size, int) else -1)
+    except (OSError, ValueError) as err:
+        raise ModelIntegrityError(f"model file missing or unreadable: {p}: {err}") from err
+    if isinstance(size, int) and len(data) != size:
+        raise ModelIntegrityError(f"model file {p.name} has {'more than ' if len(data) > size else ''}{len(data)} bytes, manifest says {size} (truncated or replaced)")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != e["sha256"]:
+        raise ModelIntegrityError(f"model file {p.name} fails its sha256 check (expected {e['sha256'][:12]}..., got {digest[:12]}...)")
+    return data, digest
 
 
 def model_path(name: str) -> Path:
@@ -110,27 +169,170 @@ def model_path(name: str) -> Path:
     return verify_file(models_dir() / e["file"], e["sha256"], e.get("size"))
 
 
-def load_interpreter(name_or_path: str | os.PathLike[str], num_threads: int | None = None):
-    """A TFLite interpreter for a manifest model name (verified) or an explicit file path."""
+def _new_interpreter(data: bytes, threads: int, label: str):
     from ai_edge_litert.interpreter import Interpreter
 
-    if isinstance(name_or_path, str) and not name_or_path.endswith(".tflite"):
-        path = model_path(name_or_path)
-    else:
-        path = Path(name_or_path)
-    threads = num_threads if num_threads is not None else default_threads()
     try:
-        interp = Interpreter(model_path=str(path), num_threads=threads)
-        interp.allocate_tensors()
+        with _native_stderr_filtered():
+            interp = Interpreter(model_content=data, num_threads=threads)
+            interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:
-        raise ModelIntegrityError(f"TFLite could not load {path.name}: {e}") from e
+        raise ModelIntegrityError(f"TFLite could not load {label}: {e}") from e
     return interp
+
+
+#: lines the TFLite runtime writes to file descriptor 2 when an interpreter is made (not through
+#: Python, so ``logging`` cannot silence them): routine information, dropped
+_NATIVE_NOISE = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _native_stderr_filtered() -> Iterator[None]:
+    """Capture what native code writes to fd 2 inside the block; replay it, less :data:`_NATIVE_NOISE`.
+
+    Nothing is lost: output of other threads written meanwhile is replayed after the block
+    (delayed, in order). Blocks are serialised by a lock. When fd 2 cannot be duplicated (no
+    stderr at all), the block runs as is.
+    """
+    with _STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+        try:
+            saved = os.dup(2)
+        except OSError:
+            yield
+            return
+        try:
+            with tempfile.TemporaryFile() as tmp:
+                os.dup2(tmp.fileno(), 2)
+                try:
+                    yield
+                finally:
+                    os.dup2(saved, 2)
+                    tmp.seek(0)
+                    kept = [ln for ln in tmp.read().splitlines(keepends=True) if ln.rstrip(b"\r\n") not in _NATIVE_NOISE]
+                    if kept:
+                        os.write(2, b"".join(kept))
+        finally:
+            os.close(saved)
+def _content(name_or_path: str | os.PathLike[str]) -> tuple[bytes, str, str]:
+    """(bytes, sha256, label) of a manifest model name (verified) or an explicit file path."""
+    if isinstance(name_or_path, str) and not name_or_path.endswith(".tflite"):
+        data, digest = model_bytes(name_or_path)
+        return data, digest, name_or_path
+    path = Path(name_or_path)
+    try:
+        data = path.read_bytes()
+    except (OSError, ValueError) as e:
+        raise ModelIntegrityError(f"model file missing or unreadable: {path}: {e}") from e
+    return data, hashlib.sha256(data).hexdigest(), path.name
+
+
+def check_threads(num_threads: Any) -> int:
+    """``num_threads`` validated (None: :func:`default_threads`); InvalidInputError unless an
+    int in ``1..MAX_THREADS``."""
+    from .errors import InvalidInputError
+
+    if num_threads is None:
+        return default_threads()
+    if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral):
+        raise InvalidInputError(f"num_threads must be an int in 1..{MAX_THREADS} or None, got {num_threads!r}")
+    if not 1 <= int(num_threads) <= MAX_THREADS:
+        raise InvalidInputError(f"num_threads must be in 1..{MAX_THREADS}, got {num_threads!r}")
+    return int(num_threads)
+
+
+#: largest accepted ``num_threads`` (TFLite would try to start that many threads)
+MAX_THREADS = 256
+
+
+class _Pool:
+    """Idle interpreters (or other objects holding interpreters) per key, process-wide."""
+
+    def __init__(self) -> None:
+        self._idle: dict[Any, list[Any]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: Any) -> Any | None:
+        with self._lock:
+            free = self._idle.get(key)
+            return free.pop() if free else None
+
+    def give(self, key: Any, obj: Any) -> None:
+        with self._lock:
+            free = self._idle.setdefault(key, [])
+            if len(free) < MAX_IDLE:
+                free.append(obj)
+                return
+        log.debug("pool for %s full: dropping an idle object", key)
+
+    def idle(self, key: Any) -> int:
+        with self._lock:
+            return len(self._idle.get(key, ()))
+
+
+_POOL = _Pool()
+
+
+class Lease:
+    """One pooled object (an interpreter, by default) held by its owner.
+
+    :meth:`get` returns the object, taking it from the process-wide pool (or making it with
+    ``factory``) on first use or after :meth:`release`; :meth:`release` gives it back to the
+    pool. The object also goes back when the lease is collected (``weakref.finalize``, which
+    only appends it to the pool's list: no native destructor runs, whatever the thread).
+    Not thread-safe by itself: owners call it under their own lock."""
+
+    def __init__(self, key: Any, factory: Any) -> None:
+        self.key = key
+        self._factory = factory
+        self._obj: Any = None
+        self._fin: weakref.finalize | None = None
+
+    def get(self) -> Any:
+        if self._obj is None:
+            obj = _POOL.take(self.key)
+            if obj is None:
+                obj = self._factory()
+            self._obj = obj
+            self._fin = weakref.finalize(self, _POOL.give, self.key, obj)
+        return self._obj
+
+    @property
+    def held(self) -> bool:
+        return self._obj is not None
+
+    def release(self) -> None:
+        fin, self._fin, self._obj = self._fin, None, None
+        if fin is not None:
+            fin()
+
+
+def interpreter_lease(name_or_path: str | os.PathLike[str], num_threads: int | None = None) -> Lease:
+    """A :class:`Lease` of a TFLite interpreter (tensors allocated) for a manifest model name
+    (sha256-verified) or an explicit ``.tflite`` path, from the process-wide pool."""
+    threads = check_threads(num_threads)
+    data, digest, label = _content(name_or_path)
+    lease = Lease(("interpreter", digest, threads), lambda: _new_interpreter(data, threads, label))
+    lease.get()
+    return lease
+
+
+def load_interpreter(name_or_path: str | os.PathLike[str], num_threads: int | None = None):
+    """A new (unpooled) TFLite interpreter for a manifest model name (verified) or an explicit
+    file path; library objects use :func:`interpreter_lease` instead."""
+    threads = check_threads(num_threads)
+    data, _, label = _content(name_or_path)
+    return _new_interpreter(data, threads, label)
 
 
 def default_threads() -> int:
     """Threads per interpreter: ``$EMOADAPT_THREADS`` or 1 (parallelism comes from batching
     and from running clips in separate processes, which never oversubscribes small CPUs)."""
     try:
-        return max(1, int(os.environ.get("EMOADAPT_THREADS", "1")))
+        return min(MAX_THREADS, max(1, int(os.environ.get("EMOADAPT_THREADS", "1"))))
     except ValueError:
         return 1

@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
-BUILDERS = ["mtcnn", "fer", "dlib_resnet"]
+BUILDERS = ["mtcnn", "fer", "dlib_resnet", "mobilefacenet"]
 
 log = logging.getLogger("build_models")
 

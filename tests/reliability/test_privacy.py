@@ -195,8 +195,9 @@ def test_home_holds_features_only_never_pixels(populated):
         for n_frames, d, flen, dlen in con.execute("SELECT n_frames, dim, length(features), length(descriptor) FROM corrections"):
             assert d == dim and flen == n_frames * dim * 4 and dlen == dim * 4
             assert n_frames <= 3
+        dim_id = rec.embedder.dim  # the identity model's embedding length
         for d, vlen in con.execute("SELECT dim, length(vector) FROM embeddings"):
-            assert d == 128 and vlen == 128 * 4
+            assert d == dim_id and vlen == dim_id * 4
     finally:
         con.close()
     # what is stored is the backbone's per-frame features of the clip
@@ -330,6 +331,13 @@ def _default_file(role: str) -> str:
     return zoo.model_entry(zoo.manifest()["defaults"][role])["file"]
 
 
+def _identity_file() -> str:
+    from emoadapt import zoo
+    from emoadapt.identity import DEFAULT_IDENTITY
+
+    return zoo.model_entry(DEFAULT_IDENTITY)["file"]
+
+
 @pytest.mark.parametrize(
     "file,damage,stage",
     [
@@ -337,7 +345,7 @@ def _default_file(role: str) -> str:
         (_default_file("backbone"), "truncate", "init"),
         ("mtcnn_pnet.tflite", "flip", "init"),
         ("mtcnn_onet.tflite", "flip", "init"),
-        ("dlib_resnet_int8.tflite", "flip", "enroll"),
+        (_identity_file(), "flip", "enroll"),
         (_default_file("personal_head"), "flip", "adapt"),
         (_default_file("replay_set"), "flip", "adapt"),
     ],

