@@ -185,7 +185,7 @@ def fine_tune(
             if str(lab) not in seen:
                 clips.append(np.asarray(f, np.float32)[None])
                 labels.append(str(lab))
-    head = universal.copy()
+    head: Any = universal.copy()
     params: dict[str, Any] = {"seed": seed}
     if anchor is not None:
         params["anchor"] = anchor
@@ -229,8 +229,8 @@ def _weights(n: int, mix_k: float) -> dict[str, float]:
 
 
 def _candidates(strategy: str, anchor: float | None, alt_anchors: tuple[float, ...]) -> list[tuple[str, float | None]]:
-    """The guard's personal heads: ``(name, anchor)``; the first is also the mix's. Listed
-    from the least to the most preferred on ties."""
+    """The guard's personal heads ``(name, anchor)``, from the least to the most preferred on
+    ties; the last (``"personal"``, fitted with ``anchor``) is also the one the mix blends."""
     alts = [a for a in alt_anchors if strategy == "finetune" and a != anchor]
     return [*((f"personal@{a:g}", a) for a in alts), ("personal", anchor)]
 
