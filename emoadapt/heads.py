@@ -1436,7 +1436,7 @@ class BlendHead(_Head):
         weight = meta.get("params", {}).get("weight")
         if not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
             raise ModelIntegrityError("head file: blend weight must be in [0, 1]")
-        if parts["base"].n_features_in_ != parts["personal"].n_features_in_:
+        if getattr(parts["base"], "n_features_in_", None) != getattr(parts["personal"], "n_features_in_", None):
             raise ModelIntegrityError("head file: the blended heads read different features")
         return cls(parts["base"], parts["personal"], float(weight))
 
