@@ -1,23 +1,37 @@
-"""Personal adaptation: fine-tune a user's head from the universal one on their corrections.
+"""Personal adaptation: a user's head from the universal one and their corrections.
 
 Policy (:func:`adapt_user`):
 
-1. The user's corrections are read from the :class:`~emoadapt.store.Store`. Every fifth
-   correction (by the order they were made: the 5th, 10th, ...) is *held out* for
-   validation once the user has at least ``min_held_out * 5`` of them.
-2. A candidate head is a copy of the universal head fine-tuned (``partial_fit``: warm start,
-   L2 pull toward the universal weights, new labels added as new outputs) on the other
-   corrections, mixed with a small *replay* of universal training features for the classes
-   the user has not corrected (so that corrections of some emotions do not erase the others;
-   ``models/replay_<backbone>.npz``, built by ``scripts/build_replay_set.py``).
-3. The candidate is compared on the held-out corrections with the head in use now (the
-   active personal head, else the universal head). If it is worse, the current head stays
-   (*rollback*: nothing is saved).
-4. Otherwise the head is refitted the same way on all corrections and saved atomically as a
-   new version (the previous one is kept as a fallback).
+1. The user's corrections are read from the :class:`~emoadapt.store.Store` (only those made
+   with the current backbone).
+2. A *personal* head is fitted on them by the chosen ``strategy`` (:data:`STRATEGIES`):
+   ``"finetune"`` (default) a copy of the universal head fine-tuned with an L2 pull
+   toward the universal weights (``anchor``), new labels added as new outputs, mixed with a
+   small *replay* of universal training features for the classes the user has not corrected
+   (``models/replay_<backbone>.npz``, built by ``scripts/build_replay_set.py``);
+   ``"prototype"`` nearest class prototypes of the user's own features
+   (:class:`~emoadapt.heads.PrototypeHead`); ``"logistic"`` a logistic regression on the
+   user's own features only.
+3. The *guard* decides how much to trust it, from the first correction on: every
+   correction is held out once (leave-one-out up to :data:`LOO_MAX` corrections; beyond,
+   every :data:`HELD_OUT_EVERY`-th correction is held out once, which keeps ``adapt``
+   fast), the personal head is refitted on the others, and the candidates are scored on
+   it: the universal head (weight 0), the *mix* (weight ``n / (n + mix_k)``, growing with
+   the evidence), the personal head (weight 1) and, for the fine-tune, the personal head
+   fine-tuned with a weaker pull (:data:`ALT_ANCHORS`). The most accurate wins; ties go to
+   the more personal candidate, and between personal heads to the higher mean
+   log-likelihood of the held-out labels (the benchmark's numbers). With one correction per class,
+   the held-out correction's class is absent from the others: the check then measures
+   whether the personal evidence about the other classes drags an unseen expression away
+   from what the universal head says, the harm a personal model can do.
+4. The personal head refitted on all corrections is saved atomically as a new version,
+   inside a :class:`~emoadapt.heads.BlendHead` with the chosen weight (so choosing the
+   universal model also retires an older personal head); the previous version is kept as
+   a fallback. :class:`AdaptReport` says what was chosen and why.
 
-With fewer corrections than that there is nothing to validate on: the head trained on all of
-them is saved directly (the pull toward the universal weights is what protects it).
+The defaults (``finetune``, ``anchor`` = :data:`DEFAULT_ANCHOR`, ``mix_k`` =
+:data:`DEFAULT_MIX_K`) were chosen by ``benchmarks/personalization.py`` (README,
+"Personalization").
 """
 
 from __future__ import annotations
@@ -29,19 +43,46 @@ from typing import Any
 
 import numpy as np
 
-from .heads import _TrainableHead, head_from_arrays, head_to_arrays
+from .errors import InvalidInputError
+from .heads import (
+    BlendHead,
+    PrototypeHead,
+    StatPoolingHead,
+    _Head,
+    _TrainableHead,
+    head_from_arrays,
+    head_to_arrays,
+)
 from .store import Store
 
-__all__ = ["AdaptReport", "adapt_user", "fine_tune", "load_personal_head", "load_replay", "DEFAULT_ANCHOR"]
+__all__ = [
+    "DEFAULT_ANCHOR",
+    "DEFAULT_MIX_K",
+    "DEFAULT_STRATEGY",
+    "STRATEGIES",
+    "AdaptReport",
+    "adapt_user",
+    "fine_tune",
+    "fit_personal",
+    "guard",
+    "load_personal_head",
+    "load_replay",
+    "personalize",
+]
 
 log = logging.getLogger(__name__)
 
+#: Personal-model strategies of :func:`fit_personal`.
+STRATEGIES = ("finetune", "prototype", "logistic")
+DEFAULT_STRATEGY = "finetune"
+#: Leave-one-out up to this many corrections; beyond, every :data:`HELD_OUT_EVERY`-th is held out.
+LOO_MAX = 20
 HELD_OUT_EVERY = 5
 
 
 @dataclass
 class AdaptReport:
-    """What :meth:`Recognizer.adapt` did."""
+    """What :meth:`Recognizer.adapt` did: what was chosen, and the evidence for it."""
 
     user: str
     accepted: bool
@@ -50,22 +91,59 @@ class AdaptReport:
     """Active personal head version after adaptation (None: the universal head is used)."""
     n_corrections: int
     n_train: int
+    """Corrections the saved head was fitted on (all of them)."""
     n_held_out: int
+    """Corrections the guard scored (held out once each; 0 with a single correction)."""
     held_out_accuracy_before: float | None = None
-    """Accuracy of the previously active head (or the universal one) on held-out corrections."""
+    """The universal head's accuracy on the held-out corrections."""
     held_out_accuracy_after: float | None = None
-    """Accuracy of the candidate head on held-out corrections."""
+    """The chosen candidate's accuracy on the held-out corrections."""
     classes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     reason: str = ""
+    strategy: str = ""
+    """How the personal head was fitted (:data:`STRATEGIES`)."""
+    choice: str = ""
+    """What the guard chose: ``"universal"``, ``"mix"`` or ``"personal"``."""
+    weight: float | None = None
+    """The personal head's weight in the saved :class:`~emoadapt.heads.BlendHead`."""
+    anchor: float | None = None
+    """The fine-tune's pull toward the universal weights (fine-tune strategy)."""
+    guard: str = ""
+    """How the candidates were scored (``"leave-one-out"``, ``"every 5th held out"``,
+    ``"none"`` with one correction, ``"off"``)."""
+    evidence: dict[str, float] = field(default_factory=dict)
+    """Held-out accuracy of each candidate (``universal``, ``mix``, ``personal``, ``personal@A``)."""
+    label_counts: dict[str, int] = field(default_factory=dict)
+    """Corrections per label."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def summary(self) -> str:
+        """A few human-readable lines (what ``emoadapt adapt`` prints)."""
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(self.label_counts.items()))
+        lines = [f"user {self.user}: {self.n_corrections} corrections ({counts or 'none'})"]
+        if self.evidence:
+            ev = "  ".join(f"{k} {v:.3f}" for k, v in self.evidence.items() if not k.endswith("log-likelihood"))
+            ll = "  ".join(f"{k[: -len(' log-likelihood')]} {v:.2f}" for k, v in self.evidence.items() if k.endswith("log-likelihood"))
+            lines.append(f"guard ({self.guard}, {self.n_held_out} held out), accuracy: {ev}")
+            lines.append(f"  mean log-likelihood: {ll}")
+        if self.choice:
+            anchor = "" if self.anchor is None else f", anchor {self.anchor:g}"
+            lines.append(f"chosen: {self.choice} (strategy {self.strategy}{anchor}, personal weight {self.weight:.2f})")
+        state = f"head v{self.version} active" if self.accepted else "no new head"
+        lines.append(f"{state}: {self.reason} ({self.seconds:.2f} s)")
+        return "\n".join(lines)
+
 
 #: Strength of the L2 pull toward the universal weights while fine-tuning personal heads.
-#: Chosen with ``scripts/eval_personalization.py`` (CK+ leave-one-sequence-out, CREMA-D halves).
-DEFAULT_ANCHOR = 0.1
+#: Chosen with ``benchmarks/personalization.py`` (Taiwanese faces, CK+, CREMA-D, RAVDESS).
+DEFAULT_ANCHOR = 1.0
+#: Evidence scale of the guard's mix: the personal weight is ``n / (n + DEFAULT_MIX_K)``.
+DEFAULT_MIX_K = 7.0
+#: Other anchors the guard tries for the fine-tune strategy (a weaker pull: more personal).
+ALT_ANCHORS: tuple[float, ...] = (0.1,)
 
 
 def load_replay(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +185,7 @@ def fine_tune(
             if str(lab) not in seen:
                 clips.append(np.asarray(f, np.float32)[None])
                 labels.append(str(lab))
-    head = universal.copy()
+    head: Any = universal.copy()
     params: dict[str, Any] = {"seed": seed}
     if anchor is not None:
         params["anchor"] = anchor
@@ -117,9 +195,139 @@ def fine_tune(
     return head.partial_fit(clips, np.asarray(labels, dtype=object).astype(str))
 
 
-def _accuracy(head: Any, clips: list[np.ndarray], labels: list[str]) -> float:
-    pred = np.asarray(head.predict(clips)).astype(str)
-    return float(np.mean(pred == np.asarray(labels, dtype=str)))
+def fit_personal(
+    universal: _TrainableHead,
+    clips: list[np.ndarray],
+    labels: list[str],
+    *,
+    strategy: str = DEFAULT_STRATEGY,
+    replay: tuple[np.ndarray, np.ndarray] | None = None,
+    anchor: float | None = DEFAULT_ANCHOR,
+    epochs: int | None = None,
+    seed: int = 0,
+) -> _Head:
+    """The personal head of one user's ``(clips, labels)`` by ``strategy`` (:data:`STRATEGIES`).
+
+    ``"finetune"``: :func:`fine_tune` of ``universal``. ``"prototype"``: a
+    :class:`~emoadapt.heads.PrototypeHead` of the clips. ``"logistic"``: a softmax regression
+    (:class:`~emoadapt.heads.StatPoolingHead`, mean pooling) trained from scratch on the
+    user's clips only (a prototype head while they hold one label).
+    """
+    labels = [str(v) for v in labels]
+    if strategy == "finetune":
+        return fine_tune(universal, clips, labels, replay=replay, anchor=anchor, epochs=epochs, seed=seed)
+    if strategy == "prototype" or (strategy == "logistic" and len(set(labels)) < 2):
+        return PrototypeHead().fit(clips, labels)
+    if strategy == "logistic":
+        head = StatPoolingHead(pooling=("mean",), lr=0.05, epochs=epochs or 200, batch_size=64, l2=1e-2, early_stopping=False, seed=seed)
+        return head.fit(clips, np.asarray(labels))
+    raise InvalidInputError(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
+
+
+def _weights(n: int, mix_k: float) -> dict[str, float]:
+    return {"universal": 0.0, "mix": float(n) / (n + float(mix_k)), "personal": 1.0}
+
+
+def _candidates(strategy: str, anchor: float | None, alt_anchors: tuple[float, ...]) -> list[tuple[str, float | None]]:
+    """The guard's personal heads ``(name, anchor)``, from the least to the most preferred on
+    ties; the last (``"personal"``, fitted with ``anchor``) is also the one the mix blends."""
+    alts = [a for a in alt_anchors if strategy == "finetune" and a != anchor]
+    return [*((f"personal@{a:g}", a) for a in alts), ("personal", anchor)]
+
+
+def guard(
+    universal: _TrainableHead,
+    clips: list[np.ndarray],
+    labels: list[str],
+    *,
+    mix_k: float = DEFAULT_MIX_K,
+    alt_anchors: tuple[float, ...] = ALT_ANCHORS,
+    anchor: float | None = DEFAULT_ANCHOR,
+    **fit_kw: Any,
+) -> tuple[str, dict[str, float], str, int]:
+    """Choose between the universal head, the mix and the personal head(s) (see module docs).
+
+    Returns ``(choice, held-out accuracy per candidate, scheme, corrections scored)``. The
+    candidates are ``universal``, ``mix`` (weight ``n / (n + mix_k)``), ``personal`` and,
+    for the fine-tune strategy, ``personal@A`` (fine-tuned with anchor ``A`` of
+    ``alt_anchors`` instead of ``anchor``). The most accurate wins; on ties a personal head
+    goes before the mix, the mix before the universal head, and between personal heads the
+    higher mean log-likelihood of the held-out labels wins (then ``personal``). The evidence
+    also lists each candidate's ``"<name> log-likelihood"``. With a single correction nothing can be held out: the
+    mix is chosen (its weight, ``1 / (1 + mix_k)``, keeps the universal head in charge of what
+    the one correction does not cover). ``fit_kw`` go to :func:`fit_personal`.
+    """
+    n = len(labels)
+    if n < 2:
+        return "mix", {}, "none", 0
+    folds = [np.array([i]) for i in range(n)] if n <= LOO_MAX else [np.arange(HELD_OUT_EVERY - 1, n, HELD_OUT_EVERY)]
+    scheme = "leave-one-out" if n <= LOO_MAX else f"every {HELD_OUT_EVERY}th held out"
+    w_mix = _weights(n - len(folds[0]), mix_k)["mix"]
+    cands = _candidates(str(fit_kw.get("strategy", DEFAULT_STRATEGY)), anchor, alt_anchors)
+    order = ["universal", "mix", *(c for c, _ in cands)]
+    hits = {k: 0 for k in order}
+    loglik = {k: 0.0 for k in order}
+    scored = sum(len(f) for f in folds)
+    y = np.asarray(labels, dtype=str)
+
+    def score(name: str, blend: BlendHead, test: list[np.ndarray], truth: np.ndarray) -> None:
+        p = blend.predict_proba(test)
+        classes = np.asarray(blend.classes_).astype(str)
+        hits[name] += int(np.sum(classes[np.argmax(p, axis=1)] == truth))
+        col = {c: i for i, c in enumerate(classes)}
+        loglik[name] += float(sum(np.log(max(p[r, col[t]], BlendHead._FLOOR)) if t in col else np.log(BlendHead._FLOOR) for r, t in enumerate(truth)))
+
+    for held in folds:
+        keep = np.setdiff1d(np.arange(n), held)
+        test = [clips[i] for i in held]
+        truth = y[held]
+        for name, a in cands:
+            personal = fit_personal(universal, [clips[i] for i in keep], [labels[i] for i in keep], anchor=a, **fit_kw)
+            blend = BlendHead(universal, personal, 1.0)
+            score(name, blend, test, truth)
+            if name == "personal":
+                for k, w in (("universal", 0.0), ("mix", w_mix)):
+                    blend.weight = w
+                    score(k, blend, test, truth)
+    acc = {k: hits[k] / scored for k in order}
+    # most accurate; ties: a personal head over the mix over the universal one, and between
+    # personal heads, the higher mean log-likelihood of the held-out labels
+    choice = max(reversed(order), key=lambda k: (acc[k], order.index(k) >= 2, round(loglik[k] / scored, 9) if order.index(k) >= 2 else 0.0, order.index(k)))
+    acc.update({f"{k} log-likelihood": loglik[k] / scored for k in order})
+    return choice, acc, scheme, scored
+
+
+def personalize(
+    universal: _TrainableHead,
+    clips: list[np.ndarray],
+    labels: list[str],
+    *,
+    strategy: str = DEFAULT_STRATEGY,
+    use_guard: bool = True,
+    mix_k: float = DEFAULT_MIX_K,
+    anchor: float | None = DEFAULT_ANCHOR,
+    alt_anchors: tuple[float, ...] = ALT_ANCHORS,
+    **fit_kw: Any,
+) -> tuple[BlendHead, dict[str, Any]]:
+    """The head :func:`adapt_user` installs, from one user's ``(clips, labels)``, without a store.
+
+    Returns ``(BlendHead, info)``; ``info`` has ``choice``, ``weight``, ``anchor``,
+    ``evidence``, ``guard`` and ``n_held_out``. ``use_guard=False`` skips the check and takes
+    the personal head (weight 1). ``fit_kw`` (``replay``, ``epochs``, ``seed``) go to
+    :func:`fit_personal`.
+    """
+    if len(clips) != len(labels) or not labels:
+        raise InvalidInputError(f"need as many labels as clips, at least one ({len(clips)} clips, {len(labels)} labels)")
+    fit_kw["strategy"] = strategy
+    if use_guard:
+        choice, evidence, scheme, scored = guard(universal, clips, labels, mix_k=mix_k, anchor=anchor, alt_anchors=alt_anchors, **fit_kw)
+    else:
+        choice, evidence, scheme, scored = "personal", {}, "off", 0
+    chosen_anchor = dict(_candidates(strategy, anchor, alt_anchors)).get(choice, anchor)
+    weight = _weights(len(labels), mix_k).get(choice, 1.0)
+    head = BlendHead(universal, fit_personal(universal, clips, labels, anchor=chosen_anchor, **fit_kw), weight)
+    return head, {"choice": choice, "weight": weight, "anchor": chosen_anchor if strategy == "finetune" else None,
+                  "evidence": evidence, "guard": scheme, "n_held_out": scored}
 
 
 def load_personal_head(store: Store, user: str) -> Any | None:
@@ -136,18 +344,23 @@ def adapt_user(
     *,
     model_version: str | None = None,
     replay: tuple[np.ndarray, np.ndarray] | None = None,
+    strategy: str = DEFAULT_STRATEGY,
+    use_guard: bool = True,
     anchor: float | None = DEFAULT_ANCHOR,
+    mix_k: float = DEFAULT_MIX_K,
     epochs: int | None = None,
-    min_held_out: int = 2,
     seed: int = 0,
 ) -> AdaptReport:
-    """Fine-tune ``user``'s personal head on their stored corrections (see module docs).
+    """Fit, check and install ``user``'s personal head from their stored corrections (see
+    module docs).
 
     Only corrections recorded with ``model_version`` (the backbone that produced their
     features) are used when it is given: features of another backbone live in another space.
     """
     t0 = time.perf_counter()
     user_uid = store.user_uid(user)  # before the data: save_head refuses if the record changed
+    if strategy not in STRATEGIES:
+        raise InvalidInputError(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
     if model_version is None:
         feats, labels, ids = store.correction_data(user)
     else:
@@ -156,37 +369,34 @@ def adapt_user(
     labels = [str(lab) for lab in labels]
     n = len(ids)
     if n == 0:
-        return AdaptReport(user, False, _active_version(store, user), 0, 0, 0, reason="no corrections", seconds=time.perf_counter() - t0)
+        return AdaptReport(user, False, _active_version(store, user), 0, 0, 0, reason="no corrections", strategy=strategy, seconds=time.perf_counter() - t0)
     order = np.argsort(ids)
     feats = [feats[i] for i in order]
     labels = [labels[i] for i in order]
     ids = [ids[i] for i in order]
-    held = np.zeros(n, bool)
-    if n >= min_held_out * HELD_OUT_EVERY:
-        held[HELD_OUT_EVERY - 1 :: HELD_OUT_EVERY] = True
-    tr = np.flatnonzero(~held)
-    ho = np.flatnonzero(held)
-    report = AdaptReport(user, False, _active_version(store, user), n, len(tr), len(ho))
-    if len(ho):
-        current = load_personal_head(store, user) or universal
-        cand = fine_tune(universal, [feats[i] for i in tr], [labels[i] for i in tr], replay=replay, anchor=anchor, epochs=epochs, seed=seed)
-        ho_clips, ho_labels = [feats[i] for i in ho], [labels[i] for i in ho]
-        report.held_out_accuracy_before = _accuracy(current, ho_clips, ho_labels)
-        report.held_out_accuracy_after = _accuracy(cand, ho_clips, ho_labels)
-        if report.held_out_accuracy_after < report.held_out_accuracy_before:
-            report.reason = "candidate worse on held-out corrections: kept the current head"
-            report.seconds = time.perf_counter() - t0
-            log.info("adapt %s: rolled back (%.3f < %.3f)", user, report.held_out_accuracy_after, report.held_out_accuracy_before)
-            return report
-    head = fine_tune(universal, feats, labels, replay=replay, anchor=anchor, epochs=epochs, seed=seed)
-    metrics = {k: v for k, v in (("held_out_accuracy_before", report.held_out_accuracy_before), ("held_out_accuracy_after", report.held_out_accuracy_after)) if v is not None}
-    metrics.update(n_corrections=n, n_train=len(tr), n_held_out=len(ho))
-    version = store.save_head(user, head_to_arrays(head), meta={"type": type(head).__name__}, metrics=metrics, trained_on=ids, user_uid=user_uid)
+    head, info = personalize(universal, feats, labels, strategy=strategy, use_guard=use_guard, mix_k=mix_k, replay=replay, anchor=anchor, epochs=epochs, seed=seed)
+    counts = {lab: labels.count(lab) for lab in sorted(set(labels))}
+    report = AdaptReport(user, False, _active_version(store, user), n, n, info["n_held_out"], strategy=strategy, choice=info["choice"],
+                         weight=info["weight"], anchor=info["anchor"], guard=info["guard"], evidence=info["evidence"], label_counts=counts)
+    if info["evidence"]:
+        report.held_out_accuracy_before = info["evidence"]["universal"]
+        report.held_out_accuracy_after = info["evidence"][info["choice"]]
+    metrics: dict[str, Any] = {f"held_out_{k}": v for k, v in info["evidence"].items()}
+    metrics.update(n_corrections=n, n_train=n, n_held_out=info["n_held_out"], weight=info["weight"])
+    meta = {"type": type(head).__name__, "strategy": strategy, "choice": info["choice"], "guard": info["guard"], "anchor": info["anchor"]}
+    version = store.save_head(user, head_to_arrays(head), meta=meta, metrics=metrics, trained_on=ids, user_uid=user_uid)
     report.accepted, report.version = True, version
     report.classes = [str(c) for c in head.classes_]
-    report.reason = "validated on held-out corrections" if len(ho) else "too few corrections to hold out: regularized toward the universal head"
+    report.reason = {
+        "universal": "the personal evidence hurt held-out corrections: the universal head decides",
+        "mix": "universal and personal heads mixed, weighted by the evidence",
+    }.get(info["choice"], "the personal head did best on held-out corrections")
+    if info["guard"] == "none":
+        report.reason = "one correction, nothing to hold out: universal and personal heads mixed, weighted by the evidence"
+    elif info["guard"] == "off":
+        report.reason = "guard off: the personal head is used"
     report.seconds = time.perf_counter() - t0
-    log.info("adapt %s: head v%d on %d corrections (%.2fs)", user, version, n, report.seconds)
+    log.info("adapt %s: head v%d (%s, %s, weight %.2f) on %d corrections (%.2fs)", user, version, strategy, info["choice"], info["weight"], n, report.seconds)
     return report
 
 

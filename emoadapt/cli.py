@@ -234,11 +234,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         json.dump(rep.to_dict(), sys.stdout, indent=2)
         print()
     else:
-        state = f"head v{rep.version} active" if rep.version else "universal head in use"
-        acc = ""
-        if rep.held_out_accuracy_after is not None:
-            acc = f"; held-out accuracy {rep.held_out_accuracy_before:.2f} -> {rep.held_out_accuracy_after:.2f}"
-        print(f"{args.user}: {'adapted' if rep.accepted else 'kept the current head'} ({rep.reason}); {rep.n_corrections} corrections{acc}; {state}; {rep.seconds:.2f}s")
+        print(rep.summary())
     return 0
 
 
@@ -381,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     sampling(p)
     p.set_defaults(func=cmd_correct)
 
-    p = command("adapt", "fine-tune a user's personal head now")
+    p = command("adapt", "adapt a user's personal head now; prints what the guard chose and its evidence")
     p.add_argument("user", metavar="USER", help="an enrolled user")
     p.add_argument("--json", action="store_true", help="print the adaptation report as JSON")
     p.set_defaults(func=cmd_adapt)

@@ -12,6 +12,9 @@ batch may differ in length). Every head here is a small scikit-learn-style estim
   eqs. (3)-(7), then softmax.
 * :class:`MeanProbabilityHead` -- the no-training baseline: the clip probability is the mean
   of per-frame probability vectors ``(T, C)``.
+* :class:`PrototypeHead` -- nearest class prototypes (centred, L2-normalised means; few-shot).
+* :class:`BlendHead` -- a universal and a personal head mixed in log-probability space (what
+  :func:`emoadapt.adaptation.adapt_user` installs for a user).
 
 Trainable heads are trained with mini-batch Adam on the (optionally class-weighted) softmax
 cross-entropy, with hand-written backpropagation (checked against numerical gradients in the
@@ -55,6 +58,8 @@ __all__ = [
     "SingleAttentionHead",
     "SelfAttentionHead",
     "MeanProbabilityHead",
+    "PrototypeHead",
+    "BlendHead",
     "HEAD_TYPES",
     "load_head",
     "head_to_arrays",
@@ -1235,11 +1240,214 @@ class MeanProbabilityHead(_Head):
         return cls(classes=classes.tolist())
 
 
+class PrototypeHead(_Head):
+    """Nearest class prototypes by cosine similarity (a few-shot classifier, no training).
+
+    Each clip is mean-pooled over its frames; a class prototype is the mean of that class's
+    clips after centring and L2-normalisation (SimpleShot, Wang et al. 2019). The centre is
+    the mean of the class means (so that what all of a person's clips share, e.g. their
+    identity, does not dominate the similarity) when ``center=True``, else zero.
+    ``predict_proba`` is ``softmax(temperature * cos(x - centre, prototype))``.
+
+    Works on any per-frame vectors: backbone features, frame probabilities, or both
+    concatenated. Any labels (strings or integers, e.g. a user's own ``"calm"``).
+    ``partial_fit`` adds clips to the running class means (new labels become new classes).
+
+    Args:
+        temperature: scale of the cosine similarities before the softmax.
+        center: centre the vectors on the mean of the class means before normalising.
+    """
+
+    def __init__(self, temperature: float = 10.0, center: bool = True) -> None:
+        self.temperature = temperature
+        self.center = center
+
+    @staticmethod
+    def _pooled(clips: Clips) -> np.ndarray:
+        return np.stack([c.mean(axis=0) for c in as_clips(clips)])
+
+    def _normalized(self, x: np.ndarray) -> np.ndarray:
+        z = x - self.center_
+        return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), _EPS)
+
+    def _refresh(self) -> None:
+        means = self.sums_ / self.counts_[:, None]
+        self.center_ = means.mean(axis=0) if self.center and len(means) > 1 else np.zeros(means.shape[1])
+        self.prototypes_ = self._normalized(means)
+
+    def fit(self, clips: Clips, y: Any) -> "PrototypeHead":
+        """Class prototypes of ``(clips, y)`` (forgets earlier data)."""
+        for k in ("classes_", "sums_", "counts_"):
+            self.__dict__.pop(k, None)
+        return self.partial_fit(clips, y)
+
+    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> "PrototypeHead":
+        """Add ``(clips, y)`` to the class means (``classes`` is accepted for API symmetry)."""
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0):
+            raise InvalidInputError("temperature must be a positive number")
+        x = self._pooled(clips)
+        yy = _as_labels(y, len(x))
+        if not hasattr(self, "classes_"):
+            self.classes_ = np.unique(yy)
+            self.sums_ = np.zeros((len(self.classes_), x.shape[1]))
+            self.counts_ = np.zeros(len(self.classes_))
+            self.n_features_in_ = x.shape[1]
+        elif x.shape[1] != self.n_features_in_:
+            raise InvalidInputError(f"clips have {x.shape[1]} features, the head was fitted on {self.n_features_in_}")
+        _merge_label_kinds(self.classes_, yy)
+        new = [v for v in np.unique(yy).tolist() if v not in set(self.classes_.tolist())]
+        if new:
+            self.classes_ = np.concatenate([self.classes_, np.asarray(new, dtype=self.classes_.dtype if self.classes_.dtype.kind in "iu" else None)])
+            self.sums_ = np.concatenate([self.sums_, np.zeros((len(new), x.shape[1]))])
+            self.counts_ = np.concatenate([self.counts_, np.zeros(len(new))])
+        index = {v: i for i, v in enumerate(self.classes_.tolist())}
+        for xi, yi in zip(x, yy.tolist()):
+            self.sums_[index[yi]] += xi
+            self.counts_[index[yi]] += 1
+        self._refresh()
+        return self
+
+    def predict_proba(self, clips: Clips) -> np.ndarray:
+        """``softmax(temperature * cosine similarity to each prototype)``, ``(N, C)``."""
+        self._check_fitted()
+        x = self._pooled(clips)
+        if x.shape[1] != self.n_features_in_:
+            raise InvalidInputError(f"clips have {x.shape[1]} features, the head was fitted on {self.n_features_in_}")
+        return np.exp(_log_softmax(float(self.temperature) * self._normalized(x) @ self.prototypes_.T))
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"n_features_in": int(self.n_features_in_)}, {"sums": self.sums_, "counts": self.counts_}
+
+    @classmethod
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "PrototypeHead":
+        head = cls(**_unjson_params(meta["params"]))
+        classes, sums, counts = arrays["classes"], arrays.get("sums"), arrays.get("counts")
+        if sums is None or counts is None:
+            raise ModelIntegrityError("head file: missing prototype arrays")
+        c = len(classes)
+        if classes.ndim != 1 or c < 1 or len(np.unique(classes)) != c:
+            raise ModelIntegrityError("head file: classes must be a non-empty 1-D array of distinct labels")
+        if sums.ndim != 2 or sums.shape[0] != c or counts.shape != (c,) or sums.dtype.kind != "f" or counts.dtype.kind != "f":
+            raise ModelIntegrityError(f"head file: prototype arrays of shapes {sums.shape}, {counts.shape} for {c} classes")
+        if not (np.isfinite(sums).all() and np.isfinite(counts).all()) or (counts < 1).any():
+            raise ModelIntegrityError("head file: non-finite prototypes or empty classes")
+        head.classes_, head.sums_, head.counts_ = classes, sums.astype(np.float64), counts.astype(np.float64)
+        head.n_features_in_ = sums.shape[1]
+        head._refresh()
+        return head
+
+
+class BlendHead(_Head):
+    """A universal head and a personal one, mixed in log-probability space.
+
+    ``log p(c) = (1 - weight) log p_base(c) + weight log p_personal(c)`` (renormalised), over
+    the union of both heads' classes; a class one head lacks (a user's own label) gets the
+    probability floor ``1e-6`` there. ``weight=0`` is the universal head, ``weight=1`` the
+    personal one. :func:`emoadapt.adaptation.adapt_user` builds it and chooses ``weight``
+    from the user's corrections. Both heads must read the same clips (per-frame backbone
+    features); they are saved inside this head's file as plain arrays.
+
+    Args:
+        base: the universal head (fitted).
+        personal: the personal head (fitted).
+        weight: the personal head's weight, in ``[0, 1]``.
+    """
+
+    _FLOOR = 1e-6
+
+    def __init__(self, base: Any = None, personal: Any = None, weight: float = 1.0) -> None:
+        self.base = base
+        self.personal = personal
+        self.weight = weight
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {"weight": self.weight} if not deep else {"base": self.base, "personal": self.personal, "weight": self.weight}
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "classes_":
+            self._check_parts()
+            known = self.base.classes_.tolist()
+            extra = [c for c in self.personal.classes_.tolist() if c not in set(known)]
+            return np.asarray(known + extra)
+        if name == "n_features_in_":
+            self._check_parts()
+            return self.base.n_features_in_
+        raise AttributeError(name)
+
+    def _check_parts(self) -> None:
+        if self.base is None or self.personal is None or not hasattr(self.base, "classes_") or not hasattr(self.personal, "classes_"):
+            raise InvalidInputError("BlendHead needs a fitted base head and a fitted personal head")
+        if not (isinstance(self.weight, (int, float)) and 0.0 <= float(self.weight) <= 1.0):
+            raise InvalidInputError("weight must be a number in [0, 1]")
+
+    def _check_fitted(self) -> None:
+        self._check_parts()
+
+    def fit(self, clips: Clips, y: Any) -> "BlendHead":
+        """Refit the personal head on ``(clips, y)`` (the universal one stays as it is)."""
+        self._check_parts()
+        self.personal.fit(clips, y)
+        return self
+
+    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> "BlendHead":
+        """Continue fitting the personal head on ``(clips, y)``."""
+        self._check_parts()
+        self.personal.partial_fit(clips, y)
+        return self
+
+    def _aligned_log(self, head: Any, clips: Clips, classes: list[Any]) -> np.ndarray:
+        p = np.asarray(head.predict_proba(clips), dtype=np.float64)
+        out = np.full((len(p), len(classes)), math.log(self._FLOOR))
+        index = {c: i for i, c in enumerate(classes)}
+        cols = [index[c] for c in head.classes_.tolist()]
+        out[:, cols] = np.log(np.clip(p, self._FLOOR, None))
+        return out
+
+    def predict_proba(self, clips: Clips) -> np.ndarray:
+        """The blended probabilities ``(N, C)`` (columns follow ``classes_``)."""
+        self._check_parts()
+        classes = self.classes_.tolist()
+        w = float(self.weight)
+        z = np.zeros((len(as_clips(clips)), len(classes)))
+        if w < 1.0:
+            z += (1.0 - w) * self._aligned_log(self.base, clips, classes)
+        if w > 0.0:
+            z += w * self._aligned_log(self.personal, clips, classes)
+        return np.exp(_log_softmax(z))
+
+    def _payload(self) -> dict[str, np.ndarray]:
+        self._check_parts()
+        meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "type": type(self).__name__, "params": {"weight": float(self.weight)}}
+        out = {"meta": np.array(json.dumps(meta, sort_keys=True)), "classes": self.classes_}
+        for part in ("base", "personal"):
+            for k, v in getattr(self, part)._payload().items():
+                out[f"{part}__{k}"] = v
+        return out
+
+    @classmethod
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "BlendHead":
+        parts = {}
+        for part in ("base", "personal"):
+            sub = {k[len(part) + 2 :]: v for k, v in arrays.items() if k.startswith(part + "__")}
+            head = _from_payload(sub, part)
+            if isinstance(head, BlendHead):
+                raise ModelIntegrityError("head file: nested blends are not allowed")
+            parts[part] = head
+        weight = meta.get("params", {}).get("weight")
+        if not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
+            raise ModelIntegrityError("head file: blend weight must be in [0, 1]")
+        if getattr(parts["base"], "n_features_in_", None) != getattr(parts["personal"], "n_features_in_", None):
+            raise ModelIntegrityError("head file: the blended heads read different features")
+        return cls(parts["base"], parts["personal"], float(weight))
+
+
 HEAD_TYPES: dict[str, type[_Head]] = {
     "StatPoolingHead": StatPoolingHead,
     "SingleAttentionHead": SingleAttentionHead,
     "SelfAttentionHead": SelfAttentionHead,
     "MeanProbabilityHead": MeanProbabilityHead,
+    "PrototypeHead": PrototypeHead,
+    "BlendHead": BlendHead,
 }
 
 

@@ -794,9 +794,10 @@ class Recognizer:
         return Correction(cid, user=user, label=label, adapt_report=report, adapt_error=error)
 
     def adapt(self, user: str, **kw: Any) -> Any:
-        """Fine-tune ``user``'s personal head on their corrections now; returns an
-        :class:`~emoadapt.adaptation.AdaptReport` (held-out accuracy before/after, whether the
-        new head was kept). Keyword arguments go to :func:`emoadapt.adaptation.adapt_user`.
+        """Adapt ``user``'s personal head to their corrections now; returns an
+        :class:`~emoadapt.adaptation.AdaptReport` (what the guard chose -- universal, mix or
+        personal head -- and its held-out evidence). Keyword arguments (``strategy``,
+        ``anchor``, ``use_guard``, ...) go to :func:`emoadapt.adaptation.adapt_user`.
         The head is saved only for the user record its corrections were read from: if the
         user is forgotten meanwhile (and perhaps enrolled again), UnknownUserError and
         nothing is saved."""

@@ -37,13 +37,10 @@ CREMA = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU":
 log = logging.getLogger("eval_personalization")
 
 
-def ckplus(rec) -> dict:
-    """Leave-one-sequence-out inside each subject with 4+ emotions (CK+ has exactly one
-    sequence per subject and emotion, so the held-out emotion is one the user never
-    corrected: this measures whether personal fine-tuning helps, or at least does not hurt,
-    the emotions a user has not corrected yet)."""
-    from emoadapt.adaptation import fine_tune
-
+def ck_sequences(rec) -> tuple:
+    """CK+ through ``rec``'s backbone: ``(labels per image, probabilities, features,
+    {(subject, sequence): image indices}, {subject: its sequences}, subjects with 4+
+    emotions)``."""
     d = np.load(DATA / "ckplus48.npz", allow_pickle=False)
     classes = [str(c) for c in d["classes"]]
     y = np.array([CK_TO_OURS[classes[i]] for i in d["y"]])
@@ -55,6 +52,17 @@ def ckplus(rec) -> dict:
     for k in keys:
         per_subject.setdefault(k[0], []).append(k)
     subjects = [s for s, ks in per_subject.items() if len({y[clip_idx[k][0]] for k in ks}) >= 4]
+    return y, probs, feats, clip_idx, per_subject, subjects
+
+
+def ckplus(rec) -> dict:
+    """Leave-one-sequence-out inside each subject with 4+ emotions (CK+ has exactly one
+    sequence per subject and emotion, so the held-out emotion is one the user never
+    corrected: this measures whether personal fine-tuning helps, or at least does not hurt,
+    the emotions a user has not corrected yet)."""
+    from emoadapt.adaptation import fine_tune
+
+    y, probs, feats, clip_idx, per_subject, subjects = ck_sequences(rec)
     uni_on_p = type(rec.universal).__name__ == "MeanProbabilityHead"
     rows, hits_u, hits_p = {}, [], []
     variants = {"personal": {"replay": rec.replay}, "personal_no_replay": {"replay": None}}

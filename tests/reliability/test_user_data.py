@@ -497,7 +497,7 @@ TAMPERS = {
     "unknown-head-type": lambda st, a, d: st.save_head(USER, _meta_edit(a, type="TransformerHead")),
     "deeply-nested-head-json": lambda st, a, d: st.save_head(USER, {**a, "meta": np.array(DEEP)}),
     "another-backbones-weights": lambda st, a, d: st.save_head(USER, _other_backbone_head(d)),
-    "nan-weights": lambda st, a, d: st.save_head(USER, {**a, **{k: np.full_like(v, np.nan) for k, v in a.items() if k.startswith("param_")}}),
+    "nan-weights": lambda st, a, d: st.save_head(USER, {**a, **{k: np.full_like(v, np.nan) for k, v in a.items() if k.startswith("param_") or "__param_" in k}}),
     "deeply-nested-store-json": lambda st, a, d: (st.save_head(USER, a), _tamper_file(st.home, 2, _npz({**a, "__meta__": np.array(DEEP)}))),
     "zip-bomb": lambda st, a, d: (st.save_head(USER, a), _tamper_file(st.home, 2, _zip_bomb({**a, "__meta__": np.array("{}")}, MAX_HEAD_BYTES + (64 << 20)))),
 }

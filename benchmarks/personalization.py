@@ -1,0 +1,415 @@
+#!/usr/bin/env python
+"""Personalization on real people: universal vs personal, per person, strategy by strategy.
+
+Data (``../shared/data``):
+
+* **Taiwanese faces** (19 people): for each person and elicitation style s (1 theatrical,
+  2 FACS, 3 personal event) the person corrects the first M photos (by serial) of each
+  emotion acted in style s (neutral photos have no style: their first M), and is tested on
+  all their other photos, every style. M = 1, 2, 3, 5 (fewer where a person has fewer).
+  Per person: the mean over the three styles.
+* **CK+**: every subject with 4+ emotions, leave-one-sequence-out (as
+  ``scripts/eval_personalization.py``): the tested emotion is one the user never corrected.
+* **CREMA-D** (actor 1001): corrects the first half of each clip, predicts the second half.
+* **RAVDESS action units**: the paper's protocol of ``scripts/eval_ravdess.py`` (users =
+  actors 1-5, universal max-pooling head on actors 6-24, 80/20 split, seeds 0-4).
+
+Features are read once per photo through the public API (``Recognizer.analyze``: the same
+per-frame features ``correct()`` stores; predictions are deterministic) and every strategy is
+compared on them side by side. The headline figures of the default (``Recognizer.correct(...,
+user=, force=True)`` / ``adapt()`` / ``predict()``, one home per person so identity routing
+cannot interfere) are then produced through the API itself, and compared with the cached run
+of the same strategy.
+
+    python benchmarks/personalization.py [--people 5] [--api-styles 1] [--skip-api]
+
+Writes ``benchmarks/out/personalization/``: ``results.json``, ``tables.md`` and
+``accuracy_vs_m.png`` (the paper's Fig. 5: personal heads and one shared adapted head).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+OUT = ROOT / "benchmarks" / "out" / "personalization"
+sys.path.insert(0, str(ROOT))
+
+from emoadapt.adaptation import DEFAULT_ANCHOR, fit_personal, personalize
+from emoadapt.heads import BlendHead, PrototypeHead
+
+LETTERS = {"a": "neutral", "b": "happy", "c": "sad", "d": "angry", "e": "disgust", "f": "fear", "g": "surprise"}
+CREMA = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
+M_GRID = (1, 2, 3, 5)
+STYLES = ("1", "2", "3")
+TODAY_ANCHOR = 0.1  # the anchor before this benchmark (issue 15's baseline)
+log = logging.getLogger("personalization")
+
+# A strategy: (universal head, replay, adaptation clips, labels) -> a head over feature clips.
+Strategy = Callable[[Any, Any, list, list], Any]
+
+
+def _strategies() -> dict[str, Strategy]:
+    def guarded(**kw: Any) -> Strategy:
+        return lambda u, r, c, y: personalize(u, c, y, replay=r, **kw)[0]
+
+    def proto(kind: str) -> Strategy:
+        # nearest prototypes on features, probabilities or both (probabilities: the universal head's)
+        def fit(u: Any, r: Any, c: list, y: list) -> Any:
+            return _OnInputs(PrototypeHead().fit(_inputs(u, c, kind), y), u, kind)
+        return fit
+
+    return {
+        "finetune (today: anchor 0.1)": lambda u, r, c, y: fit_personal(u, c, y, replay=r, anchor=TODAY_ANCHOR),
+        f"finetune (anchor {DEFAULT_ANCHOR:g})": lambda u, r, c, y: fit_personal(u, c, y, replay=r),
+        "logistic on own features": lambda u, r, c, y: fit_personal(u, c, y, strategy="logistic"),
+        "prototypes: features": proto("f"),
+        "prototypes: probabilities": proto("p"),
+        "prototypes: both": proto("fp"),
+        "mix n/(n+7): universal + prototypes": lambda u, r, c, y: BlendHead(u, PrototypeHead().fit(c, y), len(y) / (len(y) + 7.0)),
+        "mix n/(n+7): universal + finetune": lambda u, r, c, y: BlendHead(u, fit_personal(u, c, y, replay=r), len(y) / (len(y) + 7.0)),
+        "guard + prototypes": guarded(strategy="prototype"),
+        "guard + logistic": guarded(strategy="logistic"),
+        "default: guard + finetune": guarded(),
+    }
+
+
+DEFAULT = "default: guard + finetune"
+BASELINE = "finetune (today: anchor 0.1)"
+
+
+def _inputs(u: Any, clips: list, kind: str) -> list:
+    out = []
+    for c in clips:
+        parts = []
+        if "f" in kind:
+            parts.append(c)
+        if "p" in kind:
+            parts.append(np.sqrt(np.asarray(u.predict_proba([c]))[0])[None].repeat(len(c), 0))
+        out.append(np.concatenate(parts, axis=1))
+    return out
+
+
+class _OnInputs:
+    """A head fitted on derived inputs (probabilities / both), predicting from feature clips."""
+
+    def __init__(self, head: Any, universal: Any, kind: str) -> None:
+        self.head, self.u, self.kind, self.classes_ = head, universal, kind, head.classes_
+
+    def predict(self, clips: list) -> np.ndarray:
+        return self.head.predict(_inputs(self.u, clips, self.kind))
+
+
+def _acc(head: Any, clips: list, labels: list) -> float:
+    return float(np.mean(np.asarray(head.predict(clips)).astype(str) == np.asarray(labels, str))) if labels else float("nan")
+
+
+# -------------------------------------------------------------------------------------------
+# Taiwanese faces
+# -------------------------------------------------------------------------------------------
+def taiwanese_files(people: int | None) -> list[Path]:
+    files = sorted((DATA / "faces" / "taiwanese").glob("*.jpg"))
+    ids = sorted({f.name[:2] for f in files})[:people]
+    return [f for f in files if f.name[:2] in ids]
+
+
+def taiwanese_label(name: str) -> str:
+    return LETTERS[name[4]] if name[4].isalpha() else "neutral"
+
+
+def taiwanese_split(names: list[str], person: str, style: str, m: int) -> tuple[list[int], list[int]]:
+    """(adaptation, test) indices of ``person``: the first ``m`` photos of each emotion acted
+    in ``style`` (neutral: the first ``m`` neutral photos), and all their other photos."""
+    idx = [i for i, n in enumerate(names) if n[:2] == person]
+    train: list[int] = []
+    for emo in LETTERS.values():
+        want = "0" if emo == "neutral" else style
+        cand = sorted((i for i in idx if names[i][2] == want and taiwanese_label(names[i]) == emo), key=lambda i: names[i])
+        train += cand[:m]
+    return train, [i for i in idx if i not in set(train)]
+
+
+def cache_features(rec: Any, files: list[Path]) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """Per-frame features (what ``correct()`` stores) and probabilities of each photo, through
+    the public API."""
+    names, feats, probs = [], [], []
+    for f in files:
+        r = rec.analyze(str(f))
+        if r.faces == 0:
+            log.warning("no face in %s: skipped", f.name)
+            continue
+        names.append(f.name)
+        feats.append(np.asarray(r.features, np.float32))
+        probs.append(np.asarray(r.frame_probabilities, np.float32))
+    return names, feats, probs
+
+
+def _universal_acc(rec: Any, feats: list, probs: list, labels: list) -> float:
+    """Accuracy of the stranger's (universal) head, on what it reads."""
+    on_probs = type(rec.universal).__name__ == "MeanProbabilityHead"
+    return _acc(rec.universal, probs if on_probs else feats, labels)
+
+
+def taiwanese_cached(rec: Any, names: list[str], feats: list[np.ndarray], probs: list[np.ndarray], strategies: dict[str, Strategy]) -> dict[str, Any]:
+    u, replay = rec.personal_base, rec.replay
+    labels = [taiwanese_label(n) for n in names]
+    people = sorted({n[:2] for n in names})
+    out: dict[str, Any] = {}
+    for m in M_GRID:
+        per: dict[str, dict[str, list[float]]] = {s: {p: [] for p in people} for s in ["universal", *strategies, "shared"]}
+        for style in STYLES:
+            splits = {p: taiwanese_split(names, p, style, m) for p in people}
+            pool_c = [feats[i] for p in people for i in splits[p][0]]
+            shared = personalize(u, pool_c, [labels[i] for p in people for i in splits[p][0]], replay=replay)[0]
+            for p in people:
+                tr, te = splits[p]
+                tc, ty = [feats[i] for i in te], [labels[i] for i in te]
+                per["universal"][p].append(_universal_acc(rec, tc, [probs[i] for i in te], ty))
+                per["shared"][p].append(_acc(shared, tc, ty))
+                for name, fit in strategies.items():
+                    per[name][p].append(_acc(fit(u, replay, [feats[i] for i in tr], [labels[i] for i in tr]), tc, ty))
+        out[str(m)] = {s: {p: float(np.mean(v)) for p, v in d.items()} for s, d in per.items()}
+        log.info("taiwanese M=%d: %s", m, {s: round(float(np.mean(list(d.values()))), 3) for s, d in out[str(m)].items()})
+    return out
+
+
+def taiwanese_api(make_rec: Callable[[str], Any], files: list[Path], styles: tuple[str, ...]) -> dict[str, Any]:
+    """The default through ``correct(user=, force=True)`` / ``adapt()`` / ``predict()``."""
+    names = [f.name for f in files]
+    by_name = {f.name: f for f in files}
+    people = sorted({n[:2] for n in names})
+    out: dict[str, Any] = {}
+    for m in M_GRID:
+        per: dict[str, dict[str, list[float]]] = {"universal": {p: [] for p in people}, "personal": {p: [] for p in people}}
+        choices: dict[str, int] = {}
+        for style in styles:
+            for p in people:
+                tr, te = taiwanese_split(names, p, style, m)
+                with tempfile.TemporaryDirectory() as home:
+                    rec = make_rec(home)
+                    truth = [taiwanese_label(names[i]) for i in te]
+                    uni = [rec.predict(str(by_name[names[i]])).label for i in te]
+                    for i in tr:
+                        rec.correct(str(by_name[names[i]]), taiwanese_label(names[i]), user=f"p{p}", force=True)
+                    rep = rec.adapt(f"p{p}")
+                    choices[rep.choice] = choices.get(rep.choice, 0) + 1
+                    res = [rec.predict(str(by_name[names[i]])) for i in te]
+                    assert all(r.user == f"p{p}" for r in res), "identity routing interfered"
+                    rec.close()
+                per["universal"][p].append(float(np.mean(np.array(uni) == np.array(truth))))
+                per["personal"][p].append(float(np.mean(np.array([r.label for r in res]) == np.array(truth))))
+        out[str(m)] = {**{s: {p: float(np.mean(v)) for p, v in d.items()} for s, d in per.items()}, "choices": choices}
+        log.info("taiwanese API M=%d: universal %.3f personal %.3f choices %s", m, np.mean(list(out[str(m)]["universal"].values())),
+                 np.mean(list(out[str(m)]["personal"].values())), choices)
+    return out
+
+
+# -------------------------------------------------------------------------------------------
+# CK+, CREMA-D, RAVDESS
+# -------------------------------------------------------------------------------------------
+def ckplus(rec: Any, strategies: dict[str, Strategy], subjects_limit: int | None) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from eval_personalization import ck_sequences
+
+    y, probs, feats, idx, per_subject, subjects = ck_sequences(rec)
+    subjects = subjects[:subjects_limit]
+    u, replay = rec.personal_base, rec.replay
+    per: dict[str, dict[str, float]] = {s: {} for s in ["universal", *strategies]}
+    for s in subjects:
+        ks = per_subject[s]
+        labels = [str(y[idx[k][0]]) for k in ks]
+        hits: dict[str, list[bool]] = {n: [] for n in per}
+        for t, k in enumerate(ks):
+            if labels[t] == "contempt":  # unknown to the universal model: adaptation data only
+                continue
+            a = [i for i in range(len(ks)) if i != t]
+            hits["universal"].append(str(rec.universal.predict([probs[idx[k]]])[0]) == labels[t])
+            for name, fit in strategies.items():
+                head = fit(u, replay, [feats[idx[ks[i]]] for i in a], [labels[i] for i in a])
+                hits[name].append(str(head.predict([feats[idx[k]]])[0]) == labels[t])
+        for n, scores in per.items():
+            scores[s] = float(np.mean(hits[n]))
+    log.info("CK+: %s", {n: round(float(np.mean(list(v.values()))), 3) for n, v in per.items()})
+    return per
+
+
+def cremad(make_rec: Callable[[str], Any], variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    from emoadapt.video import iter_frames
+
+    halves = {}
+    for c in sorted((DATA / "clips" / "cremad").glob("*.flv")):
+        frames = np.stack([f.image for f in iter_frames(c)])
+        halves[CREMA[c.stem.split("_")[2]]] = (frames[: len(frames) // 2], frames[len(frames) // 2 :])
+    out: dict[str, Any] = {}
+    for name, kw in variants.items():
+        with tempfile.TemporaryDirectory() as home:
+            rec = make_rec(home)
+            if "universal" not in out:
+                out["universal"] = float(np.mean([rec.predict(b).label == lab for lab, (_, b) in halves.items()]))
+            for lab, (a, _) in halves.items():
+                rec.correct(a, lab, user="actor1001", force=True)
+            rep = rec.adapt("actor1001", **kw)
+            out[name] = float(np.mean([rec.predict(b).label == lab for lab, (_, b) in halves.items()]))
+            out[name + " choice"] = rep.choice
+            rec.close()
+    log.info("CREMA-D: %s", out)
+    return out
+
+
+def ravdess(seeds: int) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import eval_ravdess as ev
+
+    data = ev.load_descriptors(DATA / "ravdess_au35.csv")
+    users = [1, 2, 3, 4, 5]
+    uni_idx = np.flatnonzero(~np.isin(data.actors, users))
+    uni = ev.make_head("max", {}, 0).fit(*data.subset(uni_idx))
+    res: dict[str, list[float]] = {"universal": [], "personal (today: partial_fit)": [], "default: guard + finetune": []}
+    for s in range(seeds):
+        for u in users:
+            aidx = np.flatnonzero(data.actors == u)
+            atr, ate = ev.stratified_split(aidx, data.labels[aidx], 0.2, 1000 * s + u)
+            tc, ty = data.subset(ate)
+            ac, ay = data.subset(atr)
+            res["universal"].append(_acc(uni, tc, list(ty)))
+            res["personal (today: partial_fit)"].append(_acc(uni.copy().partial_fit(ac, ay), tc, list(ty)))
+            res["default: guard + finetune"].append(_acc(personalize(uni, list(ac), [str(v) for v in ay], anchor=None)[0], tc, list(ty)))
+    out = {k: float(np.mean(v)) for k, v in res.items()}
+    log.info("RAVDESS AU: %s", out)
+    return out
+
+
+# -------------------------------------------------------------------------------------------
+# report
+# -------------------------------------------------------------------------------------------
+def _mean(d: dict[str, float]) -> float:
+    return float(np.mean(list(d.values())))
+
+
+def _hurt(d: dict[str, float], u: dict[str, float]) -> int:
+    return int(sum(d[p] < u[p] - 1e-9 for p in d))
+
+
+def tables(res: dict[str, Any]) -> str:
+    lines = []
+    tw = res["taiwanese_cached"]
+    names = [n for n in tw[str(M_GRID[0])] if n != "universal"]
+    lines += ["### Taiwanese faces, strategies (cached features; mean accuracy / people made worse)", "",
+              "| strategy | " + " | ".join(f"M={m}" for m in M_GRID) + " |", "|---|" + "---|" * len(M_GRID)]
+    lines.append("| universal | " + " | ".join(f"{_mean(tw[str(m)]['universal']):.3f}" for m in M_GRID) + " |")
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(f"{_mean(tw[str(m)][n]):.3f} / {_hurt(tw[str(m)][n], tw[str(m)]['universal'])}" for m in M_GRID) + " |")
+    if "taiwanese_api" in res:
+        api = res["taiwanese_api"]
+        lines += ["", f"### Taiwanese faces, the default through correct()/adapt()/predict() (styles {res['api_styles']})", "",
+                  "| M | universal | personal | people made worse | guard choices |", "|---|---|---|---|---|"]
+        for m in M_GRID:
+            a = api[str(m)]
+            lines.append(f"| {m} | {_mean(a['universal']):.3f} | {_mean(a['personal']):.3f} | {_hurt(a['personal'], a['universal'])} | {a['choices']} |")
+        m1 = api[str(M_GRID[0])]
+        lines += ["", "Per person, M=1 (universal -> personal):", "",
+                  ", ".join(f"{p} {m1['universal'][p]:.2f}->{m1['personal'][p]:.2f}{' (worse)' if m1['personal'][p] < m1['universal'][p] - 1e-9 else ''}" for p in sorted(m1["universal"]))]
+    if "ckplus" in res:
+        ck = res["ckplus"]
+        lines += ["", "### CK+ leave-one-sequence-out (mean accuracy / subjects made worse)", "", "| strategy | accuracy |", "|---|---|"]
+        lines += [f"| {n} | {_mean(v):.3f} / {_hurt(v, ck['universal'])} |" for n, v in ck.items()]
+    if "cremad" in res:
+        lines += ["", "### CREMA-D actor 1001 (through the API)", "", "| variant | accuracy |", "|---|---|"]
+        lines += [f"| {k} | {v if isinstance(v, str) else f'{v:.3f}'} |" for k, v in res["cremad"].items()]
+    if "ravdess" in res:
+        lines += ["", "### RAVDESS action units (users 1-5, 80/20, mean over seeds)", "", "| model | accuracy |", "|---|---|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in res["ravdess"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tw = res["taiwanese_cached"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    series = (("universal", "universal (same test photos)", "-.", "gray"), (DEFAULT, "personal (default)", "-o", None),
+              ("shared", "one shared adapted model", "--s", None), (BASELINE, "personal (today's fine-tune)", ":^", None))
+    for key, label, style, color in series:
+        ax.plot(list(M_GRID), [_mean(tw[str(m)][key]) for m in M_GRID], style, label=label, color=color)
+    ax.set_xticks(list(M_GRID))
+    ax.set_xlabel("M corrected photos per emotion (one style; mean over 3 styles)")
+    ax.set_ylabel("accuracy on the person's other photos")
+    ax.set_title("Taiwanese faces, 19 people" if len(tw[str(M_GRID[0])]["universal"]) == 19 else "Taiwanese faces (subset)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    global M_GRID, STYLES
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--people", type=int, help="only the first N Taiwanese people (and N CK+ subjects)")
+    ap.add_argument("--api-styles", default="1", help="elicitation styles for the through-the-API run (default 1; '123' for all)")
+    ap.add_argument("--skip-api", action="store_true", help="no through-the-API Taiwanese run")
+    ap.add_argument("--only", default="taiwanese,ckplus,cremad,ravdess", help="comma-separated parts to run")
+    ap.add_argument("--ravdess-seeds", type=int, default=5)
+    ap.add_argument("--styles", default="".join(STYLES), help="elicitation styles of the cached comparison (default 123)")
+    ap.add_argument("--m", default=",".join(map(str, M_GRID)), help="adaptation photos per emotion to run (default 1,2,3,5)")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    M_GRID = tuple(int(m) for m in args.m.split(","))
+    STYLES = tuple(args.styles)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import emoadapt
+
+    def make_rec(home: str) -> Any:
+        # one user per home: identity routing cannot send a face to anyone else
+        return emoadapt.Recognizer(home=home, adapt_every=0, identity_threshold=-1.0)
+
+    only = set(args.only.split(","))
+    args.out.mkdir(parents=True, exist_ok=True)
+    strategies = _strategies()
+    res: dict[str, Any] = {"api_styles": args.api_styles, "styles": "".join(STYLES)}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as home:
+        rec = make_rec(home)
+        if "taiwanese" in only:
+            files = taiwanese_files(args.people)
+            names, feats, probs = cache_features(rec, files)
+            res["taiwanese_cached"] = taiwanese_cached(rec, names, feats, probs, strategies)
+            if not args.skip_api:
+                res["taiwanese_api"] = taiwanese_api(make_rec, [f for f in files if f.name in set(names)], tuple(args.api_styles))
+        if "ckplus" in only:
+            res["ckplus"] = ckplus(rec, {k: strategies[k] for k in (BASELINE, f"finetune (anchor {DEFAULT_ANCHOR:g})", "prototypes: features", "guard + prototypes", DEFAULT)}, args.people)
+    if "cremad" in only:
+        res["cremad"] = cremad(make_rec, {"personal (today: anchor 0.1, no guard)": {"anchor": TODAY_ANCHOR, "use_guard": False}, "default: guard + finetune": {}})
+    if "ravdess" in only:
+        res["ravdess"] = ravdess(args.ravdess_seeds)
+    res["seconds"] = time.perf_counter() - t0
+    (args.out / "results.json").write_text(json.dumps(res, indent=1))
+    text = tables(res) if "taiwanese_cached" in res else ""
+    (args.out / "tables.md").write_text(text)
+    if "taiwanese_cached" in res:
+        plot(res, args.out / "accuracy_vs_m.png")
+    print(text)
+    if "taiwanese_api" in res:
+        for m in M_GRID:
+            a = res["taiwanese_api"][str(m)]
+            print(f"taiwanese_M{m}_universal={_mean(a['universal']):.3f} personal={_mean(a['personal']):.3f} worse={_hurt(a['personal'], a['universal'])}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
