@@ -73,7 +73,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for clip in _bar(args, args.clips, unit="clip", disable=not many):
         try:
             res = rec.predict(clip, progress=not many and _show_progress(args), **_sampling(args))
-        except Exception as e:  # noqa: BLE001 - one clip's failure must not lose the others' results
+        except Exception as e:
             # each error is reported once: in the results where the format has a place for it
             # (a text line, a JSON object), else (csv) on stderr
             failed += 1

@@ -71,8 +71,9 @@ from ..errors import (
     UnknownUserError,
     VideoDecodeError,
 )
+from ..store import normalize_label
 
-__all__ = ["create_app", "ERROR_STATUS", "DEFAULT_MAX_UPLOAD_MB", "DEFAULT_MAX_SECONDS", "LOOPBACK_HOSTS", "STATIC_DIR"]
+__all__ = ["DEFAULT_MAX_SECONDS", "DEFAULT_MAX_UPLOAD_MB", "ERROR_STATUS", "LOOPBACK_HOSTS", "STATIC_DIR", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +305,7 @@ class _App:
         elif after is not None and after != before:  # an automatic adapt installed a new head
             adapted = {"user": who, "accepted": True, "version": after, "reason": "automatic adapt after this correction"}
         n = len(await self.run(self.rec.corrections, who)) if who else None
-        return _json({"id": cid, "user": who, "label": label.strip().lower(), "corrections": n, "adapted": adapted})
+        return _json({"id": cid, "user": who, "label": normalize_label(label), "corrections": n, "adapted": adapted})
 
     async def enroll(self, request: Request) -> Response:
         user = request.query_params.get("user", "")
