@@ -189,8 +189,9 @@
     $("label").textContent = res.label;
     $("label").style.color = classColor(res.label);
     $("result-user").textContent = res.user ? "recognised: " + res.user : "(not recognised: a stranger for the model)";
-    const secs = res.fps ? (res.frames / res.fps).toFixed(1) + " s, " : "";
-    $("result-meta").textContent = `${secs}${res.faces} of ${res.frames} frames with a face` +
+    const tl = res.timeline;
+    const span = res.fps && tl.length ? `, ${tl[0].time.toFixed(1)}-${tl[tl.length - 1].time.toFixed(1)} s` : "";
+    $("result-meta").textContent = `${res.faces} of ${res.frames} analysed frames with a face${span}` +
       (res.tracks > 1 ? `, ${res.tracks} faces: the main one shown` : "") + (res.truncated ? ", cut at the length limit" : "");
     drawBars($("bars"), res.probabilities);
     drawTimeline($("timeline"), res.timeline);
@@ -256,12 +257,12 @@
     return tr;
   }
 
-  const when = (t) => new Date(t * 1000).toLocaleString();
+  const when = (t) => new Date(t * 1000).toLocaleString(undefined, {dateStyle: "short", timeStyle: "medium"});
   const pct = (v) => (v === null || v === undefined ? "n/a" : (100 * v).toFixed(0) + " %");
 
   function drawHistory(svg, versions) {
     clear(svg);
-    const W = 560, H = 200, pad = {l: 40, r: 12, t: 18, b: 34};
+    const W = 560, H = 210, pad = {l: 40, r: 12, t: 30, b: 34};
     svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
     axes(svg, W, H, pad, versions.length, "personal model version", "held-out accuracy");
     const n = versions.length;
@@ -275,13 +276,13 @@
       if (b === undefined || a === undefined) return;
       any = true;
       svg.appendChild(el("line", {x1: x(i), y1: y(b), x2: x(i), y2: y(a), class: "change"}));
-      svg.appendChild(el("circle", {cx: x(i), cy: y(b), r: 5, class: "before"}));
+      svg.appendChild(el("circle", {cx: x(i), cy: y(b), r: 7, class: "before"}));
       svg.appendChild(el("circle", {cx: x(i), cy: y(a), r: 5, class: "after", "data-version": v.version}));
     });
     const note = !n ? "no personal model yet: the universal one answers for you"
-      : any ? "grey: the model before, blue: after (on held-out corrections)"
+      : any ? "\u25cb before, \u25cf after the adaptation (held-out corrections)"
         : "held-out accuracy appears from 10 corrections on";
-    svg.appendChild(el("text", {x: W - pad.r, y: pad.t - 6, "text-anchor": "end", class: "axis"}, note));
+    svg.appendChild(el("text", {x: W - pad.r, y: 12, "text-anchor": "end", class: "axis"}, note));
   }
 
   async function refreshUsers() {
