@@ -38,34 +38,28 @@ if not (CHROMIUM and DRIVER):
 pytest.importorskip("starlette", reason='emoadapt serve needs the serve extra: pip install -e ".[serve]"')
 pytest.importorskip("uvicorn", reason='emoadapt serve needs the serve extra: pip install -e ".[serve]"')
 
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 USER = "actor1001"
 WAIT = 90  # seconds: analyses share two loaded cores with other jobs
 
 
 def _frames(path: Path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    out = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        out.append(f)
-    cap.release()
-    assert out, path
-    return out
+    """Every frame of a clip, RGB."""
+    from emoadapt.video import iter_frames
+
+    return [f.image for f in iter_frames(path)]
 
 
-def write_y4m(frames_bgr: list[np.ndarray], path: Path, fps: int = 30) -> Path:
-    """Frames as a YUV4MPEG2 (4:2:0) file: what Chromium's fake camera plays."""
-    h, w = frames_bgr[0].shape[:2]
+def write_y4m(frames_rgb: list[np.ndarray], path: Path, fps: int = 30) -> Path:
+    """RGB frames as a YUV4MPEG2 (4:2:0) file: what Chromium's fake camera plays."""
+    h, w = frames_rgb[0].shape[:2]
     with open(path, "wb") as f:
         f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
-        for fr in frames_bgr:
+        for fr in frames_rgb:
             f.write(b"FRAME\n")
-            f.write(cv2.cvtColor(fr, cv2.COLOR_BGR2YUV_I420).tobytes())  # Y, then U, then V planes
+            f.write(cv2.cvtColor(fr, cv2.COLOR_RGB2YUV_I420).tobytes())  # Y, then U, then V planes
     return path
 
 
@@ -89,7 +83,7 @@ def _seed_history(home: Path, clips: list[Path]) -> None:
             halves[i].append((np.stack(part[::3]), labels[clip.name.split("_")[2]]))
     with Recognizer(home=home, adapt_every=0) as rec:
         for n, (frames, label) in enumerate(halves[0] + halves[1], 1):
-            rec.correct(frames, label, user=USER, color="bgr", force=True)
+            rec.correct(frames, label, user=USER, force=True)
             if n in (10, 12):
                 rec.adapt(USER)
 
@@ -104,23 +98,22 @@ def server(tmp_path, cremad_clips):
         _seed_history(home, cremad_clips)
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TMPDIR": str(uploads)}
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "emoadapt.cli", "--home", str(home), "serve", "--port", str(port),
-                             "--fps", "10", "--adapt-every", "0"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    try:
-        for _ in range(600):
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                urllib.request.urlopen(url, timeout=2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield {"url": url, "uploads": uploads, "home": home, "shots": shots}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
+    with open(tmp_path / "server.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "emoadapt.cli", "--home", str(home), "serve", "--port", str(port),
+                                 "--fps", "10", "--adapt-every", "0"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            for _ in range(600):
+                assert proc.poll() is None, (tmp_path / "server.log").read_text()
+                try:
+                    urllib.request.urlopen(url, timeout=2).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            yield {"url": url, "uploads": uploads, "home": home, "shots": shots}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
 
 
 @pytest.fixture

@@ -62,15 +62,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised by the CLI test with the module hidden
     raise ImportError('emoadapt serve needs the "serve" extra (Starlette and uvicorn): pip install "emoadapt[serve]"') from e
 
-from ..errors import (
-    EmoadaptError,
-    IdentityMismatchError,
-    InvalidInputError,
-    ModelIntegrityError,
-    StoreError,
-    UnknownUserError,
-    VideoDecodeError,
-)
+from .. import errors as _err
 from ..store import normalize_label
 
 __all__ = ["DEFAULT_MAX_SECONDS", "DEFAULT_MAX_UPLOAD_MB", "ERROR_STATUS", "LOOPBACK_HOSTS", "STATIC_DIR", "create_app"]
@@ -86,14 +78,14 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 TOKEN_HEADER = "x-emoadapt-token"
 
 #: HTTP status and error code of each library error (the first matching class wins)
-ERROR_STATUS: tuple[tuple[type[EmoadaptError], int, str], ...] = (
-    (UnknownUserError, 404, "unknown_user"),
-    (IdentityMismatchError, 409, "identity_mismatch"),
-    (VideoDecodeError, 422, "bad_file"),
-    (InvalidInputError, 400, "invalid_input"),
-    (StoreError, 500, "store_error"),
-    (ModelIntegrityError, 500, "model_error"),
-    (EmoadaptError, 500, "error"),
+ERROR_STATUS: tuple[tuple[type[_err.EmoadaptError], int, str], ...] = (
+    (_err.UnknownUserError, 404, "unknown_user"),
+    (_err.IdentityMismatchError, 409, "identity_mismatch"),
+    (_err.VideoDecodeError, 422, "bad_file"),
+    (_err.InvalidInputError, 400, "invalid_input"),
+    (_err.StoreError, 500, "store_error"),
+    (_err.ModelIntegrityError, 500, "model_error"),
+    (_err.EmoadaptError, 500, "error"),
 )
 
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -112,11 +104,11 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status, headers={"Cache-Control": "no-store"})
 
 
-def error_for(e: EmoadaptError) -> tuple[int, str]:
+def error_for(e: _err.EmoadaptError) -> tuple[int, str]:
     """``(status, code)`` of a library error; a clip without a face is ``(422, "no_face")``."""
     for cls, status, code in ERROR_STATUS:
         if isinstance(e, cls):
-            if cls is InvalidInputError and str(e).startswith("no face"):
+            if cls is _err.InvalidInputError and str(e).startswith("no face"):
                 return 422, "no_face"
             return status, code
     return 500, "error"  # pragma: no cover - EmoadaptError is last in ERROR_STATUS
@@ -214,7 +206,7 @@ class _App:
                 raise ApiError(400, "bad_file", "empty upload: send the clip's bytes as the request body")
             try:
                 yield path
-            except EmoadaptError as e:  # name the upload as the person knows it, not by its temporary name
+            except _err.EmoadaptError as e:  # name the upload as the person knows it, not by its temporary name
                 shown = _display_name(request.query_params.get("name"))
                 e.args = tuple(a.replace(path.name, shown) if isinstance(a, str) else a for a in e.args)
                 raise
@@ -325,7 +317,7 @@ class _App:
 
         def read() -> list[dict[str, Any]]:
             if not self.rec.store.has_user(user):
-                raise UnknownUserError(f"unknown user {user!r}")
+                raise _err.UnknownUserError(f"unknown user {user!r}")
             return [{"version": int(h.version), "created": h.created, "status": h.status, "n_trained": h.n_trained,
                      "metrics": h.metrics} for h in self.rec.store.head_versions(user)]
 
@@ -341,7 +333,7 @@ class _App:
         user = request.path_params["user"]
         rep = await self.run(self.rec.forget, user)
         self.reports.pop(user, None)
-        out = dataclasses.asdict(rep) if dataclasses.is_dataclass(rep) else {}
+        out = dataclasses.asdict(rep) if dataclasses.is_dataclass(rep) and not isinstance(rep, type) else {}
         return _json({"user": user, **out, "users": await self.run(self.rec.users)})
 
 
@@ -420,11 +412,11 @@ def create_app(
         upload_dir: directory of the temporary upload files (default: the system's).
     """
     if not (isinstance(max_upload_mb, (int, float)) and 0 < max_upload_mb < 1e6):
-        raise InvalidInputError(f"max_upload_mb must be a positive number of megabytes, got {max_upload_mb!r}")
+        raise _err.InvalidInputError(f"max_upload_mb must be a positive number of megabytes, got {max_upload_mb!r}")
     if not (isinstance(max_seconds, (int, float)) and 0 < max_seconds <= 3600):
-        raise InvalidInputError(f"max_seconds must be a positive number of seconds (at most 3600), got {max_seconds!r}")
+        raise _err.InvalidInputError(f"max_seconds must be a positive number of seconds (at most 3600), got {max_seconds!r}")
     if fps is not None and not (isinstance(fps, (int, float)) and fps > 0):
-        raise InvalidInputError(f"fps must be a positive number or None, got {fps!r}")
+        raise _err.InvalidInputError(f"fps must be a positive number or None, got {fps!r}")
     limits = _Limits(int(max_upload_mb * 1e6), float(max_seconds), None if fps is None else float(fps))
     state = _App(recognizer, limits, None if upload_dir is None else os.fspath(upload_dir))
     routes = [
@@ -446,13 +438,13 @@ def create_app(
         return _error(e.status, e.code, e.message)
 
     async def on_library_error(request: Request, e: Exception) -> Response:
-        assert isinstance(e, EmoadaptError)
+        assert isinstance(e, _err.EmoadaptError)
         status, code = error_for(e)
         if status >= 500:
             log.error("%s %s: %s: %s", request.method, request.url.path, type(e).__name__, e)
         return _error(status, code, str(e))
 
-    app = Starlette(routes=routes, exception_handlers={ApiError: on_api_error, EmoadaptError: on_library_error})
+    app = Starlette(routes=routes, exception_handlers={ApiError: on_api_error, _err.EmoadaptError: on_library_error})
     app.state.token = token or secrets.token_urlsafe(32)
     app.state.emoadapt = state
     hosts = None if allowed_hosts is None else frozenset(h.lower() for h in allowed_hosts)
