@@ -179,11 +179,17 @@ class _App:
 
     # -- helpers ------------------------------------------------------------------------------
     async def run(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """``fn(*args, **kw)`` in a worker thread, one such call at a time (analyses, writes)."""
+
         def locked() -> Any:
             with self.work:
                 return fn(*args, **kw)
 
         return await run_in_threadpool(locked)
+
+    async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in a worker thread, beside a running analysis (store reads)."""
+        return await run_in_threadpool(fn, *args)
 
     @asynccontextmanager
     async def upload(self, request: Request) -> AsyncIterator[Path]:
@@ -253,12 +259,12 @@ class _App:
         return HTMLResponse(page, headers=_PAGE_HEADERS)
 
     async def info(self, request: Request) -> Response:
-        users = await self.run(self.rec.users)
+        users = await self.read(self.rec.users)
         return _json({"classes": self.rec.classes, "users": users, "max_upload_bytes": self.limits.max_upload_bytes,
                       "max_seconds": self.limits.max_seconds, "fps": self.limits.fps})
 
     async def users(self, request: Request) -> Response:
-        return _json({"users": await self.run(self.rec.users)})
+        return _json({"users": await self.read(self.rec.users)})
 
     async def predict(self, request: Request) -> Response:
         async with self.upload(request) as path:
@@ -282,22 +288,25 @@ class _App:
         label, user, force = q.get("label", ""), q.get("user") or None, q.get("force", "") in ("1", "true", "yes")
         async with self.upload(request) as path:
 
-            def work() -> tuple[Any, int | None, int | None]:
-                before = self.active_version(user)
+            def work() -> dict[str, Any]:
+                t0 = time.time()
                 c = self.rec.correct(path, label, user=user, force=force, **self.sampling(path))
-                return c, before, self.active_version(getattr(c, "user", None) or user)
+                cid = int(getattr(c, "id", c))  # an id, or an object carrying it
+                who = getattr(c, "user", None) or user or self.owner(cid)
+                report = _adapt_report(c)
+                adapted: dict[str, Any] | None = None
+                if report is not None and who:
+                    adapted = self.log_report(who, report)
+                elif who:  # a head saved during this call: an automatic adapt installed it
+                    new = [h for h in self.rec.store.head_versions(who) if h.created >= t0]
+                    if new:
+                        adapted = {"user": who, "accepted": True, "version": int(new[-1].version), "reason": "automatic adapt",
+                                   **new[-1].metrics}
+                n = len(self.rec.corrections(who)) if who else None
+                return {"id": cid, "user": who, "label": normalize_label(label), "corrections": n, "adapted": adapted}
 
-            c, before, after = await self.run(work)
-        cid = int(getattr(c, "id", c))
-        who = getattr(c, "user", None) or user or await self.run(self.owner, cid)
-        report = _adapt_report(c)
-        adapted: dict[str, Any] | None = None
-        if report is not None and who:
-            adapted = self.log_report(who, report)
-        elif after is not None and after != before:  # an automatic adapt installed a new head
-            adapted = {"user": who, "accepted": True, "version": after, "reason": "automatic adapt after this correction"}
-        n = len(await self.run(self.rec.corrections, who)) if who else None
-        return _json({"id": cid, "user": who, "label": normalize_label(label), "corrections": n, "adapted": adapted})
+            out = await self.run(work)
+        return _json(out)
 
     async def enroll(self, request: Request) -> Response:
         user = request.query_params.get("user", "")
@@ -309,7 +318,7 @@ class _App:
 
     async def corrections(self, request: Request) -> Response:
         user = request.path_params["user"]
-        rows = await self.run(self.rec.corrections, user)
+        rows = await self.read(self.rec.corrections, user)
         return _json({"user": user, "corrections": rows})
 
     async def history(self, request: Request) -> Response:
@@ -321,7 +330,7 @@ class _App:
             return [{"version": int(h.version), "created": h.created, "status": h.status, "n_trained": h.n_trained,
                      "metrics": h.metrics} for h in self.rec.store.head_versions(user)]
 
-        versions = await self.run(read)
+        versions = await self.read(read)
         return _json({"user": user, "versions": versions, "reports": self.reports.get(user, [])})
 
     async def adapt(self, request: Request) -> Response:
