@@ -141,7 +141,7 @@ def _wait(driver, cond, what: str):
                                                                  + driver.find_element(By.ID, "message").text)
 
 
-def test_record_from_the_camera_correct_and_adapt(server, browser):
+def test_record_from_the_camera_correct_and_adapt(server, browser, cremad_clips):
     d = browser
     d.get(server["url"])
     _wait(d, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1", "the page's script")
@@ -193,6 +193,11 @@ def test_record_from_the_camera_correct_and_adapt(server, browser):
     _wait(d, lambda d: d.find_element(By.ID, "message").text.startswith("Forgot"), "the user forgotten")
     with urllib.request.urlopen(server["url"] + "api/users") as r:
         assert json.load(r)["users"] == []
+    # a file uploaded instead of a recording
+    happy = next(p for p in cremad_clips if "_HAP_" in p.name)
+    d.find_element(By.ID, "upload").send_keys(str(happy))
+    _wait(d, lambda d: d.find_element(By.ID, "message").text.startswith("The model says happy"), "the uploaded clip's label")
+    assert d.find_element(By.ID, "label").text == "happy"
     assert os.listdir(server["uploads"]) == []  # every upload's temporary file was deleted
     errors = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors  # no script error, no refused request, no content-policy violation
