@@ -19,17 +19,19 @@ from .errors import (
     InvalidInputError,
     ModelIntegrityError,
     StoreError,
+    UnknownLabelError,
     UnknownUserError,
     VideoDecodeError,
 )
 from .features import Backbone
-from .recognizer import FrameResult, Recognizer, Result
+from .recognizer import Correction, FrameResult, Recognizer, Result
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Recognizer",
     "Result",
+    "Correction",
     "FrameResult",
     "Backbone",
     "EmoadaptError",
@@ -38,6 +40,7 @@ __all__ = [
     "ModelIntegrityError",
     "StoreError",
     "UnknownUserError",
+    "UnknownLabelError",
     "IdentityMismatchError",
     "__version__",
 ]

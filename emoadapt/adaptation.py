@@ -123,12 +123,10 @@ def _accuracy(head: Any, clips: list[np.ndarray], labels: list[str]) -> float:
 
 
 def load_personal_head(store: Store, user: str) -> Any | None:
-    """The user's active personal head, or None (falls back to older versions on damage)."""
-    loaded = store.active_head(user)
-    if loaded is None:
-        return None
-    arrays, _meta = loaded
-    return head_from_arrays(arrays)
+    """The user's active personal head, or None (falls back to older versions when one is
+    damaged or cannot be rebuilt, e.g. a future head format)."""
+    loaded = store.active_head(user, build=lambda arrays, _meta: head_from_arrays(arrays))
+    return None if loaded is None else loaded.head
 
 
 def adapt_user(
@@ -149,6 +147,7 @@ def adapt_user(
     features) are used when it is given: features of another backbone live in another space.
     """
     t0 = time.perf_counter()
+    user_uid = store.user_uid(user)  # before the data: save_head refuses if the record changed
     if model_version is None:
         feats, labels, ids = store.correction_data(user)
     else:
@@ -182,7 +181,7 @@ def adapt_user(
     head = fine_tune(universal, feats, labels, replay=replay, anchor=anchor, epochs=epochs, seed=seed)
     metrics = {k: v for k, v in (("held_out_accuracy_before", report.held_out_accuracy_before), ("held_out_accuracy_after", report.held_out_accuracy_after)) if v is not None}
     metrics.update(n_corrections=n, n_train=len(tr), n_held_out=len(ho))
-    version = store.save_head(user, head_to_arrays(head), meta={"type": type(head).__name__}, metrics=metrics, trained_on=ids)
+    version = store.save_head(user, head_to_arrays(head), meta={"type": type(head).__name__}, metrics=metrics, trained_on=ids, user_uid=user_uid)
     report.accepted, report.version = True, version
     report.classes = [str(c) for c in head.classes_]
     report.reason = "validated on held-out corrections" if len(ho) else "too few corrections to hold out: regularized toward the universal head"

@@ -6,6 +6,7 @@
     emoadapt annotate clip.mp4 -o annotated.mp4  # boxes and labels drawn on every frame
     emoadapt enroll alice alice1.mp4 alice.jpg   # register a face
     emoadapt correct clip.mp4 surprise           # feedback (user recognised by face)
+    emoadapt correct clip.mp4 calm --new-label   # a label outside the 7 classes: opt in
     emoadapt adapt alice; emoadapt users; emoadapt forget alice
     emoadapt serve                               # the validation-mode web app on 127.0.0.1
 
@@ -199,7 +200,17 @@ def _fourcc(value: str) -> str:
     return value
 
 
+def _user(args: argparse.Namespace) -> None:
+    """Normalise ``args.user`` (what the library stores and looks up) before anything else:
+    an invalid name fails before the models load, and messages show the stored name."""
+    from .store import normalize_user_name
+
+    if getattr(args, "user", None) is not None:
+        args.user = normalize_user_name(args.user)
+
+
 def cmd_enroll(args: argparse.Namespace) -> int:
+    _user(args)
     rec = _recognizer(args)
     n = rec.enroll(args.user, [Path(c) for c in args.clips], **_sampling(args))
     print(f"enrolled {args.user}: {n} face embedding(s) added")
@@ -207,13 +218,18 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_correct(args: argparse.Namespace) -> int:
+    _user(args)
     rec = _recognizer(args, adapt_every=args.adapt_every)
-    cid = rec.correct(args.clip, args.label, user=args.user, force=args.force, **_sampling(args))
-    print(f"correction {cid} recorded")
+    c = rec.correct(args.clip, args.label, user=args.user, force=args.force, new_label=args.new_label, **_sampling(args))
+    print(f"correction {c.id} recorded for {c.user} as {c.label}")
+    if c.adapt_error is not None:  # the correction is stored: exit status 0, so that no script retries it
+        log.warning("automatic adaptation failed (%s: %s); the correction is kept; run `emoadapt adapt %s` later",
+                    type(c.adapt_error).__name__, c.adapt_error, c.user)
     return 0
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
+    _user(args)
     rep = _recognizer(args).adapt(args.user)
     if args.json:
         json.dump(rep.to_dict(), sys.stdout, indent=2)
@@ -238,6 +254,7 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
+    _user(args)
     rep = _recognizer(args).forget(args.user)
     print(f"forgot {args.user}: {rep.corrections} corrections, {rep.embeddings} embeddings, {rep.heads} heads removed")
     return 0
@@ -385,11 +402,18 @@ def build_parser() -> argparse.ArgumentParser:
     sampling(p)
     p.set_defaults(func=cmd_enroll)
 
-    p = command("correct", "record the true emotion of a clip (personalization feedback)")
+    from .labels import CANONICAL
+
+    p = command("correct", f"record the true emotion of a clip (personalization feedback): {', '.join(CANONICAL)}",
+                "Record the true emotion of a clip. LABEL is one of: " + ", ".join(CANONICAL)
+                + "; a synonym of one (anger, mad, disgusted, afraid, scared, fearful, joy, happiness, sadness, "
+                "surprised, ...; any case); or a custom label the user already has. Anything else is refused "
+                "unless --new-label is given.")
     p.add_argument("clip", metavar="CLIP", help="the video or image")
-    p.add_argument("label", metavar="LABEL", help="its true emotion (one of the model's classes)")
+    p.add_argument("label", metavar="LABEL", help=f"its true emotion: one of {', '.join(CANONICAL)}, a synonym, or the user's custom label")
     p.add_argument("--user", help="whose correction (default: recognised from the face); a new name is enrolled from the clip")
     p.add_argument("--force", action="store_true", help="record it even if the face does not match --user")
+    p.add_argument("--new-label", action="store_true", help="accept a label that is not known yet as a new class of the user's head")
     p.add_argument("--adapt-every", type=int, default=5, metavar="N", help="fine-tune after every N new corrections (0: never; default 5)")
     sampling(p)
     p.set_defaults(func=cmd_correct)

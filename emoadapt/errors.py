@@ -10,6 +10,7 @@ __all__ = [
     "StoreError",
     "UnknownUserError",
     "IdentityMismatchError",
+    "UnknownLabelError",
 ]
 
 
@@ -42,3 +43,18 @@ class UnknownUserError(EmoadaptError, KeyError):
 
 class IdentityMismatchError(EmoadaptError):
     """A correction names a user whose enrolled face does not match the face in the clip."""
+
+
+class UnknownLabelError(InvalidInputError):
+    """A correction's label is none of the known labels (the universal classes and the user's
+    custom labels) nor a synonym of one, and no new class was asked for (``new_label=True``).
+
+    Attributes: ``label`` (as given), ``known`` (the known labels), ``suggestions`` (the
+    closest known labels, possibly empty).
+    """
+
+    def __init__(self, message: str, *, label: str = "", known: list[str] | None = None, suggestions: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.label = label
+        self.known = list(known or [])
+        self.suggestions = list(suggestions or [])

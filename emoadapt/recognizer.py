@@ -21,11 +21,17 @@ from typing import Any
 import numpy as np
 
 from .alignment import norm_crop
-from .errors import InvalidInputError, ModelIntegrityError
+from .errors import (
+    EmoadaptError,
+    InvalidInputError,
+    ModelIntegrityError,
+    StoreError,
+    UnknownUserError,
+)
 from .features import Backbone
 from .video import DEFAULT_SOURCE_FPS, Clip, Sampling, iter_frames
 
-__all__ = ["Recognizer", "Result", "FrameResult", "default_home", "DEFAULT_SOURCE_FPS"]
+__all__ = ["Recognizer", "Result", "FrameResult", "Correction", "default_home", "DEFAULT_SOURCE_FPS"]
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +172,53 @@ class Result:
         }
 
 
+class Correction(int):
+    """What :meth:`Recognizer.correct` returns: the id of the stored correction -- an ``int``,
+    so ``cid = rec.correct(...)`` works as before -- with what happened after it was committed.
+
+    A correction is reported only once it is committed, and a problem of the automatic
+    adaptation that may follow it (heads directory not writable, disk full, the user
+    forgotten meanwhile by another process, ...) never raises: it is logged and kept in
+    :attr:`adapt_error`, and :meth:`Recognizer.adapt` can be called again later. A caller
+    that retried on an exception would store the correction twice.
+    """
+
+    user: str
+    """The user it was filed under (normalised, see :func:`emoadapt.store.normalize_user_name`)."""
+    label: str
+    """The label stored (a canonical class for synonyms, see :mod:`emoadapt.labels`)."""
+    adapt_report: Any
+    """The :class:`~emoadapt.adaptation.AdaptReport` when this correction triggered an
+    automatic adaptation that ran, else ``None``."""
+    adapt_error: BaseException | None
+    """The exception of a failed automatic adaptation (usually an
+    :class:`~emoadapt.errors.EmoadaptError`), else ``None``."""
+
+    def __new__(  # noqa: PYI034
+        cls, id: int, *, user: str = "", label: str = "", adapt_report: Any = None, adapt_error: BaseException | None = None
+    ) -> Correction:
+        self = super().__new__(cls, id)
+        self.user, self.label, self.adapt_report, self.adapt_error = user, label, adapt_report, adapt_error
+        return self
+
+    @property
+    def id(self) -> int:
+        """The correction's id as a plain ``int``."""
+        return int(self)
+
+    @property
+    def adapt_failed(self) -> bool:
+        """True when an automatic adaptation was due and failed (see :attr:`adapt_error`)."""
+        return self.adapt_error is not None
+
+    def __str__(self) -> str:  # prints, formats and logs as the plain id
+        return int.__repr__(self)
+
+    def __repr__(self) -> str:
+        extra = f", adapt_error={self.adapt_error!r}" if self.adapt_error is not None else ""
+        return f"Correction({int(self)}, user={self.user!r}, label={self.label!r}{extra})"
+
+
 class Recognizer:
     """Facial-emotion recognition for video clips, personalised per user.
 
@@ -279,7 +332,11 @@ class Recognizer:
         self._embedder: Any = None
         self._stale_logged: tuple[str, ...] = ()
         self._store: Any = None
-        self._heads: dict[str, tuple[int, Any]] = {}
+        # personal heads by user uid: (uid, active version, sha256) -> head (None: universal).
+        # Keyed by the user record's random uid, never by name: a user forgotten (here or in
+        # another process) and created again under the same name has a new uid
+        self._heads: dict[str, tuple[tuple[str, int, str], Any]] = {}
+        self._store_warned = False
         self._replay: tuple[np.ndarray, np.ndarray] | None = None
         self._lock = threading.RLock()
 
@@ -334,6 +391,8 @@ class Recognizer:
         when no store exists yet. Users enrolled only with another model are left out, and
         logged (once per set of such users): their embeddings live in another space."""
         if self._store is None and not self._store_file_exists():
+            if self.home.exists() and not self.home.is_dir():
+                raise StoreError(f"the home {self.home} is not a directory")
             return {}
         gallery = self.store.embeddings(model=self.identity)
         stale = tuple(sorted(set(self.store.embedding_models()) - set(gallery)))
@@ -351,6 +410,31 @@ class Recognizer:
         if self._store is None and not self._store_file_exists():
             return {}
         return {u: m for u, m in self.store.embedding_models().items() if self.identity not in m}
+
+    def _store_unavailable(self, e: StoreError) -> None:
+        """A store problem met while predicting: logged once (until the store works again);
+        prediction goes on with the universal model."""
+        if not self._store_warned:
+            self._store_warned = True
+            log.warning("the feedback store under %s is unavailable (%s); predicting with the universal model, "
+                        "personal heads and user recognition are off until it works again", self.home, e)
+
+    def _gallery_or_none(self) -> dict[str, np.ndarray]:
+        """:meth:`_gallery` for prediction: a store that cannot be opened or read (read-only,
+        damaged, newer, deleted) gives an empty gallery, i.e. everyone is a stranger."""
+        try:
+            gallery = self._gallery()
+        except StoreError as e:
+            self._store_unavailable(e)
+            return {}
+        self._store_warned = False
+        return gallery
+
+    @staticmethod
+    def _user_name(user: Any) -> str:
+        from .store import normalize_user_name
+
+        return normalize_user_name(user)
 
     def close(self) -> None:
         """Close the store and give the models' interpreters back to the process-wide pool
@@ -493,33 +577,59 @@ class Recognizer:
                       source=scan.source, fps=scan.fps)
 
     # -- heads ----------------------------------------------------------------------------------
-    def _personal_head(self, user: str) -> Any | None:
-        from .adaptation import load_personal_head
+    def _build_personal_head(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Any:
+        """A usable head from a stored head's arrays, else an exception (the store then falls
+        back to the previous version, then to None: the universal head)."""
+        from .heads import head_from_arrays
 
-        versions = [h.version for h in self.store.head_versions(user) if h.status == "active"]
-        if not versions:
+        head = head_from_arrays(arrays)
+        if getattr(head, "n_features_in_", None) != self.backbone.dim:
+            raise ModelIntegrityError(f"trained on another backbone ({getattr(head, 'n_features_in_', None)} features, not {self.backbone.dim})")
+        return head
+
+    def _personal_head(self, user: str) -> Any | None:
+        """The user's personal head, ``None`` for the universal one. Unusable versions fall back
+        to older ones, then to None (logged once per active version, see :meth:`Store.active_head`)."""
+        key = self.store.active_head_key(user)
+        if key is None:
             return None
         with self._lock:
-            cached = self._heads.get(user)
-            if cached is not None and cached[0] == versions[0]:
+            cached = self._heads.get(key[0])
+            if cached is not None and cached[0] == key:
                 return cached[1]
-        head = load_personal_head(self.store, user)
-        if head is not None and getattr(head, "n_features_in_", None) != self.backbone.dim:
-            log.warning("personal head of %s was trained on another backbone: using the universal head", user)
-            head = None
+        loaded = self.store.active_head(user, build=self._build_personal_head)
+        if loaded is not None and loaded.user_uid != key[0]:
+            return None  # forgotten and created again between the two reads: not this face's user
+        head = None if loaded is None else loaded.head
         with self._lock:
-            self._heads[user] = (versions[0], head)
+            if len(self._heads) >= 256:  # bounded: entries of users forgotten by other processes
+                self._heads.pop(next(iter(self._heads)))
+            self._heads[key[0]] = (key, head)
         return head
 
     def _classify(self, res: Result, user: str | None) -> None:
         assert res.features is not None and res.frame_probabilities is not None
-        head = self._personal_head(user) if user is not None else None
+        head, p = None, None
+        if user is not None:
+            try:
+                head = self._personal_head(user)
+            except UnknownUserError:  # forgotten since the gallery was read
+                head = None
+            except StoreError as e:
+                self._store_unavailable(e)
+        if head is not None:
+            try:
+                p = np.asarray(head.predict_proba([res.features]), dtype=np.float64)[0]
+                if not (np.isfinite(p).all() and p.sum() > 0):
+                    raise ModelIntegrityError("non-finite or zero probabilities")
+            except Exception as e:
+                log.warning("personal head of a user failed to predict (%s: %s); using the universal head", type(e).__name__, e)
+                head, p = None, None
         if head is None:
             head = self.universal
             x = res.frame_probabilities if _on_probabilities(head) else res.features
-        else:
-            x = res.features
-        p = np.asarray(head.predict_proba([x]))[0].astype(np.float64)
+            p = np.asarray(head.predict_proba([x]))[0].astype(np.float64)
+        assert p is not None
         p = p / p.sum()
         labels = [str(c) for c in head.classes_]
         res.probabilities = dict(zip(labels, map(float, p)))
@@ -548,7 +658,7 @@ class Recognizer:
                 container) is used instead; this rate only when the container gives none.
             progress: show a progress bar on stderr.
         """
-        gallery = self._gallery()
+        gallery = self._gallery_or_none()
         sampling = Sampling(fps=fps, max_frames=max_frames, step=step, source_fps=source_fps)
         scan = self._scan(clip, color=color, sampling=sampling, identity=bool(gallery), progress=progress)
         tracks = scan.tracks(self.matcher.threshold if gallery else None)
@@ -585,10 +695,10 @@ class Recognizer:
 
         Each clip or image adds one embedding (its main face) to the user's gallery; returns
         the number added. Keyword arguments: ``color``, ``fps``, ``max_frames``, ``step``,
-        ``source_fps`` (as in :meth:`predict`).
+        ``source_fps`` (as in :meth:`predict`). ``user`` is normalised first
+        (:func:`emoadapt.store.normalize_user_name`).
         """
-        from .store import normalize_label  # noqa: F401 - validates early via Store
-
+        user = self._user_name(user)
         items = clips if isinstance(clips, (list, tuple)) else [clips]
         if not items:
             raise InvalidInputError("nothing to enrol: give a clip, an image or a list of them")
@@ -596,29 +706,58 @@ class Recognizer:
         self.store.add_user(user)
         return int(self.store.add_embeddings(user, np.stack(embs), source="enrol", model=self.identity))
 
-    def correct(self, clip: Clip, label: str, user: str | None = None, *, force: bool = False, **kw: Any) -> int:
-        """Record that the emotion in ``clip`` is ``label`` (a correction); returns its id.
+    def known_labels(self, user: str | None = None) -> list[str]:
+        """Labels a correction may use without ``new_label=True``: the universal classes, then
+        the custom labels of ``user``'s earlier corrections (synonyms of the universal classes
+        are accepted too, see :mod:`emoadapt.labels`)."""
+        known = list(self.classes)
+        if user is not None:
+            user = self._user_name(user)
+            if (self._store is not None or (self.home / "store.sqlite3").exists()) and self.store.has_user(user):
+                known += [lab for lab in self.store.label_counts(user) if lab not in known]
+        return known
+
+    def correct(self, clip: Clip, label: str, user: str | None = None, *, force: bool = False, new_label: bool = False, **kw: Any) -> Correction:
+        """Record that the emotion in ``clip`` is ``label`` (a correction); returns its id, a
+        :class:`Correction` (an ``int``).
 
         ``user=None``: the user is recognised from the face (UnknownUserError when nobody
-        enrolled matches). A ``user`` who is not enrolled yet is enrolled from this clip. A
-        ``user`` whose enrolled face does not match the clip's face raises
-        IdentityMismatchError unless ``force=True``; so does a ``user`` enrolled only with
-        another identity model (re-enrol needed; ``force=True`` enrols them from this clip
-        with this Recognizer's model). After every ``adapt_every`` new
-        corrections the user's head is fine-tuned (:meth:`adapt`). Only features are stored,
-        never pixels.
+        enrolled matches). ``user`` is normalised before any lookup
+        (:func:`emoadapt.store.normalize_user_name`: ``" alice"`` is ``"alice"``). A ``user``
+        who is not enrolled yet is enrolled from this clip. A ``user`` whose enrolled face
+        does not match the clip's face raises IdentityMismatchError unless ``force=True``; so
+        does a ``user`` enrolled only with another identity model (re-enrol needed;
+        ``force=True`` enrols them from this clip with this Recognizer's model).
+
+        ``label`` must be a known label -- a universal class or one of the user's custom
+        labels, in any case -- or a synonym of a universal class (``"scared"`` -> ``"fear"``);
+        anything else raises :class:`~emoadapt.errors.UnknownLabelError` (listing the known
+        labels) unless ``new_label=True``, which adds it as a new class of the user's personal
+        head (see :mod:`emoadapt.labels`).
+
+        After every ``adapt_every`` new corrections the user's head is fine-tuned
+        (:meth:`adapt`). Once the correction is committed this method does not raise: a
+        failed automatic adaptation is logged and reported on the result
+        (:attr:`Correction.adapt_error`). Only features are stored, never pixels.
         """
-        from .errors import IdentityMismatchError, UnknownUserError
+        from .errors import IdentityMismatchError
+        from .labels import resolve_label
         from .store import normalize_label
 
         label = normalize_label(label)
+        if user is not None:
+            user = self._user_name(user)
+        if not isinstance(new_label, bool):
+            raise InvalidInputError(f"new_label must be a bool, got {type(new_label).__name__}")
         res, emb = self._identify_clip(clip, dict(kw))
         gallery = self._gallery()
         if user is None:
             user, score = self.matcher.identify(emb, gallery)
             if user is None:
                 raise UnknownUserError(f"the face in the clip matches no enrolled user (best similarity {score:.3f}); pass user= to enrol it")
-        elif user not in gallery:
+        label = resolve_label(label, self.known_labels(user), new_label=new_label)
+        theirs = gallery.get(user)
+        if theirs is None:
             other = self.reenrol_needed().get(user)
             if other and not force:
                 raise IdentityMismatchError(
@@ -627,31 +766,44 @@ class Recognizer:
                     "to enrol them from this clip"
                 )
             self.store.add_user(user)
-            self.store.add_embeddings(user, emb[None], source="correct", model=self.identity)
-            log.info("enrolled %s from a corrected clip (%s)", user, self.identity)
-        else:
-            ok, score = self.matcher.verify(emb, gallery[user])
+            # another process may have enrolled the name meanwhile: never add a face to theirs
+            theirs = self.store.embeddings(user, model=self.identity).get(user)
+            if theirs is None:
+                self.store.add_embeddings(user, emb[None], source="correct", model=self.identity)
+                log.info("enrolled %s from a corrected clip (%s)", user, self.identity)
+        if theirs is not None:
+            ok, score = self.matcher.verify(emb, theirs)
             if not ok and not force:
                 raise IdentityMismatchError(
                     f"the face in the clip does not match {user!r} (similarity {score:.3f} < {self.matcher.threshold:.3f}); pass force=True to record it anyway"
                 )
         assert res.features is not None
         cid = int(self.store.add_correction(user, label, res.features, res.features.mean(axis=0), self.model_version))
-        # every adapt_every-th pending correction (not every one after the k-th: a rejected
-        # candidate leaves its corrections pending, and must not make each later call re-adapt)
-        pending = self.store.count_since_last_head(user)
-        if self.adapt_every and pending and pending % self.adapt_every == 0:
-            self.adapt(user)
-        return cid
+        # committed: from here on nothing raises (a retrying caller would store it twice)
+        report, error = None, None
+        try:
+            # every adapt_every-th pending correction (not every one after the k-th: a rejected
+            # candidate leaves its corrections pending, and must not make each later call re-adapt)
+            pending = self.store.count_since_last_head(user)
+            if self.adapt_every and pending and pending % self.adapt_every == 0:
+                report = self.adapt(user)
+        except Exception as e:  # reported on the result, see the docstring
+            error = e
+            log.warning("correction %d of %r is stored, but the automatic adaptation failed (%s: %s); call adapt(%r) later",
+                        cid, user, type(e).__name__, e, user, exc_info=not isinstance(e, EmoadaptError))
+        return Correction(cid, user=user, label=label, adapt_report=report, adapt_error=error)
 
     def adapt(self, user: str, **kw: Any) -> Any:
         """Fine-tune ``user``'s personal head on their corrections now; returns an
         :class:`~emoadapt.adaptation.AdaptReport` (held-out accuracy before/after, whether the
-        new head was kept). Keyword arguments go to :func:`emoadapt.adaptation.adapt_user`."""
+        new head was kept). Keyword arguments go to :func:`emoadapt.adaptation.adapt_user`.
+        The head is saved only for the user record its corrections were read from: if the
+        user is forgotten meanwhile (and perhaps enrolled again), UnknownUserError and
+        nothing is saved."""
         from .adaptation import adapt_user
-        from .errors import UnknownUserError
 
         _check_kw(kw, _adapt_kw(), "adapt")
+        user = self._user_name(user)
         if not self.store.has_user(user):
             raise UnknownUserError(f"unknown user {user!r}")
         kw.setdefault("replay", self.replay)
@@ -680,15 +832,21 @@ class Recognizer:
         return list(self.store.users())
 
     def forget(self, user: str) -> Any:
-        """Delete every trace of ``user``: profile, embeddings, corrections and heads."""
+        """Delete every trace of ``user``: profile, embeddings, corrections and heads. Heads
+        cached by this or any other Recognizer are never used again (they are keyed by the
+        user record's uid, which a user enrolled again under the name does not get)."""
+        user = self._user_name(user)
+        try:
+            uid = self.store.user_uid(user)
+        except UnknownUserError:
+            uid = None
         with self._lock:
-            self._heads.pop(user, None)
+            self._heads.pop(uid or "", None)
         return self.store.forget(user)
 
     def corrections(self, user: str) -> list[dict[str, Any]]:
         """The user's stored corrections: id, label, time, model version (never pixels)."""
-        from .errors import UnknownUserError
-
+        user = self._user_name(user)
         if not self.store.has_user(user):
             raise UnknownUserError(f"unknown user {user!r}")
         return [{"id": r.id, "label": r.label, "time": r.created, "model_version": r.model_version, "frames": r.n_frames} for r in self.store.corrections(user)]

@@ -12,14 +12,15 @@ directory::
 
 What is stored -- never pixels:
 
-* **users**: a unique name (any non-empty string up to 128 characters without control
-  characters), the creation time and JSON metadata;
+* **users**: a unique name (see :func:`normalize_user_name`: NFKC, spaces collapsed, no
+  control or invisible characters, at most 128 characters), a random ``uid`` that a user
+  created again under a forgotten name never shares, the creation time and JSON metadata;
 * **embeddings**: enrolment face descriptors (float32 vectors, e.g. the 192-D MobileFaceNet
   or 128-D dlib ones) with a source tag and the name of the identity model that made them
-  (rows written before schema version 3 are ``dlib_resnet``, the only model then), the
+  (rows written before schema version 4 are ``dlib_resnet``, the only model then), the
   gallery of the identity matcher;
-* **corrections**: one row per ``recognizer.correct(clip, label)``: the label (any non-empty
-  string up to 64 characters after stripping; case is kept), the per-frame backbone
+* **corrections**: one row per ``recognizer.correct(clip, label)``: the label (see
+  :func:`normalize_label`; case is kept), the per-frame backbone
   features ``(T, D)`` and optionally a clip descriptor ``(D',)`` as float32 blobs, the
   version of the model that produced them, a ``held_out`` flag (validation split) and
   ``consumed_by_head``: the head version that was trained on the row (``None`` until then);
@@ -40,6 +41,14 @@ Guarantees:
 * **Concurrency.** Several processes (and threads: one Store may be shared, a lock
   serialises its connection) can use one home at the same time: waits of up to ``timeout``
   seconds for the database lock (``busy_timeout``), then retries with backoff.
+* **The file it opened.** Before every transaction the store checks that ``store.sqlite3``
+  is still the file it opened (``st_dev``, ``st_ino``): a home deleted, moved or replaced
+  under an open store, or a database restored from a copy, raises :class:`StoreError`
+  instead of reading stale data or writing to an unlinked file no one reads again.
+* **User records.** Every user row has a random ``uid``; a user forgotten and created again
+  under the same name gets a new one. :meth:`Store.save_head` (``user_uid=``) refuses to
+  save a head for another record than the one its training data was read from, and caches
+  keyed by :meth:`Store.active_head_key` never serve a forgotten user's head.
 * **Forgetting.** :meth:`Store.forget` deletes a user's rows and head files, then
   ``VACUUM`` + ``wal_checkpoint(TRUNCATE)`` with ``PRAGMA secure_delete=ON`` so that no
   byte of the user's name, embeddings or features remains in the database files (blocks the
@@ -81,6 +90,9 @@ import stat
 import tempfile
 import threading
 import time
+import unicodedata
+import uuid
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +100,13 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from .errors import InvalidInputError, ModelIntegrityError, StoreError, UnknownUserError
+from .errors import (
+    EmoadaptError,
+    InvalidInputError,
+    ModelIntegrityError,
+    StoreError,
+    UnknownUserError,
+)
 
 __all__ = [
     "Store",
@@ -99,6 +117,7 @@ __all__ = [
     "HEADS_DIR",
     "MAX_LABEL_LENGTH",
     "MAX_NAME_LENGTH",
+    "MAX_HEAD_BYTES",
     "UserRecord",
     "CorrectionRecord",
     "CorrectionData",
@@ -108,6 +127,7 @@ __all__ = [
     "ForgetReport",
     "user_dir_name",
     "normalize_label",
+    "normalize_user_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -127,6 +147,9 @@ _TMP_PREFIX = ".tmp-head-"
 _TMP_MAX_AGE_S = 3600.0  # temp files older than this are debris of a crashed writer
 _ARRAY_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+#: Largest head file read, and largest total its arrays may declare (bounds the memory a
+#: damaged or hostile head file can take; personal heads are well under 1 MB).
+MAX_HEAD_BYTES = 64 * 1024 * 1024
 _IN_CHUNK = 500  # ids per "IN (...)" (SQLite's variable limit is >= 999)
 
 _T = TypeVar("_T")
@@ -204,6 +227,16 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         3,
+        "a random id per user record, never reused (keys caches and checks that a head is "
+        "saved for the user record its data was read from)",
+        (
+            "ALTER TABLE users ADD COLUMN uid TEXT",
+            "UPDATE users SET uid = lower(hex(randomblob(16))) WHERE uid IS NULL",
+            "CREATE UNIQUE INDEX users_uid ON users(uid)",
+        ),
+    ),
+    Migration(
+        4,
         "identity model of each enrolment embedding (older rows: dlib_resnet)",
         (f"ALTER TABLE embeddings ADD COLUMN model TEXT NOT NULL DEFAULT '{LEGACY_IDENTITY_MODEL}'",),
     ),
@@ -224,6 +257,9 @@ class UserRecord:
     created: float
     """Unix time."""
     meta: dict[str, Any]
+    uid: str = ""
+    """Random id of this user record (32 hex digits): a user forgotten and created again
+    under the same name gets a new one."""
 
 
 @dataclass(frozen=True)
@@ -291,6 +327,12 @@ class LoadedHead:
     metrics: dict[str, Any] = field(default_factory=dict)
     fell_back: bool = False
     """True when the active version was damaged and this is an older intact one."""
+    user_uid: str = ""
+    """:attr:`UserRecord.uid` of the user record the head belongs to."""
+    active_version: int | None = None
+    """The version marked active (differs from ``version`` when ``fell_back``)."""
+    head: Any = None
+    """What ``build(arrays, meta)`` returned, when :meth:`Store.active_head` got a ``build``."""
 
     def __iter__(self) -> Iterator[Any]:
         yield self.arrays
@@ -331,14 +373,64 @@ def _clean_text(value: Any, what: str, max_len: int, *, allow_empty: bool = Fals
     return s
 
 
+# characters that display as nothing but are not of a format/control category
+_INVISIBLE = frozenset(
+    [0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x2800, 0x3164, 0xFFA0, *range(0x180B, 0x1810), *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)]
+)
+_REFUSED_CATEGORIES = {"Cc": "control", "Cf": "zero-width or bidi-control (format)", "Cs": "surrogate", "Co": "private-use", "Zl": "line separator", "Zp": "paragraph separator"}
+
+
+def _display_text(value: Any, what: str, max_len: int) -> str:
+    """A name as it displays: NFKC-folded (compatibility forms such as full-width letters,
+    ligatures and no-break / ideographic spaces become their plain equivalents), every run
+    of spaces one space, stripped; refused when empty, too long, or holding a character
+    that displays as nothing or reorders text (control, format such as zero-width and bidi
+    controls, surrogate, private-use, line/paragraph separators, fillers and variation
+    selectors), so that two strings that display the same are equal or an error."""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be a str, got {type(value).__name__}")
+    if len(value) > 8 * max_len:  # before normalising: NFKC of a huge string is slow
+        raise InvalidInputError(f"{what} is longer than {max_len} characters ({len(value)})")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # lone surrogates
+        raise InvalidInputError(f"{what} is not valid unicode: {e}") from None
+    s = unicodedata.normalize("NFKC", value).strip()  # outer whitespace (a trailing newline) goes
+    for ch in s:
+        cat = unicodedata.category(ch)
+        if cat in _REFUSED_CATEGORIES:
+            raise InvalidInputError(f"{what} contains a {_REFUSED_CATEGORIES[cat]} character (U+{ord(ch):04X})")
+        if ord(ch) in _INVISIBLE:
+            raise InvalidInputError(f"{what} contains an invisible character (U+{ord(ch):04X})")
+    s = " ".join(s.split())  # str.split(): every run of Unicode spaces (Zs) -> one space
+    if not s:
+        raise InvalidInputError(f"{what} must not be empty")
+    if len(s) > max_len:
+        raise InvalidInputError(f"{what} is longer than {max_len} characters ({len(s)})")
+    return s
+
+
 def normalize_label(label: Any) -> str:
-    """A validated label: a ``str``, stripped, non-empty, at most 64 characters, no control
-    characters. Case is kept (``"Surprise"`` and ``"surprise"`` are different labels)."""
-    return _clean_text(label, "label", MAX_LABEL_LENGTH)
+    """A validated label as it displays (see :func:`normalize_user_name`): NFKC, whitespace
+    runs collapsed and stripped, non-empty, at most 64 characters, no control or invisible
+    characters. Case is kept (``"Surprise"`` and ``"surprise"`` are different labels here;
+    :meth:`emoadapt.Recognizer.correct` maps case and synonyms onto the known labels, see
+    :mod:`emoadapt.labels`)."""
+    return _display_text(label, "label", MAX_LABEL_LENGTH)
 
 
-def _user_name(name: Any) -> str:
-    return _clean_text(name, "user name", MAX_NAME_LENGTH)
+def normalize_user_name(name: Any) -> str:
+    """The canonical form of a user name, applied by the Store, the Recognizer and the CLI
+    before any lookup: Unicode NFKC (full-width forms, ligatures, no-break and ideographic
+    spaces fold to their plain equivalents), every whitespace run one space, stripped.
+    Names holding control, zero-width, bidi-control or other invisible characters are
+    refused (:class:`~emoadapt.errors.InvalidInputError`), as are empty names and names
+    longer than 128 characters. Two names that display the same are therefore the same
+    user or an error; case is kept (``"Alice"`` and ``"alice"`` are two users)."""
+    return _display_text(name, "user name", MAX_NAME_LENGTH)
+
+
+_user_name = normalize_user_name
 
 
 def user_dir_name(name: str) -> str:
@@ -506,6 +598,7 @@ class Store:
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
         self._closed = False
+        self._db_identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the opened file
         self._prepare_home(create)
         self._conn = self._open_connection()
         try:
@@ -616,11 +709,38 @@ class Store:
                     conn.execute(f"PRAGMA max_page_count = {max(1, self.max_db_bytes // page)}")
 
             self._retrying(setup, what)
+            identity = self._file_identity(what)
+            if self._db_identity is not None and identity != self._db_identity:
+                raise self._replaced_error(what)
+            self._db_identity = identity
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
             raise
         return conn
+
+    def _file_identity(self, what: str) -> tuple[int, int]:
+        """(st_dev, st_ino) of the database file now at ``db_path``."""
+        try:
+            st = os.stat(self.db_path)
+        except FileNotFoundError:
+            raise self._replaced_error(what) from None
+        except OSError as e:
+            raise self._os_error(e, what) from None
+        return st.st_dev, st.st_ino
+
+    def _replaced_error(self, what: str) -> StoreError:
+        return StoreError(
+            f"{what}: the database file {self.db_path} was deleted, moved or replaced while this store "
+            "had it open; nothing was written (close and open the store again to use what is there now)"
+        )
+
+    def _check_identity(self, what: str) -> None:
+        """Refuse to use the open connection when the database at ``db_path`` is no longer the
+        file it opened (the home deleted, moved or replaced under a live store): writes would
+        go to an unlinked file that no one reads again, reads would return stale data."""
+        if self._db_identity is not None and self._file_identity(what) != self._db_identity:
+            raise self._replaced_error(what)
 
     def _check_not_newer(self, conn: sqlite3.Connection) -> int:
         v = int(conn.execute("PRAGMA user_version").fetchone()[0])
@@ -676,6 +796,7 @@ class Store:
         """
         with self._lock:
             conn = self._connection()
+            self._check_identity(what)
 
             def once() -> _T:
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -699,6 +820,22 @@ class Store:
         if row is None:
             raise UnknownUserError(f"unknown user {name!r}")
         return int(row[0])
+
+    def _user_uid_check(self, conn: sqlite3.Connection, name: str, user_uid: str | None) -> int:
+        """The user's row id; :class:`UnknownUserError` when ``user_uid`` is given and the
+        user record named ``name`` is not that one (forgotten, maybe created again)."""
+        row = conn.execute("SELECT id, uid FROM users WHERE name = ?", (name,)).fetchone()
+        if row is None or (user_uid is not None and row[1] != user_uid):
+            raise UnknownUserError(
+                f"unknown user {name!r}" if row is None and user_uid is None
+                else f"user {name!r} was forgotten (and maybe created again) since its data was read; nothing was saved"
+            )
+        return int(row[0])
+
+    def user_uid(self, name: str) -> str:
+        """:attr:`UserRecord.uid` of the user: read it *before* the data a head is trained on
+        and pass it to :meth:`save_head` (``user_uid=``)."""
+        return self.user(name).uid
 
     def _user_head_dir(self, name: str) -> Path:
         return self.heads_dir / user_dir_name(name)
@@ -746,8 +883,8 @@ class Store:
 
         def tx(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(
-                "INSERT INTO users (name, created, meta) VALUES (?, ?, ?) ON CONFLICT(name) DO NOTHING",
-                (name, time.time(), meta_json or "{}"),
+                "INSERT INTO users (name, created, meta, uid) VALUES (?, ?, ?, ?) ON CONFLICT(name) DO NOTHING",
+                (name, time.time(), meta_json or "{}", uuid.uuid4().hex),
             )
             created = cur.rowcount == 1
             if not created and meta_json is not None:
@@ -773,10 +910,10 @@ class Store:
         name = _user_name(name)
 
         def tx(conn: sqlite3.Connection) -> UserRecord:
-            row = conn.execute("SELECT name, created, meta FROM users WHERE name = ?", (name,)).fetchone()
+            row = conn.execute("SELECT name, created, meta, uid FROM users WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise UnknownUserError(f"unknown user {name!r}")
-            return UserRecord(row[0], float(row[1]), _from_json(row[2]))
+            return UserRecord(row[0], float(row[1]), _from_json(row[2]), str(row[3]))
 
         return self._run(tx, write=False, what="cannot read users")
 
@@ -1086,6 +1223,7 @@ class Store:
         metrics: Mapping[str, Any] | None = None,
         *,
         trained_on: Iterable[int] | None = None,
+        user_uid: str | None = None,
     ) -> int:
         """Save a new personal head for ``user``, make it active and return its version.
 
@@ -1099,24 +1237,33 @@ class Store:
         by this version (ids of other users or deleted rows are ignored). ``None`` marks all
         of the user's unconsumed training (not held-out) corrections -- pass the ids from
         :meth:`correction_data` when other processes may add corrections meanwhile.
+
+        ``user_uid``: the :meth:`user_uid` read *before* the training data. When the user was
+        forgotten meanwhile (and perhaps created again under the same name by another process
+        or thread), the user record is no longer that one and nothing is saved
+        (:class:`UnknownUserError`): a head trained on a forgotten user's data never lands
+        under a new user of the same name. Without it, the head is saved for whichever user
+        record has the name when the write transaction runs.
         """
         name = _user_name(user)
         blob = self._head_payload(arrays, meta)
         metrics_json = _to_json(metrics, "metrics")
         trained = None if trained_on is None else _ids(trained_on, "trained_on")
+        if user_uid is not None and not isinstance(user_uid, str):
+            raise InvalidInputError(f"user_uid must be a str, got {type(user_uid).__name__}")
         digest = hashlib.sha256(blob).hexdigest()
         udir = self._user_head_dir(name)
         what = f"cannot save a head of {name!r}"
 
         # fail early (before writing anything) for an unknown user
-        self._run(lambda c: self._user_id(c, name), write=False, what=what)
+        self._run(lambda c: self._user_uid_check(c, name, user_uid), write=False, what=what)
 
         try:
             _mkdir_private(self.heads_dir)
             _mkdir_private(udir)
             fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".npz", dir=udir)
         except OSError as e:
-            raise self._os_error(e, what) from None
+            raise self._head_file_error(e, name, user_uid, what) from None
         current = Path(tmp_name)  # where the file is now (temp name, then v<N>.npz)
         try:
             try:
@@ -1126,13 +1273,13 @@ class Store:
                     f.flush()
                     os.fsync(f.fileno())
             except OSError as e:
-                raise self._os_error(e, what) from None
+                raise self._head_file_error(e, name, user_uid, what) from None
 
             to_delete: list[Path] = []
 
             def tx(conn: sqlite3.Connection) -> int:
                 nonlocal current
-                uid = self._user_id(conn, name)
+                uid = self._user_uid_check(conn, name, user_uid)
                 version = int(conn.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM heads WHERE user_id = ?", (uid,)).fetchone()[0])
                 final = udir / f"v{version}.npz"
                 # we hold the write lock: no other writer can be between its rename and its
@@ -1204,6 +1351,16 @@ class Store:
         log.info("saved head v%d of a user (%d bytes, sha256 %s)", version, len(blob), digest[:12])
         return version
 
+    def _head_file_error(self, e: OSError, name: str, user_uid: str | None, what: str) -> EmoadaptError:
+        """The error for a failed head file operation: UnknownUserError when the user was
+        forgotten meanwhile (a concurrent forget removes the user's directory under a save),
+        else StoreError."""
+        try:  # under the write lock: a forget removes the directory before its commit
+            self._run(lambda c: self._user_uid_check(c, name, user_uid), write=True, what=what)
+        except UnknownUserError as gone:
+            return gone
+        return self._os_error(e, what)
+
     @staticmethod
     def _debris(udir: Path, referenced: set[str]) -> list[Path]:
         """Head files of ``udir`` no row references (crashed saves) and stale temp files."""
@@ -1237,13 +1394,22 @@ class Store:
         return self._run(lambda c: self._head_rows(c, self._user_id(c, name)), write=False, what="cannot read heads")
 
     def _load_verified(self, name: str, rec: HeadRecord) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Read, sha256-check and parse a head file; ModelIntegrityError on any problem."""
+        """Read, size- and sha256-check and parse a head file; ModelIntegrityError on any
+        problem. Memory stays bounded by :data:`MAX_HEAD_BYTES` whatever the file or the
+        database row claims: the file size is checked before reading, and the sizes the
+        archive declares for its members before decompressing them."""
         if not _HEAD_FILE_RE.match(rec.file):
             raise ModelIntegrityError(f"head v{rec.version}: bad file name {rec.file!r} in the store")
         path = self._user_head_dir(name) / rec.file
         try:
             with open(path, "rb") as f:
-                data = f.read()
+                size = os.fstat(f.fileno()).st_size
+                if size != rec.size or size > MAX_HEAD_BYTES:
+                    raise ModelIntegrityError(
+                        f"head v{rec.version} ({path}) is damaged: {size} bytes, expected {rec.size}"
+                        + (f" (at most {MAX_HEAD_BYTES} are read)" if size > MAX_HEAD_BYTES else "")
+                    )
+                data = f.read(MAX_HEAD_BYTES + 1)
         except OSError as e:
             raise ModelIntegrityError(f"head v{rec.version} ({path}) cannot be read: {e}") from None
         digest = hashlib.sha256(data).hexdigest()
@@ -1253,14 +1419,18 @@ class Store:
                 f"expected {rec.sha256[:12]}.. ({rec.size} bytes)"
             )
         try:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                declared = sum(i.file_size for i in zf.infolist())
+            if declared > MAX_HEAD_BYTES:
+                raise ValueError(f"its arrays would take {declared} bytes (at most {MAX_HEAD_BYTES})")
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
             meta_arr = arrays.pop(_META_KEY)
             meta = json.loads(str(meta_arr[()]))
             if not isinstance(meta, dict):
                 raise ValueError("metadata is not a JSON object")
-        except Exception as e:  # matching sha256 but unreadable: written by something else
-            raise ModelIntegrityError(f"head v{rec.version} ({path}) is malformed: {e}") from None
+        except Exception as e:  # matching sha256 but unreadable (also RecursionError, MemoryError): written by something else
+            raise ModelIntegrityError(f"head v{rec.version} ({path}) is malformed: {type(e).__name__}: {e}") from None
         return arrays, meta
 
     def load_head(self, user: str, version: int) -> LoadedHead:
@@ -1274,35 +1444,63 @@ class Store:
         arrays, meta = self._load_verified(name, recs[0])
         return LoadedHead(arrays, meta, recs[0].version, recs[0].sha256, recs[0].metrics)
 
-    def active_head(self, user: str, *, strict: bool = False) -> LoadedHead | None:
+    def active_head_key(self, user: str) -> tuple[str, int, str] | None:
+        """``(user uid, version, sha256)`` of the user's active head, ``None`` when there is
+        none; reads no file. A cache keyed by it can never serve a head of a forgotten user
+        to a user created again under the same name (the uid differs), nor an old version."""
+        name = _user_name(user)
+
+        def tx(conn: sqlite3.Connection) -> tuple[str, int, str] | None:
+            row = conn.execute(
+                "SELECT u.uid, h.version, h.sha256 FROM users u LEFT JOIN heads h ON h.user_id = u.id AND h.status = 'active' WHERE u.name = ?",
+                (name,),
+            ).fetchone()
+            if row is None:
+                raise UnknownUserError(f"unknown user {name!r}")
+            return None if row[1] is None else (str(row[0]), int(row[1]), str(row[2]))
+
+        return self._run(tx, write=False, what="cannot read heads")
+
+    def active_head(self, user: str, *, strict: bool = False, build: Callable[[dict[str, np.ndarray], dict[str, Any]], Any] | None = None) -> LoadedHead | None:
         """The user's active head, verified against its sha256; ``None`` if there is none.
 
-        If the active file is missing or damaged, a warning is logged and the newest intact
-        standby version is returned instead (``fell_back=True``); ``None`` if none is
-        intact. With ``strict=True`` a damaged active head raises
-        :class:`~emoadapt.errors.ModelIntegrityError` instead.
+        If the active file is missing, damaged, malformed, or ``build(arrays, meta)`` raises
+        for it (a head format this version cannot use, weights of the wrong shape, ...), a
+        warning is logged and the newest usable standby version is returned instead
+        (``fell_back=True``); ``None`` if none is usable (the caller then uses its
+        universal head). ``build``'s result is :attr:`LoadedHead.head`. With ``strict=True``
+        an unusable active head raises :class:`~emoadapt.errors.ModelIntegrityError` instead.
         """
         name = _user_name(user)
-        recs = self._run(lambda c: self._head_rows(c, self._user_id(c, name), " AND status IN ('active', 'standby')"), write=False, what="cannot read heads")
+
+        def tx(conn: sqlite3.Connection) -> tuple[str, list[HeadRecord]]:
+            row = conn.execute("SELECT id, uid FROM users WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise UnknownUserError(f"unknown user {name!r}")
+            return str(row[1]), self._head_rows(conn, int(row[0]), " AND status IN ('active', 'standby')")
+
+        user_uid, recs = self._run(tx, write=False, what="cannot read heads")
         active = [r for r in recs if r.status == "active"]
         if not active:
             return None
-        try:
-            arrays, meta = self._load_verified(name, active[0])
-            return LoadedHead(arrays, meta, active[0].version, active[0].sha256, active[0].metrics)
-        except ModelIntegrityError as e:
-            if strict:
-                raise
-            log.warning("active personal head unusable, falling back to an older version: %s", e)
-        for rec in sorted((r for r in recs if r.status == "standby"), key=lambda r: -r.version):
+        candidates = [active[0], *sorted((r for r in recs if r.status == "standby"), key=lambda r: -r.version)]
+        for i, rec in enumerate(candidates):
             try:
                 arrays, meta = self._load_verified(name, rec)
-            except ModelIntegrityError as e:
-                log.warning("fallback head unusable: %s", e)
+                head = None if build is None else build(arrays, meta)
+            except Exception as e:
+                if strict:
+                    if isinstance(e, ModelIntegrityError):
+                        raise
+                    raise ModelIntegrityError(f"head v{rec.version} is unusable: {type(e).__name__}: {e}") from None
+                log.warning("personal head v%d unusable%s: %s: %s", rec.version,
+                            ", falling back to an older version" if i + 1 < len(candidates) else "", type(e).__name__, e)
                 continue
-            log.warning("using personal head v%d instead of the damaged v%d", rec.version, active[0].version)
-            return LoadedHead(arrays, meta, rec.version, rec.sha256, rec.metrics, fell_back=True)
-        log.warning("no intact personal head left for this user; use the universal head")
+            if i:
+                log.warning("using personal head v%d instead of the unusable v%d", rec.version, active[0].version)
+            return LoadedHead(arrays, meta, rec.version, rec.sha256, rec.metrics, fell_back=i > 0,
+                              user_uid=user_uid, active_version=active[0].version, head=head)
+        log.warning("no usable personal head left for this user; use the universal head")
         return None
 
     def rollback_head(self, user: str) -> int | None:
@@ -1394,6 +1592,7 @@ class Store:
         """Checkpoint + VACUUM + checkpoint(TRUNCATE); True if the WAL was fully truncated."""
         with self._lock:
             conn = self._connection()
+            self._check_identity(what)
 
             def checkpoint() -> bool:
                 busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()

@@ -72,7 +72,7 @@ def test_correct_infers_user_enrolls_new_users_and_learns_new_labels(rec, halves
         rec.correct(halves["happy"][0], "happy")  # nobody enrolled
     cid = rec.correct(halves["happy"][0], "happy", user="actor1001")  # enrols from the clip
     assert rec.users() == ["actor1001"]
-    cid2 = rec.correct(halves["neutral"][0], "calm")  # user inferred by face; a new label
+    cid2 = rec.correct(halves["neutral"][0], "calm", new_label=True)  # user inferred by face; a new label
     assert cid2 > cid and rec.corrections("actor1001")[-1]["label"] == "calm"
     rep = rec.adapt("actor1001")
     assert "calm" in rep.classes and set(rec.classes) < set(rep.classes)

@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     while a.mode == "loop" or i < a.n:
         user, clip, label, force = burst_op(worker, i) if a.mode == "burst" else loop_op(a.seed, i)
         emit(f"S {worker} {i} {user}")
-        cid = rec.correct(clip, label, user=user, force=force)
+        cid = rec.correct(clip, label, user=user, force=force, new_label=True)
         emit(f"C {cid} {worker} {i} {user} {label} {len(clip)}")
         if a.mode == "loop" and a.adapt_each and i % a.adapt_each == a.adapt_each - 1:
             rec.adapt(user)

@@ -141,10 +141,10 @@ def populated(tmp_path, recognizer, cremad_clips, data_dir, umask022):
     flv = cremad_clips[3]  # happy
     jpg = data_dir / "faces" / "identity" / "obama.jpg"
     assert rec.enroll(NAME, [flv, small[0]], max_frames=4) == 2
-    ids = [rec.correct(small[k], lab, user=NAME, force=True) for k, lab in ((1, LABEL), (2, "fear"), (4, "neutral"))]
+    ids = [rec.correct(small[k], lab, user=NAME, force=True, new_label=True) for k, lab in ((1, LABEL), (2, "fear"), (4, "neutral"))]
     ids.append(rec.correct(flv, "happy", user=NAME, force=True, max_frames=3))
     assert rec.adapt(NAME).accepted
-    ids.append(rec.correct(small[5], LABEL, user=NAME, force=True))
+    ids.append(rec.correct(small[5], LABEL, user=NAME, force=True, new_label=True))
     assert rec.adapt(NAME).version == 2
     keep_id = rec.correct(jpg, "happy", user="keeper")
     assert rec.adapt("keeper").accepted
