@@ -181,6 +181,20 @@ def test_correct_reports_an_automatic_adapt(client, cremad_clips, rec, monkeypat
     assert [(v["version"], v["status"]) for v in hist] == [(1, "active")]
 
 
+def test_labels_synonyms_unknown_and_new(client, cremad_clips):
+    fea = _bytes(_clip(cremad_clips, "FEA"))
+    r = client.post("/api/correct", params={"label": "Scared", "user": "lab"}, content=fea, headers=client.hdr)
+    assert r.status_code == 200, r.text
+    assert r.json()["label"] == "fear"  # a synonym is stored as its class
+    r = client.post("/api/correct", params={"label": "feer", "user": "lab"}, content=fea, headers=client.hdr)
+    assert r.status_code == 400, r.text
+    d = r.json()
+    assert d["error"] == "unknown_label" and d["label"] == "feer" and "fear" in d["suggestions"] and "neutral" in d["known"]
+    r = client.post("/api/correct", params={"label": "calm", "user": "lab", "new_label": "1"}, content=fea, headers=client.hdr)
+    assert r.status_code == 200 and r.json()["label"] == "calm", r.text
+    assert [c["label"] for c in client.get("/api/users/lab/corrections").json()["corrections"]] == ["fear", "calm"]
+
+
 def test_correct_unknown_face_bad_label_and_mismatch(client, cremad_clips, photo, rec):
     neu = _clip(cremad_clips, "NEU")
     r = client.post("/api/correct", params={"label": "neutral"}, content=_bytes(neu), headers=client.hdr)

@@ -28,7 +28,8 @@ Safety:
   browser keeps it in memory): the server holds no clip between requests.
 * Errors are JSON ``{"error": code, "message": text}`` with an HTTP status
   (:data:`ERROR_STATUS`): ``no_face`` and ``bad_file`` 422, ``unknown_user`` 404,
-  ``identity_mismatch`` 409, ``invalid_input`` 400, ``too_large``/``too_long`` 413,
+  ``identity_mismatch`` 409, ``invalid_input`` and ``unknown_label`` 400 (with ``known`` and
+  ``suggestions``), ``too_large``/``too_long`` 413,
   ``forbidden`` 403.
 """
 
@@ -82,6 +83,7 @@ ERROR_STATUS: tuple[tuple[type[_err.EmoadaptError], int, str], ...] = (
     (_err.UnknownUserError, 404, "unknown_user"),
     (_err.IdentityMismatchError, 409, "identity_mismatch"),
     (_err.VideoDecodeError, 422, "bad_file"),
+    (_err.UnknownLabelError, 400, "unknown_label"),
     (_err.InvalidInputError, 400, "invalid_input"),
     (_err.StoreError, 500, "store_error"),
     (_err.ModelIntegrityError, 500, "model_error"),
@@ -285,15 +287,18 @@ class _App:
 
     async def correct(self, request: Request) -> Response:
         q = request.query_params
-        label, user, force = q.get("label", ""), q.get("user") or None, q.get("force", "") in ("1", "true", "yes")
+        label, user = q.get("label", ""), q.get("user") or None
+        force, new_label = (q.get(k, "") in ("1", "true", "yes") for k in ("force", "new_label"))
         async with self.upload(request) as path:
 
             def work() -> dict[str, Any]:
                 t0 = time.time()
-                c = self.rec.correct(path, label, user=user, force=force, **self.sampling(path))
-                cid = int(getattr(c, "id", c))  # an id, or an object carrying it
+                extra = {"new_label": True} if new_label else {}
+                c = self.rec.correct(path, label, user=user, force=force, **extra, **self.sampling(path))
+                cid = int(getattr(c, "id", c))  # a Correction (an int carrying the outcome) or a plain id
                 who = getattr(c, "user", None) or user or self.owner(cid)
-                report = _adapt_report(c)
+                report = getattr(c, "adapt_report", None)
+                error = getattr(c, "adapt_error", None)
                 adapted: dict[str, Any] | None = None
                 if report is not None and who:
                     adapted = self.log_report(who, report)
@@ -303,7 +308,8 @@ class _App:
                         adapted = {"user": who, "accepted": True, "version": int(new[-1].version), "reason": "automatic adapt",
                                    **new[-1].metrics}
                 n = len(self.rec.corrections(who)) if who else None
-                return {"id": cid, "user": who, "label": normalize_label(label), "corrections": n, "adapted": adapted}
+                return {"id": cid, "user": who, "label": getattr(c, "label", None) or normalize_label(label), "corrections": n,
+                        "adapted": adapted, "adapt_error": None if error is None else str(error)}
 
             out = await self.run(work)
         return _json(out)
@@ -344,21 +350,6 @@ class _App:
         self.reports.pop(user, None)
         out = dataclasses.asdict(rep) if dataclasses.is_dataclass(rep) and not isinstance(rep, type) else {}
         return _json({"user": user, **out, "users": await self.run(self.rec.users)})
-
-
-def _adapt_report(c: Any) -> Any | None:
-    """The report of an automatic adapt carried by what :meth:`Recognizer.correct` returned
-    (an id, or an object with ``id`` and, after an adapt, an ``AdaptReport``)."""
-    from ..adaptation import AdaptReport
-
-    if isinstance(c, AdaptReport):
-        return c
-    if dataclasses.is_dataclass(c):
-        for f in dataclasses.fields(c):
-            value = getattr(c, f.name, None)
-            if isinstance(value, AdaptReport):
-                return value
-    return None
 
 
 def _display_name(name: str | None) -> str:
@@ -451,6 +442,9 @@ def create_app(
         status, code = error_for(e)
         if status >= 500:
             log.error("%s %s: %s: %s", request.method, request.url.path, type(e).__name__, e)
+        if isinstance(e, _err.UnknownLabelError):  # what the page offers instead
+            return JSONResponse({"error": code, "message": str(e), "label": e.label, "known": e.known, "suggestions": e.suggestions},
+                                status_code=status, headers={"Cache-Control": "no-store"})
         return _error(status, code, str(e))
 
     app = Starlette(routes=routes, exception_handlers={ApiError: on_api_error, _err.EmoadaptError: on_library_error})

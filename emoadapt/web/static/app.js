@@ -39,6 +39,7 @@
     if (!r.ok) {
       const err = new Error((data && data.message) || ("HTTP " + r.status));
       err.code = data && data.error;
+      err.data = data || {};
       throw err;
     }
     return data;
@@ -47,7 +48,7 @@
   const q = (params) => "?" + new URLSearchParams(params).toString();
 
   function busy(on) {
-    for (const id of ["record", "confirm", "enrol", "adapt", "forget", "upload"]) $(id).disabled = on;
+    for (const id of ["record", "confirm", "other", "new-label", "enrol", "adapt", "forget", "upload"]) $(id).disabled = on;
     for (const b of $("choices").querySelectorAll("button")) b.disabled = on;
     document.body.classList.toggle("busy", on);
   }
@@ -210,21 +211,34 @@
   }
 
   // -- validation, enrolment ----------------------------------------------------------------
-  async function correct(label) {
+  async function correct(label, newLabel) {
     if (!lastClip) { say("Record or upload a clip first.", "error"); return; }
+    $("new-label").hidden = true;
     busy(true);
     say("Saving...", "info");
     try {
       const params = {label, name: lastClip.name};
       if (user()) params.user = user();
+      if (newLabel) params.new_label = "1";
       const r = await api("POST", "/api/correct" + q(params), lastClip.blob, lastClip.blob.type);
       if (r.user && !user()) $("user").value = r.user;
       let text = `Correction ${r.id} recorded: ${r.label}` + (r.corrections ? ` (${r.corrections} so far)` : "") + ".";
       if (r.adapted) text += r.adapted.accepted ? ` Your model was adapted: version ${r.adapted.version}.` : " Adaptation tried: the current model was kept.";
+      if (r.adapt_error) text += " The automatic adaptation failed (" + r.adapt_error + "): try Adapt my model now later.";
       say(text, "ok");
+      $("other-label").value = "";
       await refreshData();
     } catch (e) {
-      say(e.code === "unknown_user" ? e.message + ". Type your name above to enrol with this clip." : e.message, "error");
+      if (e.code === "unknown_label") {
+        const hint = e.data.suggestions && e.data.suggestions.length ? " Did you mean " + e.data.suggestions.join(" or ") + "?" : "";
+        say(`"${label}" is not an emotion the model knows.${hint}`, "error");
+        const b = $("new-label");
+        b.textContent = `Add "${label}" as a new emotion of my model`;
+        b.dataset.label = label;
+        b.hidden = false;
+      } else {
+        say(e.code === "unknown_user" ? e.message + ". Type your name above to enrol with this clip." : e.message, "error");
+      }
     } finally {
       busy(false);
     }
@@ -378,6 +392,8 @@
   $("record").addEventListener("click", record);
   $("upload").addEventListener("change", uploadFile);
   $("confirm").addEventListener("click", () => lastResult && correct(lastResult.label));
+  $("other").addEventListener("click", () => $("other-label").value.trim() && correct($("other-label").value.trim()));
+  $("new-label").addEventListener("click", () => correct($("new-label").dataset.label, true));
   $("enrol").addEventListener("click", enrol);
   $("adapt").addEventListener("click", adapt);
   $("refresh").addEventListener("click", refreshData);
