@@ -192,7 +192,12 @@ def test_labels_synonyms_unknown_and_new(client, cremad_clips):
     assert d["error"] == "unknown_label" and d["label"] == "feer" and "fear" in d["suggestions"] and "neutral" in d["known"]
     r = client.post("/api/correct", params={"label": "calm", "user": "lab", "new_label": "1"}, content=fea, headers=client.hdr)
     assert r.status_code == 200 and r.json()["label"] == "calm", r.text
-    assert [c["label"] for c in client.get("/api/users/lab/corrections").json()["corrections"]] == ["fear", "calm"]
+    # names are normalised as the library does (a full-width, padded spelling is the same user)
+    r = client.get("/api/users/\uff4c\uff41\uff42 /corrections")
+    assert r.status_code == 200 and r.json()["user"] == "lab", r.text
+    assert [c["label"] for c in r.json()["corrections"]] == ["fear", "calm"]
+    r = client.get("/api/users/a\u200bb/history")
+    assert r.status_code == 400 and r.json()["error"] == "invalid_input"
 
 
 def test_correct_unknown_face_bad_label_and_mismatch(client, cremad_clips, photo, rec):

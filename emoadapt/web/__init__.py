@@ -64,7 +64,7 @@ except ImportError as e:  # pragma: no cover - exercised by the CLI test with th
     raise ImportError('emoadapt serve needs the "serve" extra (Starlette and uvicorn): pip install "emoadapt[serve]"') from e
 
 from .. import errors as _err
-from ..store import normalize_label
+from ..store import normalize_label, normalize_user_name
 
 __all__ = ["DEFAULT_MAX_SECONDS", "DEFAULT_MAX_UPLOAD_MB", "ERROR_STATUS", "LOOPBACK_HOSTS", "STATIC_DIR", "create_app"]
 
@@ -318,17 +318,18 @@ class _App:
         user = request.query_params.get("user", "")
         if not user.strip():
             raise ApiError(400, "invalid_input", "type your name first: it is what the enrolment is stored under")
+        user = normalize_user_name(user)
         async with self.upload(request) as path:
             added = await self.run(lambda: self.rec.enroll(user, path, **self.sampling(path)))
         return _json({"user": user, "added": int(added), "users": await self.run(self.rec.users)})
 
     async def corrections(self, request: Request) -> Response:
-        user = request.path_params["user"]
+        user = normalize_user_name(request.path_params["user"])
         rows = await self.read(self.rec.corrections, user)
         return _json({"user": user, "corrections": rows})
 
     async def history(self, request: Request) -> Response:
-        user = request.path_params["user"]
+        user = normalize_user_name(request.path_params["user"])
 
         def read() -> list[dict[str, Any]]:
             if not self.rec.store.has_user(user):
@@ -340,12 +341,12 @@ class _App:
         return _json({"user": user, "versions": versions, "reports": self.reports.get(user, [])})
 
     async def adapt(self, request: Request) -> Response:
-        user = request.path_params["user"]
+        user = normalize_user_name(request.path_params["user"])
         report = await self.run(self.rec.adapt, user)
         return _json(self.log_report(user, report))
 
     async def forget(self, request: Request) -> Response:
-        user = request.path_params["user"]
+        user = normalize_user_name(request.path_params["user"])
         rep = await self.run(self.rec.forget, user)
         self.reports.pop(user, None)
         out = dataclasses.asdict(rep) if dataclasses.is_dataclass(rep) and not isinstance(rep, type) else {}
