@@ -20,7 +20,7 @@ Safety:
 * Writes (``POST``/``DELETE``) are refused when they come from another origin (``Origin``
   or ``Sec-Fetch-Site`` headers) or lack the server's token: a random value made when the app
   starts, embedded in the page and sent back in the ``X-Emoadapt-Token`` header.
-* Uploads are limited in size (``max_upload_bytes``) and length (``max_seconds``: a clip
+* Uploads are limited in size (``max_upload_mb``) and length (``max_seconds``: a clip
   whose container announces more is refused; decoding never goes past it). An upload lives
   in a private temporary file only while its request is analysed and is deleted right after,
   whatever happens. The store receives features only (what :meth:`Recognizer.correct`
@@ -91,6 +91,7 @@ ERROR_STATUS: tuple[tuple[type[_err.EmoadaptError], int, str], ...] = (
 )
 
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_MAX_REPORTS = 100  # adaptation reports kept per user in memory (the store keeps the versions)
 _CHUNK = 1 << 16
 
 
@@ -250,7 +251,9 @@ class _App:
     def log_report(self, user: str, report: Any) -> dict[str, Any]:
         d = report.to_dict() if hasattr(report, "to_dict") else dict(report)
         d["time"] = time.time()
-        self.reports.setdefault(user, []).append(d)
+        kept = self.reports.setdefault(user, [])
+        kept.append(d)
+        del kept[:-_MAX_REPORTS]
         return d
 
     # -- routes -------------------------------------------------------------------------------
