@@ -8,6 +8,7 @@
     emoadapt correct clip.mp4 surprise           # feedback (user recognised by face)
     emoadapt correct clip.mp4 calm --new-label   # a label outside the 7 classes: opt in
     emoadapt adapt alice; emoadapt users; emoadapt forget alice
+    emoadapt serve                               # the validation-mode web app on 127.0.0.1
 
 Common options (``--home``, ``--backbone``, ``-v``, ``-q``) go before or after the command.
 stderr carries emoadapt's own messages only (``emoadapt: error: ...``); progress bars appear
@@ -73,7 +74,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for clip in _bar(args, args.clips, unit="clip", disable=not many):
         try:
             res = rec.predict(clip, progress=not many and _show_progress(args), **_sampling(args))
-        except Exception as e:  # noqa: BLE001 - one clip's failure must not lose the others' results
+        except Exception as e:
             # each error is reported once: in the results where the format has a place for it
             # (a text line, a JSON object), else (csv) on stderr
             failed += 1
@@ -255,6 +256,42 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn  # noqa: F401 - checked here, used by web.serve
+
+        from . import web
+    except ImportError:
+        log.error('emoadapt serve needs the "serve" extra (Starlette and uvicorn): pip install "emoadapt[serve]"')
+        return 1
+    rec = _recognizer(args, adapt_every=args.adapt_every)
+    if args.host not in web.LOOPBACK_HOSTS:
+        log.warning("serving on %s: anyone who can reach this address can use the app, its camera clips and the users' data", args.host)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"emoadapt serve: http://{shown}:{args.port}/ (Ctrl-C stops)", flush=True)
+    web.serve(rec, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds, fps=args.fps,
+              log_level="info" if args.verbose else "warning")
+    return 0
+
+
+def _positive(value: str) -> float:
+    """argparse type of the serve limits: a positive finite number."""
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not (v > 0 and v < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value!r}")
+    return v
+
+
+def _port(value: str) -> int:
+    """argparse type of ``--port``: 1-65535."""
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {value!r}")
+    return int(value)
+
+
 # -- parser -----------------------------------------------------------------------------------
 _COMMON = ("home", "backbone", "identity", "verbose", "quiet")
 
@@ -388,6 +425,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("forget", "delete every trace of a user")
     p.add_argument("user", metavar="USER", help="the user to delete (profile, embeddings, corrections, heads)")
     p.set_defaults(func=cmd_forget)
+
+    p = command("serve", "run the validation-mode web app (needs the serve extra)",
+                "Run the validation-mode web app: record a clip from the webcam or upload one, see the emotion, confirm "
+                "or correct it (personalization feedback), enrol, see your corrections and personal model, forget "
+                'yourself. Needs the serve extra: pip install "emoadapt[serve]". Binds 127.0.0.1 by default; writes '
+                "need the page's token and its origin; uploads live in a temporary file only while analysed.")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this computer only; another address lets anyone who "
+                        "can reach it use the app)")
+    p.add_argument("--port", type=_port, default=8765, help="TCP port (default 8765)")
+    p.add_argument("--max-upload-mb", type=_positive, default=20.0, metavar="MB",
+                   help="largest clip or photo accepted, in megabytes (default 20)")
+    p.add_argument("--max-seconds", type=_positive, default=10.0, metavar="SECONDS",
+                   help="longest clip accepted, in seconds (default 10): longer ones are refused, or cut there when "
+                        "their container does not say")
+    p.add_argument("--fps", type=_positive, metavar="RATE", help="analyse about RATE frames per second of video (default: every frame)")
+    p.add_argument("--adapt-every", type=int, default=5, metavar="N",
+                   help="fine-tune a user's model after every N new corrections (0: only with the page's Adapt button; default 5)")
+    p.set_defaults(func=cmd_serve)
     return ap
 
 

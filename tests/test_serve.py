@@ -1,0 +1,318 @@
+"""The web app of ``emoadapt serve`` through Starlette's test client, on real CREMA-D clips."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette", reason='emoadapt serve needs the serve extra: pip install -e ".[serve]"')
+pytest.importorskip("httpx", reason="Starlette's test client needs httpx")
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # Starlette's notice about its httpx-based client
+    from starlette.testclient import TestClient
+
+from emoadapt import Recognizer
+from emoadapt.web import create_app
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST = "testserver"  # the test client's Host
+
+
+@pytest.fixture(scope="module")
+def rec(tmp_path_factory):
+    with Recognizer(home=tmp_path_factory.mktemp("serve-home"), adapt_every=0) as r:
+        yield r
+
+
+@pytest.fixture(autouse=True)
+def nobody_left(rec):
+    """Each test starts with nobody enrolled (a failed test leaves no user to the next)."""
+    yield
+    for user in rec.users():
+        rec.forget(user)
+
+
+@pytest.fixture
+def upload_dir(tmp_path):
+    d = tmp_path / "uploads"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def make(rec, upload_dir):
+    """A test client on an app around the module's Recognizer; every upload's temporary file
+    must be gone after each request (checked when the test ends)."""
+    clients = []
+
+    def build(**kw):
+        kw.setdefault("fps", 10)
+        app = create_app(rec, allowed_hosts={HOST}, upload_dir=upload_dir, **kw)
+        c = TestClient(app)
+        c.token = app.state.token
+        c.hdr = {"X-Emoadapt-Token": app.state.token}
+        clients.append(c)
+        return c
+
+    yield build
+    assert os.listdir(upload_dir) == []
+
+
+@pytest.fixture
+def client(make):
+    return make()
+
+
+def _bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def _clip(cremad_clips, tag: str) -> Path:
+    return next(p for p in cremad_clips if f"_{tag}_" in p.name)
+
+
+def _png(img_rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(img_rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    return buf.tobytes()
+
+
+def test_page_carries_the_token_and_a_strict_policy(client):
+    r = client.get("/")
+    assert r.status_code == 200 and client.token in r.text
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert r.headers["x-frame-options"] == "DENY"
+    js = client.get("/static/app.js")
+    assert js.status_code == 200 and "X-Emoadapt-Token" in js.text
+    css = client.get("/static/style.css")
+    assert css.status_code == 200
+    # nothing is fetched from elsewhere: every reference of the page is to this server
+    refs = [x for x in re.findall(r'(?:src|href)="([^"]*)"', r.text) if x != "data:,"]
+    assert sorted(refs) == ["/static/app.js", "/static/style.css"]
+    assert "https:" not in r.text + js.text + css.text and "@import" not in css.text
+    assert sorted(set(re.findall(r'api\("(?:GET|POST|DELETE)", [`"]([^`"?$]+)', js.text))) == ["/api/correct", "/api/enroll", "/api/predict", "/api/users", "/api/users/"]
+    info = client.get("/api/info").json()
+    assert info["classes"] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    assert info["max_seconds"] == 10.0 and info["max_upload_bytes"] == 20_000_000
+
+
+def test_predict_a_real_clip(client, cremad_clips, rec):
+    clip = _clip(cremad_clips, "HAP")
+    r = client.post("/api/predict", params={"name": clip.name}, content=_bytes(clip), headers=client.hdr)
+    assert r.status_code == 200, r.text
+    d = r.json()
+    want = rec.predict(clip, fps=10, max_frames=300)  # what the library says with the server's sampling
+    assert d["label"] == want.label == "happy"
+    assert abs(sum(d["probabilities"].values()) - 1) < 1e-4
+    assert d["probabilities"] == pytest.approx(want.probabilities, abs=1e-5)
+    assert d["frames"] == want.frames and d["faces"] == len(d["timeline"]) == want.faces > 10
+    times = [f["time"] for f in d["timeline"]]
+    assert times == sorted(times) and times[-1] == pytest.approx(d["timeline"][-1]["index"] / d["fps"], abs=1e-3)
+    assert 1.5 < times[-1] < 2.5  # a 56-70-frame clip at 29.97 fps
+    assert d["user"] is None and d["truncated"] is False
+
+
+def test_enrol_correct_list_adapt_history_forget(client, cremad_clips, rec):
+    user = "actor1001"
+    ang, sad = _clip(cremad_clips, "ANG"), _clip(cremad_clips, "SAD")
+    r = client.post("/api/enroll", params={"user": user}, content=_bytes(ang), headers=client.hdr)
+    assert r.status_code == 200, r.text
+    assert r.json()["added"] == 1 and user in r.json()["users"]
+    # the enrolled face is recognised: its prediction names the user
+    assert client.post("/api/predict", content=_bytes(sad), headers=client.hdr).json()["user"] == user
+    # validation: confirm one clip (user recognised by face), correct another (named)
+    r = client.post("/api/correct", params={"label": "angry"}, content=_bytes(ang), headers=client.hdr)
+    assert r.status_code == 200, r.text
+    first = r.json()
+    assert first["user"] == user and first["label"] == "angry" and first["corrections"] == 1 and first["adapted"] is None
+    r = client.post("/api/correct", params={"label": " sad", "user": user}, content=_bytes(sad), headers=client.hdr)
+    assert r.status_code == 200 and r.json()["corrections"] == 2 and r.json()["id"] > first["id"]
+    listed = client.get(f"/api/users/{user}/corrections").json()["corrections"]
+    assert [(c["id"], c["label"]) for c in listed] == [(first["id"], "angry"), (r.json()["id"], "sad")]
+    assert listed == rec.corrections(user)
+    assert client.get(f"/api/users/{user}/history").json() == {"user": user, "versions": [], "reports": []}
+    r = client.post(f"/api/users/{user}/adapt", headers=client.hdr)
+    assert r.status_code == 200, r.text
+    rep = r.json()
+    assert rep["accepted"] is True and rep["version"] == 1 and rep["n_corrections"] == 2
+    hist = client.get(f"/api/users/{user}/history").json()
+    assert [(v["version"], v["status"], v["metrics"]["n_corrections"]) for v in hist["versions"]] == [(1, "active", 2)]
+    assert [h["version"] for h in hist["reports"]] == [1]
+    # the personal head now answers for the user's face
+    assert client.post("/api/predict", content=_bytes(sad), headers=client.hdr).json()["label"] == rec.predict(sad, fps=10).label
+    r = client.delete(f"/api/users/{user}", headers=client.hdr)
+    assert r.status_code == 200, r.text
+    gone = r.json()
+    assert (gone["corrections"], gone["embeddings"], gone["heads"]) == (2, 1, 1) and user not in gone["users"]
+    assert user not in rec.users()
+    for path in (f"/api/users/{user}/corrections", f"/api/users/{user}/history"):
+        r = client.get(path)
+        assert r.status_code == 404 and r.json()["error"] == "unknown_user", path
+    r = client.delete(f"/api/users/{user}", headers=client.hdr)
+    assert r.status_code == 404 and r.json()["error"] == "unknown_user"
+    r = client.post(f"/api/users/{user}/adapt", headers=client.hdr)
+    assert r.status_code == 404 and r.json()["error"] == "unknown_user"
+
+
+def test_correct_reports_an_automatic_adapt(client, cremad_clips, rec, monkeypatch):
+    monkeypatch.setattr(rec, "adapt_every", 2)
+    fea, hap = _clip(cremad_clips, "FEA"), _clip(cremad_clips, "HAP")
+    r = client.post("/api/correct", params={"label": "fear", "user": "auto"}, content=_bytes(fea), headers=client.hdr)
+    assert r.status_code == 200 and r.json()["adapted"] is None and r.json()["corrections"] == 1, r.text
+    # no name: the face picks the user; the second correction adapts the model
+    r = client.post("/api/correct", params={"label": "happy"}, content=_bytes(hap), headers=client.hdr)
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["user"] == "auto" and d["corrections"] == 2
+    assert d["adapted"]["accepted"] is True and d["adapted"]["version"] == 1 and d["adapted"]["n_corrections"] == 2
+    hist = client.get("/api/users/auto/history").json()["versions"]
+    assert [(v["version"], v["status"]) for v in hist] == [(1, "active")]
+
+
+def test_labels_synonyms_unknown_and_new(client, cremad_clips):
+    fea = _bytes(_clip(cremad_clips, "FEA"))
+    r = client.post("/api/correct", params={"label": "Scared", "user": "lab"}, content=fea, headers=client.hdr)
+    assert r.status_code == 200, r.text
+    assert r.json()["label"] == "fear"  # a synonym is stored as its class
+    r = client.post("/api/correct", params={"label": "feer", "user": "lab"}, content=fea, headers=client.hdr)
+    assert r.status_code == 400, r.text
+    d = r.json()
+    assert d["error"] == "unknown_label" and d["label"] == "feer" and "fear" in d["suggestions"] and "neutral" in d["known"]
+    r = client.post("/api/correct", params={"label": "calm", "user": "lab", "new_label": "1"}, content=fea, headers=client.hdr)
+    assert r.status_code == 200 and r.json()["label"] == "calm", r.text
+    # names are normalised as the library does (a full-width, padded spelling is the same user)
+    r = client.get("/api/users/\uff4c\uff41\uff42 /corrections")
+    assert r.status_code == 200 and r.json()["user"] == "lab", r.text
+    assert [c["label"] for c in r.json()["corrections"]] == ["fear", "calm"]
+    r = client.get("/api/users/a\u200bb/history")
+    assert r.status_code == 400 and r.json()["error"] == "invalid_input"
+
+
+def test_correct_unknown_face_bad_label_and_mismatch(client, cremad_clips, photo, rec):
+    neu = _clip(cremad_clips, "NEU")
+    r = client.post("/api/correct", params={"label": "neutral"}, content=_bytes(neu), headers=client.hdr)
+    assert r.status_code == 404, r.text  # nobody enrolled matches and no name given
+    assert r.json()["error"] == "unknown_user" and "enrol" in r.json()["message"]
+    r = client.post("/api/correct", params={"label": "", "user": "x"}, content=_bytes(neu), headers=client.hdr)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_input"
+    r = client.post("/api/enroll", params={"user": "obama"}, content=_png(photo("obama.jpg")), headers=client.hdr)
+    assert r.status_code == 200, r.text
+    r = client.post("/api/correct", params={"label": "neutral", "user": "obama"}, content=_bytes(neu), headers=client.hdr)
+    assert r.status_code == 409 and r.json()["error"] == "identity_mismatch", r.text
+    r = client.post("/api/enroll", params={"user": " "}, content=_bytes(neu), headers=client.hdr)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_input"
+
+
+def test_no_face_in_a_real_photo(client, photo):
+    group = photo("sample1.jpg")  # its faces are all in the top half (y < 660 px)
+    background = np.ascontiguousarray(group[760:, :])
+    for path, params in (("/api/predict", {"name": "crop.png"}), ("/api/enroll", {"user": "nobody"}), ("/api/correct", {"label": "sad", "user": "nobody"})):
+        r = client.post(path, params=params, content=_png(background), headers=client.hdr)
+        assert r.status_code == 422, (path, r.text)
+        assert r.json()["error"] == "no_face" and "no face" in r.json()["message"], path
+    flat = np.full((240, 320, 3), 128, np.uint8)
+    r = client.post("/api/predict", content=_png(flat), headers=client.hdr)
+    assert r.status_code == 422 and r.json()["error"] == "no_face"
+
+
+def test_bad_files(client, cremad_clips):
+    r = client.post("/api/predict", params={"name": "notes.webm"}, content=b"this is not a video\n" * 50, headers=client.hdr)
+    assert r.status_code == 422 and r.json()["error"] == "bad_file"
+    assert "notes.webm" in r.json()["message"] and "emoadapt-upload" not in r.json()["message"]  # named as sent
+    truncated = _bytes(_clip(cremad_clips, "FEA"))[:300]
+    r = client.post("/api/predict", params={"name": "cut.flv"}, content=truncated, headers=client.hdr)
+    assert r.status_code == 422 and r.json()["error"] == "bad_file", r.text
+    r = client.post("/api/predict", content=b"", headers=client.hdr)
+    assert r.status_code == 400 and r.json()["error"] == "bad_file"
+
+
+def test_size_and_length_limits(make, cremad_clips):
+    clip = _bytes(_clip(cremad_clips, "DIS"))
+    small = make(max_upload_mb=len(clip) / 2e6)
+    r = small.post("/api/predict", content=clip, headers=small.hdr)
+    assert r.status_code == 413 and r.json()["error"] == "too_large"
+
+    def chunked():  # no Content-Length: the limit is enforced while reading
+        for i in range(0, len(clip), 4096):
+            yield clip[i:i + 4096]
+
+    r = small.post("/api/predict", content=chunked(), headers=small.hdr)
+    assert r.status_code == 413 and r.json()["error"] == "too_large"
+    short = make(max_seconds=1.0)
+    r = short.post("/api/predict", content=clip, headers=short.hdr)
+    assert r.status_code == 413 and r.json()["error"] == "too_long" and "limit is 1 s" in r.json()["message"]
+    r = short.post("/api/correct", params={"label": "disgust", "user": "u"}, content=clip, headers=short.hdr)
+    assert r.status_code == 413 and r.json()["error"] == "too_long"
+
+
+def test_cross_origin_and_token_refusals(client, cremad_clips, rec):
+    clip = _bytes(_clip(cremad_clips, "HAP"))
+    users = rec.users()
+    for headers in (
+        {},  # no token
+        {"X-Emoadapt-Token": "wrong"},
+        {**client.hdr, "Origin": "http://evil.example"},  # a page elsewhere with a stolen token
+        {**client.hdr, "Origin": "null"},
+        {**client.hdr, "Sec-Fetch-Site": "cross-site"},
+    ):
+        for method, path, kw in (("POST", "/api/predict", {"content": clip}), ("POST", "/api/enroll?user=mallory", {"content": clip}),
+                                 ("DELETE", "/api/users/mallory", {}), ("POST", "/api/users/mallory/adapt", {})):
+            r = client.request(method, path, headers=headers, **kw)
+            assert r.status_code == 403 and r.json()["error"] == "forbidden", (headers, path, r.text)
+    assert rec.users() == users
+    # the same origin with the token is served
+    r = client.post("/api/predict", content=clip, headers={**client.hdr, "Origin": f"http://{HOST}", "Sec-Fetch-Site": "same-origin"})
+    assert r.status_code == 200, r.text
+    # a rebound DNS name (Host of another site) gets nothing, not even reads
+    r = client.get("/api/users", headers={"Host": "evil.example"})
+    assert r.status_code == 403 and r.json()["error"] == "forbidden"
+    assert client.get("/", headers={"Host": "evil.example:8765"}).status_code == 403
+
+
+def test_cli_serve_runs_and_needs_the_extra(tmp_path, monkeypatch, capsys):
+    import socket
+
+    from emoadapt import cli
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "emoadapt.cli", "--home", str(tmp_path / "home"), "serve", "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        page = None
+        for _ in range(300):
+            if proc.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                    page = r.read().decode()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert page is not None and 'name="emoadapt-token"' in page, proc.stderr.read() if proc.poll() is not None else "no answer"
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/predict", data=b"x", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as e:  # no token
+            urllib.request.urlopen(req, timeout=5)
+        assert e.value.code == 403
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=20)
+    assert f"http://127.0.0.1:{port}/" in out
+    # without the extra: a clear message, not a traceback
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    assert cli.main(["--home", str(tmp_path / "h2"), "serve"]) == 1
+    assert 'pip install "emoadapt[serve]"' in capsys.readouterr().err
