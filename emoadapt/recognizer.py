@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .analysis import Analysis, FaceTable
+from .analysis import Analysis, AnalyzedFrame, FaceTable
 from .errors import (
     EmoadaptError,
     InvalidInputError,
@@ -91,6 +92,10 @@ class Result:
     fps: float | None = None
     """Frame rate of the source that frame times are counted at: the container's for a video
     file, ``source_fps`` for arrays and iterables; ``None`` for a still image."""
+    start: float | None = None
+    """:meth:`Recognizer.stream` only: the window's start, seconds of the source (else ``None``)."""
+    end: float | None = None
+    """:meth:`Recognizer.stream` only: the window's end, seconds of the source (else ``None``)."""
 
     def top(self, k: int = 3) -> list[tuple[str, float]]:
         """The ``k`` most probable labels with their probabilities."""
@@ -156,8 +161,10 @@ class Result:
         return pd.DataFrame(columns=cols)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable summary."""
+        """JSON-serialisable summary (``start`` and ``end`` first for a stream's window)."""
+        window = {} if self.start is None else {"start": self.start, "end": self.end}
         return {
+            **window,
             "label": self.label,
             "probabilities": {k: round(float(v), 6) for k, v in self.probabilities.items()},
             "frames": self.frames,
@@ -632,6 +639,94 @@ class Recognizer:
             log.info("no face found in %d frames", scan.frames)
         return res
 
+    def stream(self, source: int | Clip, *, window: float = 2.0, hop: float = 0.5, fps: float | None = None, color: str = "rgb",
+               source_fps: float = DEFAULT_SOURCE_FPS) -> Iterator[Result]:
+        """Recognise emotions continuously: one :class:`Result` every ``hop`` seconds, over the
+        last ``window`` seconds of ``source``.
+
+        Each yielded result is what :meth:`predict` would return for the frames of the window
+        (same face tracks, identity rule, personal heads of recognised users, universal head
+        otherwise): the main face track's result, with every track of the window in
+        ``tracks`` (empty label when no face is in the window), and ``start``/``end``, the
+        window's bounds in seconds of the source (frame index / source rate). Every frame is
+        read, detected, aligned and run through the backbone once (:meth:`Analysis.frames`);
+        a ring buffer keeps the per-frame outputs (boxes, probabilities, features -- never
+        images) of the last ``window`` seconds only, so memory stays constant over an endless
+        source, and each window re-runs only the clip heads on them. A window covering a whole
+        clip gives exactly :meth:`predict`'s label and probabilities (up to float rounding).
+
+        Windows end after the frames ``hop``, ``2*hop``, ... seconds into the source, and once
+        more at its end when frames came after the last one (a clip shorter than ``window``
+        thus ends with a window over all of it). Identity embeddings are sampled per track as
+        in :meth:`predict`, with the ``identity_frames`` cap counted per window, so a long
+        track keeps being identified; the enrolled users are read when the stream starts.
+
+        Latency: a window's result is yielded right after its last frame is read, tracked,
+        aligned and its last few face crops (at most :data:`STREAM_CHUNK`) are run through the
+        backbone, plus the clip heads: about 10-30 ms on a 640x480 frame with one face (see
+        README "Live streaming", ``benchmarks/stream.py``). Frames read meanwhile wait in the
+        source (a camera drops what it cannot buffer).
+
+        Args:
+            source: a camera index (``int``: ``cv2.VideoCapture(index)``, frame rate as the
+                driver reports it, else ``source_fps``), a video path, or an array/iterable
+                of frames (as :meth:`predict`; an endless generator is fine).
+            window: length of each window, seconds (> 0).
+            hop: time between windows, seconds (> 0).
+            fps: sample about this many frames per second (default: every frame).
+            color: ``"rgb"`` or ``"bgr"`` for arrays and iterables.
+            source_fps: the frame rate of arrays and iterables (and of a camera or a video
+                file that reports none).
+
+        Stop early by closing the generator (or leaving the ``for`` loop): the camera or file
+        is released.
+        """
+        from collections import deque
+
+        from .video import as_path, camera_frames
+
+        window = _number(window, "window", 1e-3, 1e9)
+        hop = _number(hop, "hop", 1e-3, 1e9)
+        sampling = Sampling(fps=fps, source_fps=source_fps)
+        name: str | None = None
+        rate: float
+        if isinstance(source, (int, np.integer)) and not isinstance(source, (bool, np.bool_)):
+            cam_rate, frames = camera_frames(int(source))
+            rate, clip, color = cam_rate or sampling.source_fps, frames, "rgb"
+        else:
+            clip = as_path(source, "source") if isinstance(source, (str, os.PathLike)) else source
+            name = os.fspath(clip) if isinstance(clip, os.PathLike) else None
+            rate = _clip_fps(clip, sampling) or sampling.source_fps
+        sampling = Sampling(fps=fps, source_fps=rate)
+        span, step = max(1, round(window * rate)), max(1, round(hop * rate))  # in source frames
+        gallery = self._gallery_or_none()
+        buffer: deque[AnalyzedFrame] = deque()
+        next_end = step  # the next window ends after the frame of index next_end - 1
+
+        def result(end: int) -> Result:
+            res = self._results(FaceTable(buffer, source=name, fps=rate), gallery)
+            for r in res.tracks or [res]:
+                r.start, r.end = round(max(0, end - span) / rate, 6), round(end / rate, 6)
+            return res
+
+        frames_in = self._analysis().frames(clip, color=color, sampling=sampling, identity=bool(gallery), identity_window=span,
+                                            chunk=min(self.chunk, STREAM_CHUNK), flush=lambda i: i + 1 >= next_end)
+        pending = False  # frames read since the last window
+        try:
+            for fr in frames_in:
+                buffer.append(fr)
+                while buffer[0].index <= fr.index - span:
+                    buffer.popleft()
+                pending = True
+                if fr.index + 1 >= next_end:
+                    next_end = (fr.index + 1) // step * step + step
+                    pending = False
+                    yield result(fr.index + 1)
+            if pending:
+                yield result(buffer[-1].index + 1)
+        finally:
+            frames_in.close()
+
     # -- personalisation --------------------------------------------------------------------
     def _identify_clip(self, clip: Clip, kw: dict[str, Any]) -> tuple[Result, np.ndarray]:
         _check_kw(kw, _SCAN_KW, "enroll/correct")
@@ -808,6 +903,9 @@ class Recognizer:
 
 
 #: keyword arguments of the methods that scan a clip (enroll, correct, frame_features)
+#: face crops per backbone batch in :meth:`Recognizer.stream` (small: a window's result waits for its last batch)
+STREAM_CHUNK = 4
+
 _SCAN_KW = frozenset({"color", "fps", "max_frames", "step", "progress", "source_fps"})
 
 
