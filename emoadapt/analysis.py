@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,7 +114,7 @@ class Analysis:
 
     def frames(self, clip: Clip | Iterable[Any], *, color: str = "rgb", sampling: Sampling | None = None, identity: bool = False,
                identity_window: int | None = None, images: bool = False, chunk: int | None = None,
-               flush: Callable[[int], bool] | None = None, progress: Any = None) -> Iterator[AnalyzedFrame]:
+               flush: Callable[[int], bool] | None = None, progress: Any = None) -> Generator[AnalyzedFrame, None, None]:
         """Yield every sampled frame of ``clip`` analysed, in order.
 
         The backbone runs on chunks of ``chunk`` crops (default: the instance's) in a worker

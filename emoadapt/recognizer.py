@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .analysis import Analysis, AnalyzedFrame, FaceTable
+from .analysis import Analysis, AnalyzedFace, AnalyzedFrame, FaceTable
 from .errors import (
     EmoadaptError,
     InvalidInputError,
@@ -478,9 +478,12 @@ class Recognizer:
         from .video import as_rgb_frame
 
         frame = next(self._analysis().frames(as_rgb_frame(image, color)))
-        return [FrameResult(index=0, box=tuple(float(v) for v in f.box), score=f.score,
-                            probabilities=dict(zip(self.backbone.classes, map(float, f.probabilities))), landmarks=f.landmarks)
-                for f in frame.faces]
+        return [self._frame_result(0, f, f.probabilities) for f in frame.faces]
+
+    def _frame_result(self, index: int, face: AnalyzedFace, probabilities: Any) -> FrameResult:
+        x1, y1, x2, y2 = (float(v) for v in face.box)
+        return FrameResult(index=index, box=(x1, y1, x2, y2), score=face.score,
+                           probabilities=dict(zip(self.backbone.classes, map(float, probabilities))), landmarks=face.landmarks)
 
     def _scan(self, clip: Clip, *, color: str, sampling: Sampling, identity: bool, progress: bool) -> FaceTable:
         """Every sampled frame of ``clip`` analysed (:meth:`Analysis.frames`), as a :class:`FaceTable`."""
@@ -523,11 +526,7 @@ class Recognizer:
     def _track_result(self, scan: FaceTable, idx: list[int]) -> Result:
         classes = self.backbone.classes
         P, F = scan.outputs(idx, len(classes), self.backbone.dim)
-        timeline = [
-            FrameResult(index=scan.index[j], box=tuple(float(v) for v in scan.faces[j].box), score=scan.faces[j].score,
-                        probabilities=dict(zip(classes, map(float, P[n]))), landmarks=scan.faces[j].landmarks)
-            for n, j in enumerate(idx)
-        ]
+        timeline = [self._frame_result(scan.index[j], scan.faces[j], P[n]) for n, j in enumerate(idx)]
         return Result(label=None, probabilities={}, frames=scan.frames, faces=len(idx), timeline=timeline, features=F, frame_probabilities=P,
                       source=scan.source, fps=scan.fps)
 
@@ -640,7 +639,7 @@ class Recognizer:
         return res
 
     def stream(self, source: int | Clip, *, window: float = 2.0, hop: float = 0.5, fps: float | None = None, color: str = "rgb",
-               source_fps: float = DEFAULT_SOURCE_FPS) -> Iterator[Result]:
+               source_fps: float = DEFAULT_SOURCE_FPS) -> Generator[Result, None, None]:
         """Recognise emotions continuously: one :class:`Result` every ``hop`` seconds, over the
         last ``window`` seconds of ``source``.
 
@@ -690,6 +689,7 @@ class Recognizer:
         sampling = Sampling(fps=fps, source_fps=source_fps)
         name: str | None = None
         rate: float
+        clip: Any
         if isinstance(source, (int, np.integer)) and not isinstance(source, (bool, np.bool_)):
             cam_rate, frames = camera_frames(int(source))
             rate, clip, color = cam_rate or sampling.source_fps, frames, "rgb"
