@@ -2,9 +2,12 @@
 
 Data flows one way::
 
-    clip -> video.iter_frames -> detection.MTCNN -> alignment.norm_crop -> features.Backbone
-         -> heads (clip pooling + classifier) -> Result
+    clip -> analysis.Analysis.frames (video.iter_frames -> detection.TrackingDetector
+            -> tracking.OnlineTracker -> alignment.norm_crop -> features.Backbone -> identity)
+         -> analysis.FaceTable (face tracks) -> heads (clip pooling + classifier) -> Result
 
+Every method that looks at frames (predict, analyze, enroll, correct, faces_in, stream)
+consumes the same per-frame analysis; default models are looked up in :mod:`emoadapt.zoo`.
 The Recognizer holds the models and does no modelling of its own.
 """
 
@@ -662,8 +665,9 @@ class Recognizer:
 
         Latency: a window's result is yielded right after its last frame is read, tracked,
         aligned and its last few face crops (at most :data:`STREAM_CHUNK`) are run through the
-        backbone, plus the clip heads: about 10-30 ms on a 640x480 frame with one face (see
-        README "Live streaming", ``benchmarks/stream.py``). Frames read meanwhile wait in the
+        backbone, plus the clip heads: a median of about 15 ms on a 640x480 frame with one face
+        and users enrolled (README "Live streaming", ``benchmarks/stream.py``). A frame waits up
+        to ``hop`` more for its window to end. Frames read meanwhile wait in the
         source (a camera drops what it cannot buffer).
 
         Args:
