@@ -504,6 +504,10 @@ class Recognizer:
             if bar is not None:
                 bar.close()
 
+    def _faces(self, det: Any) -> np.ndarray:
+        """Indices of the detections analysed (:meth:`Analysis.select`; used by benchmarks/pipeline_speed.py)."""
+        return self._analysis().select(det)
+
     def _tta_for(self, frames: int) -> bool | None:
         """The backbone's ``tta`` argument for an input of ``frames`` frames (:meth:`Analysis.tta_for`)."""
         return self._analysis().tta_for(frames)

@@ -94,7 +94,7 @@ def _crops(rec, frames):
     out = []
     for f in frames:
         d = det(f)
-        i = rec._analysis().select(d)[0]
+        i = rec._faces(d)[0]
         out.append(norm_crop(f, d.landmarks[i], rec.backbone.input_size, rec.backbone.template, gray=rec.backbone.channels == 1))
     return np.stack(out)
 
