@@ -10,6 +10,9 @@ __all__ = [
     "StoreError",
     "UnknownUserError",
     "IdentityMismatchError",
+    "ExtractError",
+    "MissingDependencyError",
+    "WorkerCrashedError",
 ]
 
 
@@ -39,3 +42,15 @@ class UnknownUserError(EmoadaptError, KeyError):
 
 class IdentityMismatchError(EmoadaptError):
     """A correction names a user whose enrolled face does not match the face in the clip."""
+
+
+class ExtractError(EmoadaptError):
+    """A corpus extraction cannot run: e.g. its output folder holds one made with other settings."""
+
+
+class MissingDependencyError(EmoadaptError, ImportError):
+    """An optional dependency (an extra such as ``emoadapt[extract]``) is not installed."""
+
+
+class WorkerCrashedError(EmoadaptError):
+    """A worker process died while analysing a clip (recorded as that clip's error in an extraction)."""
