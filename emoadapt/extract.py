@@ -490,7 +490,14 @@ def _run_local_pool(jobs: list[ClipJob], workers: int, spec: dict[str, Any], sam
     ctx = mp.get_context("spawn")  # TFLite/OpenCV threads in this process make fork unsafe
 
     def pool(n: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(spec,))
+        ex = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(spec,))
+        try:  # a pool that cannot start (models, imports, a script without a __main__ guard) is no clip's fault
+            ex.submit(os.getpid).result()
+        except BrokenProcessPool as e:
+            ex.shutdown(wait=True)
+            raise ExtractError("the worker processes cannot start (see their error above); when calling extract from a "
+                               "script, put the call under `if __name__ == '__main__':`") from e
+        return ex
 
     pending: deque[ClipJob] = deque(jobs)
     suspects: list[ClipJob] = []
