@@ -739,14 +739,16 @@ def read_frames(out: str | os.PathLike[str], columns: Sequence[str] | None = Non
 def track_arrays(out: str | os.PathLike[str], clip: str | os.PathLike[str] | ClipJob, track: int = 0) -> dict[str, np.ndarray] | None:
     """One face track of one clip as numpy arrays (pyarrow only, no pandas): ``frame`` (T,),
     ``features`` (T, D), ``probabilities`` (T, C) in frame order. ``None`` when the clip is
-    not done; (0, D) arrays when it has no such track (no face, or an error)."""
+    not done or was recorded with an error; empty arrays (T = 0) when it has no such track
+    (no face found)."""
     pa = _pyarrow()
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     job = clip if isinstance(clip, ClipJob) else ClipJob(_abspath(clip))
     root = Path(out)
-    if not (root / "clips" / f"{job.clip_id}.parquet").is_file():
+    part = root / "clips" / f"{job.clip_id}.parquet"
+    if not part.is_file() or pq.read_table(part, columns=["error_type"]).column(0)[0].as_py() is not None:
         return None
     f = root / "frames" / f"{job.clip_id}.parquet"
     if not f.is_file():
