@@ -346,7 +346,7 @@ def _process_clip(spec: dict[str, Any], sampling: dict[str, Any], job: ClipJob, 
     """Analyse one clip and write its parts; returns a small summary (never raises for a bad clip)."""
     pa = _pyarrow()
     rec = _recognizer(spec)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     root = Path(out)
     classes = rec.classes
     res, err = None, None
@@ -368,7 +368,7 @@ def _process_clip(spec: dict[str, Any], sampling: dict[str, Any], job: ClipJob, 
     _write_atomic(_clip_table(pa, job, classes, **kw), root / "clips" / f"{job.clip_id}.parquet")
     return {"clip": job.path, "clip_id": job.clip_id, "frames": res.frames if res else 0, "faces": res.faces if res else 0,
             "error_type": type(err).__name__ if err is not None else None, "seconds": secs, "worker": _worker_name(),
-            "pid": os.getpid(), "rss": _rss(), "classes": classes}  # fmt: skip
+            "pid": os.getpid(), "rss": _rss(), "cpu": time.process_time() - c0, "classes": classes}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------
@@ -397,7 +397,8 @@ class ExtractReport:
     restarts: int = 0
     """Times the local process pool was restarted after a worker died."""
     workers: dict[str, dict[str, int]] = field(default_factory=dict)
-    """Per worker: clips, and RSS (bytes) after its first and its latest clip."""
+    """Per worker: clips, the CPU time its process spent on them (``cpu_ms``, ms), and RSS (bytes)
+    after its first and its latest clip."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -424,8 +425,9 @@ class _Driver:
         r.errors += s["error_type"] is not None
         if s.get("classes"):
             self.classes = list(s["classes"])
-        w = r.workers.setdefault(s["worker"], {"clips": 0, "rss_first": int(s.get("rss", 0)), "rss_last": 0})
+        w = r.workers.setdefault(s["worker"], {"clips": 0, "cpu_ms": 0, "rss_first": int(s.get("rss", 0)), "rss_last": 0})
         w["clips"] += 1
+        w["cpu_ms"] += int(1000 * s.get("cpu", 0.0))
         w["rss_last"] = int(s.get("rss", 0))
         if self.bar is not None:
             self.bar.set_postfix_str(f"{r.frames / max(time.perf_counter() - self.t0, 1e-9):.1f} frames/s, {r.errors} errors", refresh=False)
@@ -631,7 +633,7 @@ def extract(
         progress: show a progress bar (clips, frames/s, ETA) on stderr; default: when stderr
             is a terminal.
         on_clip: called on the driver with each finished clip's summary (clip, clip_id,
-            frames, faces, error_type, seconds, worker, pid, rss).
+            frames, faces, error_type, seconds, cpu, worker, pid, rss).
         **recognizer_kwargs: passed to each worker's :class:`~emoadapt.Recognizer`
             (``backbone``, ``detect_every``, ``min_face_score``, ...); names and numbers only,
             since they travel to the workers. ``num_threads`` defaults to 1 (one core per worker).
