@@ -87,7 +87,7 @@ def main() -> None:
         manifest = make_manifest(tmp, args.clips)
         base = args.keep or tmp
         print(f"{args.clips} clips (six CREMA-D clips repeated), fps {args.fps or 'all'}, {os.cpu_count()} CPUs, "
-              f"load average {'%.1f %.1f %.1f' % os.getloadavg()}", flush=True)  # fmt: skip
+              f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)  # fmt: skip
         print(f"{'mode':<7} {'clips':>5} {'frames':>7} {'wall s':>7} {'frames/s':>8} {'CPU s':>7} {'frames/CPU-s':>12}  worker RSS MiB first -> last clip")
         rows = {}
         for mode in args.modes.split(","):
@@ -96,7 +96,7 @@ def main() -> None:
             rss = "; ".join(f"{w['rss_first'] / 2**20:.0f} -> {w['rss_last'] / 2**20:.0f} ({w['clips']} clips)" for w in r["workers"].values())
             setup = f" (+{r['setup']:.1f} s cluster start)" if r["setup"] else ""
             print(f"{mode:<7} {r['clips']:>5} {r['frames']:>7} {r['wall']:>7.1f} {r['fps']:>8.1f} {r['cpu']:>7.1f} {r['fps_cpu']:>12.1f}  {rss}{setup}", flush=True)
-        print(f"load average at the end: {'%.1f %.1f %.1f' % os.getloadavg()}")
+        print(f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
         if "local1" in rows and "local2" in rows:
             a, b = rows["local1"], rows["local2"]
             print(f"KEY: 2 local workers {b['fps']:.1f} frames/s = {b['fps'] / a['fps']:.2f}x one worker ({a['fps']:.1f}) by the wall clock; "

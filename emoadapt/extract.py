@@ -51,7 +51,13 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    wait,
+)
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,13 +65,18 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ExtractError, InvalidInputError, MissingDependencyError, WorkerCrashedError
+from .errors import (
+    ExtractError,
+    InvalidInputError,
+    MissingDependencyError,
+    WorkerCrashedError,
+)
 from .video import IMAGE_SUFFIXES
 
 __all__ = [
+    "VIDEO_SUFFIXES",
     "ClipJob",
     "ExtractReport",
-    "VIDEO_SUFFIXES",
     "discover",
     "extract",
     "read_clips",
@@ -182,7 +193,7 @@ def discover(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str] | 
 def _pyarrow() -> Any:
     try:
         import pyarrow
-        import pyarrow.parquet  # noqa: F401
+        import pyarrow.parquet
     except ImportError as e:
         raise MissingDependencyError("writing and reading extraction datasets needs pyarrow: pip install 'emoadapt[extract]'") from e
     return pyarrow
@@ -455,7 +466,8 @@ class _Driver:
 
 
 def _pump(ex: Executor, pending: deque[ClipJob], limit: int, task: Callable[[ClipJob], Future[dict[str, Any]]], drv: _Driver) -> list[ClipJob]:
-    """Feed ``pending`` to ``ex`` with at most ``limit`` clips in flight. Returns the clips in
+    """Feed ``pending`` to ``ex`` with at most ``limit`` clips in flight (one per worker: few
+    clips are in flight when a worker dies, see :func:`_run_local_pool`). Returns the clips in
     flight when the pool broke (a worker died), or [] when all were processed."""
     inflight: dict[Future[dict[str, Any]], ClipJob] = {}
     broken: list[ClipJob] = []
@@ -483,6 +495,10 @@ def _pump(ex: Executor, pending: deque[ClipJob], limit: int, task: Callable[[Cli
     return broken
 
 
+def _submitter(ex: Executor, spec: dict[str, Any], sampling: dict[str, Any], out: str) -> Callable[[ClipJob], Future[dict[str, Any]]]:
+    return lambda job: ex.submit(_process_clip, spec, sampling, job, out)
+
+
 def _run_local_pool(jobs: list[ClipJob], workers: int, spec: dict[str, Any], sampling: dict[str, Any], out: str, drv: _Driver) -> None:
     """A process pool we own: restarted when a worker dies. The clips in flight at that moment
     are retried one at a time at the end; one that kills its worker again alone is recorded
@@ -505,24 +521,16 @@ def _run_local_pool(jobs: list[ClipJob], workers: int, spec: dict[str, Any], sam
     suspects: list[ClipJob] = []
     while pending:
         with pool(workers) as ex:
-            broken = _pump(ex, pending, 2 * workers, lambda j: ex.submit(_process_clip, spec, sampling, j, out), drv)
+            broken = _pump(ex, pending, workers, _submitter(ex, spec, sampling, out), drv)
         if broken:
             drv.report.restarts += 1
             log.warning("a worker process died; %d clips in flight are retried one at a time", len(broken))
             suspects.extend(broken)
-    ex = None
-    try:
-        for job in suspects:
-            if ex is None:
-                ex = pool(1)
-            if _pump(ex, deque([job]), 1, lambda j: ex.submit(_process_clip, spec, sampling, j, out), drv):  # noqa: B023
+    for job in suspects:  # each alone in a fresh pool: a death now is this clip's doing
+        with pool(1) as alone:
+            if _pump(alone, deque([job]), 1, _submitter(alone, spec, sampling, out), drv):
                 drv.crashed(job, "the worker process died while analysing this clip (alone)")
-                ex.shutdown(wait=True)
-                ex = None
                 drv.report.restarts += 1
-    finally:
-        if ex is not None:
-            ex.shutdown(wait=True)
 
 
 def _run_dask(client: Any, jobs: list[ClipJob], spec: dict[str, Any], sampling: dict[str, Any], out: str, drv: _Driver) -> None:
@@ -567,7 +575,7 @@ def _run_dask(client: Any, jobs: list[ClipJob], spec: dict[str, Any], sampling: 
 
 def _run_executor(ex: Executor, jobs: list[ClipJob], spec: dict[str, Any], sampling: dict[str, Any], out: str, drv: _Driver) -> None:
     limit = 2 * int(getattr(ex, "_max_workers", None) or os.cpu_count() or 1)
-    broken = _pump(ex, deque(jobs), limit, lambda j: ex.submit(_process_clip, spec, sampling, j, out), drv)
+    broken = _pump(ex, deque(jobs), limit, _submitter(ex, spec, sampling, out), drv)
     for job in broken:
         drv.lost(job, BrokenProcessPool("a worker process of the given executor died"))
 
