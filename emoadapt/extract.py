@@ -533,6 +533,30 @@ def _run_local_pool(jobs: list[ClipJob], workers: int, spec: dict[str, Any], sam
                 drv.report.restarts += 1
 
 
+def _undo_malloc_trim() -> None:
+    """Give glibc's allocator back its large-block reuse in a Dask worker process.
+
+    A Dask nanny starts its workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (Dask's default
+    ``distributed.nanny.pre-spawn-environ``). Setting it switches off glibc's dynamic mmap
+    threshold, so every array above 128 KiB (each decoded frame, the detector's image pyramid)
+    is mapped and unmapped again, and its pages are faulted in afresh: about 40 % more CPU
+    per clip (``benchmarks/extract.py``). Raising the mmap and trim thresholds to the limits
+    the dynamic rule would reach (32 / 64 MiB) restores the reuse; nothing happens elsewhere
+    (no such variable, or not glibc)."""
+    import platform
+
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or platform.libc_ver()[0] != "glibc":
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(-3, 32 << 20) and libc.mallopt(-1, 64 << 20)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        ok = 0
+    log.info("worker %s: glibc mmap/trim thresholds raised to 32/64 MiB: %s", _worker_name(), "done" if ok else "failed")
+
+
 def _run_dask(client: Any, jobs: list[ClipJob], spec: dict[str, Any], sampling: dict[str, Any], out: str, drv: _Driver) -> None:
     try:
         from distributed import WorkerPlugin, as_completed
@@ -550,6 +574,7 @@ def _run_dask(client: Any, jobs: list[ClipJob], spec: dict[str, Any], sampling: 
             self.name = "emoadapt-recognizer-" + hashlib.sha1(_spec_key(spec).encode()).hexdigest()[:12]
 
         def setup(self, worker: Any) -> None:
+            _undo_malloc_trim()
             _recognizer(self.spec)
 
     client.register_plugin(RecognizerPlugin(spec))
