@@ -56,6 +56,7 @@ def run_mode(mode: str, manifest: Path, out: Path, fps: float | None) -> dict[st
     if mode.startswith("dask"):
         from distributed import Client, LocalCluster
 
+        env = dict(os.environ)  # the nanny sets its pre-spawn variables here too: restored below
         t = time.perf_counter()
         cluster = LocalCluster(n_workers=int(mode[4:]), processes=True, threads_per_worker=1, dashboard_address=None)
         client = Client(cluster)
@@ -65,6 +66,8 @@ def run_mode(mode: str, manifest: Path, out: Path, fps: float | None) -> dict[st
         finally:
             client.close()
             cluster.close()
+            os.environ.clear()
+            os.environ.update(env)
     else:
         rep = extract(manifest, out, workers=int(mode[5:]), **kw)
     if rep.errors or rep.lost:

@@ -466,8 +466,8 @@ class _Driver:
 
 
 def _pump(ex: Executor, pending: deque[ClipJob], limit: int, task: Callable[[ClipJob], Future[dict[str, Any]]], drv: _Driver) -> list[ClipJob]:
-    """Feed ``pending`` to ``ex`` with at most ``limit`` clips in flight (one per worker: few
-    clips are in flight when a worker dies, see :func:`_run_local_pool`). Returns the clips in
+    """Feed ``pending`` to ``ex`` with at most ``limit`` clips in flight (the local pool keeps
+    one per worker, so that few clips are suspects when a worker dies). Returns the clips in
     flight when the pool broke (a worker died), or [] when all were processed."""
     inflight: dict[Future[dict[str, Any]], ClipJob] = {}
     broken: list[ClipJob] = []

@@ -198,8 +198,11 @@ def test_local_pool_records_a_clip_that_kills_its_worker(tmp_path, cremad_clips,
 @pytest.fixture(scope="module")
 def dask_client():
     distributed = pytest.importorskip("distributed")
+    env = dict(os.environ)  # a nanny sets its pre-spawn variables in this process too: put them back after
     with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         yield client
+    os.environ.clear()
+    os.environ.update(env)
 
 
 def test_dask_same_rows_as_local(local, corpus, tmp_path, dask_client):
