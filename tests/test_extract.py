@@ -155,6 +155,17 @@ def test_resume_skips_done_and_retries_errors_on_request(local, corpus, tmp_path
         extract(corpus, tmp_path / "x", workers=0)
 
 
+def test_caller_executor_same_rows(local, corpus, tmp_path):
+    """Any concurrent.futures.Executor: here two threads sharing this process's Recognizer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        rep = extract(corpus, tmp_path / "threads", executor=pool, fps=FPS)
+    assert (rep.done, rep.errors, rep.lost) == (9, 1, 0)
+    _assert_clean(tmp_path / "threads", 9)
+    _assert_same_rows(local[0], tmp_path / "threads")
+
+
 def test_local_pool_same_rows_and_survives_a_killed_worker(local, corpus, tmp_path):
     """2 worker processes: one is SIGKILLed after its first clip; the pool is restarted, the
     clips in flight are redone, and the rows equal the in-process run's."""
