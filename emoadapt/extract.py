@@ -405,6 +405,7 @@ class ExtractReport:
     faces: int = 0
     """Frames with a face used (main tracks) in this run."""
     seconds: float = 0.0
+    """Wall-clock time of the run (worker start-up included)."""
     restarts: int = 0
     """Times the local process pool was restarted after a worker died."""
     workers: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -450,6 +451,7 @@ class _Driver:
         """Record a clip whose worker process died while analysing it (alone) as an error row."""
         err = WorkerCrashedError(why)
         log.error("%s: %s", job.path, why)
+        (self.out / "frames" / f"{job.clip_id}.parquet").unlink(missing_ok=True)  # no half-recorded clip
         _write_atomic(_clip_table(_pyarrow(), job, self.classes, error=err, worker="driver"), self.out / "clips" / f"{job.clip_id}.parquet")
         self.done({"clip": job.path, "clip_id": job.clip_id, "frames": 0, "faces": 0, "error_type": type(err).__name__, "seconds": 0.0,
                    "worker": "driver", "pid": os.getpid(), "rss": 0, "classes": None})  # fmt: skip
