@@ -18,8 +18,9 @@ Output layout (``OUT``)::
 of one file are two clips). Each part is written to a hidden temporary file and renamed into
 place, so a killed worker leaves no partial part, and a clip whose ``clips/`` part exists is
 skipped by the next run (``retry_errors`` also redoes the clips recorded with an error).
-Readers (pyarrow, pandas, Spark, DuckDB) take ``OUT/frames`` and ``OUT/clips`` as datasets;
-they ignore the hidden temporary files. One run at a time per ``OUT``.
+``pandas.read_parquet`` and ``pyarrow.dataset`` take ``OUT/frames`` and ``OUT/clips`` as
+datasets and skip hidden files (a temporary file left by a killed process; the next run
+removes them). One run at a time per ``OUT``.
 
 Execution: in this process (``workers=1``), a local process pool (``workers=N``; spawned
 processes, one Recognizer each, restarted if a worker dies), any
