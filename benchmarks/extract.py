@@ -7,7 +7,7 @@ Parquet dataset into a temporary folder. Per mode it prints the wall clock of th
 (worker start-up and model loading included; the Dask cluster's own start-up is printed
 apart, a cluster outlives one run), frames per second, the workers' CPU time (frames per
 CPU-second: what a core delivers when nobody else uses it, so the figure to trust on a shared
-machine) and each worker's resident memory (RSS) after its first and after its last clip.
+machine) and each worker's resident memory (RSS) after its 1st, 10th, 100th, middle and last clip.
 
     nice -n 10 python benchmarks/extract.py [--clips 1000] [--fps 5] [--modes local1,local2,dask2]
 
@@ -51,7 +51,12 @@ def make_manifest(folder: Path, n: int) -> Path:
 def run_mode(mode: str, manifest: Path, out: Path, fps: float | None) -> dict[str, Any]:
     from emoadapt.extract import extract
 
-    kw: dict[str, Any] = {"fps": fps, "progress": False}
+    trace: dict[str, list[int]] = {}  # per worker: RSS after each of its clips
+
+    def on_clip(s: dict[str, Any]) -> None:
+        trace.setdefault(s["worker"], []).append(int(s["rss"]))
+
+    kw: dict[str, Any] = {"fps": fps, "progress": False, "on_clip": on_clip}
     setup = 0.0
     if mode.startswith("dask"):
         from distributed import Client, LocalCluster
@@ -74,7 +79,12 @@ def run_mode(mode: str, manifest: Path, out: Path, fps: float | None) -> dict[st
         raise SystemExit(f"{mode}: {rep.errors} errors, {rep.lost} lost")
     cpu = sum(w["cpu_ms"] for w in rep.workers.values()) / 1000
     return {"mode": mode, "clips": rep.done, "frames": rep.frames, "wall": rep.seconds, "setup": setup, "fps": rep.frames / rep.seconds,
-            "cpu": cpu, "fps_cpu": rep.frames / cpu, "workers": rep.workers}  # fmt: skip
+            "cpu": cpu, "fps_cpu": rep.frames / cpu, "workers": rep.workers, "trace": trace}  # fmt: skip
+
+
+def _milestones(n: int) -> list[int]:
+    """Indices of a worker's 1st, 10th, 100th, middle and last clip (those it has)."""
+    return sorted({k for k in (0, 9, 99, n // 2, n - 1) if k < n})
 
 
 def main() -> None:
@@ -91,12 +101,12 @@ def main() -> None:
         base = args.keep or tmp
         print(f"{args.clips} clips (six CREMA-D clips repeated), fps {args.fps or 'all'}, {os.cpu_count()} CPUs, "
               f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)  # fmt: skip
-        print(f"{'mode':<7} {'clips':>5} {'frames':>7} {'wall s':>7} {'frames/s':>8} {'CPU s':>7} {'frames/CPU-s':>12}  worker RSS MiB first -> last clip")
+        print(f"{'mode':<7} {'clips':>5} {'frames':>7} {'wall s':>7} {'frames/s':>8} {'CPU s':>7} {'frames/CPU-s':>12}  worker RSS MiB after its clip 1 -> 10 -> 100 -> half -> last")
         rows = {}
         for mode in args.modes.split(","):
             r = run_mode(mode, manifest, base / f"ds_{mode}", args.fps)
             rows[mode] = r
-            rss = "; ".join(f"{w['rss_first'] / 2**20:.0f} -> {w['rss_last'] / 2**20:.0f} ({w['clips']} clips)" for w in r["workers"].values())
+            rss = "; ".join(" -> ".join(f"{t[k] / 2**20:.0f}" for k in _milestones(len(t))) + f" ({len(t)} clips)" for t in r["trace"].values())
             setup = f" (+{r['setup']:.1f} s cluster start)" if r["setup"] else ""
             print(f"{mode:<7} {r['clips']:>5} {r['frames']:>7} {r['wall']:>7.1f} {r['fps']:>8.1f} {r['cpu']:>7.1f} {r['fps_cpu']:>12.1f}  {rss}{setup}", flush=True)
         print(f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
@@ -108,8 +118,9 @@ def main() -> None:
             d, b = rows["dask2"], rows["local2"]
             print(f"KEY: Dask 2 workers {d['fps']:.1f} frames/s = {d['fps'] / b['fps']:.3f} of the local pool by the wall clock, "
                   f"{d['fps_cpu'] / b['fps_cpu']:.3f} by frames per CPU-second")  # fmt: skip
-        growth = max((w["rss_last"] - w["rss_first"]) / 2**20 for r in rows.values() for w in r["workers"].values())
-        print(f"KEY: largest worker RSS growth from its first to its last clip: {growth:.0f} MiB")
+        growth = max((t[-1] - t[0]) / 2**20 for r in rows.values() for t in r["trace"].values())
+        late = max((t[-1] - t[min(99, len(t) - 1)]) / 2**20 for r in rows.values() for t in r["trace"].values())
+        print(f"KEY: largest worker RSS growth from its first to its last clip: {growth:.0f} MiB; from its 100th to its last: {late:.0f} MiB")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
