@@ -8,6 +8,7 @@
     emoadapt correct clip.mp4 surprise           # feedback (user recognised by face)
     emoadapt correct clip.mp4 calm --new-label   # a label outside the 7 classes: opt in
     emoadapt adapt alice; emoadapt users; emoadapt forget alice
+    emoadapt extract corpus/ -o features/        # a resumable Parquet dataset of every clip
     emoadapt serve                               # the validation-mode web app on 127.0.0.1
     emoadapt live 0                              # camera 0: one line per window (--json: JSON lines)
 
@@ -257,6 +258,18 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extract(args: argparse.Namespace) -> int:
+    from .extract import extract
+
+    kw = {} if args.backbone is None else {"backbone": args.backbone}
+    rep = extract(args.input, args.output, workers=args.workers, scheduler=args.scheduler, fps=args.fps,
+                  max_frames=args.max_frames, retry_errors=args.retry_errors, progress=False if args.quiet else None,
+                  detect_every=args.detect_every, **kw)  # fmt: skip
+    print(f"{rep.out}: {rep.done} clips analysed ({rep.errors} errors, {rep.frames} frames), {rep.skipped} done before"
+          + (f", {rep.lost} not finished: rerun to resume" if rep.lost else "") + f"; {rep.seconds:.1f} s")
+    return 1 if rep.lost else 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn  # noqa: F401 - checked here, used by web.serve
@@ -476,6 +489,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user", metavar="USER", help="an enrolled user")
     p.add_argument("--json", action="store_true", help="print the adaptation report as JSON")
     p.set_defaults(func=cmd_adapt)
+
+    p = command(
+        "extract", "analyse a corpus of clips into a resumable Parquet dataset",
+        "Analyse every clip of INPUT with the universal model and write OUT/frames (one row per analysed "
+                    "frame and face track: box, landmarks, probabilities, backbone features) and OUT/clips (one row per "
+                    "clip: label, probabilities, frames, faces, error). Clips already done in OUT are skipped; a clip that "
+                    "fails is recorded with its error. Needs pyarrow (pip install 'emoadapt[extract]').")  # fmt: skip
+    p.add_argument("input", help="a folder (searched recursively for videos and images), a manifest (.csv with a 'path' "
+                                 "column and optional 'label' and 'user' columns, or .txt with one path per line), a glob "
+                                 "pattern (quote it) or one file")  # fmt: skip
+    p.add_argument("-o", "--output", required=True, type=Path, help="output folder of the Parquet dataset (created; reruns resume)")
+    p.add_argument("--workers", type=int, default=None, help="local worker processes (default: the CPU count; 1: this process)")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run on this Dask scheduler instead of local processes "
+                                                                 "(needs emoadapt[dask]; OUTPUT must be visible to every worker)")  # fmt: skip
+    p.add_argument("--detect-every", type=int, default=10, help="full face detection at least every this many frames, tracking between (default 10)")
+    p.add_argument("--retry-errors", action="store_true", help="also redo the clips an earlier run recorded with an error")
+    sampling(p)
+    p.set_defaults(func=cmd_extract)
 
     p = command("users", "list enrolled users")
     p.set_defaults(func=cmd_users)

@@ -11,6 +11,9 @@ __all__ = [
     "UnknownUserError",
     "IdentityMismatchError",
     "UnknownLabelError",
+    "ExtractError",
+    "MissingDependencyError",
+    "WorkerCrashedError",
 ]
 
 
@@ -58,3 +61,15 @@ class UnknownLabelError(InvalidInputError):
         self.label = label
         self.known = list(known or [])
         self.suggestions = list(suggestions or [])
+
+
+class ExtractError(EmoadaptError):
+    """A corpus extraction cannot run: e.g. its output folder holds one made with other settings."""
+
+
+class MissingDependencyError(EmoadaptError, ImportError):
+    """An optional dependency (an extra such as ``emoadapt[extract]``) is not installed."""
+
+
+class WorkerCrashedError(EmoadaptError):
+    """A worker process died while analysing a clip (recorded as that clip's error in an extraction)."""

@@ -7,8 +7,9 @@ Two input modes share one protocol (per-clip descriptors are just one-frame clip
     python scripts/eval_ravdess.py --descriptors ../shared/data/ravdess_au35.csv \\
         --out results/ravdess_au --json results/ravdess_au.json
 
-    # a RAVDESS video tree Actor_01/01-01-03-01-01-01-01.mp4 ...: per-frame features from
-    # emoadapt.Recognizer().frame_features, cached as <cache>/<stem>.npz (resumable)
+    # a RAVDESS video tree Actor_01/01-01-03-01-01-01-01.mp4 ...: per-frame features of each
+    # clip's main face track, from an `emoadapt extract` Parquet dataset at --cache (made on
+    # the fly, resumable; or beforehand, e.g. on a Dask cluster)
     python scripts/eval_ravdess.py --root /data/RAVDESS --cache cache/ravdess \\
         --heads max,single_attention,self_attention --out results/ravdess_video
 
@@ -159,102 +160,31 @@ def find_videos(root: Path, channel: int = 1) -> list[Path]:
 
 
 # -- feature extraction (video mode) -------------------------------------------------------
-_RECOGNIZER: Any = None
-
-
-def _init_worker(threads: int) -> None:
-    os.environ.setdefault("EMOADAPT_THREADS", str(threads))
-    global _RECOGNIZER
-    _RECOGNIZER = None
-
-
-def _cache_file(cache_dir: Path, path: Path) -> Path:
-    return cache_dir / f"{Path(path).stem}.npz"
-
-
-def _extract_one(job: tuple[str, str, dict[str, Any]]) -> tuple[str, int, str | None]:
-    """Worker: per-frame features of one clip, written atomically to its cache file."""
-    path, cache, kw = job
-    global _RECOGNIZER
-    try:
-        if _RECOGNIZER is None:
-            from emoadapt.recognizer import Recognizer  # lazy: heavy models, per process
-
-            _RECOGNIZER = Recognizer()
-        feats = np.asarray(_RECOGNIZER.frame_features(path, **kw), dtype=np.float32)
-        if feats.ndim != 2:
-            raise ValueError(f"frame_features returned shape {feats.shape}")
-        tmp = cache + ".tmp.npz"
-        np.savez(tmp, features=feats)
-        os.replace(tmp, cache)
-        return path, len(feats), None
-    except Exception as e:  # noqa: BLE001 - reported per clip, the run goes on
-        return path, 0, f"{type(e).__name__}: {e}"
-
-
 def extract_features(paths: Sequence[str | os.PathLike[str]], cache_dir: str | os.PathLike[str], *, workers: int | None = None, **frame_kw: Any) -> dict[str, np.ndarray]:
-    """Per-frame features ``(T, D)`` of every clip, computed once and cached.
+    """Per-frame features ``(T, D)`` of the main face track of every clip.
 
-    Each clip's features come from ``emoadapt.recognizer.Recognizer().frame_features(path,
-    **frame_kw)`` (imported lazily, one Recognizer per worker process) and are cached as
-    ``<cache_dir>/<stem>.npz``; clips already cached are skipped, so an interrupted run
-    resumes where it stopped. Runs on a multiprocessing pool over ``workers`` processes
-    (default: all cores) with a tqdm progress bar. Clips that fail to decode are logged and
-    left out of the result; clips without a detected face map to a ``(0, D)`` array.
+    The clips go through :func:`emoadapt.extract.extract` into the Parquet dataset
+    ``cache_dir`` (one Recognizer per worker process, ``workers`` processes, default all
+    cores; ``frame_kw``: ``fps`` / ``max_frames``); clips already in it are skipped, so an
+    interrupted run resumes where it stopped, and ``emoadapt extract`` (also on a Dask
+    cluster) can fill it beforehand. Track 0 of a clip is what
+    ``Recognizer().frame_features(path, **frame_kw)`` returns. Clips recorded with an error
+    are logged and left out of the result; clips without a detected face map to a ``(0, D)``
+    array.
     """
-    cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    todo = [str(p) for p in paths if not _cache_file(cache, Path(p)).is_file()]
-    if todo:
-        n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
-        jobs = [(p, str(_cache_file(cache, Path(p))), frame_kw) for p in todo]
-        log.info("extracting frame features of %d clips (%d cached) on %d processes", len(todo), len(paths) - len(todo), n_workers)
-        from tqdm.auto import tqdm
+    from emoadapt.extract import extract, read_clips, track_arrays
 
-        bar = tqdm(total=len(jobs), desc="frame features", unit="clip")
-        failures = 0
-
-        def report(path: str, n: int, err: str | None) -> None:
-            nonlocal failures
-            if err:
-                failures += 1
-                log.warning("%s: %s", path, err)
-            elif n == 0:
-                log.warning("%s: no face found in any frame", path)
-            bar.update(1)
-
-        try:
-            if n_workers == 1:
-                _init_worker(1)
-                for job in jobs:
-                    report(*_extract_one(job))
-            else:
-                import multiprocessing as mp
-                from concurrent.futures import ProcessPoolExecutor, as_completed
-
-                # spawned workers import this file by module name: make it importable
-                here = str(Path(__file__).resolve().parent)
-                if here not in sys.path:
-                    sys.path.insert(0, here)
-                # a dying worker raises BrokenProcessPool instead of hanging the run
-                with ProcessPoolExecutor(n_workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(1,)) as ex:
-                    futures = [ex.submit(_extract_one, job) for job in jobs]
-                    for fut in as_completed(futures):
-                        report(*fut.result())
-        finally:
-            bar.close()
-        if failures:
-            log.warning("%d clips failed", failures)
+    rep = extract(list(map(str, paths)), cache_dir, workers=workers, **frame_kw)
+    log.info("frame features: %d clips extracted now, %d found in %s", rep.done, rep.skipped, cache_dir)
+    if rep.errors or rep.lost:
+        clips = read_clips(cache_dir)
+        for r in clips[clips["error_type"].notna()].itertuples():
+            log.warning("%s: %s: %s", r.clip, r.error_type, r.error)
     out: dict[str, np.ndarray] = {}
     for p in paths:
-        f = _cache_file(cache, Path(p))
-        if not f.is_file():
-            continue
-        try:
-            with np.load(f, allow_pickle=False) as z:
-                out[str(p)] = z["features"]
-        except (OSError, ValueError, KeyError) as e:
-            log.warning("unreadable cache file %s (%s); delete it to recompute", f, e)
+        t = track_arrays(cache_dir, p)
+        if t is not None:
+            out[str(p)] = t["features"]
     return out
 
 
@@ -666,8 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--descriptors", type=Path, help="CSV of per-clip descriptors: clip, actor, emotion_code, features...")
     src.add_argument("--root", type=Path, help="RAVDESS video tree (Actor_XX/MM-VC-EE-II-SS-RR-AA.mp4)")
-    ap.add_argument("--cache", type=Path, help="frame-feature cache for --root (default: <out or .>/ravdess_features)")
-    ap.add_argument("--workers", type=int, default=None, help="feature extraction processes (default: all cores)")
+    ap.add_argument("--cache", type=Path, help="`emoadapt extract` dataset of the --root clips, made or completed here "
+                                               "(default: <out or .>/ravdess_features)")
+    ap.add_argument("--workers", type=int, default=None, help="feature extraction processes (default: all cores; 1: this process)")
     ap.add_argument("--fps", type=float, default=None, help="sample frames at about this rate in --root mode (default: every frame)")
     ap.add_argument("--users", default="1,2,3,4,5", help="actors used as users (default 1,2,3,4,5)")
     ap.add_argument("--heads", default=None, help=f"comma list from {', '.join([*STAT_POOLINGS, *ATTENTION_HEADS])} (default: max for descriptors, max,single_attention,self_attention for video)")

@@ -35,7 +35,8 @@ The stat head pools with ``mean`` by default (``--stat-pooling``): on the same v
 below mean pooling on multi-frame clips, and its statistics drift with the clip length (the
 Recognizer's tracks have 50-75 frames, training clips 1-8); mean pooling's do not.
 
-Features (and frame probabilities) are extracted once and cached under ``--cache``
+Features (and frame probabilities) are extracted once and cached under ``--cache`` (the FER2013
+and CK+ face arrays as ``.npz``, the CREMA-D videos as an ``emoadapt extract`` dataset)
 (default ``/work/runs/universal_head_cache/<backbone>-<sha8>[-tta<threshold>]/``; ``$EMOADAPT_HEAD_CACHE``
 overrides the parent), so reruns only train and evaluate.
 
@@ -51,8 +52,9 @@ averaged over the frames):
   contempt dropped), one-frame clips, plain argmax over our 7 classes (a "neutral"
   prediction is an error);
 * ``cremad6``: the 6 real CREMA-D video clips (one actor, one per emotion ANG DIS FEA HAP NEU
-  SAD) through ``Recognizer.analyze`` (MTCNN, alignment, backbone on every frame): the
-  per-frame features/probabilities of the main face track. Only 6 clips: 1 clip = 16.7 points.
+  SAD) through :func:`emoadapt.extract.extract` (MTCNN, alignment, backbone on every frame;
+  a Parquet dataset ``<cache>/cremad_extract``): the per-frame features/probabilities of the
+  main face track, as ``Recognizer.analyze`` gives them. Only 6 clips: 1 clip = 16.7 points.
 
 The FER2013 private test split (``fer_private_test`` / ``_aug``) is reported as a
 *validation* column: it is where hyper-parameters and the default clip mode were chosen, so
@@ -103,7 +105,6 @@ import os
 import platform
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -287,21 +288,22 @@ class Data:
         if len(clips) != 6:
             raise SystemExit(f"expected 6 CREMA-D clips in {DATA / 'clips' / 'cremad'}, found {len(clips)}")
 
-        def compute() -> dict[str, np.ndarray]:
-            import emoadapt
+        # the clips' per-frame outputs come from an `emoadapt extract` dataset beside the cache
+        # (made once; track 0 of a clip is what Recognizer.analyze gives)
+        from emoadapt.extract import extract, track_arrays
 
-            out: dict[str, np.ndarray] = {}
-            t = time.perf_counter()
-            with tempfile.TemporaryDirectory() as home:
-                rec = emoadapt.Recognizer(home=home, backbone=self.backbone, universal_head="mean_probability")
-                for p in clips:
-                    res = rec.analyze(p)
-                    out[f"feats_{p.stem}"] = np.asarray(res.features, np.float32)
-                    out[f"probs_{p.stem}"] = np.asarray(res.frame_probabilities, np.float32)
-            log.info("CREMA-D: %d clips analysed in %.1f s", len(clips), time.perf_counter() - t)
-            return out
-
-        c = self.cache.get("cremad", compute)
+        dataset = self.cache.path / "cremad_extract"
+        t = time.perf_counter()
+        rep = extract(clips, dataset, workers=1, backbone=self.backbone.name, progress=False)
+        if rep.done:
+            self.cache.seconds["cremad"] = round(time.perf_counter() - t, 1)
+            log.info("CREMA-D: %d clips analysed in %.1f s", rep.done, time.perf_counter() - t)
+        c: dict[str, np.ndarray] = {}
+        for p in clips:
+            arrays = track_arrays(dataset, p)
+            if arrays is None:
+                raise SystemExit(f"{p.name} could not be analysed: see {dataset}/clips")
+            c[f"feats_{p.stem}"], c[f"probs_{p.stem}"] = arrays["features"], arrays["probabilities"]
         feats, probs, y = [], [], []
         for p in clips:
             code = re.search(r"_(ANG|DIS|FEA|HAP|NEU|SAD)_", p.name)

@@ -133,47 +133,52 @@ def test_find_videos_dedups_recordings(tmp_path, cremad_clips):
         ev.parse_ravdess_name("notes")
 
 
-def test_extract_features_reads_cache_without_recomputing(tmp_path, data_dir, monkeypatch, cremad_clips):
-    """Cached clips are not recomputed (resumable): the Recognizer is never constructed."""
+def _stamps(dataset: Path) -> dict[str, int]:
+    return {f"{d}/{p.name}": p.stat().st_mtime_ns for d in ("clips", "frames") for p in (dataset / d).iterdir()}
+
+
+def test_extract_features_reads_the_dataset_without_recomputing(tmp_path, monkeypatch, cremad_clips, recognizer):
+    """The features come from an `emoadapt extract` dataset; clips already in it are read, not
+    recomputed (the Recognizer is never constructed), and they are frame_features' output."""
+    pytest.importorskip("pyarrow")
+    pytest.importorskip("pandas")
+    _tiny_tree(tmp_path / "tree", cremad_clips[:3], actors=(1,))
+    paths = ev.find_videos(tmp_path / "tree")
+    from emoadapt.extract import extract
+
+    extract(paths, tmp_path / "ds", workers=1, max_frames=6)
     import emoadapt.recognizer as rec_mod
 
     def boom(*a, **k):
-        raise AssertionError("Recognizer must not be constructed for cached clips")
+        raise AssertionError("Recognizer must not be constructed for clips already extracted")
 
     monkeypatch.setattr(rec_mod, "Recognizer", boom)
-    paths = ev.find_videos(tmp_path) or [tmp_path / p.name for p in cremad_clips]
-    rows = ev.load_descriptors(data_dir / "ravdess_au35.csv").clips
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    want = {}
-    for i, p in enumerate(paths):
-        feats = np.concatenate(rows[3 * i : 3 * i + 3]).astype(np.float32)  # 3 real "frames"
-        np.savez(cache / f"{p.stem}.npz", features=feats)
-        want[str(p)] = feats
-    got = ev.extract_features(paths, cache, workers=1)
-    assert set(got) == set(want)
-    for k in want:
-        np.testing.assert_array_equal(got[k], want[k])
+    got = ev.extract_features(paths, tmp_path / "ds", workers=1, max_frames=6)
+    assert set(got) == {str(p) for p in paths}
+    for p in paths:
+        np.testing.assert_array_equal(got[str(p)], recognizer.frame_features(p, max_frames=6))
 
 
 def test_root_mode_end_to_end_on_tiny_cremad_tree(tmp_path, cremad_clips):
-    """--root on RAVDESS-named links to the real CREMA-D clips: extracts, caches, resumes, and
-    the whole protocol (all three heads) runs from the cached features."""
+    """--root on RAVDESS-named links to the real CREMA-D clips: extracts, resumes, and the
+    whole protocol (all three heads) runs from the extracted dataset."""
+    pytest.importorskip("pyarrow")
+    pytest.importorskip("pandas")
     _tiny_tree(tmp_path / "tree", cremad_clips, actors=(1, 2, 3), reps=(1, 2))
     paths = ev.find_videos(tmp_path / "tree")
     cache = tmp_path / "cache"
     feats = ev.extract_features(paths, cache, workers=2, fps=5)
     assert len(feats) == 36
     assert all(f.ndim == 2 and f.shape[0] >= 1 for f in feats.values())
-    stamps = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    stamps = _stamps(cache)
     again = ev.extract_features(paths, cache, workers=2, fps=5)  # resumed: nothing recomputed
-    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps
+    assert _stamps(cache) == stamps
     for k in feats:
         np.testing.assert_array_equal(again[k], feats[k])
     out = tmp_path / "out"
     res = ev.main(["--root", str(tmp_path / "tree"), "--cache", str(cache), "--fps", "5", "--users", "1", "--seeds", "1",
                    "--no-tune", "--test-size", "0.5", "--json", str(out / "r.json"), "--workers", "1"])
-    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps  # protocol read the cache only
+    assert _stamps(cache) == stamps  # the protocol read the dataset only
     heads = res["heads"]
     assert {"max", "single_attention", "self_attention"} <= set(heads)
     for h in ("max", "single_attention", "self_attention"):
