@@ -685,27 +685,35 @@ class Recognizer:
             source_fps: the frame rate of arrays and iterables (and of a camera or a video
                 file that reports none).
 
-        Stop early by closing the generator (or leaving the ``for`` loop): the camera or file
-        is released.
+        The arguments are checked when ``stream`` is called (InvalidInputError); a camera is
+        opened, and a file or iterable read, when iteration starts. Stop early by closing the
+        generator (or leaving the ``for`` loop): the camera or file is released.
         """
-        from collections import deque
-
-        from .video import as_path, camera_frames
+        from .video import as_path
 
         window = _number(window, "window", 1e-3, 1e9)
         hop = _number(hop, "hop", 1e-3, 1e9)
+        if color not in ("rgb", "bgr"):
+            raise InvalidInputError(f"color must be 'rgb' or 'bgr', got {color!r}")
         sampling = Sampling(fps=fps, source_fps=source_fps)
-        name: str | None = None
-        rate: float
-        clip: Any
         if isinstance(source, (int, np.integer)) and not isinstance(source, (bool, np.bool_)):
-            cam_rate, frames = camera_frames(int(source))
-            rate, clip, color = cam_rate or sampling.source_fps, frames, "rgb"
-        else:
-            clip = as_path(source, "source") if isinstance(source, (str, os.PathLike)) else source
-            name = os.fspath(clip) if isinstance(clip, os.PathLike) else None
-            rate = _clip_fps(clip, sampling) or sampling.source_fps
-        sampling = Sampling(fps=fps, source_fps=rate)
+            return self._windows(int(source), None, None, color, sampling, window, hop)
+        clip: Any = as_path(source, "source") if isinstance(source, (str, os.PathLike)) else source
+        rate = _clip_fps(clip, sampling) or sampling.source_fps
+        return self._windows(clip, os.fspath(clip) if isinstance(clip, os.PathLike) else None, rate, color, sampling, window, hop)
+
+    def _windows(self, clip: Any, name: str | None, rate: float | None, color: str, sampling: Sampling, window: float,
+                 hop: float) -> Generator[Result, None, None]:
+        """:meth:`stream`'s generator (``clip`` an int: a camera, opened here; ``rate`` then its own)."""
+        from collections import deque
+
+        from .video import camera_frames
+
+        if isinstance(clip, int):
+            cam_rate, clip = camera_frames(clip)
+            rate, color = cam_rate or sampling.source_fps, "rgb"
+        assert rate is not None
+        sampling = Sampling(fps=sampling.fps, source_fps=rate)
         span, step = max(1, round(window * rate)), max(1, round(hop * rate))  # in source frames
         gallery = self._gallery_or_none()
         buffer: deque[AnalyzedFrame] = deque()
@@ -738,9 +746,9 @@ class Recognizer:
     # -- personalisation --------------------------------------------------------------------
     def _identify_clip(self, clip: Clip, kw: dict[str, Any]) -> tuple[Result, np.ndarray]:
         _check_kw(kw, _SCAN_KW, "enroll/correct")
-        sampling = Sampling(fps=kw.pop("fps", None), max_frames=kw.pop("max_frames", None), step=kw.pop("step", 1),
-                            source_fps=kw.pop("source_fps", DEFAULT_SOURCE_FPS))
-        scan = self._scan(clip, color=kw.pop("color", "rgb"), sampling=sampling, identity=True, progress=kw.pop("progress", False))
+        sampling = Sampling(fps=kw.get("fps"), max_frames=kw.get("max_frames"), step=kw.get("step", 1),
+                            source_fps=kw.get("source_fps", DEFAULT_SOURCE_FPS))
+        scan = self._scan(clip, color=kw.get("color", "rgb"), sampling=sampling, identity=True, progress=kw.get("progress", False))
         tracks = scan.tracks(self.matcher.threshold)
         if not tracks:
             raise InvalidInputError(f"no face found in the clip ({scan.frames} frames): nothing to learn from")
