@@ -10,6 +10,7 @@
     emoadapt adapt alice; emoadapt users; emoadapt forget alice
     emoadapt extract corpus/ -o features/        # a resumable Parquet dataset of every clip
     emoadapt serve                               # the validation-mode web app on 127.0.0.1
+    emoadapt live 0                              # camera 0: one line per window (--json: JSON lines)
 
 Common options (``--home``, ``--backbone``, ``-v``, ``-q``) go before or after the command.
 stderr carries emoadapt's own messages only (``emoadapt: error: ...``); progress bars appear
@@ -287,6 +288,63 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _live_source(args: argparse.Namespace) -> tuple[Any, float | None]:
+    """``emoadapt live``'s source for :meth:`Recognizer.stream`: a camera index, a path, or with
+    ``--loop`` a generator replaying the file endlessly (with the file's frame rate)."""
+    if args.source.isdigit():
+        if args.loop:
+            raise InvalidInputError("--loop applies to a video file, not a camera")
+        return int(args.source), None
+    if not args.loop:
+        return args.source, None
+    from .video import Sampling, iter_frames, source_rate
+
+    rate = source_rate(args.source)
+
+    def frames() -> Iterator[Any]:
+        while True:
+            for fr in iter_frames(args.source, sampling=Sampling()):
+                yield fr.image
+
+    return frames(), rate
+
+
+def _window_line(res: Any) -> str:
+    """One text line per stream window: times, main face's label, top 3, faces, other faces."""
+    label = res.label if res.label is not None else "(no face)"
+    top = "  ".join(f"{k} {v:.2f}" for k, v in res.top(3))
+    user = f"\tuser={res.user}" if res.user else ""
+    more = f"\t+{len(res.tracks) - 1} face(s)" if len(res.tracks) > 1 else ""
+    return f"{res.start:.2f}-{res.end:.2f}s\t{label}\t{top}\tfaces {res.faces}/{res.frames}{user}{more}"
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    """Stream windows until the source ends, ``--max-windows`` or Ctrl-C (exit status 130,
+    no traceback: :func:`main`)."""
+    source, rate = _live_source(args)
+    rec = _recognizer(args)
+    kw: dict[str, Any] = {"window": args.window, "hop": args.hop, "fps": args.fps}
+    if rate is not None:
+        kw["source_fps"] = rate
+    stream = rec.stream(source, **kw)
+    try:
+        for n, res in enumerate(stream, 1):
+            if args.format == "json":
+                d = res.to_dict()
+                d.pop("timeline")
+                if len(res.tracks) > 1:
+                    d["tracks"] = [{k: v for k, v in t.to_dict().items() if k != "timeline"} for t in res.tracks]
+                print(json.dumps(d), flush=True)
+            else:
+                print(_window_line(res), flush=True)
+            if args.max_windows is not None and n >= args.max_windows:
+                break
+    finally:
+        stream.close()
+        rec.close()
+    return 0
+
+
 def _positive(value: str) -> float:
     """argparse type of the serve limits: a positive finite number."""
     try:
@@ -475,6 +533,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt-every", type=int, default=5, metavar="N",
                    help="fine-tune a user's model after every N new corrections (0: only with the page's Adapt button; default 5)")
     p.set_defaults(func=cmd_serve)
+
+    p = command("live", "recognise emotions live from a camera or a video, one line per window",
+                "Recognise emotions continuously from a camera or a video: every HOP seconds, the emotion of each face "
+                "over the last WINDOW seconds (the main face on the line, with how many other faces), as predict "
+                "would see those frames (face tracks, personal heads of recognised users). Each frame is analysed "
+                "once. Ctrl-C stops (exit status 130).")
+    p.add_argument("source", metavar="SOURCE", help="a camera index (0 is the first camera) or a video file")
+    p.add_argument("--window", type=_positive, default=2.0, metavar="SECONDS", help="length of each window in seconds (default 2)")
+    p.add_argument("--hop", type=_positive, default=0.5, metavar="SECONDS", help="a window every this many seconds (default 0.5)")
+    p.add_argument("--fps", type=_positive, metavar="RATE", help="analyse about RATE frames per second (default: every frame)")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="output: text (one line per window, default) or json (one JSON object per line)")
+    p.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
+    p.add_argument("--loop", action="store_true", help="replay a video file endlessly (a stand-in for a camera)")
+    p.add_argument("--max-windows", type=int, metavar="N", help="stop after N windows (default: when the source ends)")
+    p.set_defaults(func=cmd_live)
     return ap
 
 

@@ -27,15 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def default_backbone_name() -> str:
-    """The manifest's default emotion backbone."""
-    m = zoo.manifest()
-    name = m.get("defaults", {}).get("backbone")
-    if name:
-        return str(name)
-    for k, e in m["models"].items():
-        if e.get("kind") == "emotion_backbone":
-            return str(k)
-    raise ModelIntegrityError("the manifest lists no emotion backbone")
+    """The manifest's default emotion backbone (:func:`emoadapt.zoo.default_model`)."""
+    return str(zoo.default_model("backbone"))
 
 
 class Backbone:

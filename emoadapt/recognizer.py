@@ -2,9 +2,12 @@
 
 Data flows one way::
 
-    clip -> video.iter_frames -> detection.MTCNN -> alignment.norm_crop -> features.Backbone
-         -> heads (clip pooling + classifier) -> Result
+    clip -> analysis.Analysis.frames (video.iter_frames -> detection.TrackingDetector
+            -> tracking.OnlineTracker -> alignment.norm_crop -> features.Backbone -> identity)
+         -> analysis.FaceTable (face tracks) -> heads (clip pooling + classifier) -> Result
 
+Every method that looks at frames (predict, analyze, enroll, correct, faces_in, stream)
+consumes the same per-frame analysis; default models are looked up in :mod:`emoadapt.zoo`.
 The Recognizer holds the models and does no modelling of its own.
 """
 
@@ -13,14 +16,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .alignment import norm_crop
+from .analysis import Analysis, AnalyzedFace, AnalyzedFrame, FaceTable
 from .errors import (
     EmoadaptError,
     InvalidInputError,
@@ -29,7 +32,7 @@ from .errors import (
     UnknownUserError,
 )
 from .features import Backbone
-from .video import DEFAULT_SOURCE_FPS, Clip, Sampling, iter_frames
+from .video import DEFAULT_SOURCE_FPS, Clip, Sampling
 
 __all__ = ["Recognizer", "Result", "FrameResult", "Correction", "default_home", "DEFAULT_SOURCE_FPS"]
 
@@ -92,6 +95,10 @@ class Result:
     fps: float | None = None
     """Frame rate of the source that frame times are counted at: the container's for a video
     file, ``source_fps`` for arrays and iterables; ``None`` for a still image."""
+    start: float | None = None
+    """:meth:`Recognizer.stream` only: the window's start, seconds of the source (else ``None``)."""
+    end: float | None = None
+    """:meth:`Recognizer.stream` only: the window's end, seconds of the source (else ``None``)."""
 
     def top(self, k: int = 3) -> list[tuple[str, float]]:
         """The ``k`` most probable labels with their probabilities."""
@@ -157,8 +164,10 @@ class Result:
         return pd.DataFrame(columns=cols)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable summary."""
+        """JSON-serialisable summary (``start`` and ``end`` first for a stream's window)."""
+        window = {} if self.start is None else {"start": self.start, "end": self.end}
         return {
+            **window,
             "label": self.label,
             "probabilities": {k: round(float(v), 6) for k, v in self.probabilities.items()},
             "frames": self.frames,
@@ -324,7 +333,7 @@ class Recognizer:
         self.adapt_every = int(adapt_every)
         self.identity = identity
         self.matcher = IdentityMatcher(threshold)
-        self.universal = _resolve_head(universal_head, "universal_head", self.backbone)
+        self.universal = zoo.resolve_head(universal_head, "universal_head", self.backbone)
         self._personal_spec = personal_head
         self._personal_base: Any = None
         self.model_version = f"{self.backbone.name}@{self.backbone.entry['sha256'][:12]}"
@@ -351,7 +360,9 @@ class Recognizer:
         """The trainable universal head personal heads are fine-tuned from (loaded on first use)."""
         with self._lock:
             if self._personal_base is None:
-                self._personal_base = _resolve_head(self._personal_spec, "personal_head", self.backbone, trainable=True)
+                from . import zoo
+
+                self._personal_base = zoo.resolve_head(self._personal_spec, "personal_head", self.backbone, trainable=True)
             return self._personal_base
 
     @property
@@ -459,91 +470,47 @@ class Recognizer:
         self.close()
 
     # -- per-frame analysis -----------------------------------------------------------------
-    def _faces(self, det: Any) -> np.ndarray:
-        """Indices of confident detections, largest first (at most ``max_faces``)."""
-        if len(det) == 0:
-            return np.zeros(0, dtype=np.int64)
-        ok = np.flatnonzero(det.scores >= self.min_face_score)
-        if ok.size == 0:
-            return ok
-        b = det.boxes[ok]
-        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-        return ok[np.lexsort((-det.scores[ok], -area))][: self.max_faces]
+    def _analysis(self) -> Analysis:
+        """The analysis path with this Recognizer's models and settings."""
+        return Analysis(self.detector, self.backbone, embedder=lambda: self.embedder, min_face_score=self.min_face_score,
+                        max_faces=self.max_faces, detect_every=self.detect_every, chunk=self.chunk,
+                        identity_frames=self.identity_frames, video_tta=self.video_tta)
 
     def faces_in(self, image: np.ndarray, *, color: str = "rgb") -> list[FrameResult]:
         """Every confident face of one frame with its frame-level probabilities (index 0)."""
         from .video import as_rgb_frame
 
-        img = as_rgb_frame(image, color)
-        det = self.detector.detect(img)
-        keep = self._faces(det)
-        if keep.size == 0:
-            return []
-        size, gray = self.backbone.input_size, self.backbone.channels == 1
-        crops = np.stack([norm_crop(img, det.landmarks[i], size, self.backbone.template, gray=gray) for i in keep])
-        P = self.backbone.predict_proba(crops)
-        return [
-            FrameResult(index=0, box=tuple(float(v) for v in det.boxes[i]), score=float(det.scores[i]),
-                        probabilities=dict(zip(self.backbone.classes, map(float, P[j]))), landmarks=det.landmarks[i])
-            for j, i in enumerate(keep)
-        ]
+        frame = next(self._analysis().frames(as_rgb_frame(image, color)))
+        return [self._frame_result(0, f, f.probabilities) for f in frame.faces]
 
-    def _scan(self, clip: Clip, *, color: str, sampling: Sampling, identity: bool, progress: bool) -> _Scan:
-        """Detect, track, align and embed every face of every sampled frame."""
-        size, gray = self.backbone.input_size, self.backbone.channels == 1
+    def _frame_result(self, index: int, face: AnalyzedFace, probabilities: Any) -> FrameResult:
+        x1, y1, x2, y2 = (float(v) for v in face.box)
+        return FrameResult(index=index, box=(x1, y1, x2, y2), score=face.score,
+                           probabilities=dict(zip(self.backbone.classes, map(float, probabilities))), landmarks=face.landmarks)
+
+    def _scan(self, clip: Clip, *, color: str, sampling: Sampling, identity: bool, progress: bool) -> FaceTable:
+        """Every sampled frame of ``clip`` analysed (:meth:`Analysis.frames`), as a :class:`FaceTable`."""
         if isinstance(clip, (str, os.PathLike)):
             from ._paths import as_path
 
             clip = as_path(clip, "clip")  # InvalidInputError for unusable path-likes, before any use
-        scan = _Scan(source=os.fspath(clip) if isinstance(clip, os.PathLike) else None)
-        scan.fps = _clip_fps(clip, sampling)
-        tracker = _OnlineTracker()
-        from .detection import TrackingDetector
-
-        faces = TrackingDetector(self.detector, detect_every=self.detect_every, min_score=self.min_face_score)
-        crops: list[np.ndarray] = []
-        # the emotion network runs on chunks of crops in a worker thread while this one decodes,
-        # detects and aligns the next frames (TFLite and OpenCV release the GIL): on two cores
-        # the stages overlap; results are collected in order
-        pending: list[Future[tuple[np.ndarray, np.ndarray]]] = []
-        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emoadapt-backbone")
+        source = os.fspath(clip) if isinstance(clip, os.PathLike) else None
+        fps = _clip_fps(clip, sampling)
         bar = _progress(progress, sampling.max_frames)
         try:
-            for fr in iter_frames(clip, color=color, sampling=sampling):
-                scan.frames += 1
-                if bar is not None:
-                    bar.update(1)
-                det = faces(fr.image)
-                keep = self._faces(det)
-                if keep.size == 0:
-                    continue
-                tids = tracker.update(scan.frames, det.boxes[keep])  # gaps counted in sampled frames
-                for k, tid in zip(keep, tids):
-                    j = len(scan.faces)
-                    scan.faces.append(_Face(fr.index, det.boxes[k].copy(), float(det.scores[k]), det.landmarks[k].copy(), tid))
-                    crops.append(norm_crop(fr.image, det.landmarks[k], size, self.backbone.template, gray=gray))
-                    n_id = scan.identity_count.get(tid, 0)
-                    seen = tracker.length(tid)
-                    if identity and n_id < self.identity_frames and (seen - 1) % _IDENTITY_STRIDE == 0:
-                        scan.identity[j] = self.embedder.embed_faces(fr.image, det.landmarks[k][None])[0]
-                        scan.identity_count[tid] = n_id + 1
-                if len(crops) >= self.chunk and scan.frames > 1:  # a video (a still image's crops wait)
-                    pending.append(worker.submit(self.backbone.infer, np.stack(crops), tta=self._tta_for(scan.frames)))
-                    crops = []
-            for job in pending:
-                scan.add_outputs(*job.result())
+            frames = self._analysis().frames(clip, color=color, sampling=sampling, identity=identity, progress=bar)
+            return FaceTable(frames, source=source, fps=fps)
         finally:
-            worker.shutdown(wait=True, cancel_futures=True)
             if bar is not None:
                 bar.close()
-        if crops:
-            scan.add_outputs(*self.backbone.infer(np.stack(crops), tta=self._tta_for(scan.frames)))
-        return scan
+
+    def _faces(self, det: Any) -> np.ndarray:
+        """Indices of the detections analysed (:meth:`Analysis.select`; used by benchmarks/pipeline_speed.py)."""
+        return self._analysis().select(det)
 
     def _tta_for(self, frames: int) -> bool | None:
-        """The backbone's ``tta`` argument for the faces of an input of ``frames`` frames: a still
-        image gets the backbone's own setting (None), a video's frames only with ``video_tta``."""
-        return None if frames == 1 else self.video_tta and self.backbone.tta
+        """The backbone's ``tta`` argument for an input of ``frames`` frames (:meth:`Analysis.tta_for`)."""
+        return self._analysis().tta_for(frames)
 
     def analyze(self, clip: Clip, *, color: str = "rgb", fps: float | None = None, max_frames: int | None = None, step: int = 1,
                 source_fps: float = DEFAULT_SOURCE_FPS, progress: bool = False) -> Result:
@@ -563,18 +530,30 @@ class Recognizer:
         assert res.features is not None
         return res.features
 
-    def _track_result(self, scan: _Scan, idx: list[int]) -> Result:
+    def _track_result(self, scan: FaceTable, idx: list[int]) -> Result:
         classes = self.backbone.classes
-        P, F = scan.outputs()
-        P = P[idx] if idx else np.zeros((0, len(classes)), np.float32)
-        F = F[idx] if idx else np.zeros((0, self.backbone.dim), np.float32)
-        timeline = [
-            FrameResult(index=scan.faces[j].index, box=tuple(float(v) for v in scan.faces[j].box), score=scan.faces[j].score,
-                        probabilities=dict(zip(classes, map(float, P[n]))), landmarks=scan.faces[j].landmarks)
-            for n, j in enumerate(idx)
-        ]
+        P, F = scan.outputs(idx, len(classes), self.backbone.dim)
+        timeline = [self._frame_result(scan.index[j], scan.faces[j], P[n]) for n, j in enumerate(idx)]
         return Result(label=None, probabilities={}, frames=scan.frames, faces=len(idx), timeline=timeline, features=F, frame_probabilities=P,
                       source=scan.source, fps=scan.fps)
+
+    def _results(self, scan: FaceTable, gallery: dict[str, np.ndarray]) -> Result:
+        """The classified result of every face track of ``scan`` (identity decided on each
+        track's embeddings against ``gallery``): the main track's, with all in ``tracks``."""
+        tracks = scan.tracks(self.matcher.threshold if gallery else None)
+        if not tracks:
+            return Result(label=None, probabilities={}, frames=scan.frames, faces=0, source=scan.source, fps=scan.fps)
+        results = []
+        for idx in tracks:
+            r = self._track_result(scan, idx)
+            emb = scan.track_embedding(idx)
+            if emb is not None:
+                r.user, _ = self.matcher.identify(emb, gallery)
+            self._classify(r, r.user)
+            results.append(r)
+        main = results[0]
+        main.tracks = results
+        return main
 
     # -- heads ----------------------------------------------------------------------------------
     def _build_personal_head(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Any:
@@ -661,28 +640,115 @@ class Recognizer:
         gallery = self._gallery_or_none()
         sampling = Sampling(fps=fps, max_frames=max_frames, step=step, source_fps=source_fps)
         scan = self._scan(clip, color=color, sampling=sampling, identity=bool(gallery), progress=progress)
-        tracks = scan.tracks(self.matcher.threshold if gallery else None)
-        if not tracks:
+        res = self._results(scan, gallery)
+        if res.label is None:
             log.info("no face found in %d frames", scan.frames)
-            return Result(label=None, probabilities={}, frames=scan.frames, faces=0, source=scan.source, fps=scan.fps)
-        results = []
-        for idx in tracks:
-            r = self._track_result(scan, idx)
-            emb = scan.track_embedding(idx)
-            if emb is not None:
-                r.user, _ = self.matcher.identify(emb, gallery)
-            self._classify(r, r.user)
-            results.append(r)
-        main = results[0]
-        main.tracks = results
-        return main
+        return res
+
+    def stream(self, source: int | Clip, *, window: float = 2.0, hop: float = 0.5, fps: float | None = None, color: str = "rgb",
+               source_fps: float = DEFAULT_SOURCE_FPS) -> Generator[Result, None, None]:
+        """Recognise emotions continuously: one :class:`Result` every ``hop`` seconds, over the
+        last ``window`` seconds of ``source``.
+
+        Each yielded result is what :meth:`predict` would return for the frames of the window
+        (same face tracks, identity rule, personal heads of recognised users, universal head
+        otherwise): the main face track's result, with every track of the window in
+        ``tracks`` (empty label when no face is in the window), and ``start``/``end``, the
+        window's bounds in seconds of the source (frame index / source rate). Every frame is
+        read, detected, aligned and run through the backbone once (:meth:`Analysis.frames`);
+        a ring buffer keeps the per-frame outputs (boxes, probabilities, features -- never
+        images) of the last ``window`` seconds only, so memory stays constant over an endless
+        source, and each window re-runs only the clip heads on them. A window covering a whole
+        clip gives exactly :meth:`predict`'s label and probabilities (up to float rounding).
+
+        Windows end after the frames ``hop``, ``2*hop``, ... seconds into the source, and once
+        more at its end when frames came after the last one (a clip shorter than ``window``
+        thus ends with a window over all of it). Identity embeddings are sampled per track as
+        in :meth:`predict`, with the ``identity_frames`` cap counted per window, so a long
+        track keeps being identified; the enrolled users are read when the stream starts.
+
+        Latency: a window's result is yielded right after its last frame is read, tracked,
+        aligned and its last few face crops (at most :data:`STREAM_CHUNK`) are run through the
+        backbone, plus the clip heads: a median of about 15 ms on a 640x480 frame with one face
+        and users enrolled (README "Live streaming", ``benchmarks/stream.py``). A frame waits up
+        to ``hop`` more for its window to end. Frames read meanwhile wait in the
+        source (a camera drops what it cannot buffer).
+
+        Args:
+            source: a camera index (``int``: ``cv2.VideoCapture(index)``, frame rate as the
+                driver reports it, else ``source_fps``), a video path, or an array/iterable
+                of frames (as :meth:`predict`; an endless generator is fine).
+            window: length of each window, seconds (> 0).
+            hop: time between windows, seconds (> 0).
+            fps: sample about this many frames per second (default: every frame).
+            color: ``"rgb"`` or ``"bgr"`` for arrays and iterables.
+            source_fps: the frame rate of arrays and iterables (and of a camera or a video
+                file that reports none).
+
+        The arguments are checked when ``stream`` is called (InvalidInputError); a camera is
+        opened, and a file or iterable read, when iteration starts. Stop early by closing the
+        generator (or leaving the ``for`` loop): the camera or file is released.
+        """
+        from .video import as_path
+
+        window = _number(window, "window", 1e-3, 1e9)
+        hop = _number(hop, "hop", 1e-3, 1e9)
+        if color not in ("rgb", "bgr"):
+            raise InvalidInputError(f"color must be 'rgb' or 'bgr', got {color!r}")
+        sampling = Sampling(fps=fps, source_fps=source_fps)
+        if isinstance(source, (int, np.integer)) and not isinstance(source, (bool, np.bool_)):
+            return self._windows(int(source), None, None, color, sampling, window, hop)
+        clip: Any = as_path(source, "source") if isinstance(source, (str, os.PathLike)) else source
+        rate = _clip_fps(clip, sampling) or sampling.source_fps
+        return self._windows(clip, os.fspath(clip) if isinstance(clip, os.PathLike) else None, rate, color, sampling, window, hop)
+
+    def _windows(self, clip: Any, name: str | None, rate: float | None, color: str, sampling: Sampling, window: float,
+                 hop: float) -> Generator[Result, None, None]:
+        """:meth:`stream`'s generator (``clip`` an int: a camera, opened here; ``rate`` then its own)."""
+        from collections import deque
+
+        from .video import camera_frames
+
+        if isinstance(clip, int):
+            cam_rate, clip = camera_frames(clip)
+            rate, color = cam_rate or sampling.source_fps, "rgb"
+        assert rate is not None
+        sampling = Sampling(fps=sampling.fps, source_fps=rate)
+        span, step = max(1, round(window * rate)), max(1, round(hop * rate))  # in source frames
+        gallery = self._gallery_or_none()
+        buffer: deque[AnalyzedFrame] = deque()
+        next_end = step  # the next window ends after the frame of index next_end - 1
+
+        def result(end: int) -> Result:
+            res = self._results(FaceTable(buffer, source=name, fps=rate), gallery)
+            for r in res.tracks or [res]:
+                r.start, r.end = round(max(0, end - span) / rate, 6), round(end / rate, 6)
+            return res
+
+        frames_in = self._analysis().frames(clip, color=color, sampling=sampling, identity=bool(gallery), identity_window=span,
+                                            chunk=min(self.chunk, STREAM_CHUNK), flush=lambda i: i + 1 >= next_end)
+        pending = False  # frames read since the last window
+        try:
+            for fr in frames_in:
+                buffer.append(fr)
+                while buffer[0].index <= fr.index - span:
+                    buffer.popleft()
+                pending = True
+                if fr.index + 1 >= next_end:
+                    next_end = (fr.index + 1) // step * step + step
+                    pending = False
+                    yield result(fr.index + 1)
+            if pending:
+                yield result(buffer[-1].index + 1)
+        finally:
+            frames_in.close()
 
     # -- personalisation --------------------------------------------------------------------
     def _identify_clip(self, clip: Clip, kw: dict[str, Any]) -> tuple[Result, np.ndarray]:
         _check_kw(kw, _SCAN_KW, "enroll/correct")
-        sampling = Sampling(fps=kw.pop("fps", None), max_frames=kw.pop("max_frames", None), step=kw.pop("step", 1),
-                            source_fps=kw.pop("source_fps", DEFAULT_SOURCE_FPS))
-        scan = self._scan(clip, color=kw.pop("color", "rgb"), sampling=sampling, identity=True, progress=kw.pop("progress", False))
+        sampling = Sampling(fps=kw.get("fps"), max_frames=kw.get("max_frames"), step=kw.get("step", 1),
+                            source_fps=kw.get("source_fps", DEFAULT_SOURCE_FPS))
+        scan = self._scan(clip, color=kw.get("color", "rgb"), sampling=sampling, identity=True, progress=kw.get("progress", False))
         tracks = scan.tracks(self.matcher.threshold)
         if not tracks:
             raise InvalidInputError(f"no face found in the clip ({scan.frames} frames): nothing to learn from")
@@ -818,9 +884,8 @@ class Recognizer:
 
         with self._lock:
             if self._replay is None:
-                name = _default_for_backbone("replay_set", self.backbone.name)
-                entry = zoo.model_entry(name) if name else None
-                if entry is None or entry.get("backbone") != self.backbone.name or entry.get("inputs", {}).get("features") != self.backbone.dim:
+                name = zoo.replay_set_for(self.backbone.name, self.backbone.dim)
+                if name is None:
                     self._replay = (np.zeros((0, self.backbone.dim), np.float32), np.zeros(0, str))
                 else:
                     self._replay = load_replay(name)
@@ -853,9 +918,10 @@ class Recognizer:
         return [{"id": r.id, "label": r.label, "time": r.created, "model_version": r.model_version, "frames": r.n_frames} for r in self.store.corrections(user)]
 
 
-_IDENTITY_STRIDE = 5  # embed every 5th frame of a track for identity (up to identity_frames)
-
 #: keyword arguments of the methods that scan a clip (enroll, correct, frame_features)
+#: face crops per backbone batch in :meth:`Recognizer.stream` (small: a window's result waits for its last batch)
+STREAM_CHUNK = 4
+
 _SCAN_KW = frozenset({"color", "fps", "max_frames", "step", "progress", "source_fps"})
 
 
@@ -893,15 +959,6 @@ def _count(value: Any, what: str, high: int = 1 << 20, *, low: int = 1) -> int:
     return int(value)
 
 
-@dataclass
-class _Face:
-    index: int
-    box: np.ndarray
-    score: float
-    landmarks: np.ndarray
-    track: int
-
-
 def _clip_fps(clip: Clip, sampling: Sampling) -> float | None:
     """The rate frame times count at: a video file's container rate (``sampling.source_fps``
     when it gives none), ``None`` for a still image, ``sampling.source_fps`` for arrays and iterables."""
@@ -912,149 +969,10 @@ def _clip_fps(clip: Clip, sampling: Sampling) -> float | None:
     return source_rate(clip, sampling)
 
 
-@dataclass
-class _Scan:
-    source: str | None = None
-    fps: float | None = None
-    frames: int = 0
-    faces: list[_Face] = field(default_factory=list)
-    identity: dict[int, np.ndarray] = field(default_factory=dict)
-    identity_count: dict[int, int] = field(default_factory=dict)
-    _probs: list[np.ndarray] = field(default_factory=list)
-    _feats: list[np.ndarray] = field(default_factory=list)
-
-    def add_outputs(self, p: np.ndarray, f: np.ndarray) -> None:
-        self._probs.append(p)
-        self._feats.append(f)
-
-    def outputs(self) -> tuple[np.ndarray, np.ndarray]:
-        if len(self._probs) > 1:
-            self._probs = [np.concatenate(self._probs)]
-            self._feats = [np.concatenate(self._feats)]
-        return (self._probs[0], self._feats[0]) if self._probs else (np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32))
-
-    def track_embedding(self, idx: list[int]) -> np.ndarray | None:
-        from .identity import clip_embedding
-
-        e = [self.identity[j] for j in idx if j in self.identity]
-        return clip_embedding(np.stack(e)) if e else None
-
-    def tracks(self, merge_threshold: float | None = None) -> list[list[int]]:
-        """Face indices per track, longest first; short spurious tracks dropped; tracks of
-        the same identity that never overlap in time merged."""
-        from .tracking import merge_tracks
-
-        by_track: dict[int, list[int]] = {}
-        for j, f in enumerate(self.faces):
-            by_track.setdefault(f.track, []).append(j)
-        groups = [[(self.faces[j].index, j) for j in v] for v in by_track.values()]
-        if merge_threshold is not None and len(groups) > 1:
-            groups = merge_tracks(groups, [self.track_embedding([j for _, j in g]) for g in groups], merge_threshold)
-        if not groups:
-            return []
-        longest = max(len(g) for g in groups)
-        keep = [g for g in groups if len(g) >= min(3, longest)]
-
-        def size(g: list[tuple[int, int]]) -> float:
-            b = np.stack([self.faces[j].box for _, j in g])
-            return float(np.mean((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])))
-
-        keep.sort(key=lambda g: (-len(g), -size(g)))
-        return [[j for _, j in sorted(g)] for g in keep]
-
-
-class _OnlineTracker:
-    """Frame-by-frame IoU association (see :func:`emoadapt.tracking.track_boxes`)."""
-
-    def __init__(self, iou_threshold: float = 0.3, max_gap: int = 15) -> None:
-        self.iou_threshold, self.max_gap = iou_threshold, max_gap
-        self._open: dict[int, tuple[np.ndarray, int]] = {}
-        self._len: dict[int, int] = {}
-        self._next = 0
-
-    def length(self, tid: int) -> int:
-        return self._len[tid]
-
-    def update(self, index: int, boxes: np.ndarray) -> list[int]:
-        from .tracking import iou_matrix
-
-        self._open = {t: v for t, v in self._open.items() if index - v[1] <= self.max_gap}
-        out = [-1] * len(boxes)
-        if self._open and len(boxes):
-            tids = list(self._open)
-            ious = iou_matrix(np.stack([self._open[t][0] for t in tids]), boxes)
-            used: set[int] = set()
-            for flat in np.argsort(-ious, axis=None):
-                ti, di = divmod(int(flat), ious.shape[1])
-                if ious[ti, di] < self.iou_threshold:
-                    break
-                if tids[ti] in used or out[di] != -1:
-                    continue
-                used.add(tids[ti])
-                out[di] = tids[ti]
-        for di, b in enumerate(boxes):
-            if out[di] == -1:
-                out[di] = self._next
-                self._next += 1
-            self._open[out[di]] = (np.asarray(b), index)
-            self._len[out[di]] = self._len.get(out[di], 0) + 1
-        return out
-
-
 def _on_probabilities(head: Any) -> bool:
     from .heads import MeanProbabilityHead
 
     return isinstance(head, MeanProbabilityHead)
-
-
-def _default_for_backbone(key: str, backbone: str) -> str | None:
-    """The manifest default ``key`` (a head or replay set) for ``backbone``.
-
-    The manifest's ``backbone_defaults[backbone]`` (written by the scripts that train heads
-    and replay sets for every backbone) decides first; then ``defaults``, made for the default
-    backbone. Another backbone gets the model that plays the same role for it, named like the
-    default with the backbone part swapped (``universal_<backbone>_single_attention``,
-    ``replay_<backbone>``), when the manifest has it; else ``None``. ``"mean_probability"``
-    works with every backbone."""
-    from . import zoo
-
-    man = zoo.manifest()
-    own = man.get("backbone_defaults", {}).get(backbone, {})
-    if key in own:
-        return own[key]
-    name = man.get("defaults", {}).get(key)
-    if name is None or name == "mean_probability":
-        return name
-    trained_on = zoo.model_entry(name).get("backbone")
-    if trained_on in (None, backbone):
-        return name
-    twin = name.replace(trained_on, backbone, 1)
-    return twin if man["models"].get(twin, {}).get("backbone") == backbone else None
-
-
-def _resolve_head(spec: Any, default_key: str, backbone: Backbone, *, trainable: bool = False) -> Any:
-    """A head object from a manifest name / object / 'mean_probability' / None (manifest default)."""
-    from . import zoo
-    from .heads import MeanProbabilityHead, load_head
-
-    if spec is not None and not isinstance(spec, str):
-        return spec
-    if spec:
-        name: str | None = spec
-    else:  # the manifest default, or its counterpart for a non-default backbone
-        name = _default_for_backbone(default_key, backbone.name)
-        if trainable and (name is None or name == "mean_probability"):
-            name = _default_for_backbone("personal_head", backbone.name)
-    if name is None or name == "mean_probability":
-        if trainable:
-            raise ModelIntegrityError(
-                f"no trainable universal head for backbone {backbone.name!r} in the manifest "
-                f"(train one: python scripts/train_universal_head.py --backbone {backbone.name})")
-        return MeanProbabilityHead(classes=list(backbone.classes))
-    entry = zoo.model_entry(name)
-    if entry.get("backbone") not in (None, backbone.name):
-        raise ModelIntegrityError(f"head {name!r} was trained on backbone {entry.get('backbone')!r}, not {backbone.name!r}")
-    return load_head(zoo.model_path(name))
 
 
 def _progress(enabled: bool, total: int | None):

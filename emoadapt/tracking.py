@@ -1,7 +1,7 @@
 """Face tracking across the frames of a clip: IoU association, then identity merging.
 
-:func:`track_boxes` links each frame's detections to the open tracks by box overlap (greedy
-on IoU, highest first; a track may skip up to ``max_gap`` frames). :func:`merge_tracks` then
+:class:`OnlineTracker` links each frame's detections to the open tracks by box overlap (greedy
+on IoU, highest first; a track may skip up to ``max_gap`` frames), one frame at a time. :func:`merge_tracks` then
 joins tracks that never overlap in time and whose mean identity embeddings agree (the same
 person leaving and re-entering, or a detection gap longer than ``max_gap``).
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["iou_matrix", "track_boxes", "merge_tracks"]
+__all__ = ["iou_matrix", "OnlineTracker", "merge_tracks"]
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -30,49 +30,69 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def track_boxes(frames: Sequence[tuple[int, np.ndarray]], *, iou_threshold: float = 0.3, max_gap: int = 15) -> list[list[tuple[int, int]]]:
-    """Link detections into tracks.
+class OnlineTracker:
+    """Frame-by-frame IoU association of face boxes into tracks, online (one frame at a time).
+
+    Each frame's detections are linked to the open tracks greedily on IoU, highest first; a
+    detection that overlaps no open track by ``iou_threshold`` starts a new track (ids count
+    up from 0 and are never reused). A track not seen for more than ``max_gap`` frames is
+    closed and forgotten, so memory is bounded by the number of faces in view, however long
+    the stream.
 
     Args:
-        frames: per used frame, ``(frame_index, boxes (K,4))``, in increasing frame order.
         iou_threshold: minimum IoU between a track's last box and a new detection.
         max_gap: a track not seen for more than this many frames is closed.
 
-    Returns:
-        tracks, each a list of ``(position in frames, detection index)`` in time order,
-        sorted by length (longest first).
+    Example:
+        >>> tracker = OnlineTracker()
+        >>> tracker.update(1, np.array([[0, 0, 10, 10]]))
+        [0]
+        >>> tracker.update(2, np.array([[1, 1, 11, 11], [50, 50, 60, 60]]))
+        [0, 1]
     """
-    open_tracks: list[dict] = []
-    done: list[list[tuple[int, int]]] = []
-    for pos, (fidx, boxes) in enumerate(frames):
+
+    def __init__(self, iou_threshold: float = 0.3, max_gap: int = 15) -> None:
+        self.iou_threshold, self.max_gap = iou_threshold, max_gap
+        self._open: dict[int, tuple[np.ndarray, int, int]] = {}  # id -> (last box, last frame, length)
+        self._next = 0
+
+    @property
+    def open(self) -> list[int]:
+        """Ids of the tracks still open."""
+        return list(self._open)
+
+    def length(self, tid: int) -> int:
+        """Detections linked so far to the open track ``tid``."""
+        return self._open[tid][2]
+
+    def update(self, index: int, boxes: np.ndarray) -> list[int]:
+        """Track id of each box (N,4) of frame ``index`` (frame numbers must increase)."""
+        self._open = {t: v for t, v in self._open.items() if index - v[1] <= self.max_gap}
         boxes = np.asarray(boxes).reshape(-1, 4)
-        still = []
-        for t in open_tracks:
-            (done if fidx - t["last"] > max_gap else still).append(t if fidx - t["last"] <= max_gap else t["items"])
-        open_tracks = still
-        assigned: set[int] = set()
-        if open_tracks and len(boxes):
-            ious = iou_matrix(np.stack([t["box"] for t in open_tracks]), boxes)
-            used_t: set[int] = set()
+        out = [-1] * len(boxes)
+        if self._open and len(boxes):
+            tids = list(self._open)
+            ious = iou_matrix(np.stack([self._open[t][0] for t in tids]), boxes)
+            used: set[int] = set()
             for flat in np.argsort(-ious, axis=None):
                 ti, di = divmod(int(flat), ious.shape[1])
-                if ious[ti, di] < iou_threshold:
+                if ious[ti, di] < self.iou_threshold:
                     break
-                if ti in used_t or di in assigned:
+                if tids[ti] in used or out[di] != -1:
                     continue
-                used_t.add(ti)
-                assigned.add(di)
-                t = open_tracks[ti]
-                t["items"].append((pos, di))
-                t["box"], t["last"] = boxes[di], fidx
-        for di in range(len(boxes)):
-            if di not in assigned:
-                open_tracks.append({"items": [(pos, di)], "box": boxes[di], "last": fidx})
-    done.extend(t["items"] for t in open_tracks)
-    return sorted(done, key=lambda items: (-len(items), items[0]))
+                used.add(tids[ti])
+                out[di] = tids[ti]
+        for di, b in enumerate(boxes):
+            if out[di] == -1:
+                out[di] = self._next
+                self._next += 1
+            seen = self._open[out[di]][2] if out[di] in self._open else 0
+            self._open[out[di]] = (np.asarray(b), index, seen + 1)
+        return out
 
 
-def merge_tracks(tracks: list[list[tuple[int, int]]], embeddings: Sequence[np.ndarray | None], threshold: float) -> list[list[tuple[int, int]]]:
+def merge_tracks(tracks: list[list[tuple[int, int]]], embeddings: Sequence[np.ndarray | None],
+                 threshold: float) -> list[list[tuple[int, int]]]:
     """Join tracks that do not overlap in time and whose L2-normalised mean identity
     embeddings have cosine similarity >= ``threshold`` (``None``: no embedding, never merged)."""
     groups = [list(t) for t in tracks]

@@ -38,7 +38,7 @@ import numpy as np
 from ._paths import as_path
 from .errors import InvalidInputError, VideoDecodeError
 
-__all__ = ["Clip", "Frame", "Sampling", "iter_frames", "as_rgb_frame", "video_info", "source_rate", "IMAGE_SUFFIXES", "DEFAULT_SOURCE_FPS"]
+__all__ = ["Clip", "Frame", "Sampling", "iter_frames", "as_rgb_frame", "video_info", "source_rate", "camera_frames", "IMAGE_SUFFIXES", "DEFAULT_SOURCE_FPS"]
 
 log = logging.getLogger(__name__)
 
@@ -365,15 +365,21 @@ def video_info(path: str | os.PathLike) -> dict[str, float]:
         cap.release()
 
 
-def _open_capture(path: Path) -> cv2.VideoCapture:
+def _capture(target: str | int, what: str, why: str) -> cv2.VideoCapture:
+    """An opened ``cv2.VideoCapture(target)``, else VideoDecodeError ``"cannot <what>: <why>"``."""
     try:
-        cap = cv2.VideoCapture(str(path))
+        cap = cv2.VideoCapture(target)
         ok = cap.isOpened()
     except cv2.error as e:
-        raise VideoDecodeError(f"cannot decode {path.name}: {e}") from e
+        raise VideoDecodeError(f"cannot {what}: {e}") from e
     if not ok:
         cap.release()
-        raise VideoDecodeError(f"cannot decode {path.name}: not a video or image OpenCV can read")
+        raise VideoDecodeError(f"cannot {what}: {why}")
+    return cap
+
+
+def _open_capture(path: Path) -> cv2.VideoCapture:
+    cap = _capture(str(path), f"decode {path.name}", "not a video or image OpenCV can read")
     w, h = cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
     if not (math.isfinite(w) and math.isfinite(h)) or w * h > MAX_FRAME_PIXELS:
         cap.release()
@@ -489,6 +495,30 @@ def _source(clip: Clip, color: str) -> tuple[float | None, Iterator[np.ndarray]]
     if hasattr(clip, "__array__") or hasattr(clip, "getdata"):  # PIL image
         return None, iter([as_rgb_frame(clip, color)])
     raise InvalidInputError(f"unsupported clip type {type(clip).__name__}: give a path, an array or an iterable of frames")
+
+
+def camera_frames(index: int) -> tuple[float | None, Iterator[np.ndarray]]:
+    """Open camera ``index`` (``cv2.VideoCapture(index)``): its frame rate as the driver reports
+    it (``None`` when it reports none) and a lazy iterator of its frames as RGB uint8, which
+    ends when the camera stops giving frames and releases the camera when closed.
+    VideoDecodeError when the camera cannot be opened."""
+    cap = _capture(int(index), f"open camera {index}", "no such device, or it is busy")
+    try:
+        fps = _valid_rate(float(cap.get(cv2.CAP_PROP_FPS)))
+    except (TypeError, ValueError):
+        fps = None
+
+    def gen() -> Iterator[np.ndarray]:
+        try:
+            while True:
+                frame = _read(cap)
+                if frame is None:
+                    return
+                yield frame
+        finally:
+            cap.release()
+
+    return fps, gen()
 
 
 def _valid_rate(fps: float) -> float | None:

@@ -43,7 +43,7 @@ from typing import Any
 from .errors import ModelIntegrityError
 
 __all__ = ["models_dir", "manifest", "model_entry", "model_path", "verify_file", "load_interpreter", "sha256_file",
-           "model_bytes", "Lease", "MAX_IDLE"]
+           "model_bytes", "Lease", "MAX_IDLE", "default_model", "replay_set_for", "resolve_head"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,80 @@ def model_entry(name: str) -> dict[str, Any]:
     if name not in models:
         raise ModelIntegrityError(f"model {name!r} is not in the manifest (known: {sorted(models)})")
     return models[name]
+
+
+def default_model(key: str, backbone: str | None = None) -> str | None:
+    """The manifest's default model for a role: the one place defaults are looked up.
+
+    ``key`` is a role of the manifest's ``defaults`` (``"backbone"``, ``"universal_head"``,
+    ``"personal_head"``, ``"replay_set"``, ...). ``key="backbone"`` gives the default emotion
+    backbone (else the first one listed; ModelIntegrityError when none is). For the other
+    roles, ``backbone`` names the backbone the model must fit (default: the default backbone):
+    the manifest's ``backbone_defaults[backbone]`` (written by the scripts that train heads and
+    replay sets for every backbone) decides first; then ``defaults``, made for the default
+    backbone. Another backbone gets the model that plays the same role for it, named like the
+    default with the backbone part swapped (``universal_<backbone>_single_attention``,
+    ``replay_<backbone>``), when the manifest has it; else ``None``. ``"mean_probability"``
+    (a head that needs no file) fits every backbone.
+    """
+    man = manifest()
+    if key == "backbone":
+        name = man.get("defaults", {}).get("backbone")
+        if name:
+            return str(name)
+        for k, e in man["models"].items():
+            if e.get("kind") == "emotion_backbone":
+                return str(k)
+        raise ModelIntegrityError("the manifest lists no emotion backbone")
+    backbone = backbone or default_model("backbone")
+    own = man.get("backbone_defaults", {}).get(backbone, {})
+    if key in own:
+        return own[key]
+    name = man.get("defaults", {}).get(key)
+    if name is None or name == "mean_probability":
+        return name
+    trained_on = model_entry(name).get("backbone")
+    if trained_on in (None, backbone):
+        return name
+    twin = name.replace(trained_on, backbone, 1)
+    return twin if man["models"].get(twin, {}).get("backbone") == backbone else None
+
+
+def replay_set_for(backbone: str, dim: int) -> str | None:
+    """The manifest name of the replay set (universal training features replayed when
+    adapting) of ``backbone`` whose features have ``dim`` dimensions, else ``None``."""
+    name = default_model("replay_set", backbone)
+    entry = model_entry(name) if name else None
+    if entry is None or entry.get("backbone") != backbone or entry.get("inputs", {}).get("features") != dim:
+        return None
+    return name
+
+
+def resolve_head(spec: Any, role: str, backbone: Any, *, trainable: bool = False) -> Any:
+    """A head object for a :class:`~emoadapt.features.Backbone` from ``spec``: a head object
+    (returned as is), a manifest name, ``"mean_probability"``, or ``None`` for the manifest's
+    default for ``role`` (:func:`default_model`). ``trainable``: a head that can be fine-tuned
+    is needed (the default personal head when the role's default is ``mean_probability``)."""
+    from .heads import MeanProbabilityHead, load_head
+
+    if spec is not None and not isinstance(spec, str):
+        return spec
+    if spec:
+        name: str | None = spec
+    else:  # the manifest default, or its counterpart for a non-default backbone
+        name = default_model(role, backbone.name)
+        if trainable and (name is None or name == "mean_probability"):
+            name = default_model("personal_head", backbone.name)
+    if name is None or name == "mean_probability":
+        if trainable:
+            raise ModelIntegrityError(
+                f"no trainable universal head for backbone {backbone.name!r} in the manifest "
+                f"(train one: python scripts/train_universal_head.py --backbone {backbone.name})")
+        return MeanProbabilityHead(classes=list(backbone.classes))
+    entry = model_entry(name)
+    if entry.get("backbone") not in (None, backbone.name):
+        raise ModelIntegrityError(f"head {name!r} was trained on backbone {entry.get('backbone')!r}, not {backbone.name!r}")
+    return load_head(model_path(name))
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

@@ -140,13 +140,12 @@ def test_every_backbone_gets_heads_and_replay_of_its_own(bb, tmp_path):
     another feature space."""
     import emoadapt
     from emoadapt.errors import ModelIntegrityError
-    from emoadapt.recognizer import _default_for_backbone
 
     models = zoo.manifest()["models"]
     own = zoo.manifest().get("backbone_defaults", {}).get(bb, {})
     with emoadapt.Recognizer(home=tmp_path, backbone=bb) as rec:
         dim = rec.backbone.dim
-        name = _default_for_backbone("universal_head", bb)
+        name = zoo.default_model("universal_head", bb)
         assert name == own.get("universal_head", name)
         if name in (None, "mean_probability"):
             assert isinstance(rec.universal, MeanProbabilityHead)
