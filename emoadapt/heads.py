@@ -42,8 +42,8 @@ import os
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Protocol, Union
 
 import numpy as np
@@ -98,15 +98,15 @@ class Head(Protocol):
 class TrainableHead(Head, Protocol):
     """A :class:`Head` that learns from labelled clips (what personalization starts from)."""
 
-    def fit(self, clips: Clips, y: Any) -> "TrainableHead": ...
+    def fit(self, clips: Clips, y: Any) -> TrainableHead: ...
 
-    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> "TrainableHead": ...
+    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> TrainableHead: ...
 
-    def copy(self) -> "TrainableHead": ...
+    def copy(self) -> TrainableHead: ...
 
     def get_params(self, deep: bool = True) -> dict[str, Any]: ...
 
-    def set_params(self, **params: Any) -> "TrainableHead": ...
+    def set_params(self, **params: Any) -> TrainableHead: ...
 
 
 @dataclass(eq=False)
@@ -439,7 +439,7 @@ class _Head:
         """Constructor parameters (scikit-learn convention)."""
         return {k: getattr(self, k) for k in self._param_names()}
 
-    def set_params(self, **params: Any) -> "_Head":
+    def set_params(self, **params: Any) -> _Head:
         """Set constructor parameters; returns ``self``."""
         valid = set(self._param_names())
         for k, v in params.items():
@@ -452,11 +452,11 @@ class _Head:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
-    def copy(self) -> "_Head":
+    def copy(self) -> _Head:
         """A deep copy (weights included), e.g. to warm-start a personal head."""
         return _copy.deepcopy(self)
 
-    def clone(self) -> "_Head":
+    def clone(self) -> _Head:
         """A new, unfitted head with the same parameters (``sklearn.base.clone``)."""
         params = {k: v.clone() if isinstance(v, _Head) else _copy.deepcopy(v) for k, v in self.get_params().items()}
         return type(self)(**params)
@@ -489,7 +489,7 @@ class _Head:
         raise NotImplementedError
 
     @classmethod
-    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "_Head":  # pragma: no cover
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> _Head:  # pragma: no cover
         raise NotImplementedError
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -750,12 +750,12 @@ class _TrainableHead(_Head, TrainParams):
             raise InvalidInputError(f"unknown label {e.args[0]!r}") from e
 
     # -- public API ----------------------------------------------------------------------------
-    def fit(self, clips: Clips, y: Any) -> "_TrainableHead":
+    def fit(self, clips: Clips, y: Any) -> _TrainableHead:
         """Train from scratch on ``clips`` (list of ``(T_i, D)``) with labels ``y``."""
         with _blas_threads(self.n_threads):
             return self._fit_from_scratch(clips, y, None)
 
-    def _fit_from_scratch(self, clips: Clips, y: Any, classes: Any, epochs: int | None = None, lr: float | None = None) -> "_TrainableHead":
+    def _fit_from_scratch(self, clips: Clips, y: Any, classes: Any, epochs: int | None = None, lr: float | None = None) -> _TrainableHead:
         self._validate_hparams()
         dt = np.dtype(self.dtype)
         cl = as_clips(clips, dt)
@@ -778,7 +778,7 @@ class _TrainableHead(_Head, TrainParams):
         self.n_updates_ = 0
         return self
 
-    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> "_TrainableHead":
+    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> _TrainableHead:
         """Continue training from the current weights (fine-tuning).
 
         Adds ``anchor * ||theta - theta_start||^2`` to the loss (``theta_start`` = the weights
@@ -793,7 +793,7 @@ class _TrainableHead(_Head, TrainParams):
         with _blas_threads(self.n_threads):
             return self._partial_fit(clips, y, classes)
 
-    def _partial_fit(self, clips: Clips, y: Any, classes: Any) -> "_TrainableHead":
+    def _partial_fit(self, clips: Clips, y: Any, classes: Any) -> _TrainableHead:
         ep = self.epochs if self.finetune_epochs is None else self.finetune_epochs
         lr = self.lr if self.finetune_lr is None else self.finetune_lr
         if not hasattr(self, "classes_"):
@@ -889,7 +889,7 @@ class _TrainableHead(_Head, TrainParams):
         return meta, arrays
 
     @classmethod
-    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "_TrainableHead":
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> _TrainableHead:
         head = cls(**_unjson_params(meta["params"]))
         d = meta.get("n_features_in")
         if not isinstance(d, int) or d < 1:
@@ -1007,7 +1007,7 @@ class SingleAttentionHead(_TrainableHead):
         return {"q0": np.zeros(d, dtype=dt)}
 
     @classmethod
-    def from_frame_classifier(cls, features: np.ndarray, probs: np.ndarray, classes: Sequence[Any], **params: Any) -> "SingleAttentionHead":
+    def from_frame_classifier(cls, features: np.ndarray, probs: np.ndarray, classes: Sequence[Any], **params: Any) -> SingleAttentionHead:
         """A head that *is* the backbone's own softmax layer, applied to the mean frame of a clip.
 
         A backbone whose probabilities are ``softmax(W f + b)`` of its feature vectors ``f``
@@ -1187,7 +1187,7 @@ class MeanProbabilityHead(_Head):
             return len(self._classes())
         raise AttributeError(name)
 
-    def fit(self, clips: Clips, y: Any) -> "MeanProbabilityHead":
+    def fit(self, clips: Clips, y: Any) -> MeanProbabilityHead:
         """Validate ``clips``/``y`` against ``classes``; nothing is trained."""
         c, cl = self._classes_and_clips(clips)
         yy = _as_labels(y, len(cl))
@@ -1196,7 +1196,7 @@ class MeanProbabilityHead(_Head):
             raise InvalidInputError(f"labels not in classes: {sorted(unknown)}")
         return self
 
-    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> "MeanProbabilityHead":
+    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> MeanProbabilityHead:
         """Same as :meth:`fit` (this head cannot learn)."""
         return self.fit(clips, y)
 
@@ -1216,7 +1216,7 @@ class MeanProbabilityHead(_Head):
         return {"meta": self._meta({}, n_features_in=len(self._classes())), "classes": self._classes()}
 
     @classmethod
-    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "MeanProbabilityHead":
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> MeanProbabilityHead:
         classes = arrays["classes"]
         _check_file_classes(classes)
         return cls(classes=classes.tolist())
@@ -1257,13 +1257,13 @@ class PrototypeHead(_Head):
         self.center_ = means.mean(axis=0) if self.center and len(means) > 1 else np.zeros(means.shape[1])
         self.prototypes_ = self._normalized(means)
 
-    def fit(self, clips: Clips, y: Any) -> "PrototypeHead":
+    def fit(self, clips: Clips, y: Any) -> PrototypeHead:
         """Class prototypes of ``(clips, y)`` (forgets earlier data)."""
         for k in ("classes_", "sums_", "counts_"):
             self.__dict__.pop(k, None)
         return self.partial_fit(clips, y)
 
-    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> "PrototypeHead":
+    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> PrototypeHead:
         """Add ``(clips, y)`` to the class means (``classes`` is accepted for API symmetry)."""
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0):
             raise InvalidInputError("temperature must be a positive number")
@@ -1301,7 +1301,7 @@ class PrototypeHead(_Head):
         return {"n_features_in": int(self.n_features_in_)}, {"sums": self.sums_, "counts": self.counts_}
 
     @classmethod
-    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "PrototypeHead":
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> PrototypeHead:
         head = cls(**_unjson_params(meta["params"]))
         classes, sums, counts = arrays["classes"], arrays.get("sums"), arrays.get("counts")
         if sums is None or counts is None:
@@ -1364,13 +1364,13 @@ class BlendHead(_Head):
     def _check_fitted(self) -> None:
         self._check_parts()
 
-    def fit(self, clips: Clips, y: Any) -> "BlendHead":
+    def fit(self, clips: Clips, y: Any) -> BlendHead:
         """Refit the personal head on ``(clips, y)`` (the universal one stays as it is)."""
         self._check_parts()
         self.personal.fit(clips, y)
         return self
 
-    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> "BlendHead":
+    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> BlendHead:
         """Continue fitting the personal head on ``(clips, y)``."""
         self._check_parts()
         self.personal.partial_fit(clips, y)
@@ -1405,7 +1405,7 @@ class BlendHead(_Head):
         return out
 
     @classmethod
-    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "BlendHead":
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> BlendHead:
         parts = {}
         for part in ("base", "personal"):
             sub = {k[len(part) + 2 :]: v for k, v in arrays.items() if k.startswith(part + "__")}

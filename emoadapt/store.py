@@ -909,7 +909,7 @@ class Store:
     def closed(self) -> bool:
         return self._closed
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: Any) -> None:

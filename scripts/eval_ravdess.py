@@ -227,7 +227,7 @@ class SklearnLR:
     def _x(clips: Sequence[np.ndarray]) -> np.ndarray:
         return np.stack([pool(c, "max") for c in clips])
 
-    def fit(self, clips: Sequence[np.ndarray], y: np.ndarray) -> "SklearnLR":
+    def fit(self, clips: Sequence[np.ndarray], y: np.ndarray) -> SklearnLR:
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
 
@@ -237,7 +237,7 @@ class SklearnLR:
         self.classes_ = self.lr_.classes_
         return self
 
-    def partial_fit(self, clips: Sequence[np.ndarray], y: np.ndarray) -> "SklearnLR":
+    def partial_fit(self, clips: Sequence[np.ndarray], y: np.ndarray) -> SklearnLR:
         if len(set(np.asarray(y).tolist())) < 2:  # LR needs two classes; keep the universal model
             return self
         import warnings
@@ -251,7 +251,7 @@ class SklearnLR:
     def predict(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         return self.lr_.predict(self.scaler_.transform(self._x(clips)))
 
-    def copy(self) -> "SklearnLR":
+    def copy(self) -> SklearnLR:
         import copy
 
         return copy.deepcopy(self)

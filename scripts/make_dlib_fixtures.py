@@ -78,9 +78,9 @@ def to_chip(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 def dlib(data_dir: Path = DATA, out_dir: Path = FIXTURES) -> Path:
     """Compute the dlib reference fixture and write ``out_dir/dlib_reference.npz``."""
-    import torch  # noqa: F401  (import order: torch before anything TF-related)
     import dlib as _dlib
     import face_recognition_models
+    import torch  # noqa: F401  (import order: torch before anything TF-related)
 
     sys.path.insert(0, str(ROOT / "scripts"))
     from builders.mtcnn import ensure_torchvision  # torchvision stand-in for facenet-pytorch

@@ -315,9 +315,9 @@ def _outputs(name: str, names: dict[int, str]) -> dict:
 
 # --------------------------------------------------------------------------- build
 def build(out_dir: Path) -> list[dict]:
-    import torch  # noqa: F401  (must precede tensorflow)
     import tensorflow as tf
     import tf_keras as K
+    import torch  # noqa: F401  (must precede tensorflow)
 
     version = importlib.metadata.version(PACKAGE)
     torch_nets = _torch_nets()

@@ -15,6 +15,7 @@ import pytest
 
 from ._tally import EXAMPLES, REACHED, TRIED, record
 
+
 @pytest.fixture(autouse=True)
 def _tally_parametrized(request):
     """Every parametrized case of this directory counts as one tried input."""

@@ -13,7 +13,6 @@ user, CREMA-D actor 1001 as the stranger):
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import unicodedata
 
