@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import os
 import sys
@@ -59,14 +58,16 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "scripts"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+from _common import RAVDESS_EMOTIONS as EMOTIONS  # noqa: E402
+from _common import add_common_args, write_json  # noqa: E402
 
 from emoadapt.heads import SelfAttentionHead, SingleAttentionHead, StatPoolingHead, pool  # noqa: E402
 
 log = logging.getLogger("eval_ravdess")
 
-EMOTIONS = {1: "neutral", 2: "calm", 3: "happy", 4: "sad", 5: "angry", 6: "fearful", 7: "disgust", 8: "surprised"}
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".flv")
 
 STAT_POOLINGS: dict[str, tuple[str, ...]] = {
@@ -611,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fast-tune", action="store_true", help="a smaller tuning grid (for tests)")
     ap.add_argument("--out", type=Path, help="directory for PNG plots")
     ap.add_argument("--json", type=Path, help="write every number here")
-    ap.add_argument("--blas-threads", type=int, default=None, help="BLAS threads while training (default: 1 for descriptors, library default for video)")
+    add_common_args(ap, threads="BLAS threads while training (default: 1 for descriptors, library default for video)")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap
 
@@ -636,7 +637,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         heads = [h for h in heads if h in STAT_POOLINGS]
     if not args.no_baseline:
         heads.append(BASELINE)
-    threads = args.blas_threads if args.blas_threads is not None else (1 if data.descriptors else None)
+    threads = args.threads if args.threads is not None else (1 if data.descriptors else None)
     import sklearn.linear_model  # noqa: F401 - load scipy's BLAS before limiting threads
     import sklearn.model_selection  # noqa: F401
 
@@ -652,8 +653,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res = run_protocol(data, heads, args)
     print(format_table(res), flush=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=1) + "\n")
+        write_json(args.json, res)
         log.info("wrote %s", args.json)
     if args.out:
         save_plots(res, args.out)
