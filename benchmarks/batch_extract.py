@@ -87,7 +87,7 @@ def main() -> None:
     import tempfile
 
     home = tempfile.mkdtemp(prefix="emoadapt-batch-")
-    print(f"{len(clips)} clips ({args.folder}), {os.cpu_count()} CPUs, load average {'%.1f %.1f %.1f' % os.getloadavg()}")
+    print(f"{len(clips)} clips ({args.folder}), {os.cpu_count()} CPUs, load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(f"{'workers':>7}  {'clips':>5}  {'frames':>6}  {'wall s':>7}  {'clips/s':>7}  {'frames/s':>8}  {'worker CPU s':>12}  {'frames/CPU-s':>12}")
     rows = []
     for w in (int(v) for v in args.workers.split(",")):
@@ -96,7 +96,7 @@ def main() -> None:
         print(f"{r['workers']:>7}  {r['clips']:>5}  {r['frames']:>6}  {r['wall_s']:>7.1f}  {r['clips_per_s']:>7.2f}  {r['fps']:>8.1f}  {r['worker_cpu_s']:>12.1f}"
               f"  {r['frames'] / r['worker_cpu_s']:>12.1f}", flush=True)
     best = max(rows, key=lambda r: r["fps"])
-    print(f"load average at the end: {'%.1f %.1f %.1f' % os.getloadavg()}")
+    print(f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     per_core = best["frames"] / best["worker_cpu_s"]
     print(f"KEY: batch extraction {best['fps']:.0f} frames/s ({best['clips_per_s']:.1f} clips/s) with {best['workers']} workers"
           + (f", {best['fps'] / rows[0]['fps']:.2f}x one worker" if len(rows) > 1 else "")

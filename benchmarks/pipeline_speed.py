@@ -84,7 +84,7 @@ def best_of(fn: Callable[[], Any], repeat: int) -> tuple[float, float, Any]:
 
 
 def load_avg() -> str:
-    return "%.1f %.1f %.1f" % os.getloadavg()
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def make_720p(clips: list[Path], path: Path) -> Path:

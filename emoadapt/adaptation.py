@@ -46,8 +46,8 @@ import numpy as np
 from .errors import InvalidInputError
 from .heads import (
     BlendHead,
-    PrototypeHead,
     Head,
+    PrototypeHead,
     StatPoolingHead,
     TrainableHead,
     head_from_arrays,

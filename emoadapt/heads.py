@@ -44,7 +44,7 @@ import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -72,7 +72,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Clips = Union[np.ndarray, Sequence[np.ndarray]]
+Clips = np.ndarray | Sequence[np.ndarray]
 
 #: Names accepted by :func:`pool`.
 POOLINGS = ("max", "min", "mean", "std")

@@ -30,7 +30,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -42,7 +42,7 @@ __all__ = ["Clip", "Frame", "Sampling", "iter_frames", "as_rgb_frame", "video_in
 
 log = logging.getLogger(__name__)
 
-Clip = Union[str, os.PathLike, np.ndarray, Iterable[Any]]
+Clip = str | os.PathLike | np.ndarray | Iterable[Any]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 

@@ -319,7 +319,7 @@ def tune_head(name: str, data: Dataset, universal: np.ndarray, args: argparse.Na
     cv_ft: list[dict[str, Any]] = []
     for g in ft_grid:
         accs = []
-        for (tr, te), uni in zip(folds, fold_models):
+        for (_tr, te), uni in zip(folds, fold_models):
             for actor in sorted(set(groups[te].tolist())):
                 aidx = uidx[te][groups[te] == actor]
                 atr, ate = stratified_split(aidx, data.labels[aidx], args.test_size, 1000 * args.seed + actor)

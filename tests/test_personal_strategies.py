@@ -137,7 +137,7 @@ def test_adapt_report_says_what_was_chosen_and_why(tmp_path, recognizer, cremad_
         feats[c] = rec.frame_features(c)[::4]
     labels = ["angry", "disgust", "fear"]
     rec.store.add_user("a")
-    for (c, f), lab in zip(feats.items(), labels):
+    for (_c, f), lab in zip(feats.items(), labels):
         for part in (f[: len(f) // 2], f[len(f) // 2 :]):
             rec.store.add_correction("a", lab, part, part.mean(0), rec.model_version)
     rep = rec.adapt("a")

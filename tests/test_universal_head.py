@@ -161,7 +161,7 @@ def test_every_backbone_gets_heads_and_replay_of_its_own(bb, tmp_path):
                 assert type(base).__name__ == models[own["personal_head"]]["head_type"]
         else:
             with pytest.raises(ModelIntegrityError, match="train_universal_head.py --backbone " + bb):
-                rec.personal_base
+                _ = rec.personal_base
         replay = rec.replay
         assert replay is None or replay[0].shape[1] == dim
         if "replay_set" in own:
