@@ -413,7 +413,7 @@ class MTCNN:
         th = tuple(float(t) for t in thresholds)
         if len(th) != 3 or not all(0.0 <= t <= 1.0 for t in th):
             raise InvalidInputError(f"thresholds must be three probabilities, got {thresholds!r}")
-        self.thresholds: tuple[float, float, float] = th  # type: ignore[assignment]
+        self.thresholds: tuple[float, float, float] = th
         if not 0.0 < float(factor) < 1.0:
             raise InvalidInputError(f"factor must be in (0, 1), got {factor!r}")
         self.factor = float(factor)
@@ -669,18 +669,18 @@ class MTCNN:
         b = _rerec(b)
 
         # stage 2: R-Net on all candidates at once
-        b = self._cascade_stage(ii, b, w, h, 24, self._rnet, t1)
-        if b is None:
+        stage = self._cascade_stage(ii, b, w, h, 24, self._rnet, t1)
+        if stage is None:
             return Detections.empty()
-        boxes, out = b
+        boxes, out = stage
         keep = _nms_union(boxes[:, :4], boxes[:, 4], 0.7)
         boxes = _rerec(_bbreg(boxes[keep], out[4][keep]))
 
         # stage 3: O-Net, landmarks, final NMS ("Min")
-        b = self._cascade_stage(ii, boxes, w, h, 48, self._onet, t2)
-        if b is None:
+        stage = self._cascade_stage(ii, boxes, w, h, 48, self._onet, t2)
+        if stage is None:
             return Detections.empty()
-        boxes, out = b
+        boxes, out = stage
         points = _onet_landmarks(boxes, out[10])
         boxes = _bbreg(boxes, out[4])
         keep = _nms_min(boxes[:, :4], boxes[:, 4], 0.7)
