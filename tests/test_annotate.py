@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _scripts import cremad_label
 
 import emoadapt
 from emoadapt.annotate import COLORS, annotated_frames, contrast_ratio, draw_face, label_windows, text_color
 from emoadapt.video import Sampling, iter_frames
-
-CREMA = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
 
 
 def test_one_window_per_track_is_predicts_label(recognizer, cremad_clips):
@@ -45,7 +44,7 @@ def test_personal_head_of_a_recognised_user_labels_the_faces(tmp_path, recognize
     try:
         for clip in cremad_clips:
             frames = np.stack([f.image for f in iter_frames(clip, sampling=Sampling(max_frames=24))])[::2]
-            rec.correct(frames, CREMA[clip.stem.split("_")[2]], user="actor1001")
+            rec.correct(frames, cremad_label(clip), user="actor1001")
         assert rec.adapt("actor1001").accepted
         clip = cremad_clips[1]
         res, labels = label_windows(rec, clip, sampling=Sampling(max_frames=40), window=None)

@@ -23,7 +23,7 @@ from emoadapt.heads import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-LETTERS = {"a": "neutral", "b": "happy", "c": "sad", "d": "angry", "e": "disgust", "f": "fear", "g": "surprise"}
+from _scripts import TAIWANESE_LETTERS as LETTERS
 
 
 def _photos(recognizer, data_dir, pid: str):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _scripts import RAVDESS_EMOTIONS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -25,8 +26,6 @@ from hypothesis.extra import numpy as hnp
 from emoadapt import store as store_mod
 from emoadapt.errors import EmoadaptError, InvalidInputError, ModelIntegrityError, StoreError, UnknownUserError
 from emoadapt.store import DB_NAME, SCHEMA_VERSION, Store, user_dir_name
-
-RAVDESS_EMOTIONS = {1: "neutral", 2: "calm", 3: "happy", 4: "sad", 5: "angry", 6: "fearful", 7: "disgust", 8: "surprised"}
 
 
 @pytest.fixture
