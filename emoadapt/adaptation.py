@@ -205,7 +205,7 @@ def fit_personal(
     anchor: float | None = DEFAULT_ANCHOR,
     epochs: int | None = None,
     seed: int = 0,
-) -> Head:
+) -> TrainableHead:
     """The personal head of one user's ``(clips, labels)`` by ``strategy`` (:data:`STRATEGIES`).
 
     ``"finetune"``: :func:`fine_tune` of ``universal``. ``"prototype"``: a

@@ -44,7 +44,7 @@ import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -423,10 +423,14 @@ def _atomic_savez(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]
 # ---------------------------------------------------------------------------------------
 # base classes
 # ---------------------------------------------------------------------------------------
+_H = TypeVar("_H", bound="_Head")
+
+
 class _Head:
     """Common estimator plumbing: parameters, prediction, persistence."""
 
     classes_: np.ndarray
+    n_features_in_: int
 
     # -- sklearn-style parameters -------------------------------------------------------
     @classmethod
@@ -439,7 +443,7 @@ class _Head:
         """Constructor parameters (scikit-learn convention)."""
         return {k: getattr(self, k) for k in self._param_names()}
 
-    def set_params(self, **params: Any) -> _Head:
+    def set_params(self: _H, **params: Any) -> _H:
         """Set constructor parameters; returns ``self``."""
         valid = set(self._param_names())
         for k, v in params.items():
@@ -452,11 +456,11 @@ class _Head:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
-    def copy(self) -> _Head:
+    def copy(self: _H) -> _H:
         """A deep copy (weights included), e.g. to warm-start a personal head."""
         return _copy.deepcopy(self)
 
-    def clone(self) -> _Head:
+    def clone(self: _H) -> _H:
         """A new, unfitted head with the same parameters (``sklearn.base.clone``)."""
         params = {k: v.clone() if isinstance(v, _Head) else _copy.deepcopy(v) for k, v in self.get_params().items()}
         return type(self)(**params)
@@ -1336,7 +1340,7 @@ class BlendHead(_Head):
 
     _FLOOR = 1e-6
 
-    def __init__(self, base: Any = None, personal: Any = None, weight: float = 1.0) -> None:
+    def __init__(self, base: Head | None = None, personal: TrainableHead | None = None, weight: float = 1.0) -> None:
         self.base = base
         self.personal = personal
         self.weight = weight
@@ -1346,37 +1350,37 @@ class BlendHead(_Head):
 
     def __getattr__(self, name: str) -> Any:
         if name == "classes_":
-            self._check_parts()
-            known = self.base.classes_.tolist()
-            extra = [c for c in self.personal.classes_.tolist() if c not in set(known)]
+            base, personal = self._check_parts()
+            known = base.classes_.tolist()
+            extra = [c for c in personal.classes_.tolist() if c not in set(known)]
             return np.asarray(known + extra)
         if name == "n_features_in_":
-            self._check_parts()
-            return self.base.n_features_in_
+            return self._check_parts()[0].n_features_in_
         raise AttributeError(name)
 
-    def _check_parts(self) -> None:
-        if self.base is None or self.personal is None or not hasattr(self.base, "classes_") or not hasattr(self.personal, "classes_"):
+    def _check_parts(self) -> tuple[Head, TrainableHead]:
+        """``(base, personal)``, both fitted, and a valid weight (else InvalidInputError)."""
+        base, personal = self.base, self.personal
+        if base is None or personal is None or not hasattr(base, "classes_") or not hasattr(personal, "classes_"):
             raise InvalidInputError("BlendHead needs a fitted base head and a fitted personal head")
         if not (isinstance(self.weight, (int, float)) and 0.0 <= float(self.weight) <= 1.0):
             raise InvalidInputError("weight must be a number in [0, 1]")
+        return base, personal
 
     def _check_fitted(self) -> None:
         self._check_parts()
 
     def fit(self, clips: Clips, y: Any) -> BlendHead:
         """Refit the personal head on ``(clips, y)`` (the universal one stays as it is)."""
-        self._check_parts()
-        self.personal.fit(clips, y)
+        self._check_parts()[1].fit(clips, y)
         return self
 
     def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> BlendHead:
         """Continue fitting the personal head on ``(clips, y)``."""
-        self._check_parts()
-        self.personal.partial_fit(clips, y)
+        self._check_parts()[1].partial_fit(clips, y)
         return self
 
-    def _aligned_log(self, head: Any, clips: Clips, classes: list[Any]) -> np.ndarray:
+    def _aligned_log(self, head: Head, clips: Clips, classes: list[Any]) -> np.ndarray:
         p = np.asarray(head.predict_proba(clips), dtype=np.float64)
         out = np.full((len(p), len(classes)), math.log(self._FLOOR))
         index = {c: i for i, c in enumerate(classes)}
@@ -1386,14 +1390,14 @@ class BlendHead(_Head):
 
     def predict_proba(self, clips: Clips) -> np.ndarray:
         """The blended probabilities ``(N, C)`` (columns follow ``classes_``)."""
-        self._check_parts()
+        base, personal = self._check_parts()
         classes = self.classes_.tolist()
         w = float(self.weight)
         z = np.zeros((len(as_clips(clips)), len(classes)))
         if w < 1.0:
-            z += (1.0 - w) * self._aligned_log(self.base, clips, classes)
+            z += (1.0 - w) * self._aligned_log(base, clips, classes)
         if w > 0.0:
-            z += w * self._aligned_log(self.personal, clips, classes)
+            z += w * self._aligned_log(personal, clips, classes)
         return np.exp(_log_softmax(z))
 
     def _payload(self) -> dict[str, np.ndarray]:
@@ -1406,7 +1410,7 @@ class BlendHead(_Head):
 
     @classmethod
     def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> BlendHead:
-        parts = {}
+        parts: dict[str, Any] = {}
         for part in ("base", "personal"):
             sub = {k[len(part) + 2 :]: v for k, v in arrays.items() if k.startswith(part + "__")}
             head = _from_payload(sub, part)
