@@ -8,33 +8,35 @@ store with ``Store.add_correction`` exactly as ``Recognizer.correct`` does. Then
 the others and scored on it; refit on all, save the head atomically) several times; the
 median is reported.
 
-    python benchmarks/adapt_speed.py [--n 100] [--repeats 5]
+    python benchmarks/adapt_speed.py [--n 100] [--repeat 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CREMA = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+from _common import add_common_args, cremad_label, data_dir  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--repeats", type=int, default=5)
+    add_common_args(ap, repeat=5)
     args = ap.parse_args()
     import emoadapt
 
     with tempfile.TemporaryDirectory() as home:
         rec = emoadapt.Recognizer(home=home, adapt_every=0)
-        feats = {CREMA[c.stem.split("_")[2]]: rec.frame_features(c) for c in sorted((DATA / "clips" / "cremad").glob("*.flv"))}
+        feats = {cremad_label(c): rec.frame_features(c) for c in sorted((data_dir() / "clips" / "cremad").glob("*.flv"))}
         rng = np.random.default_rng(0)
         labels = list(feats)
         rec.store.add_user("actor1001")
@@ -48,7 +50,7 @@ def main() -> None:
             rec.store.add_correction("actor1001", lab, w, w.mean(0), rec.model_version)
         t_store = (time.perf_counter() - t) / args.n
         times, cpu, rep = [], [], None
-        for _ in range(args.repeats):
+        for _ in range(args.repeat):
             t, c = time.perf_counter(), time.process_time()
             rep = rec.adapt("actor1001")
             times.append(time.perf_counter() - t)

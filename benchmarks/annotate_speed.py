@@ -15,16 +15,19 @@ Three ways over the same frames (best of ``--repeat`` passes, wall clock, one pr
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+from _common import add_common_args, data_dir  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeat", type=int, default=2, help="passes per method; the best is reported")
+    add_common_args(ap, repeat=2)  # passes per method; the best is reported
     args = ap.parse_args()
     import cv2
 
@@ -32,7 +35,7 @@ def main() -> None:
     from emoadapt.annotate import annotated_frames, draw_face
     from emoadapt.video import iter_frames
 
-    clips = sorted((DATA / "clips" / "cremad").glob("*.flv"))
+    clips = sorted((data_dir() / "clips" / "cremad").glob("*.flv"))
     with tempfile.TemporaryDirectory() as home:
         rec = emoadapt.Recognizer(home=home)
 

@@ -4,13 +4,13 @@ use N cores without oversubscription).
 
 Each clip goes through ``Recognizer.analyze`` (decode, detect/track, align, backbone): the
 per-frame features and probabilities of its main face, optionally written to
-``--out-dir/<clip>.npz``. By default the six CREMA-D clips repeated ``--times`` times are
+``--out/<clip>.npz``. By default the six CREMA-D clips repeated ``--repeat`` times are
 processed with 1 worker and with one worker per core, and the throughput (clips/s,
 frames/s, wall clock including the workers' start-up) is printed with the workers' CPU
 time (frames per CPU-second: what each core delivers when it is not shared with other
 jobs); the last line is the key figure.
 
-    nice -n 10 python benchmarks/batch_extract.py [--times 8] [--workers 1,2] [--folder DIR] [--out-dir DIR]
+    nice -n 10 python benchmarks/batch_extract.py [--repeat 8] [--workers 1,2] [--folder DIR] [--out DIR]
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-DATA = Path(os.environ.get("EMOADAPT_DATA", ROOT.parent / "shared" / "data"))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+from _common import add_common_args, data_dir, write_run_record  # noqa: E402
+
 VIDEO_SUFFIXES = {".flv", ".mp4", ".avi", ".mov", ".mkv", ".webm"}
 
 _REC: Any = None
@@ -70,32 +71,32 @@ def run(clips: list[Path], workers: int, home: str, out_dir: str | None, detect_
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--folder", type=Path, default=DATA / "clips" / "cremad", help="folder of video clips (default: the CREMA-D clips)")
-    ap.add_argument("--times", type=int, default=8, help="process the folder this many times over (default 8)")
+    ap.add_argument("--folder", type=Path, default=data_dir() / "clips" / "cremad", help="folder of video clips (default: the CREMA-D clips)")
+    add_common_args(ap, repeat=8, out=True)  # --repeat: the folder processed this many times over; --out: per-clip features (npz)
     ap.add_argument("--workers", default=f"1,{os.cpu_count()}", help="comma-separated pool sizes to measure (default 1 and the core count)")
     ap.add_argument("--detect-every", type=int, default=10)
-    ap.add_argument("--out-dir", type=Path, default=None, help="write per-clip features here (npz)")
     args = ap.parse_args()
 
     clips = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
     if not clips:
         raise SystemExit(f"no clips in {args.folder}")
-    clips = clips * args.times
-    if args.out_dir:
-        args.out_dir.mkdir(parents=True, exist_ok=True)
+    clips = clips * args.repeat
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_run_record(args.out)
     import tempfile
 
     home = tempfile.mkdtemp(prefix="emoadapt-batch-")
-    print(f"{len(clips)} clips ({args.folder}), {os.cpu_count()} CPUs, load average {'%.1f %.1f %.1f' % os.getloadavg()}")
+    print(f"{len(clips)} clips ({args.folder}), {os.cpu_count()} CPUs, load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(f"{'workers':>7}  {'clips':>5}  {'frames':>6}  {'wall s':>7}  {'clips/s':>7}  {'frames/s':>8}  {'worker CPU s':>12}  {'frames/CPU-s':>12}")
     rows = []
     for w in (int(v) for v in args.workers.split(",")):
-        r = run(clips, w, home, str(args.out_dir) if args.out_dir else None, args.detect_every)
+        r = run(clips, w, home, str(args.out) if args.out else None, args.detect_every)
         rows.append(r)
         print(f"{r['workers']:>7}  {r['clips']:>5}  {r['frames']:>6}  {r['wall_s']:>7.1f}  {r['clips_per_s']:>7.2f}  {r['fps']:>8.1f}  {r['worker_cpu_s']:>12.1f}"
               f"  {r['frames'] / r['worker_cpu_s']:>12.1f}", flush=True)
     best = max(rows, key=lambda r: r["fps"])
-    print(f"load average at the end: {'%.1f %.1f %.1f' % os.getloadavg()}")
+    print(f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     per_core = best["frames"] / best["worker_cpu_s"]
     print(f"KEY: batch extraction {best['fps']:.0f} frames/s ({best['clips_per_s']:.1f} clips/s) with {best['workers']} workers"
           + (f", {best['fps'] / rows[0]['fps']:.2f}x one worker" if len(rows) > 1 else "")

@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-DATA = Path(os.environ.get("EMOADAPT_DATA", ROOT.parent / "shared" / "data"))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+from _common import data_dir  # noqa: E402
+
+DATA = data_dir()
 
 
 def make_manifest(folder: Path, n: int) -> Path:

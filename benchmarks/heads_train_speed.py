@@ -12,16 +12,15 @@ held-out accuracy (a sanity check, not a result), and seconds for a personal fin
 (``copy()`` + ``partial_fit``) on ``--personal`` clips. Targets on the 2-core dev machine:
 fit < 60 s per head, fine-tune < 1 s.
 
-    python benchmarks/heads_train_speed.py [--clips 3000 --frames 75 --personal 100] [--blas-threads 1]
+    python benchmarks/heads_train_speed.py [--clips 3000 --frames 75 --personal 100] [--threads 1]
 
 On a small, busy machine OpenBLAS threading hurts these medium-sized GEMMs; compare with
-``--blas-threads 1``.
+``--threads 1``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -31,13 +30,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from emoadapt.heads import SelfAttentionHead, SingleAttentionHead, StatPoolingHead  # noqa: E402
 
 log = logging.getLogger("heads_train_speed")
 
-DATA = Path(os.environ.get("EMOADAPT_DATA", ROOT.parent / "shared" / "data"))
+from _common import add_common_args, data_dir, write_json  # noqa: E402
 
 HEADS = {
     "max": lambda: StatPoolingHead(("max",)),
@@ -50,7 +49,7 @@ HEADS = {
 def embed_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     from emoadapt.features import Backbone
 
-    z = np.load(DATA / "fer2013.npz", allow_pickle=False)
+    z = np.load(data_dir() / "fer2013.npz", allow_pickle=False)
     x, y = z[f"x_{split}"], z[f"y_{split}"]
     t = time.perf_counter()
     feats = Backbone(num_threads=os.cpu_count()).embed(x)
@@ -73,8 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--personal", type=int, default=100)
     ap.add_argument("--heads", default=",".join(HEADS))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--blas-threads", type=int, default=None, help="limit BLAS threads while training (threadpoolctl); default: library default")
-    ap.add_argument("--json", type=Path, help="also write the numbers here")
+    add_common_args(ap, threads="limit BLAS threads while training (threadpoolctl); default: library default")
+    ap.add_argument("--json", type=Path, help="also write the numbers to this JSON file (and its run record beside it)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -87,15 +86,15 @@ def main(argv: list[str] | None = None) -> dict:
     log.info("%d training clips of %d x %d real features", len(train), args.frames, train[0].shape[1])
 
     results: dict = {}
-    if args.blas_threads:
+    if args.threads:
         from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(limits=args.blas_threads):
+        with threadpool_limits(limits=args.threads):
             _run(args, train, ytrain, test, ytest, pers, ypers, results)
     else:
         _run(args, train, ytrain, test, ytest, pers, ypers, results)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        write_json(args.json, results, indent=2)
     return results
 
 

@@ -53,7 +53,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -63,7 +62,7 @@ import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from emoadapt.identity import (
     IDENTITY_MODELS,
@@ -74,7 +73,8 @@ from emoadapt.identity import (
 
 log = logging.getLogger("benchmarks.identity")
 
-DATA = Path(os.environ.get("EMOADAPT_DATA", ROOT.parent / "shared" / "data"))
+from _common import TAIWANESE_LETTERS, add_common_args, write_json  # noqa: E402
+
 OUT = ROOT / "benchmarks" / "out" / "identity"
 
 #: photos that are crops of ``obama.jpg`` itself (template match 0.999): left out
@@ -84,7 +84,6 @@ CK_SIZE, CK_BORDER = 192, 48
 RECOGNIZER_STRIDE, RECOGNIZER_FRAMES = 5, 8  # emoadapt.recognizer: every 5th track frame, at most 8
 CACHE_VERSION = 2
 GROUPS = ("taiwanese", "western", "CK+ 48px")
-EMOTIONS = {"a": "neutral", "b": "happy", "c": "sad", "d": "angry", "e": "disgusted", "f": "fearful", "g": "surprised"}
 
 
 def model_variants() -> dict[str, tuple[str, str]]:
@@ -319,7 +318,7 @@ def choose_threshold(gen: np.ndarray, imp: np.ndarray, target: float) -> tuple[f
 
 def _parse_tw(name: str) -> tuple[int, str]:
     """(elicitation type, emotion) of a Taiwanese photo file name ``PPTVEss.jpg``."""
-    return int(name[2]), EMOTIONS.get(name[4], "neutral")
+    return int(name[2]), TAIWANESE_LETTERS.get(name[4], "neutral")
 
 
 def taiwanese_open_set(s: Samples, t: float, splits: int, seed: int, n_enrolled: int = 10) -> dict:
@@ -481,14 +480,12 @@ def plots(sets: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], thresholds:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--out", type=Path, default=OUT)
+    add_common_args(ap, data=True, out=OUT, threads="TFLite threads (default: the library's)")
     ap.add_argument("--target-far", type=float, default=0.001, help="pair-level impostor accept rate to stay under")
     ap.add_argument("--at", choices=("shipped", "rule"), default="shipped", help="evaluate at the shipped thresholds or at the rule's")
     ap.add_argument("--splits", type=int, default=20, help="seeded enrolled/stranger splits of the Taiwanese people")
     ap.add_argument("--time-faces", type=int, default=60, help="faces timed per model (0: no timing)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-cache", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -540,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         summary[v] = {"threshold": t, "rule_threshold": rule, "groups": rows, "taiwanese_open_set": tw, "western": we, "ms": timing.get(v)}
 
     plots(sets, thresholds, args.out)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    write_json(args.out / "summary.json", summary)
     print()
     print(f"plots: {args.out / 'det.png'}, {args.out}/hist_<model>.png; summary.json ({time.perf_counter() - t0:.0f} s)")
     for v, r in summary.items():

@@ -17,10 +17,9 @@ are included.
 torchvision: facenet-pytorch imports ``torchvision.ops.boxes.batched_nms`` and
 ``torchvision.transforms.functional``; the torchvision wheels on PyPI for this torch are CUDA
 builds whose ops do not load next to the CPU torch. As ``scripts/builders/mtcnn.py``'s
-``ensure_torchvision()`` does for building our models, we register a minimal stand-in module
--- but with a *vectorised* numpy NMS (same semantics as torchvision's CPU kernel: descending
-score order, areas ``(x2-x1)*(y2-y1)``, suppress IoU > threshold), not a Python double
-loop, so the peer is not slowed down by the stand-in. Its time is measured and reported
+``ensure_torchvision()`` does for building our models, we register the same minimal stand-in
+module (``scripts/builders/torchvision_standin.py``: a vectorised numpy NMS with the semantics
+of torchvision's CPU kernel, so the peer is not slowed down by the stand-in). Its time is measured and reported
 (``nms_s``) so the peer's speed with real torchvision can be bounded.
 """
 
@@ -31,87 +30,15 @@ import json
 import resource
 import sys
 import time
-import types
 from pathlib import Path
 
 T_START = time.perf_counter()
 C_START = time.process_time()
 
-import numpy as np  # noqa: E402
 
-_NMS_TIME = [0.0]
-
-
-def install_torchvision_standin() -> str:
-    """Register ``torchvision`` (nms, batched_nms, to_tensor) in ``sys.modules`` when the real
-    one is not usable; returns "torchvision" or "stand-in"."""
-    import torch
-
-    try:
-        import torchvision.ops.boxes  # noqa: F401
-
-        torch.ops.torchvision.nms  # noqa: B018 (CUDA builds import but have no ops)
-        return "torchvision"
-    except Exception:  # noqa: BLE001
-        for k in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
-            del sys.modules[k]
-
-    def _nms_np(b: np.ndarray, s: np.ndarray, thr: float) -> np.ndarray:
-        order = np.argsort(-s, kind="stable")
-        x1, y1, x2, y2 = (np.ascontiguousarray(b[order, k]) for k in range(4))
-        areas = (x2 - x1) * (y2 - y1)
-        zero = b.dtype.type(0)
-        keep = []
-        idx = np.arange(len(order))
-        while idx.size:
-            i = idx[0]
-            keep.append(i)
-            rest = idx[1:]
-            w = np.maximum(zero, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
-            h = np.maximum(zero, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
-            inter = w * h
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ovr = inter / (areas[i] + areas[rest] - inter)
-            idx = rest[~(ovr > thr)]
-        return order[np.asarray(keep, np.int64)]
-
-    def nms(boxes, scores, iou_threshold):
-        t = time.perf_counter()
-        if boxes.numel() == 0:
-            out = torch.empty((0,), dtype=torch.int64)
-        else:
-            out = torch.as_tensor(_nms_np(boxes.detach().cpu().numpy(), scores.detach().cpu().numpy(), float(iou_threshold)))
-        _NMS_TIME[0] += time.perf_counter() - t
-        return out
-
-    def batched_nms(boxes, scores, idxs, iou_threshold):
-        if boxes.numel() == 0:
-            return torch.empty((0,), dtype=torch.int64, device=boxes.device)
-        offsets = idxs.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))
-        return nms(boxes + offsets[:, None], scores, iou_threshold)
-
-    def to_tensor(pic):
-        a = torch.as_tensor(np.asarray(pic))
-        if a.ndim == 2:
-            a = a[:, :, None]
-        a = a.permute(2, 0, 1).contiguous()
-        return a.float().div(255) if a.dtype == torch.uint8 else a.float()
-
-    tv = types.ModuleType("torchvision")
-    tv.__version__ = "stand-in"
-    transforms = types.ModuleType("torchvision.transforms")
-    functional = types.ModuleType("torchvision.transforms.functional")
-    functional.to_tensor = to_tensor
-    ops = types.ModuleType("torchvision.ops")
-    boxes_mod = types.ModuleType("torchvision.ops.boxes")
-    boxes_mod.nms, boxes_mod.batched_nms = nms, batched_nms
-    ops.nms, ops.batched_nms, ops.boxes = nms, batched_nms, boxes_mod
-    transforms.functional = functional
-    tv.transforms, tv.ops = transforms, ops
-    sys.modules.update({"torchvision": tv, "torchvision.transforms": transforms,
-                        "torchvision.transforms.functional": functional,
-                        "torchvision.ops": ops, "torchvision.ops.boxes": boxes_mod})
-    return "stand-in"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from builders.torchvision_standin import NMS_SECONDS as _NMS_TIME  # noqa: E402
+from builders.torchvision_standin import install as install_torchvision_standin  # noqa: E402
 
 
 def peak_rss_mb() -> float:

@@ -30,7 +30,6 @@ Writes ``benchmarks/out/personalization/``: ``results.json``, ``tables.md`` and
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -42,15 +41,15 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "benchmarks" / "out" / "personalization"
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+from _common import TAIWANESE_LETTERS, add_common_args, cremad_label, data_dir, taiwanese_label, write_json, write_run_record  # noqa: E402
+
+DATA = data_dir()
 
 from emoadapt.adaptation import DEFAULT_ANCHOR, fit_personal, personalize
 from emoadapt.heads import BlendHead, PrototypeHead
 
-LETTERS = {"a": "neutral", "b": "happy", "c": "sad", "d": "angry", "e": "disgust", "f": "fear", "g": "surprise"}
-CREMA = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
 M_GRID = (1, 2, 3, 5)
 STYLES = ("1", "2", "3")
 TODAY_ANCHOR = 0.1  # the anchor before this benchmark (issue 15's baseline)
@@ -124,16 +123,12 @@ def taiwanese_files(people: int | None) -> list[Path]:
     return [f for f in files if f.name[:2] in ids]
 
 
-def taiwanese_label(name: str) -> str:
-    return LETTERS[name[4]] if name[4].isalpha() else "neutral"
-
-
 def taiwanese_split(names: list[str], person: str, style: str, m: int) -> tuple[list[int], list[int]]:
     """(adaptation, test) indices of ``person``: the first ``m`` photos of each emotion acted
     in ``style`` (neutral: the first ``m`` neutral photos), and all their other photos."""
     idx = [i for i, n in enumerate(names) if n[:2] == person]
     train: list[int] = []
-    for emo in LETTERS.values():
+    for emo in TAIWANESE_LETTERS.values():
         want = "0" if emo == "neutral" else style
         cand = sorted((i for i in idx if names[i][2] == want and taiwanese_label(names[i]) == emo), key=lambda i: names[i])
         train += cand[:m]
@@ -250,7 +245,7 @@ def cremad(make_rec: Callable[[str], Any], variants: dict[str, dict[str, Any]]) 
     halves = {}
     for c in sorted((DATA / "clips" / "cremad").glob("*.flv")):
         frames = np.stack([f.image for f in iter_frames(c)])
-        halves[CREMA[c.stem.split("_")[2]]] = (frames[: len(frames) // 2], frames[len(frames) // 2 :])
+        halves[cremad_label(c)] = (frames[: len(frames) // 2], frames[len(frames) // 2 :])
     out: dict[str, Any] = {}
     for name, kw in variants.items():
         with tempfile.TemporaryDirectory() as home:
@@ -367,7 +362,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--ravdess-seeds", type=int, default=5)
     ap.add_argument("--styles", default="".join(STYLES), help="elicitation styles of the cached comparison (default 123)")
     ap.add_argument("--m", default=",".join(map(str, M_GRID)), help="adaptation photos per emotion to run (default 1,2,3,5)")
-    ap.add_argument("--out", type=Path, default=OUT)
+    add_common_args(ap, out=OUT)
     args = ap.parse_args(argv)
     M_GRID = tuple(int(m) for m in args.m.split(","))
     STYLES = tuple(args.styles)
@@ -398,7 +393,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "ravdess" in only:
         res["ravdess"] = ravdess(args.ravdess_seeds)
     res["seconds"] = time.perf_counter() - t0
-    (args.out / "results.json").write_text(json.dumps(res, indent=1))
+    write_json(args.out / "results.json", res, record=False)
+    write_run_record(args.out)
     text = tables(res) if "taiwanese_cached" in res else ""
     (args.out / "tables.md").write_text(text)
     if "taiwanese_cached" in res:

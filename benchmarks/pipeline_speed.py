@@ -50,24 +50,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
-DATA = Path(os.environ.get("EMOADAPT_DATA", ROOT.parent / "shared" / "data"))
+from _common import add_common_args, cremad_label, data_dir, write_json  # noqa: E402
+
+DATA = data_dir()
 OUT = ROOT / "benchmarks" / "out"
 PEER_PY = ROOT / "benchmarks" / ".peer-env" / "bin" / "python"
-GT = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -83,7 +84,7 @@ def best_of(fn: Callable[[], Any], repeat: int) -> tuple[float, float, Any]:
 
 
 def load_avg() -> str:
-    return "%.1f %.1f %.1f" % os.getloadavg()
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def make_720p(clips: list[Path], path: Path) -> Path:
@@ -283,7 +284,7 @@ def peer_main_face(faces: list[dict[str, Any]]) -> dict[str, float] | None:
 def accuracy(ours: list[Any], ours1: list[Any], peer: dict[str, Any] | None, clips: list[Path], classes: list[str]) -> tuple[list[list[Any]], dict[str, Any]]:
     rows, agg = [], {"agree": [], "acc_ours": [], "acc_peer": [], "mad": [], "agree_track": []}
     for clip, r, r1 in zip(clips, ours, ours1):
-        gt = GT[re.search(r"_(ANG|DIS|FEA|HAP|NEU|SAD)_", clip.name).group(1)]
+        gt = cremad_label(clip)
         ia = {f.index: i for i, f in enumerate(r.timeline)}
         ib = {f.index: i for i, f in enumerate(r1.timeline)}
         common = sorted(set(ia) & set(ib))
@@ -308,8 +309,8 @@ def accuracy(ours: list[Any], ours1: list[Any], peer: dict[str, Any] | None, cli
             row += [str(plabel), f"{len(got)}/{len(pf)}", f"{agree:.2f}"]
         rows.append(row)
     summary = {
-        "clips_correct_ours": sum(r.label == GT[re.search(r"_(ANG|DIS|FEA|HAP|NEU|SAD)_", c.name).group(1)] for c, r in zip(clips, ours)),
-        "clips_correct_ours_every1": sum(r.label == GT[re.search(r"_(ANG|DIS|FEA|HAP|NEU|SAD)_", c.name).group(1)] for c, r in zip(clips, ours1)),
+        "clips_correct_ours": sum(r.label == cremad_label(c) for c, r in zip(clips, ours)),
+        "clips_correct_ours_every1": sum(r.label == cremad_label(c) for c, r in zip(clips, ours1)),
         "frame_acc_ours": float(np.mean(agg["acc_ours"])),
         "mad_track_vs_every_frame": float(np.mean(agg["mad"])),
         "frame_label_agreement_track_vs_every_frame": float(np.mean(agg["agree_track"])),
@@ -319,7 +320,7 @@ def accuracy(ours: list[Any], ours1: list[Any], peer: dict[str, Any] | None, cli
         summary["frame_label_agreement_ours_vs_peer"] = float(np.mean(agg["agree"]))
         summary["clips_correct_peer"] = sum(
             (lambda em: (max((m := {k: np.mean([e[k] for e in em]) for k in em[0]}), key=m.get) if em else None))(
-                [e for e in (peer_main_face(f) for f in peer["inputs"][str(c)]["per_frame"]) if e is not None]) == GT[re.search(r"_(ANG|DIS|FEA|HAP|NEU|SAD)_", c.name).group(1)]
+                [e for e in (peer_main_face(f) for f in peer["inputs"][str(c)]["per_frame"]) if e is not None]) == cremad_label(c)
             for c in clips)
     return rows, summary
 
@@ -380,12 +381,11 @@ def enrolled_speed(identities: list[str], repeat: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeat", type=int, default=3, help="passes per measurement; the best is kept (default 3)")
+    add_common_args(ap, repeat=3, out=OUT)  # --repeat: passes per measurement, the best is kept; --out: speed.json, stream720.mp4
     ap.add_argument("--no-peer", action="store_true", help="skip the fer peer")
     ap.add_argument("--peer-python", type=Path, default=PEER_PY, help="the peer environment's python")
     ap.add_argument("--peer-threads", type=int, default=1, help="torch threads for the peer (default 1, like ours)")
     ap.add_argument("--peer-repeat", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=OUT / "speed.json")
     ap.add_argument("--enrolled-only", action="store_true", help="only the CREMA-D clips end to end, with users enrolled vs none")
     ap.add_argument("--identity", nargs="+", default=["mobilefacenet", "dlib_resnet"], help="identity models for --enrolled-only")
     args = ap.parse_args()
@@ -399,7 +399,7 @@ def main() -> None:
     photos = sorted((DATA / "faces" / "identity").glob("sample*.jpg"))
     if len(clips) != 6 or not photos:
         raise SystemExit(f"real data missing under {DATA}")
-    stream = make_720p([clips[3], clips[0]], OUT / "stream720.mp4")
+    stream = make_720p([clips[3], clips[0]], args.out / "stream720.mp4")
     group = cv2.cvtColor(cv2.imread(str(photos[4])), cv2.COLOR_BGR2RGB)  # sample5.jpg, five faces
     sets = {"cremad 480x360": clips, "720p 1280x720": [stream], "group photos": photos,
             "group as video": [np.ascontiguousarray(np.broadcast_to(group, (10, *group.shape)))]}
@@ -494,8 +494,7 @@ def main() -> None:
         "accuracy": acc, "noise_floor": floor, "cold_start": cold, "rss": rss_all, "key": key,
         "peer": {k: v for k, v in peer.items() if k != "inputs"} if peer else None, "tables": texts,
     })
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    write_json(args.out / "speed.json", report)
 
 
 if __name__ == "__main__":

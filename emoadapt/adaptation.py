@@ -46,10 +46,10 @@ import numpy as np
 from .errors import InvalidInputError
 from .heads import (
     BlendHead,
+    Head,
     PrototypeHead,
     StatPoolingHead,
-    _Head,
-    _TrainableHead,
+    TrainableHead,
     head_from_arrays,
     head_to_arrays,
 )
@@ -163,7 +163,7 @@ def load_replay(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fine_tune(
-    universal: _TrainableHead,
+    universal: TrainableHead,
     clips: list[np.ndarray],
     labels: list[str],
     *,
@@ -171,7 +171,7 @@ def fine_tune(
     anchor: float | None = DEFAULT_ANCHOR,
     epochs: int | None = None,
     seed: int = 0,
-) -> _TrainableHead:
+) -> TrainableHead:
     """A copy of ``universal`` fine-tuned on ``(clips, labels)`` (new labels become new classes).
 
     ``replay`` (features, labels): universal training samples; those of classes absent from
@@ -185,7 +185,7 @@ def fine_tune(
             if str(lab) not in seen:
                 clips.append(np.asarray(f, np.float32)[None])
                 labels.append(str(lab))
-    head: Any = universal.copy()
+    head = universal.copy()
     params: dict[str, Any] = {"seed": seed}
     if anchor is not None:
         params["anchor"] = anchor
@@ -196,7 +196,7 @@ def fine_tune(
 
 
 def fit_personal(
-    universal: _TrainableHead,
+    universal: TrainableHead,
     clips: list[np.ndarray],
     labels: list[str],
     *,
@@ -205,7 +205,7 @@ def fit_personal(
     anchor: float | None = DEFAULT_ANCHOR,
     epochs: int | None = None,
     seed: int = 0,
-) -> _Head:
+) -> TrainableHead:
     """The personal head of one user's ``(clips, labels)`` by ``strategy`` (:data:`STRATEGIES`).
 
     ``"finetune"``: :func:`fine_tune` of ``universal``. ``"prototype"``: a
@@ -236,7 +236,7 @@ def _candidates(strategy: str, anchor: float | None, alt_anchors: tuple[float, .
 
 
 def guard(
-    universal: _TrainableHead,
+    universal: TrainableHead,
     clips: list[np.ndarray],
     labels: list[str],
     *,
@@ -298,7 +298,7 @@ def guard(
 
 
 def personalize(
-    universal: _TrainableHead,
+    universal: TrainableHead,
     clips: list[np.ndarray],
     labels: list[str],
     *,
@@ -330,7 +330,7 @@ def personalize(
                   "evidence": evidence, "guard": scheme, "n_held_out": scored}
 
 
-def load_personal_head(store: Store, user: str) -> Any | None:
+def load_personal_head(store: Store, user: str) -> Head | None:
     """The user's active personal head, or None (falls back to older versions when one is
     damaged or cannot be rebuilt, e.g. a future head format)."""
     loaded = store.active_head(user, build=lambda arrays, _meta: head_from_arrays(arrays))
@@ -339,7 +339,7 @@ def load_personal_head(store: Store, user: str) -> Any | None:
 
 def adapt_user(
     store: Store,
-    universal: _TrainableHead,
+    universal: TrainableHead,
     user: str,
     *,
     model_version: str | None = None,

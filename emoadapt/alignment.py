@@ -10,6 +10,8 @@ warps the image. Each backbone names its template in the model manifest
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -69,11 +71,11 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         u, sig, vt = np.linalg.svd(cov)
     except np.linalg.LinAlgError as e:  # pragma: no cover - finite 2x2 SVD converges
         raise InvalidInputError(f"no similarity transform for these landmarks: {e}") from e
-    e = np.eye(2)
+    flip = np.eye(2)
     if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        e[1, 1] = -1
-    r = u @ e @ vt
-    scale = np.trace(np.diag(sig) @ e) / var_s
+        flip[1, 1] = -1
+    r = u @ flip @ vt
+    scale = np.trace(np.diag(sig) @ flip) / var_s
     t = mu_d - scale * r @ mu_s
     return np.hstack([scale * r, t[:, None]])
 
@@ -128,6 +130,8 @@ _IMAGE_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
 def _crop_size(size: object) -> tuple[int, int]:
     if isinstance(size, (int, np.integer)) and not isinstance(size, (bool, np.bool_)):
         size = (size, size)
+    w: Any
+    h: Any
     try:
         w, h = size  # type: ignore[misc]
     except (TypeError, ValueError) as e:

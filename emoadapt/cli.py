@@ -34,6 +34,8 @@ from typing import Any, TypeVar
 
 from .errors import EmoadaptError, InvalidInputError
 
+__all__ = ["main"]
+
 log = logging.getLogger("emoadapt.cli")
 
 T = TypeVar("T")

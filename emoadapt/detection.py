@@ -191,11 +191,12 @@ class _PyramidLevel:
         return self.out
 
 
-def _area_resize_full(ii: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """The whole image area-resized to ``(1, out_h, out_w, C)`` float32 (same values as
-    :func:`_area_resize`; separable: whole rows first, then columns)."""
-    lvl = _PyramidLevel(ii.shape[0] - 1, ii.shape[1] - 1, out_h, out_w, ii.dtype, ii.shape[2])
-    return lvl(ii).copy()
+def _onet_landmarks(boxes: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """O-Net's 5 landmarks ``(N, 10)`` (x's then y's, relative to the input boxes) decoded to
+    image coordinates ``(N, 5, 2)`` float32, as facenet-pytorch does."""
+    wi = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
+    hi = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
+    return np.stack([wi * pts[:, :5] + boxes[:, 0:1] - 1, hi * pts[:, 5:] + boxes[:, 1:2] - 1], 2).astype(_F32)
 
 
 def _nms_union(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
@@ -412,7 +413,7 @@ class MTCNN:
         th = tuple(float(t) for t in thresholds)
         if len(th) != 3 or not all(0.0 <= t <= 1.0 for t in th):
             raise InvalidInputError(f"thresholds must be three probabilities, got {thresholds!r}")
-        self.thresholds: tuple[float, float, float] = th  # type: ignore[assignment]
+        self.thresholds: tuple[float, float, float] = th
         if not 0.0 < float(factor) < 1.0:
             raise InvalidInputError(f"factor must be in (0, 1), got {factor!r}")
         self.factor = float(factor)
@@ -608,10 +609,7 @@ class MTCNN:
             ii = _integral(np.ascontiguousarray(img[ys:ye, xs:xe]))
             crops = _area_resize(ii, y0[v] - ys, x0[v] - xs, hh[v], ww[v], 48, 48)
             out = self._onet.run_batch(crops)
-            pts = out[10]
-            wi = (bv[:, 2] - bv[:, 0] + 1)[:, None]
-            hi = (bv[:, 3] - bv[:, 1] + 1)[:, None]
-            points[v] = np.stack([wi * pts[:, :5] + bv[:, 0:1] - 1, hi * pts[:, 5:] + bv[:, 1:2] - 1], 2)
+            points[v] = _onet_landmarks(bv, out[10])
             out_boxes[v] = _bbreg(bv, out[4])[:, :4]
             scores[v] = out[2][:, 1]
         return Detections(np.ascontiguousarray(out_boxes, _F32), scores, np.ascontiguousarray(points, _F32))
@@ -671,24 +669,19 @@ class MTCNN:
         b = _rerec(b)
 
         # stage 2: R-Net on all candidates at once
-        b = self._refine(ii, b, w, h, 24, self._rnet, t1)
-        if b is None:
+        stage = self._cascade_stage(ii, b, w, h, 24, self._rnet, t1)
+        if stage is None:
             return Detections.empty()
-        boxes, out = b
+        boxes, out = stage
         keep = _nms_union(boxes[:, :4], boxes[:, 4], 0.7)
         boxes = _rerec(_bbreg(boxes[keep], out[4][keep]))
 
         # stage 3: O-Net, landmarks, final NMS ("Min")
-        b = self._refine(ii, boxes, w, h, 48, self._onet, t2)
-        if b is None:
+        stage = self._cascade_stage(ii, boxes, w, h, 48, self._onet, t2)
+        if stage is None:
             return Detections.empty()
-        boxes, out = b
-        pts = out[10]
-        wi = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
-        hi = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
-        px = wi * pts[:, :5] + boxes[:, 0:1] - 1
-        py = hi * pts[:, 5:] + boxes[:, 1:2] - 1
-        points = np.stack([px, py], 2).astype(_F32)
+        boxes, out = stage
+        points = _onet_landmarks(boxes, out[10])
         boxes = _bbreg(boxes, out[4])
         keep = _nms_min(boxes[:, :4], boxes[:, 4], 0.7)
         boxes, points = boxes[keep], points[keep]
@@ -724,7 +717,9 @@ class MTCNN:
             a = b
         return {2: prob, 4: reg}
 
-    def _refine(self, ii: np.ndarray, b: np.ndarray, w: int, h: int, size: int, net: _Net, thr: float):
+    def _cascade_stage(
+        self, ii: np.ndarray, b: np.ndarray, w: int, h: int, size: int, net: _Net, thr: float
+    ) -> tuple[np.ndarray, dict[int, np.ndarray]] | None:
         """Crop + area-resize every box to ``size``, run ``net`` once over the batch, keep the
         boxes with face probability > ``thr``; returns (boxes with new scores, outputs) or None."""
         y0, x0, hh, ww, valid = _crop_windows(b, w, h)

@@ -567,7 +567,7 @@ def _run_dask(client: Any, jobs: list[ClipJob], spec: dict[str, Any], sampling: 
     except ImportError as e:  # pragma: no cover - a Client was given, so distributed is there
         raise MissingDependencyError("the Dask executor needs dask[distributed]: pip install 'emoadapt[dask]'") from e
 
-    class RecognizerPlugin(WorkerPlugin):  # type: ignore[misc]
+    class RecognizerPlugin(WorkerPlugin):
         """Loads the models when a worker joins (also a worker restarted after a crash)."""
 
         idempotent = True

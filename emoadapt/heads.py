@@ -20,7 +20,7 @@ Trainable heads are trained with mini-batch Adam on the (optionally class-weight
 cross-entropy, with hand-written backpropagation (checked against numerical gradients in the
 tests). ``fit`` trains from scratch; ``partial_fit`` continues from the current weights with
 an L2 pull ``anchor * ||W - W_start||^2`` toward the weights at the start of the call, which
-is how a personal head is fine-tuned from a :meth:`~_TrainableHead.copy` of the universal
+is how a personal head is fine-tuned from a :meth:`~StatPoolingHead.copy` of the universal
 one on a handful of the user's clips. Labels unseen so far extend ``classes_`` with new
 output rows that start with zero weights and a bias low enough that the existing
 predictions do not change.
@@ -42,8 +42,9 @@ import os
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -61,6 +62,9 @@ __all__ = [
     "PrototypeHead",
     "BlendHead",
     "HEAD_TYPES",
+    "Head",
+    "TrainableHead",
+    "TrainParams",
     "load_head",
     "head_to_arrays",
     "head_from_arrays",
@@ -68,10 +72,92 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Clips = Union[np.ndarray, Sequence[np.ndarray]]
+Clips = np.ndarray | Sequence[np.ndarray]
 
 #: Names accepted by :func:`pool`.
 POOLINGS = ("max", "min", "mean", "std")
+
+
+
+class Head(Protocol):
+    """What every head offers once fitted (scikit-learn classifier conventions).
+
+    All heads of this module satisfy it, and so does any object with these members (e.g.
+    a scikit-learn classifier working on clip descriptors). Used for typing; not checked at
+    run time.
+    """
+
+    classes_: np.ndarray
+    n_features_in_: int
+
+    def predict_proba(self, clips: Clips) -> np.ndarray: ...
+
+    def predict(self, clips: Clips) -> np.ndarray: ...
+
+
+class TrainableHead(Head, Protocol):
+    """A :class:`Head` that learns from labelled clips (what personalization starts from)."""
+
+    def fit(self, clips: Clips, y: Any) -> TrainableHead: ...
+
+    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> TrainableHead: ...
+
+    def copy(self) -> TrainableHead: ...
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]: ...
+
+    def set_params(self, **params: Any) -> TrainableHead: ...
+
+
+@dataclass(eq=False)
+class TrainParams:
+    """The training parameters of every trainable head, with their defaults (written once).
+
+    Each is a keyword-only constructor argument of :class:`StatPoolingHead`,
+    :class:`SingleAttentionHead` and :class:`SelfAttentionHead` (which inherit these typed
+    attributes), stored as an attribute of the same name and reported by ``get_params``.
+
+    Attributes:
+        lr: Adam step.
+        epochs: maximum epochs of ``fit``.
+        batch_size: clips per Adam step.
+        l2: weight decay on the weights (not the biases).
+        anchor: pull toward the warm-start weights in ``partial_fit``.
+        class_weight: None, "balanced" or a dict label -> weight.
+        standardize: standardise the inputs with statistics of the first ``fit``.
+        early_stopping: stop when the epoch training loss has not improved by ``tol`` for
+            ``n_iter_no_change`` epochs.
+        tol: see ``early_stopping``.
+        n_iter_no_change: see ``early_stopping``.
+        finetune_epochs: epochs of ``partial_fit`` (None: ``epochs``).
+        finetune_lr: step of ``partial_fit`` (None: ``lr``).
+        dtype: "float32" or "float64".
+        seed: random seed (initialisation, batch order).
+        verbose: log the loss per epoch.
+        n_threads: BLAS threads while training (1 is faster than BLAS threading for these
+            mid-sized products on small or busy machines, and reproducible; None leaves the
+            BLAS default; needs ``threadpoolctl``, a dependency, else ignored).
+    """
+
+    lr: float = 0.01
+    epochs: int = 100
+    batch_size: int = 64
+    l2: float = 1e-4
+    anchor: float = 0.01
+    class_weight: str | Mapping[Any, float] | None = None
+    standardize: bool = True
+    early_stopping: bool = True
+    tol: float = 1e-4
+    n_iter_no_change: int = 10
+    finetune_epochs: int | None = None
+    finetune_lr: float | None = None
+    dtype: str = "float32"
+    seed: int = 0
+    verbose: bool = False
+    n_threads: int | None = 1
+
+
+_TRAIN_PARAM_NAMES = tuple(f.name for f in fields(TrainParams))
 
 _FORMAT = "emoadapt.head"
 _FORMAT_VERSION = 1
@@ -254,6 +340,11 @@ def _merge_label_kinds(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.nda
     return a, b
 
 
+def _check_file_classes(classes: np.ndarray) -> None:
+    if classes.ndim != 1 or len(classes) < 1 or len(np.unique(classes)) != len(classes):
+        raise ModelIntegrityError("head file: classes must be a non-empty 1-D array of distinct labels")
+
+
 def _json_params(params: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in params.items():
@@ -317,7 +408,7 @@ def _atomic_savez(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **dict(arrays))  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -332,22 +423,27 @@ def _atomic_savez(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]
 # ---------------------------------------------------------------------------------------
 # base classes
 # ---------------------------------------------------------------------------------------
+_H = TypeVar("_H", bound="_Head")
+
+
 class _Head:
     """Common estimator plumbing: parameters, prediction, persistence."""
 
     classes_: np.ndarray
+    n_features_in_: int
 
     # -- sklearn-style parameters -------------------------------------------------------
     @classmethod
     def _param_names(cls) -> list[str]:
         sig = inspect.signature(cls.__init__)
-        return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        own = [p.name for p in sig.parameters.values() if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        return own + list(_TRAIN_PARAM_NAMES) if issubclass(cls, _TrainableHead) else own
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Constructor parameters (scikit-learn convention)."""
         return {k: getattr(self, k) for k in self._param_names()}
 
-    def set_params(self, **params: Any) -> "_Head":
+    def set_params(self: _H, **params: Any) -> _H:
         """Set constructor parameters; returns ``self``."""
         valid = set(self._param_names())
         for k, v in params.items():
@@ -360,9 +456,14 @@ class _Head:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
-    def copy(self) -> "_Head":
+    def copy(self: _H) -> _H:
         """A deep copy (weights included), e.g. to warm-start a personal head."""
         return _copy.deepcopy(self)
+
+    def clone(self: _H) -> _H:
+        """A new, unfitted head with the same parameters (``sklearn.base.clone``)."""
+        params = {k: v.clone() if isinstance(v, _Head) else _copy.deepcopy(v) for k, v in self.get_params().items()}
+        return type(self)(**params)
 
     # -- prediction ---------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -392,7 +493,7 @@ class _Head:
         raise NotImplementedError
 
     @classmethod
-    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "_Head":  # pragma: no cover
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> _Head:  # pragma: no cover
         raise NotImplementedError
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -408,14 +509,18 @@ class _Head:
         """Everything :meth:`save` writes: ``meta`` (JSON string), ``classes`` and weights."""
         self._check_fitted()
         meta, arrays = self._state()
-        meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "type": type(self).__name__, "params": _json_params(self.get_params()), **meta}
         classes = self.classes_
         if classes.dtype.kind not in "iuU":
             classes = classes.astype(str)
-        return {"meta": np.array(json.dumps(meta, sort_keys=True)), "classes": classes, **arrays}
+        return {"meta": self._meta(_json_params(self.get_params()), **meta), "classes": classes, **arrays}
+
+    def _meta(self, params: Mapping[str, Any], **extra: Any) -> np.ndarray:
+        """The ``meta`` array of a head file (a JSON string)."""
+        meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "type": type(self).__name__, "params": dict(params), **extra}
+        return np.array(json.dumps(meta, sort_keys=True))
 
 
-class _TrainableHead(_Head):
+class _TrainableHead(_Head, TrainParams):
     """Shared training machinery (Adam, masking, standardisation, anchoring, persistence).
 
     Subclasses define the parameter shapes and the forward/backward pass of the pooling;
@@ -427,42 +532,11 @@ class _TrainableHead(_Head):
     #: parameters penalised by ``l2`` (weights, not biases)
     _L2_PARAMS: tuple[str, ...] = ("coef",)
 
-    def __init__(
-        self,
-        *,
-        lr: float = 0.01,
-        epochs: int = 100,
-        batch_size: int = 64,
-        l2: float = 1e-4,
-        anchor: float = 0.01,
-        class_weight: str | Mapping[Any, float] | None = None,
-        standardize: bool = True,
-        early_stopping: bool = True,
-        tol: float = 1e-4,
-        n_iter_no_change: int = 10,
-        finetune_epochs: int | None = None,
-        finetune_lr: float | None = None,
-        dtype: str = "float32",
-        seed: int = 0,
-        verbose: bool = False,
-        n_threads: int | None = 1,
-    ) -> None:
-        self.lr = lr
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.l2 = l2
-        self.anchor = anchor
-        self.class_weight = class_weight
-        self.standardize = standardize
-        self.early_stopping = early_stopping
-        self.tol = tol
-        self.n_iter_no_change = n_iter_no_change
-        self.finetune_epochs = finetune_epochs
-        self.finetune_lr = finetune_lr
-        self.dtype = dtype
-        self.seed = seed
-        self.verbose = verbose
-        self.n_threads = n_threads
+    def __init__(self, **train: Any) -> None:
+        unknown = sorted(set(train) - set(_TRAIN_PARAM_NAMES))
+        if unknown:
+            raise TypeError(f"{type(self).__name__}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}")
+        TrainParams.__init__(self, **train)
 
     # -- to be provided by subclasses ---------------------------------------------------------
     def _in_dim(self, d: int) -> int:
@@ -680,12 +754,12 @@ class _TrainableHead(_Head):
             raise InvalidInputError(f"unknown label {e.args[0]!r}") from e
 
     # -- public API ----------------------------------------------------------------------------
-    def fit(self, clips: Clips, y: Any) -> "_TrainableHead":
+    def fit(self, clips: Clips, y: Any) -> _TrainableHead:
         """Train from scratch on ``clips`` (list of ``(T_i, D)``) with labels ``y``."""
         with _blas_threads(self.n_threads):
             return self._fit_from_scratch(clips, y, None)
 
-    def _fit_from_scratch(self, clips: Clips, y: Any, classes: Any, epochs: int | None = None, lr: float | None = None) -> "_TrainableHead":
+    def _fit_from_scratch(self, clips: Clips, y: Any, classes: Any, epochs: int | None = None, lr: float | None = None) -> _TrainableHead:
         self._validate_hparams()
         dt = np.dtype(self.dtype)
         cl = as_clips(clips, dt)
@@ -708,7 +782,7 @@ class _TrainableHead(_Head):
         self.n_updates_ = 0
         return self
 
-    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> "_TrainableHead":
+    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> _TrainableHead:
         """Continue training from the current weights (fine-tuning).
 
         Adds ``anchor * ||theta - theta_start||^2`` to the loss (``theta_start`` = the weights
@@ -723,7 +797,7 @@ class _TrainableHead(_Head):
         with _blas_threads(self.n_threads):
             return self._partial_fit(clips, y, classes)
 
-    def _partial_fit(self, clips: Clips, y: Any, classes: Any) -> "_TrainableHead":
+    def _partial_fit(self, clips: Clips, y: Any, classes: Any) -> _TrainableHead:
         ep = self.epochs if self.finetune_epochs is None else self.finetune_epochs
         lr = self.lr if self.finetune_lr is None else self.finetune_lr
         if not hasattr(self, "classes_"):
@@ -819,15 +893,14 @@ class _TrainableHead(_Head):
         return meta, arrays
 
     @classmethod
-    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "_TrainableHead":
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> _TrainableHead:
         head = cls(**_unjson_params(meta["params"]))
         d = meta.get("n_features_in")
         if not isinstance(d, int) or d < 1:
             raise ModelIntegrityError("head file: bad n_features_in")
         classes = arrays["classes"]
         c = len(classes)
-        if classes.ndim != 1 or c < 1 or len(np.unique(classes)) != c:
-            raise ModelIntegrityError("head file: classes must be a non-empty 1-D array of distinct labels")
+        _check_file_classes(classes)
         shapes = head._param_shapes(d, c)
         p = {}
         for k in cls._PARAMS:
@@ -872,50 +945,15 @@ class StatPoolingHead(_TrainableHead):
             e.g. ``("max",)`` or ``("max", "mean", "std")``. With one-frame clips (per-clip
             descriptors) every statistic except ``std`` is the descriptor itself.
 
-    Keyword-only training parameters (see :class:`_TrainableHead`): ``lr`` (Adam step,
-    default 0.01), ``epochs`` (max epochs of :meth:`fit`, 100), ``batch_size`` (64),
-    ``l2`` (weight decay on ``coef_``, 1e-4), ``anchor`` (pull toward the warm-start
-    weights in :meth:`partial_fit`, 0.01), ``class_weight`` (None / "balanced" / dict),
-    ``standardize`` (True), ``early_stopping`` / ``tol`` / ``n_iter_no_change``
-    (stop when the epoch training loss has not improved by ``tol`` for that many
-    epochs), ``finetune_epochs`` / ``finetune_lr`` (for :meth:`partial_fit`;
-    default: same as fit), ``dtype`` ("float32" or "float64"), ``seed``, ``verbose``
-    (log the loss per epoch), ``n_threads`` (BLAS threads while training, default 1:
-    faster than BLAS threading for these mid-sized products on small or busy
-    machines, and reproducible; ``None`` leaves the BLAS default; needs
-    ``threadpoolctl``, a dependency, else ignored).
+    Keyword-only training parameters: the fields of :class:`TrainParams` (defaults there).
 
     Learned attributes: ``classes_``, ``coef_`` ``(C, k*D)``, ``intercept_`` ``(C,)``,
     ``mean_`` / ``scale_`` (standardisation of the pooled descriptor), ``n_features_in_``,
     ``n_iter_``, ``loss_curve_``.
     """
 
-    def __init__(
-        self,
-        pooling: str | Sequence[str] = ("max",),
-        *,
-        lr: float = 0.01,
-        epochs: int = 100,
-        batch_size: int = 64,
-        l2: float = 1e-4,
-        anchor: float = 0.01,
-        class_weight: str | Mapping[Any, float] | None = None,
-        standardize: bool = True,
-        early_stopping: bool = True,
-        tol: float = 1e-4,
-        n_iter_no_change: int = 10,
-        finetune_epochs: int | None = None,
-        finetune_lr: float | None = None,
-        dtype: str = "float32",
-        seed: int = 0,
-        verbose: bool = False,
-        n_threads: int | None = 1,
-    ) -> None:
-        super().__init__(
-            lr=lr, epochs=epochs, batch_size=batch_size, l2=l2, anchor=anchor, class_weight=class_weight,
-            standardize=standardize, early_stopping=early_stopping, tol=tol, n_iter_no_change=n_iter_no_change,
-            finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, dtype=dtype, seed=seed, verbose=verbose, n_threads=n_threads,
-        )  # fmt: skip
+    def __init__(self, pooling: str | Sequence[str] = ("max",), **train: Any) -> None:
+        super().__init__(**train)
         self.pooling = pooling
 
     def _in_dim(self, d: int) -> int:
@@ -963,31 +1001,8 @@ class SingleAttentionHead(_TrainableHead):
     _PARAMS = ("coef", "intercept", "q0")
     _L2_PARAMS = ("coef", "q0")
 
-    def __init__(
-        self,
-        *,
-        lr: float = 0.01,
-        epochs: int = 100,
-        batch_size: int = 64,
-        l2: float = 1e-4,
-        anchor: float = 0.01,
-        class_weight: str | Mapping[Any, float] | None = None,
-        standardize: bool = True,
-        early_stopping: bool = True,
-        tol: float = 1e-4,
-        n_iter_no_change: int = 10,
-        finetune_epochs: int | None = None,
-        finetune_lr: float | None = None,
-        dtype: str = "float32",
-        seed: int = 0,
-        verbose: bool = False,
-        n_threads: int | None = 1,
-    ) -> None:
-        super().__init__(
-            lr=lr, epochs=epochs, batch_size=batch_size, l2=l2, anchor=anchor, class_weight=class_weight,
-            standardize=standardize, early_stopping=early_stopping, tol=tol, n_iter_no_change=n_iter_no_change,
-            finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, dtype=dtype, seed=seed, verbose=verbose, n_threads=n_threads,
-        )  # fmt: skip
+    #: RMS error of :meth:`from_frame_classifier`'s least-squares fit (set only there)
+    fit_residual_: float
 
     def _param_shapes(self, d: int, c: int) -> dict[str, tuple[int, ...]]:
         return {"coef": (c, d), "intercept": (c,), "q0": (d,)}
@@ -996,7 +1011,7 @@ class SingleAttentionHead(_TrainableHead):
         return {"q0": np.zeros(d, dtype=dt)}
 
     @classmethod
-    def from_frame_classifier(cls, features: np.ndarray, probs: np.ndarray, classes: Sequence[Any], **params: Any) -> "SingleAttentionHead":
+    def from_frame_classifier(cls, features: np.ndarray, probs: np.ndarray, classes: Sequence[Any], **params: Any) -> SingleAttentionHead:
         """A head that *is* the backbone's own softmax layer, applied to the mean frame of a clip.
 
         A backbone whose probabilities are ``softmax(W f + b)`` of its feature vectors ``f``
@@ -1085,33 +1100,8 @@ class SelfAttentionHead(_TrainableHead):
     _PARAMS = ("coef", "intercept", "q0", "W_q", "W_k")
     _L2_PARAMS = ("coef", "q0", "W_q", "W_k")
 
-    def __init__(
-        self,
-        d_k: int = 64,
-        *,
-        attn_eps: float = 1e-3,
-        lr: float = 0.01,
-        epochs: int = 100,
-        batch_size: int = 64,
-        l2: float = 1e-4,
-        anchor: float = 0.01,
-        class_weight: str | Mapping[Any, float] | None = None,
-        standardize: bool = True,
-        early_stopping: bool = True,
-        tol: float = 1e-4,
-        n_iter_no_change: int = 10,
-        finetune_epochs: int | None = None,
-        finetune_lr: float | None = None,
-        dtype: str = "float32",
-        seed: int = 0,
-        verbose: bool = False,
-        n_threads: int | None = 1,
-    ) -> None:
-        super().__init__(
-            lr=lr, epochs=epochs, batch_size=batch_size, l2=l2, anchor=anchor, class_weight=class_weight,
-            standardize=standardize, early_stopping=early_stopping, tol=tol, n_iter_no_change=n_iter_no_change,
-            finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, dtype=dtype, seed=seed, verbose=verbose, n_threads=n_threads,
-        )  # fmt: skip
+    def __init__(self, d_k: int = 64, *, attn_eps: float = 1e-3, **train: Any) -> None:
+        super().__init__(**train)
         self.d_k = d_k
         self.attn_eps = attn_eps
 
@@ -1186,6 +1176,13 @@ class MeanProbabilityHead(_Head):
             raise InvalidInputError("MeanProbabilityHead needs a non-empty list of distinct classes")
         return c
 
+    def _classes_and_clips(self, clips: Clips) -> tuple[np.ndarray, list[np.ndarray]]:
+        c = self._classes()
+        cl = as_clips(clips)
+        if cl[0].shape[1] != len(c):
+            raise InvalidInputError(f"frame probabilities have {cl[0].shape[1]} columns for {len(c)} classes")
+        return c, cl
+
     def __getattr__(self, name: str) -> Any:
         # classes_ / n_features_in_ are available without fit() since nothing is learned
         if name == "classes_":
@@ -1194,49 +1191,38 @@ class MeanProbabilityHead(_Head):
             return len(self._classes())
         raise AttributeError(name)
 
-    def fit(self, clips: Clips, y: Any) -> "MeanProbabilityHead":
+    def fit(self, clips: Clips, y: Any) -> MeanProbabilityHead:
         """Validate ``clips``/``y`` against ``classes``; nothing is trained."""
-        cl = as_clips(clips)
+        c, cl = self._classes_and_clips(clips)
         yy = _as_labels(y, len(cl))
-        c = self._classes()
-        if cl[0].shape[1] != len(c):
-            raise InvalidInputError(f"frame probabilities have {cl[0].shape[1]} columns for {len(c)} classes")
         unknown = set(yy.astype(str).tolist()) - set(c.astype(str).tolist())
         if unknown:
             raise InvalidInputError(f"labels not in classes: {sorted(unknown)}")
         return self
 
-    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> "MeanProbabilityHead":
+    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> MeanProbabilityHead:
         """Same as :meth:`fit` (this head cannot learn)."""
         return self.fit(clips, y)
 
     def predict_proba(self, clips: Clips) -> np.ndarray:
         """Mean of the frame probabilities of each clip, renormalised to sum to 1."""
-        c = self._classes()
-        cl = as_clips(clips)
-        if cl[0].shape[1] != len(c):
-            raise InvalidInputError(f"frame probabilities have {cl[0].shape[1]} columns for {len(c)} classes")
+        c, cl = self._classes_and_clips(clips)
         p = np.stack([f.mean(axis=0) for f in cl])
         if (p < 0).any():
             raise InvalidInputError("frame probabilities must be non-negative")
         s = p.sum(axis=1, keepdims=True)
         return np.where(s > 0, p / np.where(s > 0, s, 1.0), 1.0 / len(c))
 
-    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        return {"n_features_in": len(self._classes())}, {}
-
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {"classes": list(self.classes)}
 
     def _payload(self) -> dict[str, np.ndarray]:
-        meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "type": type(self).__name__, "params": {}, "n_features_in": len(self._classes())}
-        return {"meta": np.array(json.dumps(meta, sort_keys=True)), "classes": self._classes()}
+        return {"meta": self._meta({}, n_features_in=len(self._classes())), "classes": self._classes()}
 
     @classmethod
-    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "MeanProbabilityHead":
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> MeanProbabilityHead:
         classes = arrays["classes"]
-        if classes.ndim != 1 or len(classes) < 1 or len(np.unique(classes)) != len(classes):
-            raise ModelIntegrityError("head file: classes must be a non-empty 1-D array of distinct labels")
+        _check_file_classes(classes)
         return cls(classes=classes.tolist())
 
 
@@ -1275,13 +1261,13 @@ class PrototypeHead(_Head):
         self.center_ = means.mean(axis=0) if self.center and len(means) > 1 else np.zeros(means.shape[1])
         self.prototypes_ = self._normalized(means)
 
-    def fit(self, clips: Clips, y: Any) -> "PrototypeHead":
+    def fit(self, clips: Clips, y: Any) -> PrototypeHead:
         """Class prototypes of ``(clips, y)`` (forgets earlier data)."""
         for k in ("classes_", "sums_", "counts_"):
             self.__dict__.pop(k, None)
         return self.partial_fit(clips, y)
 
-    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> "PrototypeHead":
+    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> PrototypeHead:
         """Add ``(clips, y)`` to the class means (``classes`` is accepted for API symmetry)."""
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0):
             raise InvalidInputError("temperature must be a positive number")
@@ -1319,14 +1305,13 @@ class PrototypeHead(_Head):
         return {"n_features_in": int(self.n_features_in_)}, {"sums": self.sums_, "counts": self.counts_}
 
     @classmethod
-    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "PrototypeHead":
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> PrototypeHead:
         head = cls(**_unjson_params(meta["params"]))
         classes, sums, counts = arrays["classes"], arrays.get("sums"), arrays.get("counts")
         if sums is None or counts is None:
             raise ModelIntegrityError("head file: missing prototype arrays")
         c = len(classes)
-        if classes.ndim != 1 or c < 1 or len(np.unique(classes)) != c:
-            raise ModelIntegrityError("head file: classes must be a non-empty 1-D array of distinct labels")
+        _check_file_classes(classes)
         if sums.ndim != 2 or sums.shape[0] != c or counts.shape != (c,) or sums.dtype.kind != "f" or counts.dtype.kind != "f":
             raise ModelIntegrityError(f"head file: prototype arrays of shapes {sums.shape}, {counts.shape} for {c} classes")
         if not (np.isfinite(sums).all() and np.isfinite(counts).all()) or (counts < 1).any():
@@ -1355,7 +1340,7 @@ class BlendHead(_Head):
 
     _FLOOR = 1e-6
 
-    def __init__(self, base: Any = None, personal: Any = None, weight: float = 1.0) -> None:
+    def __init__(self, base: Head | None = None, personal: TrainableHead | None = None, weight: float = 1.0) -> None:
         self.base = base
         self.personal = personal
         self.weight = weight
@@ -1365,37 +1350,37 @@ class BlendHead(_Head):
 
     def __getattr__(self, name: str) -> Any:
         if name == "classes_":
-            self._check_parts()
-            known = self.base.classes_.tolist()
-            extra = [c for c in self.personal.classes_.tolist() if c not in set(known)]
+            base, personal = self._check_parts()
+            known = base.classes_.tolist()
+            extra = [c for c in personal.classes_.tolist() if c not in set(known)]
             return np.asarray(known + extra)
         if name == "n_features_in_":
-            self._check_parts()
-            return self.base.n_features_in_
+            return self._check_parts()[0].n_features_in_
         raise AttributeError(name)
 
-    def _check_parts(self) -> None:
-        if self.base is None or self.personal is None or not hasattr(self.base, "classes_") or not hasattr(self.personal, "classes_"):
+    def _check_parts(self) -> tuple[Head, TrainableHead]:
+        """``(base, personal)``, both fitted, and a valid weight (else InvalidInputError)."""
+        base, personal = self.base, self.personal
+        if base is None or personal is None or not hasattr(base, "classes_") or not hasattr(personal, "classes_"):
             raise InvalidInputError("BlendHead needs a fitted base head and a fitted personal head")
         if not (isinstance(self.weight, (int, float)) and 0.0 <= float(self.weight) <= 1.0):
             raise InvalidInputError("weight must be a number in [0, 1]")
+        return base, personal
 
     def _check_fitted(self) -> None:
         self._check_parts()
 
-    def fit(self, clips: Clips, y: Any) -> "BlendHead":
+    def fit(self, clips: Clips, y: Any) -> BlendHead:
         """Refit the personal head on ``(clips, y)`` (the universal one stays as it is)."""
-        self._check_parts()
-        self.personal.fit(clips, y)
+        self._check_parts()[1].fit(clips, y)
         return self
 
-    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> "BlendHead":
+    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> BlendHead:
         """Continue fitting the personal head on ``(clips, y)``."""
-        self._check_parts()
-        self.personal.partial_fit(clips, y)
+        self._check_parts()[1].partial_fit(clips, y)
         return self
 
-    def _aligned_log(self, head: Any, clips: Clips, classes: list[Any]) -> np.ndarray:
+    def _aligned_log(self, head: Head, clips: Clips, classes: list[Any]) -> np.ndarray:
         p = np.asarray(head.predict_proba(clips), dtype=np.float64)
         out = np.full((len(p), len(classes)), math.log(self._FLOOR))
         index = {c: i for i, c in enumerate(classes)}
@@ -1405,28 +1390,27 @@ class BlendHead(_Head):
 
     def predict_proba(self, clips: Clips) -> np.ndarray:
         """The blended probabilities ``(N, C)`` (columns follow ``classes_``)."""
-        self._check_parts()
+        base, personal = self._check_parts()
         classes = self.classes_.tolist()
         w = float(self.weight)
         z = np.zeros((len(as_clips(clips)), len(classes)))
         if w < 1.0:
-            z += (1.0 - w) * self._aligned_log(self.base, clips, classes)
+            z += (1.0 - w) * self._aligned_log(base, clips, classes)
         if w > 0.0:
-            z += w * self._aligned_log(self.personal, clips, classes)
+            z += w * self._aligned_log(personal, clips, classes)
         return np.exp(_log_softmax(z))
 
     def _payload(self) -> dict[str, np.ndarray]:
         self._check_parts()
-        meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "type": type(self).__name__, "params": {"weight": float(self.weight)}}
-        out = {"meta": np.array(json.dumps(meta, sort_keys=True)), "classes": self.classes_}
+        out = {"meta": self._meta({"weight": float(self.weight)}), "classes": self.classes_}
         for part in ("base", "personal"):
             for k, v in getattr(self, part)._payload().items():
                 out[f"{part}__{k}"] = v
         return out
 
     @classmethod
-    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "BlendHead":
-        parts = {}
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> BlendHead:
+        parts: dict[str, Any] = {}
         for part in ("base", "personal"):
             sub = {k[len(part) + 2 :]: v for k, v in arrays.items() if k.startswith(part + "__")}
             head = _from_payload(sub, part)
@@ -1470,6 +1454,7 @@ def load_head(path: str | os.PathLike[str]) -> _Head:
 
 
 def _from_payload(arrays: Mapping[str, np.ndarray], p: str = "head") -> _Head:
+    arrays = dict(arrays)
     if "meta" not in arrays or "classes" not in arrays:
         raise ModelIntegrityError(f"head file {p} lacks the 'meta' or 'classes' array")
     try:
@@ -1501,4 +1486,4 @@ def head_to_arrays(head: _Head) -> dict[str, np.ndarray]:
 
 def head_from_arrays(arrays: Mapping[str, np.ndarray]) -> _Head:
     """Rebuild a head from :func:`head_to_arrays` output (validated like :func:`load_head`)."""
-    return _from_payload(dict(arrays))
+    return _from_payload(arrays)

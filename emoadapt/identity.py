@@ -27,14 +27,14 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
+from . import zoo
 from .alignment import norm_crop, similarity_transform
 from .errors import InvalidInputError, ModelIntegrityError
-from . import zoo
 
 __all__ = [
     "ARCFACE_SIZE",

@@ -22,7 +22,7 @@ What is stored -- never pixels:
 * **corrections**: one row per ``recognizer.correct(clip, label)``: the label (see
   :func:`normalize_label`; case is kept), the per-frame backbone
   features ``(T, D)`` and optionally a clip descriptor ``(D',)`` as float32 blobs, the
-  version of the model that produced them, a ``held_out`` flag (validation split) and
+  version of the model that produced them and
   ``consumed_by_head``: the head version that was trained on the row (``None`` until then);
 * **heads**: personal classifier heads, one ``.npz`` file per version with its sha256,
   metrics (JSON) and a status: ``active`` (at most one per user, enforced by a unique
@@ -66,7 +66,7 @@ Example::
     with Store(home) as st:
         st.add_user("alice")
         cid = st.add_correction("alice", "surprise", feats, descriptor, "fer-mini-xception@1")
-        feats, labels, ids = st.correction_data("alice", held_out=False)
+        feats, labels, ids = st.correction_data("alice")
         v = st.save_head("alice", {"coef": W, "intercept": b}, meta={"type": "StatPoolingHead"},
                          metrics={"val_acc": 0.8}, trained_on=ids)
         arrays, meta = st.active_head("alice")
@@ -240,6 +240,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "identity model of each enrolment embedding (older rows: dlib_resnet)",
         (f"ALTER TABLE embeddings ADD COLUMN model TEXT NOT NULL DEFAULT '{LEGACY_IDENTITY_MODEL}'",),
     ),
+    Migration(
+        5,
+        "drop corrections.held_out: the library never set it; which corrections are held out is "
+        "decided when a head is trained (the guard of emoadapt.adaptation), not stored",
+        ("ALTER TABLE corrections DROP COLUMN held_out",),  # SQLite >= 3.35
+    ),
 )
 
 #: Schema version this code writes (``PRAGMA user_version`` of an up-to-date store).
@@ -277,7 +283,6 @@ class CorrectionRecord:
     """Per-frame feature dimension D."""
     descriptor_dim: int | None
     """Length of the clip descriptor, ``None`` when none was stored."""
-    held_out: bool
     consumed_by_head: int | None
     """Version of the head trained on this correction, ``None`` while unused."""
 
@@ -520,6 +525,48 @@ def _ids(ids: Iterable[Any], what: str = "ids") -> list[int]:
 def _chunks(seq: Sequence[int], n: int = _IN_CHUNK) -> Iterator[Sequence[int]]:
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
+
+
+def _where(*conds: tuple[str, Sequence[Any]] | None) -> tuple[str, list[Any]]:
+    """``(" WHERE a AND b", args)`` from ``(condition, args)`` pairs (``None`` ones skipped;
+    ``("", [])`` when none is left)."""
+    used = [c for c in conds if c is not None]
+    if not used:
+        return "", []
+    return " WHERE " + " AND ".join(c for c, _ in used), [a for _, args in used for a in args]
+
+
+def _in_chunks(conn: sqlite3.Connection, sql: str, args: Sequence[Any], ids: Sequence[int]) -> Iterator[sqlite3.Cursor]:
+    """Run ``sql`` once per chunk of ``ids`` (``{ids}`` in ``sql`` becomes the chunk's ``?, ?,
+    ...``; its values follow ``args``), keeping under SQLite's variable limit."""
+    for chunk in _chunks(ids):
+        yield conn.execute(sql.replace("{ids}", ",".join("?" * len(chunk))), [*args, *chunk])
+
+
+def _heads_to_drop(rows: Iterable[tuple[int, str, str]], keep_heads: int | None) -> list[tuple[int, str]]:
+    """The retention policy: ``(id, file)`` of the non-active head versions to delete, from
+    ``(id, file, status)`` rows newest first: every retired version, and standby versions
+    beyond the ``keep_heads - 1`` newest (the active one counts; ``None`` keeps them all)."""
+    keep_standby = None if keep_heads is None else keep_heads - 1
+    drop: list[tuple[int, str]] = []
+    n_standby = 0
+    for hid, fname, status in rows:
+        if status == "standby" and (keep_standby is None or n_standby < keep_standby):
+            n_standby += 1
+            continue
+        drop.append((int(hid), fname))
+    return drop
+
+
+def _unlink_all(paths: Iterable[Path]) -> None:
+    """Delete files (missing ones are fine; other failures are logged, not raised)."""
+    for p in dict.fromkeys(paths):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("could not delete old head file %s: %s", p, e)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -821,6 +868,11 @@ class Store:
             raise UnknownUserError(f"unknown user {name!r}")
         return int(row[0])
 
+    def _user_run(self, name: str, fn: Callable[[sqlite3.Connection, int], _T], *, write: bool, what: str) -> _T:
+        """:meth:`_run` of ``fn(conn, user row id)`` for the (normalised) user ``name``
+        (:class:`UnknownUserError` when there is no such user)."""
+        return self._run(lambda conn: fn(conn, self._user_id(conn, name)), write=write, what=what)
+
     def _user_uid_check(self, conn: sqlite3.Connection, name: str, user_uid: str | None) -> int:
         """The user's row id; :class:`UnknownUserError` when ``user_uid`` is given and the
         user record named ``name`` is not that one (forgotten, maybe created again)."""
@@ -857,7 +909,7 @@ class Store:
     def closed(self) -> bool:
         return self._closed
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -931,8 +983,7 @@ class Store:
         model = _clean_text(model, "model", _MAX_TAG_LENGTH)
         n, d = emb.shape
 
-        def tx(conn: sqlite3.Connection) -> int:
-            uid = self._user_id(conn, name)
+        def tx(conn: sqlite3.Connection, uid: int) -> int:
             dims = {r[0] for r in conn.execute("SELECT DISTINCT dim FROM embeddings WHERE user_id = ? AND model = ?", (uid, model))}
             if dims and dims != {d}:
                 raise InvalidInputError(f"{model} embeddings of user {name!r} have dimension {sorted(dims)}, got {d}")
@@ -943,7 +994,7 @@ class Store:
             )
             return n
 
-        return self._run(tx, write=True, what=f"cannot store embeddings of {name!r}")
+        return self._user_run(name, tx, write=True, what=f"cannot store embeddings of {name!r}")
 
     def embeddings(self, user: str | None = None, *, source: str | None = None, model: str | None = None) -> dict[str, np.ndarray]:
         """Gallery: ``{user: float32 (N, D)}`` for ``user`` or for every user that has
@@ -955,20 +1006,12 @@ class Store:
         mdl = None if model is None else _clean_text(model, "model", _MAX_TAG_LENGTH)
 
         def tx(conn: sqlite3.Connection) -> dict[str, np.ndarray]:
-            sql = "SELECT u.name, e.dim, e.vector FROM embeddings e JOIN users u ON u.id = e.user_id"
-            cond: list[str] = []
-            args: list[Any] = []
-            if name is not None:
-                cond.append("e.user_id = ?")
-                args.append(self._user_id(conn, name))
-            if src is not None:
-                cond.append("e.source = ?")
-                args.append(src)
-            if mdl is not None:
-                cond.append("e.model = ?")
-                args.append(mdl)
-            if cond:
-                sql += " WHERE " + " AND ".join(cond)
+            where, args = _where(
+                None if name is None else ("e.user_id = ?", (self._user_id(conn, name),)),
+                None if src is None else ("e.source = ?", (src,)),
+                None if mdl is None else ("e.model = ?", (mdl,)),
+            )
+            sql = "SELECT u.name, e.dim, e.vector FROM embeddings e JOIN users u ON u.id = e.user_id" + where
             rows: dict[str, list[np.ndarray]] = {}
             for uname, dim, blob in conn.execute(sql + " ORDER BY e.user_id, e.id", args):
                 rows.setdefault(uname, []).append(_blob_to_f32(blob, (int(dim),), "embedding"))
@@ -991,19 +1034,6 @@ class Store:
 
         return self._run(tx, write=False, what="cannot read embedding models")
 
-    def clear_embeddings(self, user: str, *, source: str | None = None) -> int:
-        """Delete the user's embeddings (only those tagged ``source`` if given); returns the count."""
-        name = _user_name(user)
-        src = None if source is None else _clean_text(source, "source", _MAX_TAG_LENGTH)
-
-        def tx(conn: sqlite3.Connection) -> int:
-            uid = self._user_id(conn, name)
-            if src is None:
-                return conn.execute("DELETE FROM embeddings WHERE user_id = ?", (uid,)).rowcount
-            return conn.execute("DELETE FROM embeddings WHERE user_id = ? AND source = ?", (uid, src)).rowcount
-
-        return self._run(tx, write=True, what=f"cannot delete embeddings of {name!r}")
-
     # -- corrections ------------------------------------------------------------------------
     def add_correction(
         self,
@@ -1012,8 +1042,6 @@ class Store:
         frame_features: Any,
         descriptor: Any = None,
         model_version: str = "",
-        *,
-        held_out: bool = False,
     ) -> int:
         """Store one correction and return its id once it is committed (durable).
 
@@ -1023,7 +1051,6 @@ class Store:
             frame_features: per-frame backbone features ``(T, D)``, stored as float32.
             descriptor: optional clip descriptor ``(D',)``, stored as float32.
             model_version: version of the model that computed the features.
-            held_out: put the correction in the validation split.
         """
         name = _user_name(user)
         label = normalize_label(label)
@@ -1034,58 +1061,40 @@ class Store:
         fblob = feats.tobytes()
         dblob = None if desc is None else desc.tobytes()
 
-        def tx(conn: sqlite3.Connection) -> int:
-            uid = self._user_id(conn, name)
+        def tx(conn: sqlite3.Connection, uid: int) -> int:
             cur = conn.execute(
-                "INSERT INTO corrections (user_id, label, created, model_version, n_frames, dim, features, descriptor, held_out) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (uid, label, time.time(), model_version, t, d, fblob, dblob, 1 if held_out else 0),
+                "INSERT INTO corrections (user_id, label, created, model_version, n_frames, dim, features, descriptor) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (uid, label, time.time(), model_version, t, d, fblob, dblob),
             )
-            return int(cur.lastrowid)
+            return int(cur.lastrowid or 0)
 
-        return self._run(tx, write=True, what=f"cannot store a correction of {name!r}")
+        return self._user_run(name, tx, write=True, what=f"cannot store a correction of {name!r}")
 
-    _CORR_COLS = "c.id, u.name, c.label, c.created, c.model_version, c.n_frames, c.dim, length(c.descriptor), c.held_out, c.consumed_by_head"
-
-    @staticmethod
-    def _filters(uid: int, held_out: bool | None, ids: Sequence[int] | None, unconsumed: bool) -> tuple[str, list[Any]]:
-        cond, args = ["c.user_id = ?"], [uid]
-        if held_out is not None:
-            cond.append("c.held_out = ?")
-            args.append(1 if held_out else 0)
-        if unconsumed:
-            cond.append("c.consumed_by_head IS NULL")
-        if ids is not None:
-            cond.append(f"c.id IN ({','.join('?' * len(ids))})")
-            args.extend(ids)
-        return " AND ".join(cond), args
+    _CORR_COLS = "c.id, u.name, c.label, c.created, c.model_version, c.n_frames, c.dim, length(c.descriptor), c.consumed_by_head"
 
     def _select_corrections(
-        self, name: str, cols: str, held_out: bool | None, ids: Sequence[int] | None, unconsumed: bool, extra: str = ""
-    ) -> Callable[[sqlite3.Connection], list[tuple[Any, ...]]]:
-        def tx(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            uid = self._user_id(conn, name)
-            rows: list[tuple[Any, ...]] = []
-            for chunk in [None] if ids is None else list(_chunks(ids)):
-                where, args = self._filters(uid, held_out, chunk, unconsumed)
-                sql = f"SELECT {cols} FROM corrections c JOIN users u ON u.id = c.user_id WHERE {where}{extra}"
-                rows.extend(conn.execute(sql + " ORDER BY c.id", args).fetchall())
-            rows.sort(key=lambda r: r[0])
-            return rows
+        self, name: str, cols: str, ids: Sequence[int] | None, unconsumed: bool, *conds: tuple[str, Sequence[Any]]
+    ) -> list[tuple[Any, ...]]:
+        """Rows ``cols`` of the user's corrections (``c``, joined with ``u`` = users) by id."""
 
-        return tx
+        def tx(conn: sqlite3.Connection, uid: int) -> list[tuple[Any, ...]]:
+            where, args = _where(("c.user_id = ?", (uid,)), ("c.consumed_by_head IS NULL", ()) if unconsumed else None, *conds,
+                                 None if ids is None else ("c.id IN ({ids})", ()))
+            sql = f"SELECT {cols} FROM corrections c JOIN users u ON u.id = c.user_id{where} ORDER BY c.id"
+            if ids is None:
+                return conn.execute(sql, args).fetchall()
+            return sorted((r for cur in _in_chunks(conn, sql, args, ids) for r in cur), key=lambda r: r[0])
 
-    def corrections(
-        self, user: str, *, held_out: bool | None = None, unconsumed: bool = False, ids: Sequence[int] | None = None
-    ) -> list[CorrectionRecord]:
+        return self._user_run(name, tx, write=False, what="cannot read corrections")
+
+    def corrections(self, user: str, *, unconsumed: bool = False, ids: Sequence[int] | None = None) -> list[CorrectionRecord]:
         """The user's corrections without arrays, oldest first.
 
-        ``held_out`` filters on the validation flag (``None``: all), ``unconsumed`` keeps
-        those no head was trained on, ``ids`` restricts to the given ids.
+        ``unconsumed`` keeps those no head was trained on, ``ids`` restricts to the given ids.
         """
         name = _user_name(user)
-        idl = None if ids is None else _ids(ids)
-        rows = self._run(self._select_corrections(name, self._CORR_COLS, held_out, idl, unconsumed), write=False, what="cannot read corrections")
+        rows = self._select_corrections(name, self._CORR_COLS, None if ids is None else _ids(ids), unconsumed)
         return [
             CorrectionRecord(
                 id=int(r[0]),
@@ -1096,106 +1105,45 @@ class Store:
                 n_frames=int(r[5]),
                 dim=int(r[6]),
                 descriptor_dim=None if r[7] is None else int(r[7]) // _F32.itemsize,
-                held_out=bool(r[8]),
-                consumed_by_head=None if r[9] is None else int(r[9]),
+                consumed_by_head=None if r[8] is None else int(r[8]),
             )
             for r in rows
         ]
 
-    def correction_data(
-        self, user: str, *, held_out: bool | None = None, unconsumed: bool = False, ids: Sequence[int] | None = None
-    ) -> CorrectionData:
+    def correction_data(self, user: str, *, unconsumed: bool = False, ids: Sequence[int] | None = None) -> CorrectionData:
         """``features, labels, ids`` of the user's corrections (filters as in :meth:`corrections`).
 
         ``features`` are float32 ``(T, D)`` arrays, bit-identical to what was stored.
         """
-        name = _user_name(user)
         idl = None if ids is None else _ids(ids)
-        rows = self._run(
-            self._select_corrections(name, "c.id, c.label, c.n_frames, c.dim, c.features", held_out, idl, unconsumed),
-            write=False,
-            what="cannot read corrections",
-        )
+        rows = self._select_corrections(_user_name(user), "c.id, c.label, c.n_frames, c.dim, c.features", idl, unconsumed)
         feats = [_blob_to_f32(r[4], (int(r[2]), int(r[3])), f"features of correction {r[0]}") for r in rows]
         return CorrectionData(feats, [r[1] for r in rows], [int(r[0]) for r in rows])
 
-    def descriptor_data(
-        self, user: str, *, held_out: bool | None = None, unconsumed: bool = False, ids: Sequence[int] | None = None
-    ) -> DescriptorData:
+    def descriptor_data(self, user: str, *, unconsumed: bool = False, ids: Sequence[int] | None = None) -> DescriptorData:
         """``descriptors, labels, ids`` of the user's corrections that have a clip descriptor."""
-        name = _user_name(user)
         idl = None if ids is None else _ids(ids)
-        rows = self._run(
-            self._select_corrections(name, "c.id, c.label, c.descriptor", held_out, idl, unconsumed, " AND c.descriptor IS NOT NULL"),
-            write=False,
-            what="cannot read corrections",
-        )
+        rows = self._select_corrections(_user_name(user), "c.id, c.label, c.descriptor", idl, unconsumed, ("c.descriptor IS NOT NULL", ()))
         descs = [_blob_to_f32(r[2], (len(r[2]) // _F32.itemsize,), f"descriptor of correction {r[0]}") for r in rows]
         return DescriptorData(descs, [r[1] for r in rows], [int(r[0]) for r in rows])
 
     def count_since_last_head(self, user: str) -> int:
-        """Training corrections (not held out) that no head has consumed yet: the trigger for
-        retraining the user's personal head."""
-        name = _user_name(user)
+        """Corrections that no head has consumed yet: the trigger for retraining the user's
+        personal head."""
 
-        def tx(conn: sqlite3.Connection) -> int:
-            uid = self._user_id(conn, name)
-            return int(
-                conn.execute(
-                    "SELECT COUNT(*) FROM corrections WHERE user_id = ? AND held_out = 0 AND consumed_by_head IS NULL", (uid,)
-                ).fetchone()[0]
-            )
+        def tx(conn: sqlite3.Connection, uid: int) -> int:
+            return int(conn.execute("SELECT COUNT(*) FROM corrections WHERE user_id = ? AND consumed_by_head IS NULL", (uid,)).fetchone()[0])
 
-        return self._run(tx, write=False, what="cannot count corrections")
+        return self._user_run(_user_name(user), tx, write=False, what="cannot count corrections")
 
-    def label_counts(self, user: str, *, held_out: bool | None = None) -> dict[str, int]:
+    def label_counts(self, user: str) -> dict[str, int]:
         """``{label: number of corrections}`` of the user."""
-        name = _user_name(user)
 
-        def tx(conn: sqlite3.Connection) -> dict[str, int]:
-            uid = self._user_id(conn, name)
-            sql = "SELECT label, COUNT(*) FROM corrections WHERE user_id = ?"
-            args: list[Any] = [uid]
-            if held_out is not None:
-                sql += " AND held_out = ?"
-                args.append(1 if held_out else 0)
-            return {r[0]: int(r[1]) for r in conn.execute(sql + " GROUP BY label ORDER BY label", args)}
+        def tx(conn: sqlite3.Connection, uid: int) -> dict[str, int]:
+            sql = "SELECT label, COUNT(*) FROM corrections WHERE user_id = ? GROUP BY label ORDER BY label"
+            return {r[0]: int(r[1]) for r in conn.execute(sql, (uid,))}
 
-        return self._run(tx, write=False, what="cannot count corrections")
-
-    def set_held_out(self, user: str, ids: Iterable[int], held_out: bool = True) -> int:
-        """Move the user's corrections ``ids`` into (or out of) the validation split; returns
-        the number of rows changed."""
-        name = _user_name(user)
-        idl = _ids(ids)
-
-        def tx(conn: sqlite3.Connection) -> int:
-            uid = self._user_id(conn, name)
-            n = 0
-            for chunk in _chunks(idl):
-                n += conn.execute(
-                    f"UPDATE corrections SET held_out = ? WHERE user_id = ? AND id IN ({','.join('?' * len(chunk))})",
-                    [1 if held_out else 0, uid, *chunk],
-                ).rowcount
-            return n
-
-        return self._run(tx, write=True, what=f"cannot update corrections of {name!r}")
-
-    def delete_corrections(self, user: str, ids: Iterable[int]) -> int:
-        """Delete the user's corrections ``ids`` (e.g. an undo); returns the number deleted."""
-        name = _user_name(user)
-        idl = _ids(ids)
-
-        def tx(conn: sqlite3.Connection) -> int:
-            uid = self._user_id(conn, name)
-            n = 0
-            for chunk in _chunks(idl):
-                n += conn.execute(
-                    f"DELETE FROM corrections WHERE user_id = ? AND id IN ({','.join('?' * len(chunk))})", [uid, *chunk]
-                ).rowcount
-            return n
-
-        return self._run(tx, write=True, what=f"cannot delete corrections of {name!r}")
+        return self._user_run(_user_name(user), tx, write=False, what="cannot count corrections")
 
     # -- heads ------------------------------------------------------------------------------
     @staticmethod
@@ -1212,7 +1160,7 @@ class Store:
             payload[k] = a
         payload[_META_KEY] = np.array(_to_json(meta, "meta"))
         buf = io.BytesIO()
-        np.savez(buf, **payload)
+        np.savez(buf, **payload)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
         return buf.getvalue()
 
     def save_head(
@@ -1235,7 +1183,7 @@ class Store:
 
         ``trained_on``: ids of the corrections the head was trained on, marked as consumed
         by this version (ids of other users or deleted rows are ignored). ``None`` marks all
-        of the user's unconsumed training (not held-out) corrections -- pass the ids from
+        of the user's unconsumed corrections -- pass the ids from
         :meth:`correction_data` when other processes may add corrections meanwhile.
 
         ``user_uid``: the :meth:`user_uid` read *before* the training data. When the user was
@@ -1257,74 +1205,30 @@ class Store:
 
         # fail early (before writing anything) for an unknown user
         self._run(lambda c: self._user_uid_check(c, name, user_uid), write=False, what=what)
+        current = self._write_temp_head(udir, blob, name, user_uid, what)  # temp name, then v<N>.npz
+        to_delete: list[Path] = []
+
+        def tx(conn: sqlite3.Connection) -> int:
+            nonlocal current
+            uid = self._user_uid_check(conn, name, user_uid)
+            version = int(conn.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM heads WHERE user_id = ?", (uid,)).fetchone()[0])
+            final = udir / f"v{version}.npz"
+            # we hold the write lock: no other writer can be between its rename and its
+            # commit, so any v<N>.npz without a row is debris and may be replaced
+            os.replace(current, final)
+            current = final
+            _fsync_dir(udir)
+            conn.execute("UPDATE heads SET status = 'standby' WHERE user_id = ? AND status = 'active'", (uid,))
+            n_trained = self._mark_consumed(conn, uid, version, trained)
+            conn.execute(
+                "INSERT INTO heads (user_id, version, file, sha256, size, created, metrics, n_trained, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active')",
+                (uid, version, final.name, digest, len(blob), time.time(), metrics_json, n_trained),
+            )
+            to_delete[:] = self._apply_retention(conn, uid, udir)
+            return version
 
         try:
-            _mkdir_private(self.heads_dir)
-            _mkdir_private(udir)
-            fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".npz", dir=udir)
-        except OSError as e:
-            raise self._head_file_error(e, name, user_uid, what) from None
-        current = Path(tmp_name)  # where the file is now (temp name, then v<N>.npz)
-        try:
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    os.fchmod(f.fileno(), _FILE_MODE)
-                    f.write(blob)
-                    f.flush()
-                    os.fsync(f.fileno())
-            except OSError as e:
-                raise self._head_file_error(e, name, user_uid, what) from None
-
-            to_delete: list[Path] = []
-
-            def tx(conn: sqlite3.Connection) -> int:
-                nonlocal current
-                uid = self._user_uid_check(conn, name, user_uid)
-                version = int(conn.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM heads WHERE user_id = ?", (uid,)).fetchone()[0])
-                final = udir / f"v{version}.npz"
-                # we hold the write lock: no other writer can be between its rename and its
-                # commit, so any v<N>.npz without a row is debris and may be replaced
-                os.replace(current, final)
-                current = final
-                _fsync_dir(udir)
-                conn.execute("UPDATE heads SET status = 'standby' WHERE user_id = ? AND status = 'active'", (uid,))
-                if trained is None:
-                    n_trained = conn.execute(
-                        "UPDATE corrections SET consumed_by_head = ? WHERE user_id = ? AND held_out = 0 AND consumed_by_head IS NULL",
-                        (version, uid),
-                    ).rowcount
-                else:
-                    n_trained = 0
-                    for chunk in _chunks(trained):
-                        n_trained += conn.execute(
-                            f"UPDATE corrections SET consumed_by_head = ? WHERE user_id = ? AND id IN ({','.join('?' * len(chunk))})",
-                            [version, uid, *chunk],
-                        ).rowcount
-                conn.execute(
-                    "INSERT INTO heads (user_id, version, file, sha256, size, created, metrics, n_trained, status) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active')",
-                    (uid, version, final.name, digest, len(blob), time.time(), metrics_json, n_trained),
-                )
-                # retention: retired versions and standby ones beyond keep_heads
-                rows = conn.execute(
-                    "SELECT id, file, status FROM heads WHERE user_id = ? AND status != 'active' ORDER BY version DESC", (uid,)
-                ).fetchall()
-                keep_standby = None if self.keep_heads is None else self.keep_heads - 1
-                drop: list[tuple[int, str]] = []
-                n_standby = 0
-                for hid, fname, status in rows:
-                    if status == "standby" and (keep_standby is None or n_standby < keep_standby):
-                        n_standby += 1
-                        continue
-                    drop.append((int(hid), fname))
-                for hid, _ in drop:
-                    conn.execute("DELETE FROM heads WHERE id = ?", (hid,))
-                referenced = {r[0] for r in conn.execute("SELECT file FROM heads WHERE user_id = ?", (uid,))}
-                to_delete.clear()
-                to_delete.extend(udir / f for _, f in drop)
-                to_delete.extend(self._debris(udir, referenced))
-                return version
-
             try:
                 version = self._run(tx, write=True, what=what)
             except BaseException:
@@ -1337,19 +1241,56 @@ class Store:
                 raise
         except UnknownUserError:
             with contextlib.suppress(OSError):
-                if current.name.startswith(_TMP_PREFIX):
-                    current.unlink()
                 udir.rmdir()  # only if empty: the user was forgotten meanwhile
             raise
-        for p in dict.fromkeys(to_delete):
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                log.warning("could not delete old head file %s: %s", p, e)
+        _unlink_all(to_delete)
         log.info("saved head v%d of a user (%d bytes, sha256 %s)", version, len(blob), digest[:12])
         return version
+
+    def _write_temp_head(self, udir: Path, blob: bytes, name: str, user_uid: str | None, what: str) -> Path:
+        """Step 1 of :meth:`save_head`: ``blob`` written and fsynced to a private temp file in
+        ``udir`` (created if needed); the temp file is removed again on failure."""
+        try:
+            _mkdir_private(self.heads_dir)
+            _mkdir_private(udir)
+            fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".npz", dir=udir)
+        except OSError as e:
+            raise self._head_file_error(e, name, user_uid, what) from None
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), _FILE_MODE)
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            err = self._head_file_error(e, name, user_uid, what)
+            if isinstance(err, UnknownUserError):
+                with contextlib.suppress(OSError):
+                    udir.rmdir()
+            raise err from None
+        return tmp
+
+    @staticmethod
+    def _mark_consumed(conn: sqlite3.Connection, uid: int, version: int, trained: Sequence[int] | None) -> int:
+        """Step 2 of :meth:`save_head`: corrections ``trained`` (``None``: all unconsumed ones)
+        marked as consumed by head ``version``; returns how many."""
+        if trained is None:
+            sql = "UPDATE corrections SET consumed_by_head = ? WHERE user_id = ? AND consumed_by_head IS NULL"
+            return int(conn.execute(sql, (version, uid)).rowcount)
+        sql = "UPDATE corrections SET consumed_by_head = ? WHERE user_id = ? AND id IN ({ids})"
+        return sum(int(cur.rowcount) for cur in _in_chunks(conn, sql, (version, uid), trained))
+
+    def _apply_retention(self, conn: sqlite3.Connection, uid: int, udir: Path) -> list[Path]:
+        """Step 3 of :meth:`save_head`: the rows of head versions :func:`_heads_to_drop`
+        deleted; returns the files to delete after the commit (theirs and debris)."""
+        rows = conn.execute("SELECT id, file, status FROM heads WHERE user_id = ? AND status != 'active' ORDER BY version DESC", (uid,))
+        drop = _heads_to_drop(rows.fetchall(), self.keep_heads)
+        conn.executemany("DELETE FROM heads WHERE id = ?", [(hid,) for hid, _ in drop])
+        referenced = {r[0] for r in conn.execute("SELECT file FROM heads WHERE user_id = ?", (uid,))}
+        return [udir / f for _, f in drop] + self._debris(udir, referenced)
 
     def _head_file_error(self, e: OSError, name: str, user_uid: str | None, what: str) -> EmoadaptError:
         """The error for a failed head file operation: UnknownUserError when the user was
@@ -1364,7 +1305,7 @@ class Store:
     @staticmethod
     def _debris(udir: Path, referenced: set[str]) -> list[Path]:
         """Head files of ``udir`` no row references (crashed saves) and stale temp files."""
-        out = []
+        out: list[Path] = []
         now = time.time()
         try:
             entries = list(os.scandir(udir))
@@ -1391,7 +1332,7 @@ class Store:
     def head_versions(self, user: str) -> list[HeadRecord]:
         """All stored head versions of the user, oldest first."""
         name = _user_name(user)
-        return self._run(lambda c: self._head_rows(c, self._user_id(c, name)), write=False, what="cannot read heads")
+        return self._user_run(name, self._head_rows, write=False, what="cannot read heads")
 
     def _load_verified(self, name: str, rec: HeadRecord) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Read, size- and sha256-check and parse a head file; ModelIntegrityError on any
@@ -1438,7 +1379,7 @@ class Store:
         file is missing or damaged, :class:`InvalidInputError` if there is no such version)."""
         name = _user_name(user)
         version = _ids([version], "version")[0]
-        recs = self._run(lambda c: self._head_rows(c, self._user_id(c, name), " AND version = ?", (version,)), write=False, what="cannot read heads")
+        recs = self._user_run(name, lambda c, uid: self._head_rows(c, uid, " AND version = ?", (version,)), write=False, what="cannot read heads")
         if not recs:
             raise InvalidInputError(f"user {name!r} has no head version {version}")
         arrays, meta = self._load_verified(name, recs[0])
@@ -1512,8 +1453,7 @@ class Store:
         """
         name = _user_name(user)
 
-        def tx(conn: sqlite3.Connection) -> int | None:
-            uid = self._user_id(conn, name)
+        def tx(conn: sqlite3.Connection, uid: int) -> int | None:
             recs = self._head_rows(conn, uid, " AND status IN ('active', 'standby')")
             active = [r for r in recs if r.status == "active"]
             if active:
@@ -1529,7 +1469,7 @@ class Store:
                 return rec.version
             return None
 
-        return self._run(tx, write=True, what=f"cannot roll back the head of {name!r}")
+        return self._user_run(name, tx, write=True, what=f"cannot roll back the head of {name!r}")
 
     # -- forgetting -------------------------------------------------------------------------
     def forget(self, user: str, *, missing_ok: bool = False) -> ForgetReport:

@@ -30,7 +30,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -42,7 +42,7 @@ __all__ = ["Clip", "Frame", "Sampling", "iter_frames", "as_rgb_frame", "video_in
 
 log = logging.getLogger(__name__)
 
-Clip = Union[str, os.PathLike, np.ndarray, Iterable[Any]]
+Clip = str | os.PathLike | np.ndarray | Iterable[Any]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -53,7 +53,7 @@ DEFAULT_SOURCE_FPS = 30.0
 
 
 class Frame(NamedTuple):
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index (the field name is the API)
     """Index of the frame in the source clip (before sampling)."""
     image: np.ndarray
     """RGB ``uint8`` array ``(H, W, 3)``, C-contiguous."""
@@ -288,12 +288,12 @@ def _image_size(path: Path) -> tuple[int, int] | None:
         with open(path, "rb") as f:
             head = f.read(64)
             if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
-                return struct.unpack(">II", head[16:24])  # type: ignore[return-value]
+                return struct.unpack(">II", head[16:24])
             if head.startswith(b"\xff\xd8\xff"):
                 return _jpeg_size(f)
             if head.startswith(b"BM") and len(head) >= 26:
                 if struct.unpack("<I", head[14:18])[0] == 12:  # OS/2 header: 16-bit sizes
-                    return struct.unpack("<HH", head[18:22])  # type: ignore[return-value]
+                    return struct.unpack("<HH", head[18:22])
                 w, h = struct.unpack("<ii", head[18:26])
                 return abs(w), abs(h)
             if head[:4] in (b"II*\x00", b"MM\x00*"):

@@ -34,8 +34,8 @@ import os
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
 import weakref
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any

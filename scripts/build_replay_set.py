@@ -24,6 +24,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_common_args  # noqa: E402
 
 
 def main() -> None:
@@ -31,7 +32,7 @@ def main() -> None:
     ap.add_argument("--backbone", help="manifest backbone (default: the manifest default)")
     ap.add_argument("--per-class", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "fer2013.npz")
+    add_common_args(ap, data=True)  # reads <data>/fer2013.npz
     ap.add_argument("--set-default", action="store_true", help="make it defaults.replay_set (implied for the default backbone)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -42,7 +43,7 @@ def main() -> None:
     from emoadapt import Backbone, zoo
 
     bb = Backbone(args.backbone)
-    d = np.load(args.data, allow_pickle=False)
+    d = np.load(args.data / "fer2013.npz", allow_pickle=False)
     x, y = d["x_train"], d["y_train"]
     rng = np.random.default_rng(args.seed)
     idx = np.concatenate([rng.choice(np.flatnonzero(y == c), args.per_class, replace=False) for c in range(len(bb.classes))])

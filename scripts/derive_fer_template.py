@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 import cv2
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from _common import add_common_args
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "fer2013.npz")
+    add_common_args(ap, data=True)  # reads <data>/fer2013.npz
     ap.add_argument("--n", type=int, default=3000, help="training images to use")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -35,7 +33,7 @@ def main() -> None:
     from emoadapt.detection import MTCNN
 
     det = MTCNN(min_face_size=40)
-    d = np.load(args.data, allow_pickle=False)
+    d = np.load(args.data / "fer2013.npz", allow_pickle=False)
     rng = np.random.default_rng(args.seed)
     x_train = d["x_train"]
     idx = rng.choice(len(x_train), args.n, replace=False)

@@ -21,18 +21,16 @@ Two experiments, both through the library's own API (``Recognizer.correct`` / ``
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import cremad_label, data_dir, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = data_dir()
 CK_TO_OURS = {"anger": "angry", "disgust": "disgust", "fear": "fear", "happy": "happy", "sadness": "sad", "surprise": "surprise", "contempt": "contempt"}
-CREMA = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
 
 log = logging.getLogger("eval_personalization")
 
@@ -101,7 +99,7 @@ def cremad(rec_factory) -> dict:
     for c in clips:
         frames = np.stack([f.image for f in iter_frames(c)])
         h = len(frames) // 2
-        halves[CREMA[c.stem.split("_")[2]]] = (frames[:h], frames[h:])
+        halves[cremad_label(c)] = (frames[:h], frames[h:])
     with tempfile.TemporaryDirectory() as home:
         rec = rec_factory(home)
         stranger = {lab: rec.predict(second).label for lab, (_, second) in halves.items()}
@@ -126,7 +124,7 @@ def cremad(rec_factory) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--json", type=Path, help="write every number to this JSON file (and its run record beside it)")
     ap.add_argument("--backbone")
     ap.add_argument("--personal-head", help="manifest name of the head personal heads start from (default: manifest default)")
     args = ap.parse_args()
@@ -150,8 +148,7 @@ def main() -> None:
         print(f"    {k:8s} universal {cr['universal_labels'][k]:8s} personal {cr['personal_labels'][k]}")
     out = {"ckplus": ck, "cremad": cr}
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2, default=str))
+        write_json(args.json, out, indent=2)
     print(f"ckplus_personal_gain={ck['personal_mean'] - ck['universal_mean']:.3f} cremad_personal_gain={cr['personal_accuracy'] - cr['universal_accuracy']:.3f}")
 
 

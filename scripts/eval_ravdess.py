@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import os
 import sys
@@ -59,14 +58,16 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "scripts"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+from _common import RAVDESS_EMOTIONS as EMOTIONS  # noqa: E402
+from _common import add_common_args, write_json  # noqa: E402
 
 from emoadapt.heads import SelfAttentionHead, SingleAttentionHead, StatPoolingHead, pool  # noqa: E402
 
 log = logging.getLogger("eval_ravdess")
 
-EMOTIONS = {1: "neutral", 2: "calm", 3: "happy", 4: "sad", 5: "angry", 6: "fearful", 7: "disgust", 8: "surprised"}
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".flv")
 
 STAT_POOLINGS: dict[str, tuple[str, ...]] = {
@@ -227,7 +228,7 @@ class SklearnLR:
     def _x(clips: Sequence[np.ndarray]) -> np.ndarray:
         return np.stack([pool(c, "max") for c in clips])
 
-    def fit(self, clips: Sequence[np.ndarray], y: np.ndarray) -> "SklearnLR":
+    def fit(self, clips: Sequence[np.ndarray], y: np.ndarray) -> SklearnLR:
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
 
@@ -237,7 +238,7 @@ class SklearnLR:
         self.classes_ = self.lr_.classes_
         return self
 
-    def partial_fit(self, clips: Sequence[np.ndarray], y: np.ndarray) -> "SklearnLR":
+    def partial_fit(self, clips: Sequence[np.ndarray], y: np.ndarray) -> SklearnLR:
         if len(set(np.asarray(y).tolist())) < 2:  # LR needs two classes; keep the universal model
             return self
         import warnings
@@ -251,7 +252,7 @@ class SklearnLR:
     def predict(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         return self.lr_.predict(self.scaler_.transform(self._x(clips)))
 
-    def copy(self) -> "SklearnLR":
+    def copy(self) -> SklearnLR:
         import copy
 
         return copy.deepcopy(self)
@@ -318,7 +319,7 @@ def tune_head(name: str, data: Dataset, universal: np.ndarray, args: argparse.Na
     cv_ft: list[dict[str, Any]] = []
     for g in ft_grid:
         accs = []
-        for (tr, te), uni in zip(folds, fold_models):
+        for (_tr, te), uni in zip(folds, fold_models):
             for actor in sorted(set(groups[te].tolist())):
                 aidx = uidx[te][groups[te] == actor]
                 atr, ate = stratified_split(aidx, data.labels[aidx], args.test_size, 1000 * args.seed + actor)
@@ -611,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fast-tune", action="store_true", help="a smaller tuning grid (for tests)")
     ap.add_argument("--out", type=Path, help="directory for PNG plots")
     ap.add_argument("--json", type=Path, help="write every number here")
-    ap.add_argument("--blas-threads", type=int, default=None, help="BLAS threads while training (default: 1 for descriptors, library default for video)")
+    add_common_args(ap, threads="BLAS threads while training (default: 1 for descriptors, library default for video)")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap
 
@@ -636,7 +637,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         heads = [h for h in heads if h in STAT_POOLINGS]
     if not args.no_baseline:
         heads.append(BASELINE)
-    threads = args.blas_threads if args.blas_threads is not None else (1 if data.descriptors else None)
+    threads = args.threads if args.threads is not None else (1 if data.descriptors else None)
     import sklearn.linear_model  # noqa: F401 - load scipy's BLAS before limiting threads
     import sklearn.model_selection  # noqa: F401
 
@@ -652,8 +653,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res = run_protocol(data, heads, args)
     print(format_table(res), flush=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=1) + "\n")
+        write_json(args.json, res)
         log.info("wrote %s", args.json)
     if args.out:
         save_plots(res, args.out)

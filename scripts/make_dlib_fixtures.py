@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -36,7 +35,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-DATA = Path(os.environ.get("EMOADAPT_DATA") or ROOT.parent / "shared" / "data")
+sys.path.insert(0, str(ROOT / "scripts"))
+from _common import add_common_args, data_dir, write_run_record  # noqa: E402
+
+DATA = data_dir()
 FIXTURES = ROOT / "tests" / "fixtures"
 NAME = "dlib_reference.npz"
 SIZE, PADDING = 150, 0.25
@@ -78,9 +80,9 @@ def to_chip(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 def dlib(data_dir: Path = DATA, out_dir: Path = FIXTURES) -> Path:
     """Compute the dlib reference fixture and write ``out_dir/dlib_reference.npz``."""
-    import torch  # noqa: F401  (import order: torch before anything TF-related)
     import dlib as _dlib
     import face_recognition_models
+    import torch  # noqa: F401  (import order: torch before anything TF-related)
 
     sys.path.insert(0, str(ROOT / "scripts"))
     from builders.mtcnn import ensure_torchvision  # torchvision stand-in for facenet-pytorch
@@ -163,14 +165,14 @@ def dlib(data_dir: Path = DATA, out_dir: Path = FIXTURES) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / NAME
     np.savez_compressed(out, **arrays)
+    write_run_record(out)
     log.info("wrote %s (%d faces from %d photos)", out, len(rows), len(set(arrays["files"])))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--out", type=Path, default=FIXTURES, help="output directory")
+    add_common_args(ap, data=True, out=FIXTURES)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     dlib(args.data, args.out)

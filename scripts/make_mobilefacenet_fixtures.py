@@ -17,7 +17,6 @@ the crops from the stored landmarks and checks the shipped model against these e
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -27,8 +26,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-DATA = Path(os.environ.get("EMOADAPT_DATA") or ROOT.parent / "shared" / "data")
-OUT = ROOT / "tests" / "fixtures" / "mobilefacenet_reference.npz"
+from _common import add_common_args, data_dir, write_run_record  # noqa: E402
+
+DATA = data_dir()
+OUT = ROOT / "tests" / "fixtures"
+NAME = "mobilefacenet_reference.npz"
 
 
 def photos(data: Path) -> list[Path]:
@@ -40,8 +42,7 @@ def photos(data: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--out", type=Path, default=OUT)
+    add_common_args(ap, data=True, out=OUT)
     args = ap.parse_args(argv)
     from builders import mobilefacenet as mfn
 
@@ -61,16 +62,18 @@ def main(argv: list[str] | None = None) -> int:
         lms.append(d.landmarks[k])
         crops.append(arcface_crop(img, d.landmarks[k]))
     ref = mfn.run_upstream(src, np.stack(crops))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / NAME
     np.savez_compressed(
-        args.out,
+        out,
         names=np.array(names),
         landmarks=np.stack(lms).astype(np.float64),
         upstream_embeddings=ref.astype(np.float32),
         upstream_sha256=np.array(mfn.UPSTREAM_SHA256),
         source=np.array(f"npm {mfn.PACKAGE}@{mfn.VERSION} {mfn.MODEL_PATH}"),
     )
-    print(f"wrote {args.out}: {len(names)} faces")
+    write_run_record(out)
+    print(f"wrote {out}: {len(names)} faces")
     return 0
 
 

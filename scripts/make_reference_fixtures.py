@@ -19,7 +19,6 @@ import argparse
 import importlib.metadata
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
-DATA = Path(os.environ.get("EMOADAPT_DATA", ROOT.parent / "shared" / "data"))
+sys.path.insert(0, str(ROOT / "scripts"))
+from _common import add_common_args, data_dir, write_run_record  # noqa: E402
+
+DATA = data_dir()
 
 log = logging.getLogger("make_reference_fixtures")
 
@@ -107,6 +109,7 @@ def make_mtcnn(data_dir: Path = DATA, out_dir: Path = FIXTURES) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / "mtcnn_reference.json"
     out.write_text(json.dumps(doc, indent=1) + "\n")
+    write_run_record(out)
     log.info("wrote %s (%d photos, %d faces)", out, len(files), sum(len(v["probs"]) for v in files.values()))
     return out
 
@@ -128,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", help=f"fixtures to make ({', '.join(GENERATORS)}) or 'all'")
     ap.add_argument("--list", action="store_true")
-    ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--out", type=Path, default=FIXTURES)
+    add_common_args(ap, data=True, out=FIXTURES)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.list or not args.names:

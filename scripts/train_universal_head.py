@@ -37,7 +37,7 @@ Recognizer's tracks have 50-75 frames, training clips 1-8); mean pooling's do no
 
 Features (and frame probabilities) are extracted once and cached under ``--cache`` (the FER2013
 and CK+ face arrays as ``.npz``, the CREMA-D videos as an ``emoadapt extract`` dataset)
-(default ``/work/runs/universal_head_cache/<backbone>-<sha8>[-tta<threshold>]/``; ``$EMOADAPT_HEAD_CACHE``
+(default ``runs/universal_head_cache/<backbone>-<sha8>[-tta<threshold>]/`` in the repository; ``$EMOADAPT_HEAD_CACHE``
 overrides the parent), so reruns only train and evaluate.
 
 **Held-apart evaluation** (never used for training; each head vs the
@@ -123,14 +123,14 @@ from emoadapt.heads import MeanProbabilityHead, SelfAttentionHead, SingleAttenti
 
 log = logging.getLogger("train_universal_head")
 
-DATA = Path(os.environ.get("EMOADAPT_DATA", ROOT.parent / "shared" / "data"))
-MODELS = ROOT / "models"
-CACHE_ROOT = Path(os.environ.get("EMOADAPT_HEAD_CACHE", "/work/runs/universal_head_cache"))
+from _common import CREMAD_LABELS as CREMAD_MAP  # noqa: E402  (CREMA-D file-name codes -> ours)
+from _common import MODELS, add_common_args, data_dir, write_json  # noqa: E402
+
+DATA = data_dir()
+CACHE_ROOT = Path(os.environ.get("EMOADAPT_HEAD_CACHE") or ROOT / "runs" / "universal_head_cache")  # runs/ is git-ignored
 
 #: CK+ class names -> ours (contempt has no counterpart and is dropped)
 CKPLUS_MAP = {"anger": "angry", "disgust": "disgust", "fear": "fear", "happy": "happy", "sadness": "sad", "surprise": "surprise"}
-#: CREMA-D file-name codes -> ours
-CREMAD_MAP = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
 
 EVAL_AUG_SEED = 20230  # augmentation of the evaluation clips: fixed, independent of --seed
 HELD_APART = ("fer_public_test", "fer_public_test_aug", "ckplus6", "cremad6")
@@ -393,8 +393,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--clip-mode", choices=("single", "augmented", "mixed"), default="mixed", help="training clips (default mixed; see above)")
     ap.add_argument("--frames", type=int, default=8, help="frames per augmented clip (default 8)")
     ap.add_argument("--seed", type=int, default=0, help="training seed (augmentation of the training clips and head init)")
-    ap.add_argument("--cache", type=Path, default=None, help="feature cache dir (default /work/runs/universal_head_cache/<backbone>-<sha8>[-tta<threshold>])")
-    ap.add_argument("--threads", type=int, default=None, help="TFLite threads for extraction (default: all cores)")
+    ap.add_argument("--cache", type=Path, default=None, help="feature cache dir (default runs/universal_head_cache/<backbone>-<sha8>[-tta<threshold>])")
+    add_common_args(ap, threads="TFLite threads for extraction (default: all cores)")
     ap.add_argument("--json", type=Path, default=None, help="write all numbers here")
     ap.add_argument("--out", type=Path, default=MODELS, help="models dir to save heads into and register them in (default models/)")
     ap.add_argument("--no-save", action="store_true", help="evaluate only: save and register nothing")
@@ -585,8 +585,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for r in results["heads"].values():
         r.pop("_head", None)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results, indent=2)
         log.info("wrote %s", args.json)
     log.info("total %.1f s", results["timings"]["total_seconds"])
     return results

@@ -18,3 +18,11 @@ def load_script(name: str) -> ModuleType:
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+# the label maps of the scripts and benchmarks (scripts/_common.py), one copy for the tests too
+sys.path.insert(0, str(ROOT / "scripts"))
+import _common as common  # noqa: E402
+from _common import CREMAD_LABELS, RAVDESS_EMOTIONS, TAIWANESE_LETTERS, cremad_label  # noqa: E402
+
+__all__ = ["CREMAD_LABELS", "RAVDESS_EMOTIONS", "ROOT", "TAIWANESE_LETTERS", "common", "cremad_label", "load_script"]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _scripts import cremad_label
 
 import emoadapt
 from emoadapt.annotate import COLORS, annotated_frames, contrast_ratio, draw_face, label_windows, text_color
 from emoadapt.video import Sampling, iter_frames
-
-CREMA = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
 
 
 def test_one_window_per_track_is_predicts_label(recognizer, cremad_clips):
@@ -45,7 +44,7 @@ def test_personal_head_of_a_recognised_user_labels_the_faces(tmp_path, recognize
     try:
         for clip in cremad_clips:
             frames = np.stack([f.image for f in iter_frames(clip, sampling=Sampling(max_frames=24))])[::2]
-            rec.correct(frames, CREMA[clip.stem.split("_")[2]], user="actor1001")
+            rec.correct(frames, cremad_label(clip), user="actor1001")
         assert rec.adapt("actor1001").accepted
         clip = cremad_clips[1]
         res, labels = label_windows(rec, clip, sampling=Sampling(max_frames=40), window=None)
@@ -76,5 +75,5 @@ def test_captions_are_readable_on_every_class_colour(cremad_clips):
         # inside the caption box (above the face box): the class colour and the text colour
         (tw, th), base = cv2.getTextSize(f"{label} 50%", cv2.FONT_HERSHEY_SIMPLEX, 0.5, 2)
         box = img[100 - 4 - th:100 - 4, 152:150 + tw].reshape(-1, 3)
-        near = lambda c: (np.abs(box.astype(int) - c).sum(1) < 60).mean()  # noqa: E731
+        near = lambda c, box=box: (np.abs(box.astype(int) - c).sum(1) < 60).mean()  # noqa: E731
         assert near(color) > 0.4 and near(text_color(color)) > 0.02, label

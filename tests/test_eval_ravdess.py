@@ -27,7 +27,7 @@ def runs(data_dir, tmp_path_factory):
 
 
 def _accs(res):
-    for name, h in res["heads"].items():
+    for h in res["heads"].values():
         for kind in ("universal", "personal"):
             yield h[kind]["mean"]
             yield h[kind]["mean_over_seeds"]
@@ -46,7 +46,7 @@ def test_json_shape(runs):
     assert on_disk == res
     assert set(res) >= {"heads", "curve", "random_split", "config"}
     assert set(res["heads"]) == {"max", "sklearn_lr"}  # descriptors: statistical head + baseline
-    for name, h in res["heads"].items():
+    for h in res["heads"].values():
         for kind in ("universal", "personal"):
             assert isinstance(h[kind]["mean"], float)
             assert set(h[kind]["per_user"]) == {"1", "2", "3", "4", "5"}

@@ -318,6 +318,21 @@ def test_get_set_params_and_sklearn_clone():
         SelfAttentionHead().predict_proba([np.zeros((2, 3))])
 
 
+@pytest.mark.parametrize("cls", [StatPoolingHead, SingleAttentionHead, SelfAttentionHead])
+def test_training_parameters_come_from_one_place(cls):
+    from dataclasses import asdict
+
+    from emoadapt.heads import TrainParams
+
+    defaults = asdict(TrainParams())
+    params = cls().get_params()
+    assert {k: params[k] for k in defaults} == defaults  # every training parameter, with its default
+    h = cls(lr=0.5, n_threads=None)
+    assert h.lr == 0.5 and h.n_threads is None and h.clone().get_params() == h.get_params()
+    with pytest.raises(TypeError, match="nope"):
+        cls(nope=1)
+
+
 @pytest.mark.parametrize("make", TRAINABLE, ids=IDS)
 def test_save_load_roundtrip(make, fer_clips, tmp_path):
     clips, y = fer_clips

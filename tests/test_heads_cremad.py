@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _scripts import cremad_label
 
 from emoadapt.heads import SelfAttentionHead, SingleAttentionHead, StatPoolingHead, load_head
-
-CREMA = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +16,7 @@ def windows(recognizer, cremad_clips):
     train, test = ([], []), ([], [])
     for c in cremad_clips:
         f = recognizer.frame_features(c)
-        lab = CREMA[c.stem.split("_")[2]]
+        lab = cremad_label(c)
         h = len(f) // 2
         for part, (lo, hi) in ((train, (0, h)), (test, (h, len(f)))):
             for s in range(lo, hi - 12 + 1, 6):

@@ -23,7 +23,7 @@ from emoadapt.heads import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-LETTERS = {"a": "neutral", "b": "happy", "c": "sad", "d": "angry", "e": "disgust", "f": "fear", "g": "surprise"}
+from _scripts import TAIWANESE_LETTERS as LETTERS
 
 
 def _photos(recognizer, data_dir, pid: str):
@@ -137,7 +137,7 @@ def test_adapt_report_says_what_was_chosen_and_why(tmp_path, recognizer, cremad_
         feats[c] = rec.frame_features(c)[::4]
     labels = ["angry", "disgust", "fear"]
     rec.store.add_user("a")
-    for (c, f), lab in zip(feats.items(), labels):
+    for (_c, f), lab in zip(feats.items(), labels):
         for part in (f[: len(f) // 2], f[len(f) // 2 :]):
             rec.store.add_correction("a", lab, part, part.mean(0), rec.model_version)
     rep = rec.adapt("a")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _scripts import cremad_label
 
 import emoadapt
 from emoadapt.errors import IdentityMismatchError, InvalidInputError, UnknownUserError
 from emoadapt.video import iter_frames
-
-CREMA = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +18,7 @@ def halves(cremad_clips):
     for c in cremad_clips:
         frames = np.stack([f.image for f in iter_frames(c)])[::2]
         h = len(frames) // 2
-        out[CREMA[c.stem.split("_")[2]]] = (frames[:h], frames[h:])
+        out[cremad_label(c)] = (frames[:h], frames[h:])
     return out
 
 

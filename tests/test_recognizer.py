@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import emoadapt
-from emoadapt.errors import EmoadaptError, InvalidInputError, VideoDecodeError
+from emoadapt.errors import InvalidInputError
 
 
 @pytest.fixture(scope="module")
@@ -136,22 +136,11 @@ def test_no_face_gives_none(recognizer, photo):
     assert r.label is None
 
 
-def test_bad_inputs_raise_clear_errors(recognizer, tmp_path, cremad_clips):
-    with pytest.raises(VideoDecodeError):
-        recognizer.predict(tmp_path / "nope.mp4")
-    (tmp_path / "empty.mp4").write_bytes(b"")
-    with pytest.raises(VideoDecodeError):
-        recognizer.predict(tmp_path / "empty.mp4")
-    (tmp_path / "text.mp4").write_text("hello\n" * 100)
-    with pytest.raises(VideoDecodeError):
-        recognizer.predict(tmp_path / "text.mp4")
-    (tmp_path / "trunc.flv").write_bytes(cremad_clips[0].read_bytes()[:700])
-    with pytest.raises(VideoDecodeError):
-        recognizer.predict(tmp_path / "trunc.flv")
+def test_bad_arrays_raise_invalid_input(recognizer):
+    # unreadable files (missing, empty, garbage, truncated) raising VideoDecodeError: tests/reliability/test_bad_inputs.py
     for bad in (np.zeros((2, 3, 10, 10, 3), np.uint8), np.zeros((10, 10, 3), np.complex64), [], 3.5):
         with pytest.raises(InvalidInputError):
             recognizer.predict(bad)
-    assert issubclass(VideoDecodeError, EmoadaptError) and issubclass(InvalidInputError, EmoadaptError)
 
 
 def test_truncated_but_partly_decodable_video_uses_the_frames_it_has(recognizer, tmp_path, cremad_clips):

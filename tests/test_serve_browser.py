@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from _scripts import cremad_label
 
 pytestmark = pytest.mark.browser
 
@@ -74,13 +75,12 @@ def _seed_history(home: Path, clips: list[Path]) -> None:
     adapt after ten and twelve of them, as earlier sessions would leave."""
     from emoadapt import Recognizer
 
-    labels = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "SAD": "sad", "NEU": "neutral"}
     halves: list[list[tuple[np.ndarray, str]]] = [[], []]
     for clip in clips:
         frames = _frames(clip)
         half = len(frames) // 2
         for i, part in enumerate((frames[:half], frames[half:])):
-            halves[i].append((np.stack(part[::3]), labels[clip.name.split("_")[2]]))
+            halves[i].append((np.stack(part[::3]), cremad_label(clip)))
     with Recognizer(home=home, adapt_every=0) as rec:
         for n, (frames, label) in enumerate(halves[0] + halves[1], 1):
             rec.correct(frames, label, user=USER, force=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _scripts import RAVDESS_EMOTIONS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -25,8 +26,6 @@ from hypothesis.extra import numpy as hnp
 from emoadapt import store as store_mod
 from emoadapt.errors import EmoadaptError, InvalidInputError, ModelIntegrityError, StoreError, UnknownUserError
 from emoadapt.store import DB_NAME, SCHEMA_VERSION, Store, user_dir_name
-
-RAVDESS_EMOTIONS = {1: "neutral", 2: "calm", 3: "happy", 4: "sad", 5: "angry", 6: "fearful", 7: "disgust", 8: "surprised"}
 
 
 @pytest.fixture
@@ -81,7 +80,7 @@ def test_real_descriptors_round_trip(store, ravdess_actor1):
     assert di == ids and np.array_equal(np.stack(descs), x32)
     assert store.label_counts("alice") == {"neutral": 4, **{e: 8 for e in RAVDESS_EMOTIONS.values() if e != "neutral"}}
     rec = store.corrections("alice")[0]
-    assert (rec.n_frames, rec.dim, rec.descriptor_dim, rec.model_version, rec.held_out, rec.consumed_by_head) == (1, 35, 35, "openface-au35", False, None)
+    assert (rec.n_frames, rec.dim, rec.descriptor_dim, rec.model_version, rec.consumed_by_head) == (1, 35, 35, "openface-au35", None)
 
 
 def test_float32_round_trip_is_bit_exact(store):
@@ -296,17 +295,16 @@ def test_head_versions_activation_consumption_and_retention(home):
         s.add_user("alice")
         f = np.ones((4, 8), np.float32)
         ids = [s.add_correction("alice", "happy", f) for _ in range(4)]
-        held = s.add_correction("alice", "sad", f, held_out=True)
-        assert s.count_since_last_head("alice") == 4  # held-out rows never count
+        assert s.count_since_last_head("alice") == 4
         assert s.active_head("alice") is None
         v1 = s.save_head("alice", {"w": np.full(3, 1.0)}, trained_on=ids[:2])
         assert s.count_since_last_head("alice") == 2
-        v2 = s.save_head("alice", {"w": np.full(3, 2.0)})  # None: all unconsumed training rows
+        assert s.correction_data("alice", unconsumed=True).ids == ids[2:]
+        v2 = s.save_head("alice", {"w": np.full(3, 2.0)})  # None: all unconsumed rows
         assert s.count_since_last_head("alice") == 0
         cons = {r.id: r.consumed_by_head for r in s.corrections("alice")}
-        assert cons == {ids[0]: v1, ids[1]: v1, ids[2]: v2, ids[3]: v2, held: None}
-        assert s.correction_data("alice", held_out=True).ids == [held]
-        assert s.correction_data("alice", held_out=False, unconsumed=True).ids == []
+        assert cons == {ids[0]: v1, ids[1]: v1, ids[2]: v2, ids[3]: v2}
+        assert s.correction_data("alice", unconsumed=True).ids == []
         for k in range(3, 6):
             s.save_head("alice", {"w": np.full(3, float(k))}, metrics={"k": k})
         recs = s.head_versions("alice")
@@ -433,7 +431,7 @@ def test_v0_database_is_migrated(home):
     con.execute("PRAGMA user_version").fetchone()
     con.close()
     with Store(home) as s:
-        assert s.schema_version == SCHEMA_VERSION == 4 and s.users() == []
+        assert s.schema_version == SCHEMA_VERSION == 5 and s.users() == []
 
 
 def test_v1_database_is_migrated_with_data_intact(home):
@@ -460,7 +458,7 @@ def test_v1_database_is_migrated_with_data_intact(home):
         assert s.embeddings(model="dlib_resnet")["carol"].tobytes() == emb.tobytes()
         assert s.embeddings(model="mobilefacenet") == {}
         (rec,) = s.corrections("carol")
-        assert (rec.label, rec.model_version, rec.held_out, rec.consumed_by_head, rec.descriptor_dim) == ("fear", "old", False, None, None)
+        assert (rec.label, rec.model_version, rec.consumed_by_head, rec.descriptor_dim) == ("fear", "old", None, None)
         assert s.correction_data("carol").features[0].tobytes() == feats.tobytes()
         assert s.count_since_last_head("carol") == 1
         assert s.save_head("carol", {"w": np.ones(2)}) == 1 and s.count_since_last_head("carol") == 0
@@ -468,6 +466,11 @@ def test_v1_database_is_migrated_with_data_intact(home):
         assert new_id == rec.id + 1
     with Store(home) as s:  # reopening an up-to-date store changes nothing
         assert s.schema_version == SCHEMA_VERSION and len(s.corrections("carol")) == 2
+    con = sqlite3.connect(home / DB_NAME)
+    # migration 2 added held_out, migration 5 dropped it again (never set by the library)
+    cols = [r[1] for r in con.execute("PRAGMA table_info(corrections)")]
+    con.close()
+    assert "held_out" not in cols and "consumed_by_head" in cols
 
 
 def test_newer_database_is_refused_untouched(home):

@@ -8,7 +8,7 @@ import pytest
 
 from emoadapt import zoo
 from emoadapt.features import Backbone
-from emoadapt.heads import MeanProbabilityHead, _TrainableHead, load_head
+from emoadapt.heads import MeanProbabilityHead, TrainParams, load_head
 
 #: the held-apart sets with hundreds of samples (scripts/train_universal_head.py MAIN)
 MAIN = ("fer_public_test", "fer_public_test_aug", "ckplus6")
@@ -90,7 +90,7 @@ def test_shipped_head_loads_and_reproduces_its_recorded_accuracy(name, public500
     path = zoo.model_path(name)  # sha256 verified against the manifest
     assert path.name == entry["file"]
     head = load_head(path)
-    assert isinstance(head, _TrainableHead)
+    assert isinstance(head, TrainParams)  # a trainable head
     assert type(head).__name__ == entry["head_type"]
     bb = _backbone(entry["backbone"])
     assert head.n_features_in_ == bb.dim == entry["inputs"]["features"]
@@ -123,7 +123,7 @@ def test_recognizer_uses_the_manifest_defaults(recognizer):
     else:
         assert type(recognizer.universal).__name__ == zoo.model_entry(d["universal_head"])["head_type"]
     base = recognizer.personal_base
-    assert isinstance(base, _TrainableHead)
+    assert isinstance(base, TrainParams)
     assert type(base).__name__ == zoo.model_entry(d["personal_head"])["head_type"]
     assert base.n_features_in_ == recognizer.backbone.dim
 
@@ -160,7 +160,7 @@ def test_every_backbone_gets_heads_and_replay_of_its_own(bb, tmp_path):
                 assert type(base).__name__ == models[own["personal_head"]]["head_type"]
         else:
             with pytest.raises(ModelIntegrityError, match="train_universal_head.py --backbone " + bb):
-                rec.personal_base
+                _ = rec.personal_base
         replay = rec.replay
         assert replay is None or replay[0].shape[1] == dim
         if "replay_set" in own:

@@ -66,7 +66,7 @@ except ImportError as e:  # pragma: no cover - exercised by the CLI test with th
 from .. import errors as _err
 from ..store import normalize_label, normalize_user_name
 
-__all__ = ["DEFAULT_MAX_SECONDS", "DEFAULT_MAX_UPLOAD_MB", "ERROR_STATUS", "LOOPBACK_HOSTS", "STATIC_DIR", "create_app"]
+__all__ = ["DEFAULT_MAX_SECONDS", "DEFAULT_MAX_UPLOAD_MB", "ERROR_STATUS", "LOOPBACK_HOSTS", "STATIC_DIR", "ApiError", "allowed_hosts_for", "create_app", "error_for", "serve"]
 
 log = logging.getLogger(__name__)
 

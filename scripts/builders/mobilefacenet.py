@@ -317,11 +317,13 @@ def reference_faces(limit: int = 40) -> np.ndarray:
     :func:`emoadapt.identity.arcface_crop`), for checking the rebuild."""
     import cv2
 
-    root = _import_root()
+    _import_root()
+    from _common import data_dir
+
     from emoadapt.detection import MTCNN
     from emoadapt.identity import arcface_crop
 
-    data = Path(os.environ.get("EMOADAPT_DATA") or root.parent / "shared" / "data") / "faces"
+    data = data_dir() / "faces"
     files = sorted((data / "identity").glob("*.jpg")) + sorted((data / "ravdess_actors").glob("*.png")) + sorted((data / "taiwanese").glob("*.jpg"))[::40]
     det = MTCNN(num_threads=1)
     faces = []

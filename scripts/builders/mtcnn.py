@@ -53,90 +53,14 @@ FILES = {"pnet": "mtcnn_pnet.tflite", "rnet": "mtcnn_rnet.tflite", "onet": "mtcn
 
 # --------------------------------------------------------------------------- torch side
 def ensure_torchvision() -> str:
-    """Make ``import facenet_pytorch`` work without torchvision.
+    """Make ``import facenet_pytorch`` work without a usable torchvision (see
+    :mod:`builders.torchvision_standin`); returns ``"torchvision"`` or ``"stand-in"``."""
+    from .torchvision_standin import install
 
-    facenet-pytorch imports ``torchvision.transforms.functional`` (only for ``extract_face``)
-    and ``torchvision.ops.boxes.batched_nms`` (MTCNN's NMS). The torchvision wheels on PyPI
-    for this torch are CUDA builds whose ops do not load next to the CPU torch, so when
-    torchvision is not importable we register a minimal stand-in module in ``sys.modules``:
-    ``batched_nms`` / ``nms`` transcribe torchvision's CPU kernel (``csrc/ops/cpu/nms_kernel.cpp``:
-    descending score sort, areas ``(x2-x1)*(y2-y1)``, suppress ``IoU > threshold``, float32
-    arithmetic) and the coordinate-offset trick of ``batched_nms``; ``to_tensor`` is the HWC
-    uint8/float -> CHW float conversion. Nothing under site-packages is modified.
-
-    Returns ``"torchvision"`` or ``"shim"``.
-    """
-    import sys
-    import types
-
-    import torch
-
-    try:
-        import torchvision.ops.boxes  # noqa: F401
-
-        torch.ops.torchvision.nms  # noqa: B018  (CUDA builds import but have no ops)
-        return "torchvision"
-    except Exception:  # noqa: BLE001
-        for k in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
-            del sys.modules[k]
-
-    def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-        if boxes.numel() == 0:
-            return torch.empty((0,), dtype=torch.int64)
-        b = boxes.detach().cpu().numpy()
-        x1, y1, x2, y2 = (np.ascontiguousarray(b[:, i]) for i in range(4))
-        areas = (x2 - x1) * (y2 - y1)
-        order = torch.sort(scores.detach().cpu(), dim=0, descending=True)[1].numpy()
-        suppressed = np.zeros(len(b), bool)
-        keep = []
-        zero = b.dtype.type(0)
-        for _i in range(len(order)):
-            i = order[_i]
-            if suppressed[i]:
-                continue
-            keep.append(i)
-            for _j in range(_i + 1, len(order)):
-                j = order[_j]
-                if suppressed[j]:
-                    continue
-                w = max(zero, min(x2[i], x2[j]) - max(x1[i], x1[j]))
-                h = max(zero, min(y2[i], y2[j]) - max(y1[i], y1[j]))
-                inter = w * h
-                ovr = inter / (areas[i] + areas[j] - inter)
-                if float(ovr) > iou_threshold:
-                    suppressed[j] = True
-        return torch.as_tensor(np.asarray(keep, np.int64))
-
-    def batched_nms(boxes, scores, idxs, iou_threshold):
-        if boxes.numel() == 0:
-            return torch.empty((0,), dtype=torch.int64, device=boxes.device)
-        max_coordinate = boxes.max()
-        offsets = idxs.to(boxes) * (max_coordinate + torch.tensor(1).to(boxes))
-        return nms(boxes + offsets[:, None], scores, iou_threshold)
-
-    def to_tensor(pic):
-        a = torch.as_tensor(np.asarray(pic))
-        if a.ndim == 2:
-            a = a[:, :, None]
-        a = a.permute(2, 0, 1).contiguous()
-        return a.float().div(255) if a.dtype == torch.uint8 else a
-
-    tv = types.ModuleType("torchvision")
-    tv.__version__ = "shim"
-    transforms = types.ModuleType("torchvision.transforms")
-    functional = types.ModuleType("torchvision.transforms.functional")
-    functional.to_tensor = to_tensor
-    ops = types.ModuleType("torchvision.ops")
-    boxes_mod = types.ModuleType("torchvision.ops.boxes")
-    boxes_mod.nms, boxes_mod.batched_nms = nms, batched_nms
-    ops.nms, ops.batched_nms, ops.boxes = nms, batched_nms, boxes_mod
-    transforms.functional = functional
-    tv.transforms, tv.ops = transforms, ops
-    sys.modules.update({"torchvision": tv, "torchvision.transforms": transforms,
-                        "torchvision.transforms.functional": functional,
-                        "torchvision.ops": ops, "torchvision.ops.boxes": boxes_mod})
-    log.info("torchvision not usable: registered a minimal stand-in (nms, batched_nms, to_tensor)")
-    return "shim"
+    how = install()
+    if how != "torchvision":
+        log.info("torchvision not usable: registered a minimal stand-in (nms, batched_nms, to_tensor)")
+    return how
 
 
 def _torch_nets():
@@ -315,9 +239,9 @@ def _outputs(name: str, names: dict[int, str]) -> dict:
 
 # --------------------------------------------------------------------------- build
 def build(out_dir: Path) -> list[dict]:
-    import torch  # noqa: F401  (must precede tensorflow)
     import tensorflow as tf
     import tf_keras as K
+    import torch  # noqa: F401  (must precede tensorflow)
 
     version = importlib.metadata.version(PACKAGE)
     torch_nets = _torch_nets()

@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +62,7 @@ def cremad_small(path: Path, frames: tuple[int, ...]) -> np.ndarray:
     return np.stack([cv2.resize(got[i], SMALL, interpolation=cv2.INTER_AREA) for i in frames])
 
 
-@lru_cache(maxsize=None)
+@cache
 def shared_clips(frames: tuple[int, ...] = SHARED_FRAMES) -> tuple[tuple[np.ndarray, str], ...]:
     """(clip, label) for each of the six CREMA-D clips."""
     return tuple((cremad_small(p, frames), CREMA[p.stem.split("_")[2]]) for p in sorted(CREMAD.glob("*.flv")))
@@ -80,7 +80,7 @@ def own_user(worker: int) -> str:
     return f"worker{worker}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def own_clips(worker: int) -> tuple[tuple[np.ndarray, str], ...]:
     """(one-frame clip, label): the worker's actor frame and the same frame mirrored."""
     img = actor_image(OWN_ACTORS[worker % len(OWN_ACTORS)])

@@ -19,7 +19,6 @@ The data of operation (worker, i) is a deterministic function of (worker, i), se
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import types
 from pathlib import Path

@@ -18,3 +18,12 @@ def record(suite: str, *names: str) -> None:
 def example(prop: str) -> None:
     """Count one generated hypothesis example of property ``prop``."""
     EXAMPLES[prop] += 1
+
+#: hypothesis examples that got past the early exits (an expected InvalidInputError, no face
+#: found) to the property's real assertions, by property
+REACHED: Counter[str] = Counter()
+
+
+def reached(prop: str) -> None:
+    """Count one example of property ``prop`` that reached the real assertions."""
+    REACHED[prop] += 1

@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from ._tally import EXAMPLES, TRIED, record
+from ._tally import EXAMPLES, REACHED, TRIED, record
+
 
 @pytest.fixture(autouse=True)
 def _tally_parametrized(request):
@@ -34,7 +35,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
         tr.write_line(f"{suite}: {len(names)} distinct inputs")
     if EXAMPLES:
         tr.write_line(f"hypothesis: {sum(EXAMPLES.values())} generated examples in {len(EXAMPLES)} properties "
-                      + ", ".join(f"{k}={v}" for k, v in sorted(EXAMPLES.items())))
+                      + ", ".join(f"{k}={v}" + (f" ({REACHED[k]} reached the assertions)" if k in REACHED else "") for k, v in sorted(EXAMPLES.items())))
 
 
 # --------------------------------------------------------------------------- derived media

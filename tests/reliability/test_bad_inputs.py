@@ -98,7 +98,7 @@ def test_directory_fifo_device_and_empty_path(recognizer, tmp_path):
         _tried(f"path:{name}")
         out: list[BaseException | None] = []
 
-        def run(p=p):
+        def run(p=p, out=out):
             try:
                 recognizer.predict(p)
                 out.append(None)

@@ -13,7 +13,6 @@ user, CREMA-D actor 1001 as the stranger):
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import unicodedata
 
@@ -187,6 +186,7 @@ def test_store_folds_names_before_every_lookup_and_keeps_normalised_old_names(tm
         con.execute("DROP INDEX users_uid")
         con.execute("ALTER TABLE users DROP COLUMN uid")
         con.execute("ALTER TABLE embeddings DROP COLUMN model")
+        con.execute("ALTER TABLE corrections ADD COLUMN held_out INTEGER NOT NULL DEFAULT 0")  # v2 had it (v5 drops it)
         con.execute("PRAGMA user_version = 2")
     con.close()
     with Store(home) as s:

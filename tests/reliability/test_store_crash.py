@@ -93,7 +93,7 @@ def _run_trials(home: Path, trials: int, seed: int) -> dict[str, int]:
             stats["kills"] += 1
 
         new_ids: set[int] = set()
-        for k, lines in outs.items():
+        for lines in outs.values():
             for line in lines:
                 kind, *f = line.split()
                 if kind == "C":

@@ -61,7 +61,7 @@ def test_eight_threads_share_one_recognizer(shared, cremad_clips, photo, clip_fr
     jobs["array"] = ("predict", np.stack(clip_frames[30:30 + MAX_FRAMES]), {})
     jobs["bgr generator"] = ("predict_gen", clip_frames[40:40 + MAX_FRAMES], {"color": "bgr"})
     jobs["group photo"] = ("predict", group, {})
-    for i, f in enumerate(faces):
+    for f in faces:
         jobs[f"backbone:{len(f)}"] = ("backbone", f, {})
 
     def run(kind: str, x, kw: dict):

@@ -1,0 +1,177 @@
+"""What the scripts of ``scripts/`` and ``benchmarks/`` share: the data directory, label maps,
+JSON output with a run record, and the spelling of common flags.
+
+Standard library only (no emoadapt, numpy or torch), so that it imports in every environment
+these programs run in: the emoadapt one, the model-building one and the peer benchmark's.
+Scripts import it as ``from _common import ...`` (``scripts/`` is on ``sys.path`` when a script
+runs); benchmarks first put ``ROOT / "scripts"`` on ``sys.path``.
+
+Flags, one spelling and meaning everywhere (:func:`add_common_args`):
+
+* ``--threads N``: TFLite interpreter / BLAS / torch intra-op threads of this process;
+* ``--workers N``: worker processes;
+* ``--repeat N``: repetitions of a timed measurement (the best or the mean is reported);
+* ``--out DIR``: the folder every output goes into (never a file);
+* ``--data DIR``: the data directory (default :func:`data_dir`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+#: the repository
+ROOT = Path(__file__).resolve().parents[1]
+#: the shipped models and their manifest
+MODELS = ROOT / "models"
+
+#: CREMA-D emotion codes (file names ``ActorID_Sentence_EMO_Level``) -> the backbone's labels
+CREMAD_LABELS = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
+#: RAVDESS emotion codes (third field of ``MM-VC-EE-II-SS-RR-AA``) -> labels
+RAVDESS_EMOTIONS = {1: "neutral", 2: "calm", 3: "happy", 4: "sad", 5: "angry", 6: "fearful", 7: "disgust", 8: "surprised"}
+#: Taiwanese database emotion letters (fifth character of ``PPTVEss.jpg``) -> the backbone's labels
+TAIWANESE_LETTERS = {"a": "neutral", "b": "happy", "c": "sad", "d": "angry", "e": "disgust", "f": "fear", "g": "surprise"}
+
+#: the distributions whose versions a run record lists (those installed)
+_VERSIONED = ("numpy", "opencv-python-headless", "opencv-python", "ai-edge-litert", "scikit-learn", "pandas", "pyarrow",
+              "tensorflow", "torch", "facenet-pytorch", "fer", "threadpoolctl")
+
+
+def data_dir() -> Path:
+    """The real data: ``$EMOADAPT_DATA``, else ``../shared/data`` beside the repository."""
+    env = os.environ.get("EMOADAPT_DATA")
+    return Path(env) if env else ROOT.parent / "shared" / "data"
+
+
+def cremad_label(path: str | os.PathLike[str]) -> str:
+    """The backbone label of a CREMA-D clip from its file name (``1001_DFA_ANG_XX.flv``)."""
+    return CREMAD_LABELS[Path(path).stem.split("_")[2]]
+
+
+def taiwanese_label(name: str) -> str:
+    """The backbone label of a Taiwanese photo from its file name (``PPTVEss.jpg``; the nine
+    neutral photos without a letter are ``PP01sss.jpg``)."""
+    return TAIWANESE_LETTERS[name[4]] if name[4].isalpha() else "neutral"
+
+
+# ------------------------------------------------------------------------------ run records
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def _package_version() -> str | None:
+    m = re.search(r'^version\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    return m.group(1) if m else None
+
+
+def run_record() -> dict[str, Any]:
+    """Where a result came from: git commit and dirty flag, emoadapt and library versions,
+    the sha256 of every model in the manifest, the command line and the time (UTC)."""
+    versions: dict[str, str] = {}
+    for dist in _VERSIONED:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    try:
+        manifest = json.loads((MODELS / "manifest.json").read_text())
+        models = {k: v.get("sha256") for k, v in sorted(manifest.get("models", {}).items())}
+    except (OSError, ValueError):
+        models = {}
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "emoadapt": _package_version(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "libraries": versions,
+        "models_sha256": models,
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_record_path(output: str | os.PathLike[str]) -> Path:
+    """Where the run record of ``output`` goes: ``<folder>/run.json`` for a folder,
+    ``<name>.run.json`` beside a file."""
+    p = Path(output)
+    return p / "run.json" if p.is_dir() else p.with_name(p.stem + ".run.json")
+
+
+def write_run_record(output: str | os.PathLike[str]) -> Path:
+    """Write :func:`run_record` beside ``output`` (a file or a folder); returns its path."""
+    path = run_record_path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(run_record(), indent=1) + "\n")
+    return path
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int = 1, record: bool = True) -> Path:
+    """Write ``obj`` as JSON (numpy scalars and other non-JSON values as ``float``/``str``) to
+    ``path`` (folders created) and, unless ``record=False``, its run record beside it."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(obj, indent=indent, default=_json_default) + "\n")
+    if record:
+        write_run_record(p)
+    return p
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):  # numpy arrays and scalars
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, Mapping):
+        return dict(o)
+    if isinstance(o, Iterable):  # sets, generators
+        return list(o)
+    return str(o)
+
+
+# ------------------------------------------------------------------------------ flags
+def add_common_args(ap: argparse.ArgumentParser, *, threads: str | None = None, workers: str | None = None,
+                    repeat: int | None = None, out: Path | bool = False, data: bool = False) -> None:
+    """Add the shared flags a program uses (one spelling and meaning everywhere, see the
+    module docstring): ``threads`` / ``workers``: their help text (what the threads or
+    processes run); ``repeat``: its default; ``out``: the default output folder (``True``: no
+    default, nothing written without it); ``data``:
+    add ``--data``. Old spellings stay accepted, hidden (``--blas-threads``, ``--repeats``,
+    ``--times``, ``--out-dir``)."""
+    if threads is not None:
+        ap.add_argument("--threads", type=int, default=None, help=threads)
+        ap.add_argument("--blas-threads", dest="threads", type=int, help=argparse.SUPPRESS)
+    if workers is not None:
+        ap.add_argument("--workers", type=int, default=None, help=workers)
+    if repeat is not None:
+        ap.add_argument("--repeat", type=int, default=repeat, help=f"repetitions of each measurement (default {repeat})")
+        for old in ("--repeats", "--times"):
+            ap.add_argument(old, dest="repeat", type=int, help=argparse.SUPPRESS)
+    if out is not False:
+        default = None if out is True else Path(out)
+        ap.add_argument("--out", type=Path, default=default, help="output folder" + ("" if default is None else f" (default {_shown(default)})"))
+        ap.add_argument("--out-dir", dest="out", type=Path, help=argparse.SUPPRESS)
+    if data:
+        ap.add_argument("--data", type=Path, default=data_dir(), help="the data directory (default $EMOADAPT_DATA or ../shared/data)")
+
+
+def _shown(p: Path) -> str:
+    try:
+        return str(p.relative_to(ROOT))
+    except ValueError:
+        return str(p)
