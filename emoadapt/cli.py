@@ -167,7 +167,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
             if writer is None:
                 h, w = img.shape[:2]
                 try:
-                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*args.fourcc), fps, (w, h))
+                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*args.fourcc), fps, (w, h))
                     opened = writer.isOpened()
                 except cv2.error:
                     opened = False

@@ -102,13 +102,14 @@ def merge_tracks(tracks: list[list[tuple[int, int]]], embeddings: Sequence[np.nd
         merged = False
         for i in range(len(groups)):
             for j in range(i + 1, len(groups)):
-                if embs[i] is None or embs[j] is None:
+                ei, ej = embs[i], embs[j]
+                if ei is None or ej is None:
                     continue
                 pi, pj = {p for p, _ in groups[i]}, {p for p, _ in groups[j]}
-                if pi & pj or float(embs[i] @ embs[j]) < threshold:
+                if pi & pj or float(ei @ ej) < threshold:
                     continue
                 wi, wj = len(groups[i]), len(groups[j])
-                e = embs[i] * wi + embs[j] * wj
+                e = ei * wi + ej * wj
                 embs[i] = e / (np.linalg.norm(e) + 1e-12)
                 groups[i] = sorted(groups[i] + groups[j])
                 del groups[j], embs[j]
