@@ -248,7 +248,7 @@ def load_data(limit: int | None, with_train: bool) -> dict[str, tuple[np.ndarray
         x, y = z["x"][keep], np.array([CLASSES.index(n) for n in names[keep]], dtype=np.int64)
         idx = stratified_subset(y, limit)
         out["ckplus"] = (x[idx], y[idx])
-    for k, (x, y) in out.items():
+    for k, (_x, y) in out.items():
         log.info("%s: %d faces, classes %s", k, len(y), np.bincount(y, minlength=len(CLASSES)).tolist())
     return out
 
