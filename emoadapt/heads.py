@@ -60,6 +60,7 @@ __all__ = [
     "MeanProbabilityHead",
     "PrototypeHead",
     "BlendHead",
+    "CenteredHead",
     "HEAD_TYPES",
     "load_head",
     "head_to_arrays",
@@ -1441,6 +1442,93 @@ class BlendHead(_Head):
         return cls(parts["base"], parts["personal"], float(weight))
 
 
+class CenteredHead(_Head):
+    """A head that reads features relative to one person: ``x - offset`` for every frame.
+
+    ``offset`` (``(D,)``) is a per-user estimate of what all of a person's frames share
+    (their identity, their camera), relative to the universal training data;
+    :func:`emoadapt.adaptation.user_offset` estimates it from the user's corrections as the
+    mean, over the corrected classes, of the user's class mean minus the universal class
+    mean. The wrapped head (often a :class:`BlendHead`) sees the centred features, both when
+    it is fitted and when it predicts; the offset is saved with it as a plain array.
+
+    Args:
+        head: the wrapped head (fitted); not a :class:`CenteredHead`.
+        offset: the vector subtracted from every frame, ``(D,)``.
+    """
+
+    def __init__(self, head: Any = None, offset: Any = None) -> None:
+        self.head = head
+        self.offset = offset
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {"offset": self.offset} if not deep else {"head": self.head, "offset": self.offset}
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("classes_", "n_features_in_"):
+            self._check_parts()
+            return getattr(self.head, name)
+        raise AttributeError(name)
+
+    def _check_parts(self) -> None:
+        if self.head is None or not hasattr(self.head, "classes_") or isinstance(self.head, CenteredHead):
+            raise InvalidInputError("CenteredHead needs a fitted head (not another CenteredHead)")
+        off = np.asarray(self.offset, dtype=np.float64) if self.offset is not None else None
+        if off is None or off.ndim != 1 or not np.isfinite(off).all():
+            raise InvalidInputError("offset must be a finite 1-D vector")
+        d = getattr(self.head, "n_features_in_", None)
+        if d is not None and len(off) != d:
+            raise InvalidInputError(f"offset has {len(off)} values, the head reads {d} features")
+
+    def _check_fitted(self) -> None:
+        self._check_parts()
+
+    def centered(self, clips: Clips) -> list[np.ndarray]:
+        """``clips`` with the offset subtracted from every frame."""
+        self._check_parts()
+        off = np.asarray(self.offset, dtype=np.float64)
+        cl = as_clips(clips)
+        if cl and cl[0].shape[1] != len(off):
+            raise InvalidInputError(f"clips have {cl[0].shape[1]} features, the offset has {len(off)}")
+        return [c - off for c in cl]
+
+    def fit(self, clips: Clips, y: Any) -> "CenteredHead":
+        """Refit the wrapped head on the centred ``clips`` (the offset stays)."""
+        self.head.fit(self.centered(clips), y)
+        return self
+
+    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> "CenteredHead":
+        """Continue fitting the wrapped head on the centred ``clips``."""
+        self.head.partial_fit(self.centered(clips), y)
+        return self
+
+    def predict_proba(self, clips: Clips) -> np.ndarray:
+        """The wrapped head's probabilities of the centred clips ``(N, C)``."""
+        return np.asarray(self.head.predict_proba(self.centered(clips)))
+
+    def _payload(self) -> dict[str, np.ndarray]:
+        self._check_parts()
+        meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "type": type(self).__name__, "params": {}}
+        out = {"meta": np.array(json.dumps(meta, sort_keys=True)), "classes": np.asarray(self.head._payload()["classes"]),
+               "offset": np.asarray(self.offset, dtype=np.float64)}
+        for k, v in self.head._payload().items():
+            out[f"head__{k}"] = v
+        return out
+
+    @classmethod
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "CenteredHead":
+        sub = {k[len("head__") :]: v for k, v in arrays.items() if k.startswith("head__")}
+        head = _from_payload(sub, "head")
+        if isinstance(head, CenteredHead):
+            raise ModelIntegrityError("head file: nested centred heads are not allowed")
+        offset = arrays.get("offset")
+        if offset is None or offset.ndim != 1 or offset.dtype.kind != "f" or not np.isfinite(offset).all():
+            raise ModelIntegrityError("head file: the offset must be a finite 1-D float array")
+        if getattr(head, "n_features_in_", len(offset)) != len(offset):
+            raise ModelIntegrityError(f"head file: offset of {len(offset)} values for a head reading {head.n_features_in_} features")
+        return cls(head, offset.astype(np.float64))
+
+
 HEAD_TYPES: dict[str, type[_Head]] = {
     "StatPoolingHead": StatPoolingHead,
     "SingleAttentionHead": SingleAttentionHead,
@@ -1448,6 +1536,7 @@ HEAD_TYPES: dict[str, type[_Head]] = {
     "MeanProbabilityHead": MeanProbabilityHead,
     "PrototypeHead": PrototypeHead,
     "BlendHead": BlendHead,
+    "CenteredHead": CenteredHead,
 }
 
 
