@@ -12,26 +12,35 @@ Policy (:func:`adapt_user`):
    ``"prototype"`` nearest class prototypes of the user's own features
    (:class:`~emoadapt.heads.PrototypeHead`); ``"logistic"`` a logistic regression on the
    user's own features only.
-3. The *guard* decides how much to trust it, from the first correction on: every
+3. *Centring on the user* (``center``, default on, with a replay set): every frame, of the
+   corrections and of what the user's head predicts later, has the user's offset
+   (:func:`user_offset`: the mean over the corrected classes of the user's class mean minus
+   the universal class mean, shrunk when few classes are corrected) subtracted first, so
+   that what all the person's faces share (identity, camera) is removed before the heads
+   read them. The offset is saved with the head (:class:`~emoadapt.heads.CenteredHead`).
+4. The *guard* decides how much to trust it, from the first correction on: every
    correction is held out once (leave-one-out up to :data:`LOO_MAX` corrections; beyond,
    every :data:`HELD_OUT_EVERY`-th correction is held out once, which keeps ``adapt``
-   fast), the personal head is refitted on the others, and the candidates are scored on
-   it: the universal head (weight 0), the *mix* (weight ``n / (n + mix_k)``, growing with
-   the evidence), the personal head (weight 1) and, for the fine-tune, the personal head
-   fine-tuned with a weaker pull (:data:`ALT_ANCHORS`). The most accurate wins; ties go to
-   the more personal candidate, and between personal heads to the higher mean
-   log-likelihood of the held-out labels (the benchmark's numbers). With one correction per class,
-   the held-out correction's class is absent from the others: the check then measures
-   whether the personal evidence about the other classes drags an unseen expression away
-   from what the universal head says, the harm a personal model can do.
-4. The personal head refitted on all corrections is saved atomically as a new version,
-   inside a :class:`~emoadapt.heads.BlendHead` with the chosen weight (so choosing the
-   universal model also retires an older personal head); the previous version is kept as
-   a fallback. :class:`AdaptReport` says what was chosen and why.
+   fast), the offset and the personal head are re-estimated on the others, and the
+   candidates are scored on it: the universal head (weight 0, not centred), the centred
+   universal head, the *mix* (weight ``n / (n + mix_k)``, growing with the evidence), the
+   personal head (weight 1) and, for the fine-tune, the personal head fine-tuned with a
+   weaker pull (:data:`ALT_ANCHORS`, on features not centred: :data:`ALT_CENTER`). The most
+   accurate wins; ties go to the more personal candidate, and between personal heads to the
+   higher mean log-likelihood of the held-out labels (the benchmark's numbers). With one
+   correction per class, the held-out correction's class is absent from the others: the
+   check then measures whether the personal evidence about the other classes drags an
+   unseen expression away from what the universal head says, the harm a personal model can
+   do.
+5. The personal head refitted on all corrections is saved atomically as a new version,
+   inside a :class:`~emoadapt.heads.BlendHead` with the chosen weight, itself inside a
+   :class:`~emoadapt.heads.CenteredHead` when the choice reads centred features (choosing
+   the universal model also retires an older personal head); the previous version is kept
+   as a fallback. :class:`AdaptReport` says what was chosen and why.
 
 The defaults (``finetune``, ``anchor`` = :data:`DEFAULT_ANCHOR`, ``mix_k`` =
-:data:`DEFAULT_MIX_K`) were chosen by ``benchmarks/personalization.py`` (README,
-"Personalization").
+:data:`DEFAULT_MIX_K`, ``center`` = :data:`DEFAULT_CENTER`, :data:`ALT_ANCHORS`) were chosen
+by ``benchmarks/personalization.py`` (README, "Personalization").
 """
 
 from __future__ import annotations
@@ -107,7 +116,8 @@ class AdaptReport:
     strategy: str = ""
     """How the personal head was fitted (:data:`STRATEGIES`)."""
     choice: str = ""
-    """What the guard chose: ``"universal"``, ``"mix"`` or ``"personal"``."""
+    """What the guard chose: ``"universal"``, ``"centred"`` (the universal head on features
+    centred on the user), ``"mix"``, ``"personal"`` or ``"personal@A"`` (another anchor)."""
     weight: float | None = None
     """The personal head's weight in the saved :class:`~emoadapt.heads.BlendHead`."""
     anchor: float | None = None

@@ -1524,8 +1524,9 @@ class CenteredHead(_Head):
         offset = arrays.get("offset")
         if offset is None or offset.ndim != 1 or offset.dtype.kind != "f" or not np.isfinite(offset).all():
             raise ModelIntegrityError("head file: the offset must be a finite 1-D float array")
-        if getattr(head, "n_features_in_", len(offset)) != len(offset):
-            raise ModelIntegrityError(f"head file: offset of {len(offset)} values for a head reading {head.n_features_in_} features")
+        d = getattr(head, "n_features_in_", len(offset))
+        if d != len(offset):
+            raise ModelIntegrityError(f"head file: offset of {len(offset)} values for a head reading {d} features")
         return cls(head, offset.astype(np.float64))
 
 
