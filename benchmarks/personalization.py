@@ -5,9 +5,13 @@ Data (``../shared/data``):
 
 * **Taiwanese faces** (19 people): for each person and elicitation style s (1 theatrical,
   2 FACS, 3 personal event) the person corrects the first M photos (by serial) of each
-  emotion acted in style s (neutral photos have no style: their first M), and is tested on
-  all their other photos, every style. M = 1, 2, 3, 5 (fewer where a person has fewer).
-  Per person: the mean over the three styles.
+  emotion acted in style s (neutral photos have no style: the first M of all but the last),
+  and is tested on a held-out set that is the same for every M: all their photos of the
+  two other styles and their last neutral photo (the style-s photos not corrected are not
+  tested, so that the curve over M compares the same photos). M = 1, 2, 3, 5 (fewer where
+  a person has fewer). Per person: the mean over the three styles. ``--protocol all``
+  tests on all the photos not corrected instead (the first pass's protocol: the test set
+  then shrinks with M, losing the same-style and neutral photos).
 * **CK+**: every subject with 4+ emotions, leave-one-sequence-out (as
   ``scripts/eval_personalization.py``): the tested emotion is one the user never corrected.
 * **CREMA-D** (actor 1001): corrects the first half of each clip, predicts the second half.
@@ -47,14 +51,17 @@ from _common import TAIWANESE_LETTERS, add_common_args, cremad_label, data_dir, 
 
 DATA = data_dir()
 
-from emoadapt.adaptation import DEFAULT_ANCHOR, fit_personal, personalize
-from emoadapt.heads import BlendHead, PrototypeHead
+from emoadapt.adaptation import DEFAULT_ANCHOR, fit_personal, personalize, user_offset
+from emoadapt.heads import BlendHead, CenteredHead, PrototypeHead
 
 M_GRID = (1, 2, 3, 5)
 STYLES = ("1", "2", "3")
 TODAY_ANCHOR = 0.1  # the anchor before this benchmark (issue 15's baseline)
+PROTOCOL = "fixed"  # Taiwanese test set: "fixed" (the same for every M) or "all" (every photo not corrected)
 log = logging.getLogger("personalization")
 
+DEFAULT = "default: guard + centred finetune"
+FIRST_PASS = "guard + finetune, not centred (first pass)"
 # A strategy: (universal head, replay, adaptation clips, labels) -> a head over feature clips.
 Strategy = Callable[[Any, Any, list, list], Any]
 
@@ -62,6 +69,16 @@ Strategy = Callable[[Any, Any, list, list], Any]
 def _strategies() -> dict[str, Strategy]:
     def guarded(**kw: Any) -> Strategy:
         return lambda u, r, c, y: personalize(u, c, y, replay=r, **kw)[0]
+
+    def centred(anchor: float | None) -> Strategy:
+        # features centred on the user (user_offset), then the universal head (anchor None) or a fine-tune
+        def fit(u: Any, r: Any, c: list, y: list) -> Any:
+            off = user_offset(c, y, r)
+            if off is None:
+                return u if anchor is None else fit_personal(u, c, y, replay=r, anchor=anchor)
+            personal = u if anchor is None else fit_personal(u, [x - off for x in c], y, replay=r, anchor=anchor)
+            return CenteredHead(BlendHead(u, personal, 1.0), off)
+        return fit
 
     def proto(kind: str) -> Strategy:
         # nearest prototypes on features, probabilities or both (probabilities: the universal head's)
@@ -72,6 +89,10 @@ def _strategies() -> dict[str, Strategy]:
     return {
         "finetune (today: anchor 0.1)": lambda u, r, c, y: fit_personal(u, c, y, replay=r, anchor=TODAY_ANCHOR),
         f"finetune (anchor {DEFAULT_ANCHOR:g})": lambda u, r, c, y: fit_personal(u, c, y, replay=r),
+        "finetune (anchor 3)": lambda u, r, c, y: fit_personal(u, c, y, replay=r, anchor=3.0),
+        "centred universal (no fine-tune)": centred(None),
+        f"centred finetune (anchor {DEFAULT_ANCHOR:g})": centred(DEFAULT_ANCHOR),
+        "centred finetune (anchor 3)": centred(3.0),
         "logistic on own features": lambda u, r, c, y: fit_personal(u, c, y, strategy="logistic"),
         "prototypes: features": proto("f"),
         "prototypes: probabilities": proto("p"),
@@ -80,11 +101,11 @@ def _strategies() -> dict[str, Strategy]:
         "mix n/(n+7): universal + finetune": lambda u, r, c, y: BlendHead(u, fit_personal(u, c, y, replay=r), len(y) / (len(y) + 7.0)),
         "guard + prototypes": guarded(strategy="prototype"),
         "guard + logistic": guarded(strategy="logistic"),
-        "default: guard + finetune": guarded(),
+        FIRST_PASS: guarded(center=False),
+        DEFAULT: guarded(),
     }
 
 
-DEFAULT = "default: guard + finetune"
 BASELINE = "finetune (today: anchor 0.1)"
 
 
@@ -125,13 +146,22 @@ def taiwanese_files(people: int | None) -> list[Path]:
 
 def taiwanese_split(names: list[str], person: str, style: str, m: int) -> tuple[list[int], list[int]]:
     """(adaptation, test) indices of ``person``: the first ``m`` photos of each emotion acted
-    in ``style`` (neutral: the first ``m`` neutral photos), and all their other photos."""
+    in ``style`` (neutral: the first ``m`` neutral photos but the last), and (``PROTOCOL``
+    ``"fixed"``) their photos of the other styles and their last neutral photo, the same
+    photos for every ``m``, or (``"all"``) all their other photos."""
     idx = [i for i, n in enumerate(names) if n[:2] == person]
     train: list[int] = []
+    test: list[int] = []
     for emo in TAIWANESE_LETTERS.values():
         want = "0" if emo == "neutral" else style
         cand = sorted((i for i in idx if names[i][2] == want and taiwanese_label(names[i]) == emo), key=lambda i: names[i])
-        train += cand[:m]
+        if emo == "neutral" and PROTOCOL == "fixed":
+            train += cand[:-1][:m]
+            test += cand[-1:]
+        else:
+            train += cand[:m]
+    if PROTOCOL == "fixed":
+        return train, test + [i for i in idx if names[i][2] not in ("0", style)]
     return train, [i for i in idx if i not in set(train)]
 
 
@@ -270,7 +300,7 @@ def ravdess(seeds: int) -> dict[str, Any]:
     users = [1, 2, 3, 4, 5]
     uni_idx = np.flatnonzero(~np.isin(data.actors, users))
     uni = ev.make_head("max", {}, 0).fit(*data.subset(uni_idx))
-    res: dict[str, list[float]] = {"universal": [], "personal (today: partial_fit)": [], "default: guard + finetune": []}
+    res: dict[str, list[float]] = {"universal": [], "personal (today: partial_fit)": [], DEFAULT: []}
     for s in range(seeds):
         for u in users:
             aidx = np.flatnonzero(data.actors == u)
@@ -279,7 +309,7 @@ def ravdess(seeds: int) -> dict[str, Any]:
             ac, ay = data.subset(atr)
             res["universal"].append(_acc(uni, tc, list(ty)))
             res["personal (today: partial_fit)"].append(_acc(uni.copy().partial_fit(ac, ay), tc, list(ty)))
-            res["default: guard + finetune"].append(_acc(personalize(uni, list(ac), [str(v) for v in ay], anchor=None)[0], tc, list(ty)))
+            res[DEFAULT].append(_acc(personalize(uni, list(ac), [str(v) for v in ay], anchor=None)[0], tc, list(ty)))
     out = {k: float(np.mean(v)) for k, v in res.items()}
     log.info("RAVDESS AU: %s", out)
     return out
@@ -342,7 +372,7 @@ def plot(res: dict[str, Any], path: Path) -> Path:
         ax.plot(list(M_GRID), [_mean(tw[str(m)][key]) for m in M_GRID], style, label=label, color=color)
     ax.set_xticks(list(M_GRID))
     ax.set_xlabel("M corrected photos per emotion (one style; mean over 3 styles)")
-    ax.set_ylabel("accuracy on the person's other photos")
+    ax.set_ylabel("accuracy, other styles" if res.get("protocol") == "fixed" else "accuracy on the person's other photos")
     ax.set_title("Taiwanese faces, 19 people" if len(tw[str(M_GRID[0])]["universal"]) == 19 else "Taiwanese faces (subset)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -353,7 +383,7 @@ def plot(res: dict[str, Any], path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    global M_GRID, STYLES
+    global M_GRID, STYLES, PROTOCOL
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--people", type=int, help="only the first N Taiwanese people (and N CK+ subjects)")
     ap.add_argument("--api-styles", default="1", help="elicitation styles for the through-the-API run (default 1; '123' for all)")
@@ -363,9 +393,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--styles", default="".join(STYLES), help="elicitation styles of the cached comparison (default 123)")
     ap.add_argument("--m", default=",".join(map(str, M_GRID)), help="adaptation photos per emotion to run (default 1,2,3,5)")
     add_common_args(ap, out=OUT)
+    ap.add_argument("--protocol", choices=("fixed", "all"), default=PROTOCOL,
+                    help="Taiwanese test set: the same held-out photos for every M (default) or all photos not corrected")
     args = ap.parse_args(argv)
     M_GRID = tuple(int(m) for m in args.m.split(","))
     STYLES = tuple(args.styles)
+    PROTOCOL = args.protocol
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import emoadapt
 
@@ -376,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     only = set(args.only.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
     strategies = _strategies()
-    res: dict[str, Any] = {"api_styles": args.api_styles, "styles": "".join(STYLES)}
+    res: dict[str, Any] = {"api_styles": args.api_styles, "styles": "".join(STYLES), "protocol": PROTOCOL}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as home:
         rec = make_rec(home)
@@ -387,9 +420,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if not args.skip_api:
                 res["taiwanese_api"] = taiwanese_api(make_rec, [f for f in files if f.name in set(names)], tuple(args.api_styles))
         if "ckplus" in only:
-            res["ckplus"] = ckplus(rec, {k: strategies[k] for k in (BASELINE, f"finetune (anchor {DEFAULT_ANCHOR:g})", "prototypes: features", "guard + prototypes", DEFAULT)}, args.people)
+            res["ckplus"] = ckplus(rec, {k: strategies[k] for k in (BASELINE, f"finetune (anchor {DEFAULT_ANCHOR:g})", "finetune (anchor 3)", "centred universal (no fine-tune)",
+                                                                  f"centred finetune (anchor {DEFAULT_ANCHOR:g})", "prototypes: features", FIRST_PASS, DEFAULT)}, args.people)
     if "cremad" in only:
-        res["cremad"] = cremad(make_rec, {"personal (today: anchor 0.1, no guard)": {"anchor": TODAY_ANCHOR, "use_guard": False}, "default: guard + finetune": {}})
+        res["cremad"] = cremad(make_rec, {"personal (today: anchor 0.1, no guard)": {"anchor": TODAY_ANCHOR, "use_guard": False},
+                                                FIRST_PASS: {"center": False}, DEFAULT: {}})
     if "ravdess" in only:
         res["ravdess"] = ravdess(args.ravdess_seeds)
     res["seconds"] = time.perf_counter() - t0

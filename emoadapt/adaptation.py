@@ -12,26 +12,35 @@ Policy (:func:`adapt_user`):
    ``"prototype"`` nearest class prototypes of the user's own features
    (:class:`~emoadapt.heads.PrototypeHead`); ``"logistic"`` a logistic regression on the
    user's own features only.
-3. The *guard* decides how much to trust it, from the first correction on: every
+3. *Centring on the user* (``center``, default on, with a replay set): every frame, of the
+   corrections and of what the user's head predicts later, has the user's offset
+   (:func:`user_offset`: the mean over the corrected classes of the user's class mean minus
+   the universal class mean, shrunk when few classes are corrected) subtracted first, so
+   that what all the person's faces share (identity, camera) is removed before the heads
+   read them. The offset is saved with the head (:class:`~emoadapt.heads.CenteredHead`).
+4. The *guard* decides how much to trust it, from the first correction on: every
    correction is held out once (leave-one-out up to :data:`LOO_MAX` corrections; beyond,
    every :data:`HELD_OUT_EVERY`-th correction is held out once, which keeps ``adapt``
-   fast), the personal head is refitted on the others, and the candidates are scored on
-   it: the universal head (weight 0), the *mix* (weight ``n / (n + mix_k)``, growing with
-   the evidence), the personal head (weight 1) and, for the fine-tune, the personal head
-   fine-tuned with a weaker pull (:data:`ALT_ANCHORS`). The most accurate wins; ties go to
-   the more personal candidate, and between personal heads to the higher mean
-   log-likelihood of the held-out labels (the benchmark's numbers). With one correction per class,
-   the held-out correction's class is absent from the others: the check then measures
-   whether the personal evidence about the other classes drags an unseen expression away
-   from what the universal head says, the harm a personal model can do.
-4. The personal head refitted on all corrections is saved atomically as a new version,
-   inside a :class:`~emoadapt.heads.BlendHead` with the chosen weight (so choosing the
-   universal model also retires an older personal head); the previous version is kept as
-   a fallback. :class:`AdaptReport` says what was chosen and why.
+   fast), the offset and the personal head are re-estimated on the others, and the
+   candidates are scored on it: the universal head (weight 0, not centred), the centred
+   universal head, the *mix* (weight ``n / (n + mix_k)``, growing with the evidence), the
+   personal head (weight 1) and, for the fine-tune, the personal head fine-tuned with a
+   weaker pull (:data:`ALT_ANCHORS`, on features not centred: :data:`ALT_CENTER`). The most
+   accurate wins; ties go to the more personal candidate, and between personal heads to the
+   higher mean log-likelihood of the held-out labels (the benchmark's numbers). With one
+   correction per class, the held-out correction's class is absent from the others: the
+   check then measures whether the personal evidence about the other classes drags an
+   unseen expression away from what the universal head says, the harm a personal model can
+   do.
+5. The personal head refitted on all corrections is saved atomically as a new version,
+   inside a :class:`~emoadapt.heads.BlendHead` with the chosen weight, itself inside a
+   :class:`~emoadapt.heads.CenteredHead` when the choice reads centred features (choosing
+   the universal model also retires an older personal head); the previous version is kept
+   as a fallback. :class:`AdaptReport` says what was chosen and why.
 
 The defaults (``finetune``, ``anchor`` = :data:`DEFAULT_ANCHOR`, ``mix_k`` =
-:data:`DEFAULT_MIX_K`) were chosen by ``benchmarks/personalization.py`` (README,
-"Personalization").
+:data:`DEFAULT_MIX_K`, ``center`` = :data:`DEFAULT_CENTER`, :data:`ALT_ANCHORS`) were chosen
+by ``benchmarks/personalization.py`` (README, "Personalization").
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ import numpy as np
 from .errors import InvalidInputError
 from .heads import (
     BlendHead,
+    CenteredHead,
     Head,
     PrototypeHead,
     StatPoolingHead,
@@ -57,6 +67,7 @@ from .store import Store
 
 __all__ = [
     "DEFAULT_ANCHOR",
+    "DEFAULT_CENTER",
     "DEFAULT_MIX_K",
     "DEFAULT_STRATEGY",
     "STRATEGIES",
@@ -68,6 +79,7 @@ __all__ = [
     "load_personal_head",
     "load_replay",
     "personalize",
+    "user_offset",
 ]
 
 log = logging.getLogger(__name__)
@@ -104,11 +116,14 @@ class AdaptReport:
     strategy: str = ""
     """How the personal head was fitted (:data:`STRATEGIES`)."""
     choice: str = ""
-    """What the guard chose: ``"universal"``, ``"mix"`` or ``"personal"``."""
+    """What the guard chose: ``"universal"``, ``"centred"`` (the universal head on features
+    centred on the user), ``"mix"``, ``"personal"`` or ``"personal@A"`` (another anchor)."""
     weight: float | None = None
     """The personal head's weight in the saved :class:`~emoadapt.heads.BlendHead`."""
     anchor: float | None = None
     """The fine-tune's pull toward the universal weights (fine-tune strategy)."""
+    centred: bool = False
+    """The saved head reads features centred on the user (:func:`user_offset`)."""
     guard: str = ""
     """How the candidates were scored (``"leave-one-out"``, ``"every 5th held out"``,
     ``"none"`` with one correction, ``"off"``)."""
@@ -131,7 +146,8 @@ class AdaptReport:
             lines.append(f"  mean log-likelihood: {ll}")
         if self.choice:
             anchor = "" if self.anchor is None else f", anchor {self.anchor:g}"
-            lines.append(f"chosen: {self.choice} (strategy {self.strategy}{anchor}, personal weight {self.weight:.2f})")
+            centred = ", features centred on the user" if self.centred else ""
+            lines.append(f"chosen: {self.choice} (strategy {self.strategy}{anchor}, personal weight {self.weight:.2f}{centred})")
         state = f"head v{self.version} active" if self.accepted else "no new head"
         lines.append(f"{state}: {self.reason} ({self.seconds:.2f} s)")
         return "\n".join(lines)
@@ -142,6 +158,12 @@ class AdaptReport:
 DEFAULT_ANCHOR = 1.0
 #: Evidence scale of the guard's mix: the personal weight is ``n / (n + DEFAULT_MIX_K)``.
 DEFAULT_MIX_K = 7.0
+#: Centre features on the user (:func:`user_offset`) before fitting and predicting.
+DEFAULT_CENTER = True
+#: Shrinkage of :func:`user_offset` estimated from ``k`` classes: ``k / (k + OFFSET_SHRINK)``.
+OFFSET_SHRINK = 1.0
+#: Whether the guard's other anchors (:data:`ALT_ANCHORS`) read centred features too.
+ALT_CENTER = False
 #: Other anchors the guard tries for the fine-tune strategy (a weaker pull: more personal).
 ALT_ANCHORS: tuple[float, ...] = (0.1,)
 
@@ -160,6 +182,33 @@ def load_replay(name: str) -> tuple[np.ndarray, np.ndarray]:
     if feats.ndim != 2 or len(feats) != len(labels) or not np.isfinite(feats).all():
         raise ModelIntegrityError(f"replay set {name} is malformed")
     return feats, labels
+
+
+def user_offset(clips: list[np.ndarray], labels: list[str], replay: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray | None:
+    """What all of one user's frames share, relative to the universal training data.
+
+    The mean, over the user's corrected classes that the ``replay`` set (universal training
+    features) also has, of the user's class mean minus the replay's class mean: an estimate
+    of the user's identity (and camera) in feature space that does not depend on which
+    expressions they corrected, shrunk toward zero by ``k / (k + OFFSET_SHRINK)`` for ``k``
+    classes (one class's mean still carries that expression). ``None`` without a replay set or a shared class (custom
+    labels only): nothing to centre on.
+    """
+    if replay is None or not len(replay[0]) or not clips:
+        return None
+    feats, rlabels = replay
+    rl = np.asarray(rlabels).astype(str)
+    x = np.stack([np.asarray(c, np.float64).mean(axis=0) for c in clips])
+    y = np.asarray(labels).astype(str)
+    diffs = [x[y == k].mean(axis=0) - feats[rl == k].astype(np.float64).mean(axis=0) for k in np.unique(y) if (rl == k).any()]
+    if not diffs or x.shape[1] != feats.shape[1]:
+        return None
+    k = len(diffs)
+    return k / (k + OFFSET_SHRINK) * np.mean(diffs, axis=0)
+
+
+def _center(clips: list[np.ndarray], offset: np.ndarray | None) -> list[np.ndarray]:
+    return list(clips) if offset is None else [np.asarray(c, np.float64) - offset for c in clips]
 
 
 def fine_tune(
@@ -225,14 +274,21 @@ def fit_personal(
 
 
 def _weights(n: int, mix_k: float) -> dict[str, float]:
-    return {"universal": 0.0, "mix": float(n) / (n + float(mix_k)), "personal": 1.0}
+    return {"universal": 0.0, "centred": 0.0, "mix": float(n) / (n + float(mix_k)), "personal": 1.0}
 
 
-def _candidates(strategy: str, anchor: float | None, alt_anchors: tuple[float, ...]) -> list[tuple[str, float | None]]:
-    """The guard's personal heads ``(name, anchor)``, from the least to the most preferred on
-    ties; the last (``"personal"``, fitted with ``anchor``) is also the one the mix blends."""
+def _candidates(strategy: str, anchor: float | None, alt_anchors: tuple[float, ...], center: bool, alt_center: bool) -> list[tuple[str, float | None, bool]]:
+    """The guard's personal heads ``(name, anchor, centred)``, from the least to the most
+    preferred on ties; the last (``"personal"``, fitted with ``anchor``) is also the one the
+    mix blends."""
     alts = [a for a in alt_anchors if strategy == "finetune" and a != anchor]
-    return [*((f"personal@{a:g}", a) for a in alts), ("personal", anchor)]
+    return [*((f"personal@{a:g}", a, center and alt_center) for a in alts), ("personal", anchor, center)]
+
+
+def _installed(universal: TrainableHead, personal: Head, weight: float, offset: np.ndarray | None) -> Head:
+    """The head a candidate stands for: the blend, read on centred features when ``offset``."""
+    blend = BlendHead(universal, personal, weight)
+    return blend if offset is None else CenteredHead(blend, offset)
 
 
 def guard(
@@ -243,19 +299,25 @@ def guard(
     mix_k: float = DEFAULT_MIX_K,
     alt_anchors: tuple[float, ...] = ALT_ANCHORS,
     anchor: float | None = DEFAULT_ANCHOR,
+    center: bool = DEFAULT_CENTER,
+    alt_center: bool = ALT_CENTER,
     **fit_kw: Any,
 ) -> tuple[str, dict[str, float], str, int]:
     """Choose between the universal head, the mix and the personal head(s) (see module docs).
 
     Returns ``(choice, held-out accuracy per candidate, scheme, corrections scored)``. The
-    candidates are ``universal``, ``mix`` (weight ``n / (n + mix_k)``), ``personal`` and,
-    for the fine-tune strategy, ``personal@A`` (fine-tuned with anchor ``A`` of
-    ``alt_anchors`` instead of ``anchor``). The most accurate wins; on ties a personal head
-    goes before the mix, the mix before the universal head, and between personal heads the
-    higher mean log-likelihood of the held-out labels wins (then ``personal``). The evidence
-    also lists each candidate's ``"<name> log-likelihood"``. With a single correction nothing can be held out: the
-    mix is chosen (its weight, ``1 / (1 + mix_k)``, keeps the universal head in charge of what
-    the one correction does not cover). ``fit_kw`` go to :func:`fit_personal`.
+    candidates are ``universal``, ``centred`` (the universal head on features centred on the
+    user, :func:`user_offset`; only with ``center`` and a replay set), ``mix`` (weight
+    ``n / (n + mix_k)``), ``personal`` and, for the fine-tune strategy, ``personal@A``
+    (fine-tuned with anchor ``A`` of ``alt_anchors`` instead of ``anchor``); all but
+    ``universal`` read centred features when ``center``. The offset and the personal heads
+    are re-estimated without the held-out corrections. The most accurate wins; on ties a
+    personal head goes before the mix, the mix before the centred universal head, that
+    before the universal head, and between personal heads the higher mean log-likelihood of
+    the held-out labels wins (then ``personal``). The evidence also lists each candidate's
+    ``"<name> log-likelihood"``. With a single correction nothing can be held out: the mix is
+    chosen (its weight, ``1 / (1 + mix_k)``, keeps the universal head in charge of what the
+    one correction does not cover). ``fit_kw`` go to :func:`fit_personal`.
     """
     n = len(labels)
     if n < 2:
@@ -263,36 +325,43 @@ def guard(
     folds = [np.array([i]) for i in range(n)] if n <= LOO_MAX else [np.arange(HELD_OUT_EVERY - 1, n, HELD_OUT_EVERY)]
     scheme = "leave-one-out" if n <= LOO_MAX else f"every {HELD_OUT_EVERY}th held out"
     w_mix = _weights(n - len(folds[0]), mix_k)["mix"]
-    cands = _candidates(str(fit_kw.get("strategy", DEFAULT_STRATEGY)), anchor, alt_anchors)
-    order = ["universal", "mix", *(c for c, _ in cands)]
+    centring = center and user_offset(clips, labels, fit_kw.get("replay")) is not None
+    cands = _candidates(str(fit_kw.get("strategy", DEFAULT_STRATEGY)), anchor, alt_anchors, centring, alt_center)
+    order = ["universal", *(["centred"] if centring else []), "mix"]
+    first_personal = order.index("mix") + 1
+    order = [*order[:first_personal], *(c for c, _, _ in cands)]
     hits = {k: 0 for k in order}
     loglik = {k: 0.0 for k in order}
     scored = sum(len(f) for f in folds)
     y = np.asarray(labels, dtype=str)
 
-    def score(name: str, blend: BlendHead, test: list[np.ndarray], truth: np.ndarray) -> None:
-        p = blend.predict_proba(test)
-        classes = np.asarray(blend.classes_).astype(str)
+    def score(name: str, head: Head, test: list[np.ndarray], truth: np.ndarray) -> None:
+        p = head.predict_proba(test)
+        classes = np.asarray(head.classes_).astype(str)
         hits[name] += int(np.sum(classes[np.argmax(p, axis=1)] == truth))
         col = {c: i for i, c in enumerate(classes)}
         loglik[name] += float(sum(np.log(max(p[r, col[t]], BlendHead._FLOOR)) if t in col else np.log(BlendHead._FLOOR) for r, t in enumerate(truth)))
 
     for held in folds:
         keep = np.setdiff1d(np.arange(n), held)
+        train, train_y = [clips[i] for i in keep], [labels[i] for i in keep]
+        offset = user_offset(train, train_y, fit_kw.get("replay")) if centring else None
         test = [clips[i] for i in held]
         truth = y[held]
-        for name, a in cands:
-            personal = fit_personal(universal, [clips[i] for i in keep], [labels[i] for i in keep], anchor=a, **fit_kw)
-            blend = BlendHead(universal, personal, 1.0)
-            score(name, blend, test, truth)
+        for name, a, centred in cands:
+            off = offset if centred else None
+            personal = fit_personal(universal, _center(train, off), train_y, anchor=a, **fit_kw)
+            score(name, _installed(universal, personal, 1.0, off), test, truth)
             if name == "personal":
-                for k, w in (("universal", 0.0), ("mix", w_mix)):
-                    blend.weight = w
-                    score(k, blend, test, truth)
+                score("universal", BlendHead(universal, personal, 0.0), test, truth)
+                score("mix", _installed(universal, personal, w_mix, offset), test, truth)
+                if centring:
+                    score("centred", _installed(universal, personal, 0.0, offset), test, truth)
     acc = {k: hits[k] / scored for k in order}
-    # most accurate; ties: a personal head over the mix over the universal one, and between
-    # personal heads, the higher mean log-likelihood of the held-out labels
-    choice = max(reversed(order), key=lambda k: (acc[k], order.index(k) >= 2, round(loglik[k] / scored, 9) if order.index(k) >= 2 else 0.0, order.index(k)))
+    # most accurate; ties: a personal head over the mix over the centred universal head over
+    # the universal one, and between personal heads, the higher mean log-likelihood
+    choice = max(reversed(order), key=lambda k: (acc[k], order.index(k) >= first_personal,
+                                                 round(loglik[k] / scored, 9) if order.index(k) >= first_personal else 0.0, order.index(k)))
     acc.update({f"{k} log-likelihood": loglik[k] / scored for k in order})
     return choice, acc, scheme, scored
 
@@ -307,12 +376,17 @@ def personalize(
     mix_k: float = DEFAULT_MIX_K,
     anchor: float | None = DEFAULT_ANCHOR,
     alt_anchors: tuple[float, ...] = ALT_ANCHORS,
+    center: bool = DEFAULT_CENTER,
+    alt_center: bool = ALT_CENTER,
     **fit_kw: Any,
-) -> tuple[BlendHead, dict[str, Any]]:
+) -> tuple[Head, dict[str, Any]]:
     """The head :func:`adapt_user` installs, from one user's ``(clips, labels)``, without a store.
 
-    Returns ``(BlendHead, info)``; ``info`` has ``choice``, ``weight``, ``anchor``,
-    ``evidence``, ``guard`` and ``n_held_out``. ``use_guard=False`` skips the check and takes
+    Returns ``(head, info)``: a :class:`~emoadapt.heads.BlendHead` of the universal and the
+    personal head, inside a :class:`~emoadapt.heads.CenteredHead` when it reads features
+    centred on the user (``center`` and a ``replay`` set, unless the guard chose the plain
+    universal head). ``info`` has ``choice``, ``weight``, ``anchor``, ``evidence``,
+    ``guard``, ``n_held_out`` and ``centred``. ``use_guard=False`` skips the check and takes
     the personal head (weight 1). ``fit_kw`` (``replay``, ``epochs``, ``seed``) go to
     :func:`fit_personal`.
     """
@@ -320,14 +394,17 @@ def personalize(
         raise InvalidInputError(f"need as many labels as clips, at least one ({len(clips)} clips, {len(labels)} labels)")
     fit_kw["strategy"] = strategy
     if use_guard:
-        choice, evidence, scheme, scored = guard(universal, clips, labels, mix_k=mix_k, anchor=anchor, alt_anchors=alt_anchors, **fit_kw)
+        choice, evidence, scheme, scored = guard(universal, clips, labels, mix_k=mix_k, anchor=anchor, alt_anchors=alt_anchors, center=center, alt_center=alt_center, **fit_kw)
     else:
         choice, evidence, scheme, scored = "personal", {}, "off", 0
-    chosen_anchor = dict(_candidates(strategy, anchor, alt_anchors)).get(choice, anchor)
+    offset = user_offset(clips, labels, fit_kw.get("replay")) if center and choice != "universal" else None
+    chosen = {name: (a, c) for name, a, c in _candidates(strategy, anchor, alt_anchors, offset is not None, alt_center)}
+    chosen_anchor, centred = chosen.get(choice, (anchor, offset is not None))
+    offset = offset if centred else None
     weight = _weights(len(labels), mix_k).get(choice, 1.0)
-    head = BlendHead(universal, fit_personal(universal, clips, labels, anchor=chosen_anchor, **fit_kw), weight)
+    head = _installed(universal, fit_personal(universal, _center(clips, offset), labels, anchor=chosen_anchor, **fit_kw), weight, offset)
     return head, {"choice": choice, "weight": weight, "anchor": chosen_anchor if strategy == "finetune" else None,
-                  "evidence": evidence, "guard": scheme, "n_held_out": scored}
+                  "evidence": evidence, "guard": scheme, "n_held_out": scored, "centred": offset is not None}
 
 
 def load_personal_head(store: Store, user: str) -> Head | None:
@@ -348,6 +425,7 @@ def adapt_user(
     use_guard: bool = True,
     anchor: float | None = DEFAULT_ANCHOR,
     mix_k: float = DEFAULT_MIX_K,
+    center: bool = DEFAULT_CENTER,
     epochs: int | None = None,
     seed: int = 0,
 ) -> AdaptReport:
@@ -374,16 +452,18 @@ def adapt_user(
     feats = [feats[i] for i in order]
     labels = [labels[i] for i in order]
     ids = [ids[i] for i in order]
-    head, info = personalize(universal, feats, labels, strategy=strategy, use_guard=use_guard, mix_k=mix_k, replay=replay, anchor=anchor, epochs=epochs, seed=seed)
+    head, info = personalize(universal, feats, labels, strategy=strategy, use_guard=use_guard, mix_k=mix_k, replay=replay, anchor=anchor, center=center,
+                              epochs=epochs, seed=seed)
     counts = {lab: labels.count(lab) for lab in sorted(set(labels))}
     report = AdaptReport(user, False, _active_version(store, user), n, n, info["n_held_out"], strategy=strategy, choice=info["choice"],
-                         weight=info["weight"], anchor=info["anchor"], guard=info["guard"], evidence=info["evidence"], label_counts=counts)
+                         weight=info["weight"], anchor=info["anchor"], centred=info["centred"], guard=info["guard"], evidence=info["evidence"], label_counts=counts)
     if info["evidence"]:
         report.held_out_accuracy_before = info["evidence"]["universal"]
         report.held_out_accuracy_after = info["evidence"][info["choice"]]
     metrics: dict[str, Any] = {f"held_out_{k}": v for k, v in info["evidence"].items()}
     metrics.update(n_corrections=n, n_train=n, n_held_out=info["n_held_out"], weight=info["weight"])
-    meta = {"type": type(head).__name__, "strategy": strategy, "choice": info["choice"], "guard": info["guard"], "anchor": info["anchor"]}
+    meta = {"type": type(head).__name__, "strategy": strategy, "choice": info["choice"], "guard": info["guard"], "anchor": info["anchor"],
+            "centred": info["centred"]}
     version = store.save_head(user, head_to_arrays(head), meta=meta, metrics=metrics, trained_on=ids, user_uid=user_uid)
     report.accepted, report.version = True, version
     report.classes = [str(c) for c in head.classes_]

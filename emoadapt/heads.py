@@ -44,7 +44,7 @@ import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -61,6 +61,7 @@ __all__ = [
     "MeanProbabilityHead",
     "PrototypeHead",
     "BlendHead",
+    "CenteredHead",
     "HEAD_TYPES",
     "Head",
     "TrainableHead",
@@ -95,6 +96,7 @@ class Head(Protocol):
     def predict(self, clips: Clips) -> np.ndarray: ...
 
 
+@runtime_checkable
 class TrainableHead(Head, Protocol):
     """A :class:`Head` that learns from labelled clips (what personalization starts from)."""
 
@@ -1340,7 +1342,7 @@ class BlendHead(_Head):
 
     _FLOOR = 1e-6
 
-    def __init__(self, base: Head | None = None, personal: TrainableHead | None = None, weight: float = 1.0) -> None:
+    def __init__(self, base: Head | None = None, personal: Head | None = None, weight: float = 1.0) -> None:
         self.base = base
         self.personal = personal
         self.weight = weight
@@ -1358,7 +1360,7 @@ class BlendHead(_Head):
             return self._check_parts()[0].n_features_in_
         raise AttributeError(name)
 
-    def _check_parts(self) -> tuple[Head, TrainableHead]:
+    def _check_parts(self) -> tuple[Head, Head]:
         """``(base, personal)``, both fitted, and a valid weight (else InvalidInputError)."""
         base, personal = self.base, self.personal
         if base is None or personal is None or not hasattr(base, "classes_") or not hasattr(personal, "classes_"):
@@ -1372,13 +1374,19 @@ class BlendHead(_Head):
 
     def fit(self, clips: Clips, y: Any) -> BlendHead:
         """Refit the personal head on ``(clips, y)`` (the universal one stays as it is)."""
-        self._check_parts()[1].fit(clips, y)
+        self._trainable_personal().fit(clips, y)
         return self
 
     def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> BlendHead:
         """Continue fitting the personal head on ``(clips, y)``."""
-        self._check_parts()[1].partial_fit(clips, y)
+        self._trainable_personal().partial_fit(clips, y)
         return self
+
+    def _trainable_personal(self) -> TrainableHead:
+        personal = self._check_parts()[1]
+        if not isinstance(personal, TrainableHead):
+            raise InvalidInputError(f"the personal head ({type(personal).__name__}) cannot be trained further")
+        return personal
 
     def _aligned_log(self, head: Head, clips: Clips, classes: list[Any]) -> np.ndarray:
         p = np.asarray(head.predict_proba(clips), dtype=np.float64)
@@ -1425,6 +1433,94 @@ class BlendHead(_Head):
         return cls(parts["base"], parts["personal"], float(weight))
 
 
+class CenteredHead(_Head):
+    """A head that reads features relative to one person: ``x - offset`` for every frame.
+
+    ``offset`` (``(D,)``) is a per-user estimate of what all of a person's frames share
+    (their identity, their camera), relative to the universal training data;
+    :func:`emoadapt.adaptation.user_offset` estimates it from the user's corrections as the
+    mean, over the corrected classes, of the user's class mean minus the universal class
+    mean. The wrapped head (often a :class:`BlendHead`) sees the centred features, both when
+    it is fitted and when it predicts; the offset is saved with it as a plain array.
+
+    Args:
+        head: the wrapped head (fitted); not a :class:`CenteredHead`.
+        offset: the vector subtracted from every frame, ``(D,)``.
+    """
+
+    def __init__(self, head: Any = None, offset: Any = None) -> None:
+        self.head = head
+        self.offset = offset
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {"offset": self.offset} if not deep else {"head": self.head, "offset": self.offset}
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("classes_", "n_features_in_"):
+            self._check_parts()
+            return getattr(self.head, name)
+        raise AttributeError(name)
+
+    def _check_parts(self) -> None:
+        if self.head is None or not hasattr(self.head, "classes_") or isinstance(self.head, CenteredHead):
+            raise InvalidInputError("CenteredHead needs a fitted head (not another CenteredHead)")
+        off = np.asarray(self.offset, dtype=np.float64) if self.offset is not None else None
+        if off is None or off.ndim != 1 or not np.isfinite(off).all():
+            raise InvalidInputError("offset must be a finite 1-D vector")
+        d = getattr(self.head, "n_features_in_", None)
+        if d is not None and len(off) != d:
+            raise InvalidInputError(f"offset has {len(off)} values, the head reads {d} features")
+
+    def _check_fitted(self) -> None:
+        self._check_parts()
+
+    def centered(self, clips: Clips) -> list[np.ndarray]:
+        """``clips`` with the offset subtracted from every frame."""
+        self._check_parts()
+        off = np.asarray(self.offset, dtype=np.float64)
+        cl = as_clips(clips)
+        if cl and cl[0].shape[1] != len(off):
+            raise InvalidInputError(f"clips have {cl[0].shape[1]} features, the offset has {len(off)}")
+        return [c - off for c in cl]
+
+    def fit(self, clips: Clips, y: Any) -> CenteredHead:
+        """Refit the wrapped head on the centred ``clips`` (the offset stays)."""
+        self.head.fit(self.centered(clips), y)
+        return self
+
+    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> CenteredHead:
+        """Continue fitting the wrapped head on the centred ``clips``."""
+        self.head.partial_fit(self.centered(clips), y)
+        return self
+
+    def predict_proba(self, clips: Clips) -> np.ndarray:
+        """The wrapped head's probabilities of the centred clips ``(N, C)``."""
+        return np.asarray(self.head.predict_proba(self.centered(clips)))
+
+    def _payload(self) -> dict[str, np.ndarray]:
+        self._check_parts()
+        meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "type": type(self).__name__, "params": {}}
+        out = {"meta": np.array(json.dumps(meta, sort_keys=True)), "classes": np.asarray(self.head._payload()["classes"]),
+               "offset": np.asarray(self.offset, dtype=np.float64)}
+        for k, v in self.head._payload().items():
+            out[f"head__{k}"] = v
+        return out
+
+    @classmethod
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> CenteredHead:
+        sub = {k[len("head__") :]: v for k, v in arrays.items() if k.startswith("head__")}
+        head = _from_payload(sub, "head")
+        if isinstance(head, CenteredHead):
+            raise ModelIntegrityError("head file: nested centred heads are not allowed")
+        offset = arrays.get("offset")
+        if offset is None or offset.ndim != 1 or offset.dtype.kind != "f" or not np.isfinite(offset).all():
+            raise ModelIntegrityError("head file: the offset must be a finite 1-D float array")
+        d = getattr(head, "n_features_in_", len(offset))
+        if d != len(offset):
+            raise ModelIntegrityError(f"head file: offset of {len(offset)} values for a head reading {d} features")
+        return cls(head, offset.astype(np.float64))
+
+
 HEAD_TYPES: dict[str, type[_Head]] = {
     "StatPoolingHead": StatPoolingHead,
     "SingleAttentionHead": SingleAttentionHead,
@@ -1432,6 +1528,7 @@ HEAD_TYPES: dict[str, type[_Head]] = {
     "MeanProbabilityHead": MeanProbabilityHead,
     "PrototypeHead": PrototypeHead,
     "BlendHead": BlendHead,
+    "CenteredHead": CenteredHead,
 }
 
 
@@ -1478,9 +1575,11 @@ def _from_payload(arrays: Mapping[str, np.ndarray], p: str = "head") -> _Head:
         raise ModelIntegrityError(f"{p}: invalid head file: {e}") from e
 
 
-def head_to_arrays(head: _Head) -> dict[str, np.ndarray]:
+def head_to_arrays(head: Head) -> dict[str, np.ndarray]:
     """The plain arrays :meth:`save` writes (``meta`` JSON string, ``classes``, weights), for
     stores that keep heads in their own files (e.g. :class:`emoadapt.store.Store`)."""
+    if not isinstance(head, _Head):
+        raise InvalidInputError(f"not an emoadapt head: {type(head).__name__}")
     return head._payload()
 
 

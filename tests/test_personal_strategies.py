@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 import emoadapt
-from emoadapt.adaptation import fit_personal, guard, personalize
+from emoadapt.adaptation import fit_personal, guard, personalize, user_offset
 from emoadapt.errors import InvalidInputError, ModelIntegrityError
 from emoadapt.heads import (
     BlendHead,
+    CenteredHead,
     PrototypeHead,
     head_from_arrays,
     head_to_arrays,
@@ -24,6 +25,13 @@ from emoadapt.heads import (
 
 ROOT = Path(__file__).resolve().parents[1]
 from _scripts import TAIWANESE_LETTERS as LETTERS
+
+
+def _blend(head) -> BlendHead:
+    """The blend of universal and personal heads inside what ``personalize`` returns."""
+    inner = head.head if isinstance(head, CenteredHead) else head
+    assert isinstance(inner, BlendHead)
+    return inner
 
 
 def _photos(recognizer, data_dir, pid: str):
@@ -80,18 +88,21 @@ def test_blend_head_of_each_strategy_round_trips_with_custom_labels(recognizer, 
     labels = [*labels[:-1], "calm"]
     u = recognizer.personal_base
     head, info = personalize(u, clips, labels, strategy=strategy, replay=recognizer.replay)
-    assert isinstance(head, BlendHead) and info["choice"] in info["evidence"]
+    assert info["choice"] in info["evidence"] and isinstance(head, CenteredHead) == info["centred"]
     assert "calm" in head.classes_ and set(u.classes_) <= set(head.classes_)
     arrays = head_to_arrays(head)
     assert all(a.dtype != object for a in arrays.values())  # plain arrays, no pickles
     back = head_from_arrays(arrays)
-    assert isinstance(back, BlendHead) and back.weight == head.weight
+    assert type(back) is type(head) and _blend(back).weight == _blend(head).weight
     assert np.allclose(back.predict_proba(test), head.predict_proba(test))
-    # weight 0 is the universal head (its classes' ranking), weight 1 the personal one
-    head.weight = 0.0
-    assert (head.predict(test) == u.predict(test)).all()
-    head.weight = 1.0
-    assert (head.predict(test) == head.personal.predict(test)).all()
+    # weight 0 is the universal head (its classes' ranking), weight 1 the personal one, both
+    # on the features the head reads (centred on the user when it is a CenteredHead)
+    seen = head.centered(test) if isinstance(head, CenteredHead) else test
+    blend = _blend(head)
+    blend.weight = 0.0
+    assert (head.predict(test) == u.predict(seen)).all()
+    blend.weight = 1.0
+    assert (head.predict(test) == blend.personal.predict(seen)).all()
 
 
 def test_blend_head_rejects_damaged_files(recognizer, person):
@@ -116,12 +127,48 @@ def test_guard_picks_universal_when_the_evidence_hurts_and_personal_when_it_help
     head = personalize(u, clips, labels, replay=replay)[0]
     assert np.mean(head.predict(test) == np.asarray(truth)) > np.mean(u.predict(test) == np.asarray(truth))
     # harmful evidence: person 02, who labels every second photo of an emotion as the next
-    # emotion (inconsistent corrections): personal heads learn the confusion
+    # emotion (inconsistent corrections): personal heads learn the confusion; the universal
+    # head decides (on features centred on the person or not: centring learns no labels)
     (clips, labels), _ = person02
     order = sorted(set(labels))
     noisy = [order[(order.index(lab) + 1) % len(order)] if k % 2 else lab for k, lab in enumerate(labels)]
     choice, acc, _, _ = guard(u, clips, noisy, replay=replay)
-    assert choice == "universal" and acc["personal"] < acc["universal"], acc
+    assert choice in ("universal", "centred") and acc["personal"] < acc["universal"], acc
+    assert guard(u, clips, noisy, replay=replay, center=False)[0] == "universal"
+
+
+def test_centering_on_the_user_helps_on_their_other_style_and_round_trips(recognizer, person, tmp_path):
+    (clips, labels), (test, truth) = person
+    u, replay = recognizer.personal_base, recognizer.replay
+    off = user_offset(clips, labels, replay)
+    assert off is not None and off.shape == (u.n_features_in_,) and np.linalg.norm(off) > 0
+    # the universal head on features centred on the person (no fine-tune): identity removed
+    centred = CenteredHead(BlendHead(u, u, 0.0), off)
+    acc = np.mean(centred.predict(test) == np.asarray(truth))
+    assert acc > np.mean(u.predict(test) == np.asarray(truth)), acc
+    # one class says less about the person than seven: its estimate is shrunk (1/2 vs 7/8)
+    one = [i for i, lab in enumerate(labels) if lab == "happy"]
+    off1 = user_offset([clips[i] for i in one], ["happy"] * len(one), replay)
+    raw1 = np.mean([clips[i].mean(0) for i in one], 0) - replay[0][replay[1] == "happy"].mean(0)
+    assert np.allclose(off1, raw1 / 2)
+    assert user_offset(clips, ["calm"] * len(clips), replay) is None and user_offset(clips, labels, None) is None
+    # custom labels: the personal head of a centred fine-tune, saved as plain arrays
+    labels = [*labels[:-1], "calm"]
+    head = CenteredHead(BlendHead(u, fit_personal(u, [c - off for c in clips], labels, replay=replay), 0.5), off)
+    assert "calm" in head.classes_
+    back = load_head(head.save(tmp_path / "c.npz"))
+    assert isinstance(back, CenteredHead) and np.allclose(back.offset, off)
+    assert np.allclose(back.predict_proba(test), head.predict_proba(test))
+    arrays = head_to_arrays(head)
+    assert all(a.dtype != object for a in arrays.values())
+    for bad in ({**arrays, "offset": arrays["offset"][:-1]}, {**arrays, "offset": np.full_like(arrays["offset"], np.nan)},
+                {k: v for k, v in arrays.items() if k != "offset"}):
+        with pytest.raises(ModelIntegrityError):
+            head_from_arrays(bad)
+    with pytest.raises(InvalidInputError):
+        head.predict_proba([np.zeros((1, 3))])
+    with pytest.raises(InvalidInputError):
+        CenteredHead(head, off).predict_proba(test)  # no nesting
 
 
 def test_fit_personal_rejects_unknown_strategies(recognizer, person):
@@ -153,7 +200,7 @@ def test_adapt_report_says_what_was_chosen_and_why(tmp_path, recognizer, cremad_
     assert f"chosen: {rep.choice}" in text and "leave-one-out" in text and "angry 2" in text
     # the saved head is what predict() uses, and it is the guard's blend
     head = rec._personal_head("a")
-    assert isinstance(head, BlendHead) and head.weight == rep.weight
+    assert isinstance(head, CenteredHead) == rep.centred and _blend(head).weight == rep.weight
     rep2 = rec.adapt("a", strategy="prototype")
     assert rep2.version == 2 and rep2.strategy == "prototype" and rep2.anchor is None
     with pytest.raises(InvalidInputError):

@@ -19,7 +19,7 @@ _NOT_EXPORTED: dict[str, set[str]] = {
     # the command line's parser and command handlers: reached through main() (the console
     # script), importable by tests, not an API
     "emoadapt.cli": {"build_parser", "cli_message", "quiet_native_logs", "cmd_adapt", "cmd_annotate", "cmd_correct", "cmd_enroll",
-                     "cmd_extract", "cmd_forget", "cmd_predict", "cmd_serve", "cmd_users"},
+                     "cmd_extract", "cmd_forget", "cmd_live", "cmd_predict", "cmd_serve", "cmd_users"},
     # thread/interpreter plumbing shared by the runtime modules (zoo.py is being reworked on
     # another branch; whether these become public or private is decided there)
     "emoadapt.zoo": {"check_threads", "default_threads", "interpreter_lease"},
