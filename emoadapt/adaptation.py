@@ -40,7 +40,7 @@ Policy (:func:`adapt_user`):
 
 The defaults (``finetune``, ``anchor`` = :data:`DEFAULT_ANCHOR`, ``mix_k`` =
 :data:`DEFAULT_MIX_K`, ``center`` = :data:`DEFAULT_CENTER`, :data:`ALT_ANCHORS`) were chosen
-by ``benchmarks/personalization.py`` (README, "Personalization").
+by ``benchmarks/personalization.py`` (docs/personalization.md).
 """
 
 from __future__ import annotations

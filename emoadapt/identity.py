@@ -369,7 +369,7 @@ class FaceEmbedder(Embedder):
 IDENTITY_MODELS: dict[str, type[Embedder]] = {"mobilefacenet": ArcFaceEmbedder, "dlib_resnet": FaceEmbedder}
 
 #: The identity model the Recognizer uses unless told otherwise: the better one measured by
-#: ``benchmarks/identity.py`` (README "Identity routing").
+#: ``benchmarks/identity.py`` (docs/personalization.md "Identity routing").
 DEFAULT_IDENTITY = "mobilefacenet"
 
 
@@ -385,7 +385,7 @@ def load_embedder(name: str = DEFAULT_IDENTITY, num_threads: int | None = None, 
 
 #: Cosine-similarity threshold of :class:`IdentityMatcher` per identity model, between a
 #: probe's clip embedding and a user's enrolment embeddings, chosen from the genuine/impostor
-#: distributions measured on real faces by ``python benchmarks/identity.py`` (README "Identity
+#: distributions measured on real faces by ``python benchmarks/identity.py`` (docs/personalization.md "Identity
 #: routing" has the tables).
 #:
 #: ``mobilefacenet`` 0.615: the benchmark's rule, the smallest 0.005 step whose impostor-pair

@@ -244,7 +244,7 @@ class Recognizer:
             (0 disables; :meth:`adapt` always works).
         identity: the identity model that recognises enrolled users:
             ``"mobilefacenet"`` (default: ArcFace-trained MobileFaceNet, 192-D) or
-            ``"dlib_resnet"`` (dlib's ResNet descriptor, 128-D); see README "Identity routing".
+            ``"dlib_resnet"`` (dlib's ResNet descriptor, 128-D); see docs/personalization.md "Identity routing".
             Enrolments are stored with the name of the model that made them and only those of
             this model are compared: a user enrolled with another model only is not recognised
             (logged) and must be re-enrolled (:meth:`reenrol_needed`).
@@ -272,7 +272,7 @@ class Recognizer:
             made; ``None`` leaves OpenCV's setting alone. Default 1: the library's OpenCV work
             is many small operations (colour conversion, resizing, warping one face), for which
             OpenCV's thread pool costs more CPU than it saves; the emotion network already runs
-            beside decoding and detection in a worker thread (speed: README "Speed",
+            beside decoding and detection in a worker thread (speed: docs/benchmarks.md "Speed",
             ``benchmarks/pipeline_speed.py``).
 
     A Recognizer may be shared by threads: each model serialises its own invocations and the
@@ -670,7 +670,7 @@ class Recognizer:
         Latency: a window's result is yielded right after its last frame is read, tracked,
         aligned and its last few face crops (at most :data:`STREAM_CHUNK`) are run through the
         backbone, plus the clip heads: a median of about 15 ms on a 640x480 frame with one face
-        and users enrolled (README "Live streaming", ``benchmarks/stream.py``). A frame waits up
+        and users enrolled (docs/live.md, ``benchmarks/stream.py``). A frame waits up
         to ``hop`` more for its window to end. Frames read meanwhile wait in the
         source (a camera drops what it cannot buffer).
 

@@ -10,7 +10,7 @@ Each builder lives in ``scripts/builders/<name>.py`` and exposes
 one manifest entry per file (``name``, ``file``, ``source``, ``licence``, ``inputs``,
 ``outputs`` ...). This script adds ``sha256`` and ``size`` and merges the entries into
 ``models/manifest.json``. Needs the ``build`` extra (TensorFlow) and, for some builders, torch:
-see README "Rebuilding the models". The runtime never imports this.
+see docs/models.md "Rebuilding the models". The runtime never imports this.
 """
 
 from __future__ import annotations

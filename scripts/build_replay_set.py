@@ -8,7 +8,7 @@ replay set is ``--per-class`` backbone feature vectors per class of FER2013 *tra
 drawn at random (seeded); only the D-dimensional features are stored, never pixels.
 
 Measured with ``scripts/eval_personalization.py`` (CK+ leave-one-sequence-out per subject,
-CREMA-D halves): see README "Personalization".
+CREMA-D halves): see docs/personalization.md.
 
     python scripts/build_replay_set.py [--backbone NAME] [--per-class 20] [--seed 0]
 """

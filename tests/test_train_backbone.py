@@ -1,7 +1,7 @@
 """scripts/train_backbone.py: continuing training from a shipped TFLite backbone.
 
 Needs TensorFlow (the ``build`` extra), so it is a ``live`` test: ``pytest -m live`` in the
-build environment (README, "Rebuilding the models")."""
+build environment (docs/models.md, "Rebuilding the models")."""
 
 from __future__ import annotations
 

@@ -368,7 +368,7 @@ def _entry(name: str, file: str, quantization: str, check: dict[str, float]) -> 
 
 
 #: which export ships as ``mobilefacenet``: chosen by ``benchmarks/identity.py --at rule`` with
-#: both variants built (``MOBILEFACENET_BOTH=1``), README "Identity routing": dynamic-range int8
+#: both variants built (``MOBILEFACENET_BOTH=1``), docs/personalization.md "Identity routing": dynamic-range int8
 #: kept the EER (all real faces 0.64 % vs 0.66 %) but not the low-FAR operating point the
 #: threshold sits at (false rejects at 0.1 % false accepts: Taiwanese 4.55 % vs 3.94 %, CK+
 #: EER 1.90 % vs 1.69 %; embeddings at cosine 0.968-1.0 to the upstream file's), and was not

@@ -26,7 +26,7 @@ from ._tally import record
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: the bound stated in README "Reliability": peak RSS of a process that runs every case below
+#: the bound stated in docs/reliability.md: peak RSS of a process that runs every case below
 RSS_BOUND_MB = 1024
 #: address-space cap of the measuring process (a regression dies here, not the machine)
 AS_CAP = 6 << 30
