@@ -7,6 +7,11 @@
     nice -n 5 python scripts/train_backbone.py --epochs 24 --workdir /work/runs/backbone
     # export the best checkpoint (by public-test accuracy) and register it in models/manifest.json
     python scripts/train_backbone.py --export-only --workdir /work/runs/backbone
+    # face-pretrained path: faceres (VGGFace2 MobileNet) at 96x96, blocks 12-13 + new head
+    # trained on cached activations of the frozen blocks below (see scripts/face_backbone.py)
+    nice -n 15 python scripts/train_backbone.py --arch faceres --input-size 96 --unfreeze-from 12 \
+        --labels ferplus-soft --epochs 8 --lr 1e-3 --weight-decay 1e-4 --workdir runs/faceres96_u12_soft
+    python scripts/train_backbone.py --arch faceres --export-only --workdir runs/faceres96_u12_soft
     # (re)choose the runtime's flip-TTA setting of the shipped files on the public test
     python scripts/train_backbone.py --choose-tta
 
@@ -896,6 +901,16 @@ def export(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", choices=("vgg", "faceres"), default="vgg",
+                    help="vgg: our VGG-style CNN from scratch; faceres: the VGGFace2 MobileNet, identity "
+                         "weights, fine-tuned (scripts/face_backbone.py)")
+    ap.add_argument("--input-size", type=int, default=96, help="faceres: side the 48x48 face is resized to")
+    ap.add_argument("--unfreeze-from", type=int, default=12,
+                    help="faceres: first trainable block (1..13); the blocks below are frozen and cached")
+    ap.add_argument("--labels", choices=("orig", "ferplus-soft", "ferplus-majority"), default="orig",
+                    help="faceres: FER2013 labels, FERPlus votes as soft targets, or the FERPlus majority")
+    ap.add_argument("--cache-dir", default=str(ROOT / "cache" / "face_backbone"),
+                    help="faceres: where the frozen blocks' outputs are cached")
     ap.add_argument("--epochs", type=int, default=24)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.05, help="peak learning rate (SGD)")
@@ -949,6 +964,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.choose_tta:
         return choose_tta_for_shipped(args)
+    if args.arch == "faceres":
+        import face_backbone
+
+        tf, keras = setup_tf(args.threads)
+        fn = face_backbone.export_face if args.export_only else face_backbone.train_face
+        return fn(args, tf, keras, load_fer, data_dir())
     if args.average:
         return average(args)
     if args.export_only:

@@ -113,37 +113,46 @@ def build_keras(
     *,
     input_size: int = INPUT_SIZE,
     blocks: int = len(BLOCKS),
+    first_block: int = 1,
     include_top: bool = False,
     normalize_input: bool = True,
     trainable: bool = True,
 ) -> Any:
     """The faceres network as a Keras model.
 
-    ``blocks`` (1..13) truncates the trunk after that many depthwise-separable blocks; the
-    output is then the block's feature map ``(size/s, size/s, C)``. ``include_top`` (all 13
+    ``blocks`` (0..13) truncates the trunk after that many depthwise-separable blocks; the
+    output is then the block's feature map ``(size/s, size/s, C)`` (0: after ``conv1``).
+    ``first_block`` > 1 starts at that block instead of the image: the input is then the
+    feature map of block ``first_block - 1`` at ``input_size`` (the top part of a network
+    whose bottom is frozen; ``normalize_input`` does not apply). ``include_top`` (all 13
     blocks only) adds global average pooling and returns ``[pooled 1024-D, feats 256-D,
     gender (1), age (100)]`` as upstream. Layer names: ``conv1``, ``conv_dw_i``, ``conv_pw_i``
     (i = 1..13) as in the upstream graph. Needs TensorFlow (tf_keras)."""
     import tf_keras as keras
 
-    if not 1 <= blocks <= len(BLOCKS):
-        raise ValueError(f"blocks must be in 1..{len(BLOCKS)}")
+    if not 0 <= blocks <= len(BLOCKS) or not 1 <= first_block <= blocks + 1:
+        raise ValueError(f"need 0 <= blocks <= {len(BLOCKS)} and 1 <= first_block <= blocks + 1")
     if include_top and blocks != len(BLOCKS):
         raise ValueError("include_top needs all blocks")
     w = load_weights(pkg)
     L = keras.layers
-    inp = keras.Input((input_size, input_size, 3), name="image")
-    x = L.Rescaling(1.0, offset=[-m for m in MEAN_RGB], name="normalize")(inp) if normalize_input else inp
     layers: list[tuple[Any, np.ndarray, np.ndarray]] = []
 
     def relu6(name: str, t: Any) -> Any:
         return L.ReLU(6.0, name=f"{name}_relu")(t)
 
-    conv = L.Conv2D(32, 3, strides=2, padding="same", name="conv1")
-    x = relu6("conv1", conv(x))
-    k1, b1 = _folded(w, "conv1", False)
-    layers.append((conv, k1[:, :, ::-1, :] if normalize_input else k1, b1))  # RGB input -> upstream BGR
+    if first_block == 1:
+        inp = keras.Input((input_size, input_size, 3), name="image")
+        x = L.Rescaling(1.0, offset=[-m for m in MEAN_RGB], name="normalize")(inp) if normalize_input else inp
+        conv = L.Conv2D(32, 3, strides=2, padding="same", name="conv1")
+        x = relu6("conv1", conv(x))
+        k1, b1 = _folded(w, "conv1", False)
+        layers.append((conv, k1[:, :, ::-1, :] if normalize_input else k1, b1))  # RGB input -> upstream BGR
+    else:
+        inp = x = keras.Input(map_shape(input_size, first_block - 1), name="features_in")
     for i, (filters, stride) in enumerate(BLOCKS[:blocks], start=1):
+        if i < first_block:
+            continue
         dw = L.DepthwiseConv2D(3, strides=stride, padding="same", name=f"conv_dw_{i}")
         x = relu6(f"conv_dw_{i}", dw(x))
         layers.append((dw, *_folded(w, f"conv_dw_{i}", True)))
@@ -165,6 +174,15 @@ def build_keras(
             model.get_layer(name).set_weights([w[f"{name}/kernel"], w[f"{name}/bias"]])
     model.trainable = trainable
     return model
+
+
+def map_shape(input_size: int, blocks: int) -> tuple[int, int, int]:
+    """Shape (h, w, c) of the feature map after ``blocks`` blocks (0: after ``conv1``) for a
+    square input of side ``input_size`` ('same' padding: each stride 2 halves, rounding up)."""
+    s = -(-input_size // 2)
+    for _, stride in BLOCKS[:blocks]:
+        s = -(-s // stride)
+    return (s, s, BLOCKS[blocks - 1][0] if blocks else 32)
 
 
 def run_graph(x: np.ndarray, pkg: str | os.PathLike[str] | None = None) -> dict[str, np.ndarray]:
