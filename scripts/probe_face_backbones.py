@@ -290,6 +290,40 @@ def probe(sets: dict[str, dict[str, np.ndarray]], F: dict[str, np.ndarray], labe
     return {"C": best[1], **set_scores(sets, P)}
 
 
+def trunk_cost(arch: str, size: int, tap: str, reps: int = 100) -> dict[str, Any]:
+    """Single-thread ms per face (batch 1, median and minimum of ``reps`` after 20 warm-up runs:
+    the machine is shared, the minimum is the closest to an idle core) and MB of the trunk cut at ``tap``
+    (+ global average pooling), exported to TFLite with dynamic-range int8 weights."""
+    import tempfile
+
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    model, taps = trunk(arch, size)
+    sub = model.outputs[taps.index(tap)]
+    fn = tf.function(lambda x: model(x, training=False)[taps.index(tap)] if len(taps) > 1 else model(x, training=False))
+    with tempfile.TemporaryDirectory() as tmp:
+        conc = fn.get_concrete_function(tf.TensorSpec([1, size, size, 3], tf.float32))
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([conc], fn)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        path = Path(tmp) / "t.tflite"
+        path.write_bytes(conv.convert())
+        it = Interpreter(model_path=str(path), num_threads=1)
+        it.allocate_tensors()
+        inp = it.get_input_details()[0]["index"]
+        x = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
+        ts = []
+        for i in range(reps + 20):
+            t = time.perf_counter()
+            it.set_tensor(inp, x)
+            it.invoke()
+            if i >= 20:
+                ts.append(time.perf_counter() - t)
+        del sub
+        return {"model": f"{arch}@{size} {tap}", "ms_per_face_int8_1thread": float(np.median(ts) * 1e3),
+                "ms_per_face_int8_1thread_min": float(np.min(ts) * 1e3), "mb": path.stat().st_size / 1e6}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", choices=("faceres", "mobilefacenet", "shipped"), default="shipped")
@@ -297,9 +331,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-n", type=int, default=10000, help="FER2013 training faces for the probe (stratified; 0 = all)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--domain", action="store_true", help="today's backbone with none / equalize / clahe on the cross-data-set sets")
+    ap.add_argument("--cost", default=None, help="comma-separated taps: only time the int8 TFLite trunk cut there (ms/face, MB)")
     ap.add_argument("--json", type=Path, default=None, help="append the result as a JSON line here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.cost:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        for tap in args.cost.split(","):
+            r = trunk_cost(args.arch, args.size, tap)
+            print(json.dumps(r))
+            if args.json:
+                with open(args.json, "a") as fh:
+                    fh.write(json.dumps(r) + "\n")
+        return 0
     sets = load_sets(args.train_n)
     log.info("taiwanese: %d of %d photos with a face", len(sets["taiwanese"]["y"]), int(sets["taiwanese"]["files"]))
     rows: list[dict[str, Any]] = []
