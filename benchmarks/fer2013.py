@@ -97,7 +97,7 @@ from emoadapt.errors import ModelIntegrityError  # noqa: E402
 from emoadapt.features import Backbone, default_backbone_name  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from face_backbone import ferplus_majority  # noqa: E402
+from face_backbone import ferplus_majority, taiwanese_label  # noqa: E402
 
 log = logging.getLogger("benchmarks.fer2013")
 
@@ -110,8 +110,6 @@ CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 CK_TO_FER = {"anger": "angry", "disgust": "disgust", "fear": "fear", "happy": "happy", "sadness": "sad", "surprise": "surprise"}
 #: CREMA-D emotion code in the file name -> FER2013 class
 CREMAD_TO_FER = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
-#: Taiwanese file-name emotion letter -> FER2013 class (no letter: neutral)
-TAIWANESE_TO_FER = {"a": "neutral", "b": "happy", "c": "sad", "d": "angry", "e": "disgust", "f": "fear", "g": "surprise"}
 
 #: Upscaling used to show 48x48 faces to MTCNN / to cut dlib chips (as derive_fer_template.py)
 UP, PAD = 4, 48
@@ -274,11 +272,6 @@ def load_data(limit: int | None, with_train: bool) -> dict[str, tuple[np.ndarray
     for k, (x, y) in out.items():
         log.info("%s: %d faces, classes %s", k, len(y), np.bincount(y, minlength=len(CLASSES)).tolist())
     return out
-
-
-def taiwanese_label(name: str) -> str:
-    """FER2013 class of a Taiwanese photo from its file name ``PPTVEss.jpg`` (no letter: neutral)."""
-    return TAIWANESE_TO_FER[name[4]] if name[4] in TAIWANESE_TO_FER else "neutral"
 
 
 def read_rgb(path: str) -> np.ndarray:

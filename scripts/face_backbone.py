@@ -52,6 +52,16 @@ CACHE_VERSION = 1
 FERPLUS_TO_FER = [6, 3, 5, 4, 0, 1, 2]
 
 
+#: Taiwanese photo file name ``PPTVEss.jpg``: emotion letter -> FER2013 class (no letter: neutral)
+TAIWANESE_TO_FER = {"a": "neutral", "b": "happy", "c": "sad", "d": "angry", "e": "disgust", "f": "fear", "g": "surprise"}
+
+
+def taiwanese_label(name: str) -> str:
+    """FER2013 class of a Taiwanese photo from its file name ``PPTVEss.jpg`` (the nine neutral
+    files without a letter, ``PP01sss.jpg``, are neutral)."""
+    return TAIWANESE_TO_FER.get(name[4], "neutral")
+
+
 def ferplus_soft(votes: np.ndarray) -> np.ndarray:
     """Soft targets (N,7) in FER2013 class order from the votes of the 7 shared emotions
     (contempt, unknown, not-a-face dropped, rows renormalised); all-zero rows where none."""

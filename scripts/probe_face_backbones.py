@@ -39,21 +39,19 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from face_backbone import ferplus_majority, ferplus_soft, taiwanese_label
+
 log = logging.getLogger("probe_face_backbones")
 CACHE = ROOT / "cache" / "face_probe"
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 CK_TO_FER = {"anger": "angry", "disgust": "disgust", "fear": "fear", "happy": "happy", "sadness": "sad", "surprise": "surprise"}
-#: Taiwanese file-name emotion letter -> FER2013 class
-TW_LETTER = {"a": "neutral", "b": "happy", "c": "sad", "d": "angry", "e": "disgust", "f": "fear", "g": "surprise"}
-#: FERPlus vote columns (neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF) -> FER2013 class id
-FERPLUS_TO_FER = [6, 3, 5, 4, 0, 1, 2]
 #: feature taps per trunk: name -> layer whose output is pooled
 TAPS = {
     "faceres": {"b9": "conv_pw_9_relu", "b11": "conv_pw_11_relu", "b13": "conv_pw_13_relu"},
@@ -86,33 +84,11 @@ def cached(tag: str, key: str, fn: Any) -> Any:
     return out
 
 
-def ferplus_majority(votes: np.ndarray) -> np.ndarray:
-    """FER2013 class id of the FERPlus majority over the 7 shared emotions; -1 where the row is
-    unmatched, or where contempt/unknown/not-a-face outvote every shared emotion, or on a tie."""
-    v = votes.astype(np.int64)
-    emo = v[:, :7]
-    top = emo.max(1)
-    tie = (emo == top[:, None]).sum(1) > 1
-    bad = (v[:, 0] < 0) | (v[:, 7:].max(1) >= top) | tie | (top == 0)
-    y = np.array(FERPLUS_TO_FER)[emo.argmax(1)]
-    return np.where(bad, -1, y)
-
-
-def ferplus_soft(votes: np.ndarray) -> np.ndarray:
-    """Soft targets (N,7) in FER2013 class order from the 7 shared emotions' votes
-    (contempt, unknown and not-a-face votes dropped, rows renormalised); zeros where no vote."""
-    v = np.clip(votes[:, :7].astype(np.float32), 0, None)
-    out = np.zeros((len(v), 7), np.float32)
-    out[:, FERPLUS_TO_FER] = v
-    s = out.sum(1, keepdims=True)
-    return np.divide(out, s, out=np.zeros_like(out), where=s > 0)
-
-
 def stratified(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     if n <= 0 or n >= len(y):
         return np.arange(len(y))
     rng = np.random.default_rng(seed)
-    idx = [rng.choice(np.flatnonzero(y == c), max(1, int(round(np.sum(y == c) * n / len(y)))), replace=False) for c in np.unique(y)]
+    idx = [rng.choice(np.flatnonzero(y == c), max(1, round(np.sum(y == c) * n / len(y))), replace=False) for c in np.unique(y)]
     return np.sort(np.concatenate(idx))
 
 
@@ -132,11 +108,6 @@ def load_sets(train_n: int) -> dict[str, dict[str, np.ndarray]]:
         out["ckplus"] = {"x": z["x"][keep], "y": np.array([CLASSES.index(n) for n in names[keep]])}
     out["taiwanese"] = taiwanese_crops()
     return out
-
-
-def taiwanese_label(name: str) -> str:
-    """Emotion of a Taiwanese photo from its file name ``PPTVEss.jpg`` (no letter: neutral)."""
-    return TW_LETTER.get(name[4], "neutral") if name[4].isalpha() else "neutral"
 
 
 def taiwanese_crops() -> dict[str, np.ndarray]:
@@ -177,14 +148,12 @@ def trunk(arch: str, size: int) -> tuple[Any, list[str]]:
     """A Keras model with one pooled output per tap, and the tap names."""
     if arch == "faceres":
         import tf_keras as keras
-
         from builders import faceres
 
         m = faceres.build_keras(input_size=size, trainable=False)
         taps = TAPS["faceres"]
     else:
         import keras
-
         from builders import mobilefacenet
 
         m = mobilefacenet.build_keras(input_size=size, include_embedding=False, trainable=False)
@@ -200,7 +169,7 @@ def features(arch: str, size: int, sets: dict[str, dict[str, np.ndarray]], batch
     model, taps = None, None
     out: dict[str, dict[str, np.ndarray]] = {}
     for name, s in sets.items():
-        def compute() -> dict[str, np.ndarray]:
+        def compute(s: dict[str, np.ndarray] = s, name: str = name) -> dict[str, np.ndarray]:
             nonlocal model, taps
             if model is None:
                 model, taps = trunk(arch, size)
@@ -226,7 +195,7 @@ def shipped(sets: dict[str, dict[str, np.ndarray]], prep: str = "none") -> dict[
     bb = Backbone("emoadapt_fer_int8", tta=False, num_threads=1)
     out = {}
     for name, s in sets.items():
-        def compute() -> dict[str, np.ndarray]:
+        def compute(s: dict[str, np.ndarray] = s) -> dict[str, np.ndarray]:
             x = preprocess(s["x"], prep)
             probs, feats = [], []
             for i in range(0, len(x), 256):
@@ -369,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                 r = probe(sets, {k: v[tap] for k, v in Fs.items()}, labels)
                 rows.append({"model": f"{args.arch}@{args.size} {tap} + LR", "dim": int(Fs["train"][tap].shape[1]), "labels": labels, **r})
     for r in rows:
-        r["train_n"] = int(len(sets["train"]["y"]))
+        r["train_n"] = len(sets["train"]["y"])
         print(json.dumps(r))
         if args.json:
             with open(args.json, "a") as fh:
