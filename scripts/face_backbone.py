@@ -194,6 +194,7 @@ def train_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) ->
     n_c = np.bincount(cls, minlength=7).clip(1).astype(np.float64)  # class weights (n_max/n_c)^power, mean 1
     w = ((n_c.max() / n_c) ** args.cw_power)[cls]
     w = (w / w.mean()).astype(np.float32)
+    keras.utils.set_random_seed(args.seed)  # here, so the head's initial weights do not depend on what was cached
     model = top(keras, size, u, args.dropout)
     n_train = int(np.sum([np.prod(v.shape) for v in model.trainable_variables]))
     log.info("faceres@%d, blocks %d..13 trainable + head: %d parameters; %d training faces (%s labels)", size, u, n_train, len(keep), args.labels)

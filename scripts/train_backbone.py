@@ -965,6 +965,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.choose_tta:
         return choose_tta_for_shipped(args)
     if args.arch == "faceres":
+        sys.path.insert(0, str(ROOT / "scripts"))
         import face_backbone
 
         tf, keras = setup_tf(args.threads)
