@@ -203,13 +203,22 @@ def train_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) ->
     bs = args.batch_size
     steps = len(keep) // bs
     total = steps * args.epochs
-    sched = keras.optimizers.schedules.CosineDecay(0.0, total, warmup_target=args.lr, warmup_steps=max(1, int(args.warmup_epochs * steps)))
+    warm = max(1, int(args.warmup_epochs * steps))
+    sched = keras.optimizers.schedules.CosineDecay(0.0, total, warmup_target=args.lr, warmup_steps=warm)
+    # the pretrained blocks (no batch norm: it is folded into their convolutions) at a smaller
+    # rate than the new head: at the head's 1e-3 their ReLU6 units died within one epoch
+    # (pooled features constant across faces; measured, README)
+    sched_trunk = keras.optimizers.schedules.CosineDecay(0.0, total, warmup_target=args.lr * args.trunk_lr_mult, warmup_steps=warm)
+    trunk_vars = [v for v in model.trainable_variables if v.name.startswith("conv_")]
+    head_vars = [v for v in model.trainable_variables if not v.name.startswith("conv_")]
     opt = keras.optimizers.AdamW(learning_rate=sched, weight_decay=args.weight_decay)
-    opt.build(model.trainable_variables)
+    opt_trunk = keras.optimizers.AdamW(learning_rate=sched_trunk, weight_decay=args.weight_decay)
+    opt.build(head_vars)
+    opt_trunk.build(trunk_vars)
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     best_var = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
     bad_var = tf.Variable(0, dtype=tf.int64, trainable=False)
-    ckpt = tf.train.Checkpoint(model=model, optimizer=opt, epoch=epoch_var, best=best_var, bad=bad_var)
+    ckpt = tf.train.Checkpoint(model=model, optimizer=opt, optimizer_trunk=opt_trunk, epoch=epoch_var, best=best_var, bad=bad_var)
     mgr = tf.train.CheckpointManager(ckpt, str(wd / "ckpt"), max_to_keep=2)
     history: list[dict] = []
     if args.resume and mgr.latest_checkpoint:
@@ -226,16 +235,20 @@ def train_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) ->
             feats = tf.nn.experimental.stateless_dropout(feats, args.dropout, seed) if args.dropout else feats
             logits = logits_layer(feats)
             loss = tf.reduce_sum(tf.nn.softmax_cross_entropy_with_logits(t, logits) * wt) / tf.cast(tf.shape(x)[0], tf.float32)
-        grads = tape.gradient(loss, model.trainable_variables)
-        opt.apply_gradients(zip(grads, model.trainable_variables))
+        grads = tape.gradient(loss, head_vars + trunk_vars)
+        opt.apply_gradients(zip(grads[:len(head_vars)], head_vars))
+        if trunk_vars:
+            opt_trunk.apply_gradients(zip(grads[len(head_vars):], trunk_vars))
         return loss
 
     @tf.function
     def infer(x):
-        return model(x, training=False)[0]
+        return model(x, training=False)
 
     def predict(F: np.ndarray, view: int) -> np.ndarray:
-        return np.concatenate([infer(tf.constant(F[view, i:i + 500].astype(np.float32))).numpy() for i in range(0, F.shape[1], 500)])
+        out = [infer(tf.constant(F[view, i:i + 500].astype(np.float32))) for i in range(0, F.shape[1], 500)]
+        predict.feature_std = float(np.mean(np.concatenate([o[1].numpy() for o in out]).std(0)))  # collapse check
+        return np.concatenate([o[0].numpy() for o in out])
 
     config = dict(vars(args), arch="faceres", trainable_params=n_train, n_train=len(keep), steps_per_epoch=steps)
     (wd / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
@@ -257,7 +270,7 @@ def train_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) ->
             xb = np.stack([Ftr[v, r] for v, r in zip(vw[order], rows[order])]).astype(np.float32)
             loss = step(tf.constant(xb), tf.constant(T[sel][order]), tf.constant(w[sel][order]), tf.constant([args.seed * 100003 + epoch, s], tf.int64))
             lsum += float(loss)
-            if (s + 1) % 50 == 0:
+            if (s + 1) % 100 == 0:
                 log.info("epoch %d step %d/%d loss %.4f (%.2f s/step)", epoch + 1, s + 1, steps, lsum / (s + 1), (time.perf_counter() - t0) / (s + 1))
         p0, p1 = predict(Fpu, 0), predict(Fpu, 1)
         ok = ysel >= 0
@@ -265,7 +278,8 @@ def train_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) ->
         rec = {"epoch": epoch + 1, "train_loss": lsum / steps,
                "public_acc": float(np.mean(p0.argmax(1) == ypu)), "public_acc_tta": float(np.mean((p0 + p1).argmax(1) == ypu)),
                "public_acc_ferplus": float(np.mean(p0.argmax(1)[ypu_plus >= 0] == ypu_plus[ypu_plus >= 0])),
-               "selection_acc": acc, "lr_end": float(sched(opt.iterations)), "epoch_s": time.perf_counter() - t0}
+               "selection_acc": acc, "lr_end": float(sched(opt.iterations)), "public_feature_std": predict.feature_std,
+               "epoch_s": time.perf_counter() - t0}
         history.append(rec)
         epoch_var.assign(epoch + 1)
         if acc > float(best_var.numpy()):
@@ -277,8 +291,9 @@ def train_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) ->
             bad_var.assign_add(1)
         mgr.save(checkpoint_number=epoch + 1)
         (wd / "history.json").write_text(json.dumps({"config": config, "epochs": history}, indent=1, default=str) + "\n")
-        log.info("EPOCH %d/%d: loss %.4f | public acc %.4f (tta %.4f, ferplus %.4f) | best %.4f | %.0f s", epoch + 1, args.epochs,
-                 rec["train_loss"], rec["public_acc"], rec["public_acc_tta"], rec["public_acc_ferplus"], float(best_var.numpy()), rec["epoch_s"])
+        log.info("EPOCH %d/%d: loss %.4f | public acc %.4f (tta %.4f, ferplus %.4f) | feature std %.4f | best %.4f | %.0f s", epoch + 1, args.epochs,
+                 rec["train_loss"], rec["public_acc"], rec["public_acc_tta"], rec["public_acc_ferplus"], rec["public_feature_std"],
+                 float(best_var.numpy()), rec["epoch_s"])
     log.info("training done; best selection acc %.4f", float(best_var.numpy()))
     return 0
 

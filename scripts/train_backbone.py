@@ -911,6 +911,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="faceres: FER2013 labels, FERPlus votes as soft targets, or the FERPlus majority")
     ap.add_argument("--cache-dir", default=str(ROOT / "cache" / "face_backbone"),
                     help="faceres: where the frozen blocks' outputs are cached")
+    ap.add_argument("--trunk-lr-mult", type=float, default=0.1,
+                    help="faceres: learning rate of the pretrained blocks relative to --lr (the new head's)")
     ap.add_argument("--face-name", default="emoadapt_faceres",
                     help="faceres export: manifest name prefix (<name>_f32 / <name>_int8) in a non-default --out-dir")
     ap.add_argument("--epochs", type=int, default=24)
