@@ -300,9 +300,7 @@ def train_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) ->
 
 # ----------------------------------------------------------------------------------- export
 def export_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) -> int:
-    import tempfile
-
-    from train_backbone import choose_tta, run_tflite, time_tflite
+    from train_backbone import choose_tta, run_tflite, time_tflite, write_tflite
 
     wd = Path(args.workdir)
     cfg = json.loads((wd / "config.json").read_text())
@@ -322,15 +320,7 @@ def export_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) -
     out_dir = wd / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"f32": out_dir / "emoadapt_faceres_f32.tflite", "int8": out_dir / "emoadapt_faceres_int8.tflite"}
-    with tempfile.TemporaryDirectory() as tmp:
-        mod = tf.Module()
-        mod.model = model
-        tf.saved_model.save(mod, tmp, signatures={"serving_default": serve})
-        for kind, path in files.items():
-            conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
-            if kind == "int8":
-                conv.optimizations = [tf.lite.Optimize.DEFAULT]
-            path.write_bytes(conv.convert())
+    write_tflite(tf, model, serve, files)
     d = load_fer()
     votes = load_votes(data_dir)
     metrics: dict[str, Any] = {}

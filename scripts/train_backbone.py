@@ -340,8 +340,11 @@ def setup_tf(threads: int):
     import tensorflow as tf
     import tf_keras as keras
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(max(1, threads))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, threads))
+    except RuntimeError:  # TensorFlow already initialised in this process (tests): keep its setting
+        log.info("TensorFlow already initialised: thread settings unchanged")
     return tf, keras
 
 
@@ -716,9 +719,24 @@ def _shipped_training(sha: str, models_dir: Path) -> dict:
     return {}
 
 
-def export(args) -> int:
+def write_tflite(tf, model, serve, files: dict[str, Path]) -> None:
+    """Save ``model`` with the ``serve`` signature and convert it to ``files['f32']`` (float32)
+    and ``files['int8']`` (dynamic-range quantization)."""
     import tempfile
 
+    with tempfile.TemporaryDirectory() as tmp:
+        mod = tf.Module()
+        mod.model = model
+        tf.saved_model.save(mod, tmp, signatures={"serving_default": serve})
+        for kind, path in files.items():
+            conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
+            if kind == "int8":
+                conv.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic-range quantization
+            path.write_bytes(conv.convert())
+            log.info("wrote %s (%.2f MB)", path, path.stat().st_size / 1e6)
+
+
+def export(args) -> int:
     tf, keras = setup_tf(args.threads)
     wd = Path(args.workdir)
     cfg = json.loads((wd / "config.json").read_text())
@@ -766,16 +784,7 @@ def export(args) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"f32": out_dir / "emoadapt_fer_f32.tflite", "int8": out_dir / "emoadapt_fer_int8.tflite"}
-    with tempfile.TemporaryDirectory() as tmp:
-        mod = tf.Module()
-        mod.model = model
-        tf.saved_model.save(mod, tmp, signatures={"serving_default": serve})
-        for kind, path in files.items():
-            conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
-            if kind == "int8":
-                conv.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic-range quantization
-            path.write_bytes(conv.convert())
-            log.info("wrote %s (%.2f MB)", path, path.stat().st_size / 1e6)
+    write_tflite(tf, model, serve, files)
 
     metrics: dict[str, dict] = {}
     for kind, path in files.items():

