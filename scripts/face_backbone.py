@@ -165,6 +165,8 @@ def targets(args: Any, y: np.ndarray, votes: np.ndarray) -> tuple[np.ndarray, np
 
 
 def train_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) -> int:
+    from train_backbone import epochs_to_run
+
     keras.utils.set_random_seed(args.seed)
     wd = Path(args.workdir)
     wd.mkdir(parents=True, exist_ok=True)
@@ -252,12 +254,7 @@ def train_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) ->
 
     config = dict(vars(args), arch="faceres", trainable_params=n_train, n_train=len(keep), steps_per_epoch=steps)
     (wd / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-    start = int(epoch_var.numpy())
-    stop_at = args.epochs if args.stop_after is None else min(args.epochs, start + args.stop_after)
-    for epoch in range(start, stop_at):
-        if int(bad_var.numpy()) >= args.patience:
-            log.info("early stop: no public-test improvement for %d epochs", args.patience)
-            break
+    for epoch in epochs_to_run(args, epoch_var, bad_var):
         t0 = time.perf_counter()
         rng = np.random.default_rng([args.seed, epoch])
         perm = rng.permutation(len(keep))[: steps * bs]

@@ -391,6 +391,19 @@ def evaluate(tf, model, x, y, batch=500, tta=False, crop=44):
     return acc, loss, p
 
 
+def epochs_to_run(args, epoch_var, bad_var):
+    """The epochs this invocation runs: from the checkpoint's epoch to ``--epochs`` (at most
+    ``--stop-after`` of them), stopping early once ``bad_var`` epochs without a public-test
+    improvement reach ``--patience`` (checked before each epoch)."""
+    start = int(epoch_var.numpy())
+    stop_at = args.epochs if args.stop_after is None else min(args.epochs, start + args.stop_after)
+    for epoch in range(start, stop_at):
+        if int(bad_var.numpy()) >= args.patience:
+            log.info("early stop: no public-test improvement for %d epochs", args.patience)
+            return
+        yield epoch
+
+
 def train(args) -> int:
     tf, keras = setup_tf(args.threads)
     keras.backend.experimental.enable_tf_random_generator()
@@ -533,12 +546,7 @@ def train(args) -> int:
             config["init_from_tflite_info"] = prev
     (wd / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
-    start = int(epoch_var.numpy())
-    stop_at = args.epochs if args.stop_after is None else min(args.epochs, start + args.stop_after)
-    for epoch in range(start, stop_at):
-        if int(bad_var.numpy()) >= args.patience:
-            log.info("early stop: no public-test improvement for %d epochs", args.patience)
-            break
+    for epoch in epochs_to_run(args, epoch_var, bad_var):
         t0 = time.perf_counter()
         lsum = asum = 0.0
         n = 0
