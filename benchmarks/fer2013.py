@@ -24,6 +24,17 @@ All data is real, read from ``../shared/data`` (or ``$EMOADAPT_DATA``):
 * **CK+** (``ckplus48.npz``, never trained on): the 6 classes shared with FER2013 (anger,
   disgust, fear, happy, sadness, surprise; contempt dropped). ``ck+6``: argmax over those 6
   outputs; ``ck+7``: argmax over all 7 (a ``neutral`` answer counts as wrong).
+* **FERPlus labels** (``fer2013_ferplus_votes.npz``): the same public / private faces scored
+  against the FERPlus crowd majority over the 7 FER2013 emotions (``private+`` / ``public+``;
+  faces whose majority is contempt / unknown / not-a-face, ties and unmatched rows left out;
+  the rule is ``scripts/face_backbone.py: ferplus_majority``).
+* **Taiwanese** (``faces/taiwanese``, 838 posed photos of 19 people, never trained on): the
+  universal answer per photo through the runtime's detection and alignment -- MTCNN on the
+  photo, the largest confident face (score >= 0.9), ``norm_crop`` onto the backbone's
+  template, the backbone's probabilities with its TTA setting: what ``Recognizer.predict`` on
+  the photo answers with the default ``mean_probability`` universal head. Emotion from the
+  file name ``PPTVEss.jpg`` (a neutral, b happy, c sad, d angry, e disgusted, f fearful,
+  g surprised; the nine files without a letter are neutral). Landmarks are cached.
 * **CREMA-D** (``clips/cremad/*.flv``, actor 1001, one clip per emotion): the label of the
   full pipeline ``emoadapt.Recognizer(home=tmpdir, backbone=...).predict(path)`` (the
   manifest's universal head, or the mean of the frame probabilities where the manifest's
@@ -49,12 +60,12 @@ Reference rows (not measured here): the numbers the seed papers report and the r
 peers' accuracies measured by the issue author.
 
     nice -n 10 python benchmarks/fer2013.py [--out benchmarks/out/fer2013] [--json PATH]
-        [--skip-mlp] [--skip-aligned] [--limit N] [--models a,b] [--threads 2]
+        [--skip-mlp] [--skip-aligned] [--skip-taiwanese] [--limit N] [--models a,b] [--threads 2]
 
 Prints the tables to stdout (diagnostics go to the log on stderr) and ends with
 ``private_test_accuracy=<float>``: the default backbone (manifest ``defaults.backbone``) with
 its default TTA setting, on the FER2013 private test set. Writes one confusion-matrix PNG per
-model (FER2013 private test, and CK+ for backbones) and ``results.json`` (all numbers) to
+model (FER2013 private test, and CK+ and the Taiwanese photos for backbones) and ``results.json`` (all numbers) to
 ``--out``. ``--limit N`` evaluates seeded class-stratified subsets of N faces per test set
 (and 10 N training faces for the MLP): for quick runs only.
 """
@@ -84,6 +95,9 @@ from emoadapt import zoo  # noqa: E402
 from emoadapt.alignment import TEMPLATES, norm_crop  # noqa: E402
 from emoadapt.errors import ModelIntegrityError  # noqa: E402
 from emoadapt.features import Backbone, default_backbone_name  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from face_backbone import ferplus_majority, taiwanese_label  # noqa: E402
 
 log = logging.getLogger("benchmarks.fer2013")
 
@@ -233,7 +247,7 @@ def _progress(it: Any, total: int, desc: str) -> Any:
 def load_data(limit: int | None, with_train: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """FER2013 splits and CK+ (6 shared classes, FER2013 label ids) as (x uint8 (N,48,48), y)."""
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    with np.load(DATA / "fer2013.npz", allow_pickle=False) as z:
+    with np.load(DATA / "fer2013.npz", allow_pickle=False) as z, np.load(DATA / "fer2013_ferplus_votes.npz", allow_pickle=False) as v:
         classes = [str(c) for c in z["classes"]]
         if classes != CLASSES:
             raise SystemExit(f"unexpected FER2013 classes {classes}")
@@ -241,6 +255,9 @@ def load_data(limit: int | None, with_train: bool) -> dict[str, tuple[np.ndarray
             x, y = z[f"x_{split}"], z[f"y_{split}"].astype(np.int64)
             idx = stratified_subset(y, None if limit is None else (10 * limit if split == "train" else limit))
             out[split] = (x[idx], y[idx])
+            if split != "train":  # the same faces with their FERPlus majority (where there is one)
+                yp = ferplus_majority(v[f"votes_{split}"][idx])
+                out[f"{split}_ferplus"] = (x[idx][yp >= 0], yp[yp >= 0])
     with np.load(DATA / "ckplus48.npz", allow_pickle=False) as z:
         ck_classes = [str(c) for c in z["classes"]]
         names = np.array([CK_TO_FER.get(ck_classes[i], "") for i in z["y"]])
@@ -248,9 +265,41 @@ def load_data(limit: int | None, with_train: bool) -> dict[str, tuple[np.ndarray
         x, y = z["x"][keep], np.array([CLASSES.index(n) for n in names[keep]], dtype=np.int64)
         idx = stratified_subset(y, limit)
         out["ckplus"] = (x[idx], y[idx])
+    files = sorted((DATA / "faces" / "taiwanese").glob("*.jpg"))
+    y = np.array([CLASSES.index(taiwanese_label(f.name)) for f in files], dtype=np.int64)
+    idx = stratified_subset(y, limit)
+    out["taiwanese"] = (np.array([str(files[i]) for i in idx]), y[idx])
     for k, (_x, y) in out.items():
         log.info("%s: %d faces, classes %s", k, len(y), np.bincount(y, minlength=len(CLASSES)).tolist())
     return out
+
+
+def read_rgb(path: str) -> np.ndarray:
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise SystemExit(f"cannot read {path}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def photo_landmarks(paths: np.ndarray, cache: Path | None, threads: int) -> np.ndarray:
+    """MTCNN's 5 landmarks (N,5,2) of the face the Recognizer would use in each photo (the
+    largest with score >= 0.9; NaN where none), cached."""
+    from emoadapt.detection import MTCNN
+
+    def compute() -> np.ndarray:
+        det = MTCNN(num_threads=threads)
+        lms = np.full((len(paths), 5, 2), np.nan, dtype=np.float32)
+        for i, p in enumerate(_progress(paths, len(paths), "MTCNN photos")):
+            r = det.detect(read_rgb(str(p)))
+            ok = np.flatnonzero(r.scores >= MIN_SCORE) if len(r) else np.zeros(0, int)
+            if ok.size:
+                b = r.boxes[ok]
+                lms[i] = r.landmarks[ok[np.lexsort((-r.scores[ok], -(b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])))[0]]]
+        log.info("MTCNN on %d photos: found %d", len(paths), int(np.isfinite(lms[:, 0, 0]).sum()))
+        return lms
+
+    key = _digest(CACHE_VERSION, [Path(p).name for p in paths], zoo.model_entry("mtcnn_onet")["sha256"], MIN_SCORE)
+    return _cached(cache, "mtcnn-taiwanese", key, compute)
 
 
 def runtime_landmarks(x: np.ndarray, tag: str, cache: Path | None, threads: int) -> np.ndarray:
@@ -356,9 +405,18 @@ def evaluate_backbone(name: str, tta: bool, data: dict[str, tuple[np.ndarray, np
     if (_class_map(bb) < 0).any():
         log.warning("%s lacks FER2013 classes %s", name, [c for c, i in zip(CLASSES, _class_map(bb)) if i < 0])
     t = time.perf_counter()
-    for split in ("public_test", "private_test"):
+    for split in ("public_test", "private_test", "public_test_ferplus", "private_test_ferplus"):
         x, y = data[split]
         res[split] = _scores_fer(y, _to_fer(bb, bb.predict_proba(x)))
+    if "taiwanese" in lms:
+        paths, y = data["taiwanese"]
+        found = np.isfinite(lms["taiwanese"]).all(axis=(1, 2))
+        gray = bb.channels == 1
+        crops = np.stack([norm_crop(read_rgb(str(p)), lm, bb.input_size, bb.template, gray=gray) for p, lm in zip(paths[found], lms["taiwanese"][found])])
+        pred = np.full(len(y), -1)  # a photo without a face counts as wrong
+        pred[found] = _to_fer(bb, bb.predict_proba(crops))
+        res["taiwanese"] = _scores_fer(y, pred)
+        res["taiwanese"]["detected"] = float(found.mean())
     x, y = data["ckplus"]
     p = bb.predict_proba(x)
     res["ckplus6"] = _scores_fer(y, _to_fer(bb, p, list(CK_TO_FER.values())))
@@ -521,22 +579,25 @@ def print_tables(results: dict[str, dict[str, Any]], default_label: str) -> None
     w = max(28, *(len(k) + 2 for k in results), *(len(n) + len(src) + 6 for n, _, src in REFERENCES))
     print()
     print("FER2013 (accuracy %; private = final test set; public = validation set) -- measured in this run")
-    hdr = f"{'model':<{w}} {'private':>7} {'public':>7} {'bal.acc':>7} {'rt-algn':>7} {'ck+6':>6} {'ck+7':>6} {'ck+6rt':>6} {'cremad':>6} {'ms/b1':>7} {'ms/b32':>7} {'MB':>6}"
+    hdr = (f"{'model':<{w}} {'private':>7} {'public':>7} {'priv+':>6} {'pub+':>6} {'bal.acc':>7} {'rt-algn':>7} {'ck+6':>6} {'ck+7':>6} {'ck+6rt':>6} "
+           f"{'taiwan':>6} {'cremad':>6} {'ms/b1':>7} {'ms/b32':>7} {'MB':>6}")
     print(hdr)
     print("-" * len(hdr))
     for label, r in results.items():
         mark = "*" if label == default_label else " "
         cd = r.get("cremad")
         print(
-            f"{(label + mark):<{w}} {_f(r['private_test']['accuracy']):>7} {_f(r['public_test']['accuracy']):>7} {_f(r['private_test']['balanced_accuracy']):>7} "
+            f"{(label + mark):<{w}} {_f(r['private_test']['accuracy']):>7} {_f(r['public_test']['accuracy']):>7} "
+            f"{_f(r.get('private_test_ferplus', {}).get('accuracy')):>6} {_f(r.get('public_test_ferplus', {}).get('accuracy')):>6} {_f(r['private_test']['balanced_accuracy']):>7} "
             f"{_f(r.get('private_test_runtime_aligned', {}).get('accuracy')):>7} {_f(r.get('ckplus6', {}).get('accuracy')):>6} {_f(r.get('ckplus7', {}).get('accuracy')):>6} "
-            f"{_f(r.get('ckplus6_runtime_aligned', {}).get('accuracy')):>6} {(str(cd['correct']) + '/' + str(cd['n']) if cd else '-'):>6} "
+            f"{_f(r.get('ckplus6_runtime_aligned', {}).get('accuracy')):>6} {_f(r.get('taiwanese', {}).get('accuracy')):>6} {(str(cd['correct']) + '/' + str(cd['n']) if cd else '-'):>6} "
             f"{_f(r['ms_per_face']['batch1'], False):>7} {_f(r['ms_per_face']['batch32'], False):>7} {_f(r['size_mb'], False):>6}"
         )
     print("reference (reported, not measured here)")
     for name, acc, src in REFERENCES:
         print(f"{'  ' + name + ' [' + src + ']':<{w}} {100 * acc:>7.1f}")
     print("* = default backbone with its default TTA setting (the final line). bal.acc = mean per-class recall (private).")
+    print("priv+ / pub+ = the same faces against the FERPlus crowd majority; taiwan = Taiwanese photos through MTCNN + norm_crop (universal answer per photo).")
     print("rt-algn / ck+6rt = faces re-detected by MTCNN and re-aligned as at run time (see docstring); ck+6/ck+7 = CK+ argmax over 6 shared / all 7 outputs.")
     print("ms = single thread, per face, mean over repeats on other faces (min in the JSON); b1/b32 = batch 1/32. MB = model file(s) on disk.")
 
@@ -588,6 +649,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--skip-mlp", action="store_true", help="skip the dlib embedding + MLP peer")
     ap.add_argument("--skip-aligned", action="store_true", help="skip the MTCNN runtime-alignment check")
     ap.add_argument("--skip-cremad", action="store_true", help="skip the CREMA-D clips")
+    ap.add_argument("--skip-taiwanese", action="store_true", help="skip the Taiwanese photos")
     ap.add_argument("--limit", type=int, default=None, help="stratified subsets of N faces per test set (10 N training faces for the MLP)")
     ap.add_argument("--models", default=None, help="comma-separated emotion backbones (default: all in the manifest)")
     ap.add_argument("--no-tta-variants", action="store_true", help="only each backbone's default TTA setting")
@@ -619,6 +681,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.skip_aligned:
         for split in ("private_test", "ckplus"):
             lms[split] = runtime_landmarks(data[split][0], split, args.cache, args.threads)
+    if not args.skip_taiwanese:
+        lms["taiwanese"] = photo_landmarks(data["taiwanese"][0], args.cache, args.threads)
 
     results: dict[str, dict[str, Any]] = {}
     default_label = ""
@@ -638,6 +702,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         panels = [("FER2013 private test", r["private_test"])]
         if "ckplus6" in r:
             panels.append(("CK+ (6 shared classes)", r["ckplus6"]))
+        if "taiwanese" in r:
+            panels.append(("Taiwanese (runtime)", r["taiwanese"]))
         fname = "confusion_" + "".join(c if c.isalnum() or c in "_-" else "_" for c in label).strip("_") + ".png"
         try:
             save_confusion_png(args.out / fname, label, panels)

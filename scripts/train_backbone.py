@@ -7,6 +7,11 @@
     nice -n 5 python scripts/train_backbone.py --epochs 24 --workdir /work/runs/backbone
     # export the best checkpoint (by public-test accuracy) and register it in models/manifest.json
     python scripts/train_backbone.py --export-only --workdir /work/runs/backbone
+    # face-pretrained path: faceres (VGGFace2 MobileNet) at 96x96, blocks 12-13 + new head
+    # trained on cached activations of the frozen blocks below (see scripts/face_backbone.py)
+    nice -n 15 python scripts/train_backbone.py --arch faceres --input-size 96 --unfreeze-from 12 \
+        --labels ferplus-soft --epochs 8 --lr 1e-3 --weight-decay 1e-4 --workdir runs/faceres96_u12_soft
+    python scripts/train_backbone.py --arch faceres --export-only --workdir runs/faceres96_u12_soft
     # (re)choose the runtime's flip-TTA setting of the shipped files on the public test
     python scripts/train_backbone.py --choose-tta
 
@@ -335,8 +340,11 @@ def setup_tf(threads: int):
     import tensorflow as tf
     import tf_keras as keras
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(max(1, threads))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, threads))
+    except RuntimeError:  # TensorFlow already initialised in this process (tests): keep its setting
+        log.info("TensorFlow already initialised: thread settings unchanged")
     return tf, keras
 
 
@@ -381,6 +389,19 @@ def evaluate(tf, model, x, y, batch=500, tta=False, crop=44):
     acc = float((p.argmax(1) == y).mean())
     loss = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1)).mean())
     return acc, loss, p
+
+
+def epochs_to_run(args, epoch_var, bad_var):
+    """The epochs this invocation runs: from the checkpoint's epoch to ``--epochs`` (at most
+    ``--stop-after`` of them), stopping early once ``bad_var`` epochs without a public-test
+    improvement reach ``--patience`` (checked before each epoch)."""
+    start = int(epoch_var.numpy())
+    stop_at = args.epochs if args.stop_after is None else min(args.epochs, start + args.stop_after)
+    for epoch in range(start, stop_at):
+        if int(bad_var.numpy()) >= args.patience:
+            log.info("early stop: no public-test improvement for %d epochs", args.patience)
+            return
+        yield epoch
 
 
 def train(args) -> int:
@@ -525,12 +546,7 @@ def train(args) -> int:
             config["init_from_tflite_info"] = prev
     (wd / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
-    start = int(epoch_var.numpy())
-    stop_at = args.epochs if args.stop_after is None else min(args.epochs, start + args.stop_after)
-    for epoch in range(start, stop_at):
-        if int(bad_var.numpy()) >= args.patience:
-            log.info("early stop: no public-test improvement for %d epochs", args.patience)
-            break
+    for epoch in epochs_to_run(args, epoch_var, bad_var):
         t0 = time.perf_counter()
         lsum = asum = 0.0
         n = 0
@@ -711,9 +727,24 @@ def _shipped_training(sha: str, models_dir: Path) -> dict:
     return {}
 
 
-def export(args) -> int:
+def write_tflite(tf, model, serve, files: dict[str, Path]) -> None:
+    """Save ``model`` with the ``serve`` signature and convert it to ``files['f32']`` (float32)
+    and ``files['int8']`` (dynamic-range quantization)."""
     import tempfile
 
+    with tempfile.TemporaryDirectory() as tmp:
+        mod = tf.Module()
+        mod.model = model
+        tf.saved_model.save(mod, tmp, signatures={"serving_default": serve})
+        for kind, path in files.items():
+            conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
+            if kind == "int8":
+                conv.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic-range quantization
+            path.write_bytes(conv.convert())
+            log.info("wrote %s (%.2f MB)", path, path.stat().st_size / 1e6)
+
+
+def export(args) -> int:
     tf, keras = setup_tf(args.threads)
     wd = Path(args.workdir)
     cfg = json.loads((wd / "config.json").read_text())
@@ -761,16 +792,7 @@ def export(args) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"f32": out_dir / "emoadapt_fer_f32.tflite", "int8": out_dir / "emoadapt_fer_int8.tflite"}
-    with tempfile.TemporaryDirectory() as tmp:
-        mod = tf.Module()
-        mod.model = model
-        tf.saved_model.save(mod, tmp, signatures={"serving_default": serve})
-        for kind, path in files.items():
-            conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
-            if kind == "int8":
-                conv.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic-range quantization
-            path.write_bytes(conv.convert())
-            log.info("wrote %s (%.2f MB)", path, path.stat().st_size / 1e6)
+    write_tflite(tf, model, serve, files)
 
     metrics: dict[str, dict] = {}
     for kind, path in files.items():
@@ -896,6 +918,20 @@ def export(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", choices=("vgg", "faceres"), default="vgg",
+                    help="vgg: our VGG-style CNN from scratch; faceres: the VGGFace2 MobileNet, identity "
+                         "weights, fine-tuned (scripts/face_backbone.py)")
+    ap.add_argument("--input-size", type=int, default=96, help="faceres: side the 48x48 face is resized to")
+    ap.add_argument("--unfreeze-from", type=int, default=12,
+                    help="faceres: first trainable block (1..13); the blocks below are frozen and cached")
+    ap.add_argument("--labels", choices=("orig", "ferplus-soft", "ferplus-majority"), default="orig",
+                    help="faceres: FER2013 labels, FERPlus votes as soft targets, or the FERPlus majority")
+    ap.add_argument("--cache-dir", default=str(ROOT / "cache" / "face_backbone"),
+                    help="faceres: where the frozen blocks' outputs are cached")
+    ap.add_argument("--trunk-lr-mult", type=float, default=0.1,
+                    help="faceres: learning rate of the pretrained blocks relative to --lr (the new head's)")
+    ap.add_argument("--face-name", default="emoadapt_faceres",
+                    help="faceres export: manifest name prefix (<name>_f32 / <name>_int8) in a non-default --out-dir")
     ap.add_argument("--epochs", type=int, default=24)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.05, help="peak learning rate (SGD)")
@@ -949,6 +985,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.choose_tta:
         return choose_tta_for_shipped(args)
+    if args.arch == "faceres":
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import face_backbone
+
+        tf, keras = setup_tf(args.threads)
+        fn = face_backbone.export_face if args.export_only else face_backbone.train_face
+        return fn(args, tf, keras, load_fer, data_dir())
     if args.average:
         return average(args)
     if args.export_only:

