@@ -155,10 +155,16 @@ def test_a_camera_index_reads_the_camera(monkeypatch, recognizer, cremad_clips):
         next(recognizer.stream(0, hop=0))
 
 
+def _default_sigint() -> None:
+    # a test run started in the background (nohup, `cmd &` in a script) ignores SIGINT, and
+    # children inherit that: the live process gets the default disposition, as at a terminal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _live(*args: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "emoadapt.cli", "-q", "live", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint, **kw)
 
 
 def test_live_prints_a_line_per_window(tmp_path, cremad_clips):
