@@ -97,19 +97,20 @@ from emoadapt.errors import ModelIntegrityError  # noqa: E402
 from emoadapt.features import Backbone, default_backbone_name  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from face_backbone import ferplus_majority, taiwanese_label  # noqa: E402
+from _common import CREMAD_LABELS, data_dir, taiwanese_label  # noqa: E402
+from face_backbone import ferplus_majority  # noqa: E402
 
 log = logging.getLogger("benchmarks.fer2013")
 
-DATA = Path(os.environ.get("EMOADAPT_DATA", ROOT.parent / "shared" / "data"))
+DATA = data_dir()
 OUT = ROOT / "benchmarks" / "out" / "fer2013"
-CACHE = Path(os.environ.get("EMOADAPT_BENCH_CACHE", ROOT.parent / "runs" / "fer_bench_cache"))
+CACHE = Path(os.environ.get("EMOADAPT_BENCH_CACHE", ROOT / "runs" / "fer_bench_cache"))
 
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 #: CK+ class -> FER2013 class (contempt has no FER2013 counterpart and is dropped)
 CK_TO_FER = {"anger": "angry", "disgust": "disgust", "fear": "fear", "happy": "happy", "sadness": "sad", "surprise": "surprise"}
 #: CREMA-D emotion code in the file name -> FER2013 class
-CREMAD_TO_FER = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
+CREMAD_TO_FER = CREMAD_LABELS
 
 #: Upscaling used to show 48x48 faces to MTCNN / to cut dlib chips (as derive_fer_template.py)
 UP, PAD = 4, 48

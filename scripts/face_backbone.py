@@ -52,15 +52,8 @@ CACHE_VERSION = 1
 #: FERPlus vote columns (neutral, happiness, surprise, sadness, anger, disgust, fear, ...) -> FER2013 class id
 FERPLUS_TO_FER = [6, 3, 5, 4, 0, 1, 2]
 
-
-#: Taiwanese photo file name ``PPTVEss.jpg``: emotion letter -> FER2013 class (no letter: neutral)
-TAIWANESE_TO_FER = {"a": "neutral", "b": "happy", "c": "sad", "d": "angry", "e": "disgust", "f": "fear", "g": "surprise"}
-
-
-def taiwanese_label(name: str) -> str:
-    """FER2013 class of a Taiwanese photo from its file name ``PPTVEss.jpg`` (the nine neutral
-    files without a letter, ``PP01sss.jpg``, are neutral)."""
-    return TAIWANESE_TO_FER.get(name[4], "neutral")
+from _common import TAIWANESE_LETTERS as TAIWANESE_TO_FER  # noqa: E402,F401 - the label map, one copy
+from _common import taiwanese_label  # noqa: E402,F401 - re-exported for the trainer and the benchmark
 
 
 def ferplus_soft(votes: np.ndarray) -> np.ndarray:

@@ -59,9 +59,7 @@ TAPS = {
 }
 
 
-def data_dir() -> Path:
-    env = os.environ.get("EMOADAPT_DATA")
-    return Path(env) if env else ROOT.parent / "shared" / "data"
+from _common import data_dir  # noqa: E402 - $EMOADAPT_DATA or ../shared/data
 
 
 def _digest(*parts: Any) -> str:

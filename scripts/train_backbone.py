@@ -4,9 +4,9 @@
     # time a design (no checkpoint written)
     python scripts/train_backbone.py --probe-steps 200
     # full run, resumable (re-running the same command continues from the last epoch)
-    nice -n 5 python scripts/train_backbone.py --epochs 24 --workdir /work/runs/backbone
+    nice -n 5 python scripts/train_backbone.py --epochs 24 --workdir runs/backbone
     # export the best checkpoint (by public-test accuracy) and register it in models/manifest.json
-    python scripts/train_backbone.py --export-only --workdir /work/runs/backbone
+    python scripts/train_backbone.py --export-only --workdir runs/backbone
     # face-pretrained path: faceres (VGGFace2 MobileNet) at 96x96, blocks 12-13 + new head
     # trained on cached activations of the frozen blocks below (see scripts/face_backbone.py)
     nice -n 15 python scripts/train_backbone.py --arch faceres --input-size 96 --unfreeze-from 12 \
@@ -60,9 +60,8 @@ FEAT_DIM = 256
 log = logging.getLogger("train_backbone")
 
 
-def data_dir() -> Path:
-    env = os.environ.get("EMOADAPT_DATA")
-    return Path(env) if env else ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT / "scripts"))
+from _common import data_dir  # noqa: E402 - $EMOADAPT_DATA or ../shared/data
 
 
 def load_fer() -> dict[str, np.ndarray]:
@@ -970,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stop-after", type=int, default=None,
                     help="stop after this many epochs in this invocation (simulates an interruption)")
     ap.add_argument("--jit", action="store_true", help="XLA-compile the train step")
-    ap.add_argument("--workdir", default="/work/runs/backbone")
+    ap.add_argument("--workdir", default=str(ROOT / "runs" / "backbone"))
     ap.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--probe-steps", type=int, default=0, help="time N train steps and exit")
     ap.add_argument("--export-only", action="store_true", help="export the best checkpoint and exit")
