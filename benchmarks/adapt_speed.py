@@ -57,10 +57,14 @@ def main() -> None:
             cpu.append(time.process_time() - c)
         rec.close()
     head = type(rec.personal_base).__name__
-    print("| corrections | personal head | adapt median wall (s) | min | max | median CPU (s) | held-out acc universal -> chosen | guard choice | store write per correction (ms) |")
+    print(
+        "| corrections | personal head | adapt median wall (s) | min | max | median CPU (s) | held-out acc universal -> chosen | guard choice | store write per correction (ms) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {args.n} | {head} | {statistics.median(times):.3f} | {min(times):.3f} | {max(times):.3f} | {statistics.median(cpu):.3f} | "
-          f"{rep.held_out_accuracy_before:.2f} -> {rep.held_out_accuracy_after:.2f} | {rep.choice} | {t_store * 1000:.1f} |")
+    print(
+        f"| {args.n} | {head} | {statistics.median(times):.3f} | {min(times):.3f} | {max(times):.3f} | {statistics.median(cpu):.3f} | "
+        f"{rep.held_out_accuracy_before:.2f} -> {rep.held_out_accuracy_after:.2f} | {rep.choice} | {t_store * 1000:.1f} |"
+    )
     print(f"adapt_seconds_100={statistics.median(times):.3f}")
 
 

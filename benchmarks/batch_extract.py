@@ -52,8 +52,12 @@ def _extract(job: tuple[int, str]) -> tuple[str, int, int, float]:
     t = time.process_time()
     res = _REC.analyze(path)
     if _OUT is not None:
-        np.savez(_OUT / f"{k:04d}_{Path(path).stem}.npz", features=res.features, probabilities=res.frame_probabilities,
-                 frames=np.array([f.index for f in res.timeline], np.int32))
+        np.savez(
+            _OUT / f"{k:04d}_{Path(path).stem}.npz",
+            features=res.features,
+            probabilities=res.frame_probabilities,
+            frames=np.array([f.index for f in res.timeline], np.int32),
+        )
     return path, res.frames, res.faces, time.process_time() - t
 
 
@@ -65,8 +69,16 @@ def run(clips: list[Path], workers: int, home: str, out_dir: str | None, detect_
         out = pool.map(_extract, jobs, chunksize=1)
     wall = time.perf_counter() - t
     frames = sum(o[1] for o in out)
-    return {"workers": workers, "clips": len(out), "frames": frames, "faces": sum(o[2] for o in out),
-            "wall_s": wall, "worker_cpu_s": sum(o[3] for o in out), "clips_per_s": len(out) / wall, "fps": frames / wall}
+    return {
+        "workers": workers,
+        "clips": len(out),
+        "frames": frames,
+        "faces": sum(o[2] for o in out),
+        "wall_s": wall,
+        "worker_cpu_s": sum(o[3] for o in out),
+        "clips_per_s": len(out) / wall,
+        "fps": frames / wall,
+    }
 
 
 def main() -> None:
@@ -93,14 +105,19 @@ def main() -> None:
     for w in (int(v) for v in args.workers.split(",")):
         r = run(clips, w, home, str(args.out) if args.out else None, args.detect_every)
         rows.append(r)
-        print(f"{r['workers']:>7}  {r['clips']:>5}  {r['frames']:>6}  {r['wall_s']:>7.1f}  {r['clips_per_s']:>7.2f}  {r['fps']:>8.1f}  {r['worker_cpu_s']:>12.1f}"
-              f"  {r['frames'] / r['worker_cpu_s']:>12.1f}", flush=True)
+        print(
+            f"{r['workers']:>7}  {r['clips']:>5}  {r['frames']:>6}  {r['wall_s']:>7.1f}  {r['clips_per_s']:>7.2f}  {r['fps']:>8.1f}  {r['worker_cpu_s']:>12.1f}"
+            f"  {r['frames'] / r['worker_cpu_s']:>12.1f}",
+            flush=True,
+        )
     best = max(rows, key=lambda r: r["fps"])
     print(f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     per_core = best["frames"] / best["worker_cpu_s"]
-    print(f"KEY: batch extraction {best['fps']:.0f} frames/s ({best['clips_per_s']:.1f} clips/s) with {best['workers']} workers"
-          + (f", {best['fps'] / rows[0]['fps']:.2f}x one worker" if len(rows) > 1 else "")
-          + f"; {per_core:.0f} frames per CPU-second per worker (bound on an idle machine: {per_core * best['workers']:.0f} frames/s)")
+    print(
+        f"KEY: batch extraction {best['fps']:.0f} frames/s ({best['clips_per_s']:.1f} clips/s) with {best['workers']} workers"
+        + (f", {best['fps'] / rows[0]['fps']:.2f}x one worker" if len(rows) > 1 else "")
+        + f"; {per_core:.0f} frames per CPU-second per worker (bound on an idle machine: {per_core * best['workers']:.0f} frames/s)"
+    )
 
 
 if __name__ == "__main__":

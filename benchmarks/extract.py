@@ -103,14 +103,19 @@ def main() -> None:
         base = args.keep or tmp
         print(f"{args.clips} clips (six CREMA-D clips repeated), fps {args.fps or 'all'}, {os.cpu_count()} CPUs, "
               f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)  # fmt: skip
-        print(f"{'mode':<7} {'clips':>5} {'frames':>7} {'wall s':>7} {'frames/s':>8} {'CPU s':>7} {'frames/CPU-s':>12}  worker RSS MiB after its clip 1 -> 10 -> 100 -> half -> last")
+        print(
+            f"{'mode':<7} {'clips':>5} {'frames':>7} {'wall s':>7} {'frames/s':>8} {'CPU s':>7} {'frames/CPU-s':>12}  worker RSS MiB after its clip 1 -> 10 -> 100 -> half -> last"
+        )
         rows = {}
         for mode in args.modes.split(","):
             r = run_mode(mode, manifest, base / f"ds_{mode}", args.fps)
             rows[mode] = r
             rss = "; ".join(" -> ".join(f"{t[k] / 2**20:.0f}" for k in _milestones(len(t))) + f" ({len(t)} clips)" for t in r["trace"].values())
             setup = f" (+{r['setup']:.1f} s cluster start)" if r["setup"] else ""
-            print(f"{mode:<7} {r['clips']:>5} {r['frames']:>7} {r['wall']:>7.1f} {r['fps']:>8.1f} {r['cpu']:>7.1f} {r['fps_cpu']:>12.1f}  {rss}{setup}", flush=True)
+            print(
+                f"{mode:<7} {r['clips']:>5} {r['frames']:>7} {r['wall']:>7.1f} {r['fps']:>8.1f} {r['cpu']:>7.1f} {r['fps_cpu']:>12.1f}  {rss}{setup}",
+                flush=True,
+            )
         print(f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
         if "local1" in rows and "local2" in rows:
             a, b = rows["local1"], rows["local2"]

@@ -394,12 +394,20 @@ def cremad_labels(bb: Backbone, threads: int) -> dict[str, Any]:
             code = p.stem.split("_")[2]
             t = time.perf_counter()
             r = rec.predict(p)
-            per_clip[p.name] = {"truth": CREMAD_TO_FER[code], "label": r.label, "faces": r.faces, "frames": r.frames, "seconds": round(time.perf_counter() - t, 3)}
+            per_clip[p.name] = {
+                "truth": CREMAD_TO_FER[code],
+                "label": r.label,
+                "faces": r.faces,
+                "frames": r.frames,
+                "seconds": round(time.perf_counter() - t, 3),
+            }
     correct = sum(v["label"] == v["truth"] for v in per_clip.values())
     return {"head": head, "correct": int(correct), "n": len(per_clip), "accuracy": correct / len(per_clip), "clips": per_clip}
 
 
-def evaluate_backbone(name: str, tta: bool, data: dict[str, tuple[np.ndarray, np.ndarray]], lms: dict[str, np.ndarray], args: argparse.Namespace) -> dict[str, Any]:
+def evaluate_backbone(
+    name: str, tta: bool, data: dict[str, tuple[np.ndarray, np.ndarray]], lms: dict[str, np.ndarray], args: argparse.Namespace
+) -> dict[str, Any]:
     bb = Backbone(name, num_threads=args.threads, tta=tta)
     log.info("%s tta=%s: %r", name, tta, bb)
     res: dict[str, Any] = {"name": name, "kind": "emotion_backbone", "tta": tta, "default_tta": bool(bb.entry.get("tta", False)), "classes": bb.classes}
@@ -496,7 +504,9 @@ def evaluate_mlp(data: dict[str, tuple[np.ndarray, np.ndarray]], args: argparse.
             m.fit(E["train"], ytr)
         acc = float(np.mean(m.predict(E["public_test"]) == data["public_test"][1]))
         log.info("MLP %s: public %.4f (%.1f s, %d epochs)", params, acc, time.perf_counter() - t, m[-1].n_iter_)
-        grid.append({"params": {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}, "public_test_accuracy": acc, "epochs": int(m[-1].n_iter_)})
+        grid.append(
+            {"params": {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}, "public_test_accuracy": acc, "epochs": int(m[-1].n_iter_)}
+        )
         if acc > best_acc:
             best, best_acc = m, acc
     assert best is not None
@@ -580,8 +590,10 @@ def print_tables(results: dict[str, dict[str, Any]], default_label: str) -> None
     w = max(28, *(len(k) + 2 for k in results), *(len(n) + len(src) + 6 for n, _, src in REFERENCES))
     print()
     print("FER2013 (accuracy %; private = final test set; public = validation set) -- measured in this run")
-    hdr = (f"{'model':<{w}} {'private':>7} {'public':>7} {'priv+':>6} {'pub+':>6} {'bal.acc':>7} {'rt-algn':>7} {'ck+6':>6} {'ck+7':>6} {'ck+6rt':>6} "
-           f"{'taiwan':>6} {'cremad':>6} {'ms/b1':>7} {'ms/b32':>7} {'MB':>6}")
+    hdr = (
+        f"{'model':<{w}} {'private':>7} {'public':>7} {'priv+':>6} {'pub+':>6} {'bal.acc':>7} {'rt-algn':>7} {'ck+6':>6} {'ck+7':>6} {'ck+6rt':>6} "
+        f"{'taiwan':>6} {'cremad':>6} {'ms/b1':>7} {'ms/b32':>7} {'MB':>6}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for label, r in results.items():

@@ -109,7 +109,14 @@ def _run(args, train, ytrain, test, ytest, pers, ypers, results) -> None:
         t = time.perf_counter()
         personal = head.copy().partial_fit(pers, ypers)
         ft_s = time.perf_counter() - t
-        results[name] = {"fit_s": fit_s, "epochs": head.n_iter_, "heldout_acc": acc, "finetune_s": ft_s, "finetune_epochs": personal.n_iter_, "finetune_clips": args.personal}
+        results[name] = {
+            "fit_s": fit_s,
+            "epochs": head.n_iter_,
+            "heldout_acc": acc,
+            "finetune_s": ft_s,
+            "finetune_epochs": personal.n_iter_,
+            "finetune_clips": args.personal,
+        }
         print(f"{name:<18}{fit_s:>8.2f}{head.n_iter_:>8d}{acc:>8.3f}{ft_s:>12.3f}{personal.n_iter_:>10d}", flush=True)
 
 

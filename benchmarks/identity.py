@@ -129,8 +129,13 @@ def _rgb(path: Path) -> np.ndarray:
 
 def _inputs(data: Path) -> list[Path]:
     return sorted(
-        [*(data / "faces" / "identity").glob("*.jpg"), *(data / "faces" / "ravdess_actors").glob("*.png"), *(data / "faces" / "taiwanese").glob("*.jpg"),
-         *(data / "clips" / "cremad").glob("*.flv"), data / "ckplus48.npz"]
+        [
+            *(data / "faces" / "identity").glob("*.jpg"),
+            *(data / "faces" / "ravdess_actors").glob("*.png"),
+            *(data / "faces" / "taiwanese").glob("*.jpg"),
+            *(data / "clips" / "cremad").glob("*.flv"),
+            data / "ckplus48.npz",
+        ]
     )
 
 
@@ -221,7 +226,9 @@ def load_or_extract(data: Path, out: Path, variants: dict[str, tuple[str, str]],
                 log.info("using cached embeddings %s", cache)
                 return Faces({k: z[f"emb_{k}"] for k in variants}, z["group"], z["source"], z["ident"], z["sample"], z["frame"])
     f = extract(data, variants, threads)
-    np.savez_compressed(cache, key=np.array(key), group=f.group, source=f.source, ident=f.ident, sample=f.sample, frame=f.frame, **{f"emb_{k}": v for k, v in f.emb.items()})
+    np.savez_compressed(
+        cache, key=np.array(key), group=f.group, source=f.source, ident=f.ident, sample=f.sample, frame=f.frame, **{f"emb_{k}": v for k, v in f.emb.items()}
+    )
     return f
 
 
@@ -387,8 +394,12 @@ def western_open_set(s: Samples, t: float) -> dict:
         if first[who] != i:
             user, _ = matcher.identify(w.emb[i], others | {who: w.emb[first[who]][None]})
             closed.append(user == who)
-    return {"closed_correct": float(np.mean(closed)) if closed else float("nan"), "closed_n": len(closed),
-            "open_accept": float(np.mean(opened)), "open_n": len(opened)}
+    return {
+        "closed_correct": float(np.mean(closed)) if closed else float("nan"),
+        "closed_n": len(closed),
+        "open_accept": float(np.mean(opened)),
+        "open_n": len(opened),
+    }
 
 
 # ---------------------------------------------------------------------------------- speed
@@ -512,9 +523,11 @@ def main(argv: list[str] | None = None) -> int:
         t = THRESHOLDS[variants[v][0]] if args.at == "shipped" else rule
         thresholds[v] = t
         print()
-        print(f"== {v}: evaluated at {args.at} threshold {t:.3f} (shipped {THRESHOLDS[variants[v][0]]:.3f}; the rule gives {rule:.3f}: "
-              f"empirical FAR <= {args.target_far:g} at {how['empirical']:.3f}, Gaussian tail {how['gaussian']:.4f}"
-              f"{', used' if how['gaussian_guard'] else ', not needed with this many impostor pairs'})")
+        print(
+            f"== {v}: evaluated at {args.at} threshold {t:.3f} (shipped {THRESHOLDS[variants[v][0]]:.3f}; the rule gives {rule:.3f}: "
+            f"empirical FAR <= {args.target_far:g} at {how['empirical']:.3f}, Gaussian tail {how['gaussian']:.4f}"
+            f"{', used' if how['gaussian_guard'] else ', not needed with this many impostor pairs'})"
+        )
         print(f"{'group':>31} | {'n_gen':>6} | {'n_imp':>8} | {'EER %':>6} | {'EER t':>6} | {'FRR@FAR0.1%':>11} | {'FAR % @t':>8} | {'FRR % @t':>8}")
         rows = {}
         for g, (gen, imp) in by_group.items():
@@ -525,13 +538,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{g:>31} | {len(gen):>6} | {len(imp):>8} | {100 * e:6.2f} | {et:6.3f} | {100 * f01:10.2f}% | {100 * fa:8.3f} | {100 * fr:8.2f}")
         tw = taiwanese_open_set(s, t, args.splits, args.seed)
         we = western_open_set(s, t)
-        print(f"Taiwanese open set ({args.splits} splits, 10 enrolled from one neutral photo, 9 strangers): own photos routed right "
-              f"{100 * tw['own_accept']:.2f} % (verify {100 * tw['own_verified']:.2f} %, misrouted {100 * tw['own_misroute']:.2f} %) of {tw['own_n']}; "
-              f"strangers accepted {100 * tw['stranger_accept']:.2f} % of {tw['stranger_n']}")
-        print("  own photos routed right by emotion: " + ", ".join(f"{k} {100 * x:.1f}" for k, x in tw["by_emotion"].items())
-              + "; by style (0 neutral, 1 theatrical, 2 FACS, 3 personal event): " + ", ".join(f"{k}: {100 * x:.1f}" for k, x in tw["by_style"].items()))
-        print(f"western one-enrolment identification: closed set correct {100 * we['closed_correct']:.1f} % of {we['closed_n']}, "
-              f"open set accepted {100 * we['open_accept']:.2f} % of {we['open_n']}")
+        print(
+            f"Taiwanese open set ({args.splits} splits, 10 enrolled from one neutral photo, 9 strangers): own photos routed right "
+            f"{100 * tw['own_accept']:.2f} % (verify {100 * tw['own_verified']:.2f} %, misrouted {100 * tw['own_misroute']:.2f} %) of {tw['own_n']}; "
+            f"strangers accepted {100 * tw['stranger_accept']:.2f} % of {tw['stranger_n']}"
+        )
+        print(
+            "  own photos routed right by emotion: "
+            + ", ".join(f"{k} {100 * x:.1f}" for k, x in tw["by_emotion"].items())
+            + "; by style (0 neutral, 1 theatrical, 2 FACS, 3 personal event): "
+            + ", ".join(f"{k}: {100 * x:.1f}" for k, x in tw["by_style"].items())
+        )
+        print(
+            f"western one-enrolment identification: closed set correct {100 * we['closed_correct']:.1f} % of {we['closed_n']}, "
+            f"open set accepted {100 * we['open_accept']:.2f} % of {we['open_n']}"
+        )
         if v in timing:
             print(f"speed (one thread, one face per call): embedding {timing[v][0]:.2f} ms, crop {timing[v][1]:.2f} ms")
         summary[v] = {"threshold": t, "rule_threshold": rule, "groups": rows, "taiwanese_open_set": tw, "western": we, "ms": timing.get(v)}
@@ -542,8 +563,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"plots: {args.out / 'det.png'}, {args.out}/hist_<model>.png; summary.json ({time.perf_counter() - t0:.0f} s)")
     for v, r in summary.items():
         ms = f"{r['ms'][0]:.2f}" if r["ms"] else "nan"
-        print(f"identity_model={v} threshold={r['threshold']:.3f} rule_threshold={r['rule_threshold']:.3f} eer_all={r['groups']['all real faces']['eer']:.4f} "
-              f"own_accept={r['taiwanese_open_set']['own_accept']:.4f} stranger_accept={r['taiwanese_open_set']['stranger_accept']:.4f} ms={ms}")
+        print(
+            f"identity_model={v} threshold={r['threshold']:.3f} rule_threshold={r['rule_threshold']:.3f} eer_all={r['groups']['all real faces']['eer']:.4f} "
+            f"own_accept={r['taiwanese_open_set']['own_accept']:.4f} stranger_accept={r['taiwanese_open_set']['stranger_accept']:.4f} ms={ms}"
+        )
     return 0
 
 

@@ -112,8 +112,13 @@ def main() -> None:
 
     mtcnn.detect = timed_detect
     fer.detect_emotions(next(_frames(args.inputs[0], 1)))
-    cold = {"import_s": t_import, "load_s": t_load - t_import, "first_frame_s": time.perf_counter() - T_START - t_load,
-            "total_s": time.perf_counter() - T_START, "total_cpu_s": time.process_time() - C_START}
+    cold = {
+        "import_s": t_import,
+        "load_s": t_load - t_import,
+        "first_frame_s": time.perf_counter() - T_START - t_load,
+        "total_s": time.perf_counter() - T_START,
+        "total_cpu_s": time.process_time() - C_START,
+    }
 
     results = {}
     for path in args.inputs:
@@ -132,14 +137,18 @@ def main() -> None:
             runs.append({"wall_s": wall, "cpu_s": cpu, "mtcnn_wall_s": det_time[0], "mtcnn_cpu_s": det_time[1], "nms_s": _NMS_TIME[0]})
             per_frame = [[{"box": [int(v) for v in e["box"]], "emotions": e["emotions"]} for e in faces] for faces in out]
         results[str(path)] = {"frames": len(per_frame), "size": size, "runs": runs, "per_frame": per_frame}
-    print(json.dumps({
-        "peer": "fer 25.10.3 FER(mtcnn=True) (facenet-pytorch 2.6.0 MTCNN + fer mini-Xception TFLite)",
-        "torchvision": shim,
-        "torch_threads": torch.get_num_threads(),
-        "cold_start": cold,
-        "peak_rss_mb": peak_rss_mb(),
-        "inputs": results,
-    }))
+    print(
+        json.dumps(
+            {
+                "peer": "fer 25.10.3 FER(mtcnn=True) (facenet-pytorch 2.6.0 MTCNN + fer mini-Xception TFLite)",
+                "torchvision": shim,
+                "torch_threads": torch.get_num_threads(),
+                "cold_start": cold,
+                "peak_rss_mb": peak_rss_mb(),
+                "inputs": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -78,12 +78,14 @@ def _strategies() -> dict[str, Strategy]:
                 return u if anchor is None else fit_personal(u, c, y, replay=r, anchor=anchor)
             personal = u if anchor is None else fit_personal(u, [x - off for x in c], y, replay=r, anchor=anchor)
             return CenteredHead(BlendHead(u, personal, 1.0), off)
+
         return fit
 
     def proto(kind: str) -> Strategy:
         # nearest prototypes on features, probabilities or both (probabilities: the universal head's)
         def fit(u: Any, r: Any, c: list, y: list) -> Any:
             return _OnInputs(PrototypeHead().fit(_inputs(u, c, kind), y), u, kind)
+
         return fit
 
     return {
@@ -235,8 +237,13 @@ def taiwanese_api(make_rec: Callable[[str], Any], files: list[Path], styles: tup
                 per["universal"][p].append(float(np.mean(np.array(uni) == np.array(truth))))
                 per["personal"][p].append(float(np.mean(np.array([r.label for r in res]) == np.array(truth))))
         out[str(m)] = {**{s: {p: float(np.mean(v)) for p, v in d.items()} for s, d in per.items()}, "choices": choices}
-        log.info("taiwanese API M=%d: universal %.3f personal %.3f choices %s", m, np.mean(list(out[str(m)]["universal"].values())),
-                 np.mean(list(out[str(m)]["personal"].values())), choices)
+        log.info(
+            "taiwanese API M=%d: universal %.3f personal %.3f choices %s",
+            m,
+            np.mean(list(out[str(m)]["universal"].values())),
+            np.mean(list(out[str(m)]["personal"].values())),
+            choices,
+        )
     return out
 
 
@@ -330,21 +337,37 @@ def tables(res: dict[str, Any]) -> str:
     lines = []
     tw = res["taiwanese_cached"]
     names = [n for n in tw[str(M_GRID[0])] if n != "universal"]
-    lines += ["### Taiwanese faces, strategies (cached features; mean accuracy / people made worse)", "",
-              "| strategy | " + " | ".join(f"M={m}" for m in M_GRID) + " |", "|---|" + "---|" * len(M_GRID)]
+    lines += [
+        "### Taiwanese faces, strategies (cached features; mean accuracy / people made worse)",
+        "",
+        "| strategy | " + " | ".join(f"M={m}" for m in M_GRID) + " |",
+        "|---|" + "---|" * len(M_GRID),
+    ]
     lines.append("| universal | " + " | ".join(f"{_mean(tw[str(m)]['universal']):.3f}" for m in M_GRID) + " |")
     for n in names:
         lines.append(f"| {n} | " + " | ".join(f"{_mean(tw[str(m)][n]):.3f} / {_hurt(tw[str(m)][n], tw[str(m)]['universal'])}" for m in M_GRID) + " |")
     if "taiwanese_api" in res:
         api = res["taiwanese_api"]
-        lines += ["", f"### Taiwanese faces, the default through correct()/adapt()/predict() (styles {res['api_styles']})", "",
-                  "| M | universal | personal | people made worse | guard choices |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"### Taiwanese faces, the default through correct()/adapt()/predict() (styles {res['api_styles']})",
+            "",
+            "| M | universal | personal | people made worse | guard choices |",
+            "|---|---|---|---|---|",
+        ]
         for m in M_GRID:
             a = api[str(m)]
             lines.append(f"| {m} | {_mean(a['universal']):.3f} | {_mean(a['personal']):.3f} | {_hurt(a['personal'], a['universal'])} | {a['choices']} |")
         m1 = api[str(M_GRID[0])]
-        lines += ["", "Per person, M=1 (universal -> personal):", "",
-                  ", ".join(f"{p} {m1['universal'][p]:.2f}->{m1['personal'][p]:.2f}{' (worse)' if m1['personal'][p] < m1['universal'][p] - 1e-9 else ''}" for p in sorted(m1["universal"]))]
+        lines += [
+            "",
+            "Per person, M=1 (universal -> personal):",
+            "",
+            ", ".join(
+                f"{p} {m1['universal'][p]:.2f}->{m1['personal'][p]:.2f}{' (worse)' if m1['personal'][p] < m1['universal'][p] - 1e-9 else ''}"
+                for p in sorted(m1["universal"])
+            ),
+        ]
     if "ckplus" in res:
         ck = res["ckplus"]
         lines += ["", "### CK+ leave-one-sequence-out (mean accuracy / subjects made worse)", "", "| strategy | accuracy |", "|---|---|"]
@@ -366,8 +389,12 @@ def plot(res: dict[str, Any], path: Path) -> Path:
 
     tw = res["taiwanese_cached"]
     fig, ax = plt.subplots(figsize=(6, 4))
-    series = (("universal", "universal (same test photos)", "-.", "gray"), (DEFAULT, "personal (default)", "-o", None),
-              ("shared", "one shared adapted model", "--s", None), (BASELINE, "personal (today's fine-tune)", ":^", None))
+    series = (
+        ("universal", "universal (same test photos)", "-.", "gray"),
+        (DEFAULT, "personal (default)", "-o", None),
+        ("shared", "one shared adapted model", "--s", None),
+        (BASELINE, "personal (today's fine-tune)", ":^", None),
+    )
     for key, label, style, color in series:
         ax.plot(list(M_GRID), [_mean(tw[str(m)][key]) for m in M_GRID], style, label=label, color=color)
     ax.set_xticks(list(M_GRID))
@@ -393,8 +420,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--styles", default="".join(STYLES), help="elicitation styles of the cached comparison (default 123)")
     ap.add_argument("--m", default=",".join(map(str, M_GRID)), help="adaptation photos per emotion to run (default 1,2,3,5)")
     add_common_args(ap, out=OUT)
-    ap.add_argument("--protocol", choices=("fixed", "all"), default=PROTOCOL,
-                    help="Taiwanese test set: the same held-out photos for every M (default) or all photos not corrected")
+    ap.add_argument(
+        "--protocol",
+        choices=("fixed", "all"),
+        default=PROTOCOL,
+        help="Taiwanese test set: the same held-out photos for every M (default) or all photos not corrected",
+    )
     args = ap.parse_args(argv)
     M_GRID = tuple(int(m) for m in args.m.split(","))
     STYLES = tuple(args.styles)
@@ -420,11 +451,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if not args.skip_api:
                 res["taiwanese_api"] = taiwanese_api(make_rec, [f for f in files if f.name in set(names)], tuple(args.api_styles))
         if "ckplus" in only:
-            res["ckplus"] = ckplus(rec, {k: strategies[k] for k in (BASELINE, f"finetune (anchor {DEFAULT_ANCHOR:g})", "finetune (anchor 3)", "centred universal (no fine-tune)",
-                                                                  f"centred finetune (anchor {DEFAULT_ANCHOR:g})", "prototypes: features", FIRST_PASS, DEFAULT)}, args.people)
+            res["ckplus"] = ckplus(
+                rec,
+                {
+                    k: strategies[k]
+                    for k in (
+                        BASELINE,
+                        f"finetune (anchor {DEFAULT_ANCHOR:g})",
+                        "finetune (anchor 3)",
+                        "centred universal (no fine-tune)",
+                        f"centred finetune (anchor {DEFAULT_ANCHOR:g})",
+                        "prototypes: features",
+                        FIRST_PASS,
+                        DEFAULT,
+                    )
+                },
+                args.people,
+            )
     if "cremad" in only:
-        res["cremad"] = cremad(make_rec, {"personal (today: anchor 0.1, no guard)": {"anchor": TODAY_ANCHOR, "use_guard": False},
-                                                FIRST_PASS: {"center": False}, DEFAULT: {}})
+        res["cremad"] = cremad(
+            make_rec, {"personal (today: anchor 0.1, no guard)": {"anchor": TODAY_ANCHOR, "use_guard": False}, FIRST_PASS: {"center": False}, DEFAULT: {}}
+        )
     if "ravdess" in only:
         res["ravdess"] = ravdess(args.ravdess_seeds)
     res["seconds"] = time.perf_counter() - t0

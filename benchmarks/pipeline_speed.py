@@ -160,7 +160,7 @@ def stage_costs(rec: Any, name: str, paths: list[Path], repeat: int) -> dict[str
     # as the Recognizer runs it: still images with the backbone's flip TTA, video frames without
     # (unless video_tta)
     tta = rec._tta_for(max(len(v) for v in frames))
-    w, c, _ = best_of(lambda: [bb.infer(arr[s:s + rec.chunk], tta=tta) for s in range(0, nf, rec.chunk)], repeat)
+    w, c, _ = best_of(lambda: [bb.infer(arr[s : s + rec.chunk], tta=tta) for s in range(0, nf, rec.chunk)], repeat)
     res[f"backbone (batches of {rec.chunk}, as run)"] = (w / nf, c / nf, "face")
     emb = rec.embedder
     emb.embed_faces(faces[0][0], faces[0][1][None])
@@ -191,8 +191,16 @@ def end_to_end(rec_factory: Callable[[int], Any], paths: list[Path], repeat: int
     rec.predict(paths[0], max_frames=2)  # warm-up: interpreters for this frame size
     w, c, results = best_of(lambda: [rec.predict(p) for p in paths], repeat)
     n = sum(r.frames for r in results)
-    return {"frames": n, "wall_s": w, "cpu_s": c, "fps_wall": n / w, "fps_cpu": n / c, "results": results,
-            "faces": sum(r.faces for r in results), "faces_total": sum(sum(t.faces for t in (r.tracks or [r])) for r in results)}
+    return {
+        "frames": n,
+        "wall_s": w,
+        "cpu_s": c,
+        "fps_wall": n / w,
+        "fps_cpu": n / c,
+        "results": results,
+        "faces": sum(r.faces for r in results),
+        "faces_total": sum(sum(t.faces for t in (r.tracks or [r])) for r in results),
+    }
 
 
 # --------------------------------------------------------------------------- cold start / RSS
@@ -268,10 +276,18 @@ def peer_totals(peer: dict[str, Any], paths: list[Path]) -> dict[str, float]:
     reps = len(ins[0]["runs"])
     tot = lambda k: min(sum(d["runs"][r][k] for d in ins) for r in range(reps))  # noqa: E731
     w, c = tot("wall_s"), tot("cpu_s")
-    return {"frames": n, "wall_s": w, "cpu_s": c, "fps_wall": n / w, "fps_cpu": n / c,
-            "mtcnn_ms_cpu": 1e3 * tot("mtcnn_cpu_s") / n, "mtcnn_ms_wall": 1e3 * tot("mtcnn_wall_s") / n,
-            "nms_ms": 1e3 * tot("nms_s") / n,
-            "faces": sum(1 for d in ins for fr in d["per_frame"] if fr), "faces_total": sum(len(fr) for d in ins for fr in d["per_frame"])}
+    return {
+        "frames": n,
+        "wall_s": w,
+        "cpu_s": c,
+        "fps_wall": n / w,
+        "fps_cpu": n / c,
+        "mtcnn_ms_cpu": 1e3 * tot("mtcnn_cpu_s") / n,
+        "mtcnn_ms_wall": 1e3 * tot("mtcnn_wall_s") / n,
+        "nms_ms": 1e3 * tot("nms_s") / n,
+        "faces": sum(1 for d in ins for fr in d["per_frame"] if fr),
+        "faces_total": sum(len(fr) for d in ins for fr in d["per_frame"]),
+    }
 
 
 def peer_main_face(faces: list[dict[str, Any]]) -> dict[str, float] | None:
@@ -319,9 +335,12 @@ def accuracy(ours: list[Any], ours1: list[Any], peer: dict[str, Any] | None, cli
         summary["frame_acc_peer"] = float(np.mean(agg["acc_peer"]))
         summary["frame_label_agreement_ours_vs_peer"] = float(np.mean(agg["agree"]))
         summary["clips_correct_peer"] = sum(
-            (lambda em: (max((m := {k: np.mean([e[k] for e in em]) for k in em[0]}), key=m.get) if em else None))(
-                [e for e in (peer_main_face(f) for f in peer["inputs"][str(c)]["per_frame"]) if e is not None]) == cremad_label(c)
-            for c in clips)
+            (lambda em: max((m := {k: np.mean([e[k] for e in em]) for k in em[0]}), key=m.get) if em else None)(
+                [e for e in (peer_main_face(f) for f in peer["inputs"][str(c)]["per_frame"]) if e is not None]
+            )
+            == cremad_label(c)
+            for c in clips
+        )
     return rows, summary
 
 
@@ -372,11 +391,17 @@ def enrolled_speed(identities: list[str], repeat: int) -> None:
                 rec.enroll(user, str(p))
             full = end_to_end(lambda every, r=rec: r, clips, repeat, 10)
             routed = sum(r.user == "1001" for r in full["results"])
-            rows.append([ident, f"{empty['fps_wall']:.1f} / {empty['fps_cpu']:.1f}", f"{full['fps_wall']:.1f} / {full['fps_cpu']:.1f}",
-                         f"{routed}/{len(clips)}"])
+            rows.append(
+                [ident, f"{empty['fps_wall']:.1f} / {empty['fps_cpu']:.1f}", f"{full['fps_wall']:.1f} / {full['fps_cpu']:.1f}", f"{routed}/{len(clips)}"]
+            )
             rec.close()
-    print(table(f"CREMA-D clips end to end, fps wall / CPU (best of {repeat}; load average now {load_avg()})",
-                ["identity model", "nobody enrolled", "11 users enrolled", "clips routed to 1001"], rows))
+    print(
+        table(
+            f"CREMA-D clips end to end, fps wall / CPU (best of {repeat}; load average now {load_avg()})",
+            ["identity model", "nobody enrolled", "11 users enrolled", "clips routed to 1001"],
+            rows,
+        )
+    )
 
 
 def main() -> None:
@@ -401,13 +426,19 @@ def main() -> None:
         raise SystemExit(f"real data missing under {DATA}")
     stream = make_720p([clips[3], clips[0]], args.out / "stream720.mp4")
     group = cv2.cvtColor(cv2.imread(str(photos[4])), cv2.COLOR_BGR2RGB)  # sample5.jpg, five faces
-    sets = {"cremad 480x360": clips, "720p 1280x720": [stream], "group photos": photos,
-            "group as video": [np.ascontiguousarray(np.broadcast_to(group, (10, *group.shape)))]}
+    sets = {
+        "cremad 480x360": clips,
+        "720p 1280x720": [stream],
+        "group photos": photos,
+        "group as video": [np.ascontiguousarray(np.broadcast_to(group, (10, *group.shape)))],
+    }
     home = tempfile.mkdtemp(prefix="emoadapt-bench-")
-    report: dict[str, Any] = {"load_avg_start": load_avg(), "cpus": os.cpu_count(), "repeat": args.repeat,
-                              "threads": os.environ.get("EMOADAPT_THREADS", "1")}
-    print(f"machine: {os.cpu_count()} CPUs, load average {report['load_avg_start']} (other jobs running); "
-          f"TFLite threads {report['threads']}; best of {args.repeat} passes", flush=True)
+    report: dict[str, Any] = {"load_avg_start": load_avg(), "cpus": os.cpu_count(), "repeat": args.repeat, "threads": os.environ.get("EMOADAPT_THREADS", "1")}
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {report['load_avg_start']} (other jobs running); "
+        f"TFLite threads {report['threads']}; best of {args.repeat} passes",
+        flush=True,
+    )
 
     rec = emoadapt.Recognizer(home=home)
     stages = {k: stage_costs(rec, k, v, args.repeat) for k, v in sets.items()}
@@ -436,8 +467,11 @@ def main() -> None:
         row = [k, f"{a['fps_wall']:.1f} / {a['fps_cpu']:.1f}", f"{b['fps_wall']:.1f} / {b['fps_cpu']:.1f}"]
         if peer is not None:
             pt = peer_totals(peer, v if k != "group as video" else [photos[4]])
-            row += [f"{pt['fps_wall']:.2f} / {pt['fps_cpu']:.2f}", f"{a['fps_wall'] / pt['fps_wall']:.1f}x / {a['fps_cpu'] / pt['fps_cpu']:.1f}x",
-                    f"{a['faces_total']}/{b['faces_total']} in {a['frames']}; {pt['faces_total']} in {pt['frames']}"]
+            row += [
+                f"{pt['fps_wall']:.2f} / {pt['fps_cpu']:.2f}",
+                f"{a['fps_wall'] / pt['fps_wall']:.1f}x / {a['fps_cpu'] / pt['fps_cpu']:.1f}x",
+                f"{a['faces_total']}/{b['faces_total']} in {a['frames']}; {pt['faces_total']} in {pt['frames']}",
+            ]
             report.setdefault("peer_totals", {})[k] = pt
         rows.append(row)
     hdr = ["input", "ours fps (track, wall/CPU)", "ours fps (every frame)"]
@@ -446,39 +480,60 @@ def main() -> None:
     texts.append(table("End to end, frames per second (best of passes; decoding included)", hdr, rows))
     if peer is not None:
         pt = report["peer_totals"]
-        texts.append(table("fer (peer) per frame, CPU ms", ["input", "MTCNN (torch)", "of which NMS stand-in", "rest (decode, emotion model, crops)"],
-                           [[k, f"{pt[k]['mtcnn_ms_cpu']:.1f}", f"{pt[k]['nms_ms']:.2f}", f"{1e3 * pt[k]['cpu_s'] / pt[k]['frames'] - pt[k]['mtcnn_ms_cpu']:.1f}"] for k in sets]))
+        texts.append(
+            table(
+                "fer (peer) per frame, CPU ms",
+                ["input", "MTCNN (torch)", "of which NMS stand-in", "rest (decode, emotion model, crops)"],
+                [
+                    [k, f"{pt[k]['mtcnn_ms_cpu']:.1f}", f"{pt[k]['nms_ms']:.2f}", f"{1e3 * pt[k]['cpu_s'] / pt[k]['frames'] - pt[k]['mtcnn_ms_cpu']:.1f}"]
+                    for k in sets
+                ],
+            )
+        )
 
     classes = rec.classes
     acc_rows, acc = accuracy(e2e[("cremad 480x360", 10)]["results"], e2e[("cremad 480x360", 1)]["results"], peer, clips, classes)
     floor = noise_floor(rec, clips)
     hdr = ["clip", "truth", "ours track/every", "faces"] + (["fer", "fer faces", "frame agreement"] if peer else [])
     texts.append(table("CREMA-D clips: labels (clip = mean of frame probabilities)", hdr, acc_rows))
-    lines = [f"clips correct: ours {acc['clips_correct_ours']}/6 (tracking), {acc['clips_correct_ours_every1']}/6 (every frame)"
-             + (f", fer {acc['clips_correct_peer']}/6" if peer else ""),
-             f"frame accuracy vs clip label: ours {acc['frame_acc_ours']:.3f}" + (f", fer {acc['frame_acc_peer']:.3f}; frame-label agreement ours vs fer {acc['frame_label_agreement_ours_vs_peer']:.3f}" if peer else ""),
-             f"tracking vs per-frame detection: mean |dp| {acc['mad_track_vs_every_frame']:.4f}, frame-label agreement {acc['frame_label_agreement_track_vs_every_frame']:.3f}",
-             f"noise floor (per-frame detection, pyramid factor 0.709 vs 0.72): mean |dp| {floor['mad']:.4f}, frame-label agreement {floor['agreement']:.3f}"]
+    lines = [
+        f"clips correct: ours {acc['clips_correct_ours']}/6 (tracking), {acc['clips_correct_ours_every1']}/6 (every frame)"
+        + (f", fer {acc['clips_correct_peer']}/6" if peer else ""),
+        f"frame accuracy vs clip label: ours {acc['frame_acc_ours']:.3f}"
+        + (f", fer {acc['frame_acc_peer']:.3f}; frame-label agreement ours vs fer {acc['frame_label_agreement_ours_vs_peer']:.3f}" if peer else ""),
+        f"tracking vs per-frame detection: mean |dp| {acc['mad_track_vs_every_frame']:.4f}, frame-label agreement {acc['frame_label_agreement_track_vs_every_frame']:.3f}",
+        f"noise floor (per-frame detection, pyramid factor 0.709 vs 0.72): mean |dp| {floor['mad']:.4f}, frame-label agreement {floor['agreement']:.3f}",
+    ]
     print("\n".join(lines), flush=True)
     texts.append("\n".join(lines))
 
     cold = fresh_process(COLD, [str(clips[0])], args.repeat)
-    workloads = {"CREMA-D clips": clips, "720p stream": [stream], "group photo (sample5)": [photos[4]],
-                 "all of them": [*clips, stream, photos[4]]}
+    workloads = {"CREMA-D clips": clips, "720p stream": [stream], "group photo (sample5)": [photos[4]], "all of them": [*clips, stream, photos[4]]}
     rss_all = {k: fresh_process(RSS, list(map(str, v)), 1)[0] for k, v in workloads.items()}
     med = lambda k: float(np.median([d[k] for d in cold]))  # noqa: E731
-    rows = [["ours (emoadapt)", f"{med('import_s'):.2f}", f"{med('load_s'):.2f}", f"{med('first_frame_s'):.2f}", f"{med('total_s'):.2f}",
-             f"{med('process_s'):.2f}"]]
+    rows = [
+        ["ours (emoadapt)", f"{med('import_s'):.2f}", f"{med('load_s'):.2f}", f"{med('first_frame_s'):.2f}", f"{med('total_s'):.2f}", f"{med('process_s'):.2f}"]
+    ]
     if peer is not None:
         pc = peer["cold_start"]
         rows.append(["fer (peer)", f"{pc['import_s']:.2f}", f"{pc['load_s']:.2f}", f"{pc['first_frame_s']:.2f}", f"{pc['total_s']:.2f}", "-"])
-    texts.append(table(f"Cold start (s, fresh process, median of {len(cold)}; first frame = predict(clip, max_frames=1))",
-                       ["pipeline", "import", "model load", "first frame", "total", "whole process"], rows))
+    texts.append(
+        table(
+            f"Cold start (s, fresh process, median of {len(cold)}; first frame = predict(clip, max_frames=1))",
+            ["pipeline", "import", "model load", "first frame", "total", "whole process"],
+            rows,
+        )
+    )
     rows = [[f"ours: {k}", f"{v['loaded_mb']:.0f}", f"{v['peak_mb']:.0f}"] for k, v in rss_all.items()]
     if peer is not None:
         rows.append(["fer (peer): all inputs above, 1 process", "-", f"{peer['peak_rss_mb']:.0f}"])
-    texts.append(table("Memory (MB RSS; fresh process per row; all models loaded, a user enrolled so identity runs)",
-                       ["workload", "RSS with models loaded", "peak RSS"], rows))
+    texts.append(
+        table(
+            "Memory (MB RSS; fresh process per row; all models loaded, a user enrolled so identity runs)",
+            ["workload", "RSS with models loaded", "peak RSS"],
+            rows,
+        )
+    )
 
     a = e2e[("cremad 480x360", 10)]
     key = f"KEY: ours {a['fps_wall']:.0f} fps wall / {a['fps_cpu']:.0f} fps CPU end to end on the CREMA-D clips"
@@ -488,12 +543,19 @@ def main() -> None:
     report["load_avg_end"] = load_avg()
     print(f"\nload average at the end: {report['load_avg_end']}")
     print(key)
-    report.update({
-        "stages_ms": {k: {n: [v[0] * 1e3, v[1] * 1e3, v[2]] for n, v in s.items() if not n.startswith("_")} for k, s in stages.items()},
-        "end_to_end": {f"{k}|every={ev}": {kk: vv for kk, vv in d.items() if kk != "results"} for (k, ev), d in e2e.items()},
-        "accuracy": acc, "noise_floor": floor, "cold_start": cold, "rss": rss_all, "key": key,
-        "peer": {k: v for k, v in peer.items() if k != "inputs"} if peer else None, "tables": texts,
-    })
+    report.update(
+        {
+            "stages_ms": {k: {n: [v[0] * 1e3, v[1] * 1e3, v[2]] for n, v in s.items() if not n.startswith("_")} for k, s in stages.items()},
+            "end_to_end": {f"{k}|every={ev}": {kk: vv for kk, vv in d.items() if kk != "results"} for (k, ev), d in e2e.items()},
+            "accuracy": acc,
+            "noise_floor": floor,
+            "cold_start": cold,
+            "rss": rss_all,
+            "key": key,
+            "peer": {k: v for k, v in peer.items() if k != "inputs"} if peer else None,
+            "tables": texts,
+        }
+    )
     write_json(args.out / "speed.json", report)
 
 

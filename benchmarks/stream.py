@@ -123,15 +123,27 @@ def run(rec: emoadapt.Recognizer, frames: list[np.ndarray], seconds: float, pace
     n = src.n
     lat = np.array(last_lat) * 1000
     out = {
-        "mode": "paced 30 fps" if paced else "as fast as possible", "source_seconds": seconds, "frames": n, "windows": windows,
-        "wall_s": round(wall, 1), "frames_per_s": round(n / wall, 1), "windows_per_s": round(windows / wall, 2),
-        "cpu_ms_per_frame": round(cpu / n * 1000, 2), "cpu_cores_used": round(cpu / wall, 2),
-        "latency_last_frame_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p95": round(float(np.percentile(lat, 95)), 1),
-                                  "max": round(float(lat.max()), 1),
-                                  "first_10%_p50": round(float(np.median(lat[: max(1, len(lat) // 10)])), 1),
-                                  "last_10%_p50": round(float(np.median(lat[-max(1, len(lat) // 10):])), 1)},
+        "mode": "paced 30 fps" if paced else "as fast as possible",
+        "source_seconds": seconds,
+        "frames": n,
+        "windows": windows,
+        "wall_s": round(wall, 1),
+        "frames_per_s": round(n / wall, 1),
+        "windows_per_s": round(windows / wall, 2),
+        "cpu_ms_per_frame": round(cpu / n * 1000, 2),
+        "cpu_cores_used": round(cpu / wall, 2),
+        "latency_last_frame_ms": {
+            "p50": round(float(np.percentile(lat, 50)), 1),
+            "p95": round(float(np.percentile(lat, 95)), 1),
+            "max": round(float(lat.max()), 1),
+            "first_10%_p50": round(float(np.median(lat[: max(1, len(lat) // 10)])), 1),
+            "last_10%_p50": round(float(np.median(lat[-max(1, len(lat) // 10) :])), 1),
+        },
         "latency_any_frame_ms": {"mean": round(float(np.mean(any_lat)) * 1000, 1), "max": round(float(np.max(any_lat)) * 1000, 1)},
-        "late_frames": src.late, "max_lag_ms": round(src.max_lag * 1000, 1), "users_seen": sorted(u or "-" for u in users), "rss_mb": rss,
+        "late_frames": src.late,
+        "max_lag_ms": round(src.max_lag * 1000, 1),
+        "users_seen": sorted(u or "-" for u in users),
+        "rss_mb": rss,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     return out
@@ -140,18 +152,21 @@ def run(rec: emoadapt.Recognizer, frames: list[np.ndarray], seconds: float, pace
 def show(r: dict) -> None:
     lat, anyl = r["latency_last_frame_ms"], r["latency_any_frame_ms"]
     print(f"\n== {r['mode']}: {r['source_seconds']:.0f} s of 640x480 source ({r['frames']} frames) in {r['wall_s']} s wall")
-    print(f"frames/s {r['frames_per_s']}  windows/s {r['windows_per_s']}  CPU {r['cpu_ms_per_frame']} ms/frame "
-          f"({r['cpu_cores_used']} cores busy)  late frames {r['late_frames']} (max lag {r['max_lag_ms']} ms)  users seen {r['users_seen']}")
-    print(f"latency, window's last frame -> result: p50 {lat['p50']} ms  p95 {lat['p95']} ms  max {lat['max']} ms "
-          f"(median of first 10% of windows {lat['first_10%_p50']} ms, of last 10% {lat['last_10%_p50']} ms)")
+    print(
+        f"frames/s {r['frames_per_s']}  windows/s {r['windows_per_s']}  CPU {r['cpu_ms_per_frame']} ms/frame "
+        f"({r['cpu_cores_used']} cores busy)  late frames {r['late_frames']} (max lag {r['max_lag_ms']} ms)  users seen {r['users_seen']}"
+    )
+    print(
+        f"latency, window's last frame -> result: p50 {lat['p50']} ms  p95 {lat['p95']} ms  max {lat['max']} ms "
+        f"(median of first 10% of windows {lat['first_10%_p50']} ms, of last 10% {lat['last_10%_p50']} ms)"
+    )
     print(f"latency, any frame -> first window holding it: mean {anyl['mean']} ms  max {anyl['max']} ms")
     if len(r["rss_mb"]) > 2:
         t = np.array([a for a, _ in r["rss_mb"]][1:])
         m = np.array([b for _, b in r["rss_mb"]][1:])
         slope = float(np.polyfit(t, m, 1)[0]) * 600 if len(t) > 1 else 0.0
         print(f"RSS (MB) every 30 s of source: {[b for _, b in r['rss_mb']]}")
-        print(f"RSS after the first 30 s: min {m.min():.1f} max {m.max():.1f} MB; linear trend {slope:+.1f} MB per 10 min; "
-              f"peak RSS {r['peak_rss_mb']} MB")
+        print(f"RSS after the first 30 s: min {m.min():.1f} max {m.max():.1f} MB; linear trend {slope:+.1f} MB per 10 min; peak RSS {r['peak_rss_mb']} MB")
 
 
 def main() -> None:
@@ -167,8 +182,10 @@ def main() -> None:
     rec = emoadapt.Recognizer(home=home, adapt_every=0)
     enrol(rec, clips)
     frames = load_frames(clips[3])
-    print(f"source: {clips[3].name} upscaled to 640x480, {len(frames)}-frame loop at {FPS:.0f} fps; "
-          f"window {args.window} s, hop {args.hop} s; {os.cpu_count()} CPU cores (shared)")
+    print(
+        f"source: {clips[3].name} upscaled to 640x480, {len(frames)}-frame loop at {FPS:.0f} fps; "
+        f"window {args.window} s, hop {args.hop} s; {os.cpu_count()} CPU cores (shared)"
+    )
     results = []
     if args.paced_seconds > 0:
         results.append(run(rec, frames, args.paced_seconds, True, args.window, args.hop))

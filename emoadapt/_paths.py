@@ -46,8 +46,7 @@ def as_path(value: Any, what: str = "path", *, expanduser: bool = False) -> Path
         raise InvalidInputError(f"{what} is {len(encoded)} bytes long; paths are limited to {PATH_MAX}")
     for part in encoded.split(os.fsencode(os.sep)):
         if len(part) > NAME_MAX:
-            raise InvalidInputError(f"{what}: the name {os.fsdecode(part[:40])!r}... is {len(part)} bytes long; "
-                                    f"file names are limited to {NAME_MAX} bytes")
+            raise InvalidInputError(f"{what}: the name {os.fsdecode(part[:40])!r}... is {len(part)} bytes long; file names are limited to {NAME_MAX} bytes")
     p = Path(s)
     if expanduser:
         try:

@@ -360,8 +360,10 @@ def guard(
     acc = {k: hits[k] / scored for k in order}
     # most accurate; ties: a personal head over the mix over the centred universal head over
     # the universal one, and between personal heads, the higher mean log-likelihood
-    choice = max(reversed(order), key=lambda k: (acc[k], order.index(k) >= first_personal,
-                                                 round(loglik[k] / scored, 9) if order.index(k) >= first_personal else 0.0, order.index(k)))
+    choice = max(
+        reversed(order),
+        key=lambda k: (acc[k], order.index(k) >= first_personal, round(loglik[k] / scored, 9) if order.index(k) >= first_personal else 0.0, order.index(k)),
+    )
     acc.update({f"{k} log-likelihood": loglik[k] / scored for k in order})
     return choice, acc, scheme, scored
 
@@ -394,7 +396,9 @@ def personalize(
         raise InvalidInputError(f"need as many labels as clips, at least one ({len(clips)} clips, {len(labels)} labels)")
     fit_kw["strategy"] = strategy
     if use_guard:
-        choice, evidence, scheme, scored = guard(universal, clips, labels, mix_k=mix_k, anchor=anchor, alt_anchors=alt_anchors, center=center, alt_center=alt_center, **fit_kw)
+        choice, evidence, scheme, scored = guard(
+            universal, clips, labels, mix_k=mix_k, anchor=anchor, alt_anchors=alt_anchors, center=center, alt_center=alt_center, **fit_kw
+        )
     else:
         choice, evidence, scheme, scored = "personal", {}, "off", 0
     offset = user_offset(clips, labels, fit_kw.get("replay")) if center and choice != "universal" else None
@@ -403,8 +407,15 @@ def personalize(
     offset = offset if centred else None
     weight = _weights(len(labels), mix_k).get(choice, 1.0)
     head = _installed(universal, fit_personal(universal, _center(clips, offset), labels, anchor=chosen_anchor, **fit_kw), weight, offset)
-    return head, {"choice": choice, "weight": weight, "anchor": chosen_anchor if strategy == "finetune" else None,
-                  "evidence": evidence, "guard": scheme, "n_held_out": scored, "centred": offset is not None}
+    return head, {
+        "choice": choice,
+        "weight": weight,
+        "anchor": chosen_anchor if strategy == "finetune" else None,
+        "evidence": evidence,
+        "guard": scheme,
+        "n_held_out": scored,
+        "centred": offset is not None,
+    }
 
 
 def load_personal_head(store: Store, user: str) -> Head | None:
@@ -452,18 +463,39 @@ def adapt_user(
     feats = [feats[i] for i in order]
     labels = [labels[i] for i in order]
     ids = [ids[i] for i in order]
-    head, info = personalize(universal, feats, labels, strategy=strategy, use_guard=use_guard, mix_k=mix_k, replay=replay, anchor=anchor, center=center,
-                              epochs=epochs, seed=seed)
+    head, info = personalize(
+        universal, feats, labels, strategy=strategy, use_guard=use_guard, mix_k=mix_k, replay=replay, anchor=anchor, center=center, epochs=epochs, seed=seed
+    )
     counts = {lab: labels.count(lab) for lab in sorted(set(labels))}
-    report = AdaptReport(user, False, _active_version(store, user), n, n, info["n_held_out"], strategy=strategy, choice=info["choice"],
-                         weight=info["weight"], anchor=info["anchor"], centred=info["centred"], guard=info["guard"], evidence=info["evidence"], label_counts=counts)
+    report = AdaptReport(
+        user,
+        False,
+        _active_version(store, user),
+        n,
+        n,
+        info["n_held_out"],
+        strategy=strategy,
+        choice=info["choice"],
+        weight=info["weight"],
+        anchor=info["anchor"],
+        centred=info["centred"],
+        guard=info["guard"],
+        evidence=info["evidence"],
+        label_counts=counts,
+    )
     if info["evidence"]:
         report.held_out_accuracy_before = info["evidence"]["universal"]
         report.held_out_accuracy_after = info["evidence"][info["choice"]]
     metrics: dict[str, Any] = {f"held_out_{k}": v for k, v in info["evidence"].items()}
     metrics.update(n_corrections=n, n_train=n, n_held_out=info["n_held_out"], weight=info["weight"])
-    meta = {"type": type(head).__name__, "strategy": strategy, "choice": info["choice"], "guard": info["guard"], "anchor": info["anchor"],
-            "centred": info["centred"]}
+    meta = {
+        "type": type(head).__name__,
+        "strategy": strategy,
+        "choice": info["choice"],
+        "guard": info["guard"],
+        "anchor": info["anchor"],
+        "centred": info["centred"],
+    }
     version = store.save_head(user, head_to_arrays(head), meta=meta, metrics=metrics, trained_on=ids, user_uid=user_uid)
     report.accepted, report.version = True, version
     report.classes = [str(c) for c in head.classes_]

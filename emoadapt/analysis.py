@@ -89,9 +89,19 @@ class Analysis:
         video_tta: mirror-image TTA on video frames when the backbone recommends it.
     """
 
-    def __init__(self, detector: Any, backbone: Any, *, embedder: Callable[[], Any], min_face_score: float = 0.95,
-                 max_faces: int = 8, detect_every: int = 10, chunk: int = 32, identity_frames: int = 8,
-                 video_tta: bool = False) -> None:
+    def __init__(
+        self,
+        detector: Any,
+        backbone: Any,
+        *,
+        embedder: Callable[[], Any],
+        min_face_score: float = 0.95,
+        max_faces: int = 8,
+        detect_every: int = 10,
+        chunk: int = 32,
+        identity_frames: int = 8,
+        video_tta: bool = False,
+    ) -> None:
         self.detector, self.backbone, self._embedder = detector, backbone, embedder
         self.min_face_score, self.max_faces, self.detect_every = min_face_score, max_faces, detect_every
         self.chunk, self.identity_frames, self.video_tta = chunk, identity_frames, video_tta
@@ -112,9 +122,19 @@ class Analysis:
         image gets the backbone's own setting (None), a video's frames only with ``video_tta``."""
         return None if frames == 1 else self.video_tta and self.backbone.tta
 
-    def frames(self, clip: Clip | Iterable[Any], *, color: str = "rgb", sampling: Sampling | None = None, identity: bool = False,
-               identity_window: int | None = None, images: bool = False, chunk: int | None = None,
-               flush: Callable[[int], bool] | None = None, progress: Any = None) -> Generator[AnalyzedFrame, None, None]:
+    def frames(
+        self,
+        clip: Clip | Iterable[Any],
+        *,
+        color: str = "rgb",
+        sampling: Sampling | None = None,
+        identity: bool = False,
+        identity_window: int | None = None,
+        images: bool = False,
+        chunk: int | None = None,
+        flush: Callable[[int], bool] | None = None,
+        progress: Any = None,
+    ) -> Generator[AnalyzedFrame, None, None]:
         """Yield every sampled frame of ``clip`` analysed, in order.
 
         The backbone runs on chunks of ``chunk`` crops (default: the instance's) in a worker
@@ -183,8 +203,7 @@ class Analysis:
         finally:
             worker.shutdown(wait=True, cancel_futures=True)
 
-    def _maybe_embed(self, image: np.ndarray, face: AnalyzedFace, index: int, seen: int, embedded: dict[int, deque[int]],
-                     window: int | None) -> None:
+    def _maybe_embed(self, image: np.ndarray, face: AnalyzedFace, index: int, seen: int, embedded: dict[int, deque[int]], window: int | None) -> None:
         """Embed ``face`` when it is its track's ``IDENTITY_STRIDE``-th and the track is under its cap."""
         times = embedded.setdefault(face.track, deque())
         if window is not None:
@@ -201,8 +220,9 @@ def _assign(faces: list[AnalyzedFace], outputs: tuple[np.ndarray, np.ndarray]) -
         face.probabilities, face.features = p[i], f[i]
 
 
-def _ready(waiting: deque[AnalyzedFrame], jobs: deque[tuple[Future[tuple[np.ndarray, np.ndarray]], list[AnalyzedFace]]], *,
-           block: bool) -> Iterator[AnalyzedFrame]:
+def _ready(
+    waiting: deque[AnalyzedFrame], jobs: deque[tuple[Future[tuple[np.ndarray, np.ndarray]], list[AnalyzedFace]]], *, block: bool
+) -> Iterator[AnalyzedFrame]:
     """Collect finished backbone jobs (all of them when ``block``), then pop the leading frames
     whose faces all have their outputs."""
     while jobs and (block or jobs[0][0].done()):

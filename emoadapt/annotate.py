@@ -79,8 +79,9 @@ def _windows(indices: list[int], length: int) -> list[list[int]]:
     return out
 
 
-def label_windows(rec: Recognizer, clip: Clip, *, sampling: Sampling | None = None, window: float | None = DEFAULT_WINDOW,
-                  color: str = "rgb", progress: bool = False) -> tuple[Result, dict[int, list[FaceLabel]]]:
+def label_windows(
+    rec: Recognizer, clip: Clip, *, sampling: Sampling | None = None, window: float | None = DEFAULT_WINDOW, color: str = "rgb", progress: bool = False
+) -> tuple[Result, dict[int, list[FaceLabel]]]:
     """Predict ``clip`` and label every face of every sampled frame by its track's window.
 
     Args:
@@ -98,21 +99,27 @@ def label_windows(rec: Recognizer, clip: Clip, *, sampling: Sampling | None = No
     sampling = sampling or Sampling()
     if window is not None and not (isinstance(window, (int, float)) and math.isfinite(window) and window > 0):
         raise InvalidInputError(f"window must be a positive number of seconds or None, got {window!r}")
-    res = rec.predict(clip, color=color, fps=sampling.fps, max_frames=sampling.max_frames, step=sampling.step,
-                      source_fps=sampling.source_fps, progress=progress)
+    res = rec.predict(
+        clip, color=color, fps=sampling.fps, max_frames=sampling.max_frames, step=sampling.step, source_fps=sampling.source_fps, progress=progress
+    )
     labels: dict[int, list[FaceLabel]] = {}
     for t, track in enumerate(res.tracks or ([res] if res.timeline else [])):
         indices = [f.index for f in track.timeline]
         length = max(1, round(window * res.fps)) if window is not None and res.fps else max(indices) + 1
         for pos in _windows(indices, length):
-            part = Result(label=None, probabilities={}, frames=len(pos), faces=len(pos),
-                          features=_rows(track.features, pos), frame_probabilities=_rows(track.frame_probabilities, pos))
+            part = Result(
+                label=None,
+                probabilities={},
+                frames=len(pos),
+                faces=len(pos),
+                features=_rows(track.features, pos),
+                frame_probabilities=_rows(track.frame_probabilities, pos),
+            )
             rec._classify(part, track.user)
             assert part.label is not None
             for j in pos:
                 f = track.timeline[j]
-                labels.setdefault(f.index, []).append(
-                    FaceLabel(t, f.box, part.label, part.probabilities[part.label], track.user))
+                labels.setdefault(f.index, []).append(FaceLabel(t, f.box, part.label, part.probabilities[part.label], track.user))
     return res, labels
 
 
@@ -121,8 +128,9 @@ def _rows(a: np.ndarray | None, pos: list[int]) -> np.ndarray:
     return a[pos]
 
 
-def annotated_frames(rec: Recognizer, clip: Clip, *, sampling: Sampling | None = None, window: float | None = DEFAULT_WINDOW,
-                     color: str = "rgb", progress: bool = False) -> Iterator[tuple[int, np.ndarray, list[FaceLabel]]]:
+def annotated_frames(
+    rec: Recognizer, clip: Clip, *, sampling: Sampling | None = None, window: float | None = DEFAULT_WINDOW, color: str = "rgb", progress: bool = False
+) -> Iterator[tuple[int, np.ndarray, list[FaceLabel]]]:
     """Yield ``(frame index, BGR image with faces drawn, labels)`` for every sampled frame.
 
     The clip is analysed first (:func:`label_windows`, arguments as there), then read again to
@@ -142,6 +150,7 @@ def annotated_frames(rec: Recognizer, clip: Clip, *, sampling: Sampling | None =
 
 def _luminance(bgr: tuple[int, int, int]) -> float:
     """WCAG relative luminance of an sRGB colour given as BGR."""
+
     def lin(c: int) -> float:
         v = c / 255.0
         return v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4

@@ -227,8 +227,9 @@ def cmd_correct(args: argparse.Namespace) -> int:
     c = rec.correct(args.clip, args.label, user=args.user, force=args.force, new_label=args.new_label, **_sampling(args))
     print(f"correction {c.id} recorded for {c.user} as {c.label}")
     if c.adapt_error is not None:  # the correction is stored: exit status 0, so that no script retries it
-        log.warning("automatic adaptation failed (%s: %s); the correction is kept; run `emoadapt adapt %s` later",
-                    type(c.adapt_error).__name__, c.adapt_error, c.user)
+        log.warning(
+            "automatic adaptation failed (%s: %s); the correction is kept; run `emoadapt adapt %s` later", type(c.adapt_error).__name__, c.adapt_error, c.user
+        )
     return 0
 
 
@@ -267,8 +268,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
     rep = extract(args.input, args.output, workers=args.workers, scheduler=args.scheduler, fps=args.fps,
                   max_frames=args.max_frames, retry_errors=args.retry_errors, progress=False if args.quiet else None,
                   detect_every=args.detect_every, **kw)  # fmt: skip
-    print(f"{rep.out}: {rep.done} clips analysed ({rep.errors} errors, {rep.frames} frames), {rep.skipped} done before"
-          + (f", {rep.lost} not finished: rerun to resume" if rep.lost else "") + f"; {rep.seconds:.1f} s")
+    print(
+        f"{rep.out}: {rep.done} clips analysed ({rep.errors} errors, {rep.frames} frames), {rep.skipped} done before"
+        + (f", {rep.lost} not finished: rerun to resume" if rep.lost else "")
+        + f"; {rep.seconds:.1f} s"
+    )
     return 1 if rep.lost else 0
 
 
@@ -285,8 +289,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.warning("serving on %s: anyone who can reach this address can use the app, its camera clips and the users' data", args.host)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"emoadapt serve: http://{shown}:{args.port}/ (Ctrl-C stops)", flush=True)
-    web.serve(rec, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds, fps=args.fps,
-              log_level="info" if args.verbose else "warning")
+    web.serve(
+        rec,
+        host=args.host,
+        port=args.port,
+        max_upload_mb=args.max_upload_mb,
+        max_seconds=args.max_seconds,
+        fps=args.fps,
+        log_level="info" if args.verbose else "warning",
+    )
     return 0
 
 
@@ -391,21 +402,40 @@ def _add_common(p: argparse.ArgumentParser, *, top: bool) -> None:
     pre = "" if top else "sub_"
     dflt: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
     backbones = _emotion_backbones()
-    g.add_argument("--home", dest=pre + "home", metavar="DIR", **dflt,
-                   help="user data directory: enrolments, corrections, personal heads (default: $EMOADAPT_HOME, "
-                        "else $XDG_DATA_HOME/emoadapt or ~/.local/share/emoadapt)")
-    g.add_argument("--backbone", dest=pre + "backbone", choices=backbones, metavar="NAME", **dflt,
-                   help="emotion backbone" + (f", one of: {', '.join(backbones)}" if backbones else "")
-                        + " (default: the manifest's default)")
-    g.add_argument("--identity", dest=pre + "identity", choices=("mobilefacenet", "dlib_resnet"), metavar="NAME",
-                   **({"default": "mobilefacenet"} if top else dflt),
-                   help="identity model that recognises enrolled users: mobilefacenet (default) or dlib_resnet; "
-                        "users enrolled with the other one must be re-enrolled")
-    g.add_argument("-v", "--verbose", dest=pre + "verbose", action="count", **({"default": 0} if top else dflt),
-                   help="more messages: -v progress information, -vv debugging, including the video decoder's and "
-                        "OpenCV's own")
-    g.add_argument("-q", "--quiet", dest=pre + "quiet", action="store_true", **({"default": False} if top else dflt),
-                   help="no progress bars and no warnings, only errors")
+    g.add_argument(
+        "--home",
+        dest=pre + "home",
+        metavar="DIR",
+        **dflt,
+        help="user data directory: enrolments, corrections, personal heads (default: $EMOADAPT_HOME, else $XDG_DATA_HOME/emoadapt or ~/.local/share/emoadapt)",
+    )
+    g.add_argument(
+        "--backbone",
+        dest=pre + "backbone",
+        choices=backbones,
+        metavar="NAME",
+        **dflt,
+        help="emotion backbone" + (f", one of: {', '.join(backbones)}" if backbones else "") + " (default: the manifest's default)",
+    )
+    g.add_argument(
+        "--identity",
+        dest=pre + "identity",
+        choices=("mobilefacenet", "dlib_resnet"),
+        metavar="NAME",
+        **({"default": "mobilefacenet"} if top else dflt),
+        help="identity model that recognises enrolled users: mobilefacenet (default) or dlib_resnet; users enrolled with the other one must be re-enrolled",
+    )
+    g.add_argument(
+        "-v",
+        "--verbose",
+        dest=pre + "verbose",
+        action="count",
+        **({"default": 0} if top else dflt),
+        help="more messages: -v progress information, -vv debugging, including the video decoder's and OpenCV's own",
+    )
+    g.add_argument(
+        "-q", "--quiet", dest=pre + "quiet", action="store_true", **({"default": False} if top else dflt), help="no progress bars and no warnings, only errors"
+    )
 
 
 def _merge_common(args: argparse.Namespace) -> argparse.Namespace:
@@ -427,8 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="emoadapt", description="On-device, personalized facial-emotion recognition in video.")
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}", help="print the version and exit")
     _add_common(ap, top=True)
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands",
-                            help="what to do (emoadapt COMMAND --help for its options)")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands", help="what to do (emoadapt COMMAND --help for its options)")
 
     def command(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + ".")
@@ -440,28 +469,46 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--fps", type=float, metavar="RATE", help="analyse about RATE frames per second of video (default: every frame)")
         g.add_argument("--max-frames", type=int, metavar="N", help="analyse at most N frames per clip (default: all)")
 
-    p = command("predict", "predict the emotion of each clip",
-                "Predict the emotion of each clip: one text line, JSON object or CSV rows per clip. "
-                "Faces are tracked; a recognised enrolled user's personal head is used for their face.")
+    p = command(
+        "predict",
+        "predict the emotion of each clip",
+        "Predict the emotion of each clip: one text line, JSON object or CSV rows per clip. "
+        "Faces are tracked; a recognised enrolled user's personal head is used for their face.",
+    )
     p.add_argument("clips", nargs="+", metavar="CLIP", help="video or image files")
-    p.add_argument("--format", choices=("text", "json", "csv"), default="text",
-                   help="output: text (one line per clip, default), json, or csv (one row per face per frame, "
-                        "or per face track with --table clips)")
+    p.add_argument(
+        "--format",
+        choices=("text", "json", "csv"),
+        default="text",
+        help="output: text (one line per clip, default), json, or csv (one row per face per frame, or per face track with --table clips)",
+    )
     p.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
     p.add_argument("--timeline", action="store_true", help="include per-frame results in JSON output (needs --format json)")
-    p.add_argument("--table", choices=("frames", "clips"), default="frames",
-                   help="with --format csv: one row per face per frame (frames, default) or per face track of each clip (clips)")
+    p.add_argument(
+        "--table",
+        choices=("frames", "clips"),
+        default="frames",
+        help="with --format csv: one row per face per frame (frames, default) or per face track of each clip (clips)",
+    )
     sampling(p)
     p.set_defaults(func=cmd_predict)
 
-    p = command("annotate", "write the video with each face boxed and labelled",
-                "Write the video with each face boxed and labelled with its emotion, as predict analyses it "
-                "(face tracks, personal heads of recognised users); one label per face track and window.")
+    p = command(
+        "annotate",
+        "write the video with each face boxed and labelled",
+        "Write the video with each face boxed and labelled with its emotion, as predict analyses it "
+        "(face tracks, personal heads of recognised users); one label per face track and window.",
+    )
     p.add_argument("clip", metavar="CLIP", help="the video to annotate")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="FILE", help="the annotated video to write")
     p.add_argument("--fourcc", default="mp4v", type=_fourcc, help="four-character video codec of the output (default mp4v)")
-    p.add_argument("--window", type=float, default=1.0, metavar="SECONDS",
-                   help="a face's label is decided per window of this many seconds (default 1; 0: one label per face track)")
+    p.add_argument(
+        "--window",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="a face's label is decided per window of this many seconds (default 1; 0: one label per face track)",
+    )
     sampling(p)
     p.set_defaults(func=cmd_annotate)
 
@@ -473,11 +520,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .labels import CANONICAL
 
-    p = command("correct", f"record the true emotion of a clip (personalization feedback): {', '.join(CANONICAL)}",
-                "Record the true emotion of a clip. LABEL is one of: " + ", ".join(CANONICAL)
-                + "; a synonym of one (anger, mad, disgusted, afraid, scared, fearful, joy, happiness, sadness, "
-                "surprised, ...; any case); or a custom label the user already has. Anything else is refused "
-                "unless --new-label is given.")
+    p = command(
+        "correct",
+        f"record the true emotion of a clip (personalization feedback): {', '.join(CANONICAL)}",
+        "Record the true emotion of a clip. LABEL is one of: "
+        + ", ".join(CANONICAL)
+        + "; a synonym of one (anger, mad, disgusted, afraid, scared, fearful, joy, happiness, sadness, "
+        "surprised, ...; any case); or a custom label the user already has. Anything else is refused "
+        "unless --new-label is given.",
+    )
     p.add_argument("clip", metavar="CLIP", help="the video or image")
     p.add_argument("label", metavar="LABEL", help=f"its true emotion: one of {', '.join(CANONICAL)}, a synonym, or the user's custom label")
     p.add_argument("--user", help="whose correction (default: recognised from the face); a new name is enrolled from the clip")
@@ -517,36 +568,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user", metavar="USER", help="the user to delete (profile, embeddings, corrections, heads)")
     p.set_defaults(func=cmd_forget)
 
-    p = command("serve", "run the validation-mode web app (needs the serve extra)",
-                "Run the validation-mode web app: record a clip from the webcam or upload one, see the emotion, confirm "
-                "or correct it (personalization feedback), enrol, see your corrections and personal model, forget "
-                'yourself. Needs the serve extra: pip install "emoadapt[serve]". Binds 127.0.0.1 by default; writes '
-                "need the page's token and its origin; uploads live in a temporary file only while analysed.")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this computer only; another address lets anyone who "
-                        "can reach it use the app)")
+    p = command(
+        "serve",
+        "run the validation-mode web app (needs the serve extra)",
+        "Run the validation-mode web app: record a clip from the webcam or upload one, see the emotion, confirm "
+        "or correct it (personalization feedback), enrol, see your corrections and personal model, forget "
+        'yourself. Needs the serve extra: pip install "emoadapt[serve]". Binds 127.0.0.1 by default; writes '
+        "need the page's token and its origin; uploads live in a temporary file only while analysed.",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this computer only; another address lets anyone who can reach it use the app)",
+    )
     p.add_argument("--port", type=_port, default=8765, help="TCP port (default 8765)")
-    p.add_argument("--max-upload-mb", type=_positive, default=20.0, metavar="MB",
-                   help="largest clip or photo accepted, in megabytes (default 20)")
-    p.add_argument("--max-seconds", type=_positive, default=10.0, metavar="SECONDS",
-                   help="longest clip accepted, in seconds (default 10): longer ones are refused, or cut there when "
-                        "their container does not say")
+    p.add_argument("--max-upload-mb", type=_positive, default=20.0, metavar="MB", help="largest clip or photo accepted, in megabytes (default 20)")
+    p.add_argument(
+        "--max-seconds",
+        type=_positive,
+        default=10.0,
+        metavar="SECONDS",
+        help="longest clip accepted, in seconds (default 10): longer ones are refused, or cut there when their container does not say",
+    )
     p.add_argument("--fps", type=_positive, metavar="RATE", help="analyse about RATE frames per second of video (default: every frame)")
-    p.add_argument("--adapt-every", type=int, default=5, metavar="N",
-                   help="fine-tune a user's model after every N new corrections (0: only with the page's Adapt button; default 5)")
+    p.add_argument(
+        "--adapt-every",
+        type=int,
+        default=5,
+        metavar="N",
+        help="fine-tune a user's model after every N new corrections (0: only with the page's Adapt button; default 5)",
+    )
     p.set_defaults(func=cmd_serve)
 
-    p = command("live", "recognise emotions live from a camera or a video, one line per window",
-                "Recognise emotions continuously from a camera or a video: every HOP seconds, the emotion of each face "
-                "over the last WINDOW seconds (the main face on the line, with how many other faces), as predict "
-                "would see those frames (face tracks, personal heads of recognised users). Each frame is analysed "
-                "once. Ctrl-C stops (exit status 130).")
+    p = command(
+        "live",
+        "recognise emotions live from a camera or a video, one line per window",
+        "Recognise emotions continuously from a camera or a video: every HOP seconds, the emotion of each face "
+        "over the last WINDOW seconds (the main face on the line, with how many other faces), as predict "
+        "would see those frames (face tracks, personal heads of recognised users). Each frame is analysed "
+        "once. Ctrl-C stops (exit status 130).",
+    )
     p.add_argument("source", metavar="SOURCE", help="a camera index (0 is the first camera) or a video file")
     p.add_argument("--window", type=_positive, default=2.0, metavar="SECONDS", help="length of each window in seconds (default 2)")
     p.add_argument("--hop", type=_positive, default=0.5, metavar="SECONDS", help="a window every this many seconds (default 0.5)")
     p.add_argument("--fps", type=_positive, metavar="RATE", help="analyse about RATE frames per second (default: every frame)")
-    p.add_argument("--format", choices=("text", "json"), default="text",
-                   help="output: text (one line per window, default) or json (one JSON object per line)")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output: text (one line per window, default) or json (one JSON object per line)")
     p.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
     p.add_argument("--loop", action="store_true", help="replay a video file endlessly (a stand-in for a camera)")
     p.add_argument("--max-windows", type=int, metavar="N", help="stop after N windows (default: when the source ends)")

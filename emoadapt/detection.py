@@ -372,7 +372,7 @@ class _Net:
         while start < n:
             left = n - start
             b = max_batch if left >= max_batch else 1 << (left.bit_length() - 1)
-            parts.append(self.run(np.ascontiguousarray(x[start:start + b])))
+            parts.append(self.run(np.ascontiguousarray(x[start : start + b])))
             start += b
         if len(parts) == 1:
             return parts[0]
@@ -423,9 +423,11 @@ class MTCNN:
 
         def nets() -> tuple[_Net, _Net, _Net]:
             # budgets in input elements: P-Net see _PIXEL_BUDGET; R-/O-Net all batch sizes <= 64
-            return (_Net("mtcnn_pnet", content["mtcnn_pnet"][0], threads, cache_budget=3 * _PIXEL_BUDGET),
-                    _Net("mtcnn_rnet", content["mtcnn_rnet"][0], threads, cache_budget=128 * 24 * 24 * 3),
-                    _Net("mtcnn_onet", content["mtcnn_onet"][0], threads, cache_budget=128 * 48 * 48 * 3))
+            return (
+                _Net("mtcnn_pnet", content["mtcnn_pnet"][0], threads, cache_budget=3 * _PIXEL_BUDGET),
+                _Net("mtcnn_rnet", content["mtcnn_rnet"][0], threads, cache_budget=128 * 24 * 24 * 3),
+                _Net("mtcnn_onet", content["mtcnn_onet"][0], threads, cache_budget=128 * 48 * 48 * 3),
+            )
 
         # the three networks (with their per-shape interpreters) are leased from the
         # process-wide pool and given back, not destroyed, by close() or collection
@@ -659,13 +661,16 @@ class MTCNN:
         boxes = boxes[_nms_union(boxes[:, :4], boxes[:, 4], 0.7)]
         regw = boxes[:, 2] - boxes[:, 0]
         regh = boxes[:, 3] - boxes[:, 1]
-        b = np.stack([
-            boxes[:, 0] + boxes[:, 5] * regw,
-            boxes[:, 1] + boxes[:, 6] * regh,
-            boxes[:, 2] + boxes[:, 7] * regw,
-            boxes[:, 3] + boxes[:, 8] * regh,
-            boxes[:, 4],
-        ], 1)
+        b = np.stack(
+            [
+                boxes[:, 0] + boxes[:, 5] * regw,
+                boxes[:, 1] + boxes[:, 6] * regh,
+                boxes[:, 2] + boxes[:, 7] * regw,
+                boxes[:, 3] + boxes[:, 8] * regh,
+                boxes[:, 4],
+            ],
+            1,
+        )
         b = _rerec(b)
 
         # stage 2: R-Net on all candidates at once
@@ -711,7 +716,7 @@ class MTCNN:
         a = 0
         while a < oh:
             b = min(a + nb, oh)
-            out = self._pnet.run(x[:, 2 * a: (2 * b + 10 if b < oh else hs)])
+            out = self._pnet.run(x[:, 2 * a : (2 * b + 10 if b < oh else hs)])
             prob[:, a:b] = out[2]
             reg[:, a:b] = out[4]
             a = b
@@ -743,8 +748,7 @@ def _take(det: Detections, idx: np.ndarray) -> Detections:
 
 
 def _concat(parts: Sequence[Detections]) -> Detections:
-    return Detections(np.concatenate([p.boxes for p in parts]), np.concatenate([p.scores for p in parts]),
-                      np.concatenate([p.landmarks for p in parts]))
+    return Detections(np.concatenate([p.boxes for p in parts]), np.concatenate([p.scores for p in parts]), np.concatenate([p.landmarks for p in parts]))
 
 
 class TrackingDetector:
@@ -783,8 +787,7 @@ class TrackingDetector:
         ...     faces = tracker(frame)  # same contract as MTCNN.detect
     """
 
-    def __init__(self, detector: MTCNN | None = None, *, detect_every: int = 10, min_score: float = 0.9,
-                 max_scale_change: float = 1.5) -> None:
+    def __init__(self, detector: MTCNN | None = None, *, detect_every: int = 10, min_score: float = 0.9, max_scale_change: float = 1.5) -> None:
         if isinstance(detect_every, (bool, np.bool_)) or not isinstance(detect_every, (int, np.integer)) or detect_every < 1:
             raise InvalidInputError(f"detect_every must be an int >= 1, got {detect_every!r}")
         if not 0.0 <= float(min_score) <= 1.0:
@@ -841,8 +844,15 @@ class TrackingDetector:
             ratio = side / old
         cx = (det.boxes[:, 0] + det.boxes[:, 2]) / 2
         cy = (det.boxes[:, 1] + det.boxes[:, 3]) / 2
-        return ((det.scores >= self.min_score) & (ratio <= self.max_scale_change) & (ratio >= 1 / self.max_scale_change)
-                & (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h))
+        return (
+            (det.scores >= self.min_score)
+            & (ratio <= self.max_scale_change)
+            & (ratio >= 1 / self.max_scale_change)
+            & (cx >= 0)
+            & (cx < w)
+            & (cy >= 0)
+            & (cy < h)
+        )
 
     def _redetect(self, img: np.ndarray, lost: np.ndarray) -> list[Detections]:
         """Search each lost face near its last box; the faces found (one per lost box at most)."""

@@ -420,7 +420,9 @@ class ExtractReport:
 class _Driver:
     """Bookkeeping on the driver side: progress bar, counts, callback, crash rows."""
 
-    def __init__(self, out: Path, report: ExtractReport, todo: int, progress: bool, on_clip: Callable[[dict[str, Any]], None] | None, classes_hint: list[str]) -> None:
+    def __init__(
+        self, out: Path, report: ExtractReport, todo: int, progress: bool, on_clip: Callable[[dict[str, Any]], None] | None, classes_hint: list[str]
+    ) -> None:
         self.out, self.report, self.on_clip = out, report, on_clip
         self.classes = classes_hint
         self.t0 = time.perf_counter()
@@ -516,8 +518,9 @@ def _run_local_pool(jobs: list[ClipJob], workers: int, spec: dict[str, Any], sam
             ex.submit(os.getpid).result()
         except BrokenProcessPool as e:
             ex.shutdown(wait=True)
-            raise ExtractError("the worker processes cannot start (see their error above); when calling extract from a "
-                               "script, put the call under `if __name__ == '__main__':`") from e
+            raise ExtractError(
+                "the worker processes cannot start (see their error above); when calling extract from a script, put the call under `if __name__ == '__main__':`"
+            ) from e
         return ex
 
     pending: deque[ClipJob] = deque(jobs)

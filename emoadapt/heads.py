@@ -79,7 +79,6 @@ Clips = np.ndarray | Sequence[np.ndarray]
 POOLINGS = ("max", "min", "mean", "std")
 
 
-
 class Head(Protocol):
     """What every head offers once fitted (scikit-learn classifier conventions).
 
@@ -1500,8 +1499,11 @@ class CenteredHead(_Head):
     def _payload(self) -> dict[str, np.ndarray]:
         self._check_parts()
         meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "type": type(self).__name__, "params": {}}
-        out = {"meta": np.array(json.dumps(meta, sort_keys=True)), "classes": np.asarray(self.head._payload()["classes"]),
-               "offset": np.asarray(self.offset, dtype=np.float64)}
+        out = {
+            "meta": np.array(json.dumps(meta, sort_keys=True)),
+            "classes": np.asarray(self.head._payload()["classes"]),
+            "offset": np.asarray(self.offset, dtype=np.float64),
+        }
         for k, v in self.head._payload().items():
             out[f"head__{k}"] = v
         return out

@@ -447,7 +447,9 @@ class IdentityMatcher:
             if g.size == 0:
                 continue
             if g.shape[-1] != p.shape[0]:
-                raise InvalidInputError(f"embeddings of {u!r} have dimension {g.shape[-1]}, the probe {p.shape[0]}: different identity models are never compared")
+                raise InvalidInputError(
+                    f"embeddings of {u!r} have dimension {g.shape[-1]}, the probe {p.shape[0]}: different identity models are never compared"
+                )
             out[u] = float(np.max(normalize(g.reshape(-1, p.shape[0])) @ p))
         return out
 

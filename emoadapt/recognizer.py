@@ -138,8 +138,16 @@ class Result:
         classes = list(tracks[0].probabilities)
         for t, r in enumerate(tracks):
             idx = [f.index for f in r.timeline]
-            row = {"clip": clip, "track": t, "user": r.user or "", "label": r.label or "", "frames": r.frames, "faces": r.faces,
-                   "start": self._time(min(idx)) if idx else None, "end": self._time(max(idx)) if idx else None}
+            row = {
+                "clip": clip,
+                "track": t,
+                "user": r.user or "",
+                "label": r.label or "",
+                "frames": r.frames,
+                "faces": r.faces,
+                "start": self._time(min(idx)) if idx else None,
+                "end": self._time(max(idx)) if idx else None,
+            }
             row.update((c, round(float(r.probabilities[c]), 6)) for c in classes)
             rows.append(row)
         return rows
@@ -159,8 +167,11 @@ class Result:
         rows = self.rows(kind)
         if rows:
             return pd.DataFrame(rows)
-        cols = ["clip", "frame", "time", "track", "user", "x1", "y1", "x2", "y2", "score"] if kind == "frames" else \
-            ["clip", "track", "user", "label", "frames", "faces", "start", "end"]
+        cols = (
+            ["clip", "frame", "time", "track", "user", "x1", "y1", "x2", "y2", "score"]
+            if kind == "frames"
+            else ["clip", "track", "user", "label", "frames", "faces", "start", "end"]
+        )
         return pd.DataFrame(columns=cols)
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,8 +185,12 @@ class Result:
             "faces": self.faces,
             "user": self.user,
             "timeline": [
-                {"index": f.index, "box": [round(float(v), 1) for v in f.box], "score": round(f.score, 4),
-                 "probabilities": {k: round(float(v), 5) for k, v in f.probabilities.items()}}
+                {
+                    "index": f.index,
+                    "box": [round(float(v), 1) for v in f.box],
+                    "score": round(f.score, 4),
+                    "probabilities": {k: round(float(v), 5) for k, v in f.probabilities.items()},
+                }
                 for f in self.timeline
             ],
         }
@@ -409,8 +424,13 @@ class Recognizer:
         stale = tuple(sorted(set(self.store.embedding_models()) - set(gallery)))
         if stale and stale != self._stale_logged:
             self._stale_logged = stale
-            log.warning("%d user(s) enrolled only with another identity model cannot be recognised by %s: %s; re-enrol needed "
-                        "(Recognizer.enroll) or use Recognizer(identity=...) of their model", len(stale), self.identity, ", ".join(stale))
+            log.warning(
+                "%d user(s) enrolled only with another identity model cannot be recognised by %s: %s; re-enrol needed "
+                "(Recognizer.enroll) or use Recognizer(identity=...) of their model",
+                len(stale),
+                self.identity,
+                ", ".join(stale),
+            )
         return gallery
 
     def reenrol_needed(self) -> dict[str, list[str]]:
@@ -427,8 +447,12 @@ class Recognizer:
         prediction goes on with the universal model."""
         if not self._store_warned:
             self._store_warned = True
-            log.warning("the feedback store under %s is unavailable (%s); predicting with the universal model, "
-                        "personal heads and user recognition are off until it works again", self.home, e)
+            log.warning(
+                "the feedback store under %s is unavailable (%s); predicting with the universal model, "
+                "personal heads and user recognition are off until it works again",
+                self.home,
+                e,
+            )
 
     def _gallery_or_none(self) -> dict[str, np.ndarray]:
         """:meth:`_gallery` for prediction: a store that cannot be opened or read (read-only,
@@ -472,9 +496,17 @@ class Recognizer:
     # -- per-frame analysis -----------------------------------------------------------------
     def _analysis(self) -> Analysis:
         """The analysis path with this Recognizer's models and settings."""
-        return Analysis(self.detector, self.backbone, embedder=lambda: self.embedder, min_face_score=self.min_face_score,
-                        max_faces=self.max_faces, detect_every=self.detect_every, chunk=self.chunk,
-                        identity_frames=self.identity_frames, video_tta=self.video_tta)
+        return Analysis(
+            self.detector,
+            self.backbone,
+            embedder=lambda: self.embedder,
+            min_face_score=self.min_face_score,
+            max_faces=self.max_faces,
+            detect_every=self.detect_every,
+            chunk=self.chunk,
+            identity_frames=self.identity_frames,
+            video_tta=self.video_tta,
+        )
 
     def faces_in(self, image: np.ndarray, *, color: str = "rgb") -> list[FrameResult]:
         """Every confident face of one frame with its frame-level probabilities (index 0)."""
@@ -485,8 +517,13 @@ class Recognizer:
 
     def _frame_result(self, index: int, face: AnalyzedFace, probabilities: Any) -> FrameResult:
         x1, y1, x2, y2 = (float(v) for v in face.box)
-        return FrameResult(index=index, box=(x1, y1, x2, y2), score=face.score,
-                           probabilities=dict(zip(self.backbone.classes, map(float, probabilities))), landmarks=face.landmarks)
+        return FrameResult(
+            index=index,
+            box=(x1, y1, x2, y2),
+            score=face.score,
+            probabilities=dict(zip(self.backbone.classes, map(float, probabilities))),
+            landmarks=face.landmarks,
+        )
 
     def _scan(self, clip: Clip, *, color: str, sampling: Sampling, identity: bool, progress: bool) -> FaceTable:
         """Every sampled frame of ``clip`` analysed (:meth:`Analysis.frames`), as a :class:`FaceTable`."""
@@ -512,8 +549,17 @@ class Recognizer:
         """The backbone's ``tta`` argument for an input of ``frames`` frames (:meth:`Analysis.tta_for`)."""
         return self._analysis().tta_for(frames)
 
-    def analyze(self, clip: Clip, *, color: str = "rgb", fps: float | None = None, max_frames: int | None = None, step: int = 1,
-                source_fps: float = DEFAULT_SOURCE_FPS, progress: bool = False) -> Result:
+    def analyze(
+        self,
+        clip: Clip,
+        *,
+        color: str = "rgb",
+        fps: float | None = None,
+        max_frames: int | None = None,
+        step: int = 1,
+        source_fps: float = DEFAULT_SOURCE_FPS,
+        progress: bool = False,
+    ) -> Result:
         """Run detection, alignment and the backbone on every sampled frame of the main face
         track (no clip head, no identity): ``features`` and ``frame_probabilities`` filled.
         Arguments as in :meth:`predict`."""
@@ -534,8 +580,17 @@ class Recognizer:
         classes = self.backbone.classes
         P, F = scan.outputs(idx, len(classes), self.backbone.dim)
         timeline = [self._frame_result(scan.index[j], scan.faces[j], P[n]) for n, j in enumerate(idx)]
-        return Result(label=None, probabilities={}, frames=scan.frames, faces=len(idx), timeline=timeline, features=F, frame_probabilities=P,
-                      source=scan.source, fps=scan.fps)
+        return Result(
+            label=None,
+            probabilities={},
+            frames=scan.frames,
+            faces=len(idx),
+            timeline=timeline,
+            features=F,
+            frame_probabilities=P,
+            source=scan.source,
+            fps=scan.fps,
+        )
 
     def _results(self, scan: FaceTable, gallery: dict[str, np.ndarray]) -> Result:
         """The classified result of every face track of ``scan`` (identity decided on each
@@ -615,8 +670,17 @@ class Recognizer:
         res.label = labels[int(np.argmax(p))]
 
     # -- prediction -----------------------------------------------------------------------
-    def predict(self, clip: Clip, *, color: str = "rgb", fps: float | None = None, max_frames: int | None = None, step: int = 1,
-                source_fps: float = DEFAULT_SOURCE_FPS, progress: bool = False) -> Result:
+    def predict(
+        self,
+        clip: Clip,
+        *,
+        color: str = "rgb",
+        fps: float | None = None,
+        max_frames: int | None = None,
+        step: int = 1,
+        source_fps: float = DEFAULT_SOURCE_FPS,
+        progress: bool = False,
+    ) -> Result:
         """Emotion of the face(s) in ``clip``.
 
         Faces are tracked across frames; each track is pooled into one prediction and, when
@@ -645,8 +709,9 @@ class Recognizer:
             log.info("no face found in %d frames", scan.frames)
         return res
 
-    def stream(self, source: int | Clip, *, window: float = 2.0, hop: float = 0.5, fps: float | None = None, color: str = "rgb",
-               source_fps: float = DEFAULT_SOURCE_FPS) -> Generator[Result, None, None]:
+    def stream(
+        self, source: int | Clip, *, window: float = 2.0, hop: float = 0.5, fps: float | None = None, color: str = "rgb", source_fps: float = DEFAULT_SOURCE_FPS
+    ) -> Generator[Result, None, None]:
         """Recognise emotions continuously: one :class:`Result` every ``hop`` seconds, over the
         last ``window`` seconds of ``source``.
 
@@ -702,8 +767,9 @@ class Recognizer:
         rate = _clip_fps(clip, sampling) or sampling.source_fps
         return self._windows(clip, os.fspath(clip) if isinstance(clip, os.PathLike) else None, rate, color, sampling, window, hop)
 
-    def _windows(self, clip: Any, name: str | None, rate: float | None, color: str, sampling: Sampling, window: float,
-                 hop: float) -> Generator[Result, None, None]:
+    def _windows(
+        self, clip: Any, name: str | None, rate: float | None, color: str, sampling: Sampling, window: float, hop: float
+    ) -> Generator[Result, None, None]:
         """:meth:`stream`'s generator (``clip`` an int: a camera, opened here; ``rate`` then its own)."""
         from collections import deque
 
@@ -725,8 +791,15 @@ class Recognizer:
                 r.start, r.end = round(max(0, end - span) / rate, 6), round(end / rate, 6)
             return res
 
-        frames_in = self._analysis().frames(clip, color=color, sampling=sampling, identity=bool(gallery), identity_window=span,
-                                            chunk=min(self.chunk, STREAM_CHUNK), flush=lambda i: i + 1 >= next_end)
+        frames_in = self._analysis().frames(
+            clip,
+            color=color,
+            sampling=sampling,
+            identity=bool(gallery),
+            identity_window=span,
+            chunk=min(self.chunk, STREAM_CHUNK),
+            flush=lambda i: i + 1 >= next_end,
+        )
         pending = False  # frames read since the last window
         try:
             for fr in frames_in:
@@ -746,8 +819,7 @@ class Recognizer:
     # -- personalisation --------------------------------------------------------------------
     def _identify_clip(self, clip: Clip, kw: dict[str, Any]) -> tuple[Result, np.ndarray]:
         _check_kw(kw, _SCAN_KW, "enroll/correct")
-        sampling = Sampling(fps=kw.get("fps"), max_frames=kw.get("max_frames"), step=kw.get("step", 1),
-                            source_fps=kw.get("source_fps", DEFAULT_SOURCE_FPS))
+        sampling = Sampling(fps=kw.get("fps"), max_frames=kw.get("max_frames"), step=kw.get("step", 1), source_fps=kw.get("source_fps", DEFAULT_SOURCE_FPS))
         scan = self._scan(clip, color=kw.get("color", "rgb"), sampling=sampling, identity=True, progress=kw.get("progress", False))
         tracks = scan.tracks(self.matcher.threshold)
         if not tracks:
@@ -855,8 +927,15 @@ class Recognizer:
                 report = self.adapt(user)
         except Exception as e:  # reported on the result, see the docstring
             error = e
-            log.warning("correction %d of %r is stored, but the automatic adaptation failed (%s: %s); call adapt(%r) later",
-                        cid, user, type(e).__name__, e, user, exc_info=not isinstance(e, EmoadaptError))
+            log.warning(
+                "correction %d of %r is stored, but the automatic adaptation failed (%s: %s); call adapt(%r) later",
+                cid,
+                user,
+                type(e).__name__,
+                e,
+                user,
+                exc_info=not isinstance(e, EmoadaptError),
+            )
         return Correction(cid, user=user, label=label, adapt_report=report, adapt_error=error)
 
     def adapt(self, user: str, **kw: Any) -> Any:

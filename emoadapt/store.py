@@ -227,8 +227,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         3,
-        "a random id per user record, never reused (keys caches and checks that a head is "
-        "saved for the user record its data was read from)",
+        "a random id per user record, never reused (keys caches and checks that a head is saved for the user record its data was read from)",
         (
             "ALTER TABLE users ADD COLUMN uid TEXT",
             "UPDATE users SET uid = lower(hex(randomblob(16))) WHERE uid IS NULL",
@@ -382,7 +381,14 @@ def _clean_text(value: Any, what: str, max_len: int, *, allow_empty: bool = Fals
 _INVISIBLE = frozenset(
     [0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x2800, 0x3164, 0xFFA0, *range(0x180B, 0x1810), *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)]
 )
-_REFUSED_CATEGORIES = {"Cc": "control", "Cf": "zero-width or bidi-control (format)", "Cs": "surrogate", "Co": "private-use", "Zl": "line separator", "Zp": "paragraph separator"}
+_REFUSED_CATEGORIES = {
+    "Cc": "control",
+    "Cf": "zero-width or bidi-control (format)",
+    "Cs": "surrogate",
+    "Co": "private-use",
+    "Zl": "line separator",
+    "Zp": "paragraph separator",
+}
 
 
 def _display_text(value: Any, what: str, max_len: int) -> str:
@@ -879,7 +885,8 @@ class Store:
         row = conn.execute("SELECT id, uid FROM users WHERE name = ?", (name,)).fetchone()
         if row is None or (user_uid is not None and row[1] != user_uid):
             raise UnknownUserError(
-                f"unknown user {name!r}" if row is None and user_uid is None
+                f"unknown user {name!r}"
+                if row is None and user_uid is None
                 else f"user {name!r} was forgotten (and maybe created again) since its data was read; nothing was saved"
             )
         return int(row[0])
@@ -1063,8 +1070,7 @@ class Store:
 
         def tx(conn: sqlite3.Connection, uid: int) -> int:
             cur = conn.execute(
-                "INSERT INTO corrections (user_id, label, created, model_version, n_frames, dim, features, descriptor) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO corrections (user_id, label, created, model_version, n_frames, dim, features, descriptor) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (uid, label, time.time(), model_version, t, d, fblob, dblob),
             )
             return int(cur.lastrowid or 0)
@@ -1079,8 +1085,9 @@ class Store:
         """Rows ``cols`` of the user's corrections (``c``, joined with ``u`` = users) by id."""
 
         def tx(conn: sqlite3.Connection, uid: int) -> list[tuple[Any, ...]]:
-            where, args = _where(("c.user_id = ?", (uid,)), ("c.consumed_by_head IS NULL", ()) if unconsumed else None, *conds,
-                                 None if ids is None else ("c.id IN ({ids})", ()))
+            where, args = _where(
+                ("c.user_id = ?", (uid,)), ("c.consumed_by_head IS NULL", ()) if unconsumed else None, *conds, None if ids is None else ("c.id IN ({ids})", ())
+            )
             sql = f"SELECT {cols} FROM corrections c JOIN users u ON u.id = c.user_id{where} ORDER BY c.id"
             if ids is None:
                 return conn.execute(sql, args).fetchall()
@@ -1221,8 +1228,7 @@ class Store:
             conn.execute("UPDATE heads SET status = 'standby' WHERE user_id = ? AND status = 'active'", (uid,))
             n_trained = self._mark_consumed(conn, uid, version, trained)
             conn.execute(
-                "INSERT INTO heads (user_id, version, file, sha256, size, created, metrics, n_trained, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active')",
+                "INSERT INTO heads (user_id, version, file, sha256, size, created, metrics, n_trained, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active')",
                 (uid, version, final.name, digest, len(blob), time.time(), metrics_json, n_trained),
             )
             to_delete[:] = self._apply_retention(conn, uid, udir)
@@ -1322,9 +1328,7 @@ class Store:
 
     def _head_rows(self, conn: sqlite3.Connection, uid: int, where: str = "", args: Sequence[Any] = ()) -> list[HeadRecord]:
         rows = conn.execute(
-            "SELECT version, file, sha256, size, created, metrics, n_trained, status FROM heads WHERE user_id = ?"
-            + where
-            + " ORDER BY version",
+            "SELECT version, file, sha256, size, created, metrics, n_trained, status FROM heads WHERE user_id = ?" + where + " ORDER BY version",
             (uid, *args),
         ).fetchall()
         return [HeadRecord(int(r[0]), r[1], r[2], int(r[3]), float(r[4]), _from_json(r[5]), int(r[6]), r[7]) for r in rows]
@@ -1356,8 +1360,7 @@ class Store:
         digest = hashlib.sha256(data).hexdigest()
         if digest != rec.sha256 or len(data) != rec.size:
             raise ModelIntegrityError(
-                f"head v{rec.version} ({path}) is damaged: sha256 {digest[:12]}.. ({len(data)} bytes), "
-                f"expected {rec.sha256[:12]}.. ({rec.size} bytes)"
+                f"head v{rec.version} ({path}) is damaged: sha256 {digest[:12]}.. ({len(data)} bytes), expected {rec.sha256[:12]}.. ({rec.size} bytes)"
             )
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as zf:
@@ -1434,13 +1437,19 @@ class Store:
                     if isinstance(e, ModelIntegrityError):
                         raise
                     raise ModelIntegrityError(f"head v{rec.version} is unusable: {type(e).__name__}: {e}") from None
-                log.warning("personal head v%d unusable%s: %s: %s", rec.version,
-                            ", falling back to an older version" if i + 1 < len(candidates) else "", type(e).__name__, e)
+                log.warning(
+                    "personal head v%d unusable%s: %s: %s",
+                    rec.version,
+                    ", falling back to an older version" if i + 1 < len(candidates) else "",
+                    type(e).__name__,
+                    e,
+                )
                 continue
             if i:
                 log.warning("using personal head v%d instead of the unusable v%d", rec.version, active[0].version)
-            return LoadedHead(arrays, meta, rec.version, rec.sha256, rec.metrics, fell_back=i > 0,
-                              user_uid=user_uid, active_version=active[0].version, head=head)
+            return LoadedHead(
+                arrays, meta, rec.version, rec.sha256, rec.metrics, fell_back=i > 0, user_uid=user_uid, active_version=active[0].version, head=head
+            )
         log.warning("no usable personal head left for this user; use the universal head")
         return None
 

@@ -91,8 +91,7 @@ class OnlineTracker:
         return out
 
 
-def merge_tracks(tracks: list[list[tuple[int, int]]], embeddings: Sequence[np.ndarray | None],
-                 threshold: float) -> list[list[tuple[int, int]]]:
+def merge_tracks(tracks: list[list[tuple[int, int]]], embeddings: Sequence[np.ndarray | None], threshold: float) -> list[list[tuple[int, int]]]:
     """Join tracks that do not overlap in time and whose L2-normalised mean identity
     embeddings have cosine similarity >= ``threshold`` (``None``: no embedding, never merged)."""
     groups = [list(t) for t in tracks]

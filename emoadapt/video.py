@@ -141,8 +141,7 @@ def as_rgb_frame(frame: Any, color: str = "rgb") -> np.ndarray:
         pass
     elif frame.dtype == np.uint16:
         if int(frame.max()) < 256:
-            log.warning("uint16 frame with all values below 256: taken as 16-bit data (nearly black); "
-                        "convert 8-bit data to uint8 first")
+            log.warning("uint16 frame with all values below 256: taken as 16-bit data (nearly black); convert 8-bit data to uint8 first")
         frame = (frame >> 8).astype(np.uint8)
     elif frame.dtype.kind == "f":
         with np.errstate(all="ignore"):
@@ -275,9 +274,9 @@ def _tiff_size(f: Any, head: bytes) -> tuple[int, int] | None:
     entries = f.read(12 * min(n, 4096))
     dims: dict[int, int] = {}
     for i in range(len(entries) // 12):
-        tag, typ, _count = struct.unpack(end + "HHI", entries[12 * i: 12 * i + 8])
+        tag, typ, _count = struct.unpack(end + "HHI", entries[12 * i : 12 * i + 8])
         if tag in (256, 257):
-            dims[tag] = struct.unpack(end + ("H" if typ == 3 else "I"), entries[12 * i + 8: 12 * i + (10 if typ == 3 else 12)])[0]
+            dims[tag] = struct.unpack(end + ("H" if typ == 3 else "I"), entries[12 * i + 8 : 12 * i + (10 if typ == 3 else 12)])[0]
     return (dims[256], dims[257]) if len(dims) == 2 else None
 
 
@@ -333,8 +332,10 @@ def _read_image(path: Path, size: int) -> np.ndarray | None:
     w, h = dims
     flags = cv2.IMREAD_COLOR
     if w * h > MAX_FRAME_PIXELS:
-        raise VideoDecodeError(f"{path.name} declares {dims[0]}x{dims[1]} pixels, more than the {MAX_FRAME_PIXELS // 10**6} MP "
-                               "an image may have here (a decompression bomb, or a photo to downscale first)")
+        raise VideoDecodeError(
+            f"{path.name} declares {dims[0]}x{dims[1]} pixels, more than the {MAX_FRAME_PIXELS // 10**6} MP "
+            "an image may have here (a decompression bomb, or a photo to downscale first)"
+        )
     # no image needs more bytes than 8 per pixel (16-bit RGBA, uncompressed) plus metadata:
     # anything beyond is not image data (a sparse or padded file) and is not read
     limit = min(MAX_IMAGE_BYTES, w * h * 8 + (16 << 20))
@@ -383,8 +384,7 @@ def _open_capture(path: Path) -> cv2.VideoCapture:
     w, h = cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
     if not (math.isfinite(w) and math.isfinite(h)) or w * h > MAX_FRAME_PIXELS:
         cap.release()
-        raise VideoDecodeError(f"{path.name} declares {w:.0f}x{h:.0f} frames, more than the {MAX_FRAME_PIXELS // 10**6} MP "
-                               "a frame may have here")
+        raise VideoDecodeError(f"{path.name} declares {w:.0f}x{h:.0f} frames, more than the {MAX_FRAME_PIXELS // 10**6} MP a frame may have here")
     return cap
 
 
@@ -439,8 +439,13 @@ def _iter_video(path: Path) -> tuple[float | None, Iterator[np.ndarray]]:
                 yield frame  # held back one frame: the last one is checked first
                 frame, n = nxt, n + 1
             if expected and n + _TRUNCATION_SLACK < expected:
-                log.warning("%s decoded only %d of the %d frames its container announces: the file is truncated "
-                            "or corrupt; its last, possibly incomplete, frame is dropped", path.name, n, expected)
+                log.warning(
+                    "%s decoded only %d of the %d frames its container announces: the file is truncated "
+                    "or corrupt; its last, possibly incomplete, frame is dropped",
+                    path.name,
+                    n,
+                    expected,
+                )
                 if n == 1:
                     raise VideoDecodeError(f"{path.name} is truncated: not one complete frame decodes")
                 return

@@ -42,8 +42,21 @@ from typing import Any
 
 from .errors import ModelIntegrityError
 
-__all__ = ["models_dir", "manifest", "model_entry", "model_path", "verify_file", "load_interpreter", "sha256_file",
-           "model_bytes", "Lease", "MAX_IDLE", "default_model", "replay_set_for", "resolve_head"]
+__all__ = [
+    "models_dir",
+    "manifest",
+    "model_entry",
+    "model_path",
+    "verify_file",
+    "load_interpreter",
+    "sha256_file",
+    "model_bytes",
+    "Lease",
+    "MAX_IDLE",
+    "default_model",
+    "replay_set_for",
+    "resolve_head",
+]
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +181,8 @@ def resolve_head(spec: Any, role: str, backbone: Any, *, trainable: bool = False
         if trainable:
             raise ModelIntegrityError(
                 f"no trainable universal head for backbone {backbone.name!r} in the manifest "
-                f"(train one: python scripts/train_universal_head.py --backbone {backbone.name})")
+                f"(train one: python scripts/train_universal_head.py --backbone {backbone.name})"
+            )
         return MeanProbabilityHead(classes=list(backbone.classes))
     entry = model_entry(name)
     if entry.get("backbone") not in (None, backbone.name):
@@ -230,7 +244,9 @@ def model_bytes(name: str) -> tuple[bytes, str]:
     except (OSError, ValueError) as err:
         raise ModelIntegrityError(f"model file missing or unreadable: {p}: {err}") from err
     if isinstance(size, int) and len(data) != size:
-        raise ModelIntegrityError(f"model file {p.name} has {'more than ' if len(data) > size else ''}{len(data)} bytes, manifest says {size} (truncated or replaced)")
+        raise ModelIntegrityError(
+            f"model file {p.name} has {'more than ' if len(data) > size else ''}{len(data)} bytes, manifest says {size} (truncated or replaced)"
+        )
     digest = hashlib.sha256(data).hexdigest()
     if digest != e["sha256"]:
         raise ModelIntegrityError(f"model file {p.name} fails its sha256 check (expected {e['sha256'][:12]}..., got {digest[:12]}...)")
@@ -292,6 +308,8 @@ def _native_stderr_filtered() -> Iterator[None]:
                         os.write(2, b"".join(kept))
         finally:
             os.close(saved)
+
+
 def _content(name_or_path: str | os.PathLike[str]) -> tuple[bytes, str, str]:
     """(bytes, sha256, label) of a manifest model name (verified) or an explicit file path."""
     if isinstance(name_or_path, str) and not name_or_path.endswith(".tflite"):

@@ -43,8 +43,20 @@ RAVDESS_EMOTIONS = {1: "neutral", 2: "calm", 3: "happy", 4: "sad", 5: "angry", 6
 TAIWANESE_LETTERS = {"a": "neutral", "b": "happy", "c": "sad", "d": "angry", "e": "disgust", "f": "fear", "g": "surprise"}
 
 #: the distributions whose versions a run record lists (those installed)
-_VERSIONED = ("numpy", "opencv-python-headless", "opencv-python", "ai-edge-litert", "scikit-learn", "pandas", "pyarrow",
-              "tensorflow", "torch", "facenet-pytorch", "fer", "threadpoolctl")
+_VERSIONED = (
+    "numpy",
+    "opencv-python-headless",
+    "opencv-python",
+    "ai-edge-litert",
+    "scikit-learn",
+    "pandas",
+    "pyarrow",
+    "tensorflow",
+    "torch",
+    "facenet-pytorch",
+    "fer",
+    "threadpoolctl",
+)
 
 
 def data_dir() -> Path:
@@ -145,8 +157,15 @@ def _json_default(o: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------ flags
-def add_common_args(ap: argparse.ArgumentParser, *, threads: str | None = None, workers: str | None = None,
-                    repeat: int | None = None, out: Path | bool = False, data: bool = False) -> None:
+def add_common_args(
+    ap: argparse.ArgumentParser,
+    *,
+    threads: str | None = None,
+    workers: str | None = None,
+    repeat: int | None = None,
+    out: Path | bool = False,
+    data: bool = False,
+) -> None:
     """Add the shared flags a program uses (one spelling and meaning everywhere, see the
     module docstring): ``threads`` / ``workers``: their help text (what the threads or
     processes run); ``repeat``: its default; ``out``: the default output folder (``True``: no

@@ -52,17 +52,25 @@ def main() -> None:
     name = f"replay_{bb.name}"
     out = zoo.models_dir() / f"{name}.npz"
     np.savez(out, features=feats, labels=labels)
-    update_manifest([{
-        "name": name,
-        "file": out.name,
-        "kind": "replay_set",
-        "backbone": bb.name,
-        "source": {"package": "emoadapt (built by scripts/build_replay_set.py)", "data": "FER2013 train split",
-                   "what": f"{args.per_class} backbone feature vectors per class of randomly drawn (seed {args.seed}) training faces; no pixels"},
-        "licence": "MIT (features derived from FER2013: research use)",
-        "inputs": {"features": int(feats.shape[1]), "from": bb.name},
-        "outputs": {"features": list(feats.shape), "labels": len(labels)},
-    }], zoo.models_dir())
+    update_manifest(
+        [
+            {
+                "name": name,
+                "file": out.name,
+                "kind": "replay_set",
+                "backbone": bb.name,
+                "source": {
+                    "package": "emoadapt (built by scripts/build_replay_set.py)",
+                    "data": "FER2013 train split",
+                    "what": f"{args.per_class} backbone feature vectors per class of randomly drawn (seed {args.seed}) training faces; no pixels",
+                },
+                "licence": "MIT (features derived from FER2013: research use)",
+                "inputs": {"features": int(feats.shape[1]), "from": bb.name},
+                "outputs": {"features": list(feats.shape), "labels": len(labels)},
+            }
+        ],
+        zoo.models_dir(),
+    )
     mpath = zoo.models_dir() / "manifest.json"
     m = json.loads(mpath.read_text())
     m.setdefault("backbone_defaults", {}).setdefault(bb.name, {})["replay_set"] = name  # what Recognizer(backbone=...) uses

@@ -85,10 +85,16 @@ def ckplus(rec) -> dict:
         rows[s] = {"universal": float(np.mean(su)), "personal": float(np.mean(sp)), "sequences": len(ks)}
         hits_u += su
         hits_p += sp
-    return {"subjects": len(rows), "test_sequences": len(hits_u), "universal_mean": float(np.mean(hits_u)),
-            "personal_mean": float(np.mean(hits_p)), **{f"{v}_mean": float(np.mean(h)) for v, h in hits_v.items()},
-            "improved_subjects": int(sum(r["personal"] > r["universal"] for r in rows.values())),
-            "worse_subjects": int(sum(r["personal"] < r["universal"] for r in rows.values())), "per_subject": rows}
+    return {
+        "subjects": len(rows),
+        "test_sequences": len(hits_u),
+        "universal_mean": float(np.mean(hits_u)),
+        "personal_mean": float(np.mean(hits_p)),
+        **{f"{v}_mean": float(np.mean(h)) for v, h in hits_v.items()},
+        "improved_subjects": int(sum(r["personal"] > r["universal"] for r in rows.values())),
+        "worse_subjects": int(sum(r["personal"] < r["universal"] for r in rows.values())),
+        "per_subject": rows,
+    }
 
 
 def cremad(rec_factory) -> dict:
@@ -117,8 +123,11 @@ def cremad(rec_factory) -> dict:
     return {
         "universal_accuracy": float(np.mean([stranger[k] == k for k in truth])),
         "personal_accuracy": float(np.mean([personal[k] == k for k in truth])),
-        "universal_labels": stranger, "personal_labels": personal, "routed_to": routed,
-        "adapt_report": report.to_dict(), "correct_and_adapt_seconds": t_adapt,
+        "universal_labels": stranger,
+        "personal_labels": personal,
+        "routed_to": routed,
+        "adapt_report": report.to_dict(),
+        "correct_and_adapt_seconds": t_adapt,
     }
 
 
@@ -137,19 +146,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as h:
         rec = factory(h)
         ck = ckplus(rec)
-    print(f"CK+ ({ck['subjects']} subjects with 4+ emotions, leave-one-sequence-out, {ck['test_sequences']} test sequences; "
-          f"backbone {rec.backbone.name}, universal {type(rec.universal).__name__}, personal from {type(rec.personal_base).__name__})")
-    print(f"  universal accuracy {ck['universal_mean']:.3f}   personal accuracy {ck['personal_mean']:.3f} "
-          f"(without replay {ck['personal_no_replay_mean']:.3f})   subjects improved {ck['improved_subjects']}, worse {ck['worse_subjects']}")
+    print(
+        f"CK+ ({ck['subjects']} subjects with 4+ emotions, leave-one-sequence-out, {ck['test_sequences']} test sequences; "
+        f"backbone {rec.backbone.name}, universal {type(rec.universal).__name__}, personal from {type(rec.personal_base).__name__})"
+    )
+    print(
+        f"  universal accuracy {ck['universal_mean']:.3f}   personal accuracy {ck['personal_mean']:.3f} "
+        f"(without replay {ck['personal_no_replay_mean']:.3f})   subjects improved {ck['improved_subjects']}, worse {ck['worse_subjects']}"
+    )
     cr = cremad(factory)
     print("CREMA-D actor 1001 (corrected on first halves, predicted on second halves through Recognizer.predict)")
-    print(f"  universal accuracy {cr['universal_accuracy']:.3f}   personal accuracy {cr['personal_accuracy']:.3f}   routed to {sorted(set(cr['routed_to'].values()), key=str)}")
+    print(
+        f"  universal accuracy {cr['universal_accuracy']:.3f}   personal accuracy {cr['personal_accuracy']:.3f}   routed to {sorted(set(cr['routed_to'].values()), key=str)}"
+    )
     for k in cr["universal_labels"]:
         print(f"    {k:8s} universal {cr['universal_labels'][k]:8s} personal {cr['personal_labels'][k]}")
     out = {"ckplus": ck, "cremad": cr}
     if args.json:
         write_json(args.json, out, indent=2)
-    print(f"ckplus_personal_gain={ck['personal_mean'] - ck['universal_mean']:.3f} cremad_personal_gain={cr['personal_accuracy'] - cr['universal_accuracy']:.3f}")
+    print(
+        f"ckplus_personal_gain={ck['personal_mean'] - ck['universal_mean']:.3f} cremad_personal_gain={cr['personal_accuracy'] - cr['universal_accuracy']:.3f}"
+    )
 
 
 if __name__ == "__main__":

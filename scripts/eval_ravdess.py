@@ -81,12 +81,7 @@ BASELINE = "sklearn_lr"
 
 # hyper-parameter grids for the honest tuning (universal actors only)
 L2_GRID = (1e-4, 1e-3, 1e-2, 3e-2)
-FINETUNE_GRID = tuple(
-    {"anchor": a, "finetune_lr": lr, "finetune_epochs": ep}
-    for a in (0.0, 0.01, 0.1)
-    for lr in (0.01, 0.05)
-    for ep in (30, 100)
-)
+FINETUNE_GRID = tuple({"anchor": a, "finetune_lr": lr, "finetune_epochs": ep} for a in (0.0, 0.01, 0.1) for lr in (0.01, 0.05) for ep in (30, 100))
 
 
 # ---------------------------------------------------------------------------------------
@@ -161,7 +156,9 @@ def find_videos(root: Path, channel: int = 1) -> list[Path]:
 
 
 # -- feature extraction (video mode) -------------------------------------------------------
-def extract_features(paths: Sequence[str | os.PathLike[str]], cache_dir: str | os.PathLike[str], *, workers: int | None = None, **frame_kw: Any) -> dict[str, np.ndarray]:
+def extract_features(
+    paths: Sequence[str | os.PathLike[str]], cache_dir: str | os.PathLike[str], *, workers: int | None = None, **frame_kw: Any
+) -> dict[str, np.ndarray]:
     """Per-frame features ``(T, D)`` of the main face track of every clip.
 
     The clips go through :func:`emoadapt.extract.extract` into the Parquet dataset
@@ -457,7 +454,17 @@ def _r(x: float) -> float:
     return round(float(x), 6)
 
 
-def to_json(data: Dataset, heads: list[str], results: dict[str, HeadResult], users: list[int], universal_actors: np.ndarray, m_grid: list[int], seeds: list[int], classes: list[str], args: argparse.Namespace) -> dict[str, Any]:
+def to_json(
+    data: Dataset,
+    heads: list[str],
+    results: dict[str, HeadResult],
+    users: list[int],
+    universal_actors: np.ndarray,
+    m_grid: list[int],
+    seeds: list[int],
+    classes: list[str],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "config": {
             "source": "descriptors" if data.descriptors else "video",
@@ -493,7 +500,11 @@ def to_json(data: Dataset, heads: list[str], results: dict[str, HeadResult], use
             "hyperparams": _jsonable(r.hyperparams),
         }
         out["curve"]["per_head"][name] = {"personal": [_r(v) for v in r.curve_personal], "shared": [_r(v) for v in r.curve_shared]}
-        out["random_split"][name] = {"accuracy": _r(r.random_split[0]), "mean_over_seeds": _r(np.mean(r.random_split)), "std_over_seeds": _r(np.std(r.random_split))}
+        out["random_split"][name] = {
+            "accuracy": _r(r.random_split[0]),
+            "mean_over_seeds": _r(np.mean(r.random_split)),
+            "std_over_seeds": _r(np.std(r.random_split)),
+        }
     return out
 
 
@@ -516,7 +527,9 @@ def format_table(res: dict[str, Any]) -> str:
     users = res["config"]["users"]
     lines = []
     hdr = f"{'head':<18}{'model':<11}{'mean':>7}" + "".join(f"{'A' + str(u):>7}" for u in users) + f"{'seeds':>15}"
-    lines.append(f"RAVDESS actor split ({res['config']['source']}, {res['config']['n_clips']} clips, users {users}; per-user columns = split seed {res['config']['table_seed']}; 'seeds' = mean+-std over {len(res['config']['seeds'])} splits)")
+    lines.append(
+        f"RAVDESS actor split ({res['config']['source']}, {res['config']['n_clips']} clips, users {users}; per-user columns = split seed {res['config']['table_seed']}; 'seeds' = mean+-std over {len(res['config']['seeds'])} splits)"
+    )
     lines.append(hdr)
     lines.append("-" * len(hdr))
     for name, h in res["heads"].items():
@@ -593,16 +606,23 @@ def save_plots(res: dict[str, Any], out: Path) -> list[Path]:
 
 # ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description="RAVDESS actor-split personalisation protocol (universal vs personal heads)", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Protocol")[0])
+    ap = argparse.ArgumentParser(
+        description="RAVDESS actor-split personalisation protocol (universal vs personal heads)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Protocol")[0],
+    )
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--descriptors", type=Path, help="CSV of per-clip descriptors: clip, actor, emotion_code, features...")
     src.add_argument("--root", type=Path, help="RAVDESS video tree (Actor_XX/MM-VC-EE-II-SS-RR-AA.mp4)")
-    ap.add_argument("--cache", type=Path, help="`emoadapt extract` dataset of the --root clips, made or completed here "
-                                               "(default: <out or .>/ravdess_features)")
+    ap.add_argument("--cache", type=Path, help="`emoadapt extract` dataset of the --root clips, made or completed here (default: <out or .>/ravdess_features)")
     ap.add_argument("--workers", type=int, default=None, help="feature extraction processes (default: all cores; 1: this process)")
     ap.add_argument("--fps", type=float, default=None, help="sample frames at about this rate in --root mode (default: every frame)")
     ap.add_argument("--users", default="1,2,3,4,5", help="actors used as users (default 1,2,3,4,5)")
-    ap.add_argument("--heads", default=None, help=f"comma list from {', '.join([*STAT_POOLINGS, *ATTENTION_HEADS])} (default: max for descriptors, max,single_attention,self_attention for video)")
+    ap.add_argument(
+        "--heads",
+        default=None,
+        help=f"comma list from {', '.join([*STAT_POOLINGS, *ATTENTION_HEADS])} (default: max for descriptors, max,single_attention,self_attention for video)",
+    )
     ap.add_argument("--no-baseline", action="store_true", help=f"skip the {BASELINE} reference row")
     ap.add_argument("--seeds", type=int, default=5, help="number of seeded 80/20 splits for the curve and the +-std (default 5)")
     ap.add_argument("--seed", type=int, default=0, help="first split seed and model seed")

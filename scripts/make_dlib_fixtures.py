@@ -122,18 +122,22 @@ def dlib(data_dir: Path = DATA, out_dir: Path = FIXTURES) -> Path:
                 j = int(np.argmin(dist))
                 if dist[j] < 0.25 * span:
                     lm = mt[j]
-            rows.append(dict(file=rel, face=k, dlib_landmarks=pts, rect=rect, angle=cd.angle, desc=desc,
-                             mtcnn=lm, chip_mad=diff.mean(), chip_max=diff.max(), img=img))
-            log.info("%s face %d: chip vs dlib mean|d| %.4f max %d, mtcnn %s", rel, k, diff.mean(), diff.max(),
-                     "matched" if np.isfinite(lm).all() else "none")
+            rows.append(
+                dict(file=rel, face=k, dlib_landmarks=pts, rect=rect, angle=cd.angle, desc=desc, mtcnn=lm, chip_mad=diff.mean(), chip_max=diff.max(), img=img)
+            )
+            log.info("%s face %d: chip vs dlib mean|d| %.4f max %d, mtcnn %s", rel, k, diff.mean(), diff.max(), "matched" if np.isfinite(lm).all() else "none")
 
     # --- MTCNN template: mean of the MTCNN points in dlib's nominal chip frame
     matched = [r for r in rows if np.isfinite(r["mtcnn"]).all()]
     in_chip = np.stack([to_chip(nominal_similarity(r["rect"], r["angle"]), r["mtcnn"]) for r in matched])
     template = in_chip.mean(0)
     resid = np.linalg.norm(in_chip - template, axis=2)
-    log.info("MTCNN template from %d faces (rms residual %.2f px):\n%s", len(matched), np.sqrt((resid**2).mean()),
-             np.array2string(template, precision=4, separator=", "))
+    log.info(
+        "MTCNN template from %d faces (rms residual %.2f px):\n%s",
+        len(matched),
+        np.sqrt((resid**2).mean()),
+        np.array2string(template, precision=4, separator=", "),
+    )
 
     # --- dlib's descriptor of our MTCNN chip of each matched face
     desc_mt = np.full((len(rows), 128), np.nan)

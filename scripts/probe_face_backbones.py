@@ -167,6 +167,7 @@ def features(arch: str, size: int, sets: dict[str, dict[str, np.ndarray]], batch
     model, taps = None, None
     out: dict[str, dict[str, np.ndarray]] = {}
     for name, s in sets.items():
+
         def compute(s: dict[str, np.ndarray] = s, name: str = name) -> dict[str, np.ndarray]:
             nonlocal model, taps
             if model is None:
@@ -174,7 +175,7 @@ def features(arch: str, size: int, sets: dict[str, dict[str, np.ndarray]], batch
             t = time.perf_counter()
             parts: list[list[np.ndarray]] = []
             for i in range(0, len(s["x"]), batch):
-                o = model(to_input(s["x"][i:i + batch], size), training=False)
+                o = model(to_input(s["x"][i : i + batch], size), training=False)
                 o = o if isinstance(o, (list, tuple)) else [o]
                 parts.append([np.asarray(a, np.float32) for a in o])
                 if i and i % (batch * 40) == 0:
@@ -193,11 +194,12 @@ def shipped(sets: dict[str, dict[str, np.ndarray]], prep: str = "none") -> dict[
     bb = Backbone("emoadapt_fer_int8", tta=False, num_threads=1)
     out = {}
     for name, s in sets.items():
+
         def compute(s: dict[str, np.ndarray] = s) -> dict[str, np.ndarray]:
             x = preprocess(s["x"], prep)
             probs, feats = [], []
             for i in range(0, len(x), 256):
-                p, f = bb.infer(x[i:i + 256])
+                p, f = bb.infer(x[i : i + 256])
                 probs.append(p)
                 feats.append(f)
             return {"features": np.concatenate(feats), "probs": np.concatenate(probs)}
@@ -287,8 +289,12 @@ def trunk_cost(arch: str, size: int, tap: str, reps: int = 100) -> dict[str, Any
             if i >= 20:
                 ts.append(time.perf_counter() - t)
         del sub
-        return {"model": f"{arch}@{size} {tap}", "ms_per_face_int8_1thread": float(np.median(ts) * 1e3),
-                "ms_per_face_int8_1thread_min": float(np.min(ts) * 1e3), "mb": path.stat().st_size / 1e6}
+        return {
+            "model": f"{arch}@{size} {tap}",
+            "ms_per_face_int8_1thread": float(np.median(ts) * 1e3),
+            "ms_per_face_int8_1thread_min": float(np.min(ts) * 1e3),
+            "mb": path.stat().st_size / 1e6,
+        }
 
 
 def main(argv: list[str] | None = None) -> int:

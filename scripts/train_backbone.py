@@ -66,8 +66,7 @@ from _common import data_dir  # noqa: E402 - $EMOADAPT_DATA or ../shared/data
 
 def load_fer() -> dict[str, np.ndarray]:
     with np.load(data_dir() / "fer2013.npz", allow_pickle=False) as d:
-        return {k: d[k] for k in ("x_train", "y_train", "x_public_test", "y_public_test",
-                                  "x_private_test", "y_private_test")}
+        return {k: d[k] for k in ("x_train", "y_train", "x_public_test", "y_public_test", "x_private_test", "y_private_test")}
 
 
 # ----------------------------------------------------------------------------------- model
@@ -120,7 +119,7 @@ def sample_crops(faces: np.ndarray, crop: int, n_sample: int, seed: int) -> np.n
     are computed on."""
     pick = np.random.default_rng(seed).permutation(len(faces))[:n_sample]
     m = (IMG - crop) // 2
-    return faces[pick, m:m + crop, m:m + crop, None].astype(np.float32)
+    return faces[pick, m : m + crop, m : m + crop, None].astype(np.float32)
 
 
 def recalibrate_bn(tf, keras, core, faces: np.ndarray, crop: int, n_sample: int = 8192, seed: int = 0) -> None:
@@ -134,7 +133,7 @@ def recalibrate_bn(tf, keras, core, faces: np.ndarray, crop: int, n_sample: int 
         if not isinstance(layer, keras.layers.BatchNormalization):
             continue
         probe = keras.Model(core.input, layer.input)
-        z = np.concatenate([probe(x[i:i + 512], training=False).numpy() for i in range(0, len(x), 512)])
+        z = np.concatenate([probe(x[i : i + 512], training=False).numpy() for i in range(0, len(x), 512)])
         axes = tuple(range(z.ndim - 1))
         gamma, beta, _, _ = layer.get_weights()
         layer.set_weights([gamma, beta, z.mean(axes).astype(np.float32), z.var(axes).astype(np.float32)])
@@ -150,8 +149,7 @@ def average(args) -> int:
     is taken from ``--config-from`` (default: the workdir of the first checkpoint source)."""
     tf, keras = setup_tf(args.threads)
     srcs = [str(s) for s in args.average]
-    cfg_dir = Path(args.config_from) if args.config_from else next(
-        (Path(s).parent.parent for s in srcs if not s.endswith(".tflite")), None)
+    cfg_dir = Path(args.config_from) if args.config_from else next((Path(s).parent.parent for s in srcs if not s.endswith(".tflite")), None)
     if cfg_dir is None:
         raise SystemExit("--config-from is needed when every source is a .tflite file")
     cfg = json.loads((cfg_dir / "config.json").read_text())
@@ -188,9 +186,12 @@ def average(args) -> int:
     (wd / "history.json").write_text(json.dumps(hist) + "\n")
     best_epoch = max(int(h["epoch"]) for h in hist["epochs"]) if hist["epochs"] else 0
     (wd / "best" / "meta.json").write_text(json.dumps({"epoch": best_epoch, "public_acc": acc}) + "\n")
-    cfg["weight_average"] = {"how": "mean of the members' weights, BatchNorm statistics recalibrated on 8192 "
-                                    f"training faces (seed {args.seed})", "members": members,
-                             "public_acc": round(acc, 4), "public_acc_flip_tta": round(acc_tta, 4)}
+    cfg["weight_average"] = {
+        "how": f"mean of the members' weights, BatchNorm statistics recalibrated on 8192 training faces (seed {args.seed})",
+        "members": members,
+        "public_acc": round(acc, 4),
+        "public_acc_flip_tta": round(acc_tta, 4),
+    }
     (wd / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     print(json.dumps(cfg["weight_average"], indent=2))
     return 0
@@ -227,8 +228,8 @@ def make_augment(tf, crop, erase_p, strength=1.0):
         z = tf.zeros_like(a0)
         mats = tf.stack([a0, a1, a2, b0, b1, b2, z, z], axis=1)
         x = tf.raw_ops.ImageProjectiveTransformV3(
-            images=x, transforms=mats, output_shape=tf.constant([crop, crop]),
-            fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")
+            images=x, transforms=mats, output_shape=tf.constant([crop, crop]), fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT"
+        )
         # brightness / contrast
         mu = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
         con = tf.reshape(u(5, 1.0 - 0.25 * k, 1.0 + 0.25 * k), [-1, 1, 1, 1])
@@ -254,8 +255,7 @@ def make_augment(tf, crop, erase_p, strength=1.0):
 
 
 # ------------------------------------------------------------------------- warm start (tflite)
-def init_from_tflite(tf, core, path: Path, faces: np.ndarray, crop: int, member: int = 0,
-                     seed: int = 0, n_sample: int = 4096) -> dict:
+def init_from_tflite(tf, core, path: Path, faces: np.ndarray, crop: int, member: int = 0, seed: int = 0, n_sample: int = 4096) -> dict:
     """Load the weights of an exported ``emoadapt_fer`` TFLite file into ``core``.
 
     The converter folded every BatchNorm into the conv / dense layer before it (kernel ``W'``,
@@ -283,8 +283,7 @@ def init_from_tflite(tf, core, path: Path, faces: np.ndarray, crop: int, member:
     def find(key: str, ndim: int) -> np.ndarray:
         # kernels: the tensor name ends with the op (".../conv1_0/Conv2D"); folded biases: a fused
         # name that contains the BN layer (".../relu1_0/Relu;.../bn1_0/FusedBatchNorm...")
-        hits = [v for n, (d, v) in const.items()
-                if d == ndim and scope in n and (n.endswith(key) or (ndim == 1 and "/" + key in n))]
+        hits = [v for n, (d, v) in const.items() if d == ndim and scope in n and (n.endswith(key) or (ndim == 1 and "/" + key in n))]
         if len(hits) != 1:
             raise ValueError(f"{path}: expected one {ndim}-D tensor for {key!r}, found {len(hits)}")
         return np.asarray(hits[0], np.float32)
@@ -299,10 +298,10 @@ def init_from_tflite(tf, core, path: Path, faces: np.ndarray, crop: int, member:
         z = z * r
         m = z.mean(axes)
         layer.set_weights([(w * r).astype(np.float32)])
-        bn.set_weights([(1.0 / r).astype(np.float32), (m / r + bias).astype(np.float32),
-                        m.astype(np.float32), np.full_like(m, 1.0 - bn.epsilon, dtype=np.float32)])
-        log.debug("%s: kernel norms after rescaling %.3g..%.3g", layer.name,
-                  *np.percentile(np.sqrt(((w * r) ** 2).reshape(-1, len(r)).sum(0)), [5, 95]))
+        bn.set_weights(
+            [(1.0 / r).astype(np.float32), (m / r + bias).astype(np.float32), m.astype(np.float32), np.full_like(m, 1.0 - bn.epsilon, dtype=np.float32)]
+        )
+        log.debug("%s: kernel norms after rescaling %.3g..%.3g", layer.name, *np.percentile(np.sqrt(((w * r) ** 2).reshape(-1, len(r)).sum(0)), [5, 95]))
         return np.maximum(z / r + bias, 0.0)  # ReLU(BN(z)) == ReLU(W' x + b')
 
     def conv_op(x, w):
@@ -326,8 +325,7 @@ def init_from_tflite(tf, core, path: Path, faces: np.ndarray, crop: int, member:
             h = rebuild(conv, core.get_layer(f"bn{stage}_{c}"), w, find(f"bn{stage}_{c}/", 1), h, conv_op)
             c += 1
         stage += 1
-    rebuild(core.get_layer("fc"), core.get_layer("fc_bn"), find("fc_bn/batchnorm/mul_1", 2).T,
-            find("fc_bn/", 1), h.mean(axis=(1, 2)), lambda x, w: x @ w)
+    rebuild(core.get_layer("fc"), core.get_layer("fc_bn"), find("fc_bn/batchnorm/mul_1", 2).T, find("fc_bn/", 1), h.mean(axis=(1, 2)), lambda x, w: x @ w)
     core.get_layer("logits").set_weights([find("logits/MatMul", 2).T, find("logits/BiasAdd", 1)])
     from emoadapt.zoo import sha256_file
 
@@ -379,7 +377,7 @@ def evaluate(tf, model, x, y, batch=500, tta=False, crop=44):
     m = (IMG - crop) // 2
     probs = []
     for i in range(0, len(x), batch):
-        xb = tf.constant(x[i:i + batch, m:m + crop, m:m + crop, None].astype(np.float32))
+        xb = tf.constant(x[i : i + batch, m : m + crop, m : m + crop, None].astype(np.float32))
         p = model(xb, training=False)[0].numpy()
         if tta:
             p = 0.5 * (p + model(xb[:, :, ::-1, :], training=False)[0].numpy())
@@ -435,8 +433,7 @@ def train(args) -> int:
     steps_per_epoch = len(xtr) // args.batch_size
     total_steps = steps_per_epoch * args.epochs
     sched = OneCycle(tf, keras, args.lr, int(args.warmup_epochs * steps_per_epoch), total_steps)
-    opt = keras.optimizers.SGD(learning_rate=sched, momentum=0.9, nesterov=True,
-                               weight_decay=args.weight_decay)
+    opt = keras.optimizers.SGD(learning_rate=sched, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
     opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     opt.build(core.trainable_variables)
 
@@ -444,8 +441,7 @@ def train(args) -> int:
     best_var = tf.Variable(-1.0, dtype=tf.float64, name="best_public_acc", trainable=False)
     bad_var = tf.Variable(0, dtype=tf.int64, name="epochs_since_best", trainable=False)
     rng = tf.random.Generator.from_seed(args.seed)  # master RNG (state checkpointed)
-    ckpt = tf.train.Checkpoint(model=core, optimizer=opt, epoch=epoch_var, best=best_var,
-                               bad=bad_var, rng=rng)
+    ckpt = tf.train.Checkpoint(model=core, optimizer=opt, epoch=epoch_var, best=best_var, bad=bad_var, rng=rng)
     mgr = tf.train.CheckpointManager(ckpt, str(wd / "ckpt"), max_to_keep=2)
     best_ckpt = tf.train.Checkpoint(model=core)
     hist_path = wd / "history.json"
@@ -455,22 +451,18 @@ def train(args) -> int:
         ckpt.restore(mgr.latest_checkpoint).assert_existing_objects_matched()
         if hist_path.exists():
             history = json.loads(hist_path.read_text())["epochs"][: int(epoch_var.numpy())]
-        log.info("resumed from %s: epoch %d, best public acc %.4f", mgr.latest_checkpoint,
-                 int(epoch_var.numpy()), float(best_var.numpy()))
+        log.info("resumed from %s: epoch %d, best public acc %.4f", mgr.latest_checkpoint, int(epoch_var.numpy()), float(best_var.numpy()))
     elif not probe and args.init_from and not mgr.latest_checkpoint:
         # second phase (fine-tuning): start from another run's best weights, fresh optimizer
         tf.train.Checkpoint(model=core).read(str(Path(args.init_from) / "best" / "weights")).expect_partial()
         log.info("initialized weights from %s/best (fresh optimizer and schedule)", args.init_from)
     elif not probe and args.init_from_tflite and not mgr.latest_checkpoint:
         # continue from a shipped model (its checkpoints are gone): rebuild its weights
-        src = init_from_tflite(tf, core, Path(args.init_from_tflite), xtr, args.crop,
-                               member=args.init_member, seed=args.seed)
+        src = init_from_tflite(tf, core, Path(args.init_from_tflite), xtr, args.crop, member=args.init_member, seed=args.seed)
         va0, _, _ = evaluate(tf, core, xva, yva, crop=args.crop)
-        log.info("initialized weights from %s (sha256 %s...): public acc %.4f before training",
-                 src["file"], src["sha256"][:12], va0)
+        log.info("initialized weights from %s (sha256 %s...): public acc %.4f before training", src["file"], src["sha256"][:12], va0)
         # its manifest history now: export replaces that manifest entry
-        init_info.update(src, public_acc_at_start=va0,
-                         training=_shipped_training(src["sha256"], Path(args.out_dir)))
+        init_info.update(src, public_acc_at_start=va0, training=_shipped_training(src["sha256"], Path(args.out_dir)))
     elif not probe and mgr.latest_checkpoint:
         log.info("--no-resume: ignoring existing checkpoints in %s (they will be overwritten)", wd)
 
@@ -527,16 +519,20 @@ def train(args) -> int:
         t1 = time.perf_counter()
         evaluate(tf, core, xva, yva, crop=args.crop)
         ev = time.perf_counter() - t1
-        log.info("PROBE: %.4f s/step at batch %d = %.1f img/s -> %.0f s/epoch train + %.0f s eval "
-                 "(params %d)", dt, args.batch_size, args.batch_size / dt, dt * steps_per_epoch, ev,
-                 n_params)
-        print(json.dumps({"s_per_step": dt, "img_per_s": args.batch_size / dt,
-                          "s_per_epoch": dt * steps_per_epoch + ev, "params": n_params}))
+        log.info(
+            "PROBE: %.4f s/step at batch %d = %.1f img/s -> %.0f s/epoch train + %.0f s eval (params %d)",
+            dt,
+            args.batch_size,
+            args.batch_size / dt,
+            dt * steps_per_epoch,
+            ev,
+            n_params,
+        )
+        print(json.dumps({"s_per_step": dt, "img_per_s": args.batch_size / dt, "s_per_epoch": dt * steps_per_epoch + ev, "params": n_params}))
         return 0
 
     config = {k: v for k, v in vars(args).items()}
-    config.update(mean=mean, std=std, params=n_params, steps_per_epoch=steps_per_epoch,
-                  class_weights=cw.tolist())
+    config.update(mean=mean, std=std, params=n_params, steps_per_epoch=steps_per_epoch, class_weights=cw.tolist())
     if init_info:
         config["init_from_tflite_info"] = init_info
     elif (wd / "config.json").exists():  # resumed: keep what the first invocation recorded
@@ -555,15 +551,24 @@ def train(args) -> int:
             asum += float(acc)
             n += 1
             if n % 50 == 0:
-                log.info("epoch %d step %d/%d loss %.4f acc %.4f (%.2f s/step)", epoch + 1, n,
-                         steps_per_epoch, lsum / n, asum / n, (time.perf_counter() - t0) / n)
+                log.info(
+                    "epoch %d step %d/%d loss %.4f acc %.4f (%.2f s/step)", epoch + 1, n, steps_per_epoch, lsum / n, asum / n, (time.perf_counter() - t0) / n
+                )
         t_train = time.perf_counter() - t0
         va, vl, _ = evaluate(tf, core, xva, yva, crop=args.crop)
         va_tta, _, _ = evaluate(tf, core, xva, yva, crop=args.crop, tta=True)
         lr_now = float(sched(opt.iterations))
-        rec = {"epoch": epoch + 1, "lr_end": lr_now, "train_loss": lsum / n, "train_acc": asum / n,
-               "public_loss": vl, "public_acc": va, "public_acc_tta": va_tta,
-               "train_s": t_train, "epoch_s": time.perf_counter() - t0}
+        rec = {
+            "epoch": epoch + 1,
+            "lr_end": lr_now,
+            "train_loss": lsum / n,
+            "train_acc": asum / n,
+            "public_loss": vl,
+            "public_acc": va,
+            "public_acc_tta": va_tta,
+            "train_s": t_train,
+            "epoch_s": time.perf_counter() - t0,
+        }
         history.append(rec)
         epoch_var.assign(epoch + 1)
         if va > float(best_var.numpy()):
@@ -575,9 +580,19 @@ def train(args) -> int:
             bad_var.assign_add(1)
         mgr.save(checkpoint_number=epoch + 1)
         hist_path.write_text(json.dumps({"config": config, "epochs": history}, indent=1) + "\n")
-        log.info("EPOCH %d/%d: train loss %.4f acc %.4f | public acc %.4f (tta %.4f) loss %.4f | "
-                 "best %.4f | lr %.5f | %.0f s", epoch + 1, args.epochs, rec["train_loss"],
-                 rec["train_acc"], va, va_tta, vl, float(best_var.numpy()), lr_now, rec["epoch_s"])
+        log.info(
+            "EPOCH %d/%d: train loss %.4f acc %.4f | public acc %.4f (tta %.4f) loss %.4f | best %.4f | lr %.5f | %.0f s",
+            epoch + 1,
+            args.epochs,
+            rec["train_loss"],
+            rec["train_acc"],
+            va,
+            va_tta,
+            vl,
+            float(best_var.numpy()),
+            lr_now,
+            rec["epoch_s"],
+        )
     log.info("training done; best public acc %.4f", float(best_var.numpy()))
     if args.export_after:
         return export(args)
@@ -608,7 +623,7 @@ def run_tflite(path: Path, x: np.ndarray, batch: int = 256, threads: int = 2):
     runner = it.get_signature_runner("serving_default")
     P, F = [], []
     for i in range(0, len(x), batch):
-        out = runner(image=x[i:i + batch, :, :, None].astype(np.float32))
+        out = runner(image=x[i : i + batch, :, :, None].astype(np.float32))
         P.append(out["probs"])
         F.append(out["features"])
     return np.concatenate(P), np.concatenate(F)
@@ -642,8 +657,7 @@ def time_tflite(path: Path, batch: int, reps: int) -> float:
 TTA_THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
-def choose_tta(p_pu: np.ndarray, pm_pu: np.ndarray, y_pu: np.ndarray,
-               p_pr: np.ndarray, pm_pr: np.ndarray, y_pr: np.ndarray) -> dict:
+def choose_tta(p_pu: np.ndarray, pm_pu: np.ndarray, y_pu: np.ndarray, p_pr: np.ndarray, pm_pr: np.ndarray, y_pr: np.ndarray) -> dict:
     """The runtime's default test-time augmentation for a model, chosen on the public test
     from its probabilities on the faces (``p_*``) and their mirror images (``pm_*``).
 
@@ -667,10 +681,17 @@ def choose_tta(p_pu: np.ndarray, pm_pu: np.ndarray, y_pu: np.ndarray,
         (acc_pu, frac_pu), (acc_pr, frac_pr) = run(p_pu, pm_pu, y_pu, thr), run(p_pr, pm_pr, y_pr, thr)
     else:
         acc_pu, acc_pr, frac_pu, frac_pr = plain, float((p_pr.argmax(1) == y_pr).mean()), 0.0, 0.0
-    return {"tta": bool(tta), "tta_threshold": float(thr), "metrics": {
-        "public_test_acc_tta_default": acc_pu, "private_test_acc_tta_default": acc_pr,
-        "tta_mirrored_fraction_public": frac_pu, "tta_mirrored_fraction_private": frac_pr,
-        "public_test_acc_by_tta_threshold": {str(t): round(a, 4) for t, a in curve.items()}}}
+    return {
+        "tta": bool(tta),
+        "tta_threshold": float(thr),
+        "metrics": {
+            "public_test_acc_tta_default": acc_pu,
+            "private_test_acc_tta_default": acc_pr,
+            "tta_mirrored_fraction_public": frac_pu,
+            "tta_mirrored_fraction_private": frac_pr,
+            "public_test_acc_by_tta_threshold": {str(t): round(a, 4) for t, a in curve.items()},
+        },
+    }
 
 
 def choose_tta_for_shipped(args) -> int:
@@ -682,15 +703,20 @@ def choose_tta_for_shipped(args) -> int:
     for kind in ("f32", "int8"):
         name = f"emoadapt_fer_{kind}"
         f = Path(args.out_dir) / man["models"][name]["file"]
-        outs = [run_tflite(f, x)[0] for x in (d["x_public_test"], d["x_public_test"][:, :, ::-1],
-                                              d["x_private_test"], d["x_private_test"][:, :, ::-1])]
+        outs = [run_tflite(f, x)[0] for x in (d["x_public_test"], d["x_public_test"][:, :, ::-1], d["x_private_test"], d["x_private_test"][:, :, ::-1])]
         c = choose_tta(outs[0], outs[1], d["y_public_test"], outs[2], outs[3], d["y_private_test"])
         e = man["models"][name]
         e["tta"], e["tta_threshold"] = c["tta"], c["tta_threshold"]
         e["metrics"].update(c["metrics"])
-        log.info("%s: tta=%s threshold %.2f, private %.4f (mirrored %.1f %%), public by threshold %s", name, c["tta"],
-                 c["tta_threshold"], c["metrics"]["private_test_acc_tta_default"],
-                 100 * c["metrics"]["tta_mirrored_fraction_private"], c["metrics"]["public_test_acc_by_tta_threshold"])
+        log.info(
+            "%s: tta=%s threshold %.2f, private %.4f (mirrored %.1f %%), public by threshold %s",
+            name,
+            c["tta"],
+            c["tta_threshold"],
+            c["metrics"]["private_test_acc_tta_default"],
+            100 * c["metrics"]["tta_mirrored_fraction_private"],
+            c["metrics"]["public_test_acc_by_tta_threshold"],
+        )
     sys.path.insert(0, str(ROOT / "scripts"))
     from build_models import write_manifest
 
@@ -702,14 +728,31 @@ def _phase_summary(wd: Path) -> dict:
     """Config and public-accuracy curve of a finished run (for the manifest)."""
     cfg = json.loads((wd / "config.json").read_text())
     hist = json.loads((wd / "history.json").read_text())["epochs"]
-    keys = ("epochs", "batch_size", "lr", "warmup_epochs", "weight_decay", "label_smoothing", "cw_power",
-            "dropout", "erase_p", "aug_strength", "seed", "widths", "convs", "crop")
+    keys = (
+        "epochs",
+        "batch_size",
+        "lr",
+        "warmup_epochs",
+        "weight_decay",
+        "label_smoothing",
+        "cw_power",
+        "dropout",
+        "erase_p",
+        "aug_strength",
+        "seed",
+        "widths",
+        "convs",
+        "crop",
+    )
     out = {k: cfg.get(k) for k in keys}
     if out["aug_strength"] is None:  # runs from before the flag existed
         out["aug_strength"] = 1.0
-    out.update(workdir=str(wd), epochs_run=len(hist),
-               public_acc_curve=[round(h["public_acc"], 4) for h in hist],
-               mean_epoch_s_2cpu=float(np.mean([h["epoch_s"] for h in hist])))
+    out.update(
+        workdir=str(wd),
+        epochs_run=len(hist),
+        public_acc_curve=[round(h["public_acc"], 4) for h in hist],
+        mean_epoch_s_2cpu=float(np.mean([h["epoch_s"] for h in hist])),
+    )
     if cfg.get("init_from"):
         out["previous_phase"] = _phase_summary(Path(cfg["init_from"]))
     return out
@@ -825,24 +868,46 @@ def export(args) -> int:
     pi, fi = tflite_outputs(it)
     odet = it.get_output_details()
     summary = {
-        "keras_public_test_acc": acc_pu, "keras_public_test_acc_flip_tta": acc_pu_tta,
-        "keras_private_test_acc": acc_pr, "keras_private_test_acc_flip_tta": acc_pr_tta,
-        "best_epoch": meta["epoch"], "epochs_run": len(hist),
+        "keras_public_test_acc": acc_pu,
+        "keras_public_test_acc_flip_tta": acc_pu_tta,
+        "keras_private_test_acc": acc_pr,
+        "keras_private_test_acc_flip_tta": acc_pr_tta,
+        "best_epoch": meta["epoch"],
+        "epochs_run": len(hist),
         "public_acc_curve": [round(h["public_acc"], 4) for h in hist],
         "mean_epoch_s": float(np.mean([h["epoch_s"] for h in hist])),
     }
     (wd / "export_metrics.json").write_text(json.dumps({"summary": summary, "tflite": metrics}, indent=2) + "\n")
 
-    train_cfg = {k: cfg[k] for k in ("epochs", "batch_size", "lr", "warmup_epochs", "weight_decay",
-                                     "label_smoothing", "cw_power", "dropout", "erase_p", "seed",
-                                     "widths", "convs", "crop", "params")}
-    train_cfg.update(best_epoch=meta["epoch"], epochs_run=len(hist), optimizer="SGD nesterov 0.9",
-                     schedule="one-cycle (linear warm-up, cosine)",
-                     augmentation="flip, rotation +-10 deg, scale +-10%, shift +-10%, 44x44 crop, "
-                                  "brightness +-25, contrast +-25%, random erasing",
-                     imbalance="class weights (n_max/n_c)^cw_power + label smoothing",
-                     mean_epoch_s_2cpu=summary["mean_epoch_s"],
-                     public_acc_curve=summary["public_acc_curve"])
+    train_cfg = {
+        k: cfg[k]
+        for k in (
+            "epochs",
+            "batch_size",
+            "lr",
+            "warmup_epochs",
+            "weight_decay",
+            "label_smoothing",
+            "cw_power",
+            "dropout",
+            "erase_p",
+            "seed",
+            "widths",
+            "convs",
+            "crop",
+            "params",
+        )
+    }
+    train_cfg.update(
+        best_epoch=meta["epoch"],
+        epochs_run=len(hist),
+        optimizer="SGD nesterov 0.9",
+        schedule="one-cycle (linear warm-up, cosine)",
+        augmentation="flip, rotation +-10 deg, scale +-10%, shift +-10%, 44x44 crop, brightness +-25, contrast +-25%, random erasing",
+        imbalance="class weights (n_max/n_c)^cw_power + label smoothing",
+        mean_epoch_s_2cpu=summary["mean_epoch_s"],
+        public_acc_curve=summary["public_acc_curve"],
+    )
     train_cfg["aug_strength"] = cfg.get("aug_strength", 1.0)
     if cfg.get("init_from"):  # fine-tuning phase: describe the run it started from too
         train_cfg["phase"] = "fine-tuning from the best weights of the previous phase"
@@ -850,62 +915,86 @@ def export(args) -> int:
     elif cfg.get("init_from_tflite_info"):  # continued from a shipped model: keep its history
         info = cfg["init_from_tflite_info"]
         train_cfg["phase"] = "continued training from the weights of an earlier shipped model"
-        train_cfg["previous_phase"] = dict(info.get("training") or {},
-                                           sha256=info["sha256"],
-                                           public_acc_at_start=info["public_acc_at_start"])
+        train_cfg["previous_phase"] = dict(info.get("training") or {}, sha256=info["sha256"], public_acc_at_start=info["public_acc_at_start"])
     if cfg.get("weight_average"):  # an average of several checkpoints (--average)
         train_cfg["weight_average"] = cfg["weight_average"]
     if members:  # the other networks of an ensemble, with their own training histories
         train_cfg["ensemble"] = {
             "how": "mean of the members' probabilities; features concatenated",
-            "members": [{"sha256": mb["sha256"], "file_then": Path(mb["file"]).name,
-                         "training": mb["training"]} for mb in members]}
+            "members": [{"sha256": mb["sha256"], "file_then": Path(mb["file"]).name, "training": mb["training"]} for mb in members],
+        }
     entries = []
     for kind, path in files.items():
         m = metrics[kind]
-        entries.append({
-            "name": f"emoadapt_fer_{kind}",
-            "file": path.name,
-            "kind": "emotion_backbone",
-            "classes": CLASSES,
-            # the runtime's default test-time augmentation (mean with the mirror image), chosen
-            # on the public test like every other model choice
-            "tta": m["tta_choice"]["tta"],
-            "tta_threshold": m["tta_choice"]["tta_threshold"],
-            "source": {"package": "emoadapt (trained by scripts/train_backbone.py)",
-                       "data": "FER2013 train split", "version": "0.1.0", "registry": None,
-                       "path": "scripts/train_backbone.py",
-                       "quantization": "dynamic-range (tf.lite.Optimize.DEFAULT)" if kind == "int8" else "none (float32)"},
-            "licence": "MIT (emoadapt's own weights). Trained on FER2013, whose terms allow research use only; "
-                       "check them before commercial use.",
-            "inputs": {"shape": [None, IMG, IMG, 1], "dtype": "float32", "channels": 1, "color": "gray",
-                       "scale": 1.0, "offset": 0.0, "classes": CLASSES, "name": "image", "align": "fer2013",
-                       "note": "raw gray pixels 0..255, face aligned/cropped as FER2013; model normalizes "
-                               "and centre-crops 44x44 internally; batch dimension is dynamic"},
-            "outputs": {
-                "probs": {"shape": [None, len(CLASSES)], "name": odet[pi]["name"], "output_position": pi,
-                          "tensor_index": int(odet[pi]["index"]),
-                          "signature_key": "probs", "activation": "softmax"},
-                "features": {"shape": [None, feat_dim], "name": odet[fi]["name"], "output_position": fi,
-                             "tensor_index": int(odet[fi]["index"]),
-                             "signature_key": "features",
-                             "layer": "post-ReLU 256-d hidden layer before the classifier"
-                                      + (f", concatenated over the {len(cores)} ensemble members" if members else "")},
-                "identify": "preferred: get_signature_runner('serving_default') output keys 'probs' / 'features'; "
-                            "raw interpreter: get_output_details() tensor names are generic "
-                            f"(StatefulPartitionedCall:N), so pick by last dimension (7 = probs, {feat_dim} = features); "
-                            "output_position / tensor_index are recorded for this exact file",
-            },
-            "metrics": {"public_test_acc": m["public_test_acc"], "private_test_acc": m["private_test_acc"],
-                        "public_test_acc_flip_tta": m["public_test_acc_flip_tta"],
-                        "private_test_acc_flip_tta": m["private_test_acc_flip_tta"],
-                        "private_test_recall_per_class": m["private_test_recall_per_class"],
-                        "probs_max_abs_diff_vs_keras": m["probs_max_abs_diff_vs_keras"],
-                        "ms_per_face_1thread_batch1": round(m["ms_per_face_1thread_batch1"], 3),
-                        "ms_per_face_1thread_batch32": round(m["ms_per_face_1thread_batch32"], 3),
-                        **m["tta_choice"]["metrics"]},
-            "training": train_cfg,
-        })
+        entries.append(
+            {
+                "name": f"emoadapt_fer_{kind}",
+                "file": path.name,
+                "kind": "emotion_backbone",
+                "classes": CLASSES,
+                # the runtime's default test-time augmentation (mean with the mirror image), chosen
+                # on the public test like every other model choice
+                "tta": m["tta_choice"]["tta"],
+                "tta_threshold": m["tta_choice"]["tta_threshold"],
+                "source": {
+                    "package": "emoadapt (trained by scripts/train_backbone.py)",
+                    "data": "FER2013 train split",
+                    "version": "0.1.0",
+                    "registry": None,
+                    "path": "scripts/train_backbone.py",
+                    "quantization": "dynamic-range (tf.lite.Optimize.DEFAULT)" if kind == "int8" else "none (float32)",
+                },
+                "licence": "MIT (emoadapt's own weights). Trained on FER2013, whose terms allow research use only; check them before commercial use.",
+                "inputs": {
+                    "shape": [None, IMG, IMG, 1],
+                    "dtype": "float32",
+                    "channels": 1,
+                    "color": "gray",
+                    "scale": 1.0,
+                    "offset": 0.0,
+                    "classes": CLASSES,
+                    "name": "image",
+                    "align": "fer2013",
+                    "note": "raw gray pixels 0..255, face aligned/cropped as FER2013; model normalizes "
+                    "and centre-crops 44x44 internally; batch dimension is dynamic",
+                },
+                "outputs": {
+                    "probs": {
+                        "shape": [None, len(CLASSES)],
+                        "name": odet[pi]["name"],
+                        "output_position": pi,
+                        "tensor_index": int(odet[pi]["index"]),
+                        "signature_key": "probs",
+                        "activation": "softmax",
+                    },
+                    "features": {
+                        "shape": [None, feat_dim],
+                        "name": odet[fi]["name"],
+                        "output_position": fi,
+                        "tensor_index": int(odet[fi]["index"]),
+                        "signature_key": "features",
+                        "layer": "post-ReLU 256-d hidden layer before the classifier"
+                        + (f", concatenated over the {len(cores)} ensemble members" if members else ""),
+                    },
+                    "identify": "preferred: get_signature_runner('serving_default') output keys 'probs' / 'features'; "
+                    "raw interpreter: get_output_details() tensor names are generic "
+                    f"(StatefulPartitionedCall:N), so pick by last dimension (7 = probs, {feat_dim} = features); "
+                    "output_position / tensor_index are recorded for this exact file",
+                },
+                "metrics": {
+                    "public_test_acc": m["public_test_acc"],
+                    "private_test_acc": m["private_test_acc"],
+                    "public_test_acc_flip_tta": m["public_test_acc_flip_tta"],
+                    "private_test_acc_flip_tta": m["private_test_acc_flip_tta"],
+                    "private_test_recall_per_class": m["private_test_recall_per_class"],
+                    "probs_max_abs_diff_vs_keras": m["probs_max_abs_diff_vs_keras"],
+                    "ms_per_face_1thread_batch1": round(m["ms_per_face_1thread_batch1"], 3),
+                    "ms_per_face_1thread_batch32": round(m["ms_per_face_1thread_batch32"], 3),
+                    **m["tta_choice"]["metrics"],
+                },
+                "training": train_cfg,
+            }
+        )
     if args.register:
         sys.path.insert(0, str(ROOT / "scripts"))
         from build_models import update_manifest
@@ -917,20 +1006,25 @@ def export(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", choices=("vgg", "faceres"), default="vgg",
-                    help="vgg: our VGG-style CNN from scratch; faceres: the VGGFace2 MobileNet, identity "
-                         "weights, fine-tuned (scripts/face_backbone.py)")
+    ap.add_argument(
+        "--arch",
+        choices=("vgg", "faceres"),
+        default="vgg",
+        help="vgg: our VGG-style CNN from scratch; faceres: the VGGFace2 MobileNet, identity weights, fine-tuned (scripts/face_backbone.py)",
+    )
     ap.add_argument("--input-size", type=int, default=96, help="faceres: side the 48x48 face is resized to")
-    ap.add_argument("--unfreeze-from", type=int, default=12,
-                    help="faceres: first trainable block (1..13); the blocks below are frozen and cached")
-    ap.add_argument("--labels", choices=("orig", "ferplus-soft", "ferplus-majority"), default="orig",
-                    help="faceres: FER2013 labels, FERPlus votes as soft targets, or the FERPlus majority")
-    ap.add_argument("--cache-dir", default=str(ROOT / "cache" / "face_backbone"),
-                    help="faceres: where the frozen blocks' outputs are cached")
-    ap.add_argument("--trunk-lr-mult", type=float, default=0.1,
-                    help="faceres: learning rate of the pretrained blocks relative to --lr (the new head's)")
-    ap.add_argument("--face-name", default="emoadapt_faceres",
-                    help="faceres export: manifest name prefix (<name>_f32 / <name>_int8) in a non-default --out-dir")
+    ap.add_argument("--unfreeze-from", type=int, default=12, help="faceres: first trainable block (1..13); the blocks below are frozen and cached")
+    ap.add_argument(
+        "--labels",
+        choices=("orig", "ferplus-soft", "ferplus-majority"),
+        default="orig",
+        help="faceres: FER2013 labels, FERPlus votes as soft targets, or the FERPlus majority",
+    )
+    ap.add_argument("--cache-dir", default=str(ROOT / "cache" / "face_backbone"), help="faceres: where the frozen blocks' outputs are cached")
+    ap.add_argument("--trunk-lr-mult", type=float, default=0.1, help="faceres: learning rate of the pretrained blocks relative to --lr (the new head's)")
+    ap.add_argument(
+        "--face-name", default="emoadapt_faceres", help="faceres export: manifest name prefix (<name>_f32 / <name>_int8) in a non-default --out-dir"
+    )
     ap.add_argument("--epochs", type=int, default=24)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.05, help="peak learning rate (SGD)")
@@ -940,24 +1034,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cw-power", type=float, default=0.5, help="class weight (n_max/n_c)**power; 0 = none")
     ap.add_argument("--dropout", type=float, default=0.4)
     ap.add_argument("--erase-p", type=float, default=0.5)
-    ap.add_argument("--aug-strength", type=float, default=1.0,
-                    help="scale of the affine / photometric augmentation ranges")
-    ap.add_argument("--init-from", default=None,
-                    help="workdir of a previous run: start from its best weights (fine-tuning phase)")
-    ap.add_argument("--init-from-tflite", default=None,
-                    help="an exported emoadapt_fer float32 .tflite: continue training from its weights "
-                         "(BatchNorm rebuilt from the folded layers; fresh optimizer and schedule; "
-                         "--widths/--convs/--crop must match it)")
-    ap.add_argument("--init-member", type=int, default=0,
-                    help="with --init-from-tflite on an exported ensemble: which network to continue (0 = first)")
-    ap.add_argument("--ensemble-with-tflite", action="append", default=None, metavar="F32_TFLITE",
-                    help="export: average the trained network with this exported float32 model of the "
-                         "same architecture (repeatable); features are concatenated")
-    ap.add_argument("--average", nargs="+", default=None, metavar="SRC",
-                    help="average these checkpoints' weights (checkpoint prefixes or float32 .tflite files), "
-                         "recalibrate BatchNorm, write --workdir/best for --export-only")
-    ap.add_argument("--config-from", default=None,
-                    help="with --average: the run whose config.json / history.json describe the network")
+    ap.add_argument("--aug-strength", type=float, default=1.0, help="scale of the affine / photometric augmentation ranges")
+    ap.add_argument("--init-from", default=None, help="workdir of a previous run: start from its best weights (fine-tuning phase)")
+    ap.add_argument(
+        "--init-from-tflite",
+        default=None,
+        help="an exported emoadapt_fer float32 .tflite: continue training from its weights "
+        "(BatchNorm rebuilt from the folded layers; fresh optimizer and schedule; "
+        "--widths/--convs/--crop must match it)",
+    )
+    ap.add_argument("--init-member", type=int, default=0, help="with --init-from-tflite on an exported ensemble: which network to continue (0 = first)")
+    ap.add_argument(
+        "--ensemble-with-tflite",
+        action="append",
+        default=None,
+        metavar="F32_TFLITE",
+        help="export: average the trained network with this exported float32 model of the same architecture (repeatable); features are concatenated",
+    )
+    ap.add_argument(
+        "--average",
+        nargs="+",
+        default=None,
+        metavar="SRC",
+        help="average these checkpoints' weights (checkpoint prefixes or float32 .tflite files), recalibrate BatchNorm, write --workdir/best for --export-only",
+    )
+    ap.add_argument("--config-from", default=None, help="with --average: the run whose config.json / history.json describe the network")
     ap.add_argument("--widths", default="32,64,128,256")
     ap.add_argument("--convs", default="1,2,2,2")
     ap.add_argument("--crop", type=int, default=44)
@@ -966,20 +1067,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--map-threads", type=int, default=1)
     ap.add_argument("--train-subset", type=int, default=0, help="use a random subset of N training images (tests)")
-    ap.add_argument("--stop-after", type=int, default=None,
-                    help="stop after this many epochs in this invocation (simulates an interruption)")
+    ap.add_argument("--stop-after", type=int, default=None, help="stop after this many epochs in this invocation (simulates an interruption)")
     ap.add_argument("--jit", action="store_true", help="XLA-compile the train step")
     ap.add_argument("--workdir", default=str(ROOT / "runs" / "backbone"))
     ap.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--probe-steps", type=int, default=0, help="time N train steps and exit")
     ap.add_argument("--export-only", action="store_true", help="export the best checkpoint and exit")
-    ap.add_argument("--choose-tta", action="store_true",
-                    help="choose and record the runtime TTA setting (selective threshold) of the shipped "
-                         "emoadapt_fer files in <out-dir>/manifest.json, then exit (no TensorFlow needed)")
+    ap.add_argument(
+        "--choose-tta",
+        action="store_true",
+        help="choose and record the runtime TTA setting (selective threshold) of the shipped "
+        "emoadapt_fer files in <out-dir>/manifest.json, then exit (no TensorFlow needed)",
+    )
     ap.add_argument("--export-after", action="store_true", help="export when training ends")
     ap.add_argument("--out-dir", default=str(ROOT / "models"))
-    ap.add_argument("--register", action=argparse.BooleanOptionalAction, default=True,
-                    help="register the exported files in <out-dir>/manifest.json")
+    ap.add_argument("--register", action=argparse.BooleanOptionalAction, default=True, help="register the exported files in <out-dir>/manifest.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.choose_tta:

@@ -74,6 +74,6 @@ def test_captions_are_readable_on_every_class_colour(cremad_clips):
         draw_face(img, (150.0, 100.0, 300.0, 250.0), label, 0.5)
         # inside the caption box (above the face box): the class colour and the text colour
         (tw, th), base = cv2.getTextSize(f"{label} 50%", cv2.FONT_HERSHEY_SIMPLEX, 0.5, 2)
-        box = img[100 - 4 - th:100 - 4, 152:150 + tw].reshape(-1, 3)
+        box = img[100 - 4 - th : 100 - 4, 152 : 150 + tw].reshape(-1, 3)
         near = lambda c, box=box: (np.abs(box.astype(int) - c).sum(1) < 60).mean()  # noqa: E731
         assert near(color) > 0.4 and near(text_color(color)) > 0.02, label

@@ -132,11 +132,13 @@ def test_version_backbone_choices_and_option_combinations(capsys):
     emotion = sorted(k for k, v in zoo.manifest()["models"].items() if v.get("kind") == "emotion_backbone")
     backbone = next(a for a in cli.build_parser()._actions if a.dest == "backbone")
     assert sorted(backbone.choices) == emotion and "mtcnn_pnet" not in emotion
-    for argv, msg in [(["--backbone", "mtcnn_pnet", "users"], "invalid choice: 'mtcnn_pnet'"),
-                      (["predict", "--backbone", "dlib_resnet", "x.mp4"], "invalid choice: 'dlib_resnet'"),
-                      (["predict", "--timeline", "x.mp4"], "--timeline applies to --format json only"),
-                      (["predict", "--format", "csv", "--timeline", "x.mp4"], "--timeline applies to --format json only"),
-                      (["predict", "--table", "clips", "x.mp4"], "--table applies to --format csv only")]:
+    for argv, msg in [
+        (["--backbone", "mtcnn_pnet", "users"], "invalid choice: 'mtcnn_pnet'"),
+        (["predict", "--backbone", "dlib_resnet", "x.mp4"], "invalid choice: 'dlib_resnet'"),
+        (["predict", "--timeline", "x.mp4"], "--timeline applies to --format json only"),
+        (["predict", "--format", "csv", "--timeline", "x.mp4"], "--timeline applies to --format json only"),
+        (["predict", "--table", "clips", "x.mp4"], "--table applies to --format csv only"),
+    ]:
         with pytest.raises(SystemExit) as e:
             cli.main(argv)
         err = capsys.readouterr().err
@@ -181,8 +183,14 @@ def test_progress_bars_only_on_a_terminal(cremad_clips):
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        p = subprocess.run([sys.executable, "-m", "emoadapt.cli", "predict", str(cremad_clips[0]), str(cremad_clips[1]),
-                            "--max-frames", "20"], stdout=subprocess.PIPE, stderr=slave, cwd=ROOT, timeout=300, check=False)
+        p = subprocess.run(
+            [sys.executable, "-m", "emoadapt.cli", "predict", str(cremad_clips[0]), str(cremad_clips[1]), "--max-frames", "20"],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            cwd=ROOT,
+            timeout=300,
+            check=False,
+        )
     finally:
         os.close(slave)
         reader.join(timeout=10)

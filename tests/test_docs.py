@@ -20,8 +20,15 @@ _MISSING = [m for m in ("mkdocs", "mkdocstrings", "mkdocstrings_handlers.python"
 @pytest.mark.skipif(bool(_MISSING), reason=f"mkdocs not installed ({', '.join(_MISSING)}): pip install -e '.[docs]'")
 def test_docs_build_strict_and_cli_page_is_the_parser(tmp_path):
     site = tmp_path / "site"
-    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    r = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     from emoadapt import zoo
     from emoadapt.cli import _subparsers, build_parser

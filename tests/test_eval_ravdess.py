@@ -176,8 +176,27 @@ def test_root_mode_end_to_end_on_tiny_cremad_tree(tmp_path, cremad_clips):
     for k in feats:
         np.testing.assert_array_equal(again[k], feats[k])
     out = tmp_path / "out"
-    res = ev.main(["--root", str(tmp_path / "tree"), "--cache", str(cache), "--fps", "5", "--users", "1", "--seeds", "1",
-                   "--no-tune", "--test-size", "0.5", "--json", str(out / "r.json"), "--workers", "1"])
+    res = ev.main(
+        [
+            "--root",
+            str(tmp_path / "tree"),
+            "--cache",
+            str(cache),
+            "--fps",
+            "5",
+            "--users",
+            "1",
+            "--seeds",
+            "1",
+            "--no-tune",
+            "--test-size",
+            "0.5",
+            "--json",
+            str(out / "r.json"),
+            "--workers",
+            "1",
+        ]
+    )
     assert _stamps(cache) == stamps  # the protocol read the dataset only
     heads = res["heads"]
     assert {"max", "single_attention", "self_attention"} <= set(heads)

@@ -91,9 +91,28 @@ def test_face_path_resumes_exactly(tmp_path):
     pytest.importorskip("tensorflow")
     _human_models()
     tb = load_script("train_backbone")
-    common = ["--arch", "faceres", "--input-size", "64", "--unfreeze-from", "12", "--labels", "ferplus-soft",
-              "--epochs", "2", "--batch-size", "32", "--lr", "1e-3", "--train-subset", "160", "--threads", "1",
-              "--cache-dir", str(tmp_path / "cache")]
+    common = [
+        "--arch",
+        "faceres",
+        "--input-size",
+        "64",
+        "--unfreeze-from",
+        "12",
+        "--labels",
+        "ferplus-soft",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--lr",
+        "1e-3",
+        "--train-subset",
+        "160",
+        "--threads",
+        "1",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     assert tb.main(common + ["--workdir", str(tmp_path / "a")]) == 0
     assert tb.main(common + ["--workdir", str(tmp_path / "b"), "--stop-after", "1"]) == 0
     hb = json.loads((tmp_path / "b" / "history.json").read_text())["epochs"]

@@ -25,10 +25,15 @@ def windows(recognizer, cremad_clips):
     return train, test
 
 
-@pytest.mark.parametrize("make", [lambda: SingleAttentionHead(seed=0, epochs=150, lr=0.01),
-                                  lambda: SelfAttentionHead(d_k=32, seed=0, epochs=150, lr=0.01),
-                                  lambda: StatPoolingHead(pooling=("max",), seed=0, epochs=150, lr=0.01)],
-                         ids=["single_attention", "self_attention", "max"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: SingleAttentionHead(seed=0, epochs=150, lr=0.01),
+        lambda: SelfAttentionHead(d_k=32, seed=0, epochs=150, lr=0.01),
+        lambda: StatPoolingHead(pooling=("max",), seed=0, epochs=150, lr=0.01),
+    ],
+    ids=["single_attention", "self_attention", "max"],
+)
 def test_heads_train_converge_and_roundtrip_on_cremad_features(make, windows, tmp_path):
     (xtr, ytr), (xte, yte) = windows
     head = make().fit(xtr, ytr)

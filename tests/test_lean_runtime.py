@@ -38,8 +38,9 @@ def _runtime_deps() -> list[str]:
 
 
 def test_runtime_works_without_the_optional_packages(tmp_path, cremad_clips):
-    r = subprocess.run([sys.executable, "-c", SCRIPT, str(cremad_clips[3]), str(tmp_path / "home")], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300, check=False)
+    r = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(cremad_clips[3]), str(tmp_path / "home")], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "LOADED" in r.stdout
     deps = _runtime_deps()

@@ -161,8 +161,11 @@ def test_centering_on_the_user_helps_on_their_other_style_and_round_trips(recogn
     assert np.allclose(back.predict_proba(test), head.predict_proba(test))
     arrays = head_to_arrays(head)
     assert all(a.dtype != object for a in arrays.values())
-    for bad in ({**arrays, "offset": arrays["offset"][:-1]}, {**arrays, "offset": np.full_like(arrays["offset"], np.nan)},
-                {k: v for k, v in arrays.items() if k != "offset"}):
+    for bad in (
+        {**arrays, "offset": arrays["offset"][:-1]},
+        {**arrays, "offset": np.full_like(arrays["offset"], np.nan)},
+        {k: v for k, v in arrays.items() if k != "offset"},
+    ):
         with pytest.raises(ModelIntegrityError):
             head_from_arrays(bad)
     with pytest.raises(InvalidInputError):
@@ -212,7 +215,9 @@ def test_cli_adapt_prints_the_choice_and_evidence(tmp_path, cremad_clips):
     home = str(tmp_path / "home")
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "emoadapt.cli", "-q", "--home", home, *args], check=False, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        return subprocess.run(
+            [sys.executable, "-m", "emoadapt.cli", "-q", "--home", home, *args], check=False, capture_output=True, text=True, timeout=300, cwd=ROOT
+        )
 
     for c, lab in zip(cremad_clips[:2], ("angry", "disgust")):
         r = cli("correct", str(c), lab, "--user", "bob", "--force", "--max-frames", "6")

@@ -18,8 +18,21 @@ _OPTIONAL = {"emoadapt.extract": "pyarrow", "emoadapt.web.app": "starlette"}
 _NOT_EXPORTED: dict[str, set[str]] = {
     # the command line's parser and command handlers: reached through main() (the console
     # script), importable by tests, not an API
-    "emoadapt.cli": {"build_parser", "cli_message", "quiet_native_logs", "cmd_adapt", "cmd_annotate", "cmd_correct", "cmd_enroll",
-                     "cmd_extract", "cmd_forget", "cmd_live", "cmd_predict", "cmd_serve", "cmd_users"},
+    "emoadapt.cli": {
+        "build_parser",
+        "cli_message",
+        "quiet_native_logs",
+        "cmd_adapt",
+        "cmd_annotate",
+        "cmd_correct",
+        "cmd_enroll",
+        "cmd_extract",
+        "cmd_forget",
+        "cmd_live",
+        "cmd_predict",
+        "cmd_serve",
+        "cmd_users",
+    },
     # thread/interpreter plumbing shared by the runtime modules (zoo.py is being reworked on
     # another branch; whether these become public or private is decided there)
     "emoadapt.zoo": {"check_threads", "default_threads", "interpreter_lease"},
@@ -45,7 +58,8 @@ def test_all_lists_exactly_the_public_api(name):
     missing = [n for n in exported if not hasattr(mod, n)]
     assert not missing, f"{name}.__all__ names what it does not define: {missing}"
     defined = {
-        n for n, obj in vars(mod).items()
+        n
+        for n, obj in vars(mod).items()
         if not n.startswith("_") and (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(obj, "__module__", None) == name
     }
     unlisted = sorted(defined - set(exported) - _NOT_EXPORTED.get(name, set()))

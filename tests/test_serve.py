@@ -102,7 +102,13 @@ def test_page_carries_the_token_and_a_strict_policy(client):
     refs = [x for x in re.findall(r'(?:src|href)="([^"]*)"', r.text) if x != "data:,"]
     assert sorted(refs) == ["/static/app.js", "/static/style.css"]
     assert "https:" not in r.text + js.text + css.text and "@import" not in css.text
-    assert sorted(set(re.findall(r'api\("(?:GET|POST|DELETE)", [`"]([^`"?$]+)', js.text))) == ["/api/correct", "/api/enroll", "/api/predict", "/api/users", "/api/users/"]
+    assert sorted(set(re.findall(r'api\("(?:GET|POST|DELETE)", [`"]([^`"?$]+)', js.text))) == [
+        "/api/correct",
+        "/api/enroll",
+        "/api/predict",
+        "/api/users",
+        "/api/users/",
+    ]
     info = client.get("/api/info").json()
     assert info["classes"] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
     assert info["max_seconds"] == 10.0 and info["max_upload_bytes"] == 20_000_000
@@ -246,7 +252,7 @@ def test_size_and_length_limits(make, cremad_clips):
 
     def chunked():  # no Content-Length: the limit is enforced while reading
         for i in range(0, len(clip), 4096):
-            yield clip[i:i + 4096]
+            yield clip[i : i + 4096]
 
     r = small.post("/api/predict", content=chunked(), headers=small.hdr)
     assert r.status_code == 413 and r.json()["error"] == "too_large"
@@ -267,8 +273,12 @@ def test_cross_origin_and_token_refusals(client, cremad_clips, rec):
         {**client.hdr, "Origin": "null"},
         {**client.hdr, "Sec-Fetch-Site": "cross-site"},
     ):
-        for method, path, kw in (("POST", "/api/predict", {"content": clip}), ("POST", "/api/enroll?user=mallory", {"content": clip}),
-                                 ("DELETE", "/api/users/mallory", {}), ("POST", "/api/users/mallory/adapt", {})):
+        for method, path, kw in (
+            ("POST", "/api/predict", {"content": clip}),
+            ("POST", "/api/enroll?user=mallory", {"content": clip}),
+            ("DELETE", "/api/users/mallory", {}),
+            ("POST", "/api/users/mallory/adapt", {}),
+        ):
             r = client.request(method, path, headers=headers, **kw)
             assert r.status_code == 403 and r.json()["error"] == "forbidden", (headers, path, r.text)
     assert rec.users() == users
@@ -290,8 +300,14 @@ def test_cli_serve_runs_and_needs_the_extra(tmp_path, monkeypatch, capsys):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "emoadapt.cli", "--home", str(tmp_path / "home"), "serve", "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emoadapt.cli", "--home", str(tmp_path / "home"), "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         page = None
         for _ in range(300):

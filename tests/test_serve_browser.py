@@ -34,8 +34,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 webdriver = pytest.importorskip("selenium.webdriver", reason="the browser tests need selenium: pip install -e '.[test]'")
 if not (CHROMIUM and DRIVER):
-    pytest.skip("the browser tests need Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver",
-                allow_module_level=True)
+    pytest.skip("the browser tests need Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver", allow_module_level=True)
 pytest.importorskip("starlette", reason='emoadapt serve needs the serve extra: pip install -e ".[serve]"')
 pytest.importorskip("uvicorn", reason='emoadapt serve needs the serve extra: pip install -e ".[serve]"')
 
@@ -100,8 +99,13 @@ def server(tmp_path, cremad_clips):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TMPDIR": str(uploads)}
     url = f"http://127.0.0.1:{port}/"
     with open(tmp_path / "server.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "emoadapt.cli", "--home", str(home), "serve", "--port", str(port),
-                                 "--fps", "10", "--adapt-every", "0"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "emoadapt.cli", "--home", str(home), "serve", "--port", str(port), "--fps", "10", "--adapt-every", "0"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             for _ in range(600):
                 assert proc.poll() is None, (tmp_path / "server.log").read_text()
@@ -123,10 +127,22 @@ def browser(tmp_path, cremad_clips):
     camera = write_y4m(_frames(next(p for p in cremad_clips if "_ANG_" in p.name)), tmp_path / "camera.y4m")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1400,1250",
-                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={camera}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=1400,1250",
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-video-capture={camera}",
+    ):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=opts, service=Service(DRIVER))
@@ -137,8 +153,9 @@ def browser(tmp_path, cremad_clips):
 
 
 def _wait(driver, cond, what: str):
-    return WebDriverWait(driver, WAIT, poll_frequency=0.2).until(lambda d: cond(d), message=f"timed out waiting for {what}: "
-                                                                 + driver.find_element(By.ID, "message").text)
+    return WebDriverWait(driver, WAIT, poll_frequency=0.2).until(
+        lambda d: cond(d), message=f"timed out waiting for {what}: " + driver.find_element(By.ID, "message").text
+    )
 
 
 def test_record_from_the_camera_correct_and_adapt(server, browser, cremad_clips):

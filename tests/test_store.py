@@ -124,8 +124,9 @@ def test_float32_round_trip_is_bit_exact(store):
         hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=90),
         elements=st.floats(width=32, allow_nan=False, allow_infinity=False),
     ),
-    label=st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Cf", "Co", "Zl", "Zp")), min_size=1, max_size=60)
-    .filter(lambda s: s.strip() and not any(ord(c) in store_mod._INVISIBLE for c in unicodedata.normalize("NFKC", s))),
+    label=st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Cf", "Co", "Zl", "Zp")), min_size=1, max_size=60).filter(
+        lambda s: s.strip() and not any(ord(c) in store_mod._INVISIBLE for c in unicodedata.normalize("NFKC", s))
+    ),
 )
 def test_any_finite_float32_clip_and_label_round_trip(tmp_path_factory, arr, label):
     """Any visible label is stored as it displays: NFKC, space runs collapsed, stripped."""
@@ -596,6 +597,7 @@ def _run_unprivileged(fn) -> tuple[str, str]:
     uid/gid 65534 (nobody) first: the permission checks it meets are real. As a normal
     user the function simply runs in-process.
     """
+
     def call() -> tuple[str, str]:
         try:
             fn()

@@ -67,8 +67,9 @@ def test_windows_hop_over_the_source_with_their_times(recognizer, cremad_clips):
     for w in windows:
         sel = [at[f.index] for f in w.timeline]
         np.testing.assert_array_equal(w.features, ref.features[sel])
-        part = emoadapt.Result(label=None, probabilities={}, frames=len(sel), faces=len(sel), features=ref.features[sel],
-                               frame_probabilities=ref.frame_probabilities[sel])
+        part = emoadapt.Result(
+            label=None, probabilities={}, frames=len(sel), faces=len(sel), features=ref.features[sel], frame_probabilities=ref.frame_probabilities[sel]
+        )
         recognizer._classify(part, None)
         assert w.label == part.label
         assert max(abs(w.probabilities[k] - part.probabilities[k]) for k in part.probabilities) <= 1e-6
@@ -163,8 +164,16 @@ def _default_sigint() -> None:
 
 def _live(*args: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "emoadapt.cli", "-q", "live", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "emoadapt.cli", "-q", "live", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+        **kw,
+    )
 
 
 def test_live_prints_a_line_per_window(tmp_path, cremad_clips):

@@ -49,7 +49,7 @@ def test_init_from_tflite_reproduces_the_shipped_model(fer_faces):
     assert info["sha256"] == entry["sha256"]
 
     ref_p, ref_f = tb.run_tflite(ROOT / "models" / entry["file"], xte)
-    x = tf.constant(xte[:, m:m + crop, m:m + crop, None].astype(np.float32))
+    x = tf.constant(xte[:, m : m + crop, m : m + crop, None].astype(np.float32))
     p, f, _ = (t.numpy() for t in core(x, training=False))
     np.testing.assert_allclose(p, ref_p, atol=1e-4)
     np.testing.assert_allclose(f, ref_f, atol=1e-3 * max(1.0, float(np.abs(ref_f).max())))
@@ -70,12 +70,20 @@ def test_recalibrate_bn_restores_scrambled_statistics(fer_faces):
     cfg = entry["training"]
     crop = int(cfg["crop"])
     xtr, xte = fer_faces
-    core = tb.build_core(tf, keras, [int(v) for v in cfg["widths"].split(",")], [int(v) for v in cfg["convs"].split(",")],
-                         crop, float(xtr.mean() / 255.0), float(xtr.std() / 255.0), 0.0)
+    core = tb.build_core(
+        tf,
+        keras,
+        [int(v) for v in cfg["widths"].split(",")],
+        [int(v) for v in cfg["convs"].split(",")],
+        crop,
+        float(xtr.mean() / 255.0),
+        float(xtr.std() / 255.0),
+        0.0,
+    )
     tb.init_from_tflite(tf, core, ROOT / "models" / entry["file"], xtr, crop, n_sample=2048)
     ref_p, _ = tb.run_tflite(ROOT / "models" / entry["file"], xte)
     m = (tb.IMG - crop) // 2
-    x = tf.constant(xte[:, m:m + crop, m:m + crop, None].astype(np.float32))
+    x = tf.constant(xte[:, m : m + crop, m : m + crop, None].astype(np.float32))
     bns = [ly for ly in core.layers if isinstance(ly, keras.layers.BatchNormalization)]
     for ly in bns:  # what a plain weight average of two networks could leave behind
         g, b, mu, var = ly.get_weights()

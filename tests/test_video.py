@@ -51,8 +51,14 @@ def test_frame_conversions():
 
 @pytest.mark.parametrize(
     "bad",
-    [np.zeros((3, 4, 4, 2), np.uint8), np.zeros((2, 3, 4, 5, 3), np.uint8), np.full((4, 4, 3), np.nan, np.float32),
-     np.zeros((0, 4, 3), np.uint8), np.array([["a"]]), np.full((4, 4), -3, np.int32)],
+    [
+        np.zeros((3, 4, 4, 2), np.uint8),
+        np.zeros((2, 3, 4, 5, 3), np.uint8),
+        np.full((4, 4, 3), np.nan, np.float32),
+        np.zeros((0, 4, 3), np.uint8),
+        np.array([["a"]]),
+        np.full((4, 4), -3, np.int32),
+    ],
 )
 def test_bad_arrays_raise_invalid_input(bad):
     with pytest.raises(InvalidInputError):

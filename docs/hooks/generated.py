@@ -53,8 +53,10 @@ def _manifest() -> str:
         if isinstance(src, dict):  # package, version, registry and path; the notes stay in the manifest
             reg = f" ({src['registry']})" if src.get("registry") else ""
             src = f"{src.get('package', '')} {src.get('version', '')}{reg}" + (f", `{src['path']}`" if src.get("path") else "")
-        rows.append(f"| `{name}` | {_cell(e.get('kind', '-'))} | `{e['file']}` | {e.get('size', 0) / 1e6:.2f} | "
-                    f"`{e['sha256'][:12]}` | {_cell(src)} | {_cell(e.get('licence', ''))} |")
+        rows.append(
+            f"| `{name}` | {_cell(e.get('kind', '-'))} | `{e['file']}` | {e.get('size', 0) / 1e6:.2f} | "
+            f"`{e['sha256'][:12]}` | {_cell(src)} | {_cell(e.get('licence', ''))} |"
+        )
     defaults = [f"- `{k}`: `{v}`" for k, v in man.get("defaults", {}).items()]
     per = [f"- `{b}`: " + ", ".join(f"{k} `{v}`" for k, v in d.items()) for b, d in man.get("backbone_defaults", {}).items()]
     return "\n".join(rows + ["", "Defaults (`defaults`):", "", *defaults, "", "Per backbone (`backbone_defaults`):", "", *per, ""])

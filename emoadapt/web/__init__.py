@@ -66,7 +66,18 @@ except ImportError as e:  # pragma: no cover - exercised by the CLI test with th
 from .. import errors as _err
 from ..store import normalize_label, normalize_user_name
 
-__all__ = ["DEFAULT_MAX_SECONDS", "DEFAULT_MAX_UPLOAD_MB", "ERROR_STATUS", "LOOPBACK_HOSTS", "STATIC_DIR", "ApiError", "allowed_hosts_for", "create_app", "error_for", "serve"]
+__all__ = [
+    "DEFAULT_MAX_SECONDS",
+    "DEFAULT_MAX_UPLOAD_MB",
+    "ERROR_STATUS",
+    "LOOPBACK_HOSTS",
+    "STATIC_DIR",
+    "ApiError",
+    "allowed_hosts_for",
+    "create_app",
+    "error_for",
+    "serve",
+]
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +276,15 @@ class _App:
 
     async def info(self, request: Request) -> Response:
         users = await self.read(self.rec.users)
-        return _json({"classes": self.rec.classes, "users": users, "max_upload_bytes": self.limits.max_upload_bytes,
-                      "max_seconds": self.limits.max_seconds, "fps": self.limits.fps})
+        return _json(
+            {
+                "classes": self.rec.classes,
+                "users": users,
+                "max_upload_bytes": self.limits.max_upload_bytes,
+                "max_seconds": self.limits.max_seconds,
+                "fps": self.limits.fps,
+            }
+        )
 
     async def users(self, request: Request) -> Response:
         return _json({"users": await self.read(self.rec.users)})
@@ -282,8 +300,9 @@ class _App:
         if res.label is None:
             raise ApiError(422, "no_face", f"no face found in the {res.frames} frame(s) of the clip: face the camera, in good light")
         d = res.to_dict()
-        d.update(fps=res.fps, tracks=max(1, len(res.tracks)), top=[k for k, _ in res.top(3)],
-                 truncated=bool(kw.get("max_frames") and res.frames >= kw["max_frames"]))
+        d.update(
+            fps=res.fps, tracks=max(1, len(res.tracks)), top=[k for k, _ in res.top(3)], truncated=bool(kw.get("max_frames") and res.frames >= kw["max_frames"])
+        )
         for f in d["timeline"]:
             f["time"] = round(f["index"] / res.fps, 4) if res.fps else 0.0
         return _json(d)
@@ -308,11 +327,16 @@ class _App:
                 elif who:  # a head saved during this call: an automatic adapt installed it
                     new = [h for h in self.rec.store.head_versions(who) if h.created >= t0]
                     if new:
-                        adapted = {"user": who, "accepted": True, "version": int(new[-1].version), "reason": "automatic adapt",
-                                   **new[-1].metrics}
+                        adapted = {"user": who, "accepted": True, "version": int(new[-1].version), "reason": "automatic adapt", **new[-1].metrics}
                 n = len(self.rec.corrections(who)) if who else None
-                return {"id": cid, "user": who, "label": getattr(c, "label", None) or normalize_label(label), "corrections": n,
-                        "adapted": adapted, "adapt_error": None if error is None else str(error)}
+                return {
+                    "id": cid,
+                    "user": who,
+                    "label": getattr(c, "label", None) or normalize_label(label),
+                    "corrections": n,
+                    "adapted": adapted,
+                    "adapt_error": None if error is None else str(error),
+                }
 
             out = await self.run(work)
         return _json(out)
@@ -337,8 +361,10 @@ class _App:
         def read() -> list[dict[str, Any]]:
             if not self.rec.store.has_user(user):
                 raise _err.UnknownUserError(f"unknown user {user!r}")
-            return [{"version": int(h.version), "created": h.created, "status": h.status, "n_trained": h.n_trained,
-                     "metrics": h.metrics} for h in self.rec.store.head_versions(user)]
+            return [
+                {"version": int(h.version), "created": h.created, "status": h.status, "n_trained": h.n_trained, "metrics": h.metrics}
+                for h in self.rec.store.head_versions(user)
+            ]
 
         versions = await self.read(read)
         return _json({"user": user, "versions": versions, "reports": self.reports.get(user, [])})
@@ -378,8 +404,8 @@ _PAGE_HEADERS = {
     "X-Frame-Options": "DENY",
     # everything from this server; the camera preview and the recorded clip are blob:/mediastream: URLs
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-                               "media-src 'self' blob: mediastream:; connect-src 'self'; frame-ancestors 'none'; "
-                               "base-uri 'none'; form-action 'none'",
+    "media-src 'self' blob: mediastream:; connect-src 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'none'",
 }
 
 
@@ -447,8 +473,11 @@ def create_app(
         if status >= 500:
             log.error("%s %s: %s: %s", request.method, request.url.path, type(e).__name__, e)
         if isinstance(e, _err.UnknownLabelError):  # what the page offers instead
-            return JSONResponse({"error": code, "message": str(e), "label": e.label, "known": e.known, "suggestions": e.suggestions},
-                                status_code=status, headers={"Cache-Control": "no-store"})
+            return JSONResponse(
+                {"error": code, "message": str(e), "label": e.label, "known": e.known, "suggestions": e.suggestions},
+                status_code=status,
+                headers={"Cache-Control": "no-store"},
+            )
         return _error(status, code, str(e))
 
     app = Starlette(routes=routes, exception_handlers={ApiError: on_api_error, _err.EmoadaptError: on_library_error})
@@ -469,4 +498,3 @@ def serve(recognizer: Any, *, host: str = "127.0.0.1", port: int = 8765, log_lev
     kw.setdefault("allowed_hosts", allowed_hosts_for(host))
     app = create_app(recognizer, **kw)
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
-

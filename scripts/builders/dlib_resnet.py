@@ -143,8 +143,10 @@ def build_tf_module(weights: dict[str, np.ndarray]):
 
     def var(prefix: str) -> tuple[tf.Variable, tf.Variable]:
         f, b = folded_conv(weights, prefix)
-        convs[prefix] = (tf.Variable(f, trainable=False, name=prefix.replace("/", "_") + "_w"),
-                         tf.Variable(b, trainable=False, name=prefix.replace("/", "_") + "_b"))
+        convs[prefix] = (
+            tf.Variable(f, trainable=False, name=prefix.replace("/", "_") + "_w"),
+            tf.Variable(b, trainable=False, name=prefix.replace("/", "_") + "_b"),
+        )
         return convs[prefix]
 
     stem = var("conv32_down")
@@ -219,8 +221,12 @@ def _entry(name: str, file: str, quantization: str) -> dict:
         "inputs": rgb_float_input(
             INPUT_SIZE,
             "in-model: (x - [122.782, 117.001, 104.298]) / 256 (dlib input_rgb_image)",
-            {"method": "dlib get_face_chip", "size": INPUT_SIZE, "padding": 0.25,
-             "landmarks": "5-point; for MTCNN landmarks use emoadapt.identity.MTCNN_CHIP_TEMPLATE"},
+            {
+                "method": "dlib get_face_chip",
+                "size": INPUT_SIZE,
+                "padding": 0.25,
+                "landmarks": "5-point; for MTCNN landmarks use emoadapt.identity.MTCNN_CHIP_TEMPLATE",
+            },
         ),
         "outputs": {"descriptor": 128, "l2_normalized": False, "same_person_threshold_euclidean": 0.6},
     }

@@ -93,8 +93,12 @@ def build(out_dir: Path) -> list[dict]:
             },
             "outputs": {
                 "probs": {"shape": [None, 7], "match": "last dim 7", "tensor": names.get(7)},
-                "features": {"shape": [None, 128], "match": "last dim 128", "tensor": names.get(128),
-                             "what": "global average of the last residual block (add_4)"},
+                "features": {
+                    "shape": [None, 128],
+                    "match": "last dim 128",
+                    "tensor": names.get(128),
+                    "what": "global average of the last residual block (add_4)",
+                },
             },
             "classes": CLASSES,
             "parity": {"max_abs_prob_diff_vs_keras": err},

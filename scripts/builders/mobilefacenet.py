@@ -360,7 +360,11 @@ def _entry(name: str, file: str, quantization: str, check: dict[str, float]) -> 
         "inputs": rgb_float_input(
             INPUT_SIZE,
             "in-model: (x - 127.5) / 128",
-            {"method": "similarity transform of the 5 MTCNN landmarks onto the ArcFace 112x112 template (emoadapt.identity.arcface_crop)", "size": INPUT_SIZE, "template": "arcface"},
+            {
+                "method": "similarity transform of the 5 MTCNN landmarks onto the ArcFace 112x112 template (emoadapt.identity.arcface_crop)",
+                "size": INPUT_SIZE,
+                "template": "arcface",
+            },
         ),
         "outputs": {"embedding": EMBEDDING_DIM, "l2_normalized": False, "compare": "cosine"},
         "check_vs_upstream": check,

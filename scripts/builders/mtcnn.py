@@ -213,7 +213,8 @@ def _inputs(name: str) -> dict:
         "range": [0, 255],
         "normalization": "in-model: (x - 127.5) * 0.0078125 (facenet-pytorch); feed raw pixel values",
         "resize": "runtime: area averaging (torch interpolate mode='area', i.e. adaptive average pooling)",
-        "dynamic": "H and W: resize_tensor_input per pyramid level" if name == "pnet"
+        "dynamic": "H and W: resize_tensor_input per pyramid level"
+        if name == "pnet"
         else "batch: one invoke for all candidate boxes (resize_tensor_input on dim 0)",
     }
 
@@ -230,8 +231,11 @@ def _outputs(name: str, names: dict[int, str]) -> dict:
             "reg": {"shape": [None, 4], "match": "last dim 4", "what": "box offsets dx1, dy1, dx2, dy2 (x box size)"},
         }
         if name == "onet":
-            o["landmarks"] = {"shape": [None, 10], "match": "last dim 10",
-                              "what": "x of left eye, right eye, nose, mouth left, mouth right, then their y; fractions of the box"}
+            o["landmarks"] = {
+                "shape": [None, 10],
+                "match": "last dim 10",
+                "what": "x of left eye, right eye, nose, mouth left, mouth right, then their y; fractions of the box",
+            }
     for v in o.values():
         v["tensor"] = names.get(int(v["shape"][-1]))
     return o
@@ -248,8 +252,11 @@ def build(out_dir: Path) -> list[dict]:
     makers = {"pnet": keras_pnet, "rnet": keras_rnet, "onet": keras_onet}
     rng = np.random.default_rng(0)
     test_inputs = {
-        "pnet": [rng.uniform(0, 255, (1, 37, 53, 3)).astype(np.float32), rng.uniform(0, 255, (1, 12, 12, 3)).astype(np.float32),
-                 rng.uniform(0, 255, (1, 120, 91, 3)).astype(np.float32)],
+        "pnet": [
+            rng.uniform(0, 255, (1, 37, 53, 3)).astype(np.float32),
+            rng.uniform(0, 255, (1, 12, 12, 3)).astype(np.float32),
+            rng.uniform(0, 255, (1, 120, 91, 3)).astype(np.float32),
+        ],
         "rnet": [rng.uniform(0, 255, (7, 24, 24, 3)).astype(np.float32)],
         "onet": [rng.uniform(0, 255, (5, 48, 48, 3)).astype(np.float32)],
     }

@@ -95,6 +95,13 @@ def install() -> str:
     ops.nms, ops.batched_nms, ops.boxes = nms, batched_nms, boxes_mod
     transforms.functional = functional
     tv.transforms, tv.ops = transforms, ops
-    sys.modules.update({"torchvision": tv, "torchvision.transforms": transforms, "torchvision.transforms.functional": functional,
-                        "torchvision.ops": ops, "torchvision.ops.boxes": boxes_mod})
+    sys.modules.update(
+        {
+            "torchvision": tv,
+            "torchvision.transforms": transforms,
+            "torchvision.transforms.functional": functional,
+            "torchvision.ops": ops,
+            "torchvision.ops.boxes": boxes_mod,
+        }
+    )
     return "stand-in"

@@ -76,8 +76,11 @@ def main() -> int:
         bb = Backbone(num_threads=threads)
         own = emoadapt.Recognizer(home=home, num_threads=threads, chunk=2)
         shared = emoadapt.Recognizer(home=home, backbone=bb, chunk=2)
-        workers = [threading.Thread(target=busy_predict, args=(own,)), threading.Thread(target=busy_predict, args=(shared,)),
-                   threading.Thread(target=busy_backbone, args=(bb,))]
+        workers = [
+            threading.Thread(target=busy_predict, args=(own,)),
+            threading.Thread(target=busy_predict, args=(shared,)),
+            threading.Thread(target=busy_backbone, args=(bb,)),
+        ]
         for t in workers:
             t.start()
         del own, shared, bb  # the threads hold the last references now

@@ -59,8 +59,7 @@ def head_payload(worker: int, i: int, size: int = 64) -> tuple[dict[str, np.ndar
     """(arrays, meta) of the head saved by operation (worker, i)."""
     rng = np.random.default_rng([worker, i, 2])
     return (
-        {"coef": rng.standard_normal((len(LABELS), size * 8)), "intercept": rng.standard_normal(len(LABELS)),
-         "classes": np.array(LABELS)},
+        {"coef": rng.standard_normal((len(LABELS), size * 8)), "intercept": rng.standard_normal(len(LABELS)), "classes": np.array(LABELS)},
         {"worker": worker, "i": i},
     )
 

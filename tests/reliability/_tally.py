@@ -19,6 +19,7 @@ def example(prop: str) -> None:
     """Count one generated hypothesis example of property ``prop``."""
     EXAMPLES[prop] += 1
 
+
 #: hypothesis examples that got past the early exits (an expected InvalidInputError, no face
 #: found) to the property's real assertions, by property
 REACHED: Counter[str] = Counter()

@@ -34,8 +34,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
     for suite, names in sorted(TRIED.items()):
         tr.write_line(f"{suite}: {len(names)} distinct inputs")
     if EXAMPLES:
-        tr.write_line(f"hypothesis: {sum(EXAMPLES.values())} generated examples in {len(EXAMPLES)} properties "
-                      + ", ".join(f"{k}={v}" + (f" ({REACHED[k]} reached the assertions)" if k in REACHED else "") for k, v in sorted(EXAMPLES.items())))
+        tr.write_line(
+            f"hypothesis: {sum(EXAMPLES.values())} generated examples in {len(EXAMPLES)} properties "
+            + ", ".join(f"{k}={v}" + (f" ({REACHED[k]} reached the assertions)" if k in REACHED else "") for k, v in sorted(EXAMPLES.items()))
+        )
 
 
 # --------------------------------------------------------------------------- derived media

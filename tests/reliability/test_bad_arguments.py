@@ -58,9 +58,18 @@ def _paths(tmp_path: Path, clip_path: Path) -> dict[str, object]:
     }
 
 
-PATH_CASES = ["name over 255 bytes", "255 multibyte characters", "directory name over 255 bytes", "path over 4096 bytes",
-              "path under a regular file", "symlink loop", "PathLike returning bytes", "PathLike raising", "NUL character",
-              "lone surrogate"]
+PATH_CASES = [
+    "name over 255 bytes",
+    "255 multibyte characters",
+    "directory name over 255 bytes",
+    "path over 4096 bytes",
+    "path under a regular file",
+    "symlink loop",
+    "PathLike returning bytes",
+    "PathLike raising",
+    "NUL character",
+    "lone surrogate",
+]
 
 
 @pytest.mark.parametrize("case", PATH_CASES)
@@ -133,11 +142,27 @@ def test_bad_constructor_values(tmp_path, arg, value):
     assert not (tmp_path / "home").exists()
 
 
-@pytest.mark.parametrize("make", [lambda: Backbone(num_threads=10**9), lambda: Backbone(num_threads=-3), lambda: Backbone(batch_size="x"),
-                                  lambda: Backbone(batch_size=0), lambda: MTCNN(num_threads=10**9), lambda: MTCNN(num_threads="1"),
-                                  lambda: __import__("emoadapt.identity").identity.FaceEmbedder(num_threads=-3)],
-                         ids=["backbone threads 1e9", "backbone threads -3", "backbone batch x", "backbone batch 0", "mtcnn threads 1e9",
-                              "mtcnn threads str", "embedder threads -3"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Backbone(num_threads=10**9),
+        lambda: Backbone(num_threads=-3),
+        lambda: Backbone(batch_size="x"),
+        lambda: Backbone(batch_size=0),
+        lambda: MTCNN(num_threads=10**9),
+        lambda: MTCNN(num_threads="1"),
+        lambda: __import__("emoadapt.identity").identity.FaceEmbedder(num_threads=-3),
+    ],
+    ids=[
+        "backbone threads 1e9",
+        "backbone threads -3",
+        "backbone batch x",
+        "backbone batch 0",
+        "mtcnn threads 1e9",
+        "mtcnn threads str",
+        "embedder threads -3",
+    ],
+)
 def test_bad_model_constructor_values(make):
     with pytest.raises(InvalidInputError):
         make()
@@ -155,4 +180,3 @@ def test_unknown_keyword_arguments_are_refused_before_any_work(recognizer, clip_
         with pytest.raises(InvalidInputError, match="unexpected keyword"):
             call()
     assert "kw-user" not in recognizer.users()
-

@@ -222,8 +222,15 @@ def test_video_named_as_image_is_decoded_as_video(recognizer, tmp_path, clip_pat
 
 @pytest.mark.parametrize(
     "name,content",
-    [("notes.avi", b"this is not a video\n" * 100), ("notes.mp4", b"hello " * 1000), ("notes.jpg", b"hello " * 1000),
-     ("half.jpg", "jpeg[:0.5]"), ("half.mp4", "jpeg[:0.5]"), ("head.png", "png[:3000]"), ("json.flv", b'{"frames": []}')],
+    [
+        ("notes.avi", b"this is not a video\n" * 100),
+        ("notes.mp4", b"hello " * 1000),
+        ("notes.jpg", b"hello " * 1000),
+        ("half.jpg", "jpeg[:0.5]"),
+        ("half.mp4", "jpeg[:0.5]"),
+        ("head.png", "png[:3000]"),
+        ("json.flv", b'{"frames": []}'),
+    ],
 )
 def test_undecodable_files(recognizer, tmp_path, data_dir, name, content):
     jpeg = (data_dir / "faces" / "identity" / "obama.jpg").read_bytes()
@@ -362,8 +369,7 @@ def _run_4k(tmp_path: Path, frame: np.ndarray, n: int) -> dict:
     big = cv2.resize(frame, (3840, 2160), interpolation=cv2.INTER_CUBIC)
     p = write_video(tmp_path / "4k.avi", [big] * n)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", _FOURK_SCRIPT, str(p), str(tmp_path / "home")], capture_output=True, text=True,
-                         timeout=300, env=env)
+    out = subprocess.run([sys.executable, "-c", _FOURK_SCRIPT, str(p), str(tmp_path / "home")], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -564,8 +570,17 @@ class Unplugged(Exception):
 
 
 @pytest.mark.parametrize(
-    "exc", [RuntimeError("camera unplugged"), OSError(5, "I/O error"), ValueError("bad buffer"), IndexError("ring buffer"),
-            Unplugged("usb"), ZeroDivisionError("x"), MemoryError("frame pool")], ids=lambda e: type(e).__name__,
+    "exc",
+    [
+        RuntimeError("camera unplugged"),
+        OSError(5, "I/O error"),
+        ValueError("bad buffer"),
+        IndexError("ring buffer"),
+        Unplugged("usb"),
+        ZeroDivisionError("x"),
+        MemoryError("frame pool"),
+    ],
+    ids=lambda e: type(e).__name__,
 )
 def test_generator_raising_midway_is_chained(recognizer, portrait, exc):
     def frames():
@@ -648,9 +663,16 @@ def test_generator_with_inconsistent_frame_sizes(recognizer, clip_frames, photo,
     does.)"""
     _tried("generator:inconsistent sizes")
     recognizer = emoadapt.Recognizer(home=tmp_path, backbone=recognizer.backbone, video_tta=True)
-    frames = [clip_frames[5], cv2.resize(clip_frames[15], (640, 480)), clip_frames[25][40:300, 60:420],
-              cv2.resize(photo("biden.jpg"), (485, 1102)), _gray(clip_frames[35]), clip_frames[45][20:340, 20:460],
-              cv2.resize(clip_frames[55], (241, 181), interpolation=cv2.INTER_AREA), clip_frames[60]]
+    frames = [
+        clip_frames[5],
+        cv2.resize(clip_frames[15], (640, 480)),
+        clip_frames[25][40:300, 60:420],
+        cv2.resize(photo("biden.jpg"), (485, 1102)),
+        _gray(clip_frames[35]),
+        clip_frames[45][20:340, 20:460],
+        cv2.resize(clip_frames[55], (241, 181), interpolation=cv2.INTER_AREA),
+        clip_frames[60],
+    ]
     assert all(a.shape[:2] != b.shape[:2] for a, b in zip(frames, frames[1:]))
     res = recognizer.predict(f for f in frames)
     assert res.frames == len(frames)
@@ -767,10 +789,31 @@ def test_bad_color(recognizer, portrait, color):
 
 @pytest.mark.parametrize(
     "kw",
-    [{"fps": 0}, {"fps": -1}, {"fps": float("nan")}, {"fps": float("inf")}, {"fps": -float("inf")}, {"fps": "10"}, {"fps": True},
-     {"fps": 1 + 1j}, {"fps": [10]}, {"max_frames": 0}, {"max_frames": -1}, {"max_frames": 1.5}, {"max_frames": 2.0},
-     {"max_frames": "3"}, {"max_frames": True}, {"max_frames": float("nan")}, {"step": 0}, {"step": -1}, {"step": 1.0},
-     {"step": None}, {"step": True}, {"step": "2"}, {"step": np.float64(2)}],
+    [
+        {"fps": 0},
+        {"fps": -1},
+        {"fps": float("nan")},
+        {"fps": float("inf")},
+        {"fps": -float("inf")},
+        {"fps": "10"},
+        {"fps": True},
+        {"fps": 1 + 1j},
+        {"fps": [10]},
+        {"max_frames": 0},
+        {"max_frames": -1},
+        {"max_frames": 1.5},
+        {"max_frames": 2.0},
+        {"max_frames": "3"},
+        {"max_frames": True},
+        {"max_frames": float("nan")},
+        {"step": 0},
+        {"step": -1},
+        {"step": 1.0},
+        {"step": None},
+        {"step": True},
+        {"step": "2"},
+        {"step": np.float64(2)},
+    ],
     ids=repr,
 )
 def test_bad_sampling_arguments(recognizer, clip_path, kw):
@@ -780,8 +823,14 @@ def test_bad_sampling_arguments(recognizer, clip_path, kw):
 
 @pytest.mark.parametrize(
     "kw,frames",
-    [({"fps": 1e-9}, 1), ({"fps": 1e9, "max_frames": 5}, 5), ({"step": 10**18}, 1), ({"fps": np.float32(10), "max_frames": np.int64(4)}, 4),
-     ({"step": np.int32(15)}, 5), ({"max_frames": 10**12, "step": 10}, 7)],
+    [
+        ({"fps": 1e-9}, 1),
+        ({"fps": 1e9, "max_frames": 5}, 5),
+        ({"step": 10**18}, 1),
+        ({"fps": np.float32(10), "max_frames": np.int64(4)}, 4),
+        ({"step": np.int32(15)}, 5),
+        ({"max_frames": 10**12, "step": 10}, 7),
+    ],
     ids=repr,
 )
 def test_extreme_but_valid_sampling_arguments(recognizer, clip_path, kw, frames):

@@ -35,14 +35,14 @@ AS_CAP = 6 << 30
 def png_bomb(path: Path, side: int = 24000) -> Path:
     """A 1-bit gray PNG of ``side`` x ``side`` zero pixels: about 70 KB on disk, 1.7 GB
     as the BGR image OpenCV would decode it to."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     z = zlib.compressobj(9)
     row = b"\x00" * (1 + side // 8)  # filter byte + packed bits
     idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
-                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
     return path
 
 
@@ -51,7 +51,7 @@ def jpeg_with_declared_size(path: Path, jpeg: bytes, w: int, h: int) -> Path:
     b = bytearray(jpeg)
     i = 2
     while b[i + 1] not in (0xC0, 0xC1, 0xC2):  # walk the segments (an EXIF thumbnail has its own SOF)
-        i += 2 + struct.unpack(">H", b[i + 2: i + 4])[0]
+        i += 2 + struct.unpack(">H", b[i + 2 : i + 4])[0]
     struct.pack_into(">HH", b, i + 5, h, w)
     path.write_bytes(bytes(b))
     return path
@@ -105,8 +105,14 @@ _SCRIPT = textwrap.dedent(
 
 def _run(tmp_path: Path, cases: dict[str, Path]) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", _SCRIPT, str(AS_CAP), str(tmp_path / "home"), json.dumps({k: str(v) for k, v in cases.items()})],
-                         capture_output=True, text=True, timeout=600, env=env, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, str(AS_CAP), str(tmp_path / "home"), json.dumps({k: str(v) for k, v in cases.items()})],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     print("peak RSS (MB) after each case:", {k: round(v["rss_mb"]) if isinstance(v, dict) else round(v) for k, v in r.items()})
@@ -185,9 +191,20 @@ def test_large_photo_and_4k_frames_run_in_bounded_memory(tmp_path, data_dir, cli
     assert peak < RSS_BOUND_MB, r
 
 
-@pytest.mark.parametrize("ext,params", [(".jpg", []), (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]), (".png", []), (".bmp", []), (".tif", []),
-                                        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 80]), (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]), (".ppm", [])],
-                         ids=["jpeg", "progressive jpeg", "png", "bmp", "tiff", "webp lossy", "webp lossless", "ppm"])
+@pytest.mark.parametrize(
+    "ext,params",
+    [
+        (".jpg", []),
+        (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+        (".png", []),
+        (".bmp", []),
+        (".tif", []),
+        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 80]),
+        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]),
+        (".ppm", []),
+    ],
+    ids=["jpeg", "progressive jpeg", "png", "bmp", "tiff", "webp lossy", "webp lossless", "ppm"],
+)
 def test_declared_size_is_read_from_every_format(tmp_path, photo, ext, params):
     """The header parser that guards the decoder reads the true size of each format OpenCV
     writes (from a real photo), so no legitimate image is refused for a misread header."""

@@ -61,8 +61,9 @@ def test_annotate_refuses_to_overwrite_its_input(clip, tmp_path, monkeypatch, sp
     assert sorted(p.name for p in clip.parent.iterdir()) == ["clip.flv"]  # no temporary file left
 
 
-@pytest.mark.parametrize("case", ["flv refuses mp4v", "webm refuses mp4v", "mov refuses VP80", "unknown container", "unknown codec",
-                                  "undecodable input", "truncated input"])
+@pytest.mark.parametrize(
+    "case", ["flv refuses mp4v", "webm refuses mp4v", "mov refuses VP80", "unknown container", "unknown codec", "undecodable input", "truncated input"]
+)
 def test_failed_annotate_leaves_a_previous_output_unchanged(clip, tmp_path, case):
     out_dir = tmp_path / "out"
     out_dir.mkdir()

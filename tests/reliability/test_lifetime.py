@@ -24,9 +24,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _stress(tmp_path: Path, clip_path: Path, data_dir: Path, rounds: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "tests.reliability._lifetime_worker", str(rounds), str(tmp_path / "home"),
-                          str(clip_path), str(data_dir / "fer2013.npz")],
-                         capture_output=True, text=True, timeout=1200, env=env, cwd=ROOT, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.reliability._lifetime_worker", str(rounds), str(tmp_path / "home"), str(clip_path), str(data_dir / "fer2013.npz")],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
     assert out.returncode == 0, f"exit {out.returncode}\n{out.stderr[-4000:]}"
     assert "Fatal Python error" not in out.stderr, out.stderr[-4000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])

@@ -31,7 +31,7 @@ def _tamper(p, how: str) -> None:
     st = os.stat(p)
     data = bytearray(p.read_bytes())
     i = int(len(data) * 0.6)
-    data[i:i + 8] = bytes(b ^ 0xFF for b in data[i:i + 8])
+    data[i : i + 8] = bytes(b ^ 0xFF for b in data[i : i + 8])
     if how == "in place":  # same inode, rewritten
         with open(p, "r+b") as f:
             f.write(data)

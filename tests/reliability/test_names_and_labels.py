@@ -148,10 +148,12 @@ _HIDDEN = "\u200b\u200c\u200d\u200e\u2060\u202e\u2066\u00ad\ufeff\u3164\ufe0f\u0
 
 
 @settings(max_examples=150, deadline=None)
-@given(base=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40),
-       space=st.text(st.sampled_from(_SPACES), min_size=1, max_size=3),
-       edges=st.tuples(st.text(st.sampled_from(_SPACES), max_size=2), st.text(st.sampled_from(_SPACES), max_size=2)),
-       hidden=st.tuples(st.integers(0, 40), st.sampled_from(_HIDDEN)))
+@given(
+    base=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40),
+    space=st.text(st.sampled_from(_SPACES), min_size=1, max_size=3),
+    edges=st.tuples(st.text(st.sampled_from(_SPACES), max_size=2), st.text(st.sampled_from(_SPACES), max_size=2)),
+    hidden=st.tuples(st.integers(0, 40), st.sampled_from(_HIDDEN)),
+)
 def test_names_that_display_the_same_are_the_same_user_or_an_error(base, space, edges, hidden):
     """Property over any name: spaces spelled with other space characters (or several), and
     spaces around it, give the same user; a character that displays as nothing, inserted

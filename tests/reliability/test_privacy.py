@@ -41,8 +41,15 @@ from . import _recognizer_worker as w
 NAME = "Zoë Privacy-5e1f"
 LABEL = "zoe-private-label"
 MAGIC = {
-    "jpeg": b"\xff\xd8\xff", "png": b"\x89PNG", "gif": b"GIF8", "riff (avi/webp/wav)": b"RIFF", "flv": b"FLV\x01",
-    "mkv/webm": b"\x1aE\xdf\xa3", "tiff": b"II*\x00", "tiff-be": b"MM\x00*", "bmp": b"BM",
+    "jpeg": b"\xff\xd8\xff",
+    "png": b"\x89PNG",
+    "gif": b"GIF8",
+    "riff (avi/webp/wav)": b"RIFF",
+    "flv": b"FLV\x01",
+    "mkv/webm": b"\x1aE\xdf\xa3",
+    "tiff": b"II*\x00",
+    "tiff-be": b"MM\x00*",
+    "bmp": b"BM",
 }
 
 
@@ -296,8 +303,10 @@ def test_damaged_heads_fall_back_and_never_execute(populated, recognizer, tmp_pa
     (udir / "v2.npz").write_bytes(bomb)
     con = sqlite3.connect(home / DB_NAME)
     with con:
-        con.execute("UPDATE heads SET sha256 = ?, size = ? WHERE file = 'v2.npz' AND user_id = (SELECT id FROM users WHERE name = ?)",
-                    (hashlib.sha256(bomb).hexdigest(), len(bomb), NAME))
+        con.execute(
+            "UPDATE heads SET sha256 = ?, size = ? WHERE file = 'v2.npz' AND user_id = (SELECT id FROM users WHERE name = ?)",
+            (hashlib.sha256(bomb).hexdigest(), len(bomb), NAME),
+        )
     con.close()
     res = fresh_predict()  # uses v1, the newest intact version
     assert np.allclose(probs(res, v1), np.asarray(v1.predict_proba([res.features]))[0], atol=1e-6)

@@ -27,7 +27,9 @@ from emoadapt.video import Sampling, as_rgb_frame, iter_frames
 from ._tally import EXAMPLES, REACHED, example, reached
 
 #: 50 examples per property by default; EMOADAPT_PROP_EXAMPLES=2000 for a bug hunt
-PROPS = settings(max_examples=int(os.environ.get("EMOADAPT_PROP_EXAMPLES", "50")), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+PROPS = settings(
+    max_examples=int(os.environ.get("EMOADAPT_PROP_EXAMPLES", "50")), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 DTYPES = [np.uint8, np.uint16, np.int8, np.int16, np.int32, np.int64, np.uint32, np.float16, np.float32, np.float64, np.bool_, np.complex64]
 
@@ -172,8 +174,7 @@ def test_backbone_probabilities_on_random_batches(backbone, faces):
 
 
 @PROPS
-@given(sizes=st.lists(st.tuples(st.integers(1, 90), st.integers(1, 90), st.sampled_from([0, 1, 3])), min_size=1, max_size=6),
-       seed=st.integers(0, 2**32 - 1))
+@given(sizes=st.lists(st.tuples(st.integers(1, 90), st.integers(1, 90), st.sampled_from([0, 1, 3])), min_size=1, max_size=6), seed=st.integers(0, 2**32 - 1))
 def test_backbone_on_lists_of_faces_of_any_size(backbone, sizes, seed):
     example("Backbone.predict_proba(list)")
     rng = np.random.default_rng(seed)
@@ -316,8 +317,9 @@ def landmarks(draw):
     return pts
 
 
-sizes = st.one_of(st.integers(-2, 130), st.tuples(st.integers(-1, 130), st.integers(-1, 130)), st.just(48.0), st.just((48, 48, 3)),
-                  st.just(5000), st.just(None))
+sizes = st.one_of(
+    st.integers(-2, 130), st.tuples(st.integers(-1, 130), st.integers(-1, 130)), st.just(48.0), st.just((48, 48, 3)), st.just(5000), st.just(None)
+)
 
 
 @st.composite

@@ -55,7 +55,9 @@ class _Worker:
     def __init__(self, home: Path, seed: int) -> None:
         self.p = subprocess.Popen(
             [sys.executable, str(WORKER), "loop", str(home), "--seed", str(seed), "--adapt-every", "3", "--adapt-each", "5"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
             env={**os.environ, "PYTHONPATH": str(worker.ROOT), "EMOADAPT_THREADS": "1"},
         )
         self.lines: list[str] = []
@@ -234,12 +236,14 @@ def test_sigkill_during_correct_and_adapt_loses_nothing(tmp_path, trials, record
     assert stats["heads_saved"] > 0 and stats["heads_verified"] > 0
     assert stats["during adapt (training)"] + stats["during save_head"] > 0 and stats["during correct"] > 0
     where = ", ".join(f"{stats[k]} {k}" for k in sorted(stats) if k.startswith("during "))
-    msg = (f"{stats['trials']} trials, {stats['kills']} SIGKILLs in {wall:.1f} s ({where}): "
-           f"{stats['distinct_ids']} committed correction ids reported, {stats['ids_verified']} id checks (cumulative), "
-           f"none lost; {stats['unreported']} commits the worker had no time to report; "
-           f"{stats['adapts_completed']} adaptations completed, {stats['heads_saved']} heads saved, "
-           f"{stats['heads_verified']} active heads verified (strict load + prediction); "
-           f"{stats['kills leaving a temp head file']} kills left a temp head file and "
-           f"{stats['kills leaving an unreferenced v<N>.npz']} an unreferenced v<N>.npz (never used as a head)")
+    msg = (
+        f"{stats['trials']} trials, {stats['kills']} SIGKILLs in {wall:.1f} s ({where}): "
+        f"{stats['distinct_ids']} committed correction ids reported, {stats['ids_verified']} id checks (cumulative), "
+        f"none lost; {stats['unreported']} commits the worker had no time to report; "
+        f"{stats['adapts_completed']} adaptations completed, {stats['heads_saved']} heads saved, "
+        f"{stats['heads_verified']} active heads verified (strict load + prediction); "
+        f"{stats['kills leaving a temp head file']} kills left a temp head file and "
+        f"{stats['kills leaving an unreferenced v<N>.npz']} an unreferenced v<N>.npz (never used as a head)"
+    )
     print("\n" + msg)
     record_property("recognizer_crash", msg)

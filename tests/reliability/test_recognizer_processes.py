@@ -39,9 +39,12 @@ def _run_burst(home: Path, n_workers: int, n_each: int, adapt_every: int) -> tup
     t0 = time.perf_counter()
     procs = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), "burst", str(home), "--worker", str(w), "--n", str(n_each),
-             "--adapt-every", str(adapt_every)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            [sys.executable, str(WORKER), "burst", str(home), "--worker", str(w), "--n", str(n_each), "--adapt-every", str(adapt_every)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         for w in range(n_workers)
     ]
@@ -146,10 +149,12 @@ def test_processes_share_one_recognizer_home(tmp_path, n_workers, n_each, record
 
     n_adapts = sum(adapts.values())
     n_saved = sum(len(v) for v in saved.values())
-    msg = (f"{n_workers} processes x {n_each} Recognizer.correct (adapt_every={adapt_every}): {total} ids verified "
-           f"(each exactly once, {sum(1 for v in reported.values() if v[2] == worker.SHARED_USER)} on the shared user), "
-           f"{n_adapts} adaptations ({adapts[worker.SHARED_USER]} of the shared user), {n_saved} heads saved, "
-           f"{len(users)} active heads verified; start-up {startup:.1f} s, {wall:.1f} s wall, "
-           f"{total / wall:.1f} corrections/s overall")
+    msg = (
+        f"{n_workers} processes x {n_each} Recognizer.correct (adapt_every={adapt_every}): {total} ids verified "
+        f"(each exactly once, {sum(1 for v in reported.values() if v[2] == worker.SHARED_USER)} on the shared user), "
+        f"{n_adapts} adaptations ({adapts[worker.SHARED_USER]} of the shared user), {n_saved} heads saved, "
+        f"{len(users)} active heads verified; start-up {startup:.1f} s, {wall:.1f} s wall, "
+        f"{total / wall:.1f} corrections/s overall"
+    )
     print("\n" + msg)
     record_property("recognizer_concurrency", msg)

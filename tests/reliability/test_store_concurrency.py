@@ -30,9 +30,27 @@ def _run_burst(home: Path, n_workers: int, n_each: int, head_every: int) -> tupl
     env = {**os.environ, "PYTHONPATH": str(worker.ROOT)}
     procs = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), "burst", str(home), "--worker", str(w), "--n", str(n_each),
-             "--head-every", str(head_every), "--users", "alice,bob", "--keep-heads", "none"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            [
+                sys.executable,
+                str(WORKER),
+                "burst",
+                str(home),
+                "--worker",
+                str(w),
+                "--n",
+                str(n_each),
+                "--head-every",
+                str(head_every),
+                "--users",
+                "alice,bob",
+                "--keep-heads",
+                "none",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         for w in range(n_workers)
     ]
@@ -122,8 +140,10 @@ def test_processes_share_one_store(tmp_path, n_workers, n_each, record_property)
             leftovers = [p.name for p in (home / "heads").rglob("*") if p.name.startswith(".tmp")]
             assert leftovers == []
     assert n_heads == n_workers * (n_each // head_every)
-    msg = (f"{n_workers} processes x {n_each} add_correction (+{n_heads} save_head): "
-           f"{total} ids verified, {n_heads} heads verified, {wall:.2f} s wall, "
-           f"{total / wall:.0f} corrections/s overall")
+    msg = (
+        f"{n_workers} processes x {n_each} add_correction (+{n_heads} save_head): "
+        f"{total} ids verified, {n_heads} heads verified, {wall:.2f} s wall, "
+        f"{total / wall:.0f} corrections/s overall"
+    )
     print("\n" + msg)
     record_property("concurrency", msg)

@@ -41,9 +41,27 @@ USERS = ("alice", "bob")
 
 def _start(home: Path, seed: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(WORKER), "loop", str(home), "--seed", str(seed), "--users", ",".join(USERS),
-         "--head-every", "3", "--head-size", "512", "--rollback-every", "10", "--keep-heads", "3"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(worker.ROOT)},
+        [
+            sys.executable,
+            str(WORKER),
+            "loop",
+            str(home),
+            "--seed",
+            str(seed),
+            "--users",
+            ",".join(USERS),
+            "--head-every",
+            "3",
+            "--head-size",
+            "512",
+            "--rollback-every",
+            "10",
+            "--keep-heads",
+            "3",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(worker.ROOT)},
         bufsize=0,  # unbuffered: readline("READY") must not swallow lines that communicate() then misses
     )
 
@@ -75,8 +93,7 @@ def _run_trials(home: Path, trials: int, seed: int) -> dict[str, int]:
     rng = random.Random(seed)
     reported: dict[int, tuple[int, int, str]] = {}  # id -> (worker seed, i, user)
     max_reported_version = {u: 0 for u in USERS}
-    stats = dict(trials=0, kills=0, ids_verified=0, unreported_commits=0, heads_verified=0,
-                 temp_leftovers=0, orphans_max=0, reported_heads=0, rollbacks=0)
+    stats = dict(trials=0, kills=0, ids_verified=0, unreported_commits=0, heads_verified=0, temp_leftovers=0, orphans_max=0, reported_heads=0, rollbacks=0)
     for trial in range(trials):
         n_workers = 1 + trial % 2
         seeds = [1000 * (trial + 1) + k for k in range(n_workers)]
@@ -160,13 +177,14 @@ def test_sigkill_never_loses_a_commit_or_activates_a_partial_head(tmp_path, tria
     wall = time.perf_counter() - t0
     assert stats["trials"] == trials
     assert stats["reported_heads"] > 0 and stats["heads_verified"] > 0
-    msg = (f"{stats['trials']} trials, {stats['kills']} SIGKILLs in {wall:.1f} s: "
-           f"{stats['distinct_ids']} committed ids reported, {stats['ids_verified']} id checks (cumulative), "
-           f"{stats['unreported_commits']} commits the worker had no time to report, "
-           f"{stats['reported_heads']} heads saved, {stats['rollbacks']} rollbacks, "
-           f"{stats['heads_verified']} active heads verified, "
-           f"unreferenced v*.npz at most {stats['orphans_max']} at once (removed by the next save), "
-           f"temp files left {stats['temp_leftovers']} (never referenced)")
+    msg = (
+        f"{stats['trials']} trials, {stats['kills']} SIGKILLs in {wall:.1f} s: "
+        f"{stats['distinct_ids']} committed ids reported, {stats['ids_verified']} id checks (cumulative), "
+        f"{stats['unreported_commits']} commits the worker had no time to report, "
+        f"{stats['reported_heads']} heads saved, {stats['rollbacks']} rollbacks, "
+        f"{stats['heads_verified']} active heads verified, "
+        f"unreferenced v*.npz at most {stats['orphans_max']} at once (removed by the next save), "
+        f"temp files left {stats['temp_leftovers']} (never referenced)"
+    )
     print("\n" + msg)
     record_property("crash", msg)
-

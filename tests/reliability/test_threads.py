@@ -58,8 +58,8 @@ def test_eight_threads_share_one_recognizer(shared, cremad_clips, photo, clip_fr
     for c in cremad_clips:
         jobs[f"clip:{c.stem}"] = ("predict", c, {"max_frames": MAX_FRAMES})
     jobs["clip:step4"] = ("predict", cremad_clips[2], {"step": 4, "max_frames": MAX_FRAMES})
-    jobs["array"] = ("predict", np.stack(clip_frames[30:30 + MAX_FRAMES]), {})
-    jobs["bgr generator"] = ("predict_gen", clip_frames[40:40 + MAX_FRAMES], {"color": "bgr"})
+    jobs["array"] = ("predict", np.stack(clip_frames[30 : 30 + MAX_FRAMES]), {})
+    jobs["bgr generator"] = ("predict_gen", clip_frames[40 : 40 + MAX_FRAMES], {"color": "bgr"})
     jobs["group photo"] = ("predict", group, {})
     for f in faces:
         jobs[f"backbone:{len(f)}"] = ("backbone", f, {})

@@ -171,8 +171,7 @@ def test_home_replaced_under_a_live_recognizer_is_detected(tmp_path, recognizer,
         dst.close()
         con.close()
         os.replace(backup, home / DB_NAME)
-    for call in (lambda: rec.correct(c2, l2, user=USER), lambda: rec.enroll("carol", _stranger(4)),
-                 lambda: rec.adapt(USER), rec.users):
+    for call in (lambda: rec.correct(c2, l2, user=USER), lambda: rec.enroll("carol", _stranger(4)), lambda: rec.adapt(USER), rec.users):
         with pytest.raises(StoreError, match="deleted, moved or replaced"):
             call()
     # prediction goes on, with the universal model
@@ -208,8 +207,7 @@ def _enrolled_home(home: Path, recognizer) -> None:
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "newer-schema", "home-is-a-file", "database-is-a-directory"])
-def test_predict_uses_the_universal_model_when_the_store_is_unusable(tmp_path, recognizer, universal_of_held_apart,
-                                                                     universal_of_stranger, caplog, damage):
+def test_predict_uses_the_universal_model_when_the_store_is_unusable(tmp_path, recognizer, universal_of_held_apart, universal_of_stranger, caplog, damage):
     home = tmp_path / "home"
     if damage == "home-is-a-file":
         home.write_text("not a directory")
@@ -479,8 +477,10 @@ def _tamper_file(home: Path, version: int, blob: bytes) -> None:
     (home / "heads" / user_dir_name(USER) / f"v{version}.npz").write_bytes(blob)
     con = sqlite3.connect(home / DB_NAME)
     with con:
-        con.execute("UPDATE heads SET sha256 = ?, size = ? WHERE version = ? AND user_id = (SELECT id FROM users WHERE name = ?)",
-                    (hashlib.sha256(blob).hexdigest(), len(blob), version, USER))
+        con.execute(
+            "UPDATE heads SET sha256 = ?, size = ? WHERE version = ? AND user_id = (SELECT id FROM users WHERE name = ?)",
+            (hashlib.sha256(blob).hexdigest(), len(blob), version, USER),
+        )
     con.close()
 
 
@@ -497,21 +497,25 @@ TAMPERS = {
     "unknown-head-type": lambda st, a, d: st.save_head(USER, _meta_edit(a, type="TransformerHead")),
     "deeply-nested-head-json": lambda st, a, d: st.save_head(USER, {**a, "meta": np.array(DEEP)}),
     "another-backbones-weights": lambda st, a, d: st.save_head(USER, _other_backbone_head(d)),
-    "nan-weights": lambda st, a, d: st.save_head(USER, {**a, **{k: np.full_like(v, np.nan) for k, v in a.items() if k.startswith("param_") or "__param_" in k}}),
+    "nan-weights": lambda st, a, d: st.save_head(
+        USER, {**a, **{k: np.full_like(v, np.nan) for k, v in a.items() if k.startswith("param_") or "__param_" in k}}
+    ),
     "deeply-nested-store-json": lambda st, a, d: (st.save_head(USER, a), _tamper_file(st.home, 2, _npz({**a, "__meta__": np.array(DEEP)}))),
     "zip-bomb": lambda st, a, d: (st.save_head(USER, a), _tamper_file(st.home, 2, _zip_bomb({**a, "__meta__": np.array("{}")}, MAX_HEAD_BYTES + (64 << 20)))),
 }
 
 
 @pytest.mark.parametrize("tamper", list(TAMPERS))
-def test_unusable_personal_head_falls_back_to_previous_then_universal(tmp_path, recognizer, adapted_home, ravdess_descriptors,
-                                                                      universal_of_held_apart, caplog, tamper):
+def test_unusable_personal_head_falls_back_to_previous_then_universal(
+    tmp_path, recognizer, adapted_home, ravdess_descriptors, universal_of_held_apart, caplog, tamper
+):
     src, v1, v1_probs = adapted_home
     home = tmp_path / "home"
     shutil.copytree(src, home)
     with Store(home) as st:
         TAMPERS[tamper](st, head_to_arrays(v1), ravdess_descriptors)
         assert [h.version for h in st.head_versions(USER) if h.status == "active"] == [2]
+
         def build(arrays, _meta):
             head = head_from_arrays(arrays)
             if head.n_features_in_ != recognizer.backbone.dim:
