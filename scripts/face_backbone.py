@@ -372,6 +372,7 @@ def register(files: dict[str, Path], metrics: dict[str, Any], cfg: dict[str, Any
 
     from build_models import update_manifest
     from builders import faceres
+    from train_backbone import fer_input_spec
 
     hist = json.loads((wd / "history.json").read_text())["epochs"]
     meta = json.loads((wd / "best" / "meta.json").read_text())
@@ -397,18 +398,7 @@ def register(files: dict[str, Path], metrics: dict[str, Any], cfg: dict[str, Any
                     "quantization": "dynamic-range (tf.lite.Optimize.DEFAULT)" if kind == "int8" else "none (float32)",
                 },
                 "licence": f"emoadapt's fine-tuning: MIT; initial weights: {faceres.LICENCE}. Trained on FER2013 (research use only).",
-                "inputs": {
-                    "shape": [None, IMG, IMG, 1],
-                    "dtype": "float32",
-                    "channels": 1,
-                    "color": "gray",
-                    "scale": 1.0,
-                    "offset": 0.0,
-                    "classes": CLASSES,
-                    "name": "image",
-                    "align": "fer2013",
-                    "note": f"raw gray 0..255 as FER2013; resized to {cfg['input_size']}x{cfg['input_size']} RGB inside",
-                },
+                "inputs": fer_input_spec(f"raw gray 0..255 as FER2013; resized to {cfg['input_size']}x{cfg['input_size']} RGB inside"),
                 "outputs": {
                     "probs": {"shape": [None, 7], "signature_key": "probs", "activation": "softmax"},
                     "features": {"shape": [None, FEAT_DIM], "signature_key": "features", "layer": "post-ReLU 256-d hidden layer"},

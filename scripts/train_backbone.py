@@ -64,6 +64,23 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from _common import data_dir  # noqa: E402 - $EMOADAPT_DATA or ../shared/data
 
 
+def fer_input_spec(note: str) -> dict[str, object]:
+    """The manifest's ``inputs`` of a backbone that reads FER2013-style faces (48x48 gray, raw
+    0..255, FER2013 alignment); ``note`` says what the network does with them inside."""
+    return {
+        "shape": [None, IMG, IMG, 1],
+        "dtype": "float32",
+        "channels": 1,
+        "color": "gray",
+        "scale": 1.0,
+        "offset": 0.0,
+        "classes": CLASSES,
+        "name": "image",
+        "align": "fer2013",
+        "note": note,
+    }
+
+
 def load_fer() -> dict[str, np.ndarray]:
     with np.load(data_dir() / "fer2013.npz", allow_pickle=False) as d:
         return {k: d[k] for k in ("x_train", "y_train", "x_public_test", "y_public_test", "x_private_test", "y_private_test")}
@@ -945,19 +962,9 @@ def export(args) -> int:
                     "quantization": "dynamic-range (tf.lite.Optimize.DEFAULT)" if kind == "int8" else "none (float32)",
                 },
                 "licence": "MIT (emoadapt's own weights). Trained on FER2013, whose terms allow research use only; check them before commercial use.",
-                "inputs": {
-                    "shape": [None, IMG, IMG, 1],
-                    "dtype": "float32",
-                    "channels": 1,
-                    "color": "gray",
-                    "scale": 1.0,
-                    "offset": 0.0,
-                    "classes": CLASSES,
-                    "name": "image",
-                    "align": "fer2013",
-                    "note": "raw gray pixels 0..255, face aligned/cropped as FER2013; model normalizes "
-                    "and centre-crops 44x44 internally; batch dimension is dynamic",
-                },
+                "inputs": fer_input_spec(
+                    "raw gray pixels 0..255, face aligned/cropped as FER2013; model normalizes and centre-crops 44x44 internally; batch dimension is dynamic"
+                ),
                 "outputs": {
                     "probs": {
                         "shape": [None, len(CLASSES)],
