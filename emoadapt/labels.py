@@ -86,7 +86,7 @@ def resolve_label(label: str, known: Iterable[str], *, new_label: bool = False) 
         f"unknown label {label!r}"
         + (f" (did you mean {' or '.join(repr(h) for h in hint)}?)" if hint else "")
         + f"; known labels: {', '.join(known)} (synonyms such as 'anger', 'scared', 'surprised' are accepted); "
-        "pass new_label=True (CLI: --new-label) to add a new class",
+        "pass new_label=True to add a new class",
         label=label,
         known=known,
         suggestions=hint,
