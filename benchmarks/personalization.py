@@ -51,28 +51,34 @@ from _common import TAIWANESE_LETTERS, add_common_args, cremad_label, data_dir, 
 
 DATA = data_dir()
 
-from emoadapt.adaptation import DEFAULT_ANCHOR, fit_personal, personalize, user_offset
-from emoadapt.heads import BlendHead, CenteredHead, PrototypeHead
+from emoadapt.adaptation import DEFAULT_ANCHOR, IDENTITY_EXPERT_WEIGHT, fit_personal, personalize, user_offset
+from emoadapt.heads import BlendHead, CenteredHead, IdentityExpertHead, PrototypeHead
 
 M_GRID = (1, 2, 3, 5)
 STYLES = ("1", "2", "3")
 TODAY_ANCHOR = 0.1  # the anchor before this benchmark (issue 15's baseline)
+IDENTITY: str | None = None  # identity model (None: the Recognizer's default)
 PROTOCOL = "fixed"  # Taiwanese test set: "fixed" (the same for every M) or "all" (every photo not corrected)
 log = logging.getLogger("personalization")
 
-DEFAULT = "default: guard + centred finetune"
+DEFAULT = "default: guard + centred finetune + identity expert"
+NO_EXPERT = "guard + centred finetune (no identity expert)"
 FIRST_PASS = "guard + finetune, not centred (first pass)"
-# A strategy: (universal head, replay, adaptation clips, labels) -> a head over feature clips.
-Strategy = Callable[[Any, Any, list, list], Any]
+# A strategy: (universal head, replay, adaptation clips, labels, their identity embeddings)
+# -> a head over feature clips (an IdentityExpertHead also reads the test clips' embeddings).
+Strategy = Callable[[Any, Any, list, list, list], Any]
 
 
 def _strategies() -> dict[str, Strategy]:
     def guarded(**kw: Any) -> Strategy:
-        return lambda u, r, c, y: personalize(u, c, y, replay=r, **kw)[0]
+        return lambda u, r, c, y, e: personalize(u, c, y, replay=r, **kw)[0]
+
+    def with_expert(weight: float) -> Strategy:
+        return lambda u, r, c, y, e: personalize(u, c, y, replay=r, embeddings=e, identity_model=IDENTITY, expert_weight=weight)[0]
 
     def centred(anchor: float | None) -> Strategy:
         # features centred on the user (user_offset), then the universal head (anchor None) or a fine-tune
-        def fit(u: Any, r: Any, c: list, y: list) -> Any:
+        def fit(u: Any, r: Any, c: list, y: list, e: list) -> Any:
             off = user_offset(c, y, r)
             if off is None:
                 return u if anchor is None else fit_personal(u, c, y, replay=r, anchor=anchor)
@@ -83,28 +89,31 @@ def _strategies() -> dict[str, Strategy]:
 
     def proto(kind: str) -> Strategy:
         # nearest prototypes on features, probabilities or both (probabilities: the universal head's)
-        def fit(u: Any, r: Any, c: list, y: list) -> Any:
+        def fit(u: Any, r: Any, c: list, y: list, e: list) -> Any:
             return _OnInputs(PrototypeHead().fit(_inputs(u, c, kind), y), u, kind)
 
         return fit
 
     return {
-        "finetune (today: anchor 0.1)": lambda u, r, c, y: fit_personal(u, c, y, replay=r, anchor=TODAY_ANCHOR),
-        f"finetune (anchor {DEFAULT_ANCHOR:g})": lambda u, r, c, y: fit_personal(u, c, y, replay=r),
-        "finetune (anchor 3)": lambda u, r, c, y: fit_personal(u, c, y, replay=r, anchor=3.0),
+        "finetune (today: anchor 0.1)": lambda u, r, c, y, e: fit_personal(u, c, y, replay=r, anchor=TODAY_ANCHOR),
+        f"finetune (anchor {DEFAULT_ANCHOR:g})": lambda u, r, c, y, e: fit_personal(u, c, y, replay=r),
+        "finetune (anchor 3)": lambda u, r, c, y, e: fit_personal(u, c, y, replay=r, anchor=3.0),
         "centred universal (no fine-tune)": centred(None),
         f"centred finetune (anchor {DEFAULT_ANCHOR:g})": centred(DEFAULT_ANCHOR),
         "centred finetune (anchor 3)": centred(3.0),
-        "logistic on own features": lambda u, r, c, y: fit_personal(u, c, y, strategy="logistic"),
+        "logistic on own features": lambda u, r, c, y, e: fit_personal(u, c, y, strategy="logistic"),
         "prototypes: features": proto("f"),
         "prototypes: probabilities": proto("p"),
         "prototypes: both": proto("fp"),
-        "mix n/(n+7): universal + prototypes": lambda u, r, c, y: BlendHead(u, PrototypeHead().fit(c, y), len(y) / (len(y) + 7.0)),
-        "mix n/(n+7): universal + finetune": lambda u, r, c, y: BlendHead(u, fit_personal(u, c, y, replay=r), len(y) / (len(y) + 7.0)),
+        "mix n/(n+7): universal + prototypes": lambda u, r, c, y, e: BlendHead(u, PrototypeHead().fit(c, y), len(y) / (len(y) + 7.0)),
+        "mix n/(n+7): universal + finetune": lambda u, r, c, y, e: BlendHead(u, fit_personal(u, c, y, replay=r), len(y) / (len(y) + 7.0)),
         "guard + prototypes": guarded(strategy="prototype"),
         "guard + logistic": guarded(strategy="logistic"),
         FIRST_PASS: guarded(center=False),
-        DEFAULT: guarded(),
+        NO_EXPERT: guarded(),
+        "guard + centred finetune + identity expert, weight 0.3": with_expert(0.3),
+        "guard + centred finetune + identity expert, weight 0.7": with_expert(0.7),
+        DEFAULT: with_expert(IDENTITY_EXPERT_WEIGHT),
     }
 
 
@@ -133,8 +142,16 @@ class _OnInputs:
         return self.head.predict(_inputs(self.u, clips, self.kind))
 
 
-def _acc(head: Any, clips: list, labels: list) -> float:
-    return float(np.mean(np.asarray(head.predict(clips)).astype(str) == np.asarray(labels, str))) if labels else float("nan")
+def _acc(head: Any, clips: list, labels: list, embeddings: list | None = None) -> float:
+    """Accuracy of ``head`` on ``clips`` (an identity expert also reads their ``embeddings``)."""
+    if not labels:
+        return float("nan")
+    if isinstance(head, IdentityExpertHead) and embeddings is not None:
+        dim = head.n_embedding_in_
+        pred = head.predict(clips, np.stack([np.full(dim, np.nan) if e is None else np.asarray(e, np.float64) for e in embeddings]))
+    else:
+        pred = head.predict(clips)
+    return float(np.mean(np.asarray(pred).astype(str) == np.asarray(labels, str)))
 
 
 # -------------------------------------------------------------------------------------------
@@ -167,19 +184,20 @@ def taiwanese_split(names: list[str], person: str, style: str, m: int) -> tuple[
     return train, [i for i in idx if i not in set(train)]
 
 
-def cache_features(rec: Any, files: list[Path]) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
-    """Per-frame features (what ``correct()`` stores) and probabilities of each photo, through
-    the public API."""
-    names, feats, probs = [], [], []
+def cache_features(rec: Any, files: list[Path]) -> tuple[list[str], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Per-frame features and identity embedding (what ``correct()`` stores) and probabilities
+    of each photo, through the public API."""
+    names, feats, probs, embs = [], [], [], []
     for f in files:
-        r = rec.analyze(str(f))
-        if r.faces == 0:
+        r = rec.analyze(str(f), identity=True)
+        if r.faces == 0 or r.embedding is None:
             log.warning("no face in %s: skipped", f.name)
             continue
         names.append(f.name)
         feats.append(np.asarray(r.features, np.float32))
         probs.append(np.asarray(r.frame_probabilities, np.float32))
-    return names, feats, probs
+        embs.append(np.asarray(r.embedding, np.float32))
+    return names, feats, probs, embs
 
 
 def _universal_acc(rec: Any, feats: list, probs: list, labels: list) -> float:
@@ -188,7 +206,9 @@ def _universal_acc(rec: Any, feats: list, probs: list, labels: list) -> float:
     return _acc(rec.universal, probs if on_probs else feats, labels)
 
 
-def taiwanese_cached(rec: Any, names: list[str], feats: list[np.ndarray], probs: list[np.ndarray], strategies: dict[str, Strategy]) -> dict[str, Any]:
+def taiwanese_cached(
+    rec: Any, names: list[str], feats: list[np.ndarray], probs: list[np.ndarray], embs: list[np.ndarray], strategies: dict[str, Strategy]
+) -> dict[str, Any]:
     u, replay = rec.personal_base, rec.replay
     labels = [taiwanese_label(n) for n in names]
     people = sorted({n[:2] for n in names})
@@ -201,11 +221,12 @@ def taiwanese_cached(rec: Any, names: list[str], feats: list[np.ndarray], probs:
             shared = personalize(u, pool_c, [labels[i] for p in people for i in splits[p][0]], replay=replay)[0]
             for p in people:
                 tr, te = splits[p]
-                tc, ty = [feats[i] for i in te], [labels[i] for i in te]
+                tc, ty, te_e = [feats[i] for i in te], [labels[i] for i in te], [embs[i] for i in te]
                 per["universal"][p].append(_universal_acc(rec, tc, [probs[i] for i in te], ty))
                 per["shared"][p].append(_acc(shared, tc, ty))
                 for name, fit in strategies.items():
-                    per[name][p].append(_acc(fit(u, replay, [feats[i] for i in tr], [labels[i] for i in tr]), tc, ty))
+                    head = fit(u, replay, [feats[i] for i in tr], [labels[i] for i in tr], [embs[i] for i in tr])
+                    per[name][p].append(_acc(head, tc, ty, te_e))
         out[str(m)] = {s: {p: float(np.mean(v)) for p, v in d.items()} for s, d in per.items()}
         log.info("taiwanese M=%d: %s", m, {s: round(float(np.mean(list(d.values()))), 3) for s, d in out[str(m)].items()})
     return out
@@ -257,6 +278,7 @@ def ckplus(rec: Any, strategies: dict[str, Strategy], subjects_limit: int | None
     y, probs, feats, idx, per_subject, subjects = ck_sequences(rec)
     subjects = subjects[:subjects_limit]
     u, replay = rec.personal_base, rec.replay
+    seq_emb = ckplus_embeddings(rec, idx, {k for s in subjects for k in per_subject[s]})
     per: dict[str, dict[str, float]] = {s: {} for s in ["universal", *strategies]}
     for s in subjects:
         ks = per_subject[s]
@@ -268,12 +290,33 @@ def ckplus(rec: Any, strategies: dict[str, Strategy], subjects_limit: int | None
             a = [i for i in range(len(ks)) if i != t]
             hits["universal"].append(str(rec.universal.predict([probs[idx[k]]])[0]) == labels[t])
             for name, fit in strategies.items():
-                head = fit(u, replay, [feats[idx[ks[i]]] for i in a], [labels[i] for i in a])
-                hits[name].append(str(head.predict([feats[idx[k]]])[0]) == labels[t])
+                head = fit(u, replay, [feats[idx[ks[i]]] for i in a], [labels[i] for i in a], [seq_emb[ks[i]] for i in a])
+                hits[name].append(_acc(head, [feats[idx[k]]], [labels[t]], [seq_emb[k]]) == 1.0)
         for n, scores in per.items():
             scores[s] = float(np.mean(hits[n]))
     log.info("CK+: %s", {n: round(float(np.mean(list(v.values()))), 3) for n, v in per.items()})
     return per
+
+
+def ckplus_embeddings(rec: Any, idx: dict[Any, np.ndarray], keys: set[Any]) -> dict[Any, np.ndarray | None]:
+    """The identity embedding of each CK+ sequence in ``keys`` through the public API
+    (``analyze(identity=True)``; 48 px faces upscaled to 192 px with a 48 px border, as in
+    ``benchmarks/identity.py``): the mean of its images' unit embeddings, normalised."""
+    import cv2
+
+    with np.load(DATA / "ckplus48.npz", allow_pickle=False) as z:
+        x = z["x"]
+    out: dict[Any, np.ndarray | None] = {}
+    for k in sorted(keys):
+        es = []
+        for i in idx[k]:
+            big = cv2.copyMakeBorder(cv2.resize(x[i], (192, 192), interpolation=cv2.INTER_CUBIC), 48, 48, 48, 48, cv2.BORDER_REPLICATE)
+            e = rec.analyze(np.ascontiguousarray(np.repeat(big[:, :, None], 3, axis=2)), identity=True).embedding
+            if e is not None:
+                es.append(np.asarray(e, np.float64) / np.linalg.norm(e))
+        out[k] = None if not es else np.mean(es, axis=0) / np.linalg.norm(np.mean(es, axis=0))
+    log.info("CK+: %d of %d sequences embedded", sum(v is not None for v in out.values()), len(out))
+    return out
 
 
 def cremad(make_rec: Callable[[str], Any], variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -410,7 +453,7 @@ def plot(res: dict[str, Any], path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    global M_GRID, STYLES, PROTOCOL
+    global M_GRID, STYLES, PROTOCOL, IDENTITY
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--people", type=int, help="only the first N Taiwanese people (and N CK+ subjects)")
     ap.add_argument("--api-styles", default="1", help="elicitation styles for the through-the-API run (default 1; '123' for all)")
@@ -426,28 +469,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=PROTOCOL,
         help="Taiwanese test set: the same held-out photos for every M (default) or all photos not corrected",
     )
+    ap.add_argument("--identity", help="identity model whose embeddings the identity expert reads (default: the Recognizer's)")
     args = ap.parse_args(argv)
     M_GRID = tuple(int(m) for m in args.m.split(","))
     STYLES = tuple(args.styles)
     PROTOCOL = args.protocol
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import inspect
+
     import emoadapt
+
+    IDENTITY = args.identity or inspect.signature(emoadapt.Recognizer).parameters["identity"].default
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     def make_rec(home: str) -> Any:
         # one user per home: identity routing cannot send a face to anyone else
-        return emoadapt.Recognizer(home=home, adapt_every=0, identity_threshold=-1.0)
+        return emoadapt.Recognizer(home=home, adapt_every=0, identity_threshold=-1.0, identity=IDENTITY)
 
     only = set(args.only.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
     strategies = _strategies()
-    res: dict[str, Any] = {"api_styles": args.api_styles, "styles": "".join(STYLES), "protocol": PROTOCOL}
+    res: dict[str, Any] = {"api_styles": args.api_styles, "styles": "".join(STYLES), "protocol": PROTOCOL, "identity": IDENTITY}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as home:
         rec = make_rec(home)
         if "taiwanese" in only:
             files = taiwanese_files(args.people)
-            names, feats, probs = cache_features(rec, files)
-            res["taiwanese_cached"] = taiwanese_cached(rec, names, feats, probs, strategies)
+            names, feats, probs, embs = cache_features(rec, files)
+            res["taiwanese_cached"] = taiwanese_cached(rec, names, feats, probs, embs, strategies)
             if not args.skip_api:
                 res["taiwanese_api"] = taiwanese_api(make_rec, [f for f in files if f.name in set(names)], tuple(args.api_styles))
         if "ckplus" in only:
@@ -463,6 +511,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         f"centred finetune (anchor {DEFAULT_ANCHOR:g})",
                         "prototypes: features",
                         FIRST_PASS,
+                        NO_EXPERT,
                         DEFAULT,
                     )
                 },
@@ -470,7 +519,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
     if "cremad" in only:
         res["cremad"] = cremad(
-            make_rec, {"personal (today: anchor 0.1, no guard)": {"anchor": TODAY_ANCHOR, "use_guard": False}, FIRST_PASS: {"center": False}, DEFAULT: {}}
+            make_rec,
+            {
+                "personal (today: anchor 0.1, no guard)": {"anchor": TODAY_ANCHOR, "use_guard": False, "expert_weight": 0.0},
+                FIRST_PASS: {"center": False, "expert_weight": 0.0},
+                NO_EXPERT: {"expert_weight": 0.0},
+                DEFAULT: {},
+            },
         )
     if "ravdess" in only:
         res["ravdess"] = ravdess(args.ravdess_seeds)

@@ -37,9 +37,18 @@ Policy (:func:`adapt_user`):
    :class:`~emoadapt.heads.CenteredHead` when the choice reads centred features (choosing
    the universal model also retires an older personal head); the previous version is kept
    as a fallback. :class:`AdaptReport` says what was chosen and why.
+6. *The identity expert*: when the corrections carry identity embeddings of two labels or
+   more (``correct()`` stores the embedding that routed the face; ``adapt_user``'s
+   ``identity_model`` picks those of the recogniser's model), a softmax regression on them
+   (:class:`~emoadapt.heads.IdentityExpertHead`, weight :data:`IDENTITY_EXPERT_WEIGHT`) is
+   mixed into the saved head. Within one person an identity embedding still moves with the
+   expression, and ``predict()`` has the face's embedding anyway (it routes on it). The
+   expert has no say about labels it was not fitted on (they get its highest probability),
+   so it can reorder the corrected expressions but never push an uncorrected one down.
 
 The defaults (``finetune``, ``anchor`` = :data:`DEFAULT_ANCHOR`, ``mix_k`` =
-:data:`DEFAULT_MIX_K`, ``center`` = :data:`DEFAULT_CENTER`, :data:`ALT_ANCHORS`) were chosen
+:data:`DEFAULT_MIX_K`, ``center`` = :data:`DEFAULT_CENTER`, :data:`ALT_ANCHORS`,
+:data:`IDENTITY_EXPERT_WEIGHT`, :data:`IDENTITY_EXPERT_C`) were chosen
 by ``benchmarks/personalization.py`` (docs/personalization.md).
 """
 
@@ -57,6 +66,7 @@ from .heads import (
     BlendHead,
     CenteredHead,
     Head,
+    IdentityExpertHead,
     PrototypeHead,
     StatPoolingHead,
     TrainableHead,
@@ -70,6 +80,8 @@ __all__ = [
     "DEFAULT_CENTER",
     "DEFAULT_MIX_K",
     "DEFAULT_STRATEGY",
+    "IDENTITY_EXPERT_C",
+    "IDENTITY_EXPERT_WEIGHT",
     "STRATEGIES",
     "AdaptReport",
     "adapt_user",
@@ -131,6 +143,9 @@ class AdaptReport:
     """Held-out accuracy of each candidate (``universal``, ``mix``, ``personal``, ``personal@A``)."""
     label_counts: dict[str, int] = field(default_factory=dict)
     """Corrections per label."""
+    identity_expert: int = 0
+    """Corrections the personal identity expert was fitted on (their faces' identity
+    embeddings, :class:`~emoadapt.heads.IdentityExpertHead`); 0: no expert."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,6 +163,8 @@ class AdaptReport:
             anchor = "" if self.anchor is None else f", anchor {self.anchor:g}"
             centred = ", features centred on the user" if self.centred else ""
             lines.append(f"chosen: {self.choice} (strategy {self.strategy}{anchor}, personal weight {self.weight:.2f}{centred})")
+        if self.identity_expert:
+            lines.append(f"identity expert: fitted on the faces of {self.identity_expert} corrections")
         state = f"head v{self.version} active" if self.accepted else "no new head"
         lines.append(f"{state}: {self.reason} ({self.seconds:.2f} s)")
         return "\n".join(lines)
@@ -166,6 +183,11 @@ OFFSET_SHRINK = 1.0
 ALT_CENTER = False
 #: Other anchors the guard tries for the fine-tune strategy (a weaker pull: more personal).
 ALT_ANCHORS: tuple[float, ...] = (0.1,)
+#: Weight of the personal identity expert (:class:`~emoadapt.heads.IdentityExpertHead`) in the
+#: installed head, when the user's corrections carry identity embeddings of two labels or more.
+IDENTITY_EXPERT_WEIGHT = 0.5
+#: Inverse L2 strength of the identity expert's softmax regression.
+IDENTITY_EXPERT_C = 1.0
 
 
 def load_replay(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -380,6 +402,9 @@ def personalize(
     alt_anchors: tuple[float, ...] = ALT_ANCHORS,
     center: bool = DEFAULT_CENTER,
     alt_center: bool = ALT_CENTER,
+    embeddings: list[np.ndarray | None] | None = None,
+    identity_model: str = "",
+    expert_weight: float = IDENTITY_EXPERT_WEIGHT,
     **fit_kw: Any,
 ) -> tuple[Head, dict[str, Any]]:
     """The head :func:`adapt_user` installs, from one user's ``(clips, labels)``, without a store.
@@ -388,9 +413,13 @@ def personalize(
     personal head, inside a :class:`~emoadapt.heads.CenteredHead` when it reads features
     centred on the user (``center`` and a ``replay`` set, unless the guard chose the plain
     universal head). ``info`` has ``choice``, ``weight``, ``anchor``, ``evidence``,
-    ``guard``, ``n_held_out`` and ``centred``. ``use_guard=False`` skips the check and takes
-    the personal head (weight 1). ``fit_kw`` (``replay``, ``epochs``, ``seed``) go to
-    :func:`fit_personal`.
+    ``guard``, ``n_held_out``, ``centred`` and ``identity_expert`` (the number of corrections
+    the expert was fitted on, 0 without one). ``use_guard=False`` skips the check and takes
+    the personal head (weight 1). ``embeddings`` (one identity embedding or ``None`` per clip,
+    of the identity model ``identity_model``): with embeddings of two labels or more, the
+    head is wrapped in an :class:`~emoadapt.heads.IdentityExpertHead` of weight
+    ``expert_weight`` fitted on them (``expert_weight=0``: no expert). ``fit_kw``
+    (``replay``, ``epochs``, ``seed``) go to :func:`fit_personal`.
     """
     if len(clips) != len(labels) or not labels:
         raise InvalidInputError(f"need as many labels as clips, at least one ({len(clips)} clips, {len(labels)} labels)")
@@ -406,7 +435,10 @@ def personalize(
     chosen_anchor, centred = chosen.get(choice, (anchor, offset is not None))
     offset = offset if centred else None
     weight = _weights(len(labels), mix_k).get(choice, 1.0)
-    head = _installed(universal, fit_personal(universal, _center(clips, offset), labels, anchor=chosen_anchor, **fit_kw), weight, offset)
+    head: Head = _installed(universal, fit_personal(universal, _center(clips, offset), labels, anchor=chosen_anchor, **fit_kw), weight, offset)
+    expert = _identity_expert(head, embeddings, labels, identity_model, expert_weight)
+    if expert is not None:
+        head = expert
     return head, {
         "choice": choice,
         "weight": weight,
@@ -415,7 +447,25 @@ def personalize(
         "guard": scheme,
         "n_held_out": scored,
         "centred": offset is not None,
+        "identity_expert": 0 if expert is None else int(sum(e is not None for e in embeddings or [])),
     }
+
+
+def _identity_expert(
+    head: Head, embeddings: list[np.ndarray | None] | None, labels: list[str], identity_model: str, weight: float
+) -> IdentityExpertHead | None:
+    """``head`` with an identity expert fitted on the clips that have an embedding, or None
+    (no weight, fewer than two labels embedded, or embeddings of different sizes)."""
+    if not embeddings or not weight:
+        return None
+    if len(embeddings) != len(labels):
+        raise InvalidInputError(f"need one embedding (or None) per clip ({len(labels)} clips, {len(embeddings)} embeddings)")
+    have = {i: np.asarray(e, np.float64) for i, e in enumerate(embeddings) if e is not None}
+    if len({labels[i] for i in have}) < 2 or len({e.shape for e in have.values()}) != 1:
+        return None
+    x = np.stack(list(have.values()))
+    expert = IdentityExpertHead(head, weight=weight, C=IDENTITY_EXPERT_C, identity_model=identity_model)
+    return expert.fit_expert(x, [labels[i] for i in have])
 
 
 def load_personal_head(store: Store, user: str) -> Head | None:
@@ -439,12 +489,16 @@ def adapt_user(
     center: bool = DEFAULT_CENTER,
     epochs: int | None = None,
     seed: int = 0,
+    identity_model: str | None = None,
+    expert_weight: float = IDENTITY_EXPERT_WEIGHT,
 ) -> AdaptReport:
     """Fit, check and install ``user``'s personal head from their stored corrections (see
     module docs).
 
     Only corrections recorded with ``model_version`` (the backbone that produced their
     features) are used when it is given: features of another backbone live in another space.
+    With ``identity_model``, the identity embeddings that model stored with the corrections
+    feed the personal identity expert (:func:`personalize`).
     """
     t0 = time.perf_counter()
     user_uid = store.user_uid(user)  # before the data: save_head refuses if the record changed
@@ -463,8 +517,22 @@ def adapt_user(
     feats = [feats[i] for i in order]
     labels = [labels[i] for i in order]
     ids = [ids[i] for i in order]
+    embs = store.correction_embeddings(user, identity_model, ids=ids) if identity_model else {}
     head, info = personalize(
-        universal, feats, labels, strategy=strategy, use_guard=use_guard, mix_k=mix_k, replay=replay, anchor=anchor, center=center, epochs=epochs, seed=seed
+        universal,
+        feats,
+        labels,
+        strategy=strategy,
+        use_guard=use_guard,
+        mix_k=mix_k,
+        replay=replay,
+        anchor=anchor,
+        center=center,
+        epochs=epochs,
+        seed=seed,
+        embeddings=[embs.get(i) for i in ids] if embs else None,
+        identity_model=identity_model or "",
+        expert_weight=expert_weight,
     )
     counts = {lab: labels.count(lab) for lab in sorted(set(labels))}
     report = AdaptReport(
@@ -482,6 +550,7 @@ def adapt_user(
         guard=info["guard"],
         evidence=info["evidence"],
         label_counts=counts,
+        identity_expert=info["identity_expert"],
     )
     if info["evidence"]:
         report.held_out_accuracy_before = info["evidence"]["universal"]
@@ -495,6 +564,7 @@ def adapt_user(
         "guard": info["guard"],
         "anchor": info["anchor"],
         "centred": info["centred"],
+        "identity_expert": info["identity_expert"],
     }
     version = store.save_head(user, head_to_arrays(head), meta=meta, metrics=metrics, trained_on=ids, user_uid=user_uid)
     report.accepted, report.version = True, version

@@ -114,6 +114,7 @@ def label_windows(
                 faces=len(pos),
                 features=_rows(track.features, pos),
                 frame_probabilities=_rows(track.frame_probabilities, pos),
+                embedding=track.embedding,
             )
             rec._classify(part, track.user)
             assert part.label is not None

@@ -62,6 +62,8 @@ __all__ = [
     "PrototypeHead",
     "BlendHead",
     "CenteredHead",
+    "IdentityExpertHead",
+    "fit_softmax_regression",
     "HEAD_TYPES",
     "Head",
     "TrainableHead",
@@ -1523,6 +1525,211 @@ class CenteredHead(_Head):
         return cls(head, offset.astype(np.float64))
 
 
+def fit_softmax_regression(
+    x: np.ndarray, yidx: np.ndarray, n_classes: int, *, C: float = 1.0, max_iter: int = 3000, tol: float = 1e-6
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(coef (D, K), intercept (K,))`` minimising ``C * sum(cross-entropy) + ||coef||^2 / 2``
+    (scikit-learn's multinomial ``LogisticRegression(C=C)``; the intercept is not penalised),
+    by accelerated gradient descent from zero: deterministic, numpy only."""
+    x = np.asarray(x, np.float64)
+    n, d = x.shape
+    y = np.zeros((n, n_classes))
+    y[np.arange(n), yidx] = 1.0
+    xa = np.hstack([x, np.ones((n, 1))])
+    # Lipschitz constant of the gradient: the softmax Hessian is bounded by 1/2
+    lip = 0.5 * C * float(np.linalg.norm(xa, 2)) ** 2 + 1.0
+    step = 1.0 / lip
+    reg = np.ones((d + 1, 1))
+    reg[-1] = 0.0
+    w = np.zeros((d + 1, n_classes))
+    v, t = w.copy(), 1.0
+    for _ in range(max_iter):
+        p = np.exp(_log_softmax(xa @ v))
+        g = C * xa.T @ (p - y) + reg * v
+        w_next = v - step * g
+        t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
+        v = w_next + ((t - 1.0) / t_next) * (w_next - w)
+        done = float(np.abs(w_next - w).max()) < tol
+        w, t = w_next, t_next
+        if done:
+            break
+    return w[:-1], w[-1]
+
+
+class IdentityExpertHead(_Head):
+    """A head on backbone features, with a personal *expert* on the face's identity embedding.
+
+    Within one person an identity embedding (ArcFace-style, L2-normalised) still moves with
+    the expression: with the identity held fixed, what is left is how this face looks when it
+    is happy, sad, and so on. The expert is a softmax regression on the embeddings of the
+    user's corrected clips (``scale`` times the unit embedding, L2 penalty ``1 / C``, as
+    scikit-learn's ``LogisticRegression(C=C)``), fitted by :meth:`fit_expert`; the embeddings
+    are those the :class:`~emoadapt.recognizer.Recognizer` computes anyway to route a face
+    to its user, so the expert costs nothing at prediction time.
+
+    ``predict_proba(clips, embeddings)``: ``log p(c) = (1 - weight) log p_head(c) + weight log
+    q(c)`` (renormalised), where ``q`` is the expert's probability for the classes it knows
+    and, for the classes it does not know, its highest probability: it has no opinion about
+    an expression the user never corrected, so it can reorder the classes it knows but never
+    push an unknown one down. Without an embedding (``embeddings=None``, or a row that is not
+    finite) the wrapped head's probabilities are returned unchanged.
+
+    Args:
+        head: the wrapped head (fitted), e.g. a :class:`CenteredHead` or :class:`BlendHead`.
+        weight: the expert's weight in ``[0, 1]``.
+        C: inverse L2 strength of the expert's regression.
+        scale: the unit embeddings are multiplied by this before the regression.
+        identity_model: name of the identity model whose embeddings the expert reads (the
+            recogniser uses the expert only with embeddings of that model).
+
+    Learned attributes: ``coef_`` ``(E, K)``, ``intercept_`` ``(K,)``, ``expert_classes_``
+    ``(K,)`` (a subset of ``classes_``), ``n_embedding_in_`` (``E``).
+    """
+
+    def __init__(self, head: Any = None, weight: float = 0.5, C: float = 1.0, scale: float = 10.0, identity_model: str = "") -> None:
+        self.head = head
+        self.weight = weight
+        self.C = C
+        self.scale = scale
+        self.identity_model = identity_model
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        params = {"weight": self.weight, "C": self.C, "scale": self.scale, "identity_model": self.identity_model}
+        return {"head": self.head, **params} if deep else params
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("classes_", "n_features_in_"):
+            head = self.__dict__.get("head")
+            if head is None or not hasattr(head, "classes_"):
+                raise AttributeError(name)
+            return getattr(head, name)
+        raise AttributeError(name)
+
+    def _check_params(self) -> None:
+        if self.head is None or not hasattr(self.head, "classes_") or isinstance(self.head, IdentityExpertHead):
+            raise InvalidInputError("IdentityExpertHead needs a fitted head (not another IdentityExpertHead)")
+        for k, lo in (("weight", 0.0), ("C", 0.0), ("scale", 0.0)):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo or (k != "weight" and v == 0):
+                raise InvalidInputError(f"{k} must be a {'number in [0, 1]' if k == 'weight' else 'positive number'}, got {v!r}")
+        if float(self.weight) > 1.0:
+            raise InvalidInputError(f"weight must be a number in [0, 1], got {self.weight!r}")
+        if not isinstance(self.identity_model, str):
+            raise InvalidInputError("identity_model must be a string")
+
+    def _check_fitted(self) -> None:
+        self._check_params()
+        if not hasattr(self, "coef_"):
+            raise InvalidInputError("this IdentityExpertHead has no expert yet; call fit_expert() first")
+
+    def _design(self, embeddings: Any) -> np.ndarray:
+        e = np.asarray(embeddings, dtype=np.float64)
+        if e.ndim != 2 or e.shape[0] == 0:
+            raise InvalidInputError(f"embeddings must be a non-empty 2-D array (N, E), got shape {e.shape}")
+        if hasattr(self, "n_embedding_in_") and e.shape[1] != self.n_embedding_in_:
+            raise InvalidInputError(f"embeddings have {e.shape[1]} values, the expert reads {self.n_embedding_in_}")
+        return float(self.scale) * e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), _EPS)
+
+    def fit_expert(self, embeddings: Any, y: Any) -> IdentityExpertHead:
+        """Fit the expert on the identity embeddings ``(N, E)`` of the user's clips and their
+        labels (each one of the wrapped head's classes; at least two different ones)."""
+        self._check_params()
+        e = np.asarray(embeddings, dtype=np.float64)
+        if e.ndim != 2 or not np.isfinite(e).all():
+            raise InvalidInputError("embeddings must be a finite 2-D array (N, E)")
+        self.__dict__.pop("n_embedding_in_", None)
+        x = self._design(e)
+        yy = _as_labels(y, len(x))
+        known = self.classes_.tolist()
+        if (self.classes_.dtype.kind in "iu") != (yy.dtype.kind in "iu"):
+            raise InvalidInputError("labels and the head's classes are of different kinds (int vs str)")
+        unknown = sorted({str(v) for v in yy.tolist()} - {str(c) for c in known})
+        if unknown:
+            raise InvalidInputError(f"labels {unknown} are not classes of the wrapped head")
+        expert = [c for c in known if c in set(yy.tolist())]
+        if len(expert) < 2:
+            raise InvalidInputError("the expert needs clips of at least two different labels")
+        index = {c: i for i, c in enumerate(expert)}
+        coef, intercept = fit_softmax_regression(x, np.array([index[v] for v in yy.tolist()]), len(expert), C=float(self.C))
+        self.coef_, self.intercept_ = coef, intercept
+        self.expert_classes_ = np.asarray(expert, dtype=self.classes_.dtype)
+        self.n_embedding_in_ = e.shape[1]
+        return self
+
+    def expert_proba(self, embeddings: Any) -> np.ndarray:
+        """The expert's probabilities ``(N, K)`` (columns follow ``expert_classes_``)."""
+        self._check_fitted()
+        return np.exp(_log_softmax(self._design(embeddings) @ self.coef_ + self.intercept_))
+
+    def predict_proba(self, clips: Clips, embeddings: Any = None) -> np.ndarray:
+        """Probabilities ``(N, C)`` of ``clips`` (columns follow ``classes_``), with the expert
+        mixed in where a row of ``embeddings`` ``(N, E)`` is given and finite."""
+        self._check_fitted()
+        p = np.asarray(self.head.predict_proba(clips), dtype=np.float64)
+        if embeddings is None or float(self.weight) == 0.0:
+            return p
+        e = np.asarray(embeddings, dtype=np.float64)
+        if e.ndim != 2 or len(e) != len(p):
+            raise InvalidInputError(f"got {len(e) if e.ndim else 0} embeddings for {len(p)} clips")
+        rows = np.isfinite(e).all(axis=1)
+        if not rows.any():
+            return p
+        q = self.expert_proba(e[rows])
+        classes = self.classes_.tolist()
+        aligned = np.repeat(q.max(axis=1, keepdims=True), len(classes), axis=1)
+        aligned[:, [classes.index(c) for c in self.expert_classes_.tolist()]] = q
+        w = float(self.weight)
+        z = (1.0 - w) * np.log(np.clip(p[rows], BlendHead._FLOOR, None)) + w * np.log(np.clip(aligned, BlendHead._FLOOR, None))
+        out = p.copy()
+        out[rows] = np.exp(_log_softmax(z))
+        return out
+
+    def predict(self, clips: Clips, embeddings: Any = None) -> np.ndarray:
+        """Most probable label per clip (see :meth:`predict_proba`)."""
+        return self.classes_[np.argmax(self.predict_proba(clips, embeddings), axis=1)]
+
+    def _payload(self) -> dict[str, np.ndarray]:
+        self._check_fitted()
+        params = {"weight": float(self.weight), "C": float(self.C), "scale": float(self.scale), "identity_model": self.identity_model}
+        inner = self.head._payload()
+        out = {
+            "meta": self._meta(params),
+            "classes": np.asarray(inner["classes"]),
+            "coef": np.asarray(self.coef_, np.float64),
+            "intercept": np.asarray(self.intercept_, np.float64),
+            "expert_classes": self.expert_classes_ if self.expert_classes_.dtype.kind in "iuU" else self.expert_classes_.astype(str),
+        }
+        out.update({f"head__{k}": v for k, v in inner.items()})
+        return out
+
+    @classmethod
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> IdentityExpertHead:
+        sub = {k[len("head__") :]: v for k, v in arrays.items() if k.startswith("head__")}
+        inner = _from_payload(sub, "head")
+        if isinstance(inner, IdentityExpertHead):
+            raise ModelIntegrityError("head file: nested identity experts are not allowed")
+        head = cls(inner, **_unjson_params(meta["params"]))
+        try:
+            head._check_params()
+        except InvalidInputError as e:
+            raise ModelIntegrityError(f"head file: {e}") from e
+        coef, intercept, expert = arrays.get("coef"), arrays.get("intercept"), arrays.get("expert_classes")
+        if coef is None or intercept is None or expert is None:
+            raise ModelIntegrityError("head file: missing identity expert arrays")
+        _check_file_classes(expert)
+        k = len(expert)
+        if coef.ndim != 2 or coef.shape[1] != k or intercept.shape != (k,) or coef.dtype.kind != "f" or intercept.dtype.kind != "f" or k < 2:
+            raise ModelIntegrityError(f"head file: identity expert arrays of shapes {coef.shape}, {intercept.shape} for {k} classes")
+        if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
+            raise ModelIntegrityError("head file: non-finite identity expert weights")
+        if not set(expert.tolist()) <= set(inner.classes_.tolist()):
+            raise ModelIntegrityError("head file: the identity expert has classes the wrapped head lacks")
+        head.coef_, head.intercept_ = coef.astype(np.float64), intercept.astype(np.float64)
+        head.expert_classes_ = expert.astype(inner.classes_.dtype) if inner.classes_.dtype.kind in "iuU" else expert
+        head.n_embedding_in_ = coef.shape[0]
+        return head
+
+
 HEAD_TYPES: dict[str, type[_Head]] = {
     "StatPoolingHead": StatPoolingHead,
     "SingleAttentionHead": SingleAttentionHead,
@@ -1531,6 +1738,7 @@ HEAD_TYPES: dict[str, type[_Head]] = {
     "PrototypeHead": PrototypeHead,
     "BlendHead": BlendHead,
     "CenteredHead": CenteredHead,
+    "IdentityExpertHead": IdentityExpertHead,
 }
 
 

@@ -90,6 +90,10 @@ class Result:
     """Per-frame backbone features (faces, D) of the used frames (what the heads pool)."""
     frame_probabilities: np.ndarray | None = field(default=None, repr=False)
     """Per-frame backbone probabilities (faces, C)."""
+    embedding: np.ndarray | None = field(default=None, repr=False)
+    """Identity embedding of the face track (``(E,)``, of the Recognizer's ``identity``
+    model): what routes it to a user, and what a user's personal identity expert reads.
+    ``None`` when no face was embedded (``analyze`` without ``identity=True``)."""
     source: str | None = None
     """The clip's path when it was given as a path, else ``None``."""
     fps: float | None = None
@@ -559,14 +563,22 @@ class Recognizer:
         step: int = 1,
         source_fps: float = DEFAULT_SOURCE_FPS,
         progress: bool = False,
+        identity: bool = False,
     ) -> Result:
         """Run detection, alignment and the backbone on every sampled frame of the main face
-        track (no clip head, no identity): ``features`` and ``frame_probabilities`` filled.
-        Arguments as in :meth:`predict`."""
+        track (no clip head, no user routing): ``features`` and ``frame_probabilities`` filled,
+        and with ``identity=True`` the track's identity ``embedding`` too (what
+        :meth:`predict` routes on and :meth:`correct` stores). Other arguments as in
+        :meth:`predict`."""
+        if not isinstance(identity, bool):
+            raise InvalidInputError(f"identity must be a bool, got {type(identity).__name__}")
         sampling = Sampling(fps=fps, max_frames=max_frames, step=step, source_fps=source_fps)
-        scan = self._scan(clip, color=color, sampling=sampling, identity=False, progress=progress)
+        scan = self._scan(clip, color=color, sampling=sampling, identity=identity, progress=progress)
         tracks = scan.tracks()
-        return self._track_result(scan, tracks[0] if tracks else [])
+        res = self._track_result(scan, tracks[0] if tracks else [])
+        if identity and tracks:
+            res.embedding = scan.track_embedding(tracks[0])
+        return res
 
     def frame_features(self, clip: Clip, **kw: Any) -> np.ndarray:
         """Per-frame backbone features (faces, D) of the main face of a clip: what heads consume
@@ -604,6 +616,7 @@ class Recognizer:
             emb = scan.track_embedding(idx)
             if emb is not None:
                 r.user, _ = self.matcher.identify(emb, gallery)
+                r.embedding = emb
             self._classify(r, r.user)
             results.append(r)
         main = results[0]
@@ -641,6 +654,17 @@ class Recognizer:
             self._heads[key[0]] = (key, head)
         return head
 
+    def _personal_proba(self, head: Any, res: Result) -> np.ndarray:
+        """A personal head's probabilities of ``res``'s frames, with its identity expert when
+        it has one of this Recognizer's identity model and the track has an embedding."""
+        from .heads import IdentityExpertHead
+
+        if isinstance(head, IdentityExpertHead):
+            use = res.embedding is not None and head.identity_model == self.identity and len(res.embedding) == head.n_embedding_in_
+            assert res.features is not None
+            return head.predict_proba([res.features], np.asarray(res.embedding)[None] if use else None)
+        return np.asarray(head.predict_proba([res.features]))
+
     def _classify(self, res: Result, user: str | None) -> None:
         assert res.features is not None and res.frame_probabilities is not None
         head, p = None, None
@@ -653,7 +677,7 @@ class Recognizer:
                 self._store_unavailable(e)
         if head is not None:
             try:
-                p = np.asarray(head.predict_proba([res.features]), dtype=np.float64)[0]
+                p = np.asarray(self._personal_proba(head, res), dtype=np.float64)[0]
                 if not (np.isfinite(p).all() and p.sum() > 0):
                     raise ModelIntegrityError("non-finite or zero probabilities")
             except Exception as e:
@@ -916,7 +940,9 @@ class Recognizer:
                     f"the face in the clip does not match {user!r} (similarity {score:.3f} < {self.matcher.threshold:.3f}); pass force=True to record it anyway"
                 )
         assert res.features is not None
-        cid = int(self.store.add_correction(user, label, res.features, res.features.mean(axis=0), self.model_version))
+        cid = int(
+            self.store.add_correction(user, label, res.features, res.features.mean(axis=0), self.model_version, embedding=emb, embedding_model=self.identity)
+        )
         # committed: from here on nothing raises (a retrying caller would store it twice)
         report, error = None, None
         try:
@@ -953,6 +979,7 @@ class Recognizer:
         if not self.store.has_user(user):
             raise UnknownUserError(f"unknown user {user!r}")
         kw.setdefault("replay", self.replay)
+        kw.setdefault("identity_model", self.identity)
         return adapt_user(self.store, self.personal_base, user, model_version=self.model_version, **kw)
 
     @property

@@ -245,6 +245,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         "decided when a head is trained (the guard of emoadapt.adaptation), not stored",
         ("ALTER TABLE corrections DROP COLUMN held_out",),  # SQLite >= 3.35
     ),
+    Migration(
+        6,
+        "identity embedding of each correction's face and its model (older rows: none), read by "
+        "the personal identity expert (emoadapt.heads.IdentityExpertHead)",
+        (
+            "ALTER TABLE corrections ADD COLUMN embedding BLOB",
+            "ALTER TABLE corrections ADD COLUMN embedding_model TEXT",
+        ),
+    ),
 )
 
 #: Schema version this code writes (``PRAGMA user_version`` of an up-to-date store).
@@ -1049,6 +1058,9 @@ class Store:
         frame_features: Any,
         descriptor: Any = None,
         model_version: str = "",
+        *,
+        embedding: Any = None,
+        embedding_model: str | None = None,
     ) -> int:
         """Store one correction and return its id once it is committed (durable).
 
@@ -1058,20 +1070,28 @@ class Store:
             frame_features: per-frame backbone features ``(T, D)``, stored as float32.
             descriptor: optional clip descriptor ``(D',)``, stored as float32.
             model_version: version of the model that computed the features.
+            embedding: optional identity embedding ``(E,)`` of the clip's face, stored as
+                float32 (read by :meth:`correction_embeddings`); needs ``embedding_model``.
+            embedding_model: the identity model that computed ``embedding``.
         """
         name = _user_name(user)
         label = normalize_label(label)
         feats = _as_f32(frame_features, 2, "frame_features")
         desc = None if descriptor is None else _as_f32(descriptor, 1, "descriptor")
         model_version = _clean_text(model_version, "model_version", _MAX_TAG_LENGTH, allow_empty=True)
+        if (embedding is None) != (embedding_model is None):
+            raise InvalidInputError("embedding and embedding_model go together: give both or neither")
+        eblob = None if embedding is None else _as_f32(embedding, 1, "embedding").tobytes()
+        emodel = None if embedding_model is None else _clean_text(embedding_model, "embedding_model", _MAX_TAG_LENGTH)
         t, d = feats.shape
         fblob = feats.tobytes()
         dblob = None if desc is None else desc.tobytes()
 
         def tx(conn: sqlite3.Connection, uid: int) -> int:
             cur = conn.execute(
-                "INSERT INTO corrections (user_id, label, created, model_version, n_frames, dim, features, descriptor) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (uid, label, time.time(), model_version, t, d, fblob, dblob),
+                "INSERT INTO corrections (user_id, label, created, model_version, n_frames, dim, features, descriptor, embedding, embedding_model)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (uid, label, time.time(), model_version, t, d, fblob, dblob, eblob, emodel),
             )
             return int(cur.lastrowid or 0)
 
@@ -1126,6 +1146,14 @@ class Store:
         rows = self._select_corrections(_user_name(user), "c.id, c.label, c.n_frames, c.dim, c.features", idl, unconsumed)
         feats = [_blob_to_f32(r[4], (int(r[2]), int(r[3])), f"features of correction {r[0]}") for r in rows]
         return CorrectionData(feats, [r[1] for r in rows], [int(r[0]) for r in rows])
+
+    def correction_embeddings(self, user: str, model: str, *, ids: Sequence[int] | None = None) -> dict[int, np.ndarray]:
+        """``{correction id: identity embedding (E,) float32}`` of the user's corrections whose
+        face was embedded by the identity model ``model`` (``ids`` restricts to those ids)."""
+        idl = None if ids is None else _ids(ids)
+        model = _clean_text(model, "model", _MAX_TAG_LENGTH)
+        rows = self._select_corrections(_user_name(user), "c.id, c.embedding", idl, False, ("c.embedding IS NOT NULL AND c.embedding_model = ?", (model,)))
+        return {int(r[0]): _blob_to_f32(r[1], (len(r[1]) // _F32.itemsize,), f"embedding of correction {r[0]}") for r in rows}
 
     def descriptor_data(self, user: str, *, unconsumed: bool = False, ids: Sequence[int] | None = None) -> DescriptorData:
         """``descriptors, labels, ids`` of the user's corrections that have a clip descriptor."""

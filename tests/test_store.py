@@ -432,7 +432,7 @@ def test_v0_database_is_migrated(home):
     con.execute("PRAGMA user_version").fetchone()
     con.close()
     with Store(home) as s:
-        assert s.schema_version == SCHEMA_VERSION == 5 and s.users() == []
+        assert s.schema_version == SCHEMA_VERSION == 6 and s.users() == []
 
 
 def test_v1_database_is_migrated_with_data_intact(home):
@@ -465,13 +465,38 @@ def test_v1_database_is_migrated_with_data_intact(home):
         assert s.save_head("carol", {"w": np.ones(2)}) == 1 and s.count_since_last_head("carol") == 0
         new_id = s.add_correction("carol", "fear", feats)
         assert new_id == rec.id + 1
+        # corrections stored before migration 6 carry no identity embedding
+        assert s.correction_embeddings("carol", "mobilefacenet") == {} and s.correction_embeddings("carol", "dlib_resnet") == {}
     with Store(home) as s:  # reopening an up-to-date store changes nothing
         assert s.schema_version == SCHEMA_VERSION and len(s.corrections("carol")) == 2
     con = sqlite3.connect(home / DB_NAME)
     # migration 2 added held_out, migration 5 dropped it again (never set by the library)
     cols = [r[1] for r in con.execute("PRAGMA table_info(corrections)")]
     con.close()
-    assert "held_out" not in cols and "consumed_by_head" in cols
+    assert "held_out" not in cols and "consumed_by_head" in cols and {"embedding", "embedding_model"} <= set(cols)
+
+
+def test_corrections_keep_their_identity_embedding_per_model(home):
+    feats = np.arange(12, dtype=np.float32).reshape(3, 4)
+    emb = np.linspace(-1, 1, 192).astype(np.float32)
+    with Store(home) as s:
+        s.add_user("alice")
+        a = s.add_correction("alice", "fear", feats, embedding=emb, embedding_model="mobilefacenet")
+        b = s.add_correction("alice", "happy", feats, embedding=emb[:128] * 2, embedding_model="dlib_resnet")
+        c = s.add_correction("alice", "sad", feats)
+        got = s.correction_embeddings("alice", "mobilefacenet")
+        assert list(got) == [a] and got[a].dtype == np.float32 and got[a].tobytes() == emb.tobytes()
+        assert list(s.correction_embeddings("alice", "dlib_resnet")) == [b]
+        assert s.correction_embeddings("alice", "mobilefacenet", ids=[b, c]) == {}
+        for bad in ({"embedding": emb}, {"embedding_model": "mobilefacenet"}, {"embedding": emb[None], "embedding_model": "m"}):
+            with pytest.raises(InvalidInputError):
+                s.add_correction("alice", "fear", feats, **bad)
+        with pytest.raises(InvalidInputError):
+            s.add_correction("alice", "fear", feats, embedding=np.full(4, np.nan), embedding_model="m")
+        s.forget("alice")
+    con = sqlite3.connect(home / DB_NAME)
+    assert con.execute("SELECT COUNT(*) FROM corrections WHERE embedding IS NOT NULL").fetchone()[0] == 0
+    con.close()
 
 
 def test_newer_database_is_refused_untouched(home):
