@@ -27,7 +27,9 @@ Policy (:func:`adapt_user`):
    personal head (weight 1) and, for the fine-tune, the personal head fine-tuned with a
    weaker pull (:data:`ALT_ANCHORS`, on features not centred: :data:`ALT_CENTER`). The most
    accurate wins; ties go to the more personal candidate, and between personal heads to the
-   higher mean log-likelihood of the held-out labels (the benchmark's numbers). With one
+   higher mean log-likelihood of the held-out labels (the benchmark's numbers). Leave-one-out
+   on a few corrections is noisy: another candidate replaces the personal head only when it
+   gets :data:`GUARD_MARGIN` more held-out corrections right. With one
    correction per class, the held-out correction's class is absent from the others: the
    check then measures whether the personal evidence about the other classes drags an
    unseen expression away from what the universal head says, the harm a personal model can
@@ -80,6 +82,7 @@ __all__ = [
     "DEFAULT_CENTER",
     "DEFAULT_MIX_K",
     "DEFAULT_STRATEGY",
+    "GUARD_MARGIN",
     "IDENTITY_EXPERT_C",
     "IDENTITY_EXPERT_WEIGHT",
     "STRATEGIES",
@@ -181,6 +184,9 @@ DEFAULT_CENTER = True
 OFFSET_SHRINK = 1.0
 #: Whether the guard's other anchors (:data:`ALT_ANCHORS`) read centred features too.
 ALT_CENTER = False
+#: Another candidate replaces the personal head only with this many more held-out hits
+#: (chosen with ``benchmarks/personalization.py``: 0 let noise pick candidates on CK+).
+GUARD_MARGIN = 2
 #: Other anchors the guard tries for the fine-tune strategy (a weaker pull: more personal).
 ALT_ANCHORS: tuple[float, ...] = (0.1,)
 #: Weight of the personal identity expert (:class:`~emoadapt.heads.IdentityExpertHead`) in the
@@ -336,7 +342,8 @@ def guard(
     are re-estimated without the held-out corrections. The most accurate wins; on ties a
     personal head goes before the mix, the mix before the centred universal head, that
     before the universal head, and between personal heads the higher mean log-likelihood of
-    the held-out labels wins (then ``personal``). The evidence also lists each candidate's
+    the held-out labels wins (then ``personal``); but another candidate replaces
+    ``personal`` only with at least :data:`GUARD_MARGIN` more held-out hits. The evidence also lists each candidate's
     ``"<name> log-likelihood"``. With a single correction nothing can be held out: the mix is
     chosen (its weight, ``1 / (1 + mix_k)``, keeps the universal head in charge of what the
     one correction does not cover). ``fit_kw`` go to :func:`fit_personal`.
@@ -386,6 +393,8 @@ def guard(
         reversed(order),
         key=lambda k: (acc[k], order.index(k) >= first_personal, round(loglik[k] / scored, 9) if order.index(k) >= first_personal else 0.0, order.index(k)),
     )
+    if choice != "personal" and hits[choice] - hits["personal"] < GUARD_MARGIN:
+        choice = "personal"
     acc.update({f"{k} log-likelihood": loglik[k] / scored for k in order})
     return choice, acc, scheme, scored
 

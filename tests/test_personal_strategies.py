@@ -137,6 +137,24 @@ def test_guard_picks_universal_when_the_evidence_hurts_and_personal_when_it_help
     assert guard(u, clips, noisy, replay=replay, center=False)[0] == "universal"
 
 
+def test_guard_replaces_the_personal_head_only_by_a_margin(recognizer, person02, monkeypatch):
+    """Another candidate must get GUARD_MARGIN more held-out corrections right than the personal
+    head to replace it (leave-one-out on a few corrections is noisy)."""
+    import emoadapt.adaptation as adaptation
+
+    (clips, labels), _ = person02
+    u, replay = recognizer.personal_base, recognizer.replay
+    order = sorted(set(labels))
+    noisy = [order[(order.index(lab) + 1) % len(order)] if k % 2 else lab for k, lab in enumerate(labels)]
+    choice, acc, _, n = guard(u, clips, noisy, replay=replay)
+    gap = round((acc[choice] - acc["personal"]) * n)
+    assert choice != "personal" and gap >= adaptation.GUARD_MARGIN
+    monkeypatch.setattr(adaptation, "GUARD_MARGIN", gap + 1)
+    assert guard(u, clips, noisy, replay=replay)[0] == "personal"
+    monkeypatch.setattr(adaptation, "GUARD_MARGIN", gap)
+    assert guard(u, clips, noisy, replay=replay)[0] == choice
+
+
 def test_centering_on_the_user_helps_on_their_other_style_and_round_trips(recognizer, person, tmp_path):
     (clips, labels), (test, truth) = person
     u, replay = recognizer.personal_base, recognizer.replay
