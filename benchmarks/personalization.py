@@ -232,6 +232,41 @@ def taiwanese_cached(
     return out
 
 
+def taiwanese_ceilings(names: list[str], feats: list[np.ndarray], embs: list[np.ndarray], replay: Any) -> dict[str, float]:
+    """What one style's photos can teach about the others: a logistic regression (scikit-learn,
+    features standardised with the replay set's statistics, embeddings as unit vectors times
+    10) fitted on *all* of a person's photos of one style (and all their neutral photos but the
+    last), tested on the fixed test set (mean over styles, then people); and, for contrast,
+    the same regression leave-one-out over all the person's photos, every style."""
+    from sklearn.linear_model import LogisticRegression
+
+    mu, sd = replay[0].mean(0), replay[0].std(0) + 1e-6
+    x_f = (np.stack([f.mean(0) for f in feats]) - mu) / sd
+    e = np.stack(embs).astype(np.float64)
+    x_fe = np.hstack([x_f, 10 * e / np.linalg.norm(e, axis=1, keepdims=True)])
+    y = np.array([taiwanese_label(n) for n in names])
+    people = sorted({n[:2] for n in names})
+    out: dict[str, float] = {}
+    for what, x in (("features", x_f), ("features + embedding", x_fe)):
+        cross, loo = [], []
+        for p in people:
+            per = []
+            for style in STYLES:
+                tr, te = taiwanese_split(names, p, style, 99)
+                per.append(float(np.mean(LogisticRegression(C=1.0, max_iter=3000).fit(x[tr], y[tr]).predict(x[te]) == y[te])))
+            cross.append(float(np.mean(per)))
+            idx = np.array([i for i, n in enumerate(names) if n[:2] == p])
+            hits = [
+                LogisticRegression(C=1.0, max_iter=3000).fit(x[np.delete(idx, j)], y[np.delete(idx, j)]).predict(x[idx[j : j + 1]])[0] == y[idx[j]]
+                for j in range(len(idx))
+            ]
+            loo.append(float(np.mean(hits)))
+        out[f"own {what}, all of one style -> other styles"] = float(np.mean(cross))
+        out[f"own {what}, leave-one-out over every style"] = float(np.mean(loo))
+    log.info("taiwanese ceilings: %s", {k: round(v, 3) for k, v in out.items()})
+    return out
+
+
 def taiwanese_api(make_rec: Callable[[str], Any], files: list[Path], styles: tuple[str, ...]) -> dict[str, Any]:
     """The default through ``correct(user=, force=True)`` / ``adapt()`` / ``predict()``."""
     names = [f.name for f in files]
@@ -389,6 +424,9 @@ def tables(res: dict[str, Any]) -> str:
     lines.append("| universal | " + " | ".join(f"{_mean(tw[str(m)]['universal']):.3f}" for m in M_GRID) + " |")
     for n in names:
         lines.append(f"| {n} | " + " | ".join(f"{_mean(tw[str(m)][n]):.3f} / {_hurt(tw[str(m)][n], tw[str(m)]['universal'])}" for m in M_GRID) + " |")
+    if "taiwanese_ceilings" in res:
+        lines += ["", "### Taiwanese faces, ceilings of the person's own data (logistic regression)", "", "| fitted on | accuracy |", "|---|---|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in res["taiwanese_ceilings"].items()]
     if "taiwanese_api" in res:
         api = res["taiwanese_api"]
         lines += [
@@ -496,6 +534,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             files = taiwanese_files(args.people)
             names, feats, probs, embs = cache_features(rec, files)
             res["taiwanese_cached"] = taiwanese_cached(rec, names, feats, probs, embs, strategies)
+            if PROTOCOL == "fixed":
+                res["taiwanese_ceilings"] = taiwanese_ceilings(names, feats, embs, rec.replay)
             if not args.skip_api:
                 res["taiwanese_api"] = taiwanese_api(make_rec, [f for f in files if f.name in set(names)], tuple(args.api_styles))
         if "ckplus" in only:
