@@ -188,6 +188,8 @@ def test_store_folds_names_before_every_lookup_and_keeps_normalised_old_names(tm
         con.execute("DROP INDEX users_uid")
         con.execute("ALTER TABLE users DROP COLUMN uid")
         con.execute("ALTER TABLE embeddings DROP COLUMN model")
+        con.execute("ALTER TABLE corrections DROP COLUMN embedding")  # added by v6
+        con.execute("ALTER TABLE corrections DROP COLUMN embedding_model")
         con.execute("ALTER TABLE corrections ADD COLUMN held_out INTEGER NOT NULL DEFAULT 0")  # v2 had it (v5 drops it)
         con.execute("PRAGMA user_version = 2")
     con.close()

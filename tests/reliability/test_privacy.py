@@ -32,7 +32,7 @@ import pytest
 
 import emoadapt
 from emoadapt.errors import ModelIntegrityError
-from emoadapt.heads import head_from_arrays
+from emoadapt.heads import IdentityExpertHead, head_from_arrays
 from emoadapt.store import DB_NAME, Store, user_dir_name
 from emoadapt.video import Sampling, iter_frames
 
@@ -198,13 +198,16 @@ def test_home_holds_features_only_never_pixels(populated):
                 n = con.execute(f"SELECT COUNT(*) FROM {table} WHERE typeof({c}) = 'blob'").fetchone()[0]
                 if n:
                     blobs[f"{table}.{c}"] = n
-        assert set(blobs) <= {"corrections.features", "corrections.descriptor", "embeddings.vector"}, blobs
+        assert set(blobs) <= {"corrections.features", "corrections.descriptor", "corrections.embedding", "embeddings.vector"}, blobs
         for n_frames, d, flen, dlen in con.execute("SELECT n_frames, dim, length(features), length(descriptor) FROM corrections"):
             assert d == dim and flen == n_frames * dim * 4 and dlen == dim * 4
             assert n_frames <= 3
         dim_id = rec.embedder.dim  # the identity model's embedding length
         for d, vlen in con.execute("SELECT dim, length(vector) FROM embeddings"):
             assert d == dim_id and vlen == dim_id * 4
+        # each correction keeps its face's identity embedding (the identity expert reads it)
+        for elen, model in con.execute("SELECT length(embedding), embedding_model FROM corrections"):
+            assert elen == dim_id * 4 and model == rec.identity
     finally:
         con.close()
     # what is stored is the backbone's per-frame features of the clip
@@ -309,7 +312,8 @@ def test_damaged_heads_fall_back_and_never_execute(populated, recognizer, tmp_pa
         )
     con.close()
     res = fresh_predict()  # uses v1, the newest intact version
-    assert np.allclose(probs(res, v1), np.asarray(v1.predict_proba([res.features]))[0], atol=1e-6)
+    assert isinstance(v1, IdentityExpertHead)  # predict() feeds it the face's embedding
+    assert np.allclose(probs(res, v1), np.asarray(v1.predict_proba([res.features], res.embedding[None]))[0], atol=1e-6)
     with Store(home) as st:
         with pytest.raises(ModelIntegrityError, match="malformed"):
             st.active_head(NAME, strict=True)
