@@ -1413,19 +1413,12 @@ class BlendHead(_Head):
         self._check_parts()
         out = {"meta": self._meta({"weight": float(self.weight)}), "classes": self.classes_}
         for part in ("base", "personal"):
-            for k, v in getattr(self, part)._payload().items():
-                out[f"{part}__{k}"] = v
+            out.update(_prefixed(part, getattr(self, part)._payload()))
         return out
 
     @classmethod
     def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> BlendHead:
-        parts: dict[str, Any] = {}
-        for part in ("base", "personal"):
-            sub = {k[len(part) + 2 :]: v for k, v in arrays.items() if k.startswith(part + "__")}
-            head = _from_payload(sub, part)
-            if isinstance(head, BlendHead):
-                raise ModelIntegrityError("head file: nested blends are not allowed")
-            parts[part] = head
+        parts = {part: _inner_head(arrays, part, BlendHead, "blends") for part in ("base", "personal")}
         weight = meta.get("params", {}).get("weight")
         if not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
             raise ModelIntegrityError("head file: blend weight must be in [0, 1]")
@@ -1506,16 +1499,12 @@ class CenteredHead(_Head):
             "classes": np.asarray(self.head._payload()["classes"]),
             "offset": np.asarray(self.offset, dtype=np.float64),
         }
-        for k, v in self.head._payload().items():
-            out[f"head__{k}"] = v
+        out.update(_prefixed("head", self.head._payload()))
         return out
 
     @classmethod
     def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> CenteredHead:
-        sub = {k[len("head__") :]: v for k, v in arrays.items() if k.startswith("head__")}
-        head = _from_payload(sub, "head")
-        if isinstance(head, CenteredHead):
-            raise ModelIntegrityError("head file: nested centred heads are not allowed")
+        head = _inner_head(arrays, "head", CenteredHead, "centred heads")
         offset = arrays.get("offset")
         if offset is None or offset.ndim != 1 or offset.dtype.kind != "f" or not np.isfinite(offset).all():
             raise ModelIntegrityError("head file: the offset must be a finite 1-D float array")
@@ -1523,6 +1512,20 @@ class CenteredHead(_Head):
         if d != len(offset):
             raise ModelIntegrityError(f"head file: offset of {len(offset)} values for a head reading {d} features")
         return cls(head, offset.astype(np.float64))
+
+
+def _prefixed(prefix: str, payload: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A wrapped head's arrays inside its wrapper's file: ``<prefix>__<name>``."""
+    return {f"{prefix}__{k}": v for k, v in payload.items()}
+
+
+def _inner_head(arrays: Mapping[str, np.ndarray], prefix: str, wrapper: type, what: str) -> _Head:
+    """The head saved under ``prefix`` (:func:`_prefixed`) in a wrapper's file; a head of the
+    wrapper's own type there is refused (no nesting)."""
+    head = _from_payload({k[len(prefix) + 2 :]: v for k, v in arrays.items() if k.startswith(prefix + "__")}, prefix)
+    if isinstance(head, wrapper):
+        raise ModelIntegrityError(f"head file: nested {what} are not allowed")
+    return head
 
 
 def fit_softmax_regression(
@@ -1699,15 +1702,12 @@ class IdentityExpertHead(_Head):
             "intercept": np.asarray(self.intercept_, np.float64),
             "expert_classes": self.expert_classes_ if self.expert_classes_.dtype.kind in "iuU" else self.expert_classes_.astype(str),
         }
-        out.update({f"head__{k}": v for k, v in inner.items()})
+        out.update(_prefixed("head", inner))
         return out
 
     @classmethod
     def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> IdentityExpertHead:
-        sub = {k[len("head__") :]: v for k, v in arrays.items() if k.startswith("head__")}
-        inner = _from_payload(sub, "head")
-        if isinstance(inner, IdentityExpertHead):
-            raise ModelIntegrityError("head file: nested identity experts are not allowed")
+        inner = _inner_head(arrays, "head", IdentityExpertHead, "identity experts")
         head = cls(inner, **_unjson_params(meta["params"]))
         try:
             head._check_params()
