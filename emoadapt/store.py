@@ -22,7 +22,9 @@ What is stored -- never pixels:
 * **corrections**: one row per ``recognizer.correct(clip, label)``: the label (see
   :func:`normalize_label`; case is kept), the per-frame backbone
   features ``(T, D)`` and optionally a clip descriptor ``(D',)`` as float32 blobs, the
-  version of the model that produced them and
+  version of the model that produced them, optionally the face's identity embedding and its
+  model (schema version 6; :meth:`Store.correction_embeddings`, read by the personal
+  identity expert) and
   ``consumed_by_head``: the head version that was trained on the row (``None`` until then);
 * **heads**: personal classifier heads, one ``.npz`` file per version with its sha256,
   metrics (JSON) and a status: ``active`` (at most one per user, enforced by a unique
