@@ -1633,6 +1633,19 @@ class IdentityExpertHead(_Head):
             raise InvalidInputError(f"embeddings have {e.shape[1]} values, the expert reads {self.n_embedding_in_}")
         return float(self.scale) * e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), _EPS)
 
+    def fit(self, clips: Clips, y: Any) -> IdentityExpertHead:
+        """Refit the wrapped head on ``(clips, y)`` (the expert stays as it is; see
+        :meth:`fit_expert`)."""
+        self._check_params()
+        self.head.fit(clips, y)
+        return self
+
+    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> IdentityExpertHead:
+        """Continue fitting the wrapped head on ``(clips, y)``."""
+        self._check_params()
+        self.head.partial_fit(clips, y)
+        return self
+
     def fit_expert(self, embeddings: Any, y: Any) -> IdentityExpertHead:
         """Fit the expert on the identity embeddings ``(N, E)`` of the user's clips and their
         labels (each one of the wrapped head's classes; at least two different ones)."""

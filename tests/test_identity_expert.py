@@ -117,6 +117,10 @@ def test_expert_round_trips_as_plain_arrays_and_refuses_bad_files(recognizer, pe
         IdentityExpertHead(recognizer.personal_base, weight=1.5).fit_expert(emb, y)
     with pytest.raises(InvalidInputError):
         IdentityExpertHead(head).fit_expert(emb, y)  # no nesting
+    # fit / partial_fit refit the wrapped head; the expert stays
+    coef = head.coef_.copy()
+    tuned = head.copy().partial_fit(test[:2], ["happy", "sad"])
+    assert np.array_equal(tuned.coef_, coef) and not np.allclose(tuned.head.predict_proba(test), head.head.predict_proba(test))
     # no expert without embeddings of two labels, or with weight 0
     for kw in ({"embeddings": [emb[0]] + [None] * (len(y) - 1)}, {"embeddings": list(emb), "expert_weight": 0.0}, {}):
         plain, info = personalize(recognizer.personal_base, feats, y, replay=recognizer.replay, **kw)
