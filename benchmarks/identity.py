@@ -73,14 +73,13 @@ from emoadapt.identity import (
 
 log = logging.getLogger("benchmarks.identity")
 
-from _common import TAIWANESE_LETTERS, add_common_args, write_json  # noqa: E402
+from _common import CK_BORDER, CK_SIZE, TAIWANESE_LETTERS, add_common_args, ckplus_rgb, write_json  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out" / "identity"
 
 #: photos that are crops of ``obama.jpg`` itself (template match 0.999): left out
 SAME_CAPTURE = ("obama_partial_face.jpg", "obama_partial_face2.jpg")
 GROUP_MIN_SCORE, GROUP_MIN_SIDE = 0.7, 100.0
-CK_SIZE, CK_BORDER = 192, 48
 RECOGNIZER_STRIDE, RECOGNIZER_FRAMES = 5, 8  # emoadapt.recognizer: every 5th track frame, at most 8
 CACHE_VERSION = 2
 GROUPS = ("taiwanese", "western", "CK+ 48px")
@@ -206,9 +205,7 @@ def extract(data: Path, variants: dict[str, tuple[str, str]], threads: int | Non
     with np.load(data / "ckplus48.npz", allow_pickle=False) as z:
         x, subj, seq = z["x"], z["subject"].astype(str), z["sequence"].astype(str)
     for i, (im, s, q) in enumerate(zip(x, subj, seq)):
-        u = cv2.resize(im, (CK_SIZE, CK_SIZE), interpolation=cv2.INTER_CUBIC)
-        u = cv2.copyMakeBorder(u, CK_BORDER, CK_BORDER, CK_BORDER, CK_BORDER, cv2.BORDER_REPLICATE)
-        rgb = np.ascontiguousarray(np.repeat(u[:, :, None], 3, axis=2))
+        rgb = ckplus_rgb(im)
         k = _largest(d := det.detect(rgb))
         if k is not None:
             add(rgb, d.landmarks[k], ("CK+ 48px", "ckplus", f"ck:{s}", q, i))

@@ -47,7 +47,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out" / "personalization"
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-from _common import TAIWANESE_LETTERS, add_common_args, cremad_label, data_dir, taiwanese_label, write_json, write_run_record  # noqa: E402
+from _common import TAIWANESE_LETTERS, add_common_args, ckplus_rgb, cremad_label, data_dir, taiwanese_label, write_json, write_run_record  # noqa: E402
 
 DATA = data_dir()
 
@@ -335,18 +335,15 @@ def ckplus(rec: Any, strategies: dict[str, Strategy], subjects_limit: int | None
 
 def ckplus_embeddings(rec: Any, idx: dict[Any, np.ndarray], keys: set[Any]) -> dict[Any, np.ndarray | None]:
     """The identity embedding of each CK+ sequence in ``keys`` through the public API
-    (``analyze(identity=True)``; 48 px faces upscaled to 192 px with a 48 px border, as in
-    ``benchmarks/identity.py``): the mean of its images' unit embeddings, normalised."""
-    import cv2
-
+    (``analyze(identity=True)`` of ``_common.ckplus_rgb``, as in ``benchmarks/identity.py``):
+    the mean of its images' unit embeddings, normalised."""
     with np.load(DATA / "ckplus48.npz", allow_pickle=False) as z:
         x = z["x"]
     out: dict[Any, np.ndarray | None] = {}
     for k in sorted(keys):
         es = []
         for i in idx[k]:
-            big = cv2.copyMakeBorder(cv2.resize(x[i], (192, 192), interpolation=cv2.INTER_CUBIC), 48, 48, 48, 48, cv2.BORDER_REPLICATE)
-            e = rec.analyze(np.ascontiguousarray(np.repeat(big[:, :, None], 3, axis=2)), identity=True).embedding
+            e = rec.analyze(ckplus_rgb(x[i]), identity=True).embedding
             if e is not None:
                 es.append(np.asarray(e, np.float64) / np.linalg.norm(e))
         out[k] = None if not es else np.mean(es, axis=0) / np.linalg.norm(np.mean(es, axis=0))

@@ -70,6 +70,22 @@ def cremad_label(path: str | os.PathLike[str]) -> str:
     return CREMAD_LABELS[Path(path).stem.split("_")[2]]
 
 
+#: CK+'s 48 px faces are upscaled to this size, then given this border, before face detection
+#: (MTCNN finds no face in the bare 48 px crop)
+CK_SIZE, CK_BORDER = 192, 48
+
+
+def ckplus_rgb(face48: Any) -> Any:
+    """A CK+ 48x48 gray face as an RGB image detection and identity can read: upscaled to
+    :data:`CK_SIZE` (bicubic) with a :data:`CK_BORDER` px replicated border."""
+    import cv2
+    import numpy as np
+
+    u = cv2.resize(face48, (CK_SIZE, CK_SIZE), interpolation=cv2.INTER_CUBIC)
+    u = cv2.copyMakeBorder(u, CK_BORDER, CK_BORDER, CK_BORDER, CK_BORDER, cv2.BORDER_REPLICATE)
+    return np.ascontiguousarray(np.repeat(u[:, :, None], 3, axis=2))
+
+
 def taiwanese_label(name: str) -> str:
     """The backbone label of a Taiwanese photo from its file name (``PPTVEss.jpg``; the nine
     neutral photos without a letter are ``PP01sss.jpg``)."""
