@@ -14,10 +14,24 @@ CREMAD = DATA / "clips" / "cremad"
 FACES = DATA / "faces"
 
 
+#: set by ``.ci/run``: there the real data must be present, so a missing file fails the run
+#: instead of turning it into a run of skips
+REQUIRE_DATA = os.environ.get("EMOADAPT_REQUIRE_DATA", "") not in ("", "0")
+
+
 def _need(path: Path) -> Path:
+    """``path`` under the real data, or skip (fail under ``EMOADAPT_REQUIRE_DATA=1``) when it is absent."""
     if not path.exists():
-        pytest.fail(f"real data missing: {path} (the repo expects ../shared/data beside it, or $EMOADAPT_DATA)")
+        msg = f"real data not found at {DATA} (put ../shared/data beside the repository, or set $EMOADAPT_DATA)"
+        if REQUIRE_DATA:
+            pytest.fail(f"{msg}; missing: {path}")
+        pytest.skip(msg)
     return path
+
+
+def need_data(*parts: str) -> Path:
+    """For tests that read the data outside fixtures: the path, or the same skip/fail as the fixtures."""
+    return _need(DATA.joinpath(*parts))
 
 
 @pytest.fixture(scope="session")

@@ -73,11 +73,28 @@ def test_shipped_model_reproduces_the_upstream_file(ref, crops, mfn):
     assert got.shape == want.shape == (len(ref["names"]), 192)
     cos = _cos(got, want)
     if zoo.model_entry("mobilefacenet")["quantization"] == "float32":
-        # the rebuilt network is the upstream one: equal up to float rounding, face by face
+        # The rebuilt network is the upstream one. What reaches it is a uint8 ArcFace crop made by
+        # cv2.warpAffine, whose bilinear rounding may move single pixels by one grey level between
+        # OpenCV releases (4.x -> 5.x does, on some of these faces, not others); the network itself
+        # is float32. One grey level on a few pixels moves a 192-d embedding of norm ~70 by well
+        # under 0.1 % of its length, float32 accumulation by ~1e-6. So: per face, the relative L2
+        # error stays under 0.2 % and the direction (what identity uses) agrees to 1e-5 in cosine.
         assert cos.min() > 0.99999, cos.min()
-        np.testing.assert_allclose(got, want, atol=1e-3)
+        rel = np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)
+        assert rel.max() < 2e-3, rel.max()
     else:
         assert cos.min() > 0.95 and cos.mean() > 0.98, (cos.min(), cos.mean())
+    # what the embeddings are for: every same/different decision at the shipped threshold and
+    # every face's nearest other face are those of the upstream file
+    def unit(a: np.ndarray) -> np.ndarray:
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    sim_got, sim_want = unit(got) @ unit(got).T, unit(want) @ unit(want).T
+    np.fill_diagonal(sim_got, -1)
+    np.fill_diagonal(sim_want, -1)
+    thr = THRESHOLDS["mobilefacenet"]
+    assert np.array_equal(sim_got >= thr, sim_want >= thr)
+    assert np.array_equal(sim_got.argmax(1), sim_want.argmax(1))
     # and the batch dimension is free (the upstream file is fixed at 2)
     np.testing.assert_allclose(mfn.embed(crops[:1]), got[:1], atol=1e-5)
     np.testing.assert_allclose(mfn.embed(crops[:3]), got[:3], atol=1e-5)
