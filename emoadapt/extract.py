@@ -40,12 +40,14 @@ of emoadapt never imports them.
 from __future__ import annotations
 
 import csv
-import glob as globmod
+import fnmatch
 import hashlib
 import json
 import logging
 import os
+import re
 import socket
+import stat
 import sys
 import threading
 import time
@@ -118,8 +120,8 @@ def _abspath(p: str | os.PathLike[str], base: Path | None = None) -> str:
     return os.path.abspath(p)  # normalised, symbolic links kept
 
 
-def _is_media(p: Path) -> bool:
-    s = p.suffix.lower()
+def _is_media(p: Path | str) -> bool:
+    s = os.path.splitext(os.fspath(p))[1].lower()
     return s in VIDEO_SUFFIXES or s in IMAGE_SUFFIXES
 
 
@@ -131,21 +133,28 @@ def _read_manifest(path: Path) -> list[ClipJob]:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as e:
         raise InvalidInputError(f"cannot read the manifest {path}: {e}") from e
+    except UnicodeDecodeError as e:
+        raise InvalidInputError(f"the manifest {path} is not UTF-8 text (byte {e.start}: {e.reason}): save it as UTF-8") from e
+    if "\x00" in text:
+        raise InvalidInputError(f"the manifest {path} is not a text file (it holds NUL bytes)")
     jobs: list[ClipJob] = []
     if path.suffix.lower() == ".csv":
-        rows = csv.DictReader(text.splitlines())
-        cols = {c.strip().lower(): c for c in rows.fieldnames or []}
-        pcol = next((cols[c] for c in _PATH_COLUMNS if c in cols), None)
-        if pcol is None:
-            raise InvalidInputError(f"{path}: a CSV manifest needs a header with a 'path' column (got {rows.fieldnames})")
-        lcol, ucol = cols.get("label"), cols.get("user")
-        for row in rows:
-            p = (row.get(pcol) or "").strip()
-            if not p:
-                continue
-            label = (row.get(lcol) or "").strip() or None if lcol else None
-            user = (row.get(ucol) or "").strip() or None if ucol else None
-            jobs.append(ClipJob(_abspath(p, base), label, user))
+        try:
+            rows = csv.DictReader(text.splitlines())
+            cols = {c.strip().lower(): c for c in rows.fieldnames or []}
+            pcol = next((cols[c] for c in _PATH_COLUMNS if c in cols), None)
+            if pcol is None:
+                raise InvalidInputError(f"{path}: a CSV manifest needs a header with a 'path' column (got {rows.fieldnames})")
+            lcol, ucol = cols.get("label"), cols.get("user")
+            for row in rows:
+                p = (row.get(pcol) or "").strip()
+                if not p:
+                    continue
+                label = (row.get(lcol) or "").strip() or None if lcol else None
+                user = (row.get(ucol) or "").strip() or None if ucol else None
+                jobs.append(ClipJob(_abspath(p, base), label, user))
+        except csv.Error as e:
+            raise InvalidInputError(f"the manifest {path} is not readable CSV: {e}") from e
     else:
         for line in text.splitlines():
             line = line.strip()
@@ -154,25 +163,134 @@ def _read_manifest(path: Path) -> list[ClipJob]:
     return jobs
 
 
-def discover(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str] | ClipJob]) -> list[ClipJob]:
-    """The clips named by ``inputs``, in a stable order, each path once.
+def _dir_key(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+_MAGIC = re.compile(r"[*?\[]")
+
+
+class _Finder:
+    """The media files under a folder, or matching a glob, following symbolic links.
+
+    Each real folder is entered once per glob position (``(st_dev, st_ino)``), so link loops
+    end at once, and each real file is kept once, under the name reached without a link if
+    any, else the first in sorted order. Folders in ``exclude`` (the output) are never entered.
+    """
+
+    def __init__(self, exclude: Iterable[str | os.PathLike[str]] = ()) -> None:
+        self.skip = {k for k in map(_dir_key, exclude) if k is not None}
+        self.seen: set[tuple[int, int, int]] = set()
+        self.files: dict[tuple[int, int], tuple[bool, tuple[str, ...], str]] = {}
+        self.not_media = 0
+
+    def _add(self, path: str, via_link: bool) -> None:
+        if not _is_media(path):
+            self.not_media += 1
+            return
+        try:
+            st = os.stat(path)
+        except OSError:  # a broken link
+            return
+        if not stat.S_ISREG(st.st_mode):
+            return
+        key, cand = (st.st_dev, st.st_ino), (via_link, Path(path).parts, path)
+        old = self.files.get(key)
+        if old is None or cand < old:
+            self.files[key] = cand
+
+    def walk(self, top: str, segs: Sequence[str] | None = None) -> list[str]:
+        """Every media file under ``top`` (``segs`` None; hidden names included) or those
+        matching the glob segments ``segs`` below ``top`` (``**``: zero or more folders;
+        hidden names only for a segment starting with a dot, as :func:`glob.glob`)."""
+        real: list[tuple[str, int]] = [(top, 0)]
+        linked: list[tuple[str, int]] = []  # reached through a link: entered after every real route
+        while real or linked:
+            via_link = not real
+            d, pos = (real or linked).pop()
+            key = _dir_key(d)
+            if key is None or key in self.skip or (*key, pos) in self.seen:
+                continue
+            self.seen.add((*key, pos))
+            try:
+                with os.scandir(d) as it:
+                    entries = sorted(it, key=lambda x: x.name)
+            except OSError as err:
+                log.warning("cannot list %s: %s", d, err)
+                continue
+            seg = segs[pos] if segs else None
+            last = segs is None or pos == len(segs) - 1
+            for ent in entries:
+                try:
+                    is_dir = ent.is_dir()
+                except OSError:
+                    continue
+                link = via_link or ent.is_symlink()
+                push = (linked if link else real).append
+                if seg is None:
+                    if is_dir:
+                        push((ent.path, 0))
+                    else:
+                        self._add(ent.path, link)
+                elif ent.name.startswith(".") and not seg.startswith("."):
+                    continue
+                elif seg == "**":
+                    if is_dir:
+                        push((ent.path, pos))  # ** spans this folder too
+                    elif last:
+                        self._add(ent.path, link)
+                elif fnmatch.fnmatchcase(ent.name, seg):
+                    if last and not is_dir:
+                        self._add(ent.path, link)
+                    elif not last and is_dir:
+                        push((ent.path, pos + 1))
+            if seg == "**" and not last:
+                (linked if via_link else real).append((d, pos + 1))  # ** spanning no folder
+        return [c[2] for c in sorted(self.files.values(), key=lambda c: c[1])]
+
+
+def _glob(pattern: str, exclude: Iterable[str | os.PathLike[str]]) -> list[str]:
+    parts = pattern.split(os.sep)
+    i = next(k for k, s in enumerate(parts) if _MAGIC.search(s))
+    base = os.sep.join(parts[:i]) or (os.sep if pattern.startswith(os.sep) else os.curdir)
+    finder = _Finder(exclude)
+    found = finder.walk(base, [s for s in parts[i:] if s])
+    if finder.not_media:
+        log.warning(
+            "%s: %d matching files are not videos or images (%s): left out", pattern, finder.not_media, "/".join(sorted(VIDEO_SUFFIXES | IMAGE_SUFFIXES))
+        )
+    return found
+
+
+def discover(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str] | ClipJob], *, exclude: Iterable[str | os.PathLike[str]] = ()) -> list[ClipJob]:
+    """The clips named by ``inputs``, in a stable order, each once.
 
     ``inputs`` is a folder (searched recursively for videos and images, sorted), a manifest
     (``.csv`` with a ``path`` column and optional ``label`` / ``user`` columns; ``.txt`` /
-    ``.lst`` with one path per line), a glob pattern (``"corpus/**/*.mp4"``), one media file,
-    or a sequence of paths / :class:`ClipJob`. A path listed twice is kept once (the first).
+    ``.lst`` with one path per line), a glob pattern (``"corpus/**/*.mp4"``; only videos and
+    images are taken), one media file, or a sequence of paths / :class:`ClipJob`.
+
+    A folder or glob search follows symbolic links but enters each real folder once and keeps
+    each real file once (``(st_dev, st_ino)``), so link loops neither repeat clips nor keep it
+    running; it never enters the folders in ``exclude`` (:func:`extract` passes its output).
+    A manifest or sequence is taken as written (paths are not opened: on a cluster they need
+    only exist on the workers); a path listed twice is kept once (the first).
     """
     if isinstance(inputs, (str, os.PathLike)):
         s = os.path.expanduser(os.fspath(inputs))
         p = Path(s)
         if p.is_dir():
-            jobs = [ClipJob(_abspath(f)) for f in sorted(p.rglob("*")) if f.is_file() and _is_media(f)]
+            jobs = [ClipJob(_abspath(f)) for f in _Finder(exclude).walk(s)]
         elif p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES:
             jobs = _read_manifest(p)
         elif p.exists():
             jobs = [ClipJob(_abspath(p))]
-        elif any(c in s for c in "*?["):
-            jobs = [ClipJob(_abspath(f)) for f in sorted(globmod.glob(s, recursive=True)) if os.path.isfile(f)]
+        elif _MAGIC.search(s):
+            jobs = [ClipJob(_abspath(f)) for f in _glob(s, exclude)]
         else:
             raise InvalidInputError(f"no such file, folder or matching glob: {s}")
     else:
@@ -242,8 +360,34 @@ def _recognizer(spec: dict[str, Any]) -> Any:
         return rec
 
 
-def _init_worker(spec: dict[str, Any]) -> None:
-    """Process-pool initializer: load the models once when the worker starts."""
+#: how often a pool worker checks that the process that started it is still alive (seconds)
+PARENT_POLL_S = 0.25
+
+
+def _exit_with_parent(parent: int, poll: float = PARENT_POLL_S) -> None:
+    """End this process as soon as ``parent`` (the driver that spawned it) is gone.
+
+    A driver killed with SIGKILL cannot shut its pool down, and a worker blocked on its task
+    queue or busy with a clip would otherwise run on (and write parts) for ever. A daemon
+    thread polls ``os.getppid()``: once the parent has died the worker is adopted by another
+    process and exits at once (``os._exit``: a part being written stays a hidden temporary
+    file, removed by the next run)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os._exit(70)
+
+    if os.getppid() != parent:
+        os._exit(70)
+    threading.Thread(target=watch, name="emoadapt-extract-parent-watch", daemon=True).start()
+
+
+def _init_worker(spec: dict[str, Any], parent: int | None = None) -> None:
+    """Process-pool initializer: exit with the driver (``parent``), and load the models once
+    when the worker starts."""
+    if parent is not None:
+        _exit_with_parent(parent)
     _recognizer(spec)
 
 
@@ -513,7 +657,7 @@ def _run_local_pool(jobs: list[ClipJob], workers: int, spec: dict[str, Any], sam
     ctx = mp.get_context("spawn")  # TFLite/OpenCV threads in this process make fork unsafe
 
     def pool(n: int) -> ProcessPoolExecutor:
-        ex = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(spec,))
+        ex = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(spec, os.getpid()))
         try:  # a pool that cannot start (models, imports, a script without a __main__ guard) is no clip's fault
             ex.submit(os.getpid).result()
         except BrokenProcessPool as e:
@@ -611,32 +755,168 @@ def _run_executor(ex: Executor, jobs: list[ClipJob], spec: dict[str, Any], sampl
         drv.lost(job, BrokenProcessPool("a worker process of the given executor died"))
 
 
-def _check_settings(out: Path, settings: dict[str, Any]) -> None:
-    f = out / "_extract.json"
-    if f.exists():
-        try:
-            old = json.loads(f.read_text())
-        except (OSError, ValueError) as e:
-            raise ExtractError(f"{f} is unreadable ({e}): remove it or choose another output") from e
-        if old != settings:
-            diff = {k: (old.get(k), settings.get(k)) for k in set(old) | set(settings) if old.get(k) != settings.get(k)}
-            raise ExtractError(f"{out} holds an extraction made with other settings {diff}: choose another output folder")
+_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx", "inproc")
+
+
+def _check_scheduler(address: Any) -> None:
+    """A Dask scheduler address (``tcp://HOST:PORT``, or ``HOST:PORT``), checked before anything runs."""
+    if not isinstance(address, str):
+        raise InvalidInputError(f"scheduler must be an address such as 'tcp://host:8786', got {type(address).__name__}")
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        scheme, rest = "tcp", address
+    if scheme == "inproc" and rest:
         return
-    tmp = out / f".tmp-extract-{os.getpid()}.json"
-    tmp.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, f)
+    host, colon, port = rest.rpartition(":")
+    if scheme not in _SCHEMES or not colon or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInputError(f"invalid Dask scheduler address {address!r}: expected tcp://HOST:PORT (schemes: {', '.join(_SCHEMES)})")
 
 
-def _done_ids(out: Path, retry_errors: bool) -> set[str]:
-    parts = {p.stem: p for p in (out / "clips").glob("*.parquet")}
-    if not retry_errors or not parts:
-        return set(parts)
-    import pyarrow.parquet as pq
+def _recognizer_settings(spec: dict[str, Any]) -> dict[str, Any]:
+    """The Recognizer arguments that change what is extracted: those given with another value
+    than :class:`~emoadapt.Recognizer`'s default (``num_threads`` and ``backbone``, recorded on
+    its own, left out). So the CLI, which passes its defaults, and the API, which passes none,
+    describe one extraction alike (also in settings files written before this rule)."""
+    import inspect
 
+    from .recognizer import Recognizer
+
+    defaults = {k: p.default for k, p in inspect.signature(Recognizer.__init__).parameters.items() if p.default is not inspect.Parameter.empty}
+    return {k: v for k, v in sorted(spec.items()) if k not in ("num_threads", "backbone") and not (k in defaults and v == defaults[k])}
+
+
+def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
+    s = dict(settings)
+    if isinstance(s.get("recognizer"), dict):
+        s["recognizer"] = _recognizer_settings(s["recognizer"])
+    return s
+
+
+def _write_text_atomic(dest: Path, text: str) -> None:
+    tmp = dest.with_name(f".tmp-extract-{os.getpid()}-{uuid.uuid4().hex[:8]}.json")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _open_output(out: Path, settings: dict[str, Any]) -> None:
+    """Create ``out`` as this extraction's dataset, or check that it already is one.
+
+    A folder that is not empty and holds no ``_extract.json`` is not an extract dataset: it is
+    refused before anything in it is touched (no temporary file deleted, no ``_SUCCESS``
+    replaced). A dataset made with other settings is refused too."""
+    marker = out / "_extract.json"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:
+        raise ExtractError(f"the output {out} exists and is not a folder: choose a new or empty folder") from e
+    except OSError as e:
+        raise ExtractError(f"cannot create the output folder {out}: {e.strerror or e}") from e
+    try:
+        if os.path.lexists(marker):
+            try:
+                old = json.loads(marker.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise ExtractError(f"{marker} is unreadable ({e}): remove it or choose another output") from e
+            if not isinstance(old, dict) or "format" not in old:
+                raise ExtractError(f"{marker} is not the settings file of an extraction: choose another output folder")
+            old, new = _comparable(old), _comparable(settings)
+            if old != new:
+                diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+                raise ExtractError(f"{out} holds an extraction made with other settings {diff}: choose another output folder")
+        else:
+            with os.scandir(out) as it:
+                foreign = sorted(e.name for e in it if not (e.name in ("frames", "clips") and e.is_dir(follow_symlinks=False) and not os.listdir(e.path)))
+            if foreign:
+                shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+                raise ExtractError(
+                    f"the output {out} is not empty and is not an extract dataset (no _extract.json; it holds {shown}): "
+                    "choose a new or empty folder (nothing in it was changed)"
+                )
+            _write_text_atomic(marker, json.dumps(settings, indent=1, sort_keys=True) + "\n")
+        for sub in ("frames", "clips"):
+            (out / sub).mkdir(exist_ok=True)
+    except FileExistsError as e:
+        raise ExtractError(f"{e.filename} is not a folder: an extract dataset needs it as one") from e
+    except OSError as e:
+        raise ExtractError(f"cannot write the output folder {out}: {e.strerror or e} ({e.filename or out})") from e
+
+
+def _own_temps(out: Path) -> None:
+    """Remove the temporary files a killed run left (``out`` is known to be a dataset). Only
+    regular files of extract's own names are removed; anything else with such a name (a folder,
+    a link) is left alone with a warning."""
+    for d, pattern in ((out, ".tmp-extract-*.json"), (out / "frames", ".tmp-*.parquet"), (out / "clips", ".tmp-*.parquet")):
+        for p in d.glob(pattern):
+            if p.is_symlink() or not p.is_file():
+                log.warning("%s is named like a temporary file of extract but is not one: left alone", p)
+                continue
+            try:
+                p.unlink(missing_ok=True)
+            except OSError as e:
+                log.warning("cannot remove the temporary file %s: %s", p, e)
+
+
+def _part_error(path: str | os.PathLike[str], e: BaseException) -> ExtractError:
+    return ExtractError(f"{path}: unreadable Parquet part ({type(e).__name__}: {e}); rerun extract on the same input to analyse its clip again")
+
+
+def _read_part(path: str | os.PathLike[str], columns: list[str] | None = None) -> Any:
+    """``pyarrow.parquet.read_table``, an unreadable part raised as an :class:`ExtractError` naming it."""
+    pa = _pyarrow()
+    if not os.path.isfile(path):
+        raise ExtractError(f"{path}: not a file, where extract keeps a Parquet part")
+    try:
+        return pa.parquet.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as e:
+        raise _part_error(path, e) from e
+
+
+def _unsound(job: ClipJob, cpart: Path, fpart: Path) -> tuple[Path, str] | None:
+    """Why a clip's parts cannot count as done (the part and the reason), None when sound:
+    the clip part is read whole (one row, this clip's id); the frames part, when there is
+    one, must have a readable footer (truncation, garbage) and rows."""
+    pa = _pyarrow()
+    for p in (cpart, fpart):
+        if os.path.lexists(p) and (p.is_symlink() or not p.is_file()):
+            raise ExtractError(f"{p} is not a file, where extract keeps a Parquet part: remove it and rerun")
+    try:
+        t = _read_part(cpart, ["clip_id", "error_type"])
+    except ExtractError as e:
+        return cpart, str(e.__cause__ or e)
+    if t.num_rows != 1 or t.column("clip_id")[0].as_py() != job.clip_id:
+        return cpart, f"{t.num_rows} rows, not the one row of clip {job.clip_id}"
+    if os.path.lexists(fpart):
+        try:
+            meta = pa.parquet.read_metadata(fpart)
+        except (pa.ArrowException, OSError) as e:
+            return fpart, f"{type(e).__name__}: {e}"
+        names = meta.schema.to_arrow_schema().names
+        if meta.num_rows < 1 or "features" not in names:
+            return fpart, f"{meta.num_rows} rows, columns {names}"
+    return None
+
+
+def _done_ids(out: Path, jobs: Sequence[ClipJob], retry_errors: bool) -> set[str]:
+    """The ids of ``jobs`` whose parts are sound (and, with ``retry_errors``, recorded
+    without an error). An unsound part is removed, with a warning, and its clip redone."""
     done = set()
-    for cid, p in parts.items():
-        if pq.read_table(p, columns=["error_type"]).column(0)[0].as_py() is None:
-            done.add(cid)
+    for job in jobs:
+        cpart, fpart = out / "clips" / f"{job.clip_id}.parquet", out / "frames" / f"{job.clip_id}.parquet"
+        if not os.path.lexists(cpart):
+            continue
+        bad = _unsound(job, cpart, fpart)
+        if bad is not None:
+            log.warning("%s is unreadable (%s): the clip %s is analysed again", bad[0], bad[1], job.path)
+            for p in (cpart, bad[0]):  # the clip part first: the clip is no longer marked done
+                p.unlink(missing_ok=True)
+            continue
+        if retry_errors and _read_part(cpart, ["error_type"]).column(0)[0].as_py() is not None:
+            continue
+        done.add(job.clip_id)
     return done
 
 
@@ -696,19 +976,21 @@ def extract(
         raise InvalidInputError(f"recognizer arguments must be names or numbers (they travel to the workers): {sorted(bad)}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise InvalidInputError(f"workers must be an int >= 1, got {workers!r}")
+    if scheduler is not None:
+        _check_scheduler(scheduler)
     backbone = spec.get("backbone") or default_backbone_name()
-    jobs = discover(inputs)
     root = Path(out).expanduser().absolute()
-    for sub in ("frames", "clips"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+    jobs = discover(inputs, exclude=[root])  # a glob or folder over the output never takes its files
     settings = {"format": FORMAT_VERSION, "backbone": backbone, "backbone_sha256": model_entry(backbone).get("sha256"),
-                "sampling": sampling, "recognizer": {k: v for k, v in sorted(spec.items()) if k != "num_threads"}}  # fmt: skip
-    _check_settings(root, settings)
-    for d in (root, root / "frames", root / "clips"):  # temporary files of a killed earlier run
-        for tmp in d.glob(".tmp-*"):
-            tmp.unlink(missing_ok=True)
-    (root / "_SUCCESS").unlink(missing_ok=True)
-    done = _done_ids(root, retry_errors)
+                "sampling": sampling, "recognizer": _recognizer_settings(spec)}  # fmt: skip
+    _open_output(root, settings)  # from here on, root is known to be this extraction's dataset
+    _own_temps(root)  # temporary files of a killed earlier run
+    success = root / "_SUCCESS"
+    if os.path.lexists(success):
+        if success.is_symlink() or not success.is_file():
+            raise ExtractError(f"{success} is not the file extract writes there: remove it and rerun")
+        success.unlink()
+    done = _done_ids(root, jobs, retry_errors)
     todo = [j for j in jobs if j.clip_id not in done]
     report = ExtractReport(out=str(root), total=len(jobs), skipped=len(jobs) - len(todo))
     log.info("%d clips: %d done before, %d to analyse", len(jobs), report.skipped, len(todo))
@@ -723,7 +1005,13 @@ def extract(
                     from distributed import Client
                 except ImportError as e:
                     raise MissingDependencyError("--scheduler needs dask[distributed]: pip install 'emoadapt[dask]'") from e
-                executor = own_client = Client(scheduler)
+                try:
+                    executor = own_client = Client(scheduler)
+                except (OSError, ValueError) as e:  # no answer in time (TimeoutError is an OSError), refused, bad address
+                    raise ExtractError(
+                        f"cannot connect to the Dask scheduler at {scheduler}: {e} (is it running and reachable from here? "
+                        "the wait is dask's distributed.comm.timeouts.connect)"
+                    ) from e
             if executor is not None and _is_dask_client(executor):
                 _run_dask(executor, todo, spec, sampling, str(root), drv)
             elif executor is not None:
@@ -741,7 +1029,10 @@ def extract(
             own_client.close()
         report.seconds = time.perf_counter() - t0
     if report.lost == 0:
-        (root / "_SUCCESS").write_text(json.dumps({"clips": report.total, "errors_this_run": report.errors}) + "\n")
+        try:
+            _write_text_atomic(success, json.dumps({"clips": report.total, "errors_this_run": report.errors}) + "\n")
+        except OSError as e:
+            raise ExtractError(f"cannot write {success}: {e}") from e
     log.info("extracted %d clips (%d errors, %d skipped, %d lost) in %.1f s", report.done, report.errors, report.skipped, report.lost, report.seconds)
     return report
 
@@ -749,30 +1040,48 @@ def extract(
 # ---------------------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------------------
-def _dataset(out: str | os.PathLike[str], table: str) -> Any:
+def _table(out: str | os.PathLike[str], table: str, columns: list[str] | None = None) -> Any:
+    """The ``table`` parts of ``out`` read as one pyarrow Table; an unreadable part raises an
+    :class:`ExtractError` naming it (found by reading the parts one by one)."""
     pa = _pyarrow()
     import pyarrow.dataset as ds
 
     path = Path(out) / table
-    files = sorted(str(p) for p in path.glob("*.parquet"))
+    files = sorted(str(p) for p in path.glob("*.parquet") if not p.name.startswith(".") and p.is_file())
     if not files:
         raise ExtractError(f"no {table} parts under {out}: run extract first")
-    del pa
-    return ds.dataset(files, format="parquet")
+    try:
+        dataset = ds.dataset(files, format="parquet")
+        if columns is not None:
+            unknown = [c for c in columns if c not in dataset.schema.names]
+            if unknown:
+                raise InvalidInputError(f"no such columns in {path}: {unknown} (it has {dataset.schema.names})")
+        return dataset.to_table(columns=columns)
+    except (pa.ArrowException, OSError) as e:
+        for f in files:  # which part: footers first (truncated, garbage), then whole reads
+            try:
+                pa.parquet.read_metadata(f)
+            except (pa.ArrowException, OSError) as e2:
+                raise _part_error(f, e2) from e
+        for f in files:
+            _read_part(f, columns)
+        raise ExtractError(f"the parts under {path} cannot be read together ({type(e).__name__}: {e})") from e
 
 
 def read_clips(out: str | os.PathLike[str]) -> Any:
-    """The per-clip table of an extraction as a pandas DataFrame, sorted by clip."""
+    """The per-clip table of an extraction as a pandas DataFrame, sorted by clip. Raises
+    :class:`~emoadapt.errors.ExtractError` naming a part that cannot be read."""
     _pandas()
-    return _dataset(out, "clips").to_table().to_pandas().sort_values("clip", kind="stable").reset_index(drop=True)
+    return _table(out, "clips").to_pandas().sort_values("clip", kind="stable").reset_index(drop=True)
 
 
 def read_frames(out: str | os.PathLike[str], columns: Sequence[str] | None = None) -> Any:
     """The per-frame table of an extraction as a pandas DataFrame (sorted by clip, track,
-    frame); ``columns`` selects columns (``features`` is a column of arrays)."""
+    frame); ``columns`` selects columns (``features`` is a column of arrays). Raises
+    :class:`~emoadapt.errors.ExtractError` naming a part that cannot be read."""
     _pandas()
     cols = None if columns is None else list(dict.fromkeys(["clip", "track", "frame", *columns]))
-    df = _dataset(out, "frames").to_table(columns=cols).to_pandas()
+    df = _table(out, "frames", cols).to_pandas()
     df = df.sort_values(["clip", "track", "frame"], kind="stable").reset_index(drop=True)
     return df if columns is None else df[list(columns)]
 
@@ -784,17 +1093,16 @@ def track_arrays(out: str | os.PathLike[str], clip: str | os.PathLike[str] | Cli
     (no face found)."""
     pa = _pyarrow()
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     job = clip if isinstance(clip, ClipJob) else ClipJob(_abspath(clip))
     root = Path(out)
     part = root / "clips" / f"{job.clip_id}.parquet"
-    if not part.is_file() or pq.read_table(part, columns=["error_type"]).column(0)[0].as_py() is not None:
+    if not os.path.lexists(part) or _read_part(part, ["error_type"]).column(0)[0].as_py() is not None:
         return None
     f = root / "frames" / f"{job.clip_id}.parquet"
-    if not f.is_file():
+    if not os.path.lexists(f):
         return {"frame": np.zeros(0, np.int32), "features": np.zeros((0, 0), np.float32), "probabilities": np.zeros((0, 0), np.float32)}
-    t = pq.read_table(f)
+    t = _read_part(f)
     t = t.filter(pc.equal(t["track"], pa.scalar(track, pa.int16())))
     t = t.take(pc.sort_indices(t["frame"]))
     dim = t.schema.field("features").type.list_size
