@@ -247,16 +247,29 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 def cmd_users(args: argparse.Namespace) -> int:
     rec = _recognizer(args)
     stale = rec.reenrol_needed()
-    for u in rec.users():
-        n = len(rec.corrections(u))
+    users = rec.users()
+    # users a store upgrade renamed (names stored before they were normalised), see Store.renamed_users
+    renamed = {r.name: r for r in rec.store.renamed_users()} if users else {}
+    failed = 0
+    for u in users:
+        try:
+            n = f"{len(rec.corrections(u))} corrections"
+        except EmoadaptError as e:  # one unreadable user never hides the others
+            log.warning("cannot read the corrections of %r: %s: %s", u, type(e).__name__, e)
+            n, failed = "corrections unreadable", failed + 1
         note = f"\tre-enrol needed (enrolled with {', '.join(stale[u])} only)" if u in stale else ""
-        print(f"{u}\t{n} corrections{note}")
-    return 0
+        if u in renamed:
+            r = renamed[u]
+            apart = f"; kept apart from {r.normal_form!r}, another user" if r.kept_apart and r.normal_form else ""
+            note += f"\tstored as {r.former_name!r} before the store upgrade{apart}"
+        print(f"{u}\t{n}{note}")
+    return 1 if failed else 0
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
+    given = args.user  # the store gets the name as given: one a store upgrade gave to another user is refused
     _user(args)
-    rep = _recognizer(args).forget(args.user)
+    rep = _recognizer(args).forget(given)
     print(f"forgot {args.user}: {rep.corrections} corrections, {rep.embeddings} embeddings, {rep.heads} heads removed")
     return 0
 

@@ -9,6 +9,7 @@ __all__ = [
     "ModelIntegrityError",
     "StoreError",
     "UnknownUserError",
+    "AmbiguousUserError",
     "IdentityMismatchError",
     "UnknownLabelError",
     "ExtractError",
@@ -42,6 +43,18 @@ class UnknownUserError(EmoadaptError, KeyError):
 
     def __str__(self) -> str:  # the message as given, not KeyError's repr of it (no stray quotes)
         return Exception.__str__(self)
+
+
+class AmbiguousUserError(InvalidInputError):
+    """A user name that reads as one user's name but was, before the store was upgraded, the
+    stored name of another user, now listed under a new name (see
+    :meth:`emoadapt.store.Store.renamed_users`): use a name :meth:`~emoadapt.store.Store.users`
+    lists. Attributes: ``name`` (as given), ``users`` (the listed names it could mean)."""
+
+    def __init__(self, message: str, *, name: str = "", users: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.users = list(users or [])
 
 
 class IdentityMismatchError(EmoadaptError):

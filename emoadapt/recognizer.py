@@ -1006,8 +1006,10 @@ class Recognizer:
     def forget(self, user: str) -> Any:
         """Delete every trace of ``user``: profile, embeddings, corrections and heads. Heads
         cached by this or any other Recognizer are never used again (they are keyed by the
-        user record's uid, which a user enrolled again under the name does not get)."""
-        user = self._user_name(user)
+        user record's uid, which a user enrolled again under the name does not get). The
+        store gets the name as given: one that a store upgrade gave to another user raises
+        :class:`~emoadapt.errors.AmbiguousUserError` (see :meth:`emoadapt.store.Store.renamed_users`)."""
+        self._user_name(user)  # an invalid name fails before the store opens
         try:
             uid = self.store.user_uid(user)
         except UnknownUserError:

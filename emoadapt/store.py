@@ -14,7 +14,9 @@ What is stored -- never pixels:
 
 * **users**: a unique name (see :func:`normalize_user_name`: NFKC, spaces collapsed, no
   control or invisible characters, at most 128 characters), a random ``uid`` that a user
-  created again under a forgotten name never shares, the creation time and JSON metadata;
+  created again under a forgotten name never shares, the creation time and JSON metadata,
+  and the name it was stored under before the upgrade to normal names when that differed
+  (``former_name``, schema version 7, see below);
 * **embeddings**: enrolment face descriptors (float32 vectors, e.g. the 192-D MobileFaceNet
   or 128-D dlib ones) with a source tag and the name of the identity model that made them
   (rows written before schema version 4 are ``dlib_resnet``, the only model then), the
@@ -60,8 +62,20 @@ Guarantees:
   or :class:`~emoadapt.errors.InvalidInputError`; no raw ``sqlite3`` exception escapes.
 
 The schema is versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` are applied in
-order, each in one transaction, when an older database is opened. A database written by a
+order, in one transaction, when an older database is opened. A database written by a
 newer emoadapt raises :class:`StoreError` and is left untouched.
+
+**Upgrades keep every user reachable.** Stores written before names were normalised
+(schema 2, also when later opened by schemas 3-6) may hold names that are not in normal
+form -- a double space, a full-width letter, a ligature, a no-break or zero-width space.
+Migration 7 gives every user its normal name (:func:`legacy_normal_form`), moves its head
+directory with it, and never merges two people: a user whose normal form another user has
+(``"\uff23arol"`` beside ``"Carol"``) is kept apart as ``"Carol (2)"``, one with no
+valid form becomes ``"user <row id>"``; a warning is logged (without names) and
+:meth:`Store.renamed_users` lists them. Every user is then reachable, listable and
+forgettable by the name :meth:`Store.users` shows; a former name that now reads as another
+user's raises :class:`~emoadapt.errors.AmbiguousUserError` instead of reaching (or
+forgetting) that other user.
 
 Example::
 
@@ -103,6 +117,7 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 
 from .errors import (
+    AmbiguousUserError,
     EmoadaptError,
     InvalidInputError,
     ModelIntegrityError,
@@ -121,6 +136,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_HEAD_BYTES",
     "UserRecord",
+    "RenamedUser",
     "CorrectionRecord",
     "CorrectionData",
     "DescriptorData",
@@ -130,6 +146,7 @@ __all__ = [
     "user_dir_name",
     "normalize_label",
     "normalize_user_name",
+    "legacy_normal_form",
 ]
 
 log = logging.getLogger(__name__)
@@ -169,6 +186,10 @@ class Migration(NamedTuple):
     version: int
     description: str
     statements: tuple[str, ...]
+    apply: Callable[[sqlite3.Connection, Path], None] | None = None
+    """A step in Python run after ``statements`` in the same transaction, given the
+    connection and the heads directory; it may move head directories (it must then be
+    idempotent: a transaction that does not commit is run again on the next open)."""
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -256,6 +277,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE corrections ADD COLUMN embedding_model TEXT",
         ),
     ),
+    Migration(
+        7,
+        "user names in their normal form (normalize_user_name): names stored before schema 3 are "
+        "renamed, a name whose normal form another user has is kept apart under a distinct name, "
+        "the stored name is kept in users.former_name (Store.renamed_users); head directories move "
+        "with the names; labels in their normal form",
+        ("ALTER TABLE users ADD COLUMN former_name TEXT",),
+        lambda conn, heads_dir: _upgrade_stored_names(conn, heads_dir),
+    ),
 )
 
 #: Schema version this code writes (``PRAGMA user_version`` of an up-to-date store).
@@ -276,6 +306,29 @@ class UserRecord:
     uid: str = ""
     """Random id of this user record (32 hex digits): a user forgotten and created again
     under the same name gets a new one."""
+    former_name: str | None = None
+    """The name the user was stored under before the store was upgraded to normal names
+    (schema 7), when it differed; ``None`` otherwise (see :meth:`Store.renamed_users`)."""
+
+
+@dataclass(frozen=True)
+class RenamedUser:
+    """A user the upgrade to schema 7 renamed (see :meth:`Store.renamed_users`)."""
+
+    name: str
+    """The name now: what :meth:`Store.users` lists and every method takes."""
+    former_name: str
+    """The name as stored before (not in normal form: spaces, compatibility or invisible
+    characters)."""
+    normal_form: str | None
+    """:func:`legacy_normal_form` of ``former_name``; ``None`` when nothing of it is a valid
+    name (only invisible characters, too long)."""
+
+    @property
+    def kept_apart(self) -> bool:
+        """True when the user did not get the normal form of its former name: another user
+        had it (two people are never merged) or there is none."""
+        return self.name != self.normal_form
 
 
 @dataclass(frozen=True)
@@ -458,7 +511,105 @@ _user_name = normalize_user_name
 def user_dir_name(name: str) -> str:
     """Name of the user's head directory: hex sha256 of the (validated) user name, so that
     no user-controlled string ever becomes part of a path."""
-    return hashlib.sha256(b"emoadapt-user\x00" + _user_name(name).encode("utf-8")).hexdigest()
+    return _name_hash(_user_name(name))
+
+
+def _name_hash(stored: str) -> str:
+    """:func:`user_dir_name` of a name as stored (before schema 7: maybe not normalised)."""
+    return hashlib.sha256(b"emoadapt-user\x00" + stored.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------
+# migration 7: names stored before they were normalised
+# ---------------------------------------------------------------------------------------
+def _drop_invisible(s: str) -> str:
+    """``s`` without the characters :func:`normalize_user_name` refuses (they display as
+    nothing or only reorder text); line and paragraph separators become spaces."""
+    out = []
+    for ch in s:
+        cat = unicodedata.category(ch)
+        if cat in ("Zl", "Zp"):
+            out.append(" ")
+        elif cat not in _REFUSED_CATEGORIES and ord(ch) not in _INVISIBLE:
+            out.append(ch)
+    return "".join(out)
+
+
+def legacy_normal_form(stored: str, max_len: int = MAX_NAME_LENGTH) -> str | None:
+    """Today's form of a user name (or a label, ``max_len=MAX_LABEL_LENGTH``) stored before
+    names were normalised (schema < 3): what it displays as -- invisible and bidi-control
+    characters dropped, then NFKC and spaces as :func:`normalize_user_name` -- cut to
+    ``max_len`` characters; ``None`` when nothing valid is left. A name in normal form is
+    returned unchanged."""
+    s = _drop_invisible(unicodedata.normalize("NFKC", _drop_invisible(stored)))
+    s = " ".join(s.split())[:max_len].rstrip()
+    try:
+        return _display_text(s, "name", max_len) if s else None
+    except InvalidInputError:  # a cut that NFKC reads otherwise
+        return None
+
+
+def _distinct_name(base: str, taken: set[str]) -> str:
+    """``base`` when free, else ``"base (2)"``, ``"base (3)"``, ... (a name in normal form;
+    ``base`` is cut to make room for the suffix)."""
+    if base not in taken:
+        return base
+    k = 2
+    while True:
+        suffix = f" ({k})"
+        cand = legacy_normal_form(base[: MAX_NAME_LENGTH - len(suffix)].rstrip() + suffix)
+        if cand is not None and cand not in taken:
+            return cand
+        k += 1
+
+
+def _upgrade_stored_names(conn: sqlite3.Connection, heads_dir: Path) -> None:
+    """Migration 7: every user name in normal form, never two people merged.
+
+    Users whose stored name is normal keep it. The others, in creation order, get the
+    normal form of their name (:func:`legacy_normal_form`) when no user has it, else -- a
+    collision, e.g. ``"\uff23arol"`` beside ``"Carol"`` -- a distinct name (``"Carol
+    (2)"``; ``"user <row id>"`` when there is no normal form); the stored name goes to
+    ``users.former_name``. Each renamed user's head directory moves to the hash of the new
+    name inside the transaction (a rerun after a commit that failed finds it moved; the
+    new names are normal, so no directory of a user that keeps its name is touched).
+    Correction labels get their normal form where they have one (labels are not people:
+    lookalike labels merge)."""
+    rows = [(int(i), str(n)) for i, n in conn.execute("SELECT id, name FROM users ORDER BY id")]
+    normal = {uid: legacy_normal_form(name) for uid, name in rows}
+    taken = {name for _, name in rows}
+    renamed: list[tuple[int, str, str]] = []
+    for uid, name in rows:
+        if normal[uid] != name:
+            new = _distinct_name(normal[uid] or f"user {uid}", taken)
+            taken.add(new)
+            renamed.append((uid, name, new))
+    moved = 0
+    for uid, old, new in renamed:
+        conn.execute("UPDATE users SET name = ?, former_name = ? WHERE id = ?", (new, old, uid))
+        src, dst = heads_dir / _name_hash(old), heads_dir / _name_hash(new)
+        if os.path.lexists(src):
+            if os.path.lexists(dst):  # no user has the new name: debris of a forgotten one
+                Store._remove_tree(dst)
+            os.rename(src, dst)
+            moved += 1
+    if moved:
+        _fsync_dir(heads_dir)
+    n_labels = 0
+    for (label,) in conn.execute("SELECT DISTINCT label FROM corrections").fetchall():
+        new_label = legacy_normal_form(str(label), MAX_LABEL_LENGTH)
+        if new_label is not None and new_label != label:
+            n_labels += conn.execute("UPDATE corrections SET label = ? WHERE label = ?", (new_label, label)).rowcount
+    if renamed or n_labels:
+        # no names in the log (the store never logs them): Store.renamed_users() lists them
+        log.warning(
+            "store upgrade: %d user name(s) stored before names were normalised now have their normal form, %d of them a "
+            "distinct name because another user has that form (or it has none): see Store.renamed_users() or `emoadapt "
+            "users`; %d correction label(s) normalised",
+            len(renamed),
+            sum(new != normal[uid] for uid, _, new in renamed),
+            n_labels,
+        )
 
 
 def _asarray(x: Any, what: str) -> np.ndarray:
@@ -830,6 +981,8 @@ class Store:
                     raise StoreError(f"migration list is inconsistent at version {m.version}")
                 for sql in m.statements:
                     conn.execute(sql)
+                if m.apply is not None:
+                    m.apply(conn, self.heads_dir)
                 conn.execute(f"PRAGMA user_version = {int(m.version)}")
                 v = m.version
             return v
@@ -948,7 +1101,7 @@ class Store:
         ``meta`` (JSON-serializable mapping) replaces the stored metadata when given, also
         for an existing user; ``None`` leaves it unchanged.
         """
-        name = _user_name(name)
+        name = self._name(name)
         meta_json = None if meta is None else _to_json(meta, "meta")
 
         def tx(conn: sqlite3.Connection) -> bool:
@@ -968,24 +1121,77 @@ class Store:
         return self._run(lambda c: [r[0] for r in c.execute("SELECT name FROM users ORDER BY id")], write=False, what="cannot list users")
 
     def has_user(self, name: str) -> bool:
-        """Whether ``name`` is a user (invalid names are simply not users)."""
+        """Whether ``name`` is a user (invalid names are simply not users; an ambiguous one
+        raises :class:`~emoadapt.errors.AmbiguousUserError`, see :meth:`renamed_users`)."""
         try:
-            name = _user_name(name)
+            name = self._name(name)
+        except AmbiguousUserError:
+            raise
         except InvalidInputError:
             return False
         return self._run(lambda c: c.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is not None, write=False, what="cannot read users")
 
     def user(self, name: str) -> UserRecord:
         """The user's record (:class:`UnknownUserError` if absent)."""
-        name = _user_name(name)
+        name = self._name(name)
 
         def tx(conn: sqlite3.Connection) -> UserRecord:
-            row = conn.execute("SELECT name, created, meta, uid FROM users WHERE name = ?", (name,)).fetchone()
+            row = conn.execute("SELECT name, created, meta, uid, former_name FROM users WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise UnknownUserError(f"unknown user {name!r}")
-            return UserRecord(row[0], float(row[1]), _from_json(row[2]), str(row[3]))
+            return UserRecord(row[0], float(row[1]), _from_json(row[2]), str(row[3]), row[4])
 
         return self._run(tx, write=False, what="cannot read users")
+
+    def renamed_users(self) -> list[RenamedUser]:
+        """Users whose stored name the upgrade to schema 7 changed to its normal form, in
+        creation order: names stored before names were normalised (a double space, a
+        full-width letter, a ligature, a no-break or zero-width space, ...). A user whose
+        normal form another user already had is kept apart under a distinct name
+        (:attr:`RenamedUser.kept_apart`, e.g. ``"\uff23arol"`` -> ``"Carol (2)"`` beside
+        ``"Carol"``): two people are never merged. Until such a user is forgotten, its
+        former name raises :class:`~emoadapt.errors.AmbiguousUserError` (it reads as the
+        other user's name) rather than reach either user."""
+        sql = "SELECT name, former_name FROM users WHERE former_name IS NOT NULL ORDER BY id"
+        rows = self._run(lambda c: c.execute(sql).fetchall(), write=False, what="cannot read users")
+        return [RenamedUser(str(n), str(f), legacy_normal_form(str(f))) for n, f in rows]
+
+    def _name(self, user: Any) -> str:
+        """``user`` normalised (:func:`normalize_user_name`), checked against the names
+        stored before the upgrade to schema 7: a name that was the stored name of a user
+        renamed to something else than what it reads as raises
+        :class:`~emoadapt.errors.AmbiguousUserError` (``forget("\uff23arol")`` never forgets
+        ``"Carol"`` when ``"\uff23arol"`` was another user). Names in normal form cost no
+        lookup (no former name is in normal form)."""
+        try:
+            name = _user_name(user)
+        except InvalidInputError as e:
+            now = self._renamed_from(user)
+            if now is None:
+                raise
+            raise InvalidInputError(f"{e}; the user stored under this name before the store was upgraded is now {now!r}") from None
+        now = None if user.strip() == name else self._renamed_from(user)
+        if now is not None and now != name:
+            raise AmbiguousUserError(
+                f"{user.strip()!r} reads as {name!r} but was the stored name of the user now listed as {now!r} (renamed when "
+                f"the store was upgraded, see Store.renamed_users()): use a listed name, {now!r} for that user ({name!r} is another one)",
+                name=user,
+                users=[now, name],
+            )
+        return name
+
+    def _renamed_from(self, user: Any) -> str | None:
+        """Name now of the user whose name before the upgrade was ``user`` (stripped, as the
+        old store stored names), ``None`` when none was."""
+        if not isinstance(user, str) or not 0 < len(user) <= 8 * MAX_NAME_LENGTH:
+            return None
+        try:
+            raw = user.strip()
+            raw.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        row = self._run(lambda c: c.execute("SELECT name FROM users WHERE former_name = ?", (raw,)).fetchone(), write=False, what="cannot read users")
+        return None if row is None else str(row[0])
 
     # -- enrolment embeddings ---------------------------------------------------------------
     def add_embeddings(self, user: str, embeddings: Any, source: str = "enrol", model: str = LEGACY_IDENTITY_MODEL) -> int:
@@ -994,7 +1200,7 @@ class Store:
 
         Stored as float32; all embeddings of a user made by one model must share D. Returns N.
         """
-        name = _user_name(user)
+        name = self._name(user)
         a = _asarray(embeddings, "embeddings")
         emb = _as_f32(a[None, :] if a.ndim == 1 else a, 2, "embeddings")
         source = _clean_text(source, "source", _MAX_TAG_LENGTH)
@@ -1019,7 +1225,7 @@ class Store:
         embeddings (optionally only those tagged ``source`` and / or made by identity
         ``model``; without ``model`` a user with embeddings of several models gets them all,
         so the dimensions must agree). Users without such embeddings are absent."""
-        name = None if user is None else _user_name(user)
+        name = None if user is None else self._name(user)
         src = None if source is None else _clean_text(source, "source", _MAX_TAG_LENGTH)
         mdl = None if model is None else _clean_text(model, "model", _MAX_TAG_LENGTH)
 
@@ -1076,7 +1282,7 @@ class Store:
                 float32 (read by :meth:`correction_embeddings`); needs ``embedding_model``.
             embedding_model: the identity model that computed ``embedding``.
         """
-        name = _user_name(user)
+        name = self._name(user)
         label = normalize_label(label)
         feats = _as_f32(frame_features, 2, "frame_features")
         desc = None if descriptor is None else _as_f32(descriptor, 1, "descriptor")
@@ -1122,7 +1328,7 @@ class Store:
 
         ``unconsumed`` keeps those no head was trained on, ``ids`` restricts to the given ids.
         """
-        name = _user_name(user)
+        name = self._name(user)
         rows = self._select_corrections(name, self._CORR_COLS, None if ids is None else _ids(ids), unconsumed)
         return [
             CorrectionRecord(
@@ -1145,7 +1351,7 @@ class Store:
         ``features`` are float32 ``(T, D)`` arrays, bit-identical to what was stored.
         """
         idl = None if ids is None else _ids(ids)
-        rows = self._select_corrections(_user_name(user), "c.id, c.label, c.n_frames, c.dim, c.features", idl, unconsumed)
+        rows = self._select_corrections(self._name(user), "c.id, c.label, c.n_frames, c.dim, c.features", idl, unconsumed)
         feats = [_blob_to_f32(r[4], (int(r[2]), int(r[3])), f"features of correction {r[0]}") for r in rows]
         return CorrectionData(feats, [r[1] for r in rows], [int(r[0]) for r in rows])
 
@@ -1154,13 +1360,13 @@ class Store:
         face was embedded by the identity model ``model`` (``ids`` restricts to those ids)."""
         idl = None if ids is None else _ids(ids)
         model = _clean_text(model, "model", _MAX_TAG_LENGTH)
-        rows = self._select_corrections(_user_name(user), "c.id, c.embedding", idl, False, ("c.embedding IS NOT NULL AND c.embedding_model = ?", (model,)))
+        rows = self._select_corrections(self._name(user), "c.id, c.embedding", idl, False, ("c.embedding IS NOT NULL AND c.embedding_model = ?", (model,)))
         return {int(r[0]): _blob_to_f32(r[1], (len(r[1]) // _F32.itemsize,), f"embedding of correction {r[0]}") for r in rows}
 
     def descriptor_data(self, user: str, *, unconsumed: bool = False, ids: Sequence[int] | None = None) -> DescriptorData:
         """``descriptors, labels, ids`` of the user's corrections that have a clip descriptor."""
         idl = None if ids is None else _ids(ids)
-        rows = self._select_corrections(_user_name(user), "c.id, c.label, c.descriptor", idl, unconsumed, ("c.descriptor IS NOT NULL", ()))
+        rows = self._select_corrections(self._name(user), "c.id, c.label, c.descriptor", idl, unconsumed, ("c.descriptor IS NOT NULL", ()))
         descs = [_blob_to_f32(r[2], (len(r[2]) // _F32.itemsize,), f"descriptor of correction {r[0]}") for r in rows]
         return DescriptorData(descs, [r[1] for r in rows], [int(r[0]) for r in rows])
 
@@ -1171,7 +1377,7 @@ class Store:
         def tx(conn: sqlite3.Connection, uid: int) -> int:
             return int(conn.execute("SELECT COUNT(*) FROM corrections WHERE user_id = ? AND consumed_by_head IS NULL", (uid,)).fetchone()[0])
 
-        return self._user_run(_user_name(user), tx, write=False, what="cannot count corrections")
+        return self._user_run(self._name(user), tx, write=False, what="cannot count corrections")
 
     def label_counts(self, user: str) -> dict[str, int]:
         """``{label: number of corrections}`` of the user."""
@@ -1180,7 +1386,7 @@ class Store:
             sql = "SELECT label, COUNT(*) FROM corrections WHERE user_id = ? GROUP BY label ORDER BY label"
             return {r[0]: int(r[1]) for r in conn.execute(sql, (uid,))}
 
-        return self._user_run(_user_name(user), tx, write=False, what="cannot count corrections")
+        return self._user_run(self._name(user), tx, write=False, what="cannot count corrections")
 
     # -- heads ------------------------------------------------------------------------------
     @staticmethod
@@ -1230,7 +1436,7 @@ class Store:
         under a new user of the same name. Without it, the head is saved for whichever user
         record has the name when the write transaction runs.
         """
-        name = _user_name(user)
+        name = self._name(user)
         blob = self._head_payload(arrays, meta)
         metrics_json = _to_json(metrics, "metrics")
         trained = None if trained_on is None else _ids(trained_on, "trained_on")
@@ -1365,7 +1571,7 @@ class Store:
 
     def head_versions(self, user: str) -> list[HeadRecord]:
         """All stored head versions of the user, oldest first."""
-        name = _user_name(user)
+        name = self._name(user)
         return self._user_run(name, self._head_rows, write=False, what="cannot read heads")
 
     def _load_verified(self, name: str, rec: HeadRecord) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -1410,7 +1616,7 @@ class Store:
     def load_head(self, user: str, version: int) -> LoadedHead:
         """Load head ``version`` of the user, verified (:class:`ModelIntegrityError` if the
         file is missing or damaged, :class:`InvalidInputError` if there is no such version)."""
-        name = _user_name(user)
+        name = self._name(user)
         version = _ids([version], "version")[0]
         recs = self._user_run(name, lambda c, uid: self._head_rows(c, uid, " AND version = ?", (version,)), write=False, what="cannot read heads")
         if not recs:
@@ -1422,7 +1628,7 @@ class Store:
         """``(user uid, version, sha256)`` of the user's active head, ``None`` when there is
         none; reads no file. A cache keyed by it can never serve a head of a forgotten user
         to a user created again under the same name (the uid differs), nor an old version."""
-        name = _user_name(user)
+        name = self._name(user)
 
         def tx(conn: sqlite3.Connection) -> tuple[str, int, str] | None:
             row = conn.execute(
@@ -1445,7 +1651,7 @@ class Store:
         universal head). ``build``'s result is :attr:`LoadedHead.head`. With ``strict=True``
         an unusable active head raises :class:`~emoadapt.errors.ModelIntegrityError` instead.
         """
-        name = _user_name(user)
+        name = self._name(user)
 
         def tx(conn: sqlite3.Connection) -> tuple[str, list[HeadRecord]]:
             row = conn.execute("SELECT id, uid FROM users WHERE name = ?", (name,)).fetchone()
@@ -1490,7 +1696,7 @@ class Store:
         user then has no active personal head). Corrections stay marked as consumed by the
         retired version.
         """
-        name = _user_name(user)
+        name = self._name(user)
 
         def tx(conn: sqlite3.Connection, uid: int) -> int | None:
             recs = self._head_rows(conn, uid, " AND status IN ('active', 'standby')")
@@ -1519,7 +1725,7 @@ class Store:
         :class:`UnknownUserError` for an unknown user unless ``missing_ok`` (a leftover head
         directory is removed either way).
         """
-        name = _user_name(user)
+        name = self._name(user)
         udir = self._user_head_dir(name)
         what = f"cannot forget {name!r}"
 

@@ -185,6 +185,7 @@ def test_store_folds_names_before_every_lookup_and_keeps_normalised_old_names(tm
         s.add_correction("alice", "happy", np.ones((2, 4), np.float32))
     con = sqlite3.connect(home / DB_NAME)  # back to a v2 database (no uid column)
     with con:
+        con.execute("ALTER TABLE users DROP COLUMN former_name")  # added by v7
         con.execute("DROP INDEX users_uid")
         con.execute("ALTER TABLE users DROP COLUMN uid")
         con.execute("ALTER TABLE embeddings DROP COLUMN model")
