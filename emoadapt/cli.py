@@ -297,15 +297,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:
         log.error('emoadapt serve needs the "serve" extra (Starlette and uvicorn): pip install "emoadapt[serve]"')
         return 1
+    try:
+        hosts = web.allowed_hosts_for(args.host, args.allowed_host or ())
+    except InvalidInputError as e:
+        log.error("%s", e)
+        return 2
     rec = _recognizer(args, adapt_every=args.adapt_every)
     if args.host not in web.LOOPBACK_HOSTS:
         log.warning("serving on %s: anyone who can reach this address can use the app, its camera clips and the users' data", args.host)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"emoadapt serve: http://{shown}:{args.port}/ (Ctrl-C stops)", flush=True)
+    print(f"answering the host names: {', '.join(sorted(hosts))} (--allowed-host adds one)", flush=True)
     web.serve(
         rec,
         host=args.host,
         port=args.port,
+        allowed_hosts=hosts,
         max_upload_mb=args.max_upload_mb,
         max_seconds=args.max_seconds,
         fps=args.fps,
@@ -593,6 +600,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--host",
         default="127.0.0.1",
         help="address to listen on (default 127.0.0.1: this computer only; another address lets anyone who can reach it use the app)",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="a host name or address browsers may use for this server besides the loopback names and --host (repeatable); "
+        "needed with --host 0.0.0.0 or ::, where requests naming any other host are refused (DNS rebinding)",
     )
     p.add_argument("--port", type=_port, default=8765, help="TCP port (default 8765)")
     p.add_argument("--max-upload-mb", type=_positive, default=20.0, metavar="MB", help="largest clip or photo accepted, in megabytes (default 20)")

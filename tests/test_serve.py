@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -50,6 +51,13 @@ def upload_dir(tmp_path):
     return d
 
 
+def _upload_files(d: Path) -> list[str]:
+    """What of uploads is on disk under ``d``: every file or link but the private directory's lock."""
+    return sorted(
+        os.path.relpath(os.path.join(r, f), d) for r, ds, fs in os.walk(d) for f in fs + [x for x in ds if os.path.islink(os.path.join(r, x))] if f != ".lock"
+    )
+
+
 @pytest.fixture
 def make(rec, upload_dir):
     """A test client on an app around the module's Recognizer; every upload's temporary file
@@ -58,7 +66,8 @@ def make(rec, upload_dir):
 
     def build(**kw):
         kw.setdefault("fps", 10)
-        app = create_app(rec, allowed_hosts={HOST}, upload_dir=upload_dir, **kw)
+        kw.setdefault("allowed_hosts", {HOST})
+        app = create_app(rec, upload_dir=upload_dir, **kw)
         c = TestClient(app)
         c.token = app.state.token
         c.hdr = {"X-Emoadapt-Token": app.state.token}
@@ -66,7 +75,7 @@ def make(rec, upload_dir):
         return c
 
     yield build
-    assert os.listdir(upload_dir) == []
+    assert _upload_files(upload_dir) == []
 
 
 @pytest.fixture
@@ -170,6 +179,38 @@ def test_enrol_correct_list_adapt_history_forget(client, cremad_clips, rec):
     assert r.status_code == 404 and r.json()["error"] == "unknown_user"
     r = client.post(f"/api/users/{user}/adapt", headers=client.hdr)
     assert r.status_code == 404 and r.json()["error"] == "unknown_user"
+
+
+def test_history_sends_the_held_out_accuracy_it_measured(client, cremad_clips, rec):
+    """Issue 23 item 8: each version of the history carries the held-out accuracy before and
+    after its adaptation (the numbers the page shows), the same as the adapt report said."""
+    user = "measured"
+    for tag, label in (("ANG", "angry"), ("SAD", "sad"), ("HAP", "happy")):
+        r = client.post("/api/correct", params={"label": label, "user": user}, content=_bytes(_clip(cremad_clips, tag)), headers=client.hdr)
+        assert r.status_code == 200, r.text
+    reports = []
+    for _ in range(2):
+        r = client.post(f"/api/users/{user}/adapt", headers=client.hdr)
+        assert r.status_code == 200, r.text
+        reports.append(r.json())
+    assert all(rep["accepted"] and rep["guard"] == "leave-one-out" for rep in reports)
+    hist = client.get(f"/api/users/{user}/history").json()
+    versions = hist["versions"]
+    assert [v["version"] for v in versions] == [rep["version"] for rep in reports] == [1, 2]
+    for v, rep in zip(versions, reports):
+        before, after = v["held_out_accuracy_before"], v["held_out_accuracy_after"]
+        assert isinstance(before, float) and isinstance(after, float) and 0 <= before <= 1 and 0 <= after <= 1
+        assert (before, after) == (rep["held_out_accuracy_before"], rep["held_out_accuracy_after"])
+        assert v["n_corrections"] == rep["n_corrections"] == 3
+    # the same numbers as the library's report of the version (evidence of the guard's choice)
+    assert versions[-1]["held_out_accuracy_after"] == reports[-1]["evidence"][reports[-1]["choice"]]
+    assert versions[-1]["held_out_accuracy_before"] == reports[-1]["evidence"]["universal"]
+    # one correction: nothing held out, nothing measured (null, not a made-up number)
+    r = client.post("/api/correct", params={"label": "fear", "user": "single"}, content=_bytes(_clip(cremad_clips, "FEA")), headers=client.hdr)
+    assert r.status_code == 200, r.text
+    assert client.post("/api/users/single/adapt", headers=client.hdr).json()["guard"] == "none"
+    (v,) = client.get("/api/users/single/history").json()["versions"]
+    assert v["held_out_accuracy_before"] is None and v["held_out_accuracy_after"] is None
 
 
 def test_correct_reports_an_automatic_adapt(client, cremad_clips, rec, monkeypatch):
@@ -332,3 +373,245 @@ def test_cli_serve_runs_and_needs_the_extra(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "uvicorn", None)
     assert cli.main(["--home", str(tmp_path / "h2"), "serve"]) == 1
     assert 'pip install "emoadapt[serve]"' in capsys.readouterr().err
+
+
+# -- issue 23: the trust boundary ------------------------------------------------------------
+
+
+def test_http_offers_no_override_of_the_identity_check(client, cremad_clips, photo, rec):
+    """``force`` is not an HTTP parameter: a face that is not the named user's is refused (409)
+    for corrections and enrolments alike, and no message suggests an override."""
+    neu, ang = _clip(cremad_clips, "NEU"), _clip(cremad_clips, "ANG")
+    r = client.post("/api/enroll", params={"user": "obama"}, content=_png(photo("obama.jpg")), headers=client.hdr)
+    assert r.status_code == 200, r.text
+    for force in ("1", "true", "yes", "True"):
+        r = client.post("/api/correct", params={"label": "neutral", "user": "obama", "force": force}, content=_bytes(neu), headers=client.hdr)
+        assert r.status_code == 409 and r.json()["error"] == "identity_mismatch", r.text
+        message = r.json()["message"]
+        assert "force" not in message.lower() and "does not match 'obama'" in message and "your own name" in message
+    # nor can another face be added to the name, which would make the check pass afterwards
+    r = client.post("/api/enroll", params={"user": "obama", "force": "1"}, content=_bytes(ang), headers=client.hdr)
+    assert r.status_code == 409 and r.json()["error"] == "identity_mismatch", r.text
+    assert "force" not in r.json()["message"].lower()
+    r = client.post("/api/correct", params={"label": "angry", "user": "obama"}, content=_bytes(ang), headers=client.hdr)
+    assert r.status_code == 409, r.text
+    assert rec.corrections("obama") == [] and len(rec.store.embeddings("obama")["obama"]) == 1
+    # the named person's own face is served: a second enrolment, then a correction
+    r = client.post("/api/enroll", params={"user": "obama"}, content=_png(photo("obama.jpg")), headers=client.hdr)
+    assert r.status_code == 200 and r.json()["added"] == 1, r.text
+    r = client.post("/api/correct", params={"label": "happy", "user": "obama"}, content=_png(photo("obama.jpg")), headers=client.hdr)
+    assert r.status_code == 200 and r.json()["user"] == "obama", r.text
+
+
+def test_a_wildcard_bind_needs_named_hosts(make, cremad_clips, rec):
+    from emoadapt.errors import InvalidInputError
+    from emoadapt.web import allowed_hosts_for
+
+    for wildcard in ("0.0.0.0", "::", "[::]", ""):
+        with pytest.raises(InvalidInputError, match="--allowed-host"):
+            allowed_hosts_for(wildcard)
+    with pytest.raises(InvalidInputError, match="cannot be turned off"):
+        create_app(rec, allowed_hosts=None)
+    for bad in ([], ["*"], ["0.0.0.0"], [""]):
+        with pytest.raises(InvalidInputError):
+            create_app(rec, allowed_hosts=bad)
+    hosts = allowed_hosts_for("0.0.0.0", ["Emo.LAN", "192.168.1.20"])
+    assert hosts == {"127.0.0.1", "localhost", "::1", "emo.lan", "192.168.1.20"}
+    assert allowed_hosts_for("192.168.1.20") == {"127.0.0.1", "localhost", "::1", "192.168.1.20"}
+    # a page elsewhere whose name was rebound to this server gets nothing, not even the token
+    rec.enroll("victim", _clip(cremad_clips, "ANG"), fps=5)
+    c = make(allowed_hosts=hosts)
+    for host in ("attacker.example", "attacker.example:8765", "emo.lan.attacker.example"):
+        r = c.get("/", headers={"Host": host})
+        assert r.status_code == 403 and c.token not in r.text, host
+        r = c.delete("/api/users/victim", headers={**c.hdr, "Host": host, "Origin": f"http://{host}"})
+        assert r.status_code == 403 and r.json()["error"] == "forbidden", host
+    assert rec.users() == ["victim"]
+    assert c.get("/", headers={"Host": "emo.lan:8765"}).status_code == 200
+    assert c.get("/api/users", headers={"Host": "192.168.1.20"}).json()["users"] == ["victim"]
+
+
+def _server(tmp_path: Path, *args: str, env: dict[str, str] | None = None):
+    """``emoadapt serve`` in a subprocess on a free port: ``(process, port)``."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "emoadapt.cli", "--home", str(tmp_path / "home"), "serve", "--port", str(port), *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, port
+
+
+def _page(proc, port: int, host: str = "127.0.0.1") -> str:
+    """The page once the server answers (polls until then; fails if the process ends)."""
+    for _ in range(1200):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/", timeout=2) as r:
+                return r.read().decode()
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("the server did not answer")
+
+
+def _token(page: str) -> str:
+    m = re.search(r'name="emoadapt-token" content="([^"]+)"', page)
+    assert m, page[:500]
+    return m.group(1)
+
+
+def _stop(proc) -> tuple[str, str]:
+    if proc.poll() is None:
+        proc.terminate()
+    return proc.communicate(timeout=30)
+
+
+def test_cli_wildcard_bind_refuses_to_start_without_allowed_hosts(tmp_path, photo):
+    proc, port = _server(tmp_path, "--host", "0.0.0.0")
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2 and "--allowed-host" in err and "DNS rebinding" in err, (out, err)
+    assert not (tmp_path / "home").exists()  # refused before anything was set up
+    # with named hosts it starts, says which names it answers, and refuses the others
+    from emoadapt import Recognizer
+
+    with Recognizer(home=tmp_path / "home") as r:
+        r.enroll("victim", photo("obama.jpg"))
+    proc, port = _server(tmp_path, "--host", "0.0.0.0", "--allowed-host", "emo.lan")
+    try:
+        token = _token(_page(proc, port))
+        for method, path, headers in (
+            ("GET", "/", {}),
+            ("GET", "/api/users", {}),
+            ("DELETE", "/api/users/victim", {"X-Emoadapt-Token": token, "Origin": "http://attacker.example"}),
+            ("DELETE", "/api/users/victim", {"X-Emoadapt-Token": token}),
+        ):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, headers={"Host": "attacker.example", **headers})
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(req, timeout=10)
+            assert e.value.code in (400, 403), (method, path)
+            assert token not in e.value.read().decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/users", timeout=10) as r:
+            assert json.load(r)["users"] == ["victim"]
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/users", headers={"Host": f"emo.lan:{port}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+    finally:
+        out, err = _stop(proc)
+    assert "answering the host names: 127.0.0.1, ::1, emo.lan, localhost" in out, (out, err)
+
+
+def _open_upload_files(pid: int, base: Path) -> list[tuple[str, int]]:
+    """``(target, size)`` of the files process ``pid`` holds open under ``base`` (Linux /proc)."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            size = os.stat(f"/proc/{pid}/fd/{fd}").st_size
+        except OSError:
+            continue
+        if target.startswith(str(base) + os.sep) and not target.endswith(os.sep + ".lock"):
+            found.append((target, size))
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="watches the server's open files in /proc (Linux)")
+def test_uploads_do_not_outlive_a_killed_server(tmp_path, cremad_clips):
+    """A server SIGKILLed while it holds an upload leaves none of its bytes on disk, and the
+    next server removes whatever directory the killed one left."""
+    import signal
+    import socket
+
+    base = tmp_path / "tmp"
+    base.mkdir()
+    clip = _bytes(_clip(cremad_clips, "ANG"))
+    half = len(clip) // 2
+    proc, port = _server(tmp_path, env={"TMPDIR": str(base)})
+    try:
+        token = _token(_page(proc, port))
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            head = (
+                f"POST /api/predict?name=face.flv HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Emoadapt-Token: {token}\r\n"
+                f"Content-Type: video/x-flv\r\nContent-Length: {len(clip)}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + clip[:half])  # the rest never comes: the server waits for it
+            for _ in range(600):  # until the server holds the first half in its upload file
+                held = _open_upload_files(proc.pid, base)
+                if held and held[0][1] >= half:
+                    break
+                time.sleep(0.05)
+            assert held and held[0][1] >= half, held
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+    finally:
+        _stop(proc)
+    left = [p for p in base.rglob("*") if p.is_file() and not p.is_symlink() and p.name != ".lock"]
+    assert left == [], [(p, p.stat().st_size) for p in left]  # no byte of the face on disk
+    stale = [p.name for p in base.iterdir()]
+    # a new server removes the directory the killed one left (its owner's lock is free)
+    proc, port = _server(tmp_path, env={"TMPDIR": str(base)})
+    try:
+        _page(proc, port)
+        assert not [n for n in os.listdir(base) if n in stale], (stale, os.listdir(base))
+    finally:
+        _stop(proc)
+    assert os.listdir(base) == []  # and its own goes when it stops
+
+
+def _lying_avi(path: Path, frames_rgb: list[np.ndarray], *, fps: float = 999.0, n: int = 3800, size=(240, 180)) -> Path:
+    """An AVI of ``n`` real frames whose container declares ``fps`` (so a short duration)."""
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    assert w.isOpened()
+    small = [cv2.cvtColor(cv2.resize(f, size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR) for f in frames_rgb]
+    for i in range(n):
+        w.write(small[i % len(small)])
+    w.release()
+    cap = cv2.VideoCapture(str(path))
+    assert (cap.get(cv2.CAP_PROP_FRAME_COUNT), cap.get(cv2.CAP_PROP_FPS)) == (n, fps)
+    cap.release()
+    return path
+
+
+def test_max_seconds_bounds_the_frames_decoded(make, cremad_clips, tmp_path, monkeypatch):
+    """A container that declares 999 fps passes for 3.8 s long with 3,800 frames: the server
+    decodes no more than ``max_seconds * MAX_CLIP_FPS`` of them, whatever it declares."""
+    from emoadapt import video
+    from emoadapt.web import MAX_CLIP_FPS
+
+    frames = [f.image for f in video.iter_frames(_clip(cremad_clips, "ANG"))]
+    avi = _bytes(_lying_avi(tmp_path / "lying.avi", frames))
+    honest = _clip(cremad_clips, "HAP")
+    n_honest = sum(1 for _ in video.iter_frames(honest))
+    decoded = []
+    real_read = video._read
+
+    def counting_read(cap):
+        frame = real_read(cap)
+        if frame is not None:
+            decoded.append(frame.shape)
+        return frame
+
+    monkeypatch.setattr(video, "_read", counting_read)
+    c = make(max_seconds=5, max_upload_mb=40)
+    bound = 5 * MAX_CLIP_FPS
+    r = c.post("/api/predict", params={"name": "lying.avi"}, content=avi, headers=c.hdr)
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert len(decoded) <= bound + 2, len(decoded)  # the decoder reads one frame ahead
+    assert d["truncated"] is True and d["label"] in d["probabilities"]
+    assert d["timeline"][-1]["index"] < bound
+    decoded.clear()
+    r = c.post("/api/correct", params={"label": "angry", "user": "lying"}, content=avi, headers=c.hdr)
+    assert r.status_code == 200, r.text
+    assert len(decoded) <= bound + 2, len(decoded)
+    # an honest clip is decoded whole
+    decoded.clear()
+    r = c.post("/api/predict", content=_bytes(honest), headers=c.hdr)
+    assert r.status_code == 200 and r.json()["truncated"] is False
+    assert len(decoded) == n_honest

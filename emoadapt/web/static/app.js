@@ -272,7 +272,8 @@
   }
 
   const when = (t) => new Date(t * 1000).toLocaleString(undefined, {dateStyle: "short", timeStyle: "medium"});
-  const pct = (v) => (v === null || v === undefined ? "n/a" : (100 * v).toFixed(0) + " %");
+  const measured = (v) => typeof v === "number" && isFinite(v);
+  const pct = (v) => (measured(v) ? (100 * v).toFixed(0) + " %" : "n/a");
 
   function drawHistory(svg, versions) {
     clear(svg);
@@ -284,14 +285,14 @@
     const y = (p) => H - pad.b - p * (H - pad.t - pad.b);
     let any = false;
     versions.forEach((v, i) => {
-      const m = v.metrics || {};
       svg.appendChild(el("text", {x: x(i), y: H - pad.b + 14, "text-anchor": "middle", class: "axis"}, "v" + v.version));
-      const b = m.held_out_accuracy_before, a = m.held_out_accuracy_after;
-      if (b === undefined || a === undefined) return;
+      // the API's held-out accuracy of the universal head (before) and of the installed one (after)
+      const b = v.held_out_accuracy_before, a = v.held_out_accuracy_after;
+      if (!measured(b) || !measured(a)) return;
       any = true;
       svg.appendChild(el("line", {x1: x(i), y1: y(b), x2: x(i), y2: y(a), class: "change"}));
-      svg.appendChild(el("circle", {cx: x(i), cy: y(b), r: 7, class: "before"}));
-      svg.appendChild(el("circle", {cx: x(i), cy: y(a), r: 5, class: "after", "data-version": v.version}));
+      svg.appendChild(el("circle", {cx: x(i), cy: y(b), r: 7, class: "before", "data-version": v.version, "data-value": b}));
+      svg.appendChild(el("circle", {cx: x(i), cy: y(a), r: 5, class: "after", "data-version": v.version, "data-value": a}));
     });
     const note = !n ? "no personal model yet: the universal one answers for you"
       : any ? "\u25cb before, \u25cf after the adaptation (held-out corrections)"
@@ -333,9 +334,8 @@
       ]);
       for (const r of c.corrections.slice().reverse()) row(ctb, [r.id, r.label, when(r.time), r.frames]).dataset.label = r.label;
       for (const v of h.versions) {
-        const m = v.metrics || {};
-        row(htb, ["v" + v.version, when(v.created), m.n_corrections !== undefined ? m.n_corrections : v.n_trained,
-          `${pct(m.held_out_accuracy_before)} \u2192 ${pct(m.held_out_accuracy_after)}`, v.status]).dataset.version = v.version;
+        row(htb, ["v" + v.version, when(v.created), v.n_corrections,
+          `${pct(v.held_out_accuracy_before)} \u2192 ${pct(v.held_out_accuracy_after)}`, v.status]).dataset.version = v.version;
       }
       for (const r of h.reports.filter((r) => !r.accepted)) {
         row(htb, ["kept", when(r.time), r.n_corrections, `${pct(r.held_out_accuracy_before)} \u2192 ${pct(r.held_out_accuracy_after)}`,
@@ -352,7 +352,7 @@
     busy(true);
     try {
       const r = await api("POST", `/api/users/${encodeURIComponent(user())}/adapt`);
-      const acc = r.held_out_accuracy_after !== null ? ` (held-out accuracy ${pct(r.held_out_accuracy_before)} \u2192 ${pct(r.held_out_accuracy_after)})` : "";
+      const acc = measured(r.held_out_accuracy_after) ? ` (held-out accuracy ${pct(r.held_out_accuracy_before)} \u2192 ${pct(r.held_out_accuracy_after)})` : "";
       say(r.accepted ? `Model adapted: version ${r.version} on ${r.n_corrections} corrections${acc}.`
         : `Model kept: ${r.reason}${acc}.`, r.accepted ? "ok" : "info");
       await refreshData();
