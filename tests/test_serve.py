@@ -615,3 +615,9 @@ def test_max_seconds_bounds_the_frames_decoded(make, cremad_clips, tmp_path, mon
     r = c.post("/api/predict", content=_bytes(honest), headers=c.hdr)
     assert r.status_code == 200 and r.json()["truncated"] is False
     assert len(decoded) == n_honest
+    # larger frames, fewer of them: 0.05 s allow 3 frames of 1920x1080, i.e. one 3840x2160 frame
+    big = _bytes(_lying_avi(tmp_path / "big.avi", frames[:8], n=8, size=(3840, 2160)))
+    c = make(max_seconds=0.05, max_upload_mb=40, fps=None)
+    r = c.post("/api/predict", content=big, headers=c.hdr)
+    assert r.status_code == 200, r.text
+    assert (r.json()["frames"], r.json()["truncated"]) == (1, True)

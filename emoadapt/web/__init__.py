@@ -24,7 +24,8 @@ Safety:
   starts, embedded in the page and sent back in the ``X-Emoadapt-Token`` header.
 * Uploads are limited in size (``max_upload_mb``) and length (``max_seconds``: a clip
   whose container announces more is refused; whatever it announces, at most
-  ``max_seconds * MAX_CLIP_FPS`` frames are decoded, the rest is cut). An upload lives in a
+  ``max_seconds * MAX_CLIP_FPS`` frames of at most ``MAX_CLIP_FRAME_PIXELS`` pixels on
+  average are decoded, the rest is cut). An upload lives in a
   temporary file that has no name on disk where the system allows it (Linux: the kernel
   frees it when the process ends, even killed), inside a directory private to the process
   that the next server removes if the process was killed; it is closed right after its
@@ -89,6 +90,7 @@ __all__ = [
     "ERROR_STATUS",
     "LOOPBACK_HOSTS",
     "MAX_CLIP_FPS",
+    "MAX_CLIP_FRAME_PIXELS",
     "STATIC_DIR",
     "WILDCARD_HOSTS",
     "ApiError",
@@ -113,6 +115,10 @@ the host names its clients use (:func:`allowed_hosts_for`)."""
 MAX_CLIP_FPS = 60.0
 """Frames a second of clip may hold: at most ``max_seconds * MAX_CLIP_FPS`` frames of an upload
 are decoded, whatever rate and length its container declares (a faster clip is cut)."""
+MAX_CLIP_FRAME_PIXELS = 1920 * 1080
+"""Pixels a frame of those may have on average: an upload's decoded frames hold at most
+``max_seconds * MAX_CLIP_FPS * MAX_CLIP_FRAME_PIXELS`` pixels in all (the first frame is always
+decoded), so larger frames mean fewer of them."""
 TOKEN_HEADER = "x-emoadapt-token"
 
 #: HTTP status and error code of each library error (the first matching class wins)
@@ -335,24 +341,27 @@ def _anonymous_files(directory: Path) -> bool:
 
 
 class _Frames:
-    """The frames of a video file, decoded lazily, at most ``limit`` of them (``cut``: there
-    were more). What the Recognizer analyses of an upload: the limit bounds the work whatever
-    the container declares."""
+    """The frames of a video file, decoded lazily: at most ``limit`` of them, of at most
+    ``limit * MAX_CLIP_FRAME_PIXELS`` pixels in all (``cut``: there were more). What the
+    Recognizer analyses of an upload: the limits bound the work whatever the container declares."""
 
     def __init__(self, path: Path, limit: int) -> None:
-        self.path, self.limit, self.cut, self.decoded = path, limit, False, 0
+        self.path, self.limit, self.cut, self.decoded, self.pixels = path, limit, False, 0, 0
 
     def __iter__(self) -> Iterator[Any]:
         from ..video import iter_frames
 
         frames = iter_frames(self.path)
+        budget = self.limit * MAX_CLIP_FRAME_PIXELS
         try:
             for frame in frames:
-                if self.decoded >= self.limit:
+                size = frame.image.shape[0] * frame.image.shape[1]
+                if self.decoded >= self.limit or (self.decoded and self.pixels + size > budget):
                     self.cut = True
-                    log.warning("an upload holds more than %d frames: analysed up to there", self.limit)
+                    log.warning("an upload holds more than %d frames (%.0f MP): analysed up to there", self.decoded, self.pixels / 1e6)
                     return
                 self.decoded += 1
+                self.pixels += size
                 yield frame.image
         finally:
             getattr(frames, "close", lambda: None)()
