@@ -7,7 +7,7 @@ their corrections and the history of their personal model, adapts it now and can
 themselves. The page is plain HTML/JS/CSS served from the package (``emoadapt/web/static``);
 nothing is fetched from the network.
 
-Needs the ``serve`` extra (Starlette and uvicorn): ``pip install "emoadapt[serve]"``.
+Needs the ``serve`` extra (Starlette and uvicorn): ``pip install -e ".[serve]"`` in the checkout.
 
     from emoadapt import Recognizer
     from emoadapt.web import create_app
@@ -78,8 +78,10 @@ try:
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
     from starlette.types import ASGIApp, Receive, Scope, Send
-except ImportError as e:  # pragma: no cover - exercised by the CLI test with the module hidden
-    raise ImportError('emoadapt serve needs the "serve" extra (Starlette and uvicorn): pip install "emoadapt[serve]"') from e
+except ImportError as e:  # pragma: no cover - exercised by tests/test_csv_output.py with the module hidden
+    from ..errors import MissingDependencyError
+
+    raise MissingDependencyError.for_extra("emoadapt serve (Starlette and uvicorn)", "serve") from e
 
 from .. import errors as _err
 from ..store import normalize_label, normalize_user_name
@@ -189,7 +191,8 @@ class _Guard:
     def refusal(self, method: str, headers: Headers) -> str | None:
         host = headers.get("host", "")
         if _hostname(host) not in self.hosts:
-            return f"host {host!r} is not served here (allowed: {', '.join(sorted(self.hosts))})"
+            # the allowed names are not told: a rebound page could read them
+            return f"host {host!r} is not served here (emoadapt serve --allowed-host adds a name)"
         if method not in _UNSAFE:
             return None
         origin = headers.get("origin")
@@ -805,7 +808,7 @@ def serve(recognizer: Any, *, host: str = "127.0.0.1", port: int = 8765, log_lev
     try:
         import uvicorn
     except ImportError as e:
-        raise ImportError('emoadapt serve needs the "serve" extra (Starlette and uvicorn): pip install "emoadapt[serve]"') from e
+        raise _err.MissingDependencyError.for_extra("emoadapt serve (Starlette and uvicorn)", "serve") from e
     if kw.get("allowed_hosts") is None:
         kw["allowed_hosts"] = allowed_hosts_for(host)
     app = create_app(recognizer, **kw)
