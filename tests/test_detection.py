@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,14 +10,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from _scripts import EXAMPLE_CLIP
+from conftest import need_data
 
 from emoadapt.detection import MTCNN, Detections
 from emoadapt.errors import InvalidInputError
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("EMOADAPT_DATA", ROOT.parent / "shared" / "data"))
-FACES = DATA / "faces"
-CREMAD = DATA / "clips" / "cremad"
 FIXTURE = ROOT / "tests" / "fixtures" / "mtcnn_reference.json"
 CONFIDENT = 0.9
 MIN_IOU = 0.95
@@ -35,10 +33,12 @@ def reference() -> dict:
     return json.loads(FIXTURE.read_text())["files"]
 
 
-def _rgb(path: Path) -> np.ndarray:
+def _rgb(name: str) -> np.ndarray:
+    """``faces/<name>`` of the real data (the tests' skip when the data is absent)."""
+    path = need_data("faces", *name.split("/"))
     img = cv2.imread(str(path))
     if img is None:
-        pytest.fail(f"real data missing or unreadable: {path}")
+        pytest.fail(f"real data unreadable: {path}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -82,8 +82,9 @@ def compare(ref_boxes, ref_probs, ref_landmarks, ours: Detections) -> dict:
 
 # ------------------------------------------------------------------ parity with the fixture
 def test_fixture_covers_every_photo(reference):
-    photos = sorted(f"{p.parent.name}/{p.name}" for p in list((FACES / "identity").glob("*.jpg")) + list((FACES / "ravdess_actors").glob("*.png")))
-    assert photos, f"no photos under {FACES}"
+    identity, actors = need_data("faces", "identity"), need_data("faces", "ravdess_actors")
+    photos = sorted(f"{p.parent.name}/{p.name}" for p in list(identity.glob("*.jpg")) + list(actors.glob("*.png")))
+    assert photos, f"no photos under {identity.parent}"
     assert sorted(reference) == photos, "tests/fixtures/mtcnn_reference.json is stale: rerun scripts/make_reference_fixtures.py mtcnn"
     # the group photos hold many faces: the comparison is not only on easy single portraits
     assert sum(len(v["probs"]) for k, v in reference.items() if "sample" in k) >= 15
@@ -92,7 +93,7 @@ def test_fixture_covers_every_photo(reference):
 @pytest.mark.parametrize("name", sorted(_photos()))
 def test_parity_with_facenet_pytorch(det, reference, name):
     ref = reference[name]
-    img = _rgb(FACES / name)
+    img = _rgb(name)
     assert list(img.shape) == ref["shape"]
     ours = det.detect(img)
     res = compare(ref["boxes"], ref["probs"], ref["landmarks"], ours)
@@ -125,7 +126,7 @@ def test_landmark_order_on_upright_faces(det, photo, name):
 
 
 def test_video_frame_has_one_face(det):
-    cap = cv2.VideoCapture(str(CREMAD / "1001_DFA_HAP_XX.flv"))
+    cap = cv2.VideoCapture(str(EXAMPLE_CLIP))  # the shipped copy of the data's 1001_DFA_HAP_XX.flv
     ok, bgr = cap.read()
     cap.release()
     assert ok, "CREMA-D clip not decodable"
@@ -267,14 +268,14 @@ def facenet():
 @pytest.mark.parametrize("name", ["identity/sample1.jpg", "identity/obama_partial_face.jpg", "ravdess_actors/Actor_13.png", "cremad"])
 def test_live_parity_with_facenet_pytorch(det, facenet, name):
     if name == "cremad":
-        cap = cv2.VideoCapture(str(CREMAD / "1001_DFA_SAD_XX.flv"))
+        cap = cv2.VideoCapture(str(need_data("clips", "cremad", "1001_DFA_SAD_XX.flv")))
         for _ in range(20):
             ok, bgr = cap.read()
         cap.release()
         assert ok
         img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     else:
-        img = _rgb(FACES / name)
+        img = _rgb(name)
     ref = facenet(img)
     ours = det.detect(img)
     assert len(ours) == len(ref["probs"])

@@ -7,6 +7,8 @@ import json
 import math
 from pathlib import Path
 
+from conftest import need_data
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -72,7 +74,7 @@ def test_fer2013_benchmark_smoke(tmp_path, capsys, data_dir):
 
 def test_taiwanese_labels_from_file_names():
     bench = _load_benchmark()
-    files = sorted(p.name for p in (bench.DATA / "faces" / "taiwanese").glob("*.jpg"))
+    files = sorted(p.name for p in need_data("faces", "taiwanese").glob("*.jpg"))
     labels = [bench.taiwanese_label(f) for f in files]
     assert len(files) == 838
     assert labels.count("neutral") == sum(f[4] == "a" for f in files) + sum(not f[4].isalpha() for f in files)

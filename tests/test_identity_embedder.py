@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from conftest import need_data
 
 from emoadapt.errors import InvalidInputError
 from emoadapt.identity import CHIP_SIZE, MTCNN_CHIP_TEMPLATE, FaceEmbedder, chip_rect_from_similarity, extract_chip
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("EMOADAPT_DATA", ROOT.parent / "shared" / "data"))
 FIXTURE = ROOT / "tests" / "fixtures" / "dlib_reference.npz"
 
 # Measured (scripts: see the report in the commit log): int8 model vs dlib, 50 faces:
@@ -45,9 +44,7 @@ def ref():
 def images(ref):
     out = {}
     for f in sorted(set(ref["files"].tolist())):
-        p = DATA / f
-        if not p.exists():
-            pytest.fail(f"real data missing: {p}")
+        p = need_data(*Path(f).parts)
         out[f] = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
     return out
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _scripts import TAIWANESE_LETTERS as LETTERS
+from conftest import need_data
 
 import emoadapt
 from emoadapt.adaptation import personalize
@@ -17,9 +18,8 @@ from emoadapt.heads import CenteredHead, IdentityExpertHead, fit_softmax_regress
 def _files(data_dir, pid: str, style: str, per_emotion: int) -> tuple[list, list[str]]:
     """The first ``per_emotion`` photos of each emotion acted in ``style`` by ``pid`` (neutral:
     the first ones; style ``"2"`` takes the last neutral photo, never corrected)."""
-    files = sorted((data_dir / "faces" / "taiwanese").glob(f"{pid}*.jpg"))
-    if not files:
-        pytest.skip("Taiwanese faces missing")
+    files = sorted(need_data("faces", "taiwanese").glob(f"{pid}*.jpg"))
+    assert files, f"no photos of person {pid} in {data_dir / 'faces' / 'taiwanese'}"
     out, labels = [], []
     for letter, emo in LETTERS.items():
         cand = [f for f in files if f.name[2] == ("0" if letter == "a" else style) and f.name[4] == letter]

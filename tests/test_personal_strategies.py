@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import need_data
 
 import emoadapt
 from emoadapt.adaptation import fit_personal, guard, personalize, user_offset
@@ -34,12 +35,11 @@ def _blend(head) -> BlendHead:
     return inner
 
 
-def _photos(recognizer, data_dir, pid: str):
+def _photos(recognizer, pid: str):
     """Taiwanese person ``pid``: style-1 photos (2 per emotion, 2 neutral) to adapt on and
     their style-2 photos to test on, as per-frame features (the public API's)."""
-    files = sorted((data_dir / "faces" / "taiwanese").glob(f"{pid}*.jpg"))
-    if not files:
-        pytest.skip("Taiwanese faces missing")
+    files = sorted(need_data("faces", "taiwanese").glob(f"{pid}*.jpg"))
+    assert files, f"no photos of person {pid} in the Taiwanese faces"
 
     def take(style: str, m: int) -> tuple[list[np.ndarray], list[str]]:
         out, labels = [], []
@@ -54,13 +54,13 @@ def _photos(recognizer, data_dir, pid: str):
 
 
 @pytest.fixture(scope="module")
-def person(recognizer, data_dir):
-    return _photos(recognizer, data_dir, "01")
+def person(recognizer):
+    return _photos(recognizer, "01")
 
 
 @pytest.fixture(scope="module")
-def person02(recognizer, data_dir):
-    return _photos(recognizer, data_dir, "02")
+def person02(recognizer):
+    return _photos(recognizer, "02")
 
 
 def test_prototype_head_real_features_custom_labels_and_round_trip(person, tmp_path):
@@ -251,6 +251,7 @@ def test_cli_adapt_prints_the_choice_and_evidence(tmp_path, cremad_clips):
 
 
 def test_benchmark_smoke_on_one_person(tmp_path):
+    need_data("faces", "taiwanese")  # the benchmark reads the real photos
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import personalization as bench
 

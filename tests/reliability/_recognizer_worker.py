@@ -39,7 +39,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("EMOADAPT_DATA", ROOT.parent / "shared" / "data"))
 CREMAD = DATA / "clips" / "cremad"
-ACTORS = DATA / "faces" / "ravdess_actors"
 
 CREMA = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
 SHARED_FRAMES = (10, 13)  # frames of each CREMA-D clip used for corrections
@@ -48,6 +47,27 @@ SMALL = (240, 180)  # (width, height)
 OWN_ACTORS = (1, 2, 4, 6, 7, 8, 3, 5)  # RAVDESS actor per worker index (mod len)
 OWN_LABELS = ("calm", "happy")  # label of the actor frame / of the mirrored frame
 SHARED_USER = "shared"
+#: the CREMA-D clip the repository ships (examples/README.md): the same file as the data's
+#: ``clips/cremad/1001_DFA_HAP_XX.flv``, so ``example_clip(f)`` equals ``shared_clips(f)[3][0]``
+EXAMPLE_CLIP = ROOT / "examples" / "cremad_1001_DFA_HAP_XX.flv"
+
+
+def _data(*parts: str) -> Path:
+    """A path under the real data. Imported by a test, the tests' own check: a missing path
+    skips the test with the one-line reason of ``tests/conftest.py`` (fails it under
+    ``EMOADAPT_REQUIRE_DATA=1``). Run as a worker, the parent test has checked already."""
+    if __name__ == "__main__":
+        return DATA.joinpath(*parts)
+    from conftest import need_data  # tests/conftest.py (tests/ is on sys.path under pytest)
+
+    return need_data(*parts)
+
+
+def require_data() -> None:
+    """For a test that starts workers: skip (or fail) it before any worker starts when the
+    clips or photos the workers read are absent."""
+    _data("clips", "cremad")
+    _data("faces", "ravdess_actors")
 
 
 def cremad_small(path: Path, frames: tuple[int, ...]) -> np.ndarray:
@@ -65,14 +85,23 @@ def cremad_small(path: Path, frames: tuple[int, ...]) -> np.ndarray:
 @cache
 def shared_clips(frames: tuple[int, ...] = SHARED_FRAMES) -> tuple[tuple[np.ndarray, str], ...]:
     """(clip, label) for each of the six CREMA-D clips."""
-    return tuple((cremad_small(p, frames), CREMA[p.stem.split("_")[2]]) for p in sorted(CREMAD.glob("*.flv")))
+    clips = tuple((cremad_small(p, frames), CREMA[p.stem.split("_")[2]]) for p in sorted(_data("clips", "cremad").glob("*.flv")))
+    assert len(clips) == 6, f"{len(clips)} CREMA-D clips in {CREMAD}, expected 6"
+    return clips
+
+
+@cache
+def example_clip(frames: tuple[int, ...] = SHARED_FRAMES) -> np.ndarray:
+    """``cremad_small`` of the shipped example clip (actor 1001, happy): no data needed."""
+    return cremad_small(EXAMPLE_CLIP, frames)
 
 
 def actor_image(k: int) -> np.ndarray:
     import cv2
 
-    img = cv2.imread(str(ACTORS / f"Actor_{k:02d}.png"))
-    assert img is not None, ACTORS / f"Actor_{k:02d}.png"
+    path = _data("faces", "ravdess_actors", f"Actor_{k:02d}.png")
+    img = cv2.imread(str(path))
+    assert img is not None, path
     return np.ascontiguousarray(img[:, :, ::-1])
 
 

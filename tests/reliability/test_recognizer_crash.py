@@ -229,6 +229,7 @@ def _run_trials(home: Path, trials: int, seed: int) -> dict:
 
 @pytest.mark.parametrize("trials", [30, pytest.param(90, marks=pytest.mark.slow)], ids=["30", "90"])
 def test_sigkill_during_correct_and_adapt_loses_nothing(tmp_path, trials, record_property):
+    worker.require_data()  # the workers read the real clips and photos
     t0 = time.perf_counter()
     stats = _run_trials(tmp_path / "home", trials, seed=20240611 + trials)
     wall = time.perf_counter() - t0

@@ -74,6 +74,7 @@ def _run_burst(home: Path, n_workers: int, n_each: int, adapt_every: int) -> tup
     ids=["4x75", "6x150"],
 )
 def test_processes_share_one_recognizer_home(tmp_path, n_workers, n_each, record_property):
+    worker.require_data()  # the workers read the real clips and photos
     home = tmp_path / "home"  # does not exist yet: the workers race to create it
     adapt_every = 10
     outs, wall, startup = _run_burst(home, n_workers, n_each, adapt_every)
