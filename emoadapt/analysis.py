@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from .alignment import norm_crop
+from .errors import InvalidInputError
 from .video import Clip, Sampling, iter_frames
 
-__all__ = ["Analysis", "AnalyzedFrame", "AnalyzedFace", "FaceTable", "IDENTITY_STRIDE"]
+__all__ = ["Analysis", "AnalyzedFrame", "AnalyzedFace", "FaceTable", "Track", "IDENTITY_STRIDE", "MAX_POOLED_FACES"]
 
 log = logging.getLogger(__name__)
 
@@ -232,62 +233,216 @@ def _ready(
         yield waiting.popleft()
 
 
+#: at most this many faces' backbone features are kept for the clip heads of one analysis (a
+#: clip, or a stream's window): beyond it, only those of an evenly spaced subset of the frames
+#: (every 2nd, then every 4th, ... sampled frame, plus the first face of each track), which the
+#: heads then pool. Memory thus stays bounded whatever the input's length (docs/reliability.md).
+MAX_POOLED_FACES = 4096
+
+
+@dataclass(frozen=True, eq=False)
+class Track:
+    """One face track of a :class:`FaceTable` (online tracks of one identity, merged)."""
+
+    rows: np.ndarray
+    """The table rows of its faces, in frame order (every face, or with ``timeline=False`` the
+    faces whose features were kept)."""
+    ids: tuple[int, ...]
+    """The online track ids (:class:`~emoadapt.tracking.OnlineTracker`) it joins."""
+    faces: int
+    """Its faces, all of them (also those whose rows were not kept)."""
+
+
 class FaceTable:
     """The faces of a run of analysed frames (a clip, or a stream's window), ready for the heads.
 
+    Stored compactly, as arrays: per face its frame index, track, box, score, landmarks and
+    backbone probabilities (about 100 bytes), and its backbone features for at most
+    ``max_features`` faces (:data:`MAX_POOLED_FACES`): when more come, the features of every
+    other frame are dropped (the first face of each track always stays), and so on, so that
+    the heads pool an evenly spaced subset of a long input's frames. With ``timeline=False``
+    the other per-face values are kept only for the faces whose features are kept, so memory
+    is independent of the input's length (it grows only with the number of face tracks).
+
     Args:
-        frames: the analysed frames, in order.
+        frames: the analysed frames, in order (more can be added with :meth:`add`).
         source: the clip's path, if any; fps: the rate frame times count at (see
             :attr:`emoadapt.Result.fps`).
+        timeline: keep every face's values (the per-frame timeline), not only those pooled.
+        max_features: the bound above (``None``: keep every face's features).
     """
 
-    def __init__(self, frames: Iterable[AnalyzedFrame], *, source: str | None = None, fps: float | None = None) -> None:
-        self.source, self.fps = source, fps
+    def __init__(
+        self,
+        frames: Iterable[AnalyzedFrame] = (),
+        *,
+        source: str | None = None,
+        fps: float | None = None,
+        timeline: bool = True,
+        max_features: int | None = MAX_POOLED_FACES,
+    ) -> None:
+        if max_features is not None and max_features < 64:
+            raise InvalidInputError(f"max_features must be None or at least 64, got {max_features}")
+        self.source, self.fps, self.timeline, self.max_features = source, fps, timeline, max_features
         self.frames = 0
-        self.index: list[int] = []
-        self.faces: list[AnalyzedFace] = []
+        self.stride = 1  # features are kept for the frames number 0, stride, 2*stride, ... (0-based)
+        self._n = 0  # rows
+        self._cols: dict[str, np.ndarray] = {}
+        self._feat: np.ndarray | None = None
+        self._nf = 0  # feature rows
+        self._on_grid = 0  # feature rows of frames on the stride grid (what max_features bounds)
+        self._stats: dict[int, list[float]] = {}  # track -> [faces, sum of the box areas] (first appearance order)
+        self._emb: dict[int, list[tuple[int, int, np.ndarray]]] = {}  # track -> (frame index, face number, embedding)
+        self._seen = 0  # faces added
         for fr in frames:
-            self.frames += 1
-            for f in fr.faces:
-                self.index.append(fr.index)
-                self.faces.append(f)
+            self.add(fr)
 
-    def outputs(self, idx: list[int], classes: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """Backbone probabilities (n, C) and features (n, D) of the faces ``idx``."""
-        if not idx:
-            return np.zeros((0, classes), np.float32), np.zeros((0, dim), np.float32)
-        P = np.stack([self.faces[j].probabilities for j in idx])  # type: ignore[misc]
-        F = np.stack([self.faces[j].features for j in idx])  # type: ignore[misc]
-        return P, F
+    @property
+    def faces(self) -> int:
+        """Faces added (every face, whether or not its row was kept)."""
+        return self._seen
 
-    def track_embedding(self, idx: list[int]) -> np.ndarray | None:
-        """The identity embedding of the faces ``idx`` (:func:`~emoadapt.identity.clip_embedding`
-        of those that were embedded), ``None`` when none was."""
+    @property
+    def index(self) -> np.ndarray:
+        """Frame index (in the source) of each row."""
+        return self._col("index")
+
+    def _col(self, name: str) -> np.ndarray:
+        return self._cols[name][: self._n] if self._cols else np.zeros(0, np.int64)
+
+    def add(self, frame: AnalyzedFrame) -> None:
+        """Add one analysed frame (its faces must have their backbone outputs)."""
+        num = self.frames
+        self.frames += 1
+        on_grid = num % self.stride == 0
+        for f in frame.faces:
+            st = self._stats.get(f.track)
+            first = st is None
+            if st is None:
+                st = self._stats[f.track] = [0, 0.0]
+            b = f.box
+            st[0] += 1
+            st[1] += float((b[2] - b[0]) * (b[3] - b[1]))
+            if f.identity is not None:
+                self._emb.setdefault(f.track, []).append((frame.index, self._seen, f.identity))
+            self._seen += 1
+            keep = on_grid or first
+            if not keep and not self.timeline:
+                continue
+            r = self._new_row(f)
+            c = self._cols
+            c["index"][r], c["num"][r], c["track"][r], c["first"][r] = frame.index, num, f.track, first
+            c["box"][r], c["score"][r], c["landmarks"][r], c["prob"][r] = f.box, f.score, f.landmarks, f.probabilities
+            c["frow"][r] = self._new_feature(f.features) if keep else -1
+            self._on_grid += keep and on_grid
+        if self.max_features is not None and self._on_grid > self.max_features:
+            self._thin()
+
+    def _new_row(self, face: AnalyzedFace) -> int:
+        if not self._cols:
+            p = np.asarray(face.probabilities)
+            lm = np.asarray(face.landmarks)
+            cap = 64
+            self._cols = {
+                "index": np.zeros(cap, np.int64),
+                "num": np.zeros(cap, np.int64),
+                "track": np.zeros(cap, np.int64),
+                "first": np.zeros(cap, bool),
+                "box": np.zeros((cap, 4), np.asarray(face.box).dtype),
+                "score": np.zeros(cap, np.float64),
+                "landmarks": np.zeros((cap, *lm.shape), lm.dtype),
+                "prob": np.zeros((cap, *p.shape), p.dtype),
+                "frow": np.zeros(cap, np.int64),
+            }
+        elif self._n == len(self._cols["index"]):
+            self._cols = {k: _grown(v, 2 * len(v)) for k, v in self._cols.items()}
+        self._n += 1
+        return self._n - 1
+
+    def _new_feature(self, x: Any) -> int:
+        x = np.asarray(x)
+        if self._feat is None:
+            self._feat = np.zeros((64, *x.shape), x.dtype)
+        elif self._nf == len(self._feat):
+            self._feat = _grown(self._feat, 2 * len(self._feat))
+        self._feat[self._nf] = x
+        self._nf += 1
+        return self._nf - 1
+
+    def _thin(self) -> None:
+        """Double the stride until at most ``max_features`` feature rows are on its grid."""
+        assert self.max_features is not None and self._feat is not None
+        c, n = self._cols, self._n
+        while self._on_grid > self.max_features and self.stride < self.frames:
+            self.stride *= 2
+            frow = c["frow"][:n]
+            grid = c["num"][:n] % self.stride == 0
+            keep = (frow >= 0) & (grid | c["first"][:n])
+            rows = np.flatnonzero(keep)
+            self._feat[: len(rows)] = self._feat[frow[rows]]  # feature rows are in row order
+            frow[frow >= 0] = -1
+            frow[rows] = np.arange(len(rows))
+            self._nf = len(rows)
+            self._on_grid = int(np.count_nonzero(keep & grid))
+            if not self.timeline:  # rows exist only for kept features
+                for v in c.values():
+                    v[: len(rows)] = v[:n][keep]
+                n = self._n = len(rows)
+
+    def probabilities(self, rows: np.ndarray) -> np.ndarray:
+        """Backbone probabilities (n, C) of the faces of ``rows``."""
+        return self._col("prob")[rows]
+
+    def features(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Backbone features of the faces of ``rows`` that have them kept, ``(m, D)``, and the
+        positions in ``rows`` of those faces (``None`` when every face of ``rows`` has them)."""
+        frow = self._col("frow")[rows]
+        have = frow >= 0
+        assert self._feat is not None or not len(rows)
+        feat = self._feat if self._feat is not None else np.zeros((0, 0), np.float32)
+        if have.all():
+            return feat[frow], None
+        return feat[frow[have]], np.flatnonzero(have)
+
+    def column(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """One per-face column (``index``, ``box``, ``score``, ``landmarks``) of ``rows``."""
+        return self._col(name)[rows]
+
+    def track_embedding(self, track: Track) -> np.ndarray | None:
+        """The identity embedding of ``track`` (:func:`~emoadapt.identity.clip_embedding` of
+        its faces that were embedded, in frame order), ``None`` when none was."""
         from .identity import clip_embedding
 
-        e = [self.faces[j].identity for j in idx if self.faces[j].identity is not None]
-        return clip_embedding(np.stack(e)) if e else None  # type: ignore[arg-type]
+        e = sorted((item for t in track.ids for item in self._emb.get(t, ())), key=lambda item: item[:2])
+        return clip_embedding(np.stack([item[2] for item in e])) if e else None
 
-    def tracks(self, merge_threshold: float | None = None) -> list[list[int]]:
-        """Face positions per track, longest first (ties: the largest face); short spurious
-        tracks dropped; with ``merge_threshold``, tracks of the same identity that never
-        overlap in time merged (:func:`~emoadapt.tracking.merge_tracks`)."""
+    def tracks(self, merge_threshold: float | None = None) -> list[Track]:
+        """The face tracks, longest first (ties: the largest face); short spurious tracks
+        dropped; with ``merge_threshold``, tracks of the same identity that never overlap in
+        time merged (:func:`~emoadapt.tracking.merge_tracks`; with ``timeline=False`` the
+        overlap is checked on the kept faces only)."""
         from .tracking import merge_tracks
 
-        by_track: dict[int, list[int]] = {}
-        for j, f in enumerate(self.faces):
-            by_track.setdefault(f.track, []).append(j)
-        groups = [[(self.index[j], j) for j in v] for v in by_track.values()]
-        if merge_threshold is not None and len(groups) > 1:
-            groups = merge_tracks(groups, [self.track_embedding([j for _, j in g]) for g in groups], merge_threshold)
-        if not groups:
+        if not self._stats:
             return []
-        longest = max(len(g) for g in groups)
-        keep = [g for g in groups if len(g) >= min(3, longest)]
+        trk, index = self._col("track"), self._col("index")
+        order = np.argsort(trk, kind="stable")
+        cuts = np.flatnonzero(np.diff(trk[order])) + 1
+        rows_of = {int(trk[part[0]]): part for part in np.split(order, cuts) if len(part)}
+        ids = list(self._stats)  # first appearance order
+        groups: list[tuple[int, ...]] = [(t,) for t in ids]
+        if merge_threshold is not None and len(ids) > 1:
+            single = [Track(rows_of[t], (t,), int(self._stats[t][0])) for t in ids]
+            merged = merge_tracks([[(int(index[j]), int(j)) for j in tr.rows] for tr in single], [self.track_embedding(tr) for tr in single], merge_threshold)
+            groups = [tuple(dict.fromkeys(int(trk[j]) for _, j in g)) for g in merged]
+        faces = [int(sum(self._stats[t][0] for t in g)) for g in groups]
+        longest = max(faces)
+        keep = [(g, n) for g, n in zip(groups, faces) if n >= min(3, longest)]
+        keep.sort(key=lambda gn: (-gn[1], -sum(self._stats[t][1] for t in gn[0]) / gn[1]))
+        return [Track(np.sort(np.concatenate([rows_of[t] for t in g])), g, n) for g, n in keep]
 
-        def size(g: list[tuple[int, int]]) -> float:
-            b = np.stack([self.faces[j].box for _, j in g])
-            return float(np.mean((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])))
 
-        keep.sort(key=lambda g: (-len(g), -size(g)))
-        return [[j for _, j in sorted(g)] for g in keep]
+def _grown(a: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros((n, *a.shape[1:]), a.dtype)
+    out[: len(a)] = a
+    return out

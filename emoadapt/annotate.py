@@ -99,9 +99,10 @@ def label_windows(
     sampling = sampling or Sampling()
     if window is not None and not (isinstance(window, (int, float)) and math.isfinite(window) and window > 0):
         raise InvalidInputError(f"window must be a positive number of seconds or None, got {window!r}")
-    res = rec.predict(
-        clip, color=color, fps=sampling.fps, max_frames=sampling.max_frames, step=sampling.step, source_fps=sampling.source_fps, progress=progress
-    )
+    res = rec._predict(  # every frame's features: each window is classified on its own frames
+        clip, color=color, fps=sampling.fps, max_frames=sampling.max_frames, step=sampling.step, source_fps=sampling.source_fps, progress=progress,
+        max_features=None,
+    )  # fmt: skip
     labels: dict[int, list[FaceLabel]] = {}
     for t, track in enumerate(res.tracks or ([res] if res.timeline else [])):
         indices = [f.index for f in track.timeline]

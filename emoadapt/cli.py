@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import logging
 import os
@@ -32,7 +31,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import EmoadaptError, InvalidInputError
+from ._csv import DictWriter as SafeDictWriter
+from .errors import EmoadaptError, InvalidInputError, MissingDependencyError
 
 __all__ = ["main"]
 
@@ -74,10 +74,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     failed = 0
     many = len(args.clips) > 1
     out: list[dict[str, Any]] = []
-    writer: csv.DictWriter | None = None
+    writer: SafeDictWriter | None = None
+    timeline = fmt == "csv" or bool(args.timeline)  # else memory does not grow with a clip's length
     for clip in _bar(args, args.clips, unit="clip", disable=not many):
         try:
-            res = rec.predict(clip, progress=not many and _show_progress(args), **_sampling(args))
+            res = rec.predict(clip, progress=not many and _show_progress(args), timeline=timeline, **_sampling(args))
         except Exception as e:
             # each error is reported once: in the results where the format has a place for it
             # (a text line, a JSON object), else (csv) on stderr
@@ -95,12 +96,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if fmt == "json":
             d = res.to_dict()
             if not args.timeline:
-                d.pop("timeline")
+                d.pop("timeline", None)
             out.append({"clip": str(clip), **d})
         elif fmt == "csv":
             rows = res.rows(args.table)
             if rows and writer is None:
-                writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
+                writer = SafeDictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")  # formulas escaped
                 writer.writeheader()
             if writer is not None:
                 writer.writerows(rows)
@@ -295,7 +296,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         from . import web
     except ImportError:
-        log.error('emoadapt serve needs the "serve" extra (Starlette and uvicorn): pip install "emoadapt[serve]"')
+        log.error("%s", MissingDependencyError.for_extra("emoadapt serve (Starlette and uvicorn)", "serve"))
         return 1
     try:
         hosts = web.allowed_hosts_for(args.host, args.allowed_host or ())

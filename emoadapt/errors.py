@@ -81,7 +81,20 @@ class ExtractError(EmoadaptError):
 
 
 class MissingDependencyError(EmoadaptError, ImportError):
-    """An optional dependency (an extra such as ``emoadapt[extract]``) is not installed."""
+    """An optional dependency (an extra such as ``extract``) is not installed. ``extra`` names
+    the extra (``None`` when none provides it); :meth:`for_extra` builds the message with the
+    line that installs it."""
+
+    def __init__(self, message: str, *, extra: str | None = None) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+    @classmethod
+    def for_extra(cls, what: str, extra: str) -> MissingDependencyError:
+        """``"<what> needs the <extra> extra: pip install -e ".[<extra>]" (in the emoadapt
+        checkout)"``: the install line that works where the package is installed from (the
+        repository root), as README's own."""
+        return cls(f'{what} needs the "{extra}" extra: pip install -e ".[{extra}]" (in the emoadapt checkout)', extra=extra)
 
 
 class WorkerCrashedError(EmoadaptError):

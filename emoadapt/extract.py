@@ -507,7 +507,7 @@ def _process_clip(spec: dict[str, Any], sampling: dict[str, Any], job: ClipJob, 
     classes = rec.classes
     res, err = None, None
     try:
-        res = rec.predict(job.path, **sampling)
+        res = rec._predict(job.path, max_features=None, **sampling)  # every frame's features: the frames table has them all
         frames_tab = _frames_table(pa, job, res, _source_fps(job.path), list(rec.backbone.classes), rec.backbone.dim)
     except Exception as e:  # noqa: BLE001 - recorded as the clip's error row; the run goes on
         log.warning("%s: %s: %s", job.path, type(e).__name__, e)

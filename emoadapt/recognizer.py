@@ -16,17 +16,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .analysis import Analysis, AnalyzedFace, AnalyzedFrame, FaceTable
+from .analysis import MAX_POOLED_FACES, Analysis, AnalyzedFace, AnalyzedFrame, FaceTable, Track
 from .errors import (
     EmoadaptError,
     InvalidInputError,
+    MissingDependencyError,
     ModelIntegrityError,
     StoreError,
     UnknownUserError,
@@ -34,7 +35,7 @@ from .errors import (
 from .features import Backbone
 from .video import DEFAULT_SOURCE_FPS, Clip, Sampling
 
-__all__ = ["Recognizer", "Result", "FrameResult", "Correction", "default_home", "DEFAULT_SOURCE_FPS"]
+__all__ = ["Recognizer", "Result", "FrameResult", "Timeline", "Correction", "default_home", "DEFAULT_SOURCE_FPS", "MAX_WINDOW_FRAMES"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,52 @@ class FrameResult:
         return max(self.probabilities, key=self.probabilities.__getitem__)
 
 
+class Timeline(Sequence[FrameResult]):
+    """:attr:`Result.timeline`: a read-only sequence of :class:`FrameResult`, stored as arrays
+    (about 100 bytes a face, not a few KB of objects) and built item by item when read."""
+
+    __slots__ = ("_classes", "_index", "_box", "_score", "_landmarks", "_probabilities")
+
+    def __init__(self, classes: Sequence[str], index: np.ndarray, box: np.ndarray, score: np.ndarray, landmarks: np.ndarray, probabilities: np.ndarray) -> None:
+        self._classes = tuple(classes)
+        self._index, self._box, self._score, self._landmarks, self._probabilities = index, box, score, landmarks, probabilities
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def _item(self, i: int) -> FrameResult:
+        x1, y1, x2, y2 = (float(v) for v in self._box[i])
+        return FrameResult(
+            index=int(self._index[i]),
+            box=(x1, y1, x2, y2),
+            score=float(self._score[i]),
+            probabilities=dict(zip(self._classes, map(float, self._probabilities[i]))),
+            landmarks=self._landmarks[i],
+        )
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self._item(j) for j in range(*i.indices(len(self)))]
+        n = len(self)
+        j = int(i)
+        if not -n <= j < n:
+            raise IndexError("timeline index out of range")
+        return self._item(j % n)
+
+    def __iter__(self) -> Iterator[FrameResult]:
+        return (self._item(j) for j in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Timeline({len(self)} frames)"
+
+
 @dataclass
 class Result:
     """What :meth:`Recognizer.predict` returns for one clip (or one face track of a clip)."""
@@ -80,16 +127,20 @@ class Result:
     """Frames read (after sampling)."""
     faces: int
     """Frames in which a face was found and used."""
-    timeline: list[FrameResult] = field(default_factory=list, repr=False)
-    """Per used frame: index, face box, frame-level probabilities."""
+    timeline: Sequence[FrameResult] = field(default_factory=list, repr=False)
+    """Per used frame: index, face box, frame-level probabilities (a :class:`Timeline`; empty
+    with ``predict(..., timeline=False)``)."""
     user: str | None = None
     """Recognized enrolled user whose personal head was used, else ``None``."""
     tracks: list[Result] = field(default_factory=list, repr=False)
     """One result per face track when several people are in the clip (this result is the main one)."""
     features: np.ndarray | None = field(default=None, repr=False)
-    """Per-frame backbone features (faces, D) of the used frames (what the heads pool)."""
+    """Per-frame backbone features (n, D) of the used frames (what the heads pool): every used
+    frame's, except in an input of more than :data:`~emoadapt.analysis.MAX_POOLED_FACES` faces,
+    whose heads pool an evenly spaced subset (``feature_rows`` says which)."""
     frame_probabilities: np.ndarray | None = field(default=None, repr=False)
-    """Per-frame backbone probabilities (faces, C)."""
+    """Per-frame backbone probabilities (faces, C), one row per ``timeline`` entry (with
+    ``timeline=False``: per row of ``features``)."""
     embedding: np.ndarray | None = field(default=None, repr=False)
     """Identity embedding of the face track (``(E,)``, of the Recognizer's ``identity``
     model): what routes it to a user, and what a user's personal identity expert reads.
@@ -103,6 +154,9 @@ class Result:
     """:meth:`Recognizer.stream` only: the window's start, seconds of the source (else ``None``)."""
     end: float | None = None
     """:meth:`Recognizer.stream` only: the window's end, seconds of the source (else ``None``)."""
+    feature_rows: np.ndarray | None = field(default=None, repr=False)
+    """The positions in ``timeline`` / ``frame_probabilities`` of the rows of ``features``
+    when these are a subset (a long input, see ``features``); ``None`` when they match one to one."""
 
     def top(self, k: int = 3) -> list[tuple[str, float]]:
         """The ``k`` most probable labels with their probabilities."""
@@ -160,14 +214,17 @@ class Result:
         return round(index / self.fps, 6) if self.fps else 0.0
 
     def to_frame(self, kind: str = "frames") -> Any:
-        """The result as a :class:`pandas.DataFrame` (pandas is an optional dependency:
-        ``pip install pandas``); rows and columns as in :meth:`rows`. The ``"frames"`` table
-        has the shape of py-feat's ``Fex``: one row per face per frame, box and emotion columns.
+        """The result as a :class:`pandas.DataFrame` (pandas is an optional dependency, the
+        ``pandas`` extra: ``pip install -e ".[pandas]"``; without it
+        :class:`~emoadapt.errors.MissingDependencyError`); rows and columns as in :meth:`rows`. The
+        ``"frames"`` table has the shape of py-feat's ``Fex``: one row per face per frame, box and
+        emotion columns. Cells hold the values as they are: ``DataFrame.to_csv`` does not escape
+        text a spreadsheet would run as a formula (``emoadapt predict --format csv`` does).
         """
         try:
             import pandas as pd
         except ImportError as e:
-            raise ImportError("Result.to_frame needs pandas, an optional dependency: pip install pandas") from e
+            raise MissingDependencyError.for_extra("Result.to_frame", "pandas") from e
         rows = self.rows(kind)
         if rows:
             return pd.DataFrame(rows)
@@ -529,8 +586,19 @@ class Recognizer:
             landmarks=face.landmarks,
         )
 
-    def _scan(self, clip: Clip, *, color: str, sampling: Sampling, identity: bool, progress: bool) -> FaceTable:
-        """Every sampled frame of ``clip`` analysed (:meth:`Analysis.frames`), as a :class:`FaceTable`."""
+    def _scan(
+        self,
+        clip: Clip,
+        *,
+        color: str,
+        sampling: Sampling,
+        identity: bool,
+        progress: bool,
+        timeline: bool = True,
+        max_features: int | None = MAX_POOLED_FACES,
+    ) -> FaceTable:
+        """Every sampled frame of ``clip`` analysed (:meth:`Analysis.frames`), as a :class:`FaceTable`
+        (``timeline`` and ``max_features`` as there)."""
         if isinstance(clip, (str, os.PathLike)):
             from ._paths import as_path
 
@@ -540,7 +608,7 @@ class Recognizer:
         bar = _progress(progress, sampling.max_frames)
         try:
             frames = self._analysis().frames(clip, color=color, sampling=sampling, identity=identity, progress=bar)
-            return FaceTable(frames, source=source, fps=fps)
+            return FaceTable(frames, source=source, fps=fps, timeline=timeline, max_features=max_features)
         finally:
             if bar is not None:
                 bar.close()
@@ -588,20 +656,37 @@ class Recognizer:
         assert res.features is not None
         return res.features
 
-    def _track_result(self, scan: FaceTable, idx: list[int]) -> Result:
+    def _track_result(self, scan: FaceTable, track: Track | list[int]) -> Result:
         classes = self.backbone.classes
-        P, F = scan.outputs(idx, len(classes), self.backbone.dim)
-        timeline = [self._frame_result(scan.index[j], scan.faces[j], P[n]) for n, j in enumerate(idx)]
+        if not isinstance(track, Track) or not len(track.rows):
+            return Result(
+                label=None,
+                probabilities={},
+                frames=scan.frames,
+                faces=0,
+                features=np.zeros((0, self.backbone.dim), np.float32),
+                frame_probabilities=np.zeros((0, len(classes)), np.float32),
+                source=scan.source,
+                fps=scan.fps,
+            )
+        rows = track.rows
+        P = scan.probabilities(rows)
+        F, feature_rows = scan.features(rows)
+        timeline: Sequence[FrameResult] = []
+        if scan.timeline:
+            col = scan.column
+            timeline = Timeline(classes, col("index", rows), col("box", rows), col("score", rows), col("landmarks", rows), P)
         return Result(
             label=None,
             probabilities={},
             frames=scan.frames,
-            faces=len(idx),
+            faces=track.faces,
             timeline=timeline,
             features=F,
             frame_probabilities=P,
             source=scan.source,
             fps=scan.fps,
+            feature_rows=feature_rows,
         )
 
     def _results(self, scan: FaceTable, gallery: dict[str, np.ndarray]) -> Result:
@@ -686,6 +771,8 @@ class Recognizer:
         if head is None:
             head = self.universal
             x = res.frame_probabilities if _on_probabilities(head) else res.features
+            if _on_probabilities(head) and res.feature_rows is not None:  # the frames the features pool
+                x = np.asarray(res.frame_probabilities)[res.feature_rows]
             p = np.asarray(head.predict_proba([x]))[0].astype(np.float64)
         assert p is not None
         p = p / p.sum()
@@ -704,6 +791,7 @@ class Recognizer:
         step: int = 1,
         source_fps: float = DEFAULT_SOURCE_FPS,
         progress: bool = False,
+        timeline: bool = True,
     ) -> Result:
         """Emotion of the face(s) in ``clip``.
 
@@ -724,10 +812,38 @@ class Recognizer:
                 of :meth:`Result.rows` count at this rate. A video file's own rate (from its
                 container) is used instead; this rate only when the container gives none.
             progress: show a progress bar on stderr.
+            timeline: keep the per-frame :attr:`Result.timeline` (about 100 bytes a face).
+                ``False`` keeps only what the heads pool, so memory does not grow with the
+                input's length (at most :data:`~emoadapt.analysis.MAX_POOLED_FACES` faces'
+                features either way): the result has the same label and probabilities, an
+                empty timeline, and ``frame_probabilities`` of the pooled frames.
+
+        Memory: the heads pool the features of at most
+        :data:`~emoadapt.analysis.MAX_POOLED_FACES` faces; a longer input's are an evenly spaced
+        subset of its frames (``Result.feature_rows``), see docs/reliability.md.
         """
+        return self._predict(clip, color=color, fps=fps, max_frames=max_frames, step=step, source_fps=source_fps, progress=progress, timeline=timeline)
+
+    def _predict(
+        self,
+        clip: Clip,
+        *,
+        color: str = "rgb",
+        fps: float | None = None,
+        max_frames: int | None = None,
+        step: int = 1,
+        source_fps: float = DEFAULT_SOURCE_FPS,
+        progress: bool = False,
+        timeline: bool = True,
+        max_features: int | None = MAX_POOLED_FACES,
+    ) -> Result:
+        """:meth:`predict`; ``max_features=None`` keeps every face's features (for what needs them
+        frame by frame: annotate's windows, extract's frame tables)."""
+        if not isinstance(timeline, bool):
+            raise InvalidInputError(f"timeline must be a bool, got {type(timeline).__name__}")
         gallery = self._gallery_or_none()
         sampling = Sampling(fps=fps, max_frames=max_frames, step=step, source_fps=source_fps)
-        scan = self._scan(clip, color=color, sampling=sampling, identity=bool(gallery), progress=progress)
+        scan = self._scan(clip, color=color, sampling=sampling, identity=bool(gallery), progress=progress, timeline=timeline, max_features=max_features)
         res = self._results(scan, gallery)
         if res.label is None:
             log.info("no face found in %d frames", scan.frames)
@@ -764,21 +880,26 @@ class Recognizer:
         source (a camera drops what it cannot buffer).
 
         Args:
-            source: a camera index (``int``: ``cv2.VideoCapture(index)``, frame rate as the
-                driver reports it, else ``source_fps``), a video path, or an array/iterable
+            source: a camera index (``int`` in ``[0, MAX_CAMERA_INDEX]``, see
+                :func:`emoadapt.video.camera_index`: ``cv2.VideoCapture(index)``, frame rate as
+                the driver reports it, else ``source_fps``), a video path, or an array/iterable
                 of frames (as :meth:`predict`; an endless generator is fine).
-            window: length of each window, seconds (> 0).
+            window: length of each window, seconds (> 0). A window holds at most
+                :data:`MAX_WINDOW_FRAMES` sampled frames (``window`` times the source's frame
+                rate, or ``fps`` when smaller): a longer one is refused (sample with ``fps``
+                for long windows).
             hop: time between windows, seconds (> 0).
             fps: sample about this many frames per second (default: every frame).
             color: ``"rgb"`` or ``"bgr"`` for arrays and iterables.
             source_fps: the frame rate of arrays and iterables (and of a camera or a video
                 file that reports none).
 
-        The arguments are checked when ``stream`` is called (InvalidInputError); a camera is
-        opened, and a file or iterable read, when iteration starts. Stop early by closing the
+        The arguments are checked when ``stream`` is called (InvalidInputError), before anything
+        reaches OpenCV; a camera is opened, and a file or iterable read, when iteration starts
+        (the window's length in frames of a camera's own rate is checked then). Stop early by closing the
         generator (or leaving the ``for`` loop): the camera or file is released.
         """
-        from .video import as_path
+        from .video import as_path, camera_index
 
         window = _number(window, "window", 1e-3, 1e9)
         hop = _number(hop, "hop", 1e-3, 1e9)
@@ -786,9 +907,10 @@ class Recognizer:
             raise InvalidInputError(f"color must be 'rgb' or 'bgr', got {color!r}")
         sampling = Sampling(fps=fps, source_fps=source_fps)
         if isinstance(source, (int, np.integer)) and not isinstance(source, (bool, np.bool_)):
-            return self._windows(int(source), None, None, color, sampling, window, hop)
+            return self._windows(camera_index(source), None, None, color, sampling, window, hop)
         clip: Any = as_path(source, "source") if isinstance(source, (str, os.PathLike)) else source
         rate = _clip_fps(clip, sampling) or sampling.source_fps
+        _check_window(window, rate, sampling.fps)
         return self._windows(clip, os.fspath(clip) if isinstance(clip, os.PathLike) else None, rate, color, sampling, window, hop)
 
     def _windows(
@@ -799,9 +921,15 @@ class Recognizer:
 
         from .video import camera_frames
 
+        camera = None
         if isinstance(clip, int):
             cam_rate, clip = camera_frames(clip)
-            rate, color = cam_rate or sampling.source_fps, "rgb"
+            camera, rate, color = clip, cam_rate or sampling.source_fps, "rgb"
+            try:
+                _check_window(window, rate, sampling.fps)
+            except InvalidInputError:
+                camera.close()  # releases the camera
+                raise
         assert rate is not None
         sampling = Sampling(fps=sampling.fps, source_fps=rate)
         span, step = max(1, round(window * rate)), max(1, round(hop * rate))  # in source frames
@@ -839,6 +967,8 @@ class Recognizer:
                 yield result(buffer[-1].index + 1)
         finally:
             frames_in.close()
+            if camera is not None:
+                camera.close()
 
     # -- personalisation --------------------------------------------------------------------
     def _identify_clip(self, clip: Clip, kw: dict[str, Any]) -> tuple[Result, np.ndarray]:
@@ -1048,6 +1178,21 @@ def _adapt_kw() -> frozenset[str]:
 
     params = inspect.signature(adapt_user).parameters
     return frozenset(n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n != "model_version")
+
+
+#: the most sampled frames a :meth:`Recognizer.stream` window may hold (its ring buffer's bound:
+#: 136 s at 30 fps; longer windows sample fewer frames with ``fps``)
+MAX_WINDOW_FRAMES = MAX_POOLED_FACES
+
+
+def _check_window(window: float, rate: float, fps: float | None) -> None:
+    """InvalidInputError when a ``window`` of seconds holds more than MAX_WINDOW_FRAMES sampled frames."""
+    per_s = min(rate, fps) if fps is not None else rate
+    if window * per_s > MAX_WINDOW_FRAMES:
+        raise InvalidInputError(
+            f"window={window:g} s at {per_s:g} frames a second would hold {window * per_s:.0f} frames: a window holds at most "
+            f"{MAX_WINDOW_FRAMES} ({MAX_WINDOW_FRAMES / per_s:g} s at this rate); shorten it, or sample fewer frames a second with fps="
+        )
 
 
 def _number(value: Any, what: str, low: float, high: float) -> float:

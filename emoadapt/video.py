@@ -38,7 +38,23 @@ import numpy as np
 from ._paths import as_path
 from .errors import InvalidInputError, VideoDecodeError
 
-__all__ = ["Clip", "Frame", "Sampling", "iter_frames", "as_rgb_frame", "video_info", "source_rate", "camera_frames", "IMAGE_SUFFIXES", "DEFAULT_SOURCE_FPS"]
+__all__ = [
+    "Clip",
+    "Frame",
+    "Sampling",
+    "iter_frames",
+    "as_rgb_frame",
+    "video_info",
+    "source_rate",
+    "camera_frames",
+    "camera_index",
+    "IMAGE_SUFFIXES",
+    "DEFAULT_SOURCE_FPS",
+    "MIN_FPS",
+    "MAX_FPS",
+    "MAX_CAMERA_INDEX",
+    "MAX_FRAME_PIXELS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +66,14 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 #: frame rate assumed for arrays and iterables of frames (and video files whose container gives
 #: none) unless ``source_fps`` says otherwise
 DEFAULT_SOURCE_FPS = 30.0
+#: frame rates (``fps``, ``source_fps``) lie in ``[MIN_FPS, MAX_FPS]`` frames a second: a value
+#: outside is refused before it is used (``1e308`` overflowed, ``5e-324`` put window ends at inf)
+MIN_FPS = 1e-3
+MAX_FPS = 1000.0
+#: the largest camera index :func:`camera_index` accepts (OpenCV reads ``100 * k + n`` as camera
+#: ``n`` of its capture backend ``k``, e.g. ``cv2.CAP_V4L2 + 0``); negative indexes are refused
+#: (``cv2.VideoCapture(-1)`` crashes the interpreter on a machine without a camera)
+MAX_CAMERA_INDEX = 9999
 
 
 class Frame(NamedTuple):
@@ -83,9 +107,7 @@ class Sampling:
         # numpy scalars are accepted (normalised to Python numbers); bools are rejected:
         # ``fps=True`` or ``step=False`` is a mistake, not a rate or a count.
         if self.fps is not None:
-            if not _is_real(self.fps) or not (float(self.fps) > 0 and math.isfinite(float(self.fps))):
-                raise InvalidInputError(f"fps must be a positive number, got {self.fps!r}")
-            object.__setattr__(self, "fps", float(self.fps))
+            object.__setattr__(self, "fps", _rate(self.fps, "fps"))
         if self.max_frames is not None:
             if not _is_int(self.max_frames) or int(self.max_frames) < 1:
                 raise InvalidInputError(f"max_frames must be a positive int, got {self.max_frames!r}")
@@ -93,9 +115,28 @@ class Sampling:
         if not _is_int(self.step) or int(self.step) < 1:
             raise InvalidInputError(f"step must be a positive int, got {self.step!r}")
         object.__setattr__(self, "step", int(self.step))
-        if not _is_real(self.source_fps) or not (float(self.source_fps) > 0 and math.isfinite(float(self.source_fps))):
-            raise InvalidInputError(f"source_fps must be a positive number, got {self.source_fps!r}")
-        object.__setattr__(self, "source_fps", float(self.source_fps))
+        object.__setattr__(self, "source_fps", _rate(self.source_fps, "source_fps"))
+
+
+def _rate(value: Any, what: str) -> float:
+    """A frame rate in ``[MIN_FPS, MAX_FPS]`` as a float, else InvalidInputError."""
+    if not _is_real(value):
+        raise InvalidInputError(f"{what} must be a number of frames a second, got {value!r}")
+    try:
+        v = float(value)
+    except (OverflowError, ValueError):  # a huge int or Fraction
+        v = math.inf
+    if not MIN_FPS <= v <= MAX_FPS:  # NaN fails too
+        raise InvalidInputError(f"{what} must be in [{MIN_FPS:g}, {MAX_FPS:g}] frames a second, got {value!r}")
+    return v
+
+
+def camera_index(value: Any) -> int:
+    """``value`` as a camera index for ``cv2.VideoCapture``: an int (numpy ints too, not bools)
+    in ``[0, MAX_CAMERA_INDEX]``, else InvalidInputError -- checked before OpenCV sees it."""
+    if not _is_int(value) or not 0 <= int(value) <= MAX_CAMERA_INDEX:
+        raise InvalidInputError(f"a camera index must be an int in [0, {MAX_CAMERA_INDEX}], got {value!r}")
+    return int(value)
 
 
 def _is_int(v: Any) -> bool:
@@ -120,11 +161,13 @@ def as_rgb_frame(frame: Any, color: str = "rgb") -> np.ndarray:
       overshoot (clipped). A float frame whose maximum is at most 1.01 is taken as ``[0, 1]``.
 
     NaN/inf, values outside those ranges, empty, wrongly shaped, complex, string and object
-    arrays raise :class:`InvalidInputError`.
+    arrays, and frames of more than :data:`MAX_FRAME_PIXELS` pixels raise
+    :class:`InvalidInputError` (the pixel count is checked before any conversion or copy).
     """
     if color not in ("rgb", "bgr"):
         raise InvalidInputError(f"color must be 'rgb' or 'bgr', got {color!r}")
     if not isinstance(frame, np.ndarray):
+        _check_pixels(getattr(frame, "shape", None) or _pil_shape(frame))
         try:  # PIL images and array-likes
             frame = np.asarray(frame)
         except Exception as e:  # noqa: BLE001 - anything unconvertible is invalid input
@@ -137,6 +180,7 @@ def as_rgb_frame(frame: Any, color: str = "rgb") -> np.ndarray:
         raise InvalidInputError(f"a frame must be (H,W), (H,W,1), (H,W,3) or (H,W,4); got shape {frame.shape}")
     if frame.shape[0] < 1 or frame.shape[1] < 1:
         raise InvalidInputError(f"empty frame of shape {frame.shape}")
+    _check_pixels(frame.shape)  # before any conversion or copy
     if frame.dtype == np.uint8:
         pass
     elif frame.dtype == np.uint16:
@@ -168,6 +212,22 @@ def as_rgb_frame(frame: Any, color: str = "rgb") -> np.ndarray:
     if color == "bgr":
         return np.ascontiguousarray(frame[:, :, ::-1])
     return np.ascontiguousarray(frame)
+
+
+def _pil_shape(obj: Any) -> tuple[int, ...] | None:
+    """(height, width) of a PIL image (its ``size`` is (width, height)), else None."""
+    size = getattr(obj, "size", None) if hasattr(obj, "getdata") else None
+    return (size[1], size[0]) if isinstance(size, tuple) and len(size) == 2 else None
+
+
+def _check_pixels(shape: Any) -> None:
+    """InvalidInputError for a frame ``shape`` (H, W, ...) of more than MAX_FRAME_PIXELS pixels."""
+    try:
+        h, w = int(shape[0]), int(shape[1])
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return  # not a frame's shape: the checks after the conversion decide
+    if h * w > MAX_FRAME_PIXELS:
+        raise InvalidInputError(f"a {w}x{h} frame has more than the {MAX_FRAME_PIXELS // 10**6} MP a frame may have here: downscale it first")
 
 
 #: image files larger than this are refused before anything is read (a legitimate 50 MP PNG
@@ -506,24 +566,38 @@ def camera_frames(index: int) -> tuple[float | None, Iterator[np.ndarray]]:
     """Open camera ``index`` (``cv2.VideoCapture(index)``): its frame rate as the driver reports
     it (``None`` when it reports none) and a lazy iterator of its frames as RGB uint8, which
     ends when the camera stops giving frames and releases the camera when closed.
-    VideoDecodeError when the camera cannot be opened."""
-    cap = _capture(int(index), f"open camera {index}", "no such device, or it is busy")
+    VideoDecodeError when the camera cannot be opened; InvalidInputError for an index that is
+    not one (:func:`camera_index`)."""
+    index = camera_index(index)
+    cap = _capture(index, f"open camera {index}", "no such device, or it is busy")
     try:
         fps = _valid_rate(float(cap.get(cv2.CAP_PROP_FPS)))
     except (TypeError, ValueError):
         fps = None
+    return fps, _CameraFrames(cap)
 
-    def gen() -> Iterator[np.ndarray]:
-        try:
-            while True:
-                frame = _read(cap)
-                if frame is None:
-                    return
-                yield frame
-        finally:
-            cap.release()
 
-    return fps, gen()
+class _CameraFrames(Iterator[np.ndarray]):
+    """:func:`camera_frames`' iterator: ``close()`` releases the camera also before the first
+    frame is read (a generator's ``finally`` would not run then)."""
+
+    def __init__(self, cap: cv2.VideoCapture) -> None:
+        self._cap: cv2.VideoCapture | None = cap
+
+    def __next__(self) -> np.ndarray:
+        frame = None if self._cap is None else _read(self._cap)
+        if frame is None:
+            self.close()
+            raise StopIteration
+        return frame
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _valid_rate(fps: float) -> float | None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
 import pytest
 
+from emoadapt.errors import MissingDependencyError
 from emoadapt.video import DEFAULT_SOURCE_FPS, Sampling, iter_frames, source_rate
 
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -46,7 +48,7 @@ def test_tables_of_a_group_photo_have_a_row_per_face(recognizer, data_dir):
 
 def test_to_frame_without_pandas_says_what_to_install(result, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)
-    with pytest.raises(ImportError, match="pip install pandas"):
+    with pytest.raises(MissingDependencyError, match=re.escape('pip install -e ".[pandas]"')):
         result.to_frame()
     assert len(result.rows()) == 15  # rows need no pandas
     with pytest.raises(ValueError, match="kind"):
