@@ -66,8 +66,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 #: frame rate assumed for arrays and iterables of frames (and video files whose container gives
 #: none) unless ``source_fps`` says otherwise
 DEFAULT_SOURCE_FPS = 30.0
-#: frame rates (``fps``, ``source_fps``) lie in ``[MIN_FPS, MAX_FPS]`` frames a second: a value
-#: outside is refused before it is used (``1e308`` overflowed, ``5e-324`` put window ends at inf)
+#: source frame rates (``source_fps``, what frame times and window lengths count at) lie in
+#: ``[MIN_FPS, MAX_FPS]`` frames a second: a value outside is refused before it is used
+#: (``1e308`` overflowed, ``5e-324`` put window ends at inf)
 MIN_FPS = 1e-3
 MAX_FPS = 1000.0
 #: the largest camera index :func:`camera_index` accepts (OpenCV reads ``100 * k + n`` as camera
@@ -94,7 +95,7 @@ class Sampling:
         max_frames: stop after this many frames have been kept. ``None``: no limit.
         step: keep every ``step``-th frame (applied before ``fps``).
         source_fps: the frame rate of arrays and iterables, and of a video file whose container
-            gives none (default :data:`DEFAULT_SOURCE_FPS`, 30). With ``fps=10`` a 60 fps
+            gives none (default :data:`DEFAULT_SOURCE_FPS`, 30), in ``[MIN_FPS, MAX_FPS]``. With ``fps=10`` a 60 fps
             webcam stream needs ``source_fps=60``, else every 3rd frame (not every 6th) is kept.
     """
 
@@ -106,8 +107,8 @@ class Sampling:
     def __post_init__(self) -> None:
         # numpy scalars are accepted (normalised to Python numbers); bools are rejected:
         # ``fps=True`` or ``step=False`` is a mistake, not a rate or a count.
-        if self.fps is not None:
-            object.__setattr__(self, "fps", _rate(self.fps, "fps"))
+        if self.fps is not None:  # a sampling rate only sets a stride: any positive number is usable
+            object.__setattr__(self, "fps", _positive(self.fps, "fps"))
         if self.max_frames is not None:
             if not _is_int(self.max_frames) or int(self.max_frames) < 1:
                 raise InvalidInputError(f"max_frames must be a positive int, got {self.max_frames!r}")
@@ -116,6 +117,18 @@ class Sampling:
             raise InvalidInputError(f"step must be a positive int, got {self.step!r}")
         object.__setattr__(self, "step", int(self.step))
         object.__setattr__(self, "source_fps", _rate(self.source_fps, "source_fps"))
+
+
+def _positive(value: Any, what: str) -> float:
+    """A positive finite number as a float, else InvalidInputError (never OverflowError)."""
+    if _is_real(value):
+        try:
+            v = float(value)
+        except (OverflowError, ValueError):  # a huge int or Fraction
+            v = math.inf
+        if v > 0 and math.isfinite(v):
+            return v
+    raise InvalidInputError(f"{what} must be a positive number, got {value!r}")
 
 
 def _rate(value: Any, what: str) -> float:

@@ -89,19 +89,32 @@ BAD_RATES = [1e308, 5e-324, MAX_FPS * 1.001, MIN_FPS / 2, 0.0, -30.0, float("nan
 
 
 @pytest.mark.parametrize("rate", BAD_RATES, ids=repr)
-def test_frame_rates_out_of_range_are_invalid_input(rate, recognizer, frames):
-    """``source_fps`` and ``fps`` outside [MIN_FPS, MAX_FPS] (and non-numbers) are refused by
-    every entry point when called: no OverflowError, no windows ending at inf."""
+def test_source_frame_rates_out_of_range_are_invalid_input(rate, recognizer, frames):
+    """``source_fps`` (what frame times and window lengths count at) outside [MIN_FPS, MAX_FPS]
+    and non-numbers are refused by every entry point when called: no OverflowError, no windows
+    ending at inf."""
     with pytest.raises(InvalidInputError, match="source_fps"):
         Sampling(source_fps=rate)
-    with pytest.raises(InvalidInputError, match="fps"):
-        Sampling(fps=rate)
     with pytest.raises(InvalidInputError, match="source_fps"):
         recognizer.stream(frames, source_fps=rate)
-    with pytest.raises(InvalidInputError, match="fps"):
-        recognizer.stream(frames, fps=rate)
     with pytest.raises(InvalidInputError, match="source_fps"):
         recognizer.predict(frames, source_fps=rate)
+
+
+@pytest.mark.parametrize("rate", [0.0, -1.0, float("nan"), float("inf"), 10**400, True, "30"], ids=repr)
+def test_sampling_rates_that_are_not_positive_numbers_are_invalid_input(rate, recognizer, frames):
+    """``fps`` only sets a stride (any positive number works, see test_bad_inputs), but an int
+    too large for a float raised a raw OverflowError."""
+    with pytest.raises(InvalidInputError, match="fps"):
+        Sampling(fps=rate)
+    with pytest.raises(InvalidInputError, match="fps"):
+        recognizer.stream(frames, fps=rate)
+
+
+def test_extreme_sampling_rates_give_finite_windows(recognizer, frames):
+    for fps in (5e-324, 1e308):
+        windows = list(recognizer.stream(frames, fps=fps, window=1.0, hop=0.1))
+        assert windows and all(np.isfinite([w.end for w in windows])), fps
 
 
 def test_the_extreme_valid_rates_give_finite_windows(recognizer, frames):
