@@ -569,14 +569,14 @@ def build_parser() -> argparse.ArgumentParser:
         "Analyse every clip of INPUT with the universal model and write OUT/frames (one row per analysed "
                     "frame and face track: box, landmarks, probabilities, backbone features) and OUT/clips (one row per "
                     "clip: label, probabilities, frames, faces, error). Clips already done in OUT are skipped; a clip that "
-                    "fails is recorded with its error. Needs pyarrow (pip install 'emoadapt[extract]').")  # fmt: skip
+                    "fails is recorded with its error. Needs pyarrow (pip install -e '.[extract]' in the checkout).")  # fmt: skip
     p.add_argument("input", help="a folder (searched recursively for videos and images), a manifest (.csv with a 'path' "
                                  "column and optional 'label' and 'user' columns, or .txt with one path per line), a glob "
                                  "pattern (quote it) or one file")  # fmt: skip
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder of the Parquet dataset (created; reruns resume)")
     p.add_argument("--workers", type=int, default=None, help="local worker processes (default: the CPU count; 1: this process)")
     p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run on this Dask scheduler instead of local processes "
-                                                                 "(needs emoadapt[dask]; OUTPUT must be visible to every worker)")  # fmt: skip
+                                                                 "(needs the dask extra; OUTPUT must be visible to every worker)")  # fmt: skip
     p.add_argument("--detect-every", type=int, default=10, help="full face detection at least every this many frames, tracking between (default 10)")
     p.add_argument("--retry-errors", action="store_true", help="also redo the clips an earlier run recorded with an error")
     sampling(p)
@@ -594,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run the validation-mode web app (needs the serve extra)",
         "Run the validation-mode web app: record a clip from the webcam or upload one, see the emotion, confirm "
         "or correct it (personalization feedback), enrol, see your corrections and personal model, forget "
-        'yourself. Needs the serve extra: pip install "emoadapt[serve]". Binds 127.0.0.1 by default; writes '
+        'yourself. Needs the serve extra: pip install -e ".[serve]" in the checkout. Binds 127.0.0.1 by default; writes '
         "need the page's token and its origin; uploads live in a temporary file only while analysed.",
     )
     p.add_argument(

@@ -32,8 +32,8 @@ Workers write their parts to ``OUT`` themselves, so on several machines ``OUT`` 
 filesystem they all see. A clip that fails is recorded as a row with its error's type and
 message; it never stops the run.
 
-Needs ``pyarrow`` (``pip install emoadapt[extract]``); pandas for :func:`read_clips` /
-:func:`read_frames`; ``dask[distributed]`` for Dask (``pip install emoadapt[dask]``). The rest
+Needs ``pyarrow`` (the ``extract`` extra: ``pip install -e ".[extract]"`` in the checkout); pandas for :func:`read_clips` /
+:func:`read_frames`; ``dask[distributed]`` for Dask (``pip install -e ".[dask]"``). The rest
 of emoadapt never imports them.
 """
 
@@ -314,7 +314,7 @@ def _pyarrow() -> Any:
         import pyarrow
         import pyarrow.parquet
     except ImportError as e:
-        raise MissingDependencyError("writing and reading extraction datasets needs pyarrow: pip install 'emoadapt[extract]'") from e
+        raise MissingDependencyError.for_extra("writing and reading extraction datasets (pyarrow)", "extract") from e
     return pyarrow
 
 
@@ -322,7 +322,7 @@ def _pandas() -> Any:
     try:
         import pandas
     except ImportError as e:
-        raise MissingDependencyError("read_clips / read_frames return pandas DataFrames: pip install pandas") from e
+        raise MissingDependencyError.for_extra("read_clips / read_frames (pandas DataFrames)", "extract") from e
     return pandas
 
 
@@ -712,7 +712,7 @@ def _run_dask(client: Any, jobs: list[ClipJob], spec: dict[str, Any], sampling: 
         from distributed import WorkerPlugin, as_completed
         from distributed.scheduler import KilledWorker
     except ImportError as e:  # pragma: no cover - a Client was given, so distributed is there
-        raise MissingDependencyError("the Dask executor needs dask[distributed]: pip install 'emoadapt[dask]'") from e
+        raise MissingDependencyError.for_extra("the Dask executor (dask[distributed])", "dask") from e
 
     class RecognizerPlugin(WorkerPlugin):
         """Loads the models when a worker joins (also a worker restarted after a crash)."""
@@ -1004,7 +1004,7 @@ def extract(
                 try:
                     from distributed import Client
                 except ImportError as e:
-                    raise MissingDependencyError("--scheduler needs dask[distributed]: pip install 'emoadapt[dask]'") from e
+                    raise MissingDependencyError.for_extra("--scheduler (dask[distributed])", "dask") from e
                 try:
                     executor = own_client = Client(scheduler)
                 except (OSError, ValueError) as e:  # no answer in time (TimeoutError is an OSError), refused, bad address

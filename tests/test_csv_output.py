@@ -162,3 +162,13 @@ def test_serve_without_uvicorn_is_a_typed_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "uvicorn", None)
     with pytest.raises(MissingDependencyError, match=r'pip install -e "\.\[serve\]"'):
         web.serve(object())
+
+
+@pytest.mark.parametrize("module,call,extra", [("pyarrow", "_pyarrow", "extract"), ("pandas", "_pandas", "extract")])
+def test_extract_without_its_extras_names_the_checkout_install_line(monkeypatch, module, call, extra):
+    from emoadapt import extract
+
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(MissingDependencyError) as e:
+        getattr(extract, call)()
+    assert e.value.extra == extra and f'pip install -e ".[{extra}]"' in str(e.value) and "emoadapt[" not in str(e.value)
