@@ -772,6 +772,48 @@ def _check_scheduler(address: Any) -> None:
         raise InvalidInputError(f"invalid Dask scheduler address {address!r}: expected tcp://HOST:PORT (schemes: {', '.join(_SCHEMES)})")
 
 
+def _probe_scheduler(address: str) -> None:
+    """Connect to the scheduler and complete Dask's handshake within the connect timeout
+    (``distributed.comm.timeouts.connect``), else raise an :class:`ExtractError`.
+
+    ``distributed.Client`` waits for the handshake without a limit, so a port that accepts
+    connections but does not speak (a wrong port, a tunnel whose far end is gone) would hang
+    the run for ever. The probe runs in its own thread and event loop (the caller may have a
+    loop running)."""
+    import asyncio
+
+    import dask
+    from dask.utils import parse_timedelta
+    from distributed.comm import connect
+    from distributed.security import Security
+
+    timeout = float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="seconds") or 30)
+
+    async def handshake() -> None:
+        comm = await asyncio.wait_for(connect(address, timeout=timeout, **Security().get_connection_args("client")), timeout)
+        await comm.close()
+
+    err: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(handshake())
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            err.append(e)
+
+    t = threading.Thread(target=run, name="emoadapt-extract-scheduler-probe", daemon=True)
+    t.start()
+    t.join(timeout + 10)
+    if t.is_alive() or err:
+        why = f"{type(err[0]).__name__}: {err[0]}" if err and str(err[0]) else "no answer"
+        if err and not isinstance(err[0], (OSError, ValueError, asyncio.TimeoutError)):
+            raise err[0]
+        raise ExtractError(
+            f"cannot connect to the Dask scheduler at {address} within {timeout:g} s ({why}): is it running, and is this "
+            "its address? (the wait is dask's distributed.comm.timeouts.connect)"
+        )
+
+
 def _recognizer_settings(spec: dict[str, Any]) -> dict[str, Any]:
     """The Recognizer arguments that change what is extracted: those given with another value
     than :class:`~emoadapt.Recognizer`'s default (``num_threads`` and ``backbone``, recorded on
@@ -1005,13 +1047,11 @@ def extract(
                     from distributed import Client
                 except ImportError as e:
                     raise MissingDependencyError.for_extra("--scheduler (dask[distributed])", "dask") from e
+                _probe_scheduler(scheduler)
                 try:
                     executor = own_client = Client(scheduler)
                 except (OSError, ValueError) as e:  # no answer in time (TimeoutError is an OSError), refused, bad address
-                    raise ExtractError(
-                        f"cannot connect to the Dask scheduler at {scheduler}: {e} (is it running and reachable from here? "
-                        "the wait is dask's distributed.comm.timeouts.connect)"
-                    ) from e
+                    raise ExtractError(f"cannot connect to the Dask scheduler at {scheduler}: {e}") from e
             if executor is not None and _is_dask_client(executor):
                 _run_dask(executor, todo, spec, sampling, str(root), drv)
             elif executor is not None:

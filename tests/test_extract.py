@@ -297,3 +297,301 @@ def test_train_universal_head_cremad6_reads_an_extract_dataset(tmp_path, cremad_
             res = rec.analyze(c)
             np.testing.assert_array_equal(f, res.features)
             np.testing.assert_array_equal(p, res.frame_probabilities)
+
+
+# ---------------------------------------------------------------------------------------
+# never destroys, never re-ingests, resumes only from sound parts (issue 23, item 5)
+# ---------------------------------------------------------------------------------------
+def _links(d: Path, clips: list[Path]) -> list[Path]:
+    d.mkdir(parents=True, exist_ok=True)
+    for c in clips:
+        (d / c.name).symlink_to(c)
+    return [d / c.name for c in clips]
+
+
+def _tree(d: Path) -> dict[str, bytes | None]:
+    """Every entry under ``d`` with its content (None for folders): to compare before / after."""
+    return {str(p.relative_to(d)): (None if p.is_dir() else p.read_bytes()) for p in sorted(d.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory, cremad_clips) -> tuple[list[Path], Path]:
+    """Links to two real clips and a dataset of them (2 frames each), copied by the tests that change it."""
+    d = tmp_path_factory.mktemp("two")
+    clips = _links(d / "in", cremad_clips[:2])
+    rep = extract(clips, d / "ds", workers=1, max_frames=2)
+    assert (rep.done, rep.errors) == (2, 0)
+    return clips, d / "ds"
+
+
+def test_a_foreign_output_folder_is_refused_and_left_untouched(tmp_path, cremad_clips, capsys):
+    """A non-empty folder without _extract.json is not an extract dataset: refused with an
+    ExtractError before anything in it changes (its files of extract's temporary-name pattern,
+    its _SUCCESS, a folder named like a temporary file)."""
+    clip = _links(tmp_path / "in", cremad_clips[:1])[0]
+    foreign = tmp_path / "photos_2019"
+    foreign.mkdir()
+    (foreign / "holiday.txt").write_text("mine\n")
+    (foreign / "_SUCCESS").write_text("my own marker\n")
+    (foreign / ".tmp-draft.parquet").write_bytes(b"my own draft")
+    (foreign / ".tmp-extract-1.json").write_text("{}")
+    (foreign / ".tmp-cache").mkdir()
+    (foreign / ".tmp-cache" / "x").write_text("keep")
+    before = _tree(foreign)
+    with pytest.raises(ExtractError, match="not an extract dataset") as e:
+        extract([clip], foreign, workers=1, max_frames=1)
+    assert str(foreign) in str(e.value)
+    assert _tree(foreign) == before
+    assert cli.main(["-q", "extract", str(clip), "-o", str(foreign), "--workers", "1", "--max-frames", "1"]) == 1
+    assert "not an extract dataset" in capsys.readouterr().err
+    assert _tree(foreign) == before
+    # an empty folder is fine, and so is the dataset made there
+    (tmp_path / "empty").mkdir()
+    assert extract([clip], tmp_path / "empty", workers=1, max_frames=1).done == 1
+    assert extract([clip], tmp_path / "empty", workers=1, max_frames=1).skipped == 1
+
+
+def test_names_like_temporary_files_in_a_dataset_do_not_stop_a_rerun(two, tmp_path):
+    """In a dataset, only extract's own leftover temporary files are removed; a folder (or a
+    link) named like one is left alone with a warning, not a raw IsADirectoryError."""
+    import shutil
+
+    clips, ds0 = two
+    ds = tmp_path / "ds"
+    shutil.copytree(ds0, ds)
+    for d in (ds / ".tmp-extract-7.json", ds / "clips" / ".tmp-a-1-x.parquet", ds / "frames" / ".tmp-b-1-y.parquet"):
+        d.mkdir()
+        (d / "inside").write_text("x")
+    left = ds / "clips" / ".tmp-c-123-deadbeef.parquet"  # what a killed worker leaves
+    left.write_bytes(b"PAR1 half")
+    rep = extract(clips, ds, workers=1, max_frames=2)
+    assert (rep.skipped, rep.done) == (2, 0)
+    assert not left.exists()
+    assert (ds / ".tmp-extract-7.json" / "inside").is_file() and (ds / "clips" / ".tmp-a-1-x.parquet" / "inside").is_file()
+    assert (ds / "_SUCCESS").is_file()
+    assert len(read_clips(ds)) == 2  # hidden files are not parts
+
+
+def test_an_output_that_cannot_be_created_is_a_typed_error(tmp_path, cremad_clips, capsys):
+    clip = _links(tmp_path / "in", cremad_clips[:1])[0]
+    afile = tmp_path / "report.pdf"
+    afile.write_bytes(b"%PDF")
+    for out in (afile, afile / "ds"):
+        with pytest.raises(ExtractError, match="report.pdf"):
+            extract([clip], out, workers=1, max_frames=1)
+        assert cli.main(["-q", "extract", str(clip), "-o", str(out), "--workers", "1", "--max-frames", "1"]) == 1
+        assert "report.pdf" in capsys.readouterr().err
+    assert afile.read_bytes() == b"%PDF"
+
+
+def test_unreadable_parts_raise_a_typed_error_naming_them_and_are_redone(two, tmp_path, caplog):
+    """A truncated clips part and a garbage frames part: the readers raise ExtractError naming
+    the file (not ArrowInvalid); a rerun verifies the parts, logs each unreadable one and
+    analyses its clip again, giving the rows of the intact dataset."""
+    import shutil
+
+    clips, ds0 = two
+    ds = tmp_path / "ds"
+    shutil.copytree(ds0, ds)
+    a, b = (ClipJob(str(c)).clip_id for c in clips)
+    cpart, fpart = ds / "clips" / f"{a}.parquet", ds / "frames" / f"{b}.parquet"
+    cpart.write_bytes(cpart.read_bytes()[: cpart.stat().st_size // 2])  # truncated (a full disk, a killed copy)
+    fpart.write_bytes(np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes())  # garbage
+    for read, bad in ((lambda: read_clips(ds), cpart), (lambda: read_frames(ds), fpart), (lambda: read_frames(ds, ["features"]), fpart),
+                      (lambda: track_arrays(ds, clips[0]), cpart), (lambda: track_arrays(ds, clips[1]), fpart)):  # fmt: skip
+        with pytest.raises(ExtractError) as e:
+            read()
+        assert str(bad) in str(e.value)
+    caplog.set_level("WARNING", logger="emoadapt.extract")
+    rep = extract(clips, ds, workers=1, max_frames=2)
+    assert (rep.skipped, rep.done, rep.errors) == (0, 2, 0)
+    warned = [r.getMessage() for r in caplog.records if "analysed again" in r.getMessage()]
+    assert len(warned) == 2 and str(cpart) in warned[0] + warned[1] and str(fpart) in warned[0] + warned[1]
+    _assert_same_rows(ds0, ds)
+    assert track_arrays(ds, clips[1])["features"].shape == (2, 256)
+
+
+def test_retry_errors_redoes_a_garbage_part(two, tmp_path):
+    import shutil
+
+    clips, ds0 = two
+    ds = tmp_path / "ds"
+    shutil.copytree(ds0, ds)
+    (ds / "clips" / f"{ClipJob(str(clips[0])).clip_id}.parquet").write_bytes(b"not parquet at all")
+    rep = extract(clips, ds, workers=1, max_frames=2, retry_errors=True)
+    assert (rep.skipped, rep.done, rep.errors) == (1, 1, 0)
+    _assert_same_rows(ds0, ds)
+
+
+def _proc_state(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, None once it is gone (a zombie counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+    return None if state in "ZX" else (state, int(ppid))
+
+
+def _wait_for(what: str, cond, timeout: float):  # noqa: ANN001 - test helper
+    """Poll ``cond`` until it returns a truthy value (an event: a file, an exit), or fail after ``timeout`` s."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_pool_workers_exit_when_the_driver_is_killed(tmp_path, cremad_clips):
+    """A driver SIGKILLed while its 2 spawned workers are each busy with a clip: both workers
+    exit (they would otherwise run, and write, for ever)."""
+    clips = _links(tmp_path / "in", cremad_clips[:2])
+    pids_dir = tmp_path / "pids"
+    pids_dir.mkdir()
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import sys\nimport _extract_poison\nimport emoadapt.extract as ex\n\n"
+        "if __name__ == '__main__':\n"
+        "    ex._submitter = lambda pool, spec, sampling, out: lambda job: pool.submit(_extract_poison.block, spec, sampling, job, out)\n"
+        "    ex.extract(sys.argv[1:-1], sys.argv[-1], workers=2, max_frames=1)\n"
+    )
+    env = {**os.environ, "EMOADAPT_TEST_BLOCK_DIR": str(pids_dir), "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    with open(tmp_path / "driver.log", "wb") as logf:
+        proc = subprocess.Popen([sys.executable, str(driver), *map(str, clips), str(tmp_path / "ds")], env=env, stdout=logf, stderr=logf)
+
+    def started() -> list[int] | None:
+        if proc.poll() is not None:
+            pytest.fail("the driver exited: " + (tmp_path / "driver.log").read_text()[-3000:])
+        found = sorted(int(p.name) for p in pids_dir.iterdir() if p.name.isdigit())
+        return found if len(found) >= 2 else None
+
+    pids: list[int] = []
+    try:
+        pids = _wait_for("both workers to start a clip", started, 300)
+        assert all((_proc_state(p) or ("", 0))[1] == proc.pid for p in pids)  # alive, children of the driver
+        proc.kill()
+        proc.wait(timeout=60)
+        for p in pids:
+            _wait_for(f"worker {p} to exit after its driver was killed", lambda p=p: _proc_state(p) is None, 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for p in pids:
+            if _proc_state(p) is not None:
+                os.kill(p, signal.SIGKILL)
+    assert not (tmp_path / "ds" / "_SUCCESS").exists()
+
+
+def test_a_glob_never_reingests_the_output(tmp_path, cremad_clips):
+    """``d/**`` with the output inside d: only the media files, on the first run and on reruns
+    (not the output's Parquet parts, _extract.json, _SUCCESS, nor other files)."""
+    d = tmp_path / "corpus"
+    _links(d, cremad_clips[:2])
+    (d / "notes.txt").write_text("not a clip\n")
+    (d / "labels.csv").write_text("path,label\n")
+    pattern, out = str(d / "**"), d / "features"
+    assert [Path(j.path).name for j in discover(pattern)] == [c.name for c in cremad_clips[:2]]
+    first = extract(pattern, out, workers=1, max_frames=1)
+    assert (first.total, first.done, first.errors) == (2, 2, 0)
+    for _ in range(2):
+        again = extract(pattern, out, workers=1, max_frames=1)
+        assert (again.total, again.skipped, again.done) == (2, 2, 0)
+    assert len(read_clips(out)) == 2
+    assert extract(str(d), out, workers=1, max_frames=1).skipped == 2  # the folder form too
+
+
+def test_symlink_loops_do_not_multiply_clips(tmp_path, cremad_clips):
+    """A link loop (to the folder itself and to its parent) and a second name of one file: each
+    real file is found once, under the name reached without a link."""
+    d = tmp_path / "corpus"
+    _links(d, cremad_clips[:2])
+    (d / "loop").symlink_to(".")
+    (d / "sub").mkdir()
+    (d / "sub" / "up").symlink_to("..")
+    (d / "sub" / "same.flv").symlink_to(d / cremad_clips[0].name)
+    want = [str(d / c.name) for c in cremad_clips[:2]]
+    assert [j.path for j in discover(d)] == want
+    assert [j.path for j in discover(str(d / "**" / "*.flv"))] == want
+    assert [j.path for j in discover(str(d / "*" / "*.flv"))] == [str(d / "loop" / c.name) for c in cremad_clips[:2]]
+
+
+def test_discovery_ends_quickly_with_self_links(tmp_path, cremad_clips):
+    """Two links to the folder itself (2^depth paths for a naive walk): discovery ends (in a
+    subprocess, so a runaway walk is killed) with each clip once."""
+    d = tmp_path / "corpus"
+    _links(d, cremad_clips[:2])
+    (d / "a").symlink_to(".")
+    (d / "b").symlink_to(".")
+    code = "import sys; from emoadapt.extract import discover; print(len(discover(sys.argv[1])), len(discover(sys.argv[2])))"
+    r = subprocess.run([sys.executable, "-c", code, str(d), str(d / "**" / "*.flv")], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["2", "2"]
+
+
+def test_scheduler_errors_are_typed(tmp_path, cremad_clips, capsys):
+    """An invalid address is an InvalidInputError before anything is created; a scheduler that
+    does not answer is an ExtractError (no traceback from the CLI)."""
+    import socket
+
+    dask = pytest.importorskip("dask")
+    pytest.importorskip("distributed")
+    clip = _links(tmp_path / "in", cremad_clips[:1])[0]
+    for bad in ("notanaddress", "tcp://", "tcp://host", "foo://host:8786", "tcp://host:99999", "tcp://host:port"):
+        with pytest.raises(InvalidInputError, match="scheduler address"):
+            extract([clip], tmp_path / "ds", scheduler=bad, max_frames=1)
+        assert not (tmp_path / "ds").exists()
+    with socket.socket() as mute:  # accepts connections (the kernel's backlog), never speaks
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(8)
+        addr = f"tcp://127.0.0.1:{mute.getsockname()[1]}"
+        with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+            with pytest.raises(ExtractError, match="cannot connect to the Dask scheduler"):
+                extract([clip], tmp_path / "ds", scheduler=addr, max_frames=1)
+            assert cli.main(["-q", "extract", str(clip), "-o", str(tmp_path / "ds"), "--scheduler", addr, "--max-frames", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot connect to the Dask scheduler" in err and "Traceback" not in err
+    assert cli.main(["-q", "extract", str(clip), "-o", str(tmp_path / "ds2"), "--scheduler", "notanaddress"]) == 1
+    assert "scheduler address" in capsys.readouterr().err
+
+
+def test_a_manifest_that_is_not_utf8_is_a_typed_error(tmp_path, cremad_clips, capsys):
+    clip = cremad_clips[0]
+    for name, data in (("m.csv", f"path,label\n{clip},col\xe8re\n".encode("latin-1")), ("m.txt", f"{clip}\n\xff\xfe\n".encode("latin-1")),
+                       ("n.csv", b"path\n" + str(clip).encode() + b"\x00\n")):  # fmt: skip
+        m = tmp_path / name
+        m.write_bytes(data)
+        with pytest.raises(InvalidInputError, match=name):
+            discover(m)
+        assert cli.main(["-q", "extract", str(m), "-o", str(tmp_path / "ds"), "--workers", "1"]) == 1
+        assert name in capsys.readouterr().err
+    assert not (tmp_path / "ds").exists()
+
+
+def test_cli_and_api_datasets_resume_each_other(tmp_path, cremad_clips, capsys):
+    """The CLI passes its defaults (detect_every=10, ...), the API none: one extraction all
+    the same, either way round (also a settings file written before this rule)."""
+    import json
+
+    m = tmp_path / "m.txt"
+    m.write_text("".join(f"{c}\n" for c in cremad_clips[:2]))
+    cli_out, api_out = tmp_path / "cli", tmp_path / "api"
+    assert cli.main(["-q", "extract", str(m), "-o", str(cli_out), "--workers", "1", "--max-frames", "1"]) == 0
+    rep = extract(m, cli_out, max_frames=1)
+    assert (rep.skipped, rep.done) == (2, 0)
+    extract(m, api_out, workers=1, max_frames=1)
+    capsys.readouterr()
+    assert cli.main(["-q", "extract", str(m), "-o", str(api_out), "--max-frames", "1"]) == 0
+    assert "0 clips analysed" in capsys.readouterr().out
+    # a settings file written by the CLI before (its defaults recorded)
+    f = cli_out / "_extract.json"
+    old = json.loads(f.read_text())
+    f.write_text(json.dumps({**old, "recognizer": {"detect_every": 10, "backbone": old["backbone"]}}))
+    assert extract(m, cli_out, max_frames=1).skipped == 2
+    with pytest.raises(ExtractError, match="other settings"):
+        extract(m, cli_out, max_frames=1, detect_every=5)
