@@ -572,8 +572,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "fails is recorded with its error. Needs pyarrow (pip install -e '.[extract]' in the checkout).")  # fmt: skip
     p.add_argument("input", help="a folder (searched recursively for videos and images), a manifest (.csv with a 'path' "
                                  "column and optional 'label' and 'user' columns, or .txt with one path per line), a glob "
-                                 "pattern (quote it) or one file")  # fmt: skip
-    p.add_argument("-o", "--output", required=True, type=Path, help="output folder of the Parquet dataset (created; reruns resume)")
+                                 "pattern (quote it; videos and images only) or one file")  # fmt: skip
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        help="output folder of the Parquet dataset: new, empty, or one an earlier extract made (reruns resume; any other non-empty folder is refused)",
+    )
     p.add_argument("--workers", type=int, default=None, help="local worker processes (default: the CPU count; 1: this process)")
     p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run on this Dask scheduler instead of local processes "
                                                                  "(needs the dask extra; OUTPUT must be visible to every worker)")  # fmt: skip
