@@ -14,16 +14,23 @@ Output layout (``OUT``)::
     OUT/clips/<clip_id>.parquet    one row for the clip: written last, so it marks the clip done
     OUT/_SUCCESS                   written when a run leaves no clip undone (JSON counts)
 
-``clip_id`` is a hash of the clip's absolute path (symbolic links are not resolved: two names
-of one file are two clips). Each part is written to a hidden temporary file and renamed into
-place, so a killed worker leaves no partial part, and a clip whose ``clips/`` part exists is
-skipped by the next run (``retry_errors`` also redoes the clips recorded with an error).
+``OUT`` must be new, empty, or a dataset an earlier run made (it holds ``_extract.json``):
+any other non-empty folder is refused with an :class:`~emoadapt.errors.ExtractError` before
+anything in it is touched. ``clip_id`` is a hash of the clip's absolute path, under the name
+it was found (a folder or glob search follows symbolic links but keeps one name per real
+file, and never enters ``OUT``). Each part is written to a hidden temporary file and renamed
+into place, so a killed worker leaves no partial part. A rerun verifies the parts of the
+clips it is given (the clip part read whole, the frames part's footer) and skips the sound
+ones; a part that cannot be read (truncated, garbage) is logged, removed and its clip
+analysed again (``retry_errors`` also redoes the clips recorded with an error).
 ``pandas.read_parquet`` and ``pyarrow.dataset`` take ``OUT/frames`` and ``OUT/clips`` as
 datasets and skip hidden files (a temporary file left by a killed process; the next run
-removes them). One run at a time per ``OUT``.
+removes them); :func:`read_clips`, :func:`read_frames` and :func:`track_arrays` raise an
+``ExtractError`` naming a part they cannot read. One run at a time per ``OUT``.
 
 Execution: in this process (``workers=1``), a local process pool (``workers=N``; spawned
-processes, one Recognizer each, restarted if a worker dies), any
+processes, one Recognizer each, restarted if a worker dies; each exits as soon as the
+driver process is gone, even after a SIGKILL), any
 :class:`concurrent.futures.Executor` or a ``dask.distributed.Client`` (``executor=``; or
 ``scheduler="tcp://host:port"``). Wherever a clip runs, its worker process builds one
 Recognizer on first use and keeps it (a module-level cache, and for Dask a worker plugin that
@@ -982,7 +989,8 @@ def extract(
     Args:
         inputs: a folder, a manifest (``.csv`` / ``.txt``), a glob, a file or a sequence of
             paths / :class:`ClipJob` (see :func:`discover`).
-        out: output folder (created). Clips already done there are skipped.
+        out: output folder: new (created), empty, or a dataset an earlier run made; its clips
+            whose parts are sound are skipped. Any other non-empty folder is refused.
         workers: local worker processes (default: the CPU count; ``1`` runs in this process).
             Ignored when ``executor`` or ``scheduler`` is given.
         executor: a :class:`concurrent.futures.Executor` or a ``dask.distributed.Client`` to
@@ -1000,7 +1008,11 @@ def extract(
             since they travel to the workers. ``num_threads`` defaults to 1 (one core per worker).
 
     Returns an :class:`ExtractReport`. Raises :class:`~emoadapt.errors.ExtractError` when
-    ``out`` holds an extraction made with other settings, and
+    ``out`` is not empty and not an extract dataset, holds an extraction made with other
+    settings, cannot be created or written, or when the ``scheduler`` does not answer within
+    Dask's connect timeout (``distributed.comm.timeouts.connect``);
+    :class:`~emoadapt.errors.InvalidInputError` for an invalid argument (a scheduler address
+    that is not ``[tcp://]HOST:PORT``, a manifest that is not UTF-8 text, ...), and
     :class:`~emoadapt.errors.MissingDependencyError` without pyarrow (or dask for ``scheduler``).
     """
     from .features import default_backbone_name
