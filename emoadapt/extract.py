@@ -924,29 +924,30 @@ def _read_part(path: str | os.PathLike[str], columns: list[str] | None = None) -
         raise _part_error(path, e) from e
 
 
-def _unsound(job: ClipJob, cpart: Path, fpart: Path) -> tuple[Path, str] | None:
-    """Why a clip's parts cannot count as done (the part and the reason), None when sound:
-    the clip part is read whole (one row, this clip's id); the frames part, when there is
-    one, must have a readable footer (truncation, garbage) and rows."""
+def _check_parts(job: ClipJob, cpart: Path, fpart: Path) -> tuple[tuple[Path, str] | None, bool]:
+    """``(unsound, failed)``: why a clip's parts cannot count as done (the part and the
+    reason; None when sound), and whether the clip was recorded with an error. The clip part is
+    read whole (one row, this clip's id); the frames part, when there is one, must have a
+    readable footer (truncation, garbage) and rows. About 1 ms a clip."""
     pa = _pyarrow()
     for p in (cpart, fpart):
         if os.path.lexists(p) and (p.is_symlink() or not p.is_file()):
             raise ExtractError(f"{p} is not a file, where extract keeps a Parquet part: remove it and rerun")
     try:
-        t = _read_part(cpart, ["clip_id", "error_type"])
+        t = _read_part(cpart)
     except ExtractError as e:
-        return cpart, str(e.__cause__ or e)
-    if t.num_rows != 1 or t.column("clip_id")[0].as_py() != job.clip_id:
-        return cpart, f"{t.num_rows} rows, not the one row of clip {job.clip_id}"
+        return (cpart, str(e.__cause__ or e)), False
+    if t.num_rows != 1 or not {"clip_id", "error_type"} <= set(t.column_names) or t.column("clip_id")[0].as_py() != job.clip_id:
+        return (cpart, f"{t.num_rows} rows, not the one row of clip {job.clip_id}"), False
     if os.path.lexists(fpart):
         try:
             meta = pa.parquet.read_metadata(fpart)
         except (pa.ArrowException, OSError) as e:
-            return fpart, f"{type(e).__name__}: {e}"
+            return (fpart, f"{type(e).__name__}: {e}"), False
         names = meta.schema.to_arrow_schema().names
         if meta.num_rows < 1 or "features" not in names:
-            return fpart, f"{meta.num_rows} rows, columns {names}"
-    return None
+            return (fpart, f"{meta.num_rows} rows, columns {names}"), False
+    return None, t.column("error_type")[0].as_py() is not None
 
 
 def _done_ids(out: Path, jobs: Sequence[ClipJob], retry_errors: bool) -> set[str]:
@@ -957,15 +958,17 @@ def _done_ids(out: Path, jobs: Sequence[ClipJob], retry_errors: bool) -> set[str
         cpart, fpart = out / "clips" / f"{job.clip_id}.parquet", out / "frames" / f"{job.clip_id}.parquet"
         if not os.path.lexists(cpart):
             continue
-        bad = _unsound(job, cpart, fpart)
+        bad, failed = _check_parts(job, cpart, fpart)
         if bad is not None:
             log.warning("%s is unreadable (%s): the clip %s is analysed again", bad[0], bad[1], job.path)
-            for p in (cpart, bad[0]):  # the clip part first: the clip is no longer marked done
-                p.unlink(missing_ok=True)
+            try:
+                for p in (cpart, bad[0]):  # the clip part first: the clip is no longer marked done
+                    p.unlink(missing_ok=True)
+            except OSError as e:
+                raise ExtractError(f"cannot remove the unreadable part {p}: {e}") from e
             continue
-        if retry_errors and _read_part(cpart, ["error_type"]).column(0)[0].as_py() is not None:
-            continue
-        done.add(job.clip_id)
+        if not (retry_errors and failed):
+            done.add(job.clip_id)
     return done
 
 
