@@ -52,7 +52,7 @@ from _common import TAIWANESE_LETTERS, add_common_args, ckplus_rgb, cremad_label
 DATA = data_dir()
 
 from emoadapt.adaptation import DEFAULT_ANCHOR, IDENTITY_EXPERT_WEIGHT, fit_personal, personalize, user_offset
-from emoadapt.heads import BlendHead, CenteredHead, IdentityExpertHead, PrototypeHead
+from emoadapt.heads import BlendHead, CenteredHead, PrototypeHead, identity_expert_of
 
 M_GRID = (1, 2, 3, 5)
 STYLES = ("1", "2", "3")
@@ -146,8 +146,9 @@ def _acc(head: Any, clips: list, labels: list, embeddings: list | None = None) -
     """Accuracy of ``head`` on ``clips`` (an identity expert also reads their ``embeddings``)."""
     if not labels:
         return float("nan")
-    if isinstance(head, IdentityExpertHead) and embeddings is not None:
-        dim = head.n_embedding_in_
+    expert = identity_expert_of(head)
+    if expert is not None and embeddings is not None:
+        dim = expert.n_embedding_in_
         pred = head.predict(clips, np.stack([np.full(dim, np.nan) if e is None else np.asarray(e, np.float64) for e in embeddings]))
     else:
         pred = head.predict(clips)

@@ -63,6 +63,8 @@ __all__ = [
     "BlendHead",
     "CenteredHead",
     "IdentityExpertHead",
+    "EvidenceGateHead",
+    "identity_expert_of",
     "fit_softmax_regression",
     "HEAD_TYPES",
     "Head",
@@ -1743,6 +1745,184 @@ class IdentityExpertHead(_Head):
         return head
 
 
+class EvidenceGateHead(_Head):
+    """A personal head whose answer may move only toward an expression the user gave evidence for.
+
+    ``head`` is the user's installed head (a :class:`BlendHead`, :class:`CenteredHead` or
+    :class:`IdentityExpertHead`), ``base`` the universal head it was adapted from (reading the
+    same, uncentred, features) and ``evidence_classes_`` the labels of the user's corrections.
+    For each clip, when ``head``'s most probable class is one of those labels, ``head``'s
+    probabilities are returned; otherwise ``base``'s (aligned to ``classes_``): a personal model
+    fitted on a few expressions of one person has learnt nothing about the others, so its
+    opinion that a face shows an expression the user never corrected is not evidence, and the
+    universal model decides. One correction can then change the answer for faces like the
+    corrected one, never relabel the person's other expressions as a third, uncorrected one.
+
+    It also *remembers* the corrected clips (their mean feature vector, unit length, and label):
+    a clip whose mean feature lies within cosine ``recall`` of a remembered one (the same clip
+    again, or a near copy of it) gets that correction's label, so the clip a user corrected is
+    answered as they said, without moving faces that are merely alike.
+
+    Args:
+        head: the installed personal head (fitted).
+        base: the universal head (fitted), on the same features as ``head``'s input.
+        evidence: the labels the user corrected (each a class of ``head``).
+        memory: ``(M, D)`` mean features of the corrected clips (optional).
+        memory_labels: their ``M`` labels (classes of ``head``).
+        recall: cosine similarity from which a clip counts as a remembered one.
+    """
+
+    def __init__(self, head: Any = None, base: Any = None, evidence: Any = (), memory: Any = None, memory_labels: Any = (), recall: float = 0.97) -> None:
+        self.head = head
+        self.base = base
+        self.evidence = evidence
+        self.memory = memory
+        self.memory_labels = memory_labels
+        self.recall = recall
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        params = {"evidence": list(np.asarray(self.evidence).tolist()), "recall": self.recall}
+        return {"head": self.head, "base": self.base, "memory": self.memory, "memory_labels": self.memory_labels, **params} if deep else params
+
+    def _memory(self) -> tuple[np.ndarray, list[Any]]:
+        labels = list(np.asarray(self.memory_labels).tolist())
+        if self.memory is None or not labels:
+            return np.zeros((0, 0)), []
+        m = np.asarray(self.memory, dtype=np.float64)
+        return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), _EPS), labels
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("classes_", "n_features_in_"):
+            head = self.__dict__.get("head")
+            if head is None or not hasattr(head, "classes_"):
+                raise AttributeError(name)
+            return getattr(head, name)
+        if name == "evidence_classes_":
+            return np.asarray(self.__dict__.get("evidence", ()), dtype=self.classes_.dtype)
+        raise AttributeError(name)
+
+    def _check_parts(self) -> None:
+        if self.head is None or not hasattr(self.head, "classes_") or isinstance(self.head, EvidenceGateHead):
+            raise InvalidInputError("EvidenceGateHead needs a fitted head (not another EvidenceGateHead)")
+        if self.base is None or not hasattr(self.base, "classes_") or isinstance(self.base, EvidenceGateHead):
+            raise InvalidInputError("EvidenceGateHead needs a fitted universal base head")
+        ev = np.asarray(self.evidence)
+        if ev.ndim != 1 or not set(ev.tolist()) <= set(self.head.classes_.tolist()):
+            raise InvalidInputError("evidence must be a list of the head's classes")
+        if isinstance(self.recall, bool) or not isinstance(self.recall, (int, float)) or not -1.0 <= float(self.recall) <= 1.0:
+            raise InvalidInputError(f"recall must be a cosine similarity in [-1, 1], got {self.recall!r}")
+        labels = list(np.asarray(self.memory_labels).tolist())
+        if labels:
+            m = np.asarray(self.memory, dtype=np.float64) if self.memory is not None else np.zeros((0, 0))
+            if m.ndim != 2 or len(m) != len(labels) or not np.isfinite(m).all() or not set(labels) <= set(self.head.classes_.tolist()):
+                raise InvalidInputError("memory must be (M, D) finite features with M labels of the head's classes")
+
+    def _check_fitted(self) -> None:
+        self._check_parts()
+
+    @property
+    def expert(self) -> IdentityExpertHead | None:
+        """The identity expert inside, if any (it reads the face's identity embedding)."""
+        return self.head if isinstance(self.head, IdentityExpertHead) else None
+
+    def fit(self, clips: Clips, y: Any) -> EvidenceGateHead:
+        """Refit the wrapped head on ``(clips, y)``; their labels become the evidence."""
+        self._check_parts()
+        self.head.fit(clips, y)
+        self.evidence = sorted({*np.asarray(self.evidence).tolist(), *_as_labels(y).tolist()}, key=str)
+        return self
+
+    def partial_fit(self, clips: Clips, y: Any, classes: Any = None) -> EvidenceGateHead:
+        """Continue fitting the wrapped head on ``(clips, y)``; their labels join the evidence."""
+        self._check_parts()
+        self.head.partial_fit(clips, y)
+        self.evidence = sorted({*np.asarray(self.evidence).tolist(), *_as_labels(y).tolist()}, key=str)
+        return self
+
+    def predict_proba(self, clips: Clips, embeddings: Any = None) -> np.ndarray:
+        """Probabilities ``(N, C)`` (columns follow ``classes_``); ``embeddings`` ``(N, E)``
+        go to the identity expert inside, if any."""
+        self._check_parts()
+        q = np.asarray(self.head.predict_proba(clips, embeddings) if self.expert is not None else self.head.predict_proba(clips), dtype=np.float64)
+        classes = self.classes_.tolist()
+        allowed = np.isin(np.asarray(classes, dtype=object), np.asarray(np.asarray(self.evidence).tolist(), dtype=object))
+        fall = ~allowed[np.argmax(q, axis=1)]
+        if fall.any():
+            p = np.asarray(self.base.predict_proba([c for c, f in zip(as_clips(clips), fall) if f]), dtype=np.float64)
+            out = np.full((len(p), len(classes)), BlendHead._FLOOR)
+            index = {c: i for i, c in enumerate(classes)}
+            out[:, [index[c] for c in self.base.classes_.tolist()]] = np.clip(p, BlendHead._FLOOR, None)
+            q[fall] = out / out.sum(axis=1, keepdims=True)
+        mem, labels = self._memory()
+        if labels:
+            x = np.stack([c.mean(axis=0) for c in as_clips(clips)])
+            if x.shape[1] != mem.shape[1]:
+                raise InvalidInputError(f"clips have {x.shape[1]} features, the remembered ones {mem.shape[1]}")
+            sim = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _EPS)) @ mem.T
+            near = sim.max(axis=1) >= float(self.recall)
+            for r in np.flatnonzero(near):
+                onehot = np.zeros(len(classes))
+                onehot[classes.index(labels[int(np.argmax(sim[r]))])] = 1.0
+                q[r] = 0.5 * q[r] + 0.5 * onehot
+        return q
+
+    def predict(self, clips: Clips, embeddings: Any = None) -> np.ndarray:
+        """Most probable label per clip (see :meth:`predict_proba`)."""
+        return self.classes_[np.argmax(self.predict_proba(clips, embeddings), axis=1)]
+
+    def _payload(self) -> dict[str, np.ndarray]:
+        self._check_parts()
+        inner = self.head._payload()
+        ev = np.asarray(np.asarray(self.evidence).tolist())
+        mem, labels = self._memory()
+        ml = np.asarray(labels)
+        out = {
+            "meta": self._meta({"recall": float(self.recall)}),
+            "classes": np.asarray(inner["classes"]),
+            "evidence": ev if ev.dtype.kind in "iuU" else ev.astype(str),
+            "memory": mem.astype(np.float32) if labels else np.zeros((0, 0), np.float32),
+            "memory_labels": ml if ml.dtype.kind in "iuU" else ml.astype(str),
+        }
+        out.update(_prefixed("head", inner))
+        out.update(_prefixed("base", self.base._payload()))
+        return out
+
+    @classmethod
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> EvidenceGateHead:
+        head = _inner_head(arrays, "head", EvidenceGateHead, "evidence gates")
+        base = _inner_head(arrays, "base", EvidenceGateHead, "evidence gates")
+        ev = arrays.get("evidence")
+        if ev is None or ev.ndim != 1:
+            raise ModelIntegrityError("head file: missing or malformed evidence classes")
+        if len(ev):
+            _check_file_classes(ev)
+        if not set(ev.tolist()) <= set(head.classes_.tolist()):
+            raise ModelIntegrityError("head file: evidence classes the wrapped head lacks")
+        if getattr(head, "n_features_in_", None) != getattr(base, "n_features_in_", None):
+            raise ModelIntegrityError("head file: the gate's heads read different features")
+        mem, ml = arrays.get("memory"), arrays.get("memory_labels")
+        if mem is None or ml is None or mem.ndim != 2 or ml.ndim != 1 or (len(ml) and (len(mem) != len(ml) or mem.dtype.kind != "f")):
+            raise ModelIntegrityError("head file: malformed remembered corrections")
+        if ml.dtype.kind not in "iuU" or not set(ml.tolist()) <= set(head.classes_.tolist()):
+            raise ModelIntegrityError("head file: remembered corrections with labels the wrapped head lacks")
+        gate = cls(head, base, ev.tolist(), mem.astype(np.float64) if len(ml) else None, ml.tolist(), **_unjson_params(meta["params"]))
+        try:
+            gate._check_parts()
+        except InvalidInputError as e:
+            raise ModelIntegrityError(f"head file: {e}") from e
+        return gate
+
+
+def identity_expert_of(head: Any) -> IdentityExpertHead | None:
+    """The identity expert a head reads embeddings with (itself, or inside an
+    :class:`EvidenceGateHead`), else ``None``."""
+    if isinstance(head, IdentityExpertHead):
+        return head
+    if isinstance(head, EvidenceGateHead):
+        return head.expert
+    return None
+
+
 HEAD_TYPES: dict[str, type[_Head]] = {
     "StatPoolingHead": StatPoolingHead,
     "SingleAttentionHead": SingleAttentionHead,
@@ -1752,6 +1932,7 @@ HEAD_TYPES: dict[str, type[_Head]] = {
     "BlendHead": BlendHead,
     "CenteredHead": CenteredHead,
     "IdentityExpertHead": IdentityExpertHead,
+    "EvidenceGateHead": EvidenceGateHead,
 }
 
 

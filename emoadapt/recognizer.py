@@ -742,10 +742,11 @@ class Recognizer:
     def _personal_proba(self, head: Any, res: Result) -> np.ndarray:
         """A personal head's probabilities of ``res``'s frames, with its identity expert when
         it has one of this Recognizer's identity model and the track has an embedding."""
-        from .heads import IdentityExpertHead
+        from .heads import identity_expert_of
 
-        if isinstance(head, IdentityExpertHead):
-            use = res.embedding is not None and head.identity_model == self.identity and len(res.embedding) == head.n_embedding_in_
+        expert = identity_expert_of(head)
+        if expert is not None:
+            use = res.embedding is not None and expert.identity_model == self.identity and len(res.embedding) == expert.n_embedding_in_
             assert res.features is not None
             return head.predict_proba([res.features], np.asarray(res.embedding)[None] if use else None)
         return np.asarray(head.predict_proba([res.features]))
@@ -971,8 +972,10 @@ class Recognizer:
                 camera.close()
 
     # -- personalisation --------------------------------------------------------------------
-    def _identify_clip(self, clip: Clip, kw: dict[str, Any]) -> tuple[Result, np.ndarray]:
+    def _identify_clip(self, clip: Clip | Result, kw: dict[str, Any]) -> tuple[Result, np.ndarray]:
         _check_kw(kw, _SCAN_KW, "enroll/correct")
+        if isinstance(clip, Result):
+            return self._analysed(clip, kw), np.asarray(clip.embedding, np.float32)
         sampling = Sampling(fps=kw.get("fps"), max_frames=kw.get("max_frames"), step=kw.get("step", 1), source_fps=kw.get("source_fps", DEFAULT_SOURCE_FPS))
         scan = self._scan(clip, color=kw.get("color", "rgb"), sampling=sampling, identity=True, progress=kw.get("progress", False))
         tracks = scan.tracks(self.matcher.threshold)
@@ -981,6 +984,49 @@ class Recognizer:
         emb = scan.track_embedding(tracks[0])
         assert emb is not None
         return self._track_result(scan, tracks[0]), emb
+
+    def _analysed(self, res: Result, kw: dict[str, Any]) -> Result:
+        """An already analysed clip (a :class:`Result` of :meth:`predict` or
+        ``analyze(identity=True)``) used as it is: its features and identity embedding."""
+        if kw:
+            raise InvalidInputError(f"a Result is already analysed: sampling arguments ({', '.join(sorted(kw))}) do not apply to it")
+        if res.features is None or not len(res.features):
+            raise InvalidInputError("the Result has no face features (no face was found in its clip): nothing to learn from")
+        if res.features.ndim != 2 or res.features.shape[1] != self.backbone.dim:
+            raise InvalidInputError(f"the Result's features are not of this Recognizer's backbone ({self.backbone.name}, {self.backbone.dim} features)")
+        if res.embedding is None or len(res.embedding) != self.embedder.dim:
+            raise InvalidInputError(
+                f"the Result carries no {self.identity} identity embedding: use a Result of predict() with users enrolled, "
+                "or of analyze(..., identity=True), of this Recognizer"
+            )
+        return res
+
+    def reclassify(self, result: Result, user: str | None = None) -> Result:
+        """The emotion of an already analysed clip again, by the current heads: a copy of
+        ``result`` (of :meth:`predict`, or of :meth:`analyze` with ``identity=True``) with
+        ``label``, ``probabilities`` and ``user`` decided anew, without looking at the pixels
+        again. ``user=None`` routes by the result's identity embedding (strangers get the
+        universal model); a ``user`` name uses that user's personal head. For an app that
+        shows an answer, takes a correction and wants the clips it already showed
+        relabelled after :meth:`adapt`."""
+        import copy
+
+        if not isinstance(result, Result):
+            raise InvalidInputError(f"reclassify needs a Result of predict() or analyze(), got {type(result).__name__}")
+        if result.features is None or result.frame_probabilities is None or not len(result.features):
+            raise InvalidInputError("the Result has no face features (no face was found in its clip)")
+        out = copy.copy(result)
+        out.tracks = []
+        if user is not None:
+            out.user = self._user_name(user)
+            if not self.store.has_user(out.user):
+                raise UnknownUserError(f"unknown user {out.user!r}")
+        elif out.embedding is not None:
+            out.user, _ = self.matcher.identify(np.asarray(out.embedding), self._gallery_or_none())
+        else:
+            out.user = None
+        self._classify(out, out.user)
+        return out
 
     def enroll(self, user: str, clips: Clip | list[Clip], **kw: Any) -> int:
         """Register ``user``'s face from a clip, an image, or a list of clips/images.
@@ -1009,7 +1055,7 @@ class Recognizer:
                 known += [lab for lab in self.store.label_counts(user) if lab not in known]
         return known
 
-    def correct(self, clip: Clip, label: str, user: str | None = None, *, force: bool = False, new_label: bool = False, **kw: Any) -> Correction:
+    def correct(self, clip: Clip | Result, label: str, user: str | None = None, *, force: bool = False, new_label: bool = False, **kw: Any) -> Correction:
         """Record that the emotion in ``clip`` is ``label`` (a correction); returns its id, a
         :class:`Correction` (an ``int``).
 

@@ -18,6 +18,8 @@ from emoadapt.errors import InvalidInputError, ModelIntegrityError
 from emoadapt.heads import (
     BlendHead,
     CenteredHead,
+    EvidenceGateHead,
+    IdentityExpertHead,
     PrototypeHead,
     head_from_arrays,
     head_to_arrays,
@@ -28,8 +30,15 @@ ROOT = Path(__file__).resolve().parents[1]
 from _scripts import TAIWANESE_LETTERS as LETTERS
 
 
+def _unwrapped(head):
+    """What ``personalize`` returns without its evidence gate and identity expert."""
+    head = head.head if isinstance(head, EvidenceGateHead) else head
+    return head.head if isinstance(head, IdentityExpertHead) else head
+
+
 def _blend(head) -> BlendHead:
     """The blend of universal and personal heads inside what ``personalize`` returns."""
+    head = _unwrapped(head)
     inner = head.head if isinstance(head, CenteredHead) else head
     assert isinstance(inner, BlendHead)
     return inner
@@ -87,7 +96,7 @@ def test_blend_head_of_each_strategy_round_trips_with_custom_labels(recognizer, 
     (clips, labels), (test, _) = person
     labels = [*labels[:-1], "calm"]
     u = recognizer.personal_base
-    head, info = personalize(u, clips, labels, strategy=strategy, replay=recognizer.replay)
+    head, info = personalize(u, clips, labels, strategy=strategy, replay=recognizer.replay, evidence_gate=False)
     assert info["choice"] in info["evidence"] and isinstance(head, CenteredHead) == info["centred"]
     assert "calm" in head.classes_ and set(u.classes_) <= set(head.classes_)
     arrays = head_to_arrays(head)
@@ -107,7 +116,7 @@ def test_blend_head_of_each_strategy_round_trips_with_custom_labels(recognizer, 
 
 def test_blend_head_rejects_damaged_files(recognizer, person):
     (clips, labels), _ = person
-    arrays = head_to_arrays(personalize(recognizer.personal_base, clips, labels, strategy="prototype")[0])
+    arrays = head_to_arrays(personalize(recognizer.personal_base, clips, labels, strategy="prototype", evidence_gate=False)[0])
     bad = dict(arrays)
     bad["personal__counts"] = np.zeros_like(bad["personal__counts"])
     with pytest.raises(ModelIntegrityError):
@@ -164,11 +173,15 @@ def test_centering_on_the_user_helps_on_their_other_style_and_round_trips(recogn
     centred = CenteredHead(BlendHead(u, u, 0.0), off)
     acc = np.mean(centred.predict(test) == np.asarray(truth))
     assert acc > np.mean(u.predict(test) == np.asarray(truth)), acc
-    # one class says less about the person than seven: its estimate is shrunk (1/2 vs 7/8)
+    # one class says as much about that expression as about the person: no offset from it;
+    # two classes give half their mean difference, seven 6/7 of it
     one = [i for i, lab in enumerate(labels) if lab == "happy"]
-    off1 = user_offset([clips[i] for i in one], ["happy"] * len(one), replay)
-    raw1 = np.mean([clips[i].mean(0) for i in one], 0) - replay[0][replay[1] == "happy"].mean(0)
-    assert np.allclose(off1, raw1 / 2)
+    assert user_offset([clips[i] for i in one], ["happy"] * len(one), replay) is None
+    two = [i for i, lab in enumerate(labels) if lab in ("happy", "sad")]
+    raw2 = np.mean(
+        [np.mean([clips[i].mean(0) for i in two if labels[i] == k], 0) - replay[0][replay[1] == k].astype(np.float64).mean(0) for k in ("happy", "sad")], 0
+    )
+    assert np.allclose(user_offset([clips[i] for i in two], [labels[i] for i in two], replay), raw2 / 2, atol=1e-6)
     assert user_offset(clips, ["calm"] * len(clips), replay) is None and user_offset(clips, labels, None) is None
     # custom labels: the personal head of a centred fine-tune, saved as plain arrays
     labels = [*labels[:-1], "calm"]
@@ -221,7 +234,9 @@ def test_adapt_report_says_what_was_chosen_and_why(tmp_path, recognizer, cremad_
     assert f"chosen: {rep.choice}" in text and "leave-one-out" in text and "angry 2" in text
     # the saved head is what predict() uses, and it is the guard's blend
     head = rec._personal_head("a")
-    assert isinstance(head, CenteredHead) == rep.centred and _blend(head).weight == rep.weight
+    assert isinstance(_unwrapped(head), CenteredHead) == rep.centred and _blend(head).weight == rep.weight
+    assert isinstance(head, EvidenceGateHead) and rep.gated and rep.evidence_classes == ["angry", "disgust", "fear"]
+    assert "toward an expression you corrected (angry, disgust, fear)" in rep.explanation()
     rep2 = rec.adapt("a", strategy="prototype")
     assert rep2.version == 2 and rep2.strategy == "prototype" and rep2.anchor is None
     with pytest.raises(InvalidInputError):
