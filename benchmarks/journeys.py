@@ -255,6 +255,8 @@ def plot(res: dict[str, Any], out: Path) -> list[Path]:
 
     paths = []
     for kind in ORDERS:
+        if not any(by_order.get(kind, {}).get("by_k") for by_order in res["datasets"].values()):
+            continue
         fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
         for i, (ds, by_order) in enumerate(res["datasets"].items()):
             r = by_order.get(kind)
