@@ -238,10 +238,11 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     _user(args)
     rep = _recognizer(args).adapt(args.user)
     if args.json:
-        json.dump(rep.to_dict(), sys.stdout, indent=2)
+        json.dump({**rep.to_dict(), "explanation": rep.explanation()}, sys.stdout, indent=2)
         print()
     else:
         print(rep.summary())
+        print(rep.explanation())  # what the user's model now does, in plain words
     return 0
 
 
@@ -559,9 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     sampling(p)
     p.set_defaults(func=cmd_correct)
 
-    p = command("adapt", "adapt a user's personal head now; prints what the guard chose and its evidence")
+    p = command("adapt", "adapt a user's personal head now; prints what the guard chose, its evidence and, in plain words, what the model now does")
     p.add_argument("user", metavar="USER", help="an enrolled user")
-    p.add_argument("--json", action="store_true", help="print the adaptation report as JSON")
+    p.add_argument("--json", action="store_true", help="print the adaptation report as JSON (with its plain-words explanation)")
     p.set_defaults(func=cmd_adapt)
 
     p = command(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fcntl
 import io
 import json
@@ -217,3 +218,57 @@ def test_annotate_writes_labelled_video(tmp_path):
     # the box and label were drawn: some pixels changed a lot, most did not
     diff = (abs(frames[0].astype(int) - orig.astype(int)).sum(2) > 120).mean()
     assert 0.002 < diff < 0.2
+
+
+def _cli_json(capsys, *argv: str):
+    assert cli.main(["-q", *argv]) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+def test_correct_one_clip_at_a_time_keeps_the_other_clips(tmp_path, cremad_clips, capsys):
+    """Issue 24 item 3 on the command line: after `emoadapt correct CLIP LABEL --user u` (with
+    the clip's true label) and `emoadapt adapt u` (or the automatic adaptation of `correct
+    --adapt-every 1`), `emoadapt predict` keeps the label of every clip the universal model had
+    right and answers the corrected clip as corrected; `adapt` says in plain words what the
+    model now does. Each of the six CREMA-D clips is the first correction of a new home once."""
+    from emoadapt.adaptation import AdaptReport
+
+    truth = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
+    clips = sorted(cremad_clips)
+    label_of = {str(c): truth[c.name.split("_")[2]] for c in clips}
+    frames = ("--max-frames", "12")  # the same sampling in every call: the stored features match the predicted ones
+
+    def predict(home: Path) -> dict[str, dict]:
+        return {o["clip"]: o for o in _cli_json(capsys, "--home", str(home), "predict", "--json", *frames, *map(str, clips))}
+
+    universal = predict(tmp_path / "stranger")
+    assert all(o["user"] is None for o in universal.values())
+    right = [c for c, o in universal.items() if o["label"] == label_of[c]]
+    assert len(right) >= 3, universal  # something to keep (3 of 6 on 12 frames)
+    for i, clip in enumerate(map(str, clips)):
+        home, label = str(tmp_path / f"home{i}"), label_of[clip]
+        automatic = i % 2 == 1
+        assert cli.main(["-q", "--home", home, "correct", clip, label, "--user", "u", "--adapt-every", "1" if automatic else "0", *frames]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"correction 1 recorded for u as {label}"), out
+        report = None
+        if automatic:  # `correct` adapted: version 1 is active
+            from emoadapt import Recognizer
+
+            with Recognizer(home=home) as rec:
+                assert [(h.version, h.status) for h in rec.store.head_versions("u")] == [(1, "active")]
+        else:
+            report = _cli_json(capsys, "--home", home, "adapt", "u", "--json")
+            assert report["accepted"] is True and report["version"] == 1, report
+        now = predict(Path(home))
+        assert {o["user"] for o in now.values()} == {"u"}
+        lost = [c for c in right if now[c]["label"] != label_of[c]]
+        assert lost == [], f"after correcting {clip} to {label}: {lost} lost their label: { ({c: now[c]['label'] for c in now}) }"
+        assert now[clip]["label"] == label, (clip, now[clip])
+        if report is not None:  # adapt says what the model now does, in plain words
+            names = {f.name for f in dataclasses.fields(AdaptReport)}
+            explanation = AdaptReport(**{k: v for k, v in report.items() if k in names}).explanation()
+            assert report.get("explanation") == explanation and explanation.strip(), report
+            if i == 0:  # the text summary ends with the same plain words
+                assert cli.main(["-q", "--home", home, "adapt", "u"]) == 0
+                assert capsys.readouterr().out.rstrip("\n").splitlines()[-1] == explanation

@@ -218,7 +218,12 @@ def test_record_from_the_camera_correct_and_adapt(server, browser, cremad_clips)
     assert rows[-1].find_elements(By.TAG_NAME, "td")[-1].text == "active"
     # the history shows the held-out accuracy the API sends (issue 23 item 8), table and plot
     with urllib.request.urlopen(server["url"] + f"api/users/{USER}/history") as r:
-        versions = json.load(r)["versions"]
+        history = json.load(r)
+    versions = history["versions"]
+    # and says in plain words what the model now does (the report's explanation, issue 24)
+    explanation = history["reports"][-1]["explanation"]
+    assert explanation and explanation in message
+    assert d.find_element(By.ID, "model-explanation").text == explanation
     assert len(versions) == len(rows)
     for row, v in zip(rows, versions):
         cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]

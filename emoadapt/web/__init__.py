@@ -521,6 +521,8 @@ class _App:
 
     def log_report(self, user: str, report: Any) -> dict[str, Any]:
         d = report.to_dict() if hasattr(report, "to_dict") else dict(report)
+        if hasattr(report, "explanation"):  # what the user's model now does, in plain words (the page shows it)
+            d["explanation"] = report.explanation()
         d["time"] = time.time()
         kept = self.reports.setdefault(user, [])
         kept.append(d)

@@ -224,6 +224,7 @@
       if (r.user && !user()) $("user").value = r.user;
       let text = `Correction ${r.id} recorded: ${r.label}` + (r.corrections ? ` (${r.corrections} so far)` : "") + ".";
       if (r.adapted) text += r.adapted.accepted ? ` Your model was adapted: version ${r.adapted.version}.` : " Adaptation tried: the current model was kept.";
+      if (r.adapted && r.adapted.explanation) text += " " + r.adapted.explanation;
       if (r.adapt_error) text += " The automatic adaptation failed (" + r.adapt_error + "): try Adapt my model now later.";
       say(text, "ok");
       $("other-label").value = "";
@@ -316,6 +317,13 @@
     }
   }
 
+  // what the user's model does, in plain words: the last adaptation report's explanation
+  function explain(report) {
+    const p = $("model-explanation");
+    p.textContent = report && report.explanation ? report.explanation : "";
+    p.hidden = !p.textContent;
+  }
+
   async function refreshData() {
     const users = await refreshUsers();
     const u = user();
@@ -323,6 +331,7 @@
     const ctb = $("corrections").querySelector("tbody"), htb = $("history").querySelector("tbody");
     clear(ctb);
     clear(htb);
+    explain(null);
     if (!u || !users.includes(u)) {
       drawHistory($("history-plot"), []);
       return;
@@ -342,6 +351,7 @@
           r.reason]).className = "rejected";
       }
       drawHistory($("history-plot"), h.versions);
+      explain(h.reports.length ? h.reports[h.reports.length - 1] : null);
     } catch (e) {
       say(e.message, "error");
     }
@@ -353,8 +363,9 @@
     try {
       const r = await api("POST", `/api/users/${encodeURIComponent(user())}/adapt`);
       const acc = measured(r.held_out_accuracy_after) ? ` (held-out accuracy ${pct(r.held_out_accuracy_before)} \u2192 ${pct(r.held_out_accuracy_after)})` : "";
-      say(r.accepted ? `Model adapted: version ${r.version} on ${r.n_corrections} corrections${acc}.`
-        : `Model kept: ${r.reason}${acc}.`, r.accepted ? "ok" : "info");
+      const why = r.explanation ? " " + r.explanation : "";
+      say((r.accepted ? `Model adapted: version ${r.version} on ${r.n_corrections} corrections${acc}.`
+        : `Model kept: ${r.reason}${acc}.`) + why, r.accepted ? "ok" : "info");
       await refreshData();
     } catch (e) {
       say(e.message, "error");
