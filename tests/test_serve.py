@@ -720,3 +720,47 @@ def test_max_seconds_bounds_the_frames_decoded(make, cremad_clips, tmp_path, mon
     r = c.post("/api/predict", content=big, headers=c.hdr)
     assert r.status_code == 200, r.text
     assert (r.json()["frames"], r.json()["truncated"]) == (1, True)
+
+
+def test_a_former_name_never_reaches_the_user_it_reads_as(tmp_path, upload_dir):
+    """Issue 23 item 2 over HTTP: in a home written by the schema-2 store (the committed
+    tests/fixtures/legacy_home_v2), the full-width "\uff23arol" was another user than "Carol"
+    and is listed as "Carol (2)" since the upgrade. Sent as a name, it is refused (409
+    ``ambiguous_user``, naming both listed users) by every route, and never reaches Carol:
+    before, the app normalised it to "Carol" and DELETE forgot Carol."""
+    import shutil
+    from urllib.parse import quote
+
+    home = tmp_path / "home"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "legacy_home_v2", home)
+    (home / "manifest.json").unlink()
+    former = "\uff23arol"
+    with Recognizer(home=home, adapt_every=0) as rec:
+        users = rec.users()
+        assert {"Carol", "Carol (2)"} <= set(users)
+        carol = rec.corrections("Carol")
+        app = create_app(rec, upload_dir=upload_dir, fps=10, allowed_hosts={HOST})
+        client = TestClient(app)
+        hdr = {"X-Emoadapt-Token": app.state.token}
+        clip = (ROOT / "examples" / "cremad_1001_DFA_HAP_XX.flv").read_bytes()
+        for method, path, kw in (
+            ("DELETE", f"/api/users/{quote(former)}", {}),
+            ("GET", f"/api/users/{quote(former)}/corrections", {}),
+            ("GET", f"/api/users/{quote(former)}/history", {}),
+            ("POST", f"/api/users/{quote(former)}/adapt", {}),
+            ("POST", "/api/enroll", {"params": {"user": former}, "content": clip}),
+            ("POST", "/api/correct", {"params": {"user": former, "label": "happy"}, "content": clip}),
+        ):
+            r = client.request(method, path, headers=hdr, **kw)
+            assert r.status_code == 409, (method, path, r.text)
+            d = r.json()
+            assert d["error"] == "ambiguous_user" and d["users"] == ["Carol (2)", "Carol"], (path, d)
+            assert "'Carol (2)'" in d["message"] and "use a listed name" in d["message"], d["message"]
+        assert rec.users() == users and rec.corrections("Carol") == carol  # nothing of Carol's touched
+        # the name the store lists reaches that user, and only that user
+        r = client.get(f"/api/users/{quote('Carol (2)')}/corrections")
+        assert r.status_code == 200 and r.json()["user"] == "Carol (2)" and len(r.json()["corrections"]) == 3, r.text
+        r = client.delete(f"/api/users/{quote('Carol (2)')}", headers=hdr)
+        assert r.status_code == 200 and r.json()["user"] == "Carol (2)" and r.json()["corrections"] == 3, r.text
+        assert "Carol (2)" not in rec.users() and rec.corrections("Carol") == carol
+    assert _upload_files(upload_dir) == []

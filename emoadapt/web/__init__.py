@@ -38,7 +38,9 @@ Safety:
   override is not offered.
 * Errors are JSON ``{"error": code, "message": text}`` with an HTTP status
   (:data:`ERROR_STATUS`): ``no_face`` and ``bad_file`` 422, ``unknown_user`` 404,
-  ``identity_mismatch`` 409, ``invalid_input`` and ``unknown_label`` 400 (with ``known`` and
+  ``identity_mismatch`` 409, ``ambiguous_user`` 409 (a name a store upgrade gave up: it was
+  another user's before names were normalised; with ``users``, the listed names it could
+  mean), ``invalid_input`` and ``unknown_label`` 400 (with ``known`` and
   ``suggestions``), ``too_large``/``too_long`` 413,
   ``forbidden`` 403.
 """
@@ -129,6 +131,7 @@ ERROR_STATUS: tuple[tuple[type[_err.EmoadaptError], int, str], ...] = (
     (_err.IdentityMismatchError, 409, "identity_mismatch"),
     (_err.VideoDecodeError, 422, "bad_file"),
     (_err.UnknownLabelError, 400, "unknown_label"),
+    (_err.AmbiguousUserError, 409, "ambiguous_user"),
     (_err.InvalidInputError, 400, "invalid_input"),
     (_err.StoreError, 500, "store_error"),
     (_err.ModelIntegrityError, 500, "model_error"),
@@ -515,6 +518,20 @@ class _App:
             return None
         return next((int(h.version) for h in self.rec.store.head_versions(user) if h.status == "active"), None)
 
+    def listed_name(self, raw: str) -> str:
+        """The name ``users()`` lists for the existing user that ``raw`` (a path parameter as
+        sent) names, read by the store: a name another user had before the store was upgraded
+        is AmbiguousUserError (a full-width ``Carol`` that was another user never reaches ``Carol``),
+        none is UnknownUserError."""
+        return str(self.rec.store.user(raw).name)
+
+    def new_name(self, raw: str) -> str:
+        """``raw`` as a user name for an enrolment or a correction (perhaps a new user),
+        normalised; AmbiguousUserError when it is the former name of another user."""
+        name = normalize_user_name(raw)
+        self.rec.store.has_user(raw)  # raises for a former name that now reads as another user
+        return name
+
     def owner(self, cid: int) -> str | None:
         """The user a correction id belongs to (when the face chose the user)."""
         return next((u for u in self.rec.users() if any(r["id"] == cid for r in self.rec.corrections(u))), None)
@@ -576,6 +593,8 @@ class _App:
 
             def work() -> dict[str, Any]:
                 t0 = time.time()
+                if user is not None:
+                    self.new_name(user)
                 extra = {"new_label": True} if new_label else {}
                 clip, kw, _ = self.clip(path)
                 c = self.rec.correct(clip, label, user=user, **extra, **kw)
@@ -609,10 +628,11 @@ class _App:
         user = request.query_params.get("user", "")
         if not user.strip():
             raise ApiError(400, "invalid_input", "type your name first: it is what the enrolment is stored under")
-        user = normalize_user_name(user)
+        raw, user = user, normalize_user_name(user)
         async with self.upload(request) as path:
 
             def work() -> int:
+                self.new_name(raw)
                 self.check_face(user, path)
                 clip, kw, _ = self.clip(path)
                 return int(self.rec.enroll(user, clip, **kw))
@@ -621,16 +641,14 @@ class _App:
         return _json({"user": user, "added": int(added), "users": await self.run(self.rec.users)})
 
     async def corrections(self, request: Request) -> Response:
-        user = normalize_user_name(request.path_params["user"])
+        user = await self.read(self.listed_name, request.path_params["user"])
         rows = await self.read(self.rec.corrections, user)
         return _json({"user": user, "corrections": rows})
 
     async def history(self, request: Request) -> Response:
-        user = normalize_user_name(request.path_params["user"])
+        user = await self.read(self.listed_name, request.path_params["user"])
 
         def read() -> list[dict[str, Any]]:
-            if not self.rec.store.has_user(user):
-                raise _err.UnknownUserError(f"unknown user {user!r}")
             out = []
             for h in self.rec.store.head_versions(user):
                 before, after = self.held_out(user, h)
@@ -652,13 +670,14 @@ class _App:
         return _json({"user": user, "versions": versions, "reports": self.reports.get(user, [])})
 
     async def adapt(self, request: Request) -> Response:
-        user = normalize_user_name(request.path_params["user"])
+        user = await self.read(self.listed_name, request.path_params["user"])
         report = await self.run(self.rec.adapt, user)
         return _json(self.log_report(user, report))
 
     async def forget(self, request: Request) -> Response:
-        user = normalize_user_name(request.path_params["user"])
-        rep = await self.run(self.rec.forget, user)
+        raw = request.path_params["user"]
+        user = await self.read(self.listed_name, raw)
+        rep = await self.run(self.rec.forget, raw)  # as sent: the store refuses a former name of another user
         self.reports.pop(user, None)
         out = dataclasses.asdict(rep) if dataclasses.is_dataclass(rep) and not isinstance(rep, type) else {}
         return _json({"user": user, **out, "users": await self.run(self.rec.users)})
@@ -785,6 +804,8 @@ def create_app(
         status, code = error_for(e)
         if status >= 500:
             log.error("%s %s: %s: %s", request.method, request.url.path, type(e).__name__, e)
+        if isinstance(e, _err.AmbiguousUserError):  # the listed names it could mean
+            return JSONResponse({"error": code, "message": str(e), "name": e.name, "users": e.users}, status_code=status, headers={"Cache-Control": "no-store"})
         if isinstance(e, _err.UnknownLabelError):  # what the page offers instead
             return JSONResponse(
                 {"error": code, "message": str(e), "label": e.label, "known": e.known, "suggestions": e.suggestions},
