@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """RAVDESS actor-split personalisation protocol (Churaev & Savchenko 2023, Table 3).
 
+Needs the ``eval`` extra (scikit-learn, matplotlib): ``pip install -e ".[eval]"`` from the repository root.
+
 Two input modes share one protocol (per-clip descriptors are just one-frame clips):
 
     # real OpenFace action units of the 1440 RAVDESS speech clips (per-clip descriptors)
@@ -560,7 +562,7 @@ def save_plots(res: dict[str, Any], out: Path) -> list[Path]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log.warning("matplotlib is not installed (pip install emoadapt[plots]); no PNGs written")
+        log.warning('matplotlib is not installed (pip install -e ".[eval]" from the repository root); no PNGs written')
         return []
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -658,8 +660,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_baseline:
         heads.append(BASELINE)
     threads = args.threads if args.threads is not None else (1 if data.descriptors else None)
-    import sklearn.linear_model  # noqa: F401 - load scipy's BLAS before limiting threads
-    import sklearn.model_selection  # noqa: F401
+    try:
+        import sklearn.linear_model  # noqa: F401 - load scipy's BLAS before limiting threads
+        import sklearn.model_selection  # noqa: F401
+    except ImportError:
+        sys.exit('eval_ravdess.py needs scikit-learn, the eval extra: pip install -e ".[eval]" from the repository root')
 
     try:
         from threadpoolctl import threadpool_limits
