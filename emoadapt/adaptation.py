@@ -48,6 +48,19 @@ Policy (:func:`adapt_user`):
    expert has no say about labels it was not fitted on (they get its highest probability),
    so it can reorder the corrected expressions but never push an uncorrected one down.
 
+7. *The evidence gate* (:class:`~emoadapt.heads.EvidenceGateHead`, unless the universal head
+   was chosen): the saved head may move an answer away from the universal head's only toward
+   a label the user corrected, once corrections of :data:`GATE_MIN_CLASSES` labels exist
+   (before that, only toward nothing); a clip whose mean feature is within cosine
+   :data:`RECALL` of a corrected one is answered with that correction's label. A person's
+   clips from one camera look alike: without the gate, one correction (or five of one label)
+   turned most of them into the corrected label; with it, one correction changes the answer
+   for the clip corrected, never relabels the person's other expressions.
+
+The user offset (3.) needs corrections of :data:`OFFSET_MIN_CLASSES` labels: one class's
+mean is as much that expression as the person. The guard's default (4.) is the mix until
+:data:`GUARD_TRUST_MIN` corrections are held out, the personal head after.
+
 The defaults (``finetune``, ``anchor`` = :data:`DEFAULT_ANCHOR`, ``mix_k`` =
 :data:`DEFAULT_MIX_K`, ``center`` = :data:`DEFAULT_CENTER`, :data:`ALT_ANCHORS`,
 :data:`IDENTITY_EXPERT_WEIGHT`, :data:`IDENTITY_EXPERT_C`) were chosen
@@ -82,8 +95,10 @@ __all__ = [
     "DEFAULT_ANCHOR",
     "DEFAULT_CENTER",
     "DEFAULT_EVIDENCE_GATE",
+    "GATE_MIN_CLASSES",
     "GUARD_TRUST_MIN",
     "OFFSET_MIN_CLASSES",
+    "RECALL",
     "DEFAULT_MIX_K",
     "DEFAULT_STRATEGY",
     "GUARD_MARGIN",
@@ -178,7 +193,13 @@ class AdaptReport:
         if self.centred:
             how += ", after adjusting for how your face looks overall"
         covered = ", ".join(self.evidence_classes)
-        if self.gated and set(self.evidence_classes) < set(self.classes):
+        if self.gated and len(self.evidence_classes) < GATE_MIN_CLASSES:
+            scope = (
+                f". Your corrections show one expression only ({covered}), which says nothing yet about how your other "
+                "expressions look: it changes the answer only for the clips you corrected (and near copies of them); "
+                "the universal model decides the rest."
+            )
+        elif self.gated and set(self.evidence_classes) < set(self.classes):
             scope = f". It changes an answer only toward an expression you corrected ({covered}); for the others the universal model decides."
         else:
             scope = f". Your corrections cover every expression it knows ({covered})."
@@ -212,7 +233,9 @@ class AdaptReport:
             lines.append(f"chosen: {self.choice} (strategy {self.strategy}{anchor}, personal weight {self.weight:.2f}{centred})")
         if self.identity_expert:
             lines.append(f"identity expert: fitted on the faces of {self.identity_expert} corrections")
-        if self.gated and set(self.evidence_classes) < set(self.classes):
+        if self.gated and len(self.evidence_classes) < GATE_MIN_CLASSES:
+            lines.append("corrections of one label only: only the corrected clips (and near copies) change; the universal head decides the rest")
+        elif self.gated and set(self.evidence_classes) < set(self.classes):
             lines.append(f"answers move only toward corrected labels ({', '.join(self.evidence_classes)}); the universal head decides the rest")
         state = f"head v{self.version} active" if self.accepted else "no new head"
         lines.append(f"{state}: {self.reason} ({self.seconds:.2f} s)")
@@ -247,6 +270,11 @@ ALT_ANCHORS: tuple[float, ...] = (0.1,)
 #: Wrap the installed head in an :class:`~emoadapt.heads.EvidenceGateHead`: its answer may
 #: move away from the universal one only toward a label the user corrected.
 DEFAULT_EVIDENCE_GATE = True
+#: Corrections of this many labels before the gate lets the personal head move answers toward
+#: them: corrections of one label only show no contrast (a confirmed "neutral" says nothing
+#: about how this person looks surprised), so until then only the corrected clips themselves
+#: (and their near copies) change.
+GATE_MIN_CLASSES = 2
 #: Cosine similarity of mean features from which the gate answers a clip with the label of a
 #: corrected one (the same clip again or a near copy). Chosen with ``benchmarks/journeys.py``:
 #: 0.97 (above 99.9 % of the pairs of one person's photos of different expressions in the
@@ -521,7 +549,8 @@ def personalize(
     gated = choice != "universal" and evidence_gate
     if gated:
         memory = np.stack([np.asarray(c, np.float64).mean(axis=0) for c in clips])
-        head = EvidenceGateHead(head, universal, covered, memory, labels, recall=RECALL)
+        allowed = covered if len(covered) >= GATE_MIN_CLASSES else []
+        head = EvidenceGateHead(head, universal, allowed, memory, labels, recall=RECALL)
     return head, {
         "choice": choice,
         "weight": weight,

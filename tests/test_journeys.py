@@ -51,7 +51,7 @@ def test_one_true_correction_keeps_every_other_right_answer(tmp_path, recognizer
         if i != first and u == want:
             assert g == want, (labels[first], got, universal)
     assert rep.gated and rep.evidence_classes == [labels[first]]
-    assert labels[first] in rep.explanation() and "universal model decides" in rep.explanation()
+    assert labels[first] in rep.explanation() and "only for the clips you corrected" in rep.explanation()
     rec.close()
 
 
