@@ -52,7 +52,7 @@ from _common import TAIWANESE_LETTERS, add_common_args, ckplus_rgb, cremad_label
 DATA = data_dir()
 
 from emoadapt.adaptation import DEFAULT_ANCHOR, IDENTITY_EXPERT_WEIGHT, fit_personal, personalize, user_offset
-from emoadapt.heads import BlendHead, CenteredHead, PrototypeHead, identity_expert_of
+from emoadapt.heads import BlendHead, CenteredHead, ClipContext, PrototypeHead
 
 M_GRID = (1, 2, 3, 5)
 STYLES = ("1", "2", "3")
@@ -138,20 +138,16 @@ class _OnInputs:
     def __init__(self, head: Any, universal: Any, kind: str) -> None:
         self.head, self.u, self.kind, self.classes_ = head, universal, kind, head.classes_
 
-    def predict(self, clips: list) -> np.ndarray:
+    def predict(self, clips: list, context: ClipContext | None = None) -> np.ndarray:
         return self.head.predict(_inputs(self.u, clips, self.kind))
 
 
-def _acc(head: Any, clips: list, labels: list, embeddings: list | None = None) -> float:
-    """Accuracy of ``head`` on ``clips`` (an identity expert also reads their ``embeddings``)."""
+def _acc(head: Any, clips: list, labels: list, embeddings: list | None = None, probabilities: list | None = None) -> float:
+    """Accuracy of ``head`` on ``clips``, given what a head may read besides the features: the
+    clips' identity ``embeddings`` (an identity expert's) and frame ``probabilities``."""
     if not labels:
         return float("nan")
-    expert = identity_expert_of(head)
-    if expert is not None and embeddings is not None:
-        dim = expert.n_embedding_in_
-        pred = head.predict(clips, np.stack([np.full(dim, np.nan) if e is None else np.asarray(e, np.float64) for e in embeddings]))
-    else:
-        pred = head.predict(clips)
+    pred = head.predict(clips, ClipContext(probabilities=probabilities, embeddings=embeddings))
     return float(np.mean(np.asarray(pred).astype(str) == np.asarray(labels, str)))
 
 
@@ -203,8 +199,7 @@ def cache_features(rec: Any, files: list[Path]) -> tuple[list[str], list[np.ndar
 
 def _universal_acc(rec: Any, feats: list, probs: list, labels: list) -> float:
     """Accuracy of the stranger's (universal) head, on what it reads."""
-    on_probs = type(rec.universal).__name__ == "MeanProbabilityHead"
-    return _acc(rec.universal, probs if on_probs else feats, labels)
+    return _acc(rec.universal, feats, labels, probabilities=probs)
 
 
 def taiwanese_cached(
@@ -324,7 +319,7 @@ def ckplus(rec: Any, strategies: dict[str, Strategy], subjects_limit: int | None
             if labels[t] == "contempt":  # unknown to the universal model: adaptation data only
                 continue
             a = [i for i in range(len(ks)) if i != t]
-            hits["universal"].append(str(rec.universal.predict([probs[idx[k]]])[0]) == labels[t])
+            hits["universal"].append(_universal_acc(rec, [feats[idx[k]]], [probs[idx[k]]], [labels[t]]) == 1.0)
             for name, fit in strategies.items():
                 head = fit(u, replay, [feats[idx[ks[i]]] for i in a], [labels[i] for i in a], [seq_emb[ks[i]] for i in a])
                 hits[name].append(_acc(head, [feats[idx[k]]], [labels[t]], [seq_emb[k]]) == 1.0)

@@ -66,6 +66,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from _common import add_common_args, cremad_label, data_dir, write_json  # noqa: E402
 
+from emoadapt.heads import ClipContext  # noqa: E402
+
 DATA = data_dir()
 OUT = ROOT / "benchmarks" / "out"
 PEER_PY = ROOT / "benchmarks" / ".peer-env" / "bin" / "python"
@@ -169,9 +171,8 @@ def stage_costs(rec: Any, name: str, paths: list[Path], repeat: int) -> dict[str
     res["identity embedding (enrolled users only)"] = (w / len(sub), c / len(sub), "face")
     P, F = bb.infer(arr)
     head = rec.universal
-    x = P if type(head).__name__ == "MeanProbabilityHead" else F
-    per_clip = [x[: len(v)] for v in frames]
-    w, c, _ = best_of(lambda: [head.predict_proba([p]) for p in per_clip], repeat)
+    per_clip = [(F[: len(v)], ClipContext.one(probabilities=P[: len(v)])) for v in frames]
+    w, c, _ = best_of(lambda: [head.predict_proba([f], ctx) for f, ctx in per_clip], repeat)
     res[f"pooling + head ({type(head).__name__})"] = (w / len(per_clip), c / len(per_clip), "clip")
     try:  # the trainable head personal heads are fine-tuned from (a user's head costs the same)
         personal = rec.personal_base

@@ -34,8 +34,19 @@ __all__ = ["Analysis", "AnalyzedFrame", "AnalyzedFace", "FaceTable", "Track", "I
 
 log = logging.getLogger(__name__)
 
-#: embed every this many-th face of a track for identity (up to ``identity_frames`` per track)
+#: at least this many faces of a track between two of its identity embeddings (a track is
+#: embedded at its start and again when its appearance drifts, :meth:`Analysis.frames`)
 IDENTITY_STRIDE = 5
+#: a track's face is embedded for identity again when, since its last embedding, its head
+#: rolled by more than this many radians (about 11 degrees) ...
+DRIFT_ROLL = 0.2
+#: ... or turned or tilted by more than this share of the eye distance (the nose's offset from
+#: the eyes' midpoint, across and along the face) ...
+DRIFT_POSE = 0.15
+#: ... or its size changed by more than this factor ...
+DRIFT_SCALE = 1.5
+#: ... or its aligned crop's mean gray level moved by more than this (the lighting changed)
+DRIFT_LIGHT = 20.0
 
 
 @dataclass
@@ -147,10 +158,15 @@ class Analysis:
             clip: a path, an array or an iterable of frames (as :func:`~emoadapt.video.iter_frames`).
             color: ``"rgb"`` or ``"bgr"`` for arrays and iterables.
             sampling: which frames (default: all).
-            identity: embed faces for identity (every :data:`IDENTITY_STRIDE`-th face of a
-                track, at most ``identity_frames`` per track).
-            identity_window: count the ``identity_frames`` cap over the last this many source
-                frames instead of the whole run (a stream: every window gets embeddings).
+            identity: embed faces for identity: a track's first face, and a later one
+                whenever the face's pose, size or lighting drifted from the face last embedded
+                (at least :data:`IDENTITY_STRIDE` faces apart, at most ``identity_frames`` per
+                track); identity embedding is the costliest per-face step, and a track's
+                frames of one look add little to its first.
+            identity_window: count the first face and the ``identity_frames`` cap over the
+                last this many source frames instead of the whole run (a stream: a track is
+                embedded again when its last embedding leaves the window, so every window
+                holds one of each of its tracks).
             images: keep each frame's RGB image on the yielded frame.
             chunk: backbone batch size for this run.
             flush: called with each frame's source index after it is read; when it returns
@@ -169,7 +185,7 @@ class Analysis:
         crop_faces: list[AnalyzedFace] = []
         waiting: deque[AnalyzedFrame] = deque()
         jobs: deque[tuple[Future[tuple[np.ndarray, np.ndarray]], list[AnalyzedFace]]] = deque()
-        embedded: dict[int, deque[int]] = {}  # track -> source indices of its identity embeddings
+        embedded: dict[int, _Embedded] = {}  # track -> its identity embeddings so far
         n = 0
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emoadapt-backbone")
         try:
@@ -185,10 +201,11 @@ class Analysis:
                     for k, tid in zip(keep, tids):
                         face = AnalyzedFace(tid, det.boxes[k].copy(), float(det.scores[k]), det.landmarks[k].copy())
                         frame.faces.append(face)
-                        crops.append(norm_crop(fr.image, det.landmarks[k], size, template, gray=gray))
+                        crop = norm_crop(fr.image, det.landmarks[k], size, template, gray=gray)
+                        crops.append(crop)
                         crop_faces.append(face)
                         if identity:
-                            self._maybe_embed(fr.image, face, fr.index, tracker.length(tid), embedded, identity_window)
+                            self._maybe_embed(fr.image, face, crop, fr.index, embedded, identity_window)
                     if identity:  # closed tracks never come back: forget them
                         for tid in set(embedded) - set(tracker.open):
                             del embedded[tid]
@@ -204,15 +221,66 @@ class Analysis:
         finally:
             worker.shutdown(wait=True, cancel_futures=True)
 
-    def _maybe_embed(self, image: np.ndarray, face: AnalyzedFace, index: int, seen: int, embedded: dict[int, deque[int]], window: int | None) -> None:
-        """Embed ``face`` when it is its track's ``IDENTITY_STRIDE``-th and the track is under its cap."""
-        times = embedded.setdefault(face.track, deque())
+    def _maybe_embed(self, image: np.ndarray, face: AnalyzedFace, crop: np.ndarray, index: int, embedded: dict[int, _Embedded], window: int | None) -> None:
+        """Embed ``face`` for identity when its track has no embedding yet (within ``window``
+        source frames, when given), or when the face's appearance drifted from the one last
+        embedded (:func:`_appearance`: head pose, size, lighting) at least
+        :data:`IDENTITY_STRIDE` faces later; never more than ``identity_frames`` per track
+        (within ``window``)."""
+        state = embedded.get(face.track)
+        if state is None:
+            state = embedded[face.track] = _Embedded()
+        state.faces += 1
+        times = state.times
         if window is not None:
             while times and times[0] <= index - window:
                 times.popleft()
-        if len(times) < self.identity_frames and (seen - 1) % IDENTITY_STRIDE == 0:
-            face.identity = self._embedder().embed_faces(image, face.landmarks[None])[0]
-            times.append(index)
+        if len(times) >= self.identity_frames:
+            return
+        look = _appearance(face.landmarks, crop)
+        if times and (state.faces - state.last < IDENTITY_STRIDE or state.look is None or not _drifted(state.look, look)):
+            return
+        face.identity = self._embedder().embed_faces(image, face.landmarks[None])[0]
+        times.append(index)
+        state.look, state.last = look, state.faces
+
+
+@dataclass
+class _Embedded:
+    """The identity embeddings of one track during :meth:`Analysis.frames`."""
+
+    times: deque[int] = field(default_factory=deque)
+    """Source indices of its embeddings (within the window)."""
+    faces: int = 0
+    """Its faces so far."""
+    last: int = 0
+    """Its face count at the last embedding."""
+    look: np.ndarray | None = None
+    """:func:`_appearance` of the face last embedded."""
+
+
+def _appearance(landmarks: np.ndarray, crop: np.ndarray) -> np.ndarray:
+    """(roll, yaw, pitch, log size, mean gray) of a face from its 5 landmarks and aligned
+    crop: what changes an identity embedding (pose, resolution, lighting), not expression."""
+    lm = np.asarray(landmarks, np.float64)
+    eyes = (lm[0] + lm[1]) / 2
+    ev = lm[1] - lm[0]
+    d = float(np.hypot(ev[0], ev[1])) or 1.0
+    u = ev / d
+    nose = lm[2] - eyes
+    return np.array([np.arctan2(ev[1], ev[0]), (nose @ u) / d, (nose[1] * u[0] - nose[0] * u[1]) / d, np.log(d), float(crop.mean())])
+
+
+def _drifted(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether appearance ``b`` drifted from ``a`` (:data:`DRIFT_ROLL` ... :data:`DRIFT_LIGHT`)."""
+    roll = abs((b[0] - a[0] + np.pi) % (2 * np.pi) - np.pi)
+    return bool(
+        roll > DRIFT_ROLL
+        or abs(b[1] - a[1]) > DRIFT_POSE
+        or abs(b[2] - a[2]) > DRIFT_POSE
+        or abs(b[3] - a[3]) > np.log(DRIFT_SCALE)
+        or abs(b[4] - a[4]) > DRIFT_LIGHT
+    )
 
 
 def _assign(faces: list[AnalyzedFace], outputs: tuple[np.ndarray, np.ndarray]) -> None:

@@ -33,6 +33,7 @@ from .errors import (
     UnknownUserError,
 )
 from .features import Backbone
+from .heads import ClipContext
 from .video import DEFAULT_SOURCE_FPS, Clip, Sampling
 
 __all__ = ["Recognizer", "Result", "FrameResult", "Timeline", "Correction", "default_home", "DEFAULT_SOURCE_FPS", "MAX_WINDOW_FRAMES"]
@@ -739,20 +740,10 @@ class Recognizer:
             self._heads[key[0]] = (key, head)
         return head
 
-    def _personal_proba(self, head: Any, res: Result) -> np.ndarray:
-        """A personal head's probabilities of ``res``'s frames, with its identity expert when
-        it has one of this Recognizer's identity model and the track has an embedding."""
-        from .heads import identity_expert_of
-
-        expert = identity_expert_of(head)
-        if expert is not None:
-            use = res.embedding is not None and expert.identity_model == self.identity and len(res.embedding) == expert.n_embedding_in_
-            assert res.features is not None
-            return head.predict_proba([res.features], np.asarray(res.embedding)[None] if use else None)
-        return np.asarray(head.predict_proba([res.features]))
-
     def _classify(self, res: Result, user: str | None) -> None:
         assert res.features is not None and res.frame_probabilities is not None
+        P = res.frame_probabilities if res.feature_rows is None else np.asarray(res.frame_probabilities)[res.feature_rows]  # the frames the features pool
+        context = ClipContext.one(probabilities=P, embedding=res.embedding, identity_model=self.identity)
         head, p = None, None
         if user is not None:
             try:
@@ -763,7 +754,7 @@ class Recognizer:
                 self._store_unavailable(e)
         if head is not None:
             try:
-                p = np.asarray(self._personal_proba(head, res), dtype=np.float64)[0]
+                p = np.asarray(head.predict_proba([res.features], context), dtype=np.float64)[0]
                 if not (np.isfinite(p).all() and p.sum() > 0):
                     raise ModelIntegrityError("non-finite or zero probabilities")
             except Exception as e:
@@ -771,10 +762,7 @@ class Recognizer:
                 head, p = None, None
         if head is None:
             head = self.universal
-            x = res.frame_probabilities if _on_probabilities(head) else res.features
-            if _on_probabilities(head) and res.feature_rows is not None:  # the frames the features pool
-                x = np.asarray(res.frame_probabilities)[res.feature_rows]
-            p = np.asarray(head.predict_proba([x]))[0].astype(np.float64)
+            p = np.asarray(head.predict_proba([res.features], context))[0].astype(np.float64)
         assert p is not None
         p = p / p.sum()
         labels = [str(c) for c in head.classes_]
@@ -1266,12 +1254,6 @@ def _clip_fps(clip: Clip, sampling: Sampling) -> float | None:
     from .video import source_rate
 
     return source_rate(clip, sampling)
-
-
-def _on_probabilities(head: Any) -> bool:
-    from .heads import MeanProbabilityHead
-
-    return isinstance(head, MeanProbabilityHead)
 
 
 def _progress(enabled: bool, total: int | None):

@@ -12,7 +12,16 @@ from conftest import need_data
 import emoadapt
 from emoadapt.adaptation import personalize
 from emoadapt.errors import InvalidInputError, ModelIntegrityError
-from emoadapt.heads import CenteredHead, IdentityExpertHead, fit_softmax_regression, head_from_arrays, head_to_arrays, identity_expert_of, load_head
+from emoadapt.heads import (
+    CenteredHead,
+    ClipContext,
+    IdentityExpertHead,
+    fit_softmax_regression,
+    head_from_arrays,
+    head_to_arrays,
+    identity_expert_of,
+    load_head,
+)
 
 
 def _files(data_dir, pid: str, style: str, per_emotion: int) -> tuple[list, list[str]]:
@@ -69,15 +78,19 @@ def test_expert_reads_the_persons_expressions_and_never_pushes_an_unknown_class_
     # other style well above chance (1/7)
     expert_pred = head.expert_classes_[head.expert_proba(test_emb).argmax(1)]
     assert np.mean(expert_pred == np.asarray(truth)) > 0.4
-    # without embeddings (or with a non-finite row) the wrapped head decides alone
+    # without embeddings (or with a non-finite or missing one, or those of another identity
+    # model) the wrapped head decides alone
     base = u.predict_proba(test)
     assert np.array_equal(head.predict_proba(test), base)
-    mixed = head.predict_proba(test, test_emb)
+    mixed = head.predict_proba(test, ClipContext(embeddings=test_emb, identity_model="mobilefacenet"))
     assert mixed.shape == base.shape and np.allclose(mixed.sum(1), 1) and not np.allclose(mixed, base)
+    assert np.array_equal(head.predict_proba(test, test_emb), mixed)  # an (N, E) array: the embeddings, as before the context
+    assert np.array_equal(head.predict_proba(test, ClipContext(embeddings=test_emb, identity_model="dlib_resnet")), base)
     holes = test_emb.copy()
     holes[0] = np.nan
-    part = head.predict_proba(test, holes)
+    part = head.predict_proba(test, ClipContext(embeddings=holes))
     assert np.array_equal(part[0], base[0]) and np.allclose(part[1:], mixed[1:])
+    assert np.array_equal(head.predict_proba(test, ClipContext(embeddings=[None, *test_emb[1:]])), part)
     # an expert that never saw a class: wherever the wrapped head picks that class, so does the mix
     seen = [i for i, lab in enumerate(y) if lab != "happy"]
     partial = IdentityExpertHead(u, identity_model="mobilefacenet").fit_expert(emb[seen], [y[i] for i in seen])
@@ -85,7 +98,7 @@ def test_expert_reads_the_persons_expressions_and_never_pushes_an_unknown_class_
     happy = list(u.classes_).index("happy")
     picked = base.argmax(1) == happy
     assert picked.any()
-    assert (partial.predict_proba(test, test_emb).argmax(1)[picked] == happy).all()
+    assert (partial.predict_proba(test, ClipContext(embeddings=test_emb)).argmax(1)[picked] == happy).all()
 
 
 def test_expert_round_trips_as_plain_arrays_and_refuses_bad_files(recognizer, person, tmp_path):
@@ -96,7 +109,8 @@ def test_expert_round_trips_as_plain_arrays_and_refuses_bad_files(recognizer, pe
     assert isinstance(head, IdentityExpertHead) and isinstance(head.head, CenteredHead) and info["identity_expert"] == len(y)
     back = load_head(head.save(tmp_path / "e.npz"))
     assert isinstance(back, IdentityExpertHead) and back.identity_model == "mobilefacenet" and back.weight == head.weight
-    assert np.allclose(back.predict_proba(test, test_emb), head.predict_proba(test, test_emb))
+    ctx = ClipContext(embeddings=test_emb)
+    assert np.allclose(back.predict_proba(test, ctx), head.predict_proba(test, ctx))
     arrays = head_to_arrays(head)
     assert all(a.dtype != object for a in arrays.values())
     for bad in (
@@ -108,9 +122,9 @@ def test_expert_round_trips_as_plain_arrays_and_refuses_bad_files(recognizer, pe
         with pytest.raises(ModelIntegrityError):
             head_from_arrays(bad)
     with pytest.raises(InvalidInputError):
-        head.predict_proba(test, test_emb[:, :100])
+        head.predict_proba(test, ClipContext(embeddings=test_emb[:, :100]))
     with pytest.raises(InvalidInputError):
-        head.predict_proba(test, test_emb[:2])
+        head.predict_proba(test, ClipContext(embeddings=test_emb[:2]))
     with pytest.raises(InvalidInputError):
         IdentityExpertHead(recognizer.personal_base).fit_expert(emb[:1], y[:1])  # one label
     with pytest.raises(InvalidInputError):
@@ -144,7 +158,7 @@ def test_corrections_through_the_api_train_the_expert_that_predict_uses(tmp_path
     assert all(r.user == "p01" and r.embedding is not None for r in res)
     # predict() mixes in the expert with the face's own embedding ...
     for r in res[:3]:
-        want = head.predict_proba([r.features], r.embedding[None])[0]
+        want = head.predict_proba([r.features], ClipContext.one(embedding=r.embedding))[0]
         assert np.allclose([r.probabilities[c] for c in head.classes_], want / want.sum())
     # ... and it changes answers (whether for the better is benchmarks/personalization.py's
     # question: over 19 people it is, for this one person and style it is not)

@@ -79,19 +79,38 @@ def test_refine_rejects_bad_boxes(det, clip_frames, bad):
 
 
 def test_tracking_detector_schedule_and_accuracy(det, clip_frames, reference):
-    t = TrackingDetector(det, detect_every=10)
+    # the default schedule: one full detection, then tracking; every 10th frame the new-face
+    # check, which on a talking head before a static background searches at most a region or two
+    t = TrackingDetector(det, detect_every=10, min_score=0.95)
     out = [t(f) for f in clip_frames]
     n = len(clip_frames)
-    assert t.counts == {"frames": n, "full": -(-n // 10), "tracked": n - (-(-n // 10)), "local": 0, "dropped": 0}
+    assert t.counts["full"] == 1 and t.counts["tracked"] == n - 1 and t.counts["checks"] == (n - 1) // 10
+    assert t.counts["local"] == t.counts["dropped"] == t.counts["new"] == 0 and t.counts["searched"] <= 2
+    assert np.array_equal(out[0].boxes, reference[0].boxes) and np.array_equal(out[0].landmarks, reference[0].landmarks)
+    errs = [np.linalg.norm(o.landmarks[0] - ref.landmarks[0], axis=1).mean() for o, ref in zip(out, reference)]
+    assert all(len(o) == 1 and o.scores[0] >= 0.95 for o in out)
+    # about the per-frame detection's own landmark motion between consecutive frames (1.2 px
+    # mean, 3.0 px max on this clip, whose mouth opens wide)
+    assert np.mean(errs) < 1.5 and np.max(errs) < 4.0, (np.mean(errs), np.max(errs))
+
+
+def test_full_every_detect_every_is_the_periodic_schedule(det, clip_frames, reference):
+    t = TrackingDetector(det, detect_every=10, full_every=10)
+    out = [t(f) for f in clip_frames]
+    n = len(clip_frames)
+    assert t.counts == {"frames": n, "full": -(-n // 10), "tracked": n - (-(-n // 10)), "local": 0, "dropped": 0, "checks": 0, "searched": 0, "new": 0}
     errs = []
     for k, (o, ref) in enumerate(zip(out, reference)):
         if k % 10 == 0:  # the full detections are exactly MTCNN.detect
             assert np.array_equal(o.boxes, ref.boxes) and np.array_equal(o.landmarks, ref.landmarks)
         assert len(o) == 1 and o.scores[0] >= 0.9
         errs.append(np.linalg.norm(o.landmarks[0] - ref.landmarks[0], axis=1).mean())
-    # about the per-frame detection's own landmark motion between consecutive frames (1.2 px
-    # mean, 3.0 px max on this clip, whose mouth opens wide)
     assert np.mean(errs) < 1.5 and np.max(errs) < 4.0, (np.mean(errs), np.max(errs))
+    # full_every bounds the time between full detections in the default schedule too
+    t = TrackingDetector(det, detect_every=5, full_every=20)
+    for f in clip_frames[:41]:
+        t(f)
+    assert t.counts["full"] == 3 and t.counts["checks"] == 6
 
 
 def test_detect_every_1_is_plain_detection(det, clip_frames, reference):
@@ -155,6 +174,9 @@ def test_invalid_arguments(det):
         TrackingDetector(det, min_score=1.5)
     with pytest.raises(InvalidInputError):
         TrackingDetector(det, max_scale_change=1.0)
+    for bad in (9, 0, 2.5, True):  # full_every: an int >= detect_every
+        with pytest.raises(InvalidInputError):
+            TrackingDetector(det, detect_every=10, full_every=bad)
     with pytest.raises(InvalidInputError):
         TrackingDetector(det)(np.zeros((10, 10), np.uint8))
 
@@ -175,3 +197,88 @@ def test_recognizer_tracking_matches_per_frame_detection(tmp_path, cremad_clips)
         assert fast.probabilities[k] == pytest.approx(plain.probabilities[k], abs=0.05)
     with pytest.raises(InvalidInputError):
         emoadapt.Recognizer(home=tmp_path, detect_every=0)
+
+
+# --------------------------------------------------------------------------- new faces, lost faces
+@pytest.fixture(scope="module")
+def face_patch(det, photo) -> np.ndarray:
+    """A real face to hold up in the clip: Obama's portrait, cut around his face, 110x110 px."""
+    import cv2
+
+    img = photo("obama.jpg")
+    b = det.detect(img).boxes[0]
+    cx, cy, s = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2, 0.62 * max(b[2] - b[0], b[3] - b[1])
+    cut = img[max(0, int(cy - s)) : int(cy + s), max(0, int(cx - s)) : int(cx + s)]
+    return cv2.resize(cut, (110, 110), interpolation=cv2.INTER_AREA)
+
+
+def _with_patch(frame: np.ndarray, patch: np.ndarray, x: int, y: int) -> np.ndarray:
+    out = frame.copy()  # the green background left (x < 130) and right (x > 300) of the actor
+    out[y : y + patch.shape[0], x : x + patch.shape[1]] = patch
+    return out
+
+
+def _confident(d: Detections, score: float = 0.95) -> np.ndarray:
+    return d.boxes[d.scores >= score]
+
+
+def test_a_face_entering_mid_clip_is_found_within_detect_every_frames(det, clip_frames, face_patch):
+    enter = 23
+    frames = [_with_patch(f, face_patch, 20, 40) if i >= enter else f for i, f in enumerate(clip_frames)]
+    t = TrackingDetector(det, detect_every=10, min_score=0.95)
+    out = [t(f) for f in frames]
+    found = next(i for i, o in enumerate(out) if len(_confident(o)) == 2)
+    assert enter <= found <= enter + 9
+    # found by the check's search of the region that changed, not by a full detection
+    assert t.counts["full"] == 1 and t.counts["new"] == 1 and t.counts["searched"] <= 4
+    for i in range(found, len(frames)):  # from then on both faces are tracked, where they are
+        ref = _confident(det.detect(frames[i]))
+        got = _confident(out[i])
+        assert len(ref) == len(got) == 2
+        assert all(max(_iou(r, g) for g in got) > 0.8 for r in ref)
+    # with detect_every=4 the same face is found sooner
+    t = TrackingDetector(det, detect_every=4, min_score=0.95)
+    found4 = next(i for i, f in enumerate(frames) if len(_confident(t(f))) == 2)
+    assert enter <= found4 <= enter + 3
+
+
+def test_a_lost_face_not_found_nearby_triggers_the_full_cascade(det, clip_frames, face_patch):
+    # two faces from the first frame; at frame 15 the held-up face jumps across the picture
+    # (330 px, beyond the local search around its last box) while the actor stays tracked
+    frames = [_with_patch(f, face_patch, 20 if i < 15 else 350, 40) for i, f in enumerate(clip_frames[:20])]
+    t = TrackingDetector(det, detect_every=10, min_score=0.95)
+    out = [t(f) for f in frames[:15]]
+    assert t.counts["full"] == 1 and all(len(_confident(o)) == 2 for o in out)
+    jumped = t(frames[15])
+    assert t.counts["dropped"] == 1 and t.counts["full"] == 2  # the full cascade on that very frame
+    assert np.array_equal(jumped.boxes, det.detect(frames[15]).boxes)
+    boxes = _confident(jumped)
+    assert len(boxes) == 2 and max(b[0] for b in boxes) > 340
+    for f in frames[16:]:  # then both are tracked again
+        assert len(_confident(t(f))) == 2
+    assert t.counts["full"] == 2
+
+
+def test_a_face_lost_soon_after_a_full_detection_waits_for_the_next_check(det, clip_frames, face_patch):
+    # the same jump 3 frames after the first detection: the frame keeps the actor (tracked),
+    # and the held-up face is found by the full cascade at the next check, 10 frames after the first
+    frames = [_with_patch(f, face_patch, 20 if i < 3 else 350, 40) for i, f in enumerate(clip_frames[:12])]
+    t = TrackingDetector(det, detect_every=10, min_score=0.95)
+    out = [t(f) for f in frames]
+    assert [len(_confident(o)) for o in out] == [2, 2, 2] + [1] * 7 + [2, 2]
+    assert t.counts["dropped"] == 1 and t.counts["full"] == 2 and t.counts["checks"] == 0
+
+
+def test_a_cut_to_another_scene_gets_the_full_cascade_at_the_next_check(det, clip_frames, photo):
+    import cv2
+
+    group = cv2.resize(photo("sample5.jpg"), (480, 360), interpolation=cv2.INTER_AREA)  # five people
+    ref = det.detect(group)
+    t = TrackingDetector(det, detect_every=10, min_score=0.95)
+    out = [t(f) for f in [*clip_frames[:5], *[group] * 8]]
+    # O-Net may follow the actor's box onto someone in the new scene until the check at frame
+    # 10 sees most of the picture changed and runs the full cascade there (as the periodic full
+    # detection did), at most detect_every - 1 frames after the cut
+    assert t.counts["full"] == 2 and t.counts["checks"] == 1
+    assert np.array_equal(out[10].boxes, ref.boxes)
+    assert all(len(_confident(o)) == len(_confident(ref)) == 5 for o in out[10:])

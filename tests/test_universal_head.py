@@ -90,7 +90,7 @@ def test_shipped_head_loads_and_reproduces_its_recorded_accuracy(name, public500
     path = zoo.model_path(name)  # sha256 verified against the manifest
     assert path.name == entry["file"]
     head = load_head(path)
-    assert isinstance(head, TrainParams)  # a trainable head
+    assert isinstance(head.train_params, TrainParams)  # a trainable head
     assert type(head).__name__ == entry["head_type"]
     bb = _backbone(entry["backbone"])
     assert head.n_features_in_ == bb.dim == entry["inputs"]["features"]
@@ -123,7 +123,7 @@ def test_recognizer_uses_the_manifest_defaults(recognizer):
     else:
         assert type(recognizer.universal).__name__ == zoo.model_entry(d["universal_head"])["head_type"]
     base = recognizer.personal_base
-    assert isinstance(base, TrainParams)
+    assert isinstance(base.train_params, TrainParams)
     assert type(base).__name__ == zoo.model_entry(d["personal_head"])["head_type"]
     assert base.n_features_in_ == recognizer.backbone.dim
 
