@@ -37,7 +37,7 @@ def main() -> None:
 
     clips = sorted((data_dir() / "clips" / "cremad").glob("*.flv"))
     with tempfile.TemporaryDirectory() as home:
-        rec = emoadapt.Recognizer(home=home)
+        rec = emoadapt.Recognizer(home=home, opencv_threads=1)  # as the command line
 
         def predict() -> int:
             return sum(rec.predict(c).frames for c in clips)

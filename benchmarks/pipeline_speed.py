@@ -210,7 +210,7 @@ import json, sys, time
 t0, c0 = time.perf_counter(), time.process_time()
 import emoadapt
 t1 = time.perf_counter()
-rec = emoadapt.Recognizer(home=sys.argv[1])
+rec = emoadapt.Recognizer(home=sys.argv[1], opencv_threads=1)
 t2 = time.perf_counter()
 res = rec.predict(sys.argv[2], max_frames=1)
 t3 = time.perf_counter()
@@ -229,7 +229,7 @@ import numpy, cv2
 base = rss()
 import emoadapt
 from emoadapt.errors import ModelIntegrityError
-rec = emoadapt.Recognizer(home=sys.argv[1])
+rec = emoadapt.Recognizer(home=sys.argv[1], opencv_threads=1)
 rec.embedder  # identity model
 try:
     rec.personal_base
@@ -385,7 +385,7 @@ def enrolled_speed(identities: list[str], repeat: int) -> None:
     rows = []
     for ident in identities:
         with tempfile.TemporaryDirectory() as home:
-            rec = emoadapt.Recognizer(home=home, identity=ident)
+            rec = emoadapt.Recognizer(home=home, identity=ident, opencv_threads=1)
             empty = end_to_end(lambda every, r=rec: r, clips, repeat, 10)
             rec.enroll("1001", frame_1001)
             for user, p in photos.items():
@@ -441,7 +441,7 @@ def main() -> None:
         flush=True,
     )
 
-    rec = emoadapt.Recognizer(home=home)
+    rec = emoadapt.Recognizer(home=home, opencv_threads=1)
     stages = {k: stage_costs(rec, k, v, args.repeat) for k, v in sets.items()}
     names = list(stages["cremad 480x360"].keys())
     names = [n for n in names if not n.startswith("_")]
@@ -453,7 +453,7 @@ def main() -> None:
     texts = [table("Per-stage cost, ours (wall / CPU ms)", ["stage"] + list(sets), rows)]
 
     def factory(every: int) -> Any:
-        return emoadapt.Recognizer(home=home, detect_every=every)
+        return emoadapt.Recognizer(home=home, detect_every=every, opencv_threads=1)
 
     e2e = {(k, ev): end_to_end(factory, v, args.repeat if ev == 10 else max(1, args.repeat - 1), ev) for k, v in sets.items() for ev in (10, 1)}
 

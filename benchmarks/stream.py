@@ -179,7 +179,7 @@ def main() -> None:
     args = ap.parse_args()
     clips = sorted(Path(p) for p in glob.glob(str(DATA / "clips" / "cremad" / "*.flv")))
     home = Path(os.environ.get("TMPDIR", "/tmp")) / f"emoadapt-stream-bench-{os.getpid()}"
-    rec = emoadapt.Recognizer(home=home, adapt_every=0)
+    rec = emoadapt.Recognizer(home=home, adapt_every=0, opencv_threads=1)
     enrol(rec, clips)
     frames = load_frames(clips[3])
     print(

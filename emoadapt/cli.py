@@ -44,6 +44,9 @@ T = TypeVar("T")
 def _recognizer(args: argparse.Namespace, **kw: Any):
     from .recognizer import Recognizer
 
+    # the command line owns its process: OpenCV on one thread (many small operations, see
+    # Recognizer's opencv_threads)
+    kw.setdefault("opencv_threads", 1)
     return Recognizer(home=args.home, backbone=args.backbone, identity=args.identity, **kw)
 
 
@@ -708,10 +711,14 @@ def quiet_native_logs(verbose: int = 0) -> None:
     """Silence what FFmpeg and OpenCV print to stderr themselves (their failures reach us as
     errors and return values, which emoadapt reports in its own words); kept at -vv.
 
-    The TFLite runtime's routine notice is filtered where interpreters are made
-    (:func:`emoadapt.zoo.load_interpreter`)."""
+    The TFLite runtime's routine notice is filtered where interpreters are made: the command
+    line owns its process, so it opts in (``emoadapt.zoo.default_pool().quiet_native``), which
+    the library never does by itself."""
     if verbose >= 2:
         return
+    from . import zoo
+
+    zoo.default_pool().quiet_native = True
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read at the first capture
     os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
     import cv2

@@ -15,6 +15,7 @@ __all__ = [
     "ExtractError",
     "MissingDependencyError",
     "WorkerCrashedError",
+    "PersonalizationUnsupportedError",
 ]
 
 
@@ -99,3 +100,14 @@ class MissingDependencyError(EmoadaptError, ImportError):
 
 class WorkerCrashedError(EmoadaptError):
     """A worker process died while analysing a clip (recorded as that clip's error in an extraction)."""
+
+
+class PersonalizationUnsupportedError(EmoadaptError):
+    """The emotion backbone cannot adapt: the manifest ships no trainable head or replay set
+    of its features (``"adapts": false``), so corrections and personal heads are refused.
+    Attributes: ``backbone`` (its name), ``adaptable`` (the shipped backbones that adapt)."""
+
+    def __init__(self, message: str, *, backbone: str = "", adaptable: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.backbone = backbone
+        self.adaptable = list(adaptable or [])

@@ -391,10 +391,15 @@ def _exit_with_parent(parent: int, poll: float = PARENT_POLL_S) -> None:
 
 
 def _init_worker(spec: dict[str, Any], parent: int | None = None) -> None:
-    """Process-pool initializer: exit with the driver (``parent``), and load the models once
-    when the worker starts."""
+    """Process-pool initializer: exit with the driver (``parent``), set up the process (the
+    library's own: TFLite's notice kept off stderr, OpenCV on one thread) and load the models
+    once when the worker starts."""
     if parent is not None:
         _exit_with_parent(parent)
+    from . import _threads, zoo
+
+    zoo.default_pool().quiet_native = True
+    _threads.configure_opencv(1)
     _recognizer(spec)
 
 

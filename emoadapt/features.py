@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def default_backbone_name() -> str:
-    """The manifest's default emotion backbone (:func:`emoadapt.zoo.default_model`)."""
-    return str(zoo.default_model("backbone"))
+    """The manifest's default emotion backbone (:func:`emoadapt.zoo.default_backbone`)."""
+    return zoo.default_backbone()
 
 
 class Backbone:
@@ -46,7 +46,7 @@ class Backbone:
             manifest's ``tta_threshold`` for this model, else 1.0.
 
     Thread-safe: one lock serialises invocations of the interpreter. The interpreter is
-    leased from a process-wide pool (:class:`emoadapt.zoo.Lease`) and given back, not
+    leased from the default pool (:func:`emoadapt.zoo.default_pool`, :class:`emoadapt.zoo.Lease`) and given back, not
     destroyed, by :meth:`close` or when the backbone is collected; a closed backbone leases
     one again when used.
     """
@@ -97,7 +97,7 @@ class Backbone:
         self.dim: int = int(outs[self._out_idx[1]]["shape"][-1])
 
     def close(self) -> None:
-        """Give the interpreter back to the process-wide pool (the backbone stays usable: it
+        """Give the interpreter back to the pool (the backbone stays usable: it
         leases one again when next used)."""
         with self._lock:
             self._lease.release()

@@ -345,12 +345,12 @@ class Recognizer:
             backbone recommends it (``Backbone.tta``). Off by default: it doubles the cost of
             the emotion network per frame, and a face track's frames are pooled anyway.
             Still images (:meth:`faces_in`, one-frame clips) always get the backbone's setting.
-        opencv_threads: passed to ``cv2.setNumThreads`` (process-wide) when the Recognizer is
-            made; ``None`` leaves OpenCV's setting alone. Default 1: the library's OpenCV work
-            is many small operations (colour conversion, resizing, warping one face), for which
-            OpenCV's thread pool costs more CPU than it saves; the emotion network already runs
-            beside decoding and detection in a worker thread (speed: docs/benchmarks.md "Speed",
-            ``benchmarks/pipeline_speed.py``).
+        opencv_threads: when given, OpenCV's process-wide thread pool is set to this many
+            threads when the Recognizer is made (:func:`emoadapt._threads.configure_opencv`);
+            ``None`` (the default) leaves OpenCV's setting alone: the host application owns it.
+            1 suits the library's OpenCV work, many small operations (colour conversion,
+            resizing, warping one face) for which OpenCV's thread pool costs more CPU than it
+            saves (the command line asks for it; speed: docs/benchmarks.md "Speed").
 
     A Recognizer may be shared by threads: each model serialises its own invocations and the
     store serialises its connection; several processes may share one ``home``.
@@ -374,9 +374,9 @@ class Recognizer:
         chunk: int = 32,
         detect_every: int = 10,
         video_tta: bool = False,
-        opencv_threads: int | None = 1,
+        opencv_threads: int | None = None,
     ) -> None:
-        from . import zoo
+        from . import _threads, zoo
         from ._paths import as_path
         from .detection import MTCNN
         from .identity import IDENTITY_MODELS, THRESHOLDS, IdentityMatcher
@@ -396,17 +396,14 @@ class Recognizer:
         self.chunk = _count(chunk, "chunk", 4096)
         self.identity_frames = _count(identity_frames, "identity_frames")
         self.detect_every = _count(detect_every, "detect_every")
-        if opencv_threads is not None:
-            opencv_threads = _count(opencv_threads, "opencv_threads", zoo.MAX_THREADS, low=0)
+        opencv_threads = None if opencv_threads is None else _threads.check_opencv_threads(opencv_threads)
         num_threads = None if num_threads is None else zoo.check_threads(num_threads)
         self._own_backbone = not isinstance(backbone, Backbone)
         self.backbone = backbone if isinstance(backbone, Backbone) else Backbone(backbone, num_threads=num_threads)
         self.detector = MTCNN(min_face_size=min_face_size, num_threads=num_threads)
         self.video_tta = bool(video_tta)
-        if opencv_threads is not None:
-            import cv2
-
-            cv2.setNumThreads(int(opencv_threads))
+        if opencv_threads is not None:  # only when asked: it is the whole process's setting
+            _threads.configure_opencv(opencv_threads)
         self.adapt_every = int(adapt_every)
         self.identity = identity
         self.matcher = IdentityMatcher(threshold)
@@ -1064,12 +1061,16 @@ class Recognizer:
         After every ``adapt_every`` new corrections the user's head is fine-tuned
         (:meth:`adapt`). Once the correction is committed this method does not raise: a
         failed automatic adaptation is logged and reported on the result
-        (:attr:`Correction.adapt_error`). Only features are stored, never pixels.
+        (:attr:`Correction.adapt_error`). Only features are stored, never pixels. A backbone
+        that cannot adapt (manifest ``"adapts": false``) raises
+        :class:`~emoadapt.errors.PersonalizationUnsupportedError` before anything is stored.
         """
+        from . import zoo
         from .errors import IdentityMismatchError
         from .labels import resolve_label
         from .store import normalize_label
 
+        zoo.require_adaptable(self.backbone.name)  # before anything is stored
         label = normalize_label(label)
         if user is not None:
             user = self._user_name(user)
@@ -1135,9 +1136,12 @@ class Recognizer:
         ``anchor``, ``use_guard``, ...) go to :func:`emoadapt.adaptation.adapt_user`.
         The head is saved only for the user record its corrections were read from: if the
         user is forgotten meanwhile (and perhaps enrolled again), UnknownUserError and
-        nothing is saved."""
+        nothing is saved. A backbone that cannot adapt raises
+        :class:`~emoadapt.errors.PersonalizationUnsupportedError`."""
+        from . import zoo
         from .adaptation import adapt_user
 
+        zoo.require_adaptable(self.backbone.name)
         _check_kw(kw, _adapt_kw(), "adapt")
         user = self._user_name(user)
         if not self.store.has_user(user):

@@ -41,17 +41,51 @@ def sha256(path: Path) -> str:
 def update_manifest(entries: list[dict], models_dir: Path = MODELS) -> None:
     """Merge ``entries`` (each with ``name`` and ``file``) into ``manifest.json``."""
     path = models_dir / "manifest.json"
-    data = json.loads(path.read_text()) if path.exists() else {"version": 1, "models": {}}
+    data = json.loads(path.read_text()) if path.exists() else {"version": 2, "defaults": {}, "models": {}}
     for e in entries:
         e = dict(e)
         name = e.pop("name")
         f = models_dir / e["file"]
         e["sha256"] = sha256(f)
         e["size"] = f.stat().st_size
+        old = data["models"].get(name, {})
+        for kept in ("heads", "adapts_note"):  # a rebuilt backbone keeps the heads listed for it
+            if kept in old and kept not in e:
+                e[kept] = old[kept]
         data["models"][name] = e
         log.info("registered %s: %s (%.2f MB, sha256 %s...)", name, e["file"], e["size"] / 1e6, e["sha256"][:12])
     data["models"] = dict(sorted(data["models"].items()))
+    sync_backbone_heads(data)
     write_manifest(data, path)
+
+
+def sync_backbone_heads(data: dict) -> None:
+    """Keep every emotion backbone's ``heads`` table true to the manifest's entries (see
+    emoadapt.zoo.manifest): ``trained`` lists the universal heads made for it, a new backbone
+    gets the mean-probability head for strangers, and ``adapts`` is true exactly when it names
+    a personal head and a replay set."""
+    models = data["models"]
+    for name, e in models.items():
+        if e.get("kind") != "emotion_backbone":
+            continue
+        heads = e.setdefault("heads", {"universal_head": "mean_probability"})
+        heads["trained"] = sorted(k for k, h in models.items() if h.get("kind") == "universal_head" and h.get("backbone") == name)
+        e["adapts"] = bool(heads.get("personal_head") and heads.get("replay_set"))
+        if e["adapts"]:
+            e.pop("adapts_note", None)
+
+
+def set_backbone_heads(path: Path, backbone: str, **roles: str) -> None:
+    """Name ``roles`` (``universal_head``, ``personal_head``, ``replay_set``) in the entry of
+    ``backbone`` of the manifest at ``path`` (the entries they name must be registered)."""
+    data = json.loads(path.read_text())
+    unknown = [v for v in roles.values() if v != "mean_probability" and v not in data["models"]]
+    if unknown:
+        raise SystemExit(f"not registered in {path}: {unknown}")
+    data["models"][backbone].setdefault("heads", {}).update(roles)
+    sync_backbone_heads(data)
+    write_manifest(data, path)
+    log.info("manifest: backbone %s uses %s", backbone, ", ".join(f"{k}={v}" for k, v in roles.items()))
 
 
 def write_manifest(data: dict, path: Path) -> None:

@@ -33,12 +33,9 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     add_common_args(ap, data=True)  # reads <data>/fer2013.npz
-    ap.add_argument("--set-default", action="store_true", help="make it defaults.replay_set (implied for the default backbone)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    import json
-
-    from build_models import update_manifest
+    from build_models import set_backbone_heads, update_manifest
 
     from emoadapt import Backbone, zoo
 
@@ -71,12 +68,7 @@ def main() -> None:
         ],
         zoo.models_dir(),
     )
-    mpath = zoo.models_dir() / "manifest.json"
-    m = json.loads(mpath.read_text())
-    m.setdefault("backbone_defaults", {}).setdefault(bb.name, {})["replay_set"] = name  # what Recognizer(backbone=...) uses
-    if args.set_default or m.get("defaults", {}).get("backbone") == bb.name:
-        m.setdefault("defaults", {})["replay_set"] = name
-    mpath.write_text(json.dumps(m, indent=2) + "\n")
+    set_backbone_heads(zoo.models_dir() / "manifest.json", bb.name, replay_set=name)  # what Recognizer(backbone=...) uses
     print(f"wrote {out} ({len(labels)} vectors of {feats.shape[1]} features)")
 
 

@@ -60,17 +60,16 @@ The FER2013 private test split (``fer_private_test`` / ``_aug``) is reported as 
 *validation* column: it is where hyper-parameters and the default clip mode were chosen, so
 that the public test stays held apart.
 
-**Defaults** (always written to the manifest's ``backbone_defaults.<backbone>``, which
-``Recognizer(backbone=...)`` uses; also to ``defaults`` when ``--backbone`` is the manifest's
-default backbone, or with ``--set-defaults``):
+**Choices** (written to the ``heads`` of the backbone's manifest entry, which
+``Recognizer(backbone=...)`` uses; see emoadapt.zoo.manifest):
 
-* ``defaults.universal_head`` (the Recognizer's predictor for strangers): a trained head only
+* ``heads.universal_head`` (the Recognizer's predictor for strangers): a trained head only
   if it beats the baseline on the held-apart data overall, i.e. it does not lose to the
   baseline on any of ``fer_public_test``, ``fer_public_test_aug`` and ``ckplus6`` (the sets
   with hundreds of samples), its mean accuracy over these three is at least the baseline's,
   and it is at most one clip worse on ``cremad6`` (6 clips cannot decide on their own);
   among such heads the one with the best mean. Otherwise ``"mean_probability"``.
-* ``defaults.personal_head`` (the warm start of personal heads): the first of
+* ``heads.personal_head`` (the warm start of personal heads): the first of
   ``backbone_linear``, ``single_attention``, ``self_attention``, ``stat`` whose mean over
   the same three sets is within 0.005 of the best head's (else the best).
 
@@ -398,7 +397,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--json", type=Path, default=None, help="write all numbers here")
     ap.add_argument("--out", type=Path, default=MODELS, help="models dir to save heads into and register them in (default models/)")
     ap.add_argument("--no-save", action="store_true", help="evaluate only: save and register nothing")
-    ap.add_argument("--set-defaults", action="store_true", help="set the manifest defaults even if --backbone is not the default backbone")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     t_all = time.perf_counter()
@@ -493,9 +491,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     universal, personal, why = choose_defaults(results)
     results["decision"] = {
-        "rule": ("a trained head becomes defaults.universal_head only if it does not lose to the baseline on any of "
+        "rule": ("a trained head becomes heads.universal_head only if it does not lose to the baseline on any of "
                  f"{', '.join(MAIN)}, its mean over them is >= the baseline's and it is at most one clip worse on cremad6 "
-                 "(best such mean wins), else 'mean_probability'; defaults.personal_head = the trainable head with the best "
+                 "(best such mean wins), else 'mean_probability'; heads.personal_head = the trainable head with the best "
                  "mean (cremad6 breaks ties)"),
         "universal_head": universal,
         "personal_head": personal,
@@ -514,12 +512,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         mean = np.mean([m[k] for k in MAIN])
         print(f"{n:<{w}}  " + "  ".join(f"{m[c]:>20.4f}" for c in cols) + f"  {mean:>6.4f}  {'' if s is None else f'{s:7.1f}':>7}")
     print("n: " + ", ".join(f"{k} {v['n']}" for k, v in results["datasets"].items()))
-    print(f"-> defaults.universal_head = {universal}; defaults.personal_head = {personal}")
+    print(f"-> heads.universal_head = {universal}; heads.personal_head = {personal}")
     print()
 
     # save + register
     if not args.no_save and results["heads"]:
-        from build_models import update_manifest, write_manifest
+        from build_models import set_backbone_heads, update_manifest
 
         entries = []
         args.out.mkdir(parents=True, exist_ok=True)
@@ -563,22 +561,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             })  # fmt: skip
         update_manifest(entries, args.out)
         log.info("saved and registered %s", ", ".join(e["name"] for e in entries))
-        set_defaults = args.set_defaults or bb_name == default_backbone_name()
-        # read-modify-write of the defaults tables only: this backbone's own choice always
-        # (backbone_defaults, what Recognizer(backbone=...) uses), the global one for the default backbone
-        path = args.out / "manifest.json"
-        man = json.loads(path.read_text())
-        if universal != "mean_probability" and universal not in man["models"]:
-            raise SystemExit(f"{universal} is not registered")
-        chosen = {"universal_head": universal, **({"personal_head": personal} if personal in man["models"] else {})}
-        man.setdefault("backbone_defaults", {}).setdefault(bb_name, {}).update(chosen)
-        if set_defaults:
-            man.setdefault("defaults", {}).update(chosen)
-            log.info("manifest defaults: universal_head=%s personal_head=%s", universal, personal)
-        else:
-            log.warning("%s is not the default backbone: only backbone_defaults.%s written (use --set-defaults, or rerun once it is)", bb_name, bb_name)
-        write_manifest(man, path)
-        results["defaults_written"] = bool(set_defaults)
+        # this backbone's choices, in its own manifest entry (what Recognizer(backbone=...) uses)
+        chosen = {"universal_head": universal}
+        if personal in json.loads((args.out / "manifest.json").read_text())["models"]:
+            chosen["personal_head"] = personal
+        set_backbone_heads(args.out / "manifest.json", bb_name, **chosen)
+        results["heads_written"] = chosen
 
     results["timings"]["total_seconds"] = round(time.perf_counter() - t_all, 1)
     results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}

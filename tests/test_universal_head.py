@@ -19,7 +19,9 @@ def _universal_heads() -> list[str]:
 
 
 def _defaults() -> dict:
-    return zoo.manifest().get("defaults", {})
+    """What the manifest names for the default backbone: ``backbone`` and its heads' roles."""
+    heads = zoo.backbone_heads(zoo.default_backbone())
+    return {"backbone": heads.backbone, "universal_head": heads.universal_head, "personal_head": heads.personal_head, "replay_set": heads.replay_set}
 
 
 _BACKBONES: dict[str, Backbone] = {}
@@ -46,11 +48,11 @@ def _outputs(name: str, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _OUTPUTS[name]
 
 
-def test_defaults_name_shipped_heads_of_the_default_backbone():
+def test_default_backbone_names_shipped_heads_of_its_own():
     d = _defaults()
     models = zoo.manifest()["models"]
     personal = d.get("personal_head")
-    assert personal in models, "defaults.personal_head must name a shipped trainable head"
+    assert personal in models, "the default backbone's heads.personal_head must name a shipped trainable head"
     assert models[personal]["kind"] == "universal_head"
     assert models[personal]["backbone"] == d["backbone"]
     universal = d.get("universal_head")
@@ -116,7 +118,7 @@ def test_shipped_head_loads_and_reproduces_its_recorded_accuracy(name, public500
     assert head.predict_proba([feats[:8], feats[8:9]]).shape == (2, len(bb.classes))
 
 
-def test_recognizer_uses_the_manifest_defaults(recognizer):
+def test_recognizer_uses_the_default_backbones_heads(recognizer):
     d = _defaults()
     if d["universal_head"] == "mean_probability":
         assert isinstance(recognizer.universal, MeanProbabilityHead)
@@ -134,37 +136,49 @@ def _emotion_backbones() -> list[str]:
 
 @pytest.mark.parametrize("bb", _emotion_backbones())
 def test_every_backbone_gets_heads_and_replay_of_its_own(bb, tmp_path):
-    """Defaults are chosen per backbone (manifest ``backbone_defaults``): a Recognizer on any
-    shipped backbone gets heads and a replay set trained on that backbone's features, or the
-    mean-probability baseline and a clear error where none were trained, never heads of
-    another feature space."""
+    """Each backbone's manifest entry lists its heads (``heads``): a Recognizer on any shipped
+    backbone gets the heads and replay set listed there, trained on that backbone's features;
+    a backbone that does not adapt (``"adapts": false``) gets the mean-probability baseline
+    and refuses personalization with a typed error, never heads of another feature space."""
     import emoadapt
-    from emoadapt.errors import ModelIntegrityError
+    from emoadapt.errors import PersonalizationUnsupportedError
 
     models = zoo.manifest()["models"]
-    own = zoo.manifest().get("backbone_defaults", {}).get(bb, {})
+    listed = zoo.backbone_heads(bb)
+    assert sorted(listed.trained) == [k for k in _universal_heads() if models[k]["backbone"] == bb]
     with emoadapt.Recognizer(home=tmp_path, backbone=bb) as rec:
         dim = rec.backbone.dim
-        name = zoo.default_model("universal_head", bb)
-        assert name == own.get("universal_head", name)
-        if name in (None, "mean_probability"):
+        if listed.universal_head == "mean_probability":
             assert isinstance(rec.universal, MeanProbabilityHead)
         else:
-            assert models[name]["backbone"] == bb and type(rec.universal).__name__ == models[name]["head_type"]
+            assert models[listed.universal_head]["backbone"] == bb and type(rec.universal).__name__ == models[listed.universal_head]["head_type"]
             assert rec.universal.n_features_in_ == dim
-        trained = [k for k in _universal_heads() if models[k]["backbone"] == bb]
-        if trained:
+        if listed.adapts:
             base = rec.personal_base
             assert base.n_features_in_ == dim
-            if "personal_head" in own:
-                assert type(base).__name__ == models[own["personal_head"]]["head_type"]
+            assert type(base).__name__ == models[listed.personal_head]["head_type"]
+            assert rec.replay is not None and rec.replay[0].shape == (models[listed.replay_set]["outputs"]["features"][0], dim)
         else:
-            with pytest.raises(ModelIntegrityError, match="train_universal_head.py --backbone " + bb):
+            assert listed.personal_head is None and listed.replay_set is None
+            with pytest.raises(PersonalizationUnsupportedError, match=f"backbone '{bb}' cannot adapt"):
                 _ = rec.personal_base
-        replay = rec.replay
-        assert replay is None or replay[0].shape[1] == dim
-        if "replay_set" in own:
-            assert replay is not None and len(replay[0]) == models[own["replay_set"]]["outputs"]["features"][0]
+            assert rec.replay is None
+
+
+def test_the_manifest_lists_heads_by_backbone_only():
+    """No head is found by its name: ``defaults`` names the default backbone only, there is no
+    ``backbone_defaults`` table, and every head and replay set is listed by the entry of the
+    backbone it was made for."""
+    man = zoo.manifest()
+    assert man["version"] == 2 and set(man["defaults"]) == {"backbone"} and "backbone_defaults" not in man
+    assert not hasattr(zoo, "default_model")
+    models = man["models"]
+    named = set()
+    for bb in _emotion_backbones():
+        h = zoo.backbone_heads(bb)
+        named |= {*h.trained, h.personal_head, h.replay_set}
+        assert models[bb]["adapts"] == h.adapts == (h.personal_head is not None)
+    assert {k for k, e in models.items() if e.get("kind") in ("universal_head", "replay_set")} <= named
 
 
 def test_explicit_head_of_another_backbone_is_refused(tmp_path):

@@ -3,7 +3,7 @@
 * ``<!-- emoadapt:cli -->`` becomes the ``--help`` of ``emoadapt`` and of each command, rendered
   from the argument parser itself (:func:`emoadapt.cli.build_parser`).
 * ``<!-- emoadapt:manifest -->`` becomes a table of every model in ``models/manifest.json``
-  (kind, file, size, sha256 prefix, source, licence) and the manifest's defaults.
+  (kind, file, size, sha256 prefix, source, licence), the default backbone and each backbone's heads.
 """
 
 from __future__ import annotations
@@ -57,9 +57,13 @@ def _manifest() -> str:
             f"| `{name}` | {_cell(e.get('kind', '-'))} | `{e['file']}` | {e.get('size', 0) / 1e6:.2f} | "
             f"`{e['sha256'][:12]}` | {_cell(src)} | {_cell(e.get('licence', ''))} |"
         )
-    defaults = [f"- `{k}`: `{v}`" for k, v in man.get("defaults", {}).items()]
-    per = [f"- `{b}`: " + ", ".join(f"{k} `{v}`" for k, v in d.items()) for b, d in man.get("backbone_defaults", {}).items()]
-    return "\n".join(rows + ["", "Defaults (`defaults`):", "", *defaults, "", "Per backbone (`backbone_defaults`):", "", *per, ""])
+    per = []
+    for b in sorted(k for k, e in man["models"].items() if e.get("kind") == "emotion_backbone"):
+        h = zoo.backbone_heads(b)
+        roles = f"universal head `{h.universal_head}`" + (f", personal head `{h.personal_head}`, replay set `{h.replay_set}`" if h.adapts else "")
+        per.append(f"- `{b}`: {'adapts' if h.adapts else 'does not adapt'}; {roles}; trained heads: {', '.join(f'`{t}`' for t in h.trained) or 'none'}")
+    default = f"Default backbone (`defaults.backbone`): `{zoo.default_backbone()}`."
+    return "\n".join(rows + ["", default, "", "Heads of each backbone (its entry's `adapts` and `heads`):", "", *per, ""])
 
 
 _MARKERS = {"<!-- emoadapt:cli -->": _cli, "<!-- emoadapt:manifest -->": _manifest}

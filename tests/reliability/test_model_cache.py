@@ -47,7 +47,7 @@ def _tamper(p, how: str) -> None:
 @pytest.mark.parametrize("how", ["in place", "renamed over"])
 @pytest.mark.parametrize("role", ["backbone", "personal_head", "mtcnn_onet"])
 def test_same_size_tampered_model_with_restored_mtime_is_refused(models, how, role):
-    name = zoo.manifest()["defaults"].get(role, role)
+    name = {"backbone": zoo.default_backbone(), "personal_head": zoo.backbone_heads(zoo.default_backbone()).personal_head}.get(role, role)
     p = zoo.model_path(name)  # verified, and cached
     assert p.parent == models
     _tamper(p, how)
@@ -65,13 +65,13 @@ def test_interpreters_are_pooled_by_verified_content(models):
     """Dropping a Backbone gives its interpreter back to the pool (not destroyed); the next
     Backbone of the same content reuses it; a tampered file is refused even though an
     interpreter of the good content is pooled."""
-    name = zoo.manifest()["defaults"]["backbone"]
+    name = zoo.default_backbone()
     bb = Backbone(name)
     first = bb._lease.get()
     key = bb._lease.key
-    idle = zoo._POOL.idle(key)
+    idle = zoo.default_pool().idle(key)
     del bb
-    assert zoo._POOL.idle(key) == idle + 1
+    assert zoo.default_pool().idle(key) == idle + 1
     again = Backbone(name)
     assert again._lease.get() is first
     again.close()

@@ -341,7 +341,8 @@ def _default_file(role: str) -> str:
     """File name of the manifest's default model for ``role`` (backbone, personal_head, ...)."""
     from emoadapt import zoo
 
-    return zoo.model_entry(zoo.manifest()["defaults"][role])["file"]
+    backbone = zoo.default_backbone()
+    return zoo.model_entry(backbone if role == "backbone" else getattr(zoo.backbone_heads(backbone), role))["file"]
 
 
 def _identity_file() -> str:

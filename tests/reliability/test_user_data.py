@@ -103,7 +103,7 @@ def test_committed_correction_is_reported_when_automatic_adapt_fails(tmp_path, r
     if failure == "damaged-shipped-head":  # the universal head personal heads start from
         models = tmp_path / "models"
         shutil.copytree(zoo.models_dir(), models)
-        f = models / zoo.model_entry(zoo.manifest()["defaults"]["personal_head"])["file"]
+        f = models / zoo.model_entry(zoo.backbone_heads(zoo.default_backbone()).personal_head)["file"]
         raw = bytearray(f.read_bytes())
         raw[len(raw) // 2] ^= 0xFF
         f.write_bytes(bytes(raw))
