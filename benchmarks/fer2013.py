@@ -39,6 +39,19 @@ All data is real, read from ``../shared/data`` (or ``$EMOADAPT_DATA``):
   full pipeline ``emoadapt.Recognizer(home=tmpdir, backbone=...).predict(path)`` (the
   manifest's universal head, or the mean of the frame probabilities where the manifest's
   head belongs to another backbone).
+* **People** (``--people``): the Taiwanese photos and the CK+ faces (as the RGB photos
+  ``scripts/_common.ckplus_rgb`` makes of them: 4x upscale + 48 px border) each through
+  ``emoadapt.Recognizer(backbone=...).predict(photo)``, the label it answers (7 classes: a
+  ``neutral`` answer on CK+ and a photo without a face count as wrong); ``people`` = the mean
+  of the two accuracies, the figure issue 28's target is set on.
+* **Crop variants**: ``--models name@template`` runs a backbone with another alignment
+  template than its manifest's (a key of ``alignment.TEMPLATES``, or ``faceapi_landmarks``:
+  where MTCNN's 5 points land in face-api's own 68-landmark crop, :data:`FACEAPI_LANDMARKS`).
+  ``--faceapi-own`` adds face-api.js's own crops for ``faceapi_expression`` on the Taiwanese
+  and CK+ photos, with MTCNN's box in place of face-api's SSD detector: the box padded to a
+  square (``detectAllFaces().withFaceExpressions()``), and the bounding box of face-api's 68
+  landmarks padded by 20 % (``.withFaceLandmarks()``); needs the npm package
+  (``scripts/builders/faceapi_expression.py``, ``FACE_API_DIR``).
 * **Speed**: ms per face on a single thread (``num_threads=1``, BLAS limited to 1 thread),
   batch 1 and batch 32, mean over repeats (each on other private-test faces, drawn in a
   seeded random order), 48x48 uint8 faces in (resize to the model input
@@ -60,7 +73,8 @@ Reference rows (not measured here): the numbers the seed papers report and the r
 peers' accuracies measured by the issue author.
 
     nice -n 10 python benchmarks/fer2013.py [--out benchmarks/out/fer2013] [--json PATH]
-        [--skip-mlp] [--skip-aligned] [--skip-taiwanese] [--limit N] [--models a,b] [--threads 2]
+        [--skip-mlp] [--skip-aligned] [--skip-taiwanese] [--limit N] [--models a,b@template] [--threads 2]
+        [--people] [--faceapi-own]
 
 Prints the tables to stdout (diagnostics go to the log on stderr) and ends with
 ``private_test_accuracy=<float>``: the default backbone (manifest ``defaults.backbone``) with
@@ -97,7 +111,7 @@ from emoadapt.errors import ModelIntegrityError  # noqa: E402
 from emoadapt.features import Backbone, default_backbone_name  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from _common import CREMAD_LABELS, data_dir, taiwanese_label  # noqa: E402
+from _common import CREMAD_LABELS, ckplus_rgb, data_dir, taiwanese_label  # noqa: E402
 from face_backbone import ferplus_majority  # noqa: E402
 
 log = logging.getLogger("benchmarks.fer2013")
@@ -115,6 +129,10 @@ CREMAD_TO_FER = CREMAD_LABELS
 #: Upscaling used to show 48x48 faces to MTCNN / to cut dlib chips (as derive_fer_template.py)
 UP, PAD = 4, 48
 MIN_SCORE = 0.9  # the Recognizer's default min_face_score
+#: where MTCNN's 5 landmarks land in face-api.js's landmark crop (the bounding box of its 68
+#: landmarks + 20 %, padded to a square), unit square: the median over the 838 Taiwanese dev
+#: photos, made symmetric (``scripts/builders/faceapi_expression.py: faceapi_template``)
+FACEAPI_LANDMARKS = np.array([[0.3140, 0.2929], [0.6860, 0.2929], [0.5000, 0.4641], [0.3387, 0.6330], [0.6613, 0.6330]])
 CACHE_VERSION = 1
 MLP_GRID: tuple[dict[str, Any], ...] = (
     {"hidden_layer_sizes": (256,), "alpha": 1e-3},
@@ -375,19 +393,59 @@ def _scores_fer(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
     return s
 
 
-def cremad_labels(bb: Backbone, threads: int) -> dict[str, Any]:
-    """Labels of the full Recognizer on the six CREMA-D clips."""
+def resolve_template(name: str) -> str | np.ndarray:
+    """An alignment template by name: a key of ``alignment.TEMPLATES`` or ``faceapi_landmarks``."""
+    if name == "faceapi_landmarks":
+        return FACEAPI_LANDMARKS
+    if name in TEMPLATES:
+        return name
+    raise SystemExit(f"unknown template {name!r} (known: {sorted(TEMPLATES) + ['faceapi_landmarks']})")
+
+
+def _recognizer(bb: Backbone, home: str, threads: int) -> Any:
+    """A Recognizer on ``bb`` (the manifest's universal head, or the mean of the frame
+    probabilities where the manifest's head belongs to another backbone)."""
     import emoadapt
 
+    try:
+        return emoadapt.Recognizer(home=home, backbone=bb, num_threads=threads)
+    except ModelIntegrityError as e:
+        log.warning("%s: %s; using mean frame probabilities", bb.name, e)
+        return emoadapt.Recognizer(home=home, backbone=bb, universal_head="mean_probability", num_threads=threads)
+
+
+def _label_ids(labels: Sequence[str | None]) -> np.ndarray:
+    """FER2013 class ids of answers (-1: no answer, or a class FER2013 lacks)."""
+    return np.array([CLASSES.index(lb) if lb in CLASSES else -1 for lb in labels], dtype=np.int64)
+
+
+def people_labels(bb: Backbone, data: dict[str, tuple[np.ndarray, np.ndarray]], threads: int) -> dict[str, Any]:
+    """Taiwanese photos and CK+ photos (``ckplus_rgb``), each through ``Recognizer.predict``."""
+    paths, y_tw = data["taiwanese"]
+    x_ck, y_ck = data["ckplus"]
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="emoadapt-fer-bench-") as home:
+        rec = _recognizer(bb, home, threads)
+        try:
+            tw = [rec.predict(read_rgb(str(p))).label for p in _progress(paths, len(paths), "people: Taiwanese")]
+            ck = [rec.predict(ckplus_rgb(f)).label for f in _progress(x_ck, len(x_ck), "people: CK+")]
+        finally:
+            rec.close()
+    res: dict[str, Any] = {"taiwanese": _scores_fer(y_tw, _label_ids(tw)), "ckplus": _scores_fer(y_ck, _label_ids(ck))}
+    res["taiwanese"]["no_face"] = int(sum(lb is None for lb in tw))
+    res["ckplus"]["no_face"] = int(sum(lb is None for lb in ck))
+    res["people"] = (res["taiwanese"]["accuracy"] + res["ckplus"]["accuracy"]) / 2
+    log.info("%s people: Taiwanese %.4f, CK+ %.4f (%.0f s)", bb.name, res["taiwanese"]["accuracy"], res["ckplus"]["accuracy"], time.perf_counter() - t)
+    return res
+
+
+def cremad_labels(bb: Backbone, threads: int) -> dict[str, Any]:
+    """Labels of the full Recognizer on the six CREMA-D clips."""
     clips = sorted((DATA / "clips" / "cremad").glob("*.flv"))
     if len(clips) != 6:
         raise SystemExit(f"expected 6 CREMA-D clips in {DATA / 'clips' / 'cremad'}, found {len(clips)}")
     with tempfile.TemporaryDirectory(prefix="emoadapt-fer-bench-") as home:
-        try:
-            rec = emoadapt.Recognizer(home=home, backbone=bb, num_threads=threads)
-        except ModelIntegrityError as e:  # the manifest's universal head belongs to another backbone
-            log.warning("%s: %s; using mean frame probabilities", bb.name, e)
-            rec = emoadapt.Recognizer(home=home, backbone=bb, universal_head="mean_probability", num_threads=threads)
+        rec = _recognizer(bb, home, threads)
         head = type(rec.universal).__name__
         per_clip = {}
         for p in clips:
@@ -406,11 +464,14 @@ def cremad_labels(bb: Backbone, threads: int) -> dict[str, Any]:
 
 
 def evaluate_backbone(
-    name: str, tta: bool, data: dict[str, tuple[np.ndarray, np.ndarray]], lms: dict[str, np.ndarray], args: argparse.Namespace
+    name: str, tta: bool, data: dict[str, tuple[np.ndarray, np.ndarray]], lms: dict[str, np.ndarray], args: argparse.Namespace, template: str | None = None
 ) -> dict[str, Any]:
     bb = Backbone(name, num_threads=args.threads, tta=tta)
-    log.info("%s tta=%s: %r", name, tta, bb)
+    if template is not None:  # a crop variant: every runtime crop (photos, runtime alignment, Recognizer) uses it
+        bb.template = resolve_template(template)  # type: ignore[assignment]
+    log.info("%s tta=%s template=%s: %r", name, tta, template, bb)
     res: dict[str, Any] = {"name": name, "kind": "emotion_backbone", "tta": tta, "default_tta": bool(bb.entry.get("tta", False)), "classes": bb.classes}
+    res["template"] = template or (bb.template if isinstance(bb.template, str) else "manifest (explicit points)")
     if (_class_map(bb) < 0).any():
         log.warning("%s lacks FER2013 classes %s", name, [c for c, i in zip(CLASSES, _class_map(bb)) if i < 0])
     t = time.perf_counter()
@@ -448,12 +509,74 @@ def evaluate_backbone(
     log.info("%s tta=%s: accuracy in %.1f s", name, tta, time.perf_counter() - t)
     if not args.skip_cremad:
         res["cremad"] = cremad_labels(bb, args.threads)
+    if args.people:
+        res["people"] = people_labels(bb, data, args.threads)
     x = data["private_test"][0]
     tb = Backbone(name, num_threads=1, batch_size=32, tta=tta)
     res["ms_per_face"] = _timings(tb.predict_proba, x, args.reps, max(5, args.reps // 8))
     res["size_mb"] = zoo.model_path(name).stat().st_size / 1e6
     res["files"] = [bb.entry["file"]]
     return res
+
+
+# ------------------------------------------------------------------ face-api.js's own crops
+
+
+def photo_detections(images: Callable[[int], np.ndarray], n: int, tag: str, key: str, cache: Path | None, threads: int) -> np.ndarray:
+    """Box (x1, y1, x2, y2) and 5 landmarks, as (N, 14), of the face the Recognizer would use in
+    each of ``n`` photos (``images(i)``; the largest with score >= 0.9; NaN where none), cached."""
+    from emoadapt.detection import MTCNN
+
+    def compute() -> np.ndarray:
+        det = MTCNN(num_threads=threads)
+        out = np.full((n, 14), np.nan, dtype=np.float64)
+        for i in _progress(range(n), n, f"MTCNN {tag}"):
+            r = det.detect(images(i))
+            ok = np.flatnonzero(r.scores >= MIN_SCORE) if len(r) else np.zeros(0, int)
+            if ok.size:
+                b = r.boxes[ok]
+                k = ok[np.lexsort((-r.scores[ok], -(b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])))[0]]
+                out[i] = np.concatenate([r.boxes[k][:4], r.landmarks[k].ravel()])
+        return out
+
+    return _cached(cache, f"mtcnn-boxes-{tag}", _digest(CACHE_VERSION, key, zoo.model_entry("mtcnn_onet")["sha256"], MIN_SCORE), compute)
+
+
+def faceapi_own(data: dict[str, tuple[np.ndarray, np.ndarray]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """``faceapi_expression`` on face-api.js's own crops of the Taiwanese and CK+ photos, MTCNN's
+    box standing in for face-api's SSD detector: the detector box, and the bounding box of
+    face-api's 68 landmarks (its landmark net, run in numpy on the box crop) padded by 20 %."""
+    from builders import faceapi_expression as fa
+
+    lm_weights = fa.load_weights(stem=fa.LANDMARK_MODEL)
+    bb = Backbone("faceapi_expression", num_threads=args.threads)
+    paths, y_tw = data["taiwanese"]
+    x_ck, y_ck = data["ckplus"]
+    sets = {
+        "taiwanese": (lambda i: read_rgb(str(paths[i])), len(paths), y_tw, _digest([Path(p).name for p in paths])),
+        "ckplus": (lambda i: ckplus_rgb(x_ck[i]), len(x_ck), y_ck, _digest(x_ck)),
+    }
+    out: dict[str, dict[str, Any]] = {"detector box": {}, "68-landmark box": {}}
+    for tag, (image, n, y, key) in sets.items():
+        det = photo_detections(image, n, tag, key, args.cache, args.threads)
+        found = np.flatnonzero(np.isfinite(det[:, 0]))
+        box_crops, lm_crops = [], []
+        for i in _progress(found, len(found), f"face-api crops {tag}"):
+            img = image(int(i))
+            x1, y1, x2, y2 = det[i, :4]
+            box = (x1, y1, x2 - x1, y2 - y1)
+            c = fa.faceapi_crop(img, box)
+            pts = fa.crop_points_to_image(fa.landmarks68(lm_weights, c[None])[0], img.shape, box)
+            box_crops.append(c)
+            lm_crops.append(fa.faceapi_crop(img, fa.landmark_box(pts)))
+        for variant, crops in (("detector box", box_crops), ("68-landmark box", lm_crops)):
+            pred = np.full(len(y), -1)
+            pred[found] = _to_fer(bb, bb.predict_proba(np.clip(np.rint(np.stack(crops)), 0, 255).astype(np.uint8)))
+            out[variant][tag] = _scores_fer(y, pred)
+            out[variant][tag]["detected"] = float(len(found) / len(y))
+    for r in out.values():
+        r["people"] = (r["taiwanese"]["accuracy"] + r["ckplus"]["accuracy"]) / 2
+    return out
 
 
 # ----------------------------------------------------------------------- embedding + MLP peer
@@ -586,8 +709,8 @@ def _f(v: Any, pct: bool = True) -> str:
     return f"{100 * v:.1f}" if pct else f"{v:.2f}"
 
 
-def print_tables(results: dict[str, dict[str, Any]], default_label: str) -> None:
-    w = max(28, *(len(k) + 2 for k in results), *(len(n) + len(src) + 6 for n, _, src in REFERENCES))
+def print_tables(results: dict[str, dict[str, Any]], default_label: str, own: dict[str, dict[str, Any]] | None = None) -> None:
+    w = max(28, *(len(k) + 2 for k in results), *(len(n) + len(src) + 6 for n, _, src in REFERENCES), *(len(k) + 36 for k in own or {}))
     print()
     print("FER2013 (accuracy %; private = final test set; public = validation set) -- measured in this run")
     hdr = (
@@ -638,6 +761,22 @@ def print_tables(results: dict[str, dict[str, Any]], default_label: str) -> None
                 if s:
                     print(f"{label:<{w}} {sname:<13} {_f(s['detected']):>6} {_f(s['accuracy_detected_dataset_crops']):>8} {_f(s['accuracy_detected']):>8}")
 
+    people = [(k, r["people"]) for k, r in results.items() if r.get("people")]
+    people += [(f"faceapi_expression [face-api crop: {k}]", v) for k, v in (own or {}).items()]
+    if people:
+        print()
+        print("People through Recognizer.predict (accuracy %; 7 classes; no face = wrong): Taiwanese dev photos, CK+ photos, their mean")
+        hdr = f"{'model':<{w}} {'taiwan':>6} {'ck+':>6} {'people':>6}  " + "  ".join(f"{c[:5]:>5}" for c in CLASSES) + "  (recall, Taiwanese | CK+)"
+        print(hdr)
+        print("-" * len(hdr))
+        for label, pr in people:
+            for i, key in enumerate(("taiwanese", "ckplus")):
+                rec = pr[key]["per_class_recall"]
+                head = (
+                    f"{label:<{w}} {_f(pr['taiwanese']['accuracy']):>6} {_f(pr['ckplus']['accuracy']):>6} {_f(pr['people']):>6}" if i == 0 else " " * (w + 21)
+                )
+                print(f"{head}  " + "  ".join(f"{_f(rec.get(c)):>5}" for c in CLASSES) + f"  {key}")
+
     with_cd = [(k, r) for k, r in results.items() if r.get("cremad")]
     if with_cd:
         clips = list(with_cd[0][1]["cremad"]["clips"])
@@ -666,6 +805,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--limit", type=int, default=None, help="stratified subsets of N faces per test set (10 N training faces for the MLP)")
     ap.add_argument("--models", default=None, help="comma-separated emotion backbones (default: all in the manifest)")
     ap.add_argument("--no-tta-variants", action="store_true", help="only each backbone's default TTA setting")
+    ap.add_argument("--people", action="store_true", help="Taiwanese and CK+ photos through Recognizer.predict (the 'people' figure)")
+    ap.add_argument("--faceapi-own", action="store_true", help="faceapi_expression on face-api.js's own crops (needs the npm package, FACE_API_DIR)")
     ap.add_argument("--chip", choices=("template", "resize"), default="template", help="how FER faces become dlib chips (MLP peer)")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="TFLite threads for the accuracy passes (timings always use 1)")
     ap.add_argument("--reps", type=int, default=None, help="timing repeats at batch 1 (default 200, 20 with --limit)")
@@ -699,14 +840,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results: dict[str, dict[str, Any]] = {}
     default_label = ""
-    for name in names:
+    for spec in names:
+        name, _, template = spec.partition("@")
         entry_tta = bool(zoo.model_entry(name).get("tta", False))
         variants = [entry_tta] if args.no_tta_variants else [False, True]
         for tta in variants:
-            label = name + (" +TTA" if tta else "")
-            results[label] = evaluate_backbone(name, tta, data, lms, args)
-            if name == default and tta == entry_tta:
+            label = spec + (" +TTA" if tta else "")
+            results[label] = evaluate_backbone(name, tta, data, lms, args, template or None)
+            if spec == default and tta == entry_tta:
                 default_label = label
+    own = faceapi_own(data, args) if args.faceapi_own else {}
     if not args.skip_mlp:
         results["dlib_resnet + MLP"] = evaluate_mlp(data, args)
 
@@ -724,7 +867,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError as e:
             log.warning("no confusion PNG (%s)", e)
 
-    print_tables(results, default_label)
+    print_tables(results, default_label, own)
     final = results[default_label]["private_test"]["accuracy"] if default_label else float("nan")
     doc = {
         "argv": list(sys.argv[1:] if argv is None else argv),
@@ -734,6 +877,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "default_label": default_label,
         "private_test_accuracy": final,
         "models": results,
+        "faceapi_own_crops": own,
         "references": [{"name": n, "private_test_accuracy": a, "source": s} for n, a, s in REFERENCES],
         "machine": {"cpu_count": os.cpu_count(), "loadavg_start": load0, "loadavg_end": os.getloadavg(), "seconds": round(time.perf_counter() - t0, 1)},
     }

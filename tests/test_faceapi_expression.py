@@ -124,3 +124,40 @@ def test_numpy_reference_and_tflite_export_match_the_upstream_graph(ref, crops):
         f = fa.convert(module, Path(tmp) / "x.tflite", quantize=False)
         probs, _ = _run_file(f, crops)
     np.testing.assert_allclose(probs, _upstream_in_fer_order(ref), atol=1e-5)
+
+
+# ------------------------------------------------------------------ the ensemble candidate builder
+
+
+def test_ensemble_weights_are_chosen_on_the_selection_sets_and_beat_both_members(fer2013):
+    """``expression_ensemble.choose`` on the shipped members' real probabilities (FER2013's public
+    test, the selection set): the chosen mix is at least as accurate there as either member
+    alone, and logit averaging is a weighted geometric mean of the probabilities."""
+    from builders import expression_ensemble as ens
+
+    x, y = fer2013["x_public_test"][::3], fer2013["y_public_test"][::3].astype(np.int64)
+    p_ours, p_fa = ens.member_probs(x)
+    assert p_ours.shape == p_fa.shape == (len(x), 7)
+    choice = ens.choose({"fer2013_public": (p_ours, p_fa, y)})
+    assert choice["selection_sets"] == ["fer2013_public"] and choice["mode"] in ("prob", "logit")
+    best = choice["best"]["fer2013_public"]
+    assert best >= max(np.mean(p_ours.argmax(1) == y), np.mean(p_fa.argmax(1) == y))
+    geo = p_ours**0.7 * p_fa**0.3
+    np.testing.assert_allclose(ens.combine(p_ours, p_fa, 0.3, "logit"), geo / geo.sum(1, keepdims=True), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ens.combine(p_ours, p_fa, 0.3, "prob"), 0.7 * p_ours + 0.3 * p_fa)
+
+
+@pytest.mark.live
+def test_ensemble_reemits_our_network_exactly(fer2013):
+    """The ensemble's copy of our network (the float32 TFLite file re-emitted op by op as TF ops)
+    computes what the shipped file computes, logits included (needs TensorFlow)."""
+    tf = pytest.importorskip("tensorflow")
+    from builders import expression_ensemble as ens
+
+    x = fer2013["x_private_test"][:64, :, :, None].astype(np.float32)
+    run = ens.tflite_to_tf(ens.OURS_F32)
+    t = run(tf.constant(x))
+    want = ens._run_batched(ens.OURS_F32, x)
+    np.testing.assert_allclose(t[run.probs].numpy(), want, atol=1e-5)
+    np.testing.assert_allclose(tf.nn.softmax(t[run.logits]).numpy(), want, atol=1e-5)
+    assert t[run.features].shape == (64, 256)

@@ -260,25 +260,38 @@ def tfjs_resize_bilinear(img: np.ndarray, size: int) -> np.ndarray:
     return top + (bot - top) * fy[:, None, None]
 
 
-def faceapi_crop(image: np.ndarray, box: tuple[float, float, float, float], size: int = INPUT_SIZE) -> np.ndarray:
-    """face-api's input for a face box ``(x, y, w, h)`` in an RGB image: the box clipped to the
-    image and floored (``Box.clipAtImageBorders``), cut out, padded to a square with black
-    (centred; ``padToSquare``) and resized to ``size`` (``toBatchTensor(112, true)``): float32."""
-    ih, iw = image.shape[:2]
+def faceapi_square(image_shape: tuple[int, ...], box: tuple[float, float, float, float]) -> tuple[int, int, int, int, int, int]:
+    """The geometry of face-api's face crop: the box ``(x, y, w, h)`` clipped to the image and
+    floored (``Box.clipAtImageBorders``) as ``(x0, y0, w, h)``, and the origin of the square it
+    is padded to (``padToSquare(.., true)``: ``round(diff / 2)`` after, the rest before, so the
+    square starts ``floor(diff / 2)`` before the box) as ``(sx, sy)``: ``(x0, y0, w, h, sx, sy)``."""
+    ih, iw = image_shape[:2]
     x, y, w, h = box
     cx, cy = max(x, 0.0), max(y, 0.0)
     cw, ch = min(x + w - cx, iw - cx), min(y + h - cy, ih - cy)
     x0, y0, ww, hh = int(np.floor(cx)), int(np.floor(cy)), int(np.floor(cw)), int(np.floor(ch))
     if ww <= 0 or hh <= 0:
         raise ValueError(f"empty face box {box} in a {iw}x{ih} image")
+    before = abs(hh - ww) // 2
+    return x0, y0, ww, hh, (x0 - before if ww < hh else x0), (y0 - before if hh < ww else y0)
+
+
+def faceapi_crop(image: np.ndarray, box: tuple[float, float, float, float], size: int = INPUT_SIZE) -> np.ndarray:
+    """face-api's input for a face box ``(x, y, w, h)`` in an RGB image: the box clipped and
+    floored, cut out, padded to a square with black (centred; :func:`faceapi_square`) and
+    resized to ``size`` (``toBatchTensor(112, true)``, :func:`tfjs_resize_bilinear`): float32."""
+    x0, y0, ww, hh, sx, sy = faceapi_square(image.shape, box)
     face = np.asarray(image[y0 : y0 + hh, x0 : x0 + ww], dtype=np.float32)
-    diff = abs(hh - ww)
-    if diff:
-        after = int(round(diff * 0.5))
-        before = diff - after
-        pad = ((before, after), (0, 0), (0, 0)) if hh < ww else ((0, 0), (before, after), (0, 0))
-        face = np.pad(face, pad)
-    return tfjs_resize_bilinear(face, size)
+    side = max(ww, hh)
+    sq = np.zeros((side, side) + face.shape[2:], np.float32)
+    sq[y0 - sy : y0 - sy + hh, x0 - sx : x0 - sx + ww] = face
+    return tfjs_resize_bilinear(sq, size)
+
+
+def crop_points_to_image(points: np.ndarray, image_shape: tuple[int, ...], box: tuple[float, float, float, float], size: int = INPUT_SIZE) -> np.ndarray:
+    """Points in a :func:`faceapi_crop` crop (pixels of the ``size`` square) back in image pixels."""
+    x0, y0, ww, hh, sx, sy = faceapi_square(image_shape, box)
+    return np.asarray(points, np.float64) * (max(ww, hh) / size) + [sx, sy]
 
 
 def landmarks68(weights: dict[str, np.ndarray], crops: np.ndarray) -> np.ndarray:
@@ -576,6 +589,10 @@ def _entry(name: str, file: str, quantization: str, check: dict[str, float]) -> 
         "architecture": "face-api FaceFeatureExtractor (4 dense blocks of depthwise-separable convs, 32-64-128-256) + fc 256 -> 7",
         "quantization": quantization,
         "tta": False,
+        "adapts": False,
+        "adapts_note": "no universal heads, personal warm start or replay set are trained on its features yet: "
+        "the universal answer is the mean of the frame probabilities, and personal heads need a backbone that adapts",
+        "heads": {"universal_head": "mean_probability", "trained": []},
         "inputs": {
             "shape": [None, INPUT_SIZE, INPUT_SIZE, 3],
             "dtype": "float32",
