@@ -26,6 +26,8 @@ from hypothesis.extra import numpy as hnp
 from emoadapt import store as store_mod
 from emoadapt.errors import EmoadaptError, InvalidInputError, ModelIntegrityError, StoreError, UnknownUserError
 from emoadapt.store import DB_NAME, SCHEMA_VERSION, Store, user_dir_name
+from emoadapt.store import names as store_names
+from emoadapt.store import schema as store_schema
 
 
 @pytest.fixture
@@ -125,7 +127,7 @@ def test_float32_round_trip_is_bit_exact(store):
         elements=st.floats(width=32, allow_nan=False, allow_infinity=False),
     ),
     label=st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Cf", "Co", "Zl", "Zp")), min_size=1, max_size=60).filter(
-        lambda s: s.strip() and not any(ord(c) in store_mod._INVISIBLE for c in unicodedata.normalize("NFKC", s))
+        lambda s: s.strip() and not any(ord(c) in store_names._INVISIBLE for c in unicodedata.normalize("NFKC", s))
     ),
 )
 def test_any_finite_float32_clip_and_label_round_trip(tmp_path_factory, arr, label):
@@ -517,14 +519,14 @@ def test_failed_migration_rolls_back_completely(home, monkeypatch):
     with Store(home) as s:
         s.add_user("alice")
     broken = store_mod.Migration(SCHEMA_VERSION + 1, "broken", ("CREATE TABLE half_done (x)", "THIS IS NOT SQL"))
-    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS + (broken,))
+    monkeypatch.setattr(store_schema, "MIGRATIONS", store_mod.MIGRATIONS + (broken,))  # what an open reads
     with pytest.raises(StoreError, match="migrate"):
         Store(home)
     con = sqlite3.connect(home / DB_NAME)
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION and "half_done" not in tables
     con.close()
-    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:SCHEMA_VERSION])
+    monkeypatch.setattr(store_schema, "MIGRATIONS", store_mod.MIGRATIONS[:SCHEMA_VERSION])
     with Store(home) as s:
         assert s.users() == ["alice"]
 

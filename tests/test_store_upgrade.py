@@ -328,10 +328,10 @@ def test_migration_interrupted_after_moving_head_directories_completes_on_the_ne
             raise OSError(errno.EIO, "I/O error", str(dst))
         real_rename(src, dst)
 
-    monkeypatch.setattr(store_mod.os, "rename", failing_rename)
+    monkeypatch.setattr(os, "rename", failing_rename)
     with pytest.raises(StoreError, match="migrate"):
         Store(home)
-    monkeypatch.setattr(store_mod.os, "rename", real_rename)
+    monkeypatch.setattr(os, "rename", real_rename)
     con = _stored(home)
     assert con.execute("PRAGMA user_version").fetchone()[0] == 2  # rolled back: the old names
     con.close()

@@ -158,7 +158,7 @@ def test_names_that_display_the_same_are_the_same_user_or_an_error(base, space, 
     """Property over any name: spaces spelled with other space characters (or several), and
     spaces around it, give the same user; a character that displays as nothing, inserted
     anywhere, gives an error, never another user. A normalised name is a fixed point."""
-    from emoadapt import store
+    from emoadapt.store import names
 
     def norm(s: str) -> str | None:
         try:
@@ -172,7 +172,7 @@ def test_names_that_display_the_same_are_the_same_user_or_an_error(base, space, 
     assert norm(base[:pos] + ch + base[pos:]) is None
     if a is not None:
         assert a == normalize_user_name(a) == unicodedata.normalize("NFKC", a) == a.strip() and "  " not in a
-        assert not any(unicodedata.category(c) in store._REFUSED_CATEGORIES or ord(c) in store._INVISIBLE for c in a)
+        assert not any(unicodedata.category(c) in names._REFUSED_CATEGORIES or ord(c) in names._INVISIBLE for c in a)
 
 
 def test_store_folds_names_before_every_lookup_and_keeps_normalised_old_names(tmp_path, obama, recognizer):
