@@ -24,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 
 from .alignment import norm_crop
@@ -45,8 +46,12 @@ DRIFT_ROLL = 0.2
 DRIFT_POSE = 0.15
 #: ... or its size changed by more than this factor ...
 DRIFT_SCALE = 1.5
-#: ... or its aligned crop's mean gray level moved by more than this (the lighting changed)
+#: ... or its aligned crop's mean gray level moved by more than this (the lighting changed) ...
 DRIFT_LIGHT = 20.0
+#: ... or its aligned crop's pattern changed (1 - the correlation of 12x12 thumbnails above
+#: this): the expression changed, and identity embeddings move with expression, which the
+#: personal identity expert reads (:class:`~emoadapt.heads.IdentityExpertHead`)
+DRIFT_LOOK = 0.05
 
 
 @dataclass
@@ -159,10 +164,10 @@ class Analysis:
             color: ``"rgb"`` or ``"bgr"`` for arrays and iterables.
             sampling: which frames (default: all).
             identity: embed faces for identity: a track's first face, and a later one
-                whenever the face's pose, size or lighting drifted from the face last embedded
+                whenever the face's pose, size, lighting or expression drifted from the face last embedded
                 (at least :data:`IDENTITY_STRIDE` faces apart, at most ``identity_frames`` per
-                track); identity embedding is the costliest per-face step, and a track's
-                frames of one look add little to its first.
+                track); identity embedding is the costliest per-face step, and frames of one
+                look add little to the track's embedding.
             identity_window: count the first face and the ``identity_frames`` cap over the
                 last this many source frames instead of the whole run (a stream: a track is
                 embedded again when its last embedding leaves the window, so every window
@@ -224,7 +229,7 @@ class Analysis:
     def _maybe_embed(self, image: np.ndarray, face: AnalyzedFace, crop: np.ndarray, index: int, embedded: dict[int, _Embedded], window: int | None) -> None:
         """Embed ``face`` for identity when its track has no embedding yet (within ``window``
         source frames, when given), or when the face's appearance drifted from the one last
-        embedded (:func:`_appearance`: head pose, size, lighting) at least
+        embedded (:func:`_appearance`: head pose, size, lighting, expression) at least
         :data:`IDENTITY_STRIDE` faces later; never more than ``identity_frames`` per track
         (within ``window``)."""
         state = embedded.get(face.track)
@@ -260,19 +265,25 @@ class _Embedded:
 
 
 def _appearance(landmarks: np.ndarray, crop: np.ndarray) -> np.ndarray:
-    """(roll, yaw, pitch, log size, mean gray) of a face from its 5 landmarks and aligned
-    crop: what changes an identity embedding (pose, resolution, lighting), not expression."""
+    """What moves a face's identity embedding, from its 5 landmarks and aligned crop: head
+    roll, yaw and pitch, log size, mean gray level, then the crop's pattern (a 12x12 thumbnail,
+    zero-mean, unit norm)."""
     lm = np.asarray(landmarks, np.float64)
     eyes = (lm[0] + lm[1]) / 2
     ev = lm[1] - lm[0]
     d = float(np.hypot(ev[0], ev[1])) or 1.0
     u = ev / d
     nose = lm[2] - eyes
-    return np.array([np.arctan2(ev[1], ev[0]), (nose @ u) / d, (nose[1] * u[0] - nose[0] * u[1]) / d, np.log(d), float(crop.mean())])
+    small = cv2.resize(crop, (12, 12), interpolation=cv2.INTER_AREA).astype(np.float64).ravel()
+    mean = float(small.mean())
+    small -= mean
+    small /= float(np.linalg.norm(small)) or 1.0
+    pose = [np.arctan2(ev[1], ev[0]), (nose @ u) / d, (nose[1] * u[0] - nose[0] * u[1]) / d, np.log(d), mean]
+    return np.concatenate([pose, small])
 
 
 def _drifted(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether appearance ``b`` drifted from ``a`` (:data:`DRIFT_ROLL` ... :data:`DRIFT_LIGHT`)."""
+    """Whether appearance ``b`` drifted from ``a`` (:data:`DRIFT_ROLL` ... :data:`DRIFT_LOOK`)."""
     roll = abs((b[0] - a[0] + np.pi) % (2 * np.pi) - np.pi)
     return bool(
         roll > DRIFT_ROLL
@@ -280,6 +291,7 @@ def _drifted(a: np.ndarray, b: np.ndarray) -> bool:
         or abs(b[2] - a[2]) > DRIFT_POSE
         or abs(b[3] - a[3]) > np.log(DRIFT_SCALE)
         or abs(b[4] - a[4]) > DRIFT_LIGHT
+        or 1.0 - float(a[5:] @ b[5:]) > DRIFT_LOOK
     )
 
 

@@ -785,7 +785,9 @@ class TrackingDetector:
     of the frame (cells of :data:`CHECK_CELL` pixels, green channel) is compared with the one
     of the previous check, outside the tracked faces. Nothing changed there (the usual case:
     a static background) costs about 0.05 ms at 480x360; the cells that changed by more than
-    :data:`CHECK_DELTA` gray levels are grouped into regions and the full cascade searches
+    :data:`CHECK_DELTA` gray levels (beyond every reference cell within :data:`CHECK_SHIFT`
+    cells, so that edges moving a little, such as a talking head's shoulders, are no change)
+    are grouped into regions and the full cascade searches
     each region (with a margin) for faces that are not tracked yet; changed regions covering
     more than :data:`CHECK_FULL_SHARE` of the frame (a cut, a camera pan) get the full cascade
     on the whole frame instead. A face entering the picture is thus found at most
@@ -920,7 +922,12 @@ class TrackingDetector:
         self._thumb, self._thumb_boxes = thumb, boxes
         if ref is None or ref.shape != thumb.shape:
             return Detections.empty()
-        changed = cv2.absdiff(thumb, ref) > CHECK_DELTA
+        # changed: beyond every value of the cell's neighbourhood in the reference (an edge that
+        # moved by up to CHECK_SHIFT cells, such as a talking head's shoulders, is no change)
+        k = np.ones((2 * CHECK_SHIFT + 1, 2 * CHECK_SHIFT + 1), np.uint8)
+        lo, hi = cv2.erode(ref, k).astype(np.int16), cv2.dilate(ref, k).astype(np.int16)
+        t16 = thumb.astype(np.int16)
+        changed = (t16 < lo - CHECK_DELTA) | (t16 > hi + CHECK_DELTA)
         # the tracked faces (where they are and where they were), with a quarter of their size around
         gh, gw = changed.shape
         for b in (*boxes, *ref_boxes):
@@ -998,6 +1005,9 @@ CHECK_CELL = 8
 #: (video compression noise on a cell's mean stays within a few levels; a face entering on
 #: any background changes its cells by tens)
 CHECK_DELTA = 12
+#: a cell has changed only when it differs from every reference cell within this many cells
+#: (edges moving a little between two checks are not a new face)
+CHECK_SHIFT = 1
 #: changed regions covering more than this share of the frame: the full cascade on the whole frame
 CHECK_FULL_SHARE = 0.4
 
