@@ -764,3 +764,36 @@ def test_a_former_name_never_reaches_the_user_it_reads_as(tmp_path, upload_dir):
         assert r.status_code == 200 and r.json()["user"] == "Carol (2)" and r.json()["corrections"] == 3, r.text
         assert "Carol (2)" not in rec.users() and rec.corrections("Carol") == carol
     assert _upload_files(upload_dir) == []
+
+
+def test_a_backbone_that_cannot_adapt_answers_409_cannot_adapt(tmp_path, upload_dir):
+    """A server on emoadapt_fer_f32 (manifest "adapts": false) predicts, and a correction is
+    409 ``cannot_adapt`` naming the backbones that adapt; nothing is stored."""
+    clip = (ROOT / "examples" / "cremad_1001_DFA_HAP_XX.flv").read_bytes()
+    with Recognizer(home=tmp_path / "home", backbone="emoadapt_fer_f32", adapt_every=0) as rec:
+        app = create_app(rec, upload_dir=upload_dir, fps=10, allowed_hosts={HOST})
+        client = TestClient(app)
+        hdr = {"X-Emoadapt-Token": app.state.token}
+        r = client.post("/api/predict", content=clip, headers=hdr)
+        assert r.status_code == 200 and r.json()["label"] is not None, r.text
+        r = client.post("/api/correct", params={"user": "dana", "label": "happy"}, content=clip, headers=hdr)
+        assert r.status_code == 409 and r.json()["error"] == "cannot_adapt", r.text
+        assert "emoadapt_fer_int8" in r.json()["message"]
+        assert rec.users() == []
+    assert _upload_files(upload_dir) == []
+
+
+def test_upload_directories_are_an_explicit_object(tmp_path):
+    """UploadDirs: one private, locked directory per base, made on first use, removed by
+    remove_all; a live one is never swept, a removed one leaves nothing."""
+    from emoadapt.web.uploads import UploadDirs, default_upload_dirs, sweep_uploads
+
+    assert default_upload_dirs() is default_upload_dirs()
+    dirs = UploadDirs()
+    assert list(tmp_path.iterdir()) == []  # nothing made until asked
+    d = dirs.directory(str(tmp_path))
+    assert d.parent == tmp_path and d.name.startswith(f"emoadapt-uploads-{os.getpid()}-") and dirs.directory(str(tmp_path)) == d
+    assert (d.stat().st_mode & 0o777) == 0o700
+    assert sweep_uploads(tmp_path) == [] and d.is_dir()  # its process lives: kept
+    dirs.remove_all()
+    assert list(tmp_path.iterdir()) == []
