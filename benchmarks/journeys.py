@@ -263,16 +263,17 @@ def plot(res: dict[str, Any], out: Path) -> list[Path]:
             if not r or not r["by_k"]:
                 continue
             ks = [int(k) for k in r["by_k"]]
-            col = f"C{i}"
-            ax.plot(ks, [v["personal"] for v in r["by_k"].values()], "o-", color=col, label=f"{ds}: personal")
-            ax.plot(ks, [v["universal"] for v in r["by_k"].values()], "--", color=col, alpha=0.6, label=f"{ds}: universal")
+            gain = [100 * (v["personal"] - v["universal"]) for v in r["by_k"].values()]
+            n = [v["journeys"] for v in r["by_k"].values()]
+            ax.plot(ks, gain, "o-", color=f"C{i}", label=f"{ds} ({n[0]} journeys{'' if len(set(n)) == 1 else f', {n[-1]} at k={ks[-1]}'})")
+        ax.axhline(0.0, color="0.4", lw=1, ls="--", label="universal model")
         ax.set_xlabel("corrections so far (k)", fontsize=11)
-        ax.set_ylabel("accuracy on the person's other items", fontsize=11)
+        ax.set_ylabel("accuracy gain over universal (points)", fontsize=11)
         ax.set_title(f"Personalization one correction at a time: order '{kind}'", fontsize=11)
         ax.set_xticks(list(KS))
         ax.tick_params(labelsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=9, loc="upper left")
         fig.tight_layout()
         p = out / f"accuracy_vs_k_{kind}.png"
         fig.savefig(p)
