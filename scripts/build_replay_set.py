@@ -10,21 +10,19 @@ drawn at random (seeded); only the D-dimensional features are stored, never pixe
 Measured with ``scripts/eval_personalization.py`` (CK+ leave-one-sequence-out per subject,
 CREMA-D halves): see docs/personalization.md.
 
-    python scripts/build_replay_set.py [--backbone NAME] [--per-class 20] [--seed 0]
+    python -m scripts.build_replay_set [--backbone NAME] [--per-class 20] [--seed 0]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args  # noqa: E402
+from scripts._common import add_common_args  # noqa: E402
 
 
 def main() -> None:
@@ -35,9 +33,8 @@ def main() -> None:
     add_common_args(ap, data=True)  # reads <data>/fer2013.npz
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from build_models import set_backbone_heads, update_manifest
-
     from emoadapt import Backbone, zoo
+    from scripts.build_models import set_backbone_heads, update_manifest
 
     bb = Backbone(args.backbone)
     d = np.load(args.data / "fer2013.npz", allow_pickle=False)

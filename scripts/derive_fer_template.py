@@ -8,7 +8,7 @@ coordinates of the original crop, and average them (median per point, then made
 left-right symmetric, since training uses horizontal flips). Prints the template for
 ``emoadapt/alignment.py`` and the spread of each point.
 
-    python scripts/derive_fer_template.py --n 3000
+    python -m scripts.derive_fer_template --n 3000
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import logging
 
 import cv2
 import numpy as np
-from _common import add_common_args
+
+from scripts._common import add_common_args
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ Two experiments, both through the library's own API (``Recognizer.correct`` / ``
   (the actor is recognised by face and routed to their head) and compared with a stranger's
   universal prediction.
 
-    python scripts/eval_personalization.py [--json out.json]
+    python -m scripts.eval_personalization [--json out.json]
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import cremad_label, data_dir, write_json
+
+from scripts._common import cremad_label, data_dir, write_json
 
 DATA = data_dir()
 CK_TO_OURS = {"anger": "angry", "disgust": "disgust", "fear": "fear", "happy": "happy", "sadness": "sad", "surprise": "surprise", "contempt": "contempt"}

@@ -6,13 +6,13 @@ Needs the ``eval`` extra (scikit-learn, matplotlib): ``pip install -e ".[eval]"`
 Two input modes share one protocol (per-clip descriptors are just one-frame clips):
 
     # real OpenFace action units of the 1440 RAVDESS speech clips (per-clip descriptors)
-    python scripts/eval_ravdess.py --descriptors ../shared/data/ravdess_au35.csv \\
+    python -m scripts.eval_ravdess --descriptors ../shared/data/ravdess_au35.csv \\
         --out results/ravdess_au --json results/ravdess_au.json
 
     # a RAVDESS video tree Actor_01/01-01-03-01-01-01-01.mp4 ...: per-frame features of each
     # clip's main face track, from an `emoadapt extract` Parquet dataset at --cache (made on
     # the fly, resumable; or beforehand, e.g. on a Dask cluster)
-    python scripts/eval_ravdess.py --root /data/RAVDESS --cache cache/ravdess \\
+    python -m scripts.eval_ravdess --root /data/RAVDESS --cache cache/ravdess \\
         --heads max,single_attention,self_attention --out results/ravdess_video
 
 Protocol
@@ -60,13 +60,9 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-for _p in (ROOT, ROOT / "scripts"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-from _common import RAVDESS_EMOTIONS as EMOTIONS  # noqa: E402
-from _common import add_common_args, write_json  # noqa: E402
-
 from emoadapt.heads import SelfAttentionHead, SingleAttentionHead, StatPoolingHead, pool  # noqa: E402
+from scripts._common import RAVDESS_EMOTIONS as EMOTIONS  # noqa: E402
+from scripts._common import add_common_args, write_json  # noqa: E402
 
 log = logging.getLogger("eval_ravdess")
 

@@ -1,4 +1,4 @@
-"""Face-pretrained path of ``scripts/train_backbone.py`` (``--arch faceres``).
+"""Face-pretrained path of ``python -m scripts.train_backbone`` (``--arch faceres``).
 
 The network: the VGGFace2-trained MobileNet ``faceres`` (``scripts/builders/faceres.py``),
 initialised from its identity weights, on the 48x48 gray FER2013 face resized (bilinear) to
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,18 +41,15 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
 
 log = logging.getLogger("train_backbone.face")
-IMG = 48
-FEAT_DIM = 256
-CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 CACHE_VERSION = 1
 #: FERPlus vote columns (neutral, happiness, surprise, sadness, anger, disgust, fear, ...) -> FER2013 class id
 FERPLUS_TO_FER = [6, 3, 5, 4, 0, 1, 2]
 
-from _common import TAIWANESE_LETTERS as TAIWANESE_TO_FER  # noqa: E402,F401 - the label map, one copy
-from _common import taiwanese_label  # noqa: E402,F401 - re-exported for the trainer and the benchmark
+from scripts._common import TAIWANESE_LETTERS as TAIWANESE_TO_FER  # noqa: E402,F401 - the label map, one copy
+from scripts._common import taiwanese_label  # noqa: E402,F401 - re-exported for the trainer and the benchmark
+from scripts.backbone_common import CLASSES, FEAT_DIM, IMG, choose_tta, epochs_to_run, fer_input_spec, run_tflite, time_tflite, write_tflite  # noqa: E402
 
 
 def ferplus_soft(votes: np.ndarray) -> np.ndarray:
@@ -85,7 +81,7 @@ def load_votes(data_dir: Path) -> dict[str, np.ndarray]:
 def front(keras: Any, size: int, unfreeze_from: int) -> Any:
     """48x48x1 raw gray -> resize to ``size`` -> RGB -> the frozen faceres blocks below
     ``unfreeze_from`` (their output map)."""
-    from builders import faceres
+    from scripts.builders import faceres
 
     L = keras.layers
     inp = keras.Input((IMG, IMG, 1), name="image")
@@ -97,7 +93,7 @@ def front(keras: Any, size: int, unfreeze_from: int) -> Any:
 
 def top(keras: Any, size: int, unfreeze_from: int, dropout: float) -> Any:
     """faceres blocks ``unfreeze_from``..13 (identity weights) + new head -> [probs, features, logits]."""
-    from builders import faceres
+    from scripts.builders import faceres
 
     L = keras.layers
     trunk = faceres.build_keras(input_size=size, first_block=unfreeze_from, trainable=True)
@@ -158,8 +154,6 @@ def targets(args: Any, y: np.ndarray, votes: np.ndarray) -> tuple[np.ndarray, np
 
 
 def train_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) -> int:
-    from train_backbone import epochs_to_run
-
     keras.utils.set_random_seed(args.seed)
     wd = Path(args.workdir)
     wd.mkdir(parents=True, exist_ok=True)
@@ -305,8 +299,6 @@ def train_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) ->
 
 # ----------------------------------------------------------------------------------- export
 def export_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) -> int:
-    from train_backbone import choose_tta, run_tflite, time_tflite, write_tflite
-
     wd = Path(args.workdir)
     cfg = json.loads((wd / "config.json").read_text())
     size, u = int(cfg["input_size"]), int(cfg["unfreeze_from"])
@@ -370,9 +362,8 @@ def register(files: dict[str, Path], metrics: dict[str, Any], cfg: dict[str, Any
     ``Recognizer`` and ``benchmarks/fer2013.py`` can use them (``EMOADAPT_MODELS=out``)."""
     import shutil
 
-    from build_models import update_manifest
-    from builders import faceres
-    from train_backbone import fer_input_spec
+    from scripts.build_models import update_manifest
+    from scripts.builders import faceres
 
     hist = json.loads((wd / "history.json").read_text())["epochs"]
     meta = json.loads((wd / "best" / "meta.json").read_text())

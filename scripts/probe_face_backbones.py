@@ -20,8 +20,8 @@ equalised with clipping and runtime crops are not.
 
 Everything expensive (features, landmarks) is cached under ``cache/face_probe`` (gitignored).
 
-    nice -n 15 python scripts/probe_face_backbones.py --arch faceres --size 96 --train-n 10000
-    nice -n 15 python scripts/probe_face_backbones.py --domain
+    nice -n 15 python -m scripts.probe_face_backbones --arch faceres --size 96 --train-n 10000
+    nice -n 15 python -m scripts.probe_face_backbones --domain
 """
 
 from __future__ import annotations
@@ -43,10 +43,8 @@ import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from face_backbone import ferplus_majority, ferplus_soft, taiwanese_label
+from scripts.face_backbone import ferplus_majority, ferplus_soft, taiwanese_label
 
 log = logging.getLogger("probe_face_backbones")
 CACHE = ROOT / "cache" / "face_probe"
@@ -59,7 +57,7 @@ TAPS = {
 }
 
 
-from _common import data_dir  # noqa: E402 - $EMOADAPT_DATA or ../shared/data
+from scripts._common import data_dir  # noqa: E402 - $EMOADAPT_DATA or ../shared/data
 
 
 def _digest(*parts: Any) -> str:
@@ -146,13 +144,15 @@ def trunk(arch: str, size: int) -> tuple[Any, list[str]]:
     """A Keras model with one pooled output per tap, and the tap names."""
     if arch == "faceres":
         import tf_keras as keras
-        from builders import faceres
+
+        from scripts.builders import faceres
 
         m = faceres.build_keras(input_size=size, trainable=False)
         taps = TAPS["faceres"]
     else:
         import keras
-        from builders import mobilefacenet
+
+        from scripts.builders import mobilefacenet
 
         m = mobilefacenet.build_keras(input_size=size, include_embedding=False, trainable=False)
         # taps: the output of each stage's last block (spatial size changes) + the final 1x1 conv

@@ -3,9 +3,9 @@
 against the mean-of-frame-probabilities baseline on held-apart real data, ship and register
 them, and choose the Recognizer's defaults.
 
-    nice -n 5 python scripts/train_universal_head.py                       # default backbone
-    nice -n 5 python scripts/train_universal_head.py --backbone emoadapt_fer_int8
-    python scripts/train_universal_head.py --heads stat --clip-mode single --no-save --json out.json
+    nice -n 5 python -m scripts.train_universal_head                       # default backbone
+    nice -n 5 python -m scripts.train_universal_head --backbone emoadapt_fer_int8
+    python -m scripts.train_universal_head --heads stat --clip-mode single --no-save --json out.json
 
 **Training data**: the backbone's features of the 28,709 FER2013 *train* faces (labels as
 class names in the backbone's order: angry, disgust, fear, happy, sad, surprise, neutral),
@@ -114,16 +114,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(SCRIPTS))
 
 from emoadapt.features import Backbone, default_backbone_name  # noqa: E402
 from emoadapt.heads import MeanProbabilityHead, SelfAttentionHead, SingleAttentionHead, StatPoolingHead  # noqa: E402
 
 log = logging.getLogger("train_universal_head")
 
-from _common import CREMAD_LABELS as CREMAD_MAP  # noqa: E402  (CREMA-D file-name codes -> ours)
-from _common import MODELS, add_common_args, data_dir, write_json  # noqa: E402
+from scripts._common import CREMAD_LABELS as CREMAD_MAP  # noqa: E402  (CREMA-D file-name codes -> ours)
+from scripts._common import MODELS, add_common_args, data_dir, write_json  # noqa: E402
 
 DATA = data_dir()
 CACHE_ROOT = Path(os.environ.get("EMOADAPT_HEAD_CACHE") or ROOT / "runs" / "universal_head_cache")  # runs/ is git-ignored
@@ -517,7 +515,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # save + register
     if not args.no_save and results["heads"]:
-        from build_models import set_backbone_heads, update_manifest
+        from scripts.build_models import set_backbone_heads, update_manifest
 
         entries = []
         args.out.mkdir(parents=True, exist_ok=True)

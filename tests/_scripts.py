@@ -1,8 +1,8 @@
-"""Import a script of ``scripts/`` as a module (they are not a package)."""
+"""The scripts of ``scripts/`` (a package, ``scripts.<name>``) and their shared pieces, for the tests."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -13,20 +13,19 @@ ROOT = Path(__file__).resolve().parents[1]
 #: without ``../shared/data``
 EXAMPLE_CLIP = ROOT / "examples" / "cremad_1001_DFA_HAP_XX.flv"
 
+# the package ``scripts`` lives in the repository root, which is where `python -m scripts.x`
+# runs them from; under pytest the root is not on sys.path by itself
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
 
 def load_script(name: str) -> ModuleType:
-    """``scripts/<name>.py`` as module ``name`` (registered in ``sys.modules``)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    """The module ``scripts.<name>`` (what ``python -m scripts.<name>`` runs)."""
+    return importlib.import_module(f"scripts.{name}")
 
 
 # the label maps of the scripts and benchmarks (scripts/_common.py), one copy for the tests too
-sys.path.insert(0, str(ROOT / "scripts"))
-import _common as common  # noqa: E402
-from _common import CREMAD_LABELS, RAVDESS_EMOTIONS, TAIWANESE_LETTERS, cremad_label  # noqa: E402
+from scripts import _common as common  # noqa: E402
+from scripts._common import CREMAD_LABELS, RAVDESS_EMOTIONS, TAIWANESE_LETTERS, cremad_label  # noqa: E402
 
 __all__ = ["CREMAD_LABELS", "EXAMPLE_CLIP", "RAVDESS_EMOTIONS", "ROOT", "TAIWANESE_LETTERS", "common", "cremad_label", "load_script"]

@@ -1,4 +1,5 @@
-"""The runtime's selective flip-TTA setting (``scripts/train_backbone.py`` ``choose_tta``)
+"""The runtime's selective flip-TTA setting (``scripts.backbone_common.choose_tta``, which
+``python -m scripts.train_backbone --choose-tta`` runs)
 against what ``Backbone`` does with it, on real FER2013 faces (no TensorFlow needed)."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from _scripts import load_script
 from emoadapt import zoo
 from emoadapt.features import Backbone
 
-tb = load_script("train_backbone")
+tb = load_script("backbone_common")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _scripts import ROOT, load_script
+from _scripts import load_script
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +66,9 @@ def _human_models() -> Path:
 def test_faceres_rebuild_equals_the_upstream_graph_on_real_faces(fer2013):
     pytest.importorskip("tensorflow")
     pkg = _human_models()
-    import sys
-
     import cv2
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from builders import faceres
+    from scripts.builders import faceres
 
     faces = fer2013["x_private_test"][::600][:6]
     x = np.stack([cv2.cvtColor(cv2.resize(f, (224, 224)), cv2.COLOR_GRAY2RGB) for f in faces]).astype(np.float32)

@@ -241,12 +241,11 @@ def test_float_model_matches_dlib(ref, dlib_chips, tmp_path):
     Needs TensorFlow and the unpacked @vladmandic/face-api package ($FACE_API_DIR or
     /tmp/package); measured min 0.99935, mean 0.99967.
     """
-    import sys
-
     pytest.importorskip("torch")  # torch before TensorFlow in one process
     pytest.importorskip("tensorflow")
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from builders import dlib_resnet
+    from _scripts import load_script
+
+    dlib_resnet = load_script("builders.dlib_resnet")
 
     try:
         weights = dlib_resnet.load_weights(dlib_resnet.package_dir(fetch=False))

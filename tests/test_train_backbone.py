@@ -1,26 +1,21 @@
-"""scripts/train_backbone.py: continuing training from a shipped TFLite backbone.
+"""scripts.train_backbone (its network in scripts.backbone_common): continuing training from a shipped TFLite backbone.
 
 Needs TensorFlow (the ``build`` extra), so it is a ``live`` test: ``pytest -m live`` in the
 build environment (docs/models.md, "Rebuilding the models")."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _scripts import ROOT, load_script
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.live
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("train_backbone", ROOT / "scripts" / "train_backbone.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("backbone_common")
 
 
 @pytest.fixture(scope="module")

@@ -109,8 +109,9 @@ def build(out_dir: Path) -> list[dict]:
 
 def fer2013_metrics(tflite_path: Path) -> dict:
     """Accuracy of a (probs, features) TFLite model on FER2013's public and private test sets."""
-    from _common import data_dir
     from ai_edge_litert.interpreter import Interpreter
+
+    from scripts._common import data_dir
 
     data_file = data_dir() / "fer2013.npz"
     if not data_file.exists():

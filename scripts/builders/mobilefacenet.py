@@ -318,10 +318,9 @@ def reference_faces(limit: int = 40) -> np.ndarray:
     import cv2
 
     _import_root()
-    from _common import data_dir
-
     from emoadapt.detection import MTCNN
     from emoadapt.identity import arcface_crop
+    from scripts._common import data_dir
 
     data = data_dir() / "faces"
     files = sorted((data / "identity").glob("*.jpg")) + sorted((data / "ravdess_actors").glob("*.png")) + sorted((data / "taiwanese").glob("*.jpg"))[::40]
