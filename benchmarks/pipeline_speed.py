@@ -138,7 +138,7 @@ def stage_costs(rec: Any, name: str, paths: list[Path], repeat: int) -> dict[str
         det.detect(v[0])
     w, c, refs = best_of(lambda: [[det.detect(f) for f in v] for v in frames], repeat)
     res["detect (full cascade)"] = (w / n, c / n, "frame")
-    conf = [[r.boxes[r.scores >= rec.min_face_score] for r in rv] for rv in refs]
+    conf = [[r.boxes[r.scores >= rec.scanner.settings.min_face_score] for r in rv] for rv in refs]
     # tracking: each frame with the previous frame's faces (a photo: with its own faces)
     pairs = [(v[t], cv[max(t - 1, 0)]) for v, cv in zip(frames, conf) for t in range(min(1, len(v) - 1), len(v)) if len(cv[max(t - 1, 0)])]
     if pairs:
@@ -148,22 +148,22 @@ def stage_costs(rec: Any, name: str, paths: list[Path], repeat: int) -> dict[str
     def tracked() -> list[Any]:
         out = []
         for v in frames:
-            t = TrackingDetector(det, detect_every=rec.detect_every, min_score=rec.min_face_score)
+            t = TrackingDetector(det, detect_every=rec.scanner.settings.detect_every, min_score=rec.scanner.settings.min_face_score)
             out.extend(t(f) for f in v)
         return out
 
     w, c, _ = best_of(tracked, repeat)
-    res[f"detection as run (detect_every={rec.detect_every})"] = (w / n, c / n, "frame")
-    faces = [(f, r.landmarks[i]) for v, rv in zip(frames, refs) for f, r in zip(v, rv) for i in rec._faces(r)]
+    res[f"detection as run (detect_every={rec.scanner.settings.detect_every})"] = (w / n, c / n, "frame")
+    faces = [(f, r.landmarks[i]) for v, rv in zip(frames, refs) for f, r in zip(v, rv) for i in rec.scanner.analysis().select(r)]
     nf = len(faces)
     w, c, crops = best_of(lambda: [norm_crop(f, lm, size, bb.template, gray=gray) for f, lm in faces], repeat)
     res["align (norm_crop)"] = (w / nf, c / nf, "face")
     arr = np.stack(crops)
     # as the Recognizer runs it: still images with the backbone's flip TTA, video frames without
     # (unless video_tta)
-    tta = rec._tta_for(max(len(v) for v in frames))
-    w, c, _ = best_of(lambda: [bb.infer(arr[s : s + rec.chunk], tta=tta) for s in range(0, nf, rec.chunk)], repeat)
-    res[f"backbone (batches of {rec.chunk}, as run)"] = (w / nf, c / nf, "face")
+    tta = rec.scanner.analysis().tta_for(max(len(v) for v in frames))
+    w, c, _ = best_of(lambda: [bb.infer(arr[s : s + rec.scanner.settings.chunk], tta=tta) for s in range(0, nf, rec.scanner.settings.chunk)], repeat)
+    res[f"backbone (batches of {rec.scanner.settings.chunk}, as run)"] = (w / nf, c / nf, "face")
     emb = rec.embedder
     emb.embed_faces(faces[0][0], faces[0][1][None])
     sub = faces[:: max(1, nf // 40)]

@@ -72,11 +72,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInputError
+from . import zoo
+from .errors import InvalidInputError, ModelIntegrityError
 from .heads import (
     BlendHead,
     CenteredHead,
@@ -105,7 +107,11 @@ __all__ = [
     "IDENTITY_EXPERT_C",
     "IDENTITY_EXPERT_WEIGHT",
     "STRATEGIES",
+    "AdaptOptions",
     "AdaptReport",
+    "Candidate",
+    "Choice",
+    "Personalized",
     "adapt_user",
     "fine_tune",
     "fit_personal",
@@ -124,6 +130,53 @@ DEFAULT_STRATEGY = "finetune"
 #: Leave-one-out up to this many corrections; beyond, every :data:`HELD_OUT_EVERY`-th is held out.
 LOO_MAX = 20
 HELD_OUT_EVERY = 5
+
+
+class Candidate(str, Enum):
+    """The heads the guard chooses between (:func:`guard`)."""
+
+    UNIVERSAL = "universal"
+    """The universal head, on features not centred."""
+    CENTRED = "centred"
+    """The universal head on features centred on the user (:func:`user_offset`)."""
+    MIX = "mix"
+    """Universal and personal heads mixed, the personal weight growing with the evidence."""
+    PERSONAL = "personal"
+    """The personal head alone."""
+
+
+class Choice(str):
+    """What the guard chose: a :class:`Candidate` and, for a personal head fine-tuned with
+    another anchor than the default one, that anchor (:attr:`alt_anchor`). It reads as its
+    name where a string is wanted -- JSON, the command line, the keys of
+    :attr:`AdaptReport.evidence` -- ``"universal"``, ``"centred"``, ``"mix"``, ``"personal"``
+    or ``"personal@A"``; :meth:`parse` reads such a name back."""
+
+    candidate: Candidate
+    alt_anchor: float | None
+
+    def __new__(cls, candidate: Candidate | str, alt_anchor: float | None = None) -> Choice:
+        cand = Candidate(candidate)
+        self = super().__new__(cls, cand.value if alt_anchor is None else f"{cand.value}@{alt_anchor:g}")
+        self.candidate, self.alt_anchor = cand, alt_anchor
+        return self
+
+    def __getnewargs__(self) -> tuple[Candidate, float | None]:  # type: ignore[override]  # copies and pickles rebuild it from its parts
+        return self.candidate, self.alt_anchor
+
+    @classmethod
+    def parse(cls, name: str) -> Choice:
+        """The choice named ``name`` (``"personal@0.1"`` ...); InvalidInputError for another name."""
+        kind, _, anchor = str(name).partition("@")
+        try:
+            return cls(kind, float(anchor) if anchor else None)
+        except ValueError as e:
+            raise InvalidInputError(f"not a guard choice: {name!r}") from e
+
+    @property
+    def is_personal(self) -> bool:
+        """A personal head (at any anchor), not the universal head, centred or mixed."""
+        return self.candidate is Candidate.PERSONAL
 
 
 @dataclass
@@ -149,15 +202,15 @@ class AdaptReport:
     reason: str = ""
     strategy: str = ""
     """How the personal head was fitted (:data:`STRATEGIES`)."""
-    choice: str = ""
-    """What the guard chose: ``"universal"``, ``"centred"`` (the universal head on features
-    centred on the user), ``"mix"``, ``"personal"`` or ``"personal@A"`` (another anchor)."""
+    choice: Choice | None = None
+    """What the guard chose (:class:`Choice`: ``"universal"``, ``"centred"``, ``"mix"``,
+    ``"personal"`` or ``"personal@A"``, another anchor); ``None`` when nothing was fitted."""
     weight: float | None = None
     """The personal head's weight in the saved :class:`~emoadapt.heads.BlendHead`."""
     anchor: float | None = None
     """The fine-tune's pull toward the universal weights (fine-tune strategy)."""
-    centred: bool = False
-    """The saved head reads features centred on the user (:func:`user_offset`)."""
+    centered: bool = False
+    """The saved head reads features centred on the user (:func:`user_offset`; ``center=``)."""
     guard: str = ""
     """How the candidates were scored (``"leave-one-out"``, ``"every 5th held out"``,
     ``"none"`` with one correction, ``"off"``)."""
@@ -181,16 +234,16 @@ class AdaptReport:
             return "No corrections yet: the universal model answers."
         if not self.accepted:
             return "No new personal model was made: the universal model (or the previous personal model) answers."
-        if self.choice == "universal":
+        if self.choice is not None and self.choice.candidate is Candidate.UNIVERSAL:
             return (
                 "Your corrections did not help on the ones held back to check them, so the universal model answers; "
                 "your corrections are kept and count again at the next adaptation."
             )
         how = {
-            "mix": "The universal model still leads; your corrections nudge its answers",
-            "centred": "The universal model answers, adjusted to how your face looks overall",
-        }.get(self.choice, "Your personal model answers")
-        if self.centred:
+            Candidate.MIX: "The universal model still leads; your corrections nudge its answers",
+            Candidate.CENTRED: "The universal model answers, adjusted to how your face looks overall",
+        }.get(self.choice.candidate if self.choice is not None else Candidate.PERSONAL, "Your personal model answers")
+        if self.centered:
             how += ", after adjusting for how your face looks overall"
         covered = ", ".join(self.evidence_classes)
         if self.gated and len(self.evidence_classes) < GATE_MIN_CLASSES:
@@ -215,8 +268,22 @@ class AdaptReport:
             sure = f" With {self.n_corrections} correction{'s' if self.n_corrections != 1 else ''} it cannot check itself yet, so it stays close to the universal model."
         return how + scope + sure
 
+    def __post_init__(self) -> None:
+        if isinstance(self.choice, str) and not isinstance(self.choice, Choice):  # a report read back from JSON (to_dict)
+            self.choice = Choice.parse(self.choice) if self.choice else None
+
+    @property
+    def centred(self) -> bool:
+        """Deprecated spelling of :attr:`centered`."""
+        return self.centered
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The report as JSON-ready values (``choice`` its name, ``""`` when nothing was fitted;
+        ``centred`` repeats ``centered`` for readers of the former name)."""
+        d = asdict(self)
+        d["choice"] = "" if self.choice is None else str(self.choice)
+        d["centred"] = self.centered
+        return d
 
     def summary(self) -> str:
         """A few human-readable lines (what ``emoadapt adapt`` prints)."""
@@ -229,7 +296,7 @@ class AdaptReport:
             lines.append(f"  mean log-likelihood: {ll}")
         if self.choice:
             anchor = "" if self.anchor is None else f", anchor {self.anchor:g}"
-            centred = ", features centred on the user" if self.centred else ""
+            centred = ", features centred on the user" if self.centered else ""
             lines.append(f"chosen: {self.choice} (strategy {self.strategy}{anchor}, personal weight {self.weight:.2f}{centred})")
         if self.identity_expert:
             lines.append(f"identity expert: fitted on the faces of {self.identity_expert} corrections")
@@ -287,11 +354,65 @@ IDENTITY_EXPERT_WEIGHT = 0.5
 IDENTITY_EXPERT_C = 1.0
 
 
+@dataclass(frozen=True)
+class AdaptOptions:
+    """How :func:`adapt_user` fits and checks a user's personal head (what
+    :meth:`Recognizer.adapt <emoadapt.recognizer.Recognizer.adapt>` takes as keywords); the
+    defaults are the module's constants."""
+
+    strategy: str = DEFAULT_STRATEGY
+    """How the personal head is fitted (:data:`STRATEGIES`)."""
+    use_guard: bool = True
+    """Let the guard choose between the universal head, the mix and the personal head(s);
+    ``False`` takes the personal head."""
+    anchor: float | None = DEFAULT_ANCHOR
+    """The fine-tune's pull toward the universal weights (``None``: the head's own)."""
+    mix_k: float = DEFAULT_MIX_K
+    """Evidence scale of the mix: the personal weight is ``n / (n + mix_k)``."""
+    center: bool = DEFAULT_CENTER
+    """Centre features on the user (:func:`user_offset`)."""
+    epochs: int | None = None
+    """Fine-tuning epochs (``None``: the head's own)."""
+    seed: int = 0
+    """Random seed of the fit."""
+    expert_weight: float = IDENTITY_EXPERT_WEIGHT
+    """Weight of the identity expert (0: none)."""
+    evidence_gate: bool = DEFAULT_EVIDENCE_GATE
+    """Wrap the head in an :class:`~emoadapt.heads.EvidenceGateHead`."""
+
+
+@dataclass(frozen=True)
+class Personalized:
+    """What :func:`personalize` chose and why (what :class:`AdaptReport` reports)."""
+
+    choice: Choice
+    """The guard's choice."""
+    weight: float
+    """The personal head's weight in the installed :class:`~emoadapt.heads.BlendHead`."""
+    anchor: float | None
+    """The fine-tune's anchor (``None`` for the other strategies)."""
+    evidence: dict[str, float]
+    """Held-out accuracy (and ``"<name> log-likelihood"``) of each candidate."""
+    guard: str
+    """How the candidates were scored (``"leave-one-out"``, ``"every 5th held out"``, ``"none"``, ``"off"``)."""
+    n_held_out: int
+    """Corrections the guard scored."""
+    centered: bool
+    """The head reads features centred on the user."""
+    identity_expert: int
+    """Corrections the identity expert was fitted on (0: no expert)."""
+    gated: bool
+    """The head is wrapped in an :class:`~emoadapt.heads.EvidenceGateHead`."""
+    evidence_classes: list[str]
+    """The labels the corrections cover."""
+
+    def __getitem__(self, key: str) -> Any:
+        """``info["choice"]`` ...: the fields by name, as the dict :func:`personalize` returned before (``"centred"`` too)."""
+        return getattr(self, "centered" if key == "centred" else key)
+
+
 def load_replay(name: str) -> tuple[np.ndarray, np.ndarray]:
     """``(features (N, D), labels (N,))`` of a shipped replay set (sha256-verified, no pickles)."""
-    from . import zoo
-    from .errors import ModelIntegrityError
-
     path = zoo.model_path(name)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -325,7 +446,7 @@ def user_offset(clips: list[np.ndarray], labels: list[str], replay: tuple[np.nda
     k = len(diffs) - OFFSET_MIN_CLASSES + 1
     if k <= 0:
         return None
-    return k / (k + OFFSET_SHRINK) * np.mean(diffs, axis=0)
+    return np.asarray(k / (k + OFFSET_SHRINK) * np.mean(diffs, axis=0))
 
 
 def _center(clips: list[np.ndarray], offset: np.ndarray | None) -> list[np.ndarray]:
@@ -394,16 +515,20 @@ def fit_personal(
     raise InvalidInputError(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
 
 
-def _weights(n: int, mix_k: float) -> dict[str, float]:
-    return {"universal": 0.0, "centred": 0.0, "mix": float(n) / (n + float(mix_k)), "personal": 1.0}
+_UNIVERSAL, _CENTRED, _MIX, _PERSONAL = (Choice(c) for c in Candidate)
 
 
-def _candidates(strategy: str, anchor: float | None, alt_anchors: tuple[float, ...], center: bool, alt_center: bool) -> list[tuple[str, float | None, bool]]:
-    """The guard's personal heads ``(name, anchor, centred)``, from the least to the most
+def _weights(n: int, mix_k: float) -> dict[Candidate, float]:
+    """The personal head's weight in the head each candidate stands for, with ``n`` corrections."""
+    return {Candidate.UNIVERSAL: 0.0, Candidate.CENTRED: 0.0, Candidate.MIX: float(n) / (n + float(mix_k)), Candidate.PERSONAL: 1.0}
+
+
+def _candidates(strategy: str, anchor: float | None, alt_anchors: tuple[float, ...], center: bool, alt_center: bool) -> list[tuple[Choice, float | None, bool]]:
+    """The guard's personal heads ``(choice, anchor, centred)``, from the least to the most
     preferred on ties; the last (``"personal"``, fitted with ``anchor``) is also the one the
     mix blends."""
     alts = [a for a in alt_anchors if strategy == "finetune" and a != anchor]
-    return [*((f"personal@{a:g}", a, center and alt_center) for a in alts), ("personal", anchor, center)]
+    return [*((Choice(Candidate.PERSONAL, a), a, center and alt_center) for a in alts), (_PERSONAL, anchor, center)]
 
 
 def _installed(universal: TrainableHead, personal: Head, weight: float, offset: np.ndarray | None) -> Head:
@@ -423,7 +548,7 @@ def guard(
     center: bool = DEFAULT_CENTER,
     alt_center: bool = ALT_CENTER,
     **fit_kw: Any,
-) -> tuple[str, dict[str, float], str, int]:
+) -> tuple[Choice, dict[str, float], str, int]:
     """Choose between the universal head, the mix and the personal head(s) (see module docs).
 
     Returns ``(choice, held-out accuracy per candidate, scheme, corrections scored)``. The
@@ -443,21 +568,21 @@ def guard(
     """
     n = len(labels)
     if n < 2:
-        return "mix", {}, "none", 0
+        return _MIX, {}, "none", 0
     folds = [np.array([i]) for i in range(n)] if n <= LOO_MAX else [np.arange(HELD_OUT_EVERY - 1, n, HELD_OUT_EVERY)]
     scheme = "leave-one-out" if n <= LOO_MAX else f"every {HELD_OUT_EVERY}th held out"
-    w_mix = _weights(n - len(folds[0]), mix_k)["mix"]
+    w_mix = _weights(n - len(folds[0]), mix_k)[Candidate.MIX]
     centring = center and user_offset(clips, labels, fit_kw.get("replay")) is not None
     cands = _candidates(str(fit_kw.get("strategy", DEFAULT_STRATEGY)), anchor, alt_anchors, centring, alt_center)
-    order = ["universal", *(["centred"] if centring else []), "mix"]
-    first_personal = order.index("mix") + 1
+    order = [_UNIVERSAL, *([_CENTRED] if centring else []), _MIX]
+    first_personal = order.index(_MIX) + 1
     order = [*order[:first_personal], *(c for c, _, _ in cands)]
     hits = {k: 0 for k in order}
     loglik = {k: 0.0 for k in order}
     scored = sum(len(f) for f in folds)
     y = np.asarray(labels, dtype=str)
 
-    def score(name: str, head: Head, test: list[np.ndarray], truth: np.ndarray) -> None:
+    def score(name: Choice, head: Head, test: list[np.ndarray], truth: np.ndarray) -> None:
         p = head.predict_proba(test)
         classes = np.asarray(head.classes_).astype(str)
         hits[name] += int(np.sum(classes[np.argmax(p, axis=1)] == truth))
@@ -474,12 +599,12 @@ def guard(
             off = offset if centred else None
             personal = fit_personal(universal, _center(train, off), train_y, anchor=a, **fit_kw)
             score(name, _installed(universal, personal, 1.0, off), test, truth)
-            if name == "personal":
-                score("universal", BlendHead(universal, personal, 0.0), test, truth)
-                score("mix", _installed(universal, personal, w_mix, offset), test, truth)
+            if name == _PERSONAL:
+                score(_UNIVERSAL, BlendHead(universal, personal, 0.0), test, truth)
+                score(_MIX, _installed(universal, personal, w_mix, offset), test, truth)
                 if centring:
-                    score("centred", _installed(universal, personal, 0.0, offset), test, truth)
-    acc = {k: hits[k] / scored for k in order}
+                    score(_CENTRED, _installed(universal, personal, 0.0, offset), test, truth)
+    acc: dict[str, float] = {k: hits[k] / scored for k in order}
     # most accurate; ties: a personal head over the mix over the centred universal head over
     # the universal one, and between personal heads, the higher mean log-likelihood
     choice = max(
@@ -488,7 +613,7 @@ def guard(
     )
     # the default a challenger must beat by GUARD_MARGIN held-out hits: the personal head once
     # there is evidence enough to trust it, before that the mix (the universal head in charge)
-    default = "personal" if scored >= GUARD_TRUST_MIN else "mix"
+    default = _PERSONAL if scored >= GUARD_TRUST_MIN else _MIX
     if choice != default and hits[choice] - hits[default] < GUARD_MARGIN:
         choice = default
     acc.update({f"{k} log-likelihood": loglik[k] / scored for k in order})
@@ -512,15 +637,13 @@ def personalize(
     expert_weight: float = IDENTITY_EXPERT_WEIGHT,
     evidence_gate: bool = DEFAULT_EVIDENCE_GATE,
     **fit_kw: Any,
-) -> tuple[Head, dict[str, Any]]:
+) -> tuple[Head, Personalized]:
     """The head :func:`adapt_user` installs, from one user's ``(clips, labels)``, without a store.
 
     Returns ``(head, info)``: a :class:`~emoadapt.heads.BlendHead` of the universal and the
     personal head, inside a :class:`~emoadapt.heads.CenteredHead` when it reads features
     centred on the user (``center`` and a ``replay`` set, unless the guard chose the plain
-    universal head). ``info`` has ``choice``, ``weight``, ``anchor``, ``evidence``,
-    ``guard``, ``n_held_out``, ``centred`` and ``identity_expert`` (the number of corrections
-    the expert was fitted on, 0 without one). ``use_guard=False`` skips the check and takes
+    universal head); ``info`` (:class:`Personalized`) says what was chosen and why. ``use_guard=False`` skips the check and takes
     the personal head (weight 1). ``embeddings`` (one identity embedding or ``None`` per clip,
     of the identity model ``identity_model``): with embeddings of two labels or more, the
     head is wrapped in an :class:`~emoadapt.heads.IdentityExpertHead` of weight
@@ -535,34 +658,34 @@ def personalize(
             universal, clips, labels, mix_k=mix_k, anchor=anchor, alt_anchors=alt_anchors, center=center, alt_center=alt_center, **fit_kw
         )
     else:
-        choice, evidence, scheme, scored = "personal", {}, "off", 0
-    offset = user_offset(clips, labels, fit_kw.get("replay")) if center and choice != "universal" else None
+        choice, evidence, scheme, scored = _PERSONAL, {}, "off", 0
+    offset = user_offset(clips, labels, fit_kw.get("replay")) if center and choice.candidate is not Candidate.UNIVERSAL else None
     chosen = {name: (a, c) for name, a, c in _candidates(strategy, anchor, alt_anchors, offset is not None, alt_center)}
     chosen_anchor, centred = chosen.get(choice, (anchor, offset is not None))
     offset = offset if centred else None
-    weight = _weights(len(labels), mix_k).get(choice, 1.0)
+    weight = _weights(len(labels), mix_k)[choice.candidate]
     head: Head = _installed(universal, fit_personal(universal, _center(clips, offset), labels, anchor=chosen_anchor, **fit_kw), weight, offset)
     expert = _identity_expert(head, embeddings, labels, identity_model, expert_weight)
     if expert is not None:
         head = expert
     covered = sorted(set(labels))
-    gated = choice != "universal" and evidence_gate
+    gated = choice.candidate is not Candidate.UNIVERSAL and evidence_gate
     if gated:
         memory = np.stack([np.asarray(c, np.float64).mean(axis=0) for c in clips])
         allowed = covered if len(covered) >= GATE_MIN_CLASSES else []
         head = EvidenceGateHead(head, universal, allowed, memory, labels, recall=RECALL)
-    return head, {
-        "choice": choice,
-        "weight": weight,
-        "anchor": chosen_anchor if strategy == "finetune" else None,
-        "evidence": evidence,
-        "guard": scheme,
-        "n_held_out": scored,
-        "centred": offset is not None,
-        "identity_expert": 0 if expert is None else int(sum(e is not None for e in embeddings or [])),
-        "gated": gated,
-        "evidence_classes": covered,
-    }
+    return head, Personalized(
+        choice=choice,
+        weight=weight,
+        anchor=chosen_anchor if strategy == "finetune" else None,
+        evidence=evidence,
+        guard=scheme,
+        n_held_out=scored,
+        centered=offset is not None,
+        identity_expert=0 if expert is None else int(sum(e is not None for e in embeddings or [])),
+        gated=gated,
+        evidence_classes=covered,
+    )
 
 
 def _identity_expert(
@@ -596,29 +719,23 @@ def adapt_user(
     *,
     model_version: str | None = None,
     replay: tuple[np.ndarray, np.ndarray] | None = None,
-    strategy: str = DEFAULT_STRATEGY,
-    use_guard: bool = True,
-    anchor: float | None = DEFAULT_ANCHOR,
-    mix_k: float = DEFAULT_MIX_K,
-    center: bool = DEFAULT_CENTER,
-    epochs: int | None = None,
-    seed: int = 0,
     identity_model: str | None = None,
-    expert_weight: float = IDENTITY_EXPERT_WEIGHT,
-    evidence_gate: bool = DEFAULT_EVIDENCE_GATE,
+    options: AdaptOptions | None = None,
 ) -> AdaptReport:
     """Fit, check and install ``user``'s personal head from their stored corrections (see
-    module docs).
+    module docs), as ``options`` say (default :class:`AdaptOptions`).
 
     Only corrections recorded with ``model_version`` (the backbone that produced their
     features) are used when it is given: features of another backbone live in another space.
-    With ``identity_model``, the identity embeddings that model stored with the corrections
-    feed the personal identity expert (:func:`personalize`).
+    ``replay``: universal training features replayed for uncorrected classes. With
+    ``identity_model``, the identity embeddings that model stored with the corrections feed
+    the personal identity expert (:func:`personalize`).
     """
     t0 = time.perf_counter()
+    opt = options or AdaptOptions()
     user_uid = store.user_uid(user)  # before the data: save_head refuses if the record changed
-    if strategy not in STRATEGIES:
-        raise InvalidInputError(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
+    if opt.strategy not in STRATEGIES:
+        raise InvalidInputError(f"unknown strategy {opt.strategy!r}; choose from {STRATEGIES}")
     if model_version is None:
         feats, labels, ids = store.correction_data(user)
     else:
@@ -627,7 +744,17 @@ def adapt_user(
     labels = [str(lab) for lab in labels]
     n = len(ids)
     if n == 0:
-        return AdaptReport(user, False, _active_version(store, user), 0, 0, 0, reason="no corrections", strategy=strategy, seconds=time.perf_counter() - t0)
+        return AdaptReport(
+            user=user,
+            accepted=False,
+            version=_active_version(store, user),
+            n_corrections=0,
+            n_train=0,
+            n_held_out=0,
+            reason="no corrections",
+            strategy=opt.strategy,
+            seconds=time.perf_counter() - t0,
+        )
     order = np.argsort(ids)
     feats = [feats[i] for i in order]
     labels = [labels[i] for i in order]
@@ -637,67 +764,66 @@ def adapt_user(
         universal,
         feats,
         labels,
-        strategy=strategy,
-        use_guard=use_guard,
-        mix_k=mix_k,
+        strategy=opt.strategy,
+        use_guard=opt.use_guard,
+        mix_k=opt.mix_k,
         replay=replay,
-        anchor=anchor,
-        center=center,
-        epochs=epochs,
-        seed=seed,
+        anchor=opt.anchor,
+        center=opt.center,
+        epochs=opt.epochs,
+        seed=opt.seed,
         embeddings=[embs.get(i) for i in ids] if embs else None,
         identity_model=identity_model or "",
-        expert_weight=expert_weight,
-        evidence_gate=evidence_gate,
+        expert_weight=opt.expert_weight,
+        evidence_gate=opt.evidence_gate,
     )
-    counts = {lab: labels.count(lab) for lab in sorted(set(labels))}
     report = AdaptReport(
-        user,
-        False,
-        _active_version(store, user),
-        n,
-        n,
-        info["n_held_out"],
-        strategy=strategy,
-        choice=info["choice"],
-        weight=info["weight"],
-        anchor=info["anchor"],
-        centred=info["centred"],
-        guard=info["guard"],
-        evidence=info["evidence"],
-        label_counts=counts,
-        identity_expert=info["identity_expert"],
-        gated=info["gated"],
-        evidence_classes=info["evidence_classes"],
+        user=user,
+        accepted=False,
+        version=_active_version(store, user),
+        n_corrections=n,
+        n_train=n,
+        n_held_out=info.n_held_out,
+        strategy=opt.strategy,
+        choice=info.choice,
+        weight=info.weight,
+        anchor=info.anchor,
+        centered=info.centered,
+        guard=info.guard,
+        evidence=info.evidence,
+        label_counts={lab: labels.count(lab) for lab in sorted(set(labels))},
+        identity_expert=info.identity_expert,
+        gated=info.gated,
+        evidence_classes=info.evidence_classes,
     )
-    if info["evidence"]:
-        report.held_out_accuracy_before = info["evidence"]["universal"]
-        report.held_out_accuracy_after = info["evidence"][info["choice"]]
-    metrics: dict[str, Any] = {f"held_out_{k}": v for k, v in info["evidence"].items()}
-    metrics.update(n_corrections=n, n_train=n, n_held_out=info["n_held_out"], weight=info["weight"])
+    if info.evidence:
+        report.held_out_accuracy_before = info.evidence[_UNIVERSAL]
+        report.held_out_accuracy_after = info.evidence[info.choice]
+    metrics: dict[str, Any] = {f"held_out_{k}": v for k, v in info.evidence.items()}
+    metrics.update(n_corrections=n, n_train=n, n_held_out=info.n_held_out, weight=info.weight)
     meta = {
         "type": type(head).__name__,
-        "strategy": strategy,
-        "choice": info["choice"],
-        "guard": info["guard"],
-        "anchor": info["anchor"],
-        "centred": info["centred"],
-        "identity_expert": info["identity_expert"],
-        "gated": info["gated"],
+        "strategy": opt.strategy,
+        "choice": str(info.choice),
+        "guard": info.guard,
+        "anchor": info.anchor,
+        "centred": info.centered,
+        "identity_expert": info.identity_expert,
+        "gated": info.gated,
     }
     version = store.save_head(user, head_to_arrays(head), meta=meta, metrics=metrics, trained_on=ids, user_uid=user_uid)
     report.accepted, report.version = True, version
     report.classes = [str(c) for c in head.classes_]
     report.reason = {
-        "universal": "the personal evidence hurt held-out corrections: the universal head decides",
-        "mix": "universal and personal heads mixed, weighted by the evidence",
-    }.get(info["choice"], "the personal head did best on held-out corrections")
-    if info["guard"] == "none":
+        Candidate.UNIVERSAL: "the personal evidence hurt held-out corrections: the universal head decides",
+        Candidate.MIX: "universal and personal heads mixed, weighted by the evidence",
+    }.get(info.choice.candidate, "the personal head did best on held-out corrections")
+    if info.guard == "none":
         report.reason = "one correction, nothing to hold out: universal and personal heads mixed, weighted by the evidence"
-    elif info["guard"] == "off":
+    elif info.guard == "off":
         report.reason = "guard off: the personal head is used"
     report.seconds = time.perf_counter() - t0
-    log.info("adapt %s: head v%d (%s, %s, weight %.2f) on %d corrections (%.2fs)", user, version, strategy, info["choice"], info["weight"], n, report.seconds)
+    log.info("adapt %s: head v%d (%s, %s, weight %.2f) on %d corrections (%.2fs)", user, version, opt.strategy, info.choice, info.weight, n, report.seconds)
     return report
 
 

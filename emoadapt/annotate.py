@@ -117,7 +117,7 @@ def label_windows(
                 frame_probabilities=_rows(track.frame_probabilities, pos),
                 embedding=track.embedding,
             )
-            rec._classify(part, track.user)
+            rec.personal.classify(part, track.user)
             assert part.label is not None
             for j in pos:
                 f = track.timeline[j]

@@ -251,7 +251,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 def cmd_users(args: argparse.Namespace) -> int:
     rec = _recognizer(args)
-    stale = rec.reenrol_needed()
+    stale = rec.reenroll_needed()
     users = rec.users()
     # users a store upgrade renamed (names stored before they were normalised), see Store.renamed_users
     renamed = {r.name: r for r in rec.store.renamed_users()} if users else {}

@@ -106,7 +106,7 @@ def test_expert_round_trips_as_plain_arrays_and_refuses_bad_files(recognizer, pe
     head, info = personalize(
         recognizer.personal_base, feats, y, replay=recognizer.replay, embeddings=list(emb), identity_model="mobilefacenet", evidence_gate=False
     )
-    assert isinstance(head, IdentityExpertHead) and isinstance(head.head, CenteredHead) and info["identity_expert"] == len(y)
+    assert isinstance(head, IdentityExpertHead) and isinstance(head.head, CenteredHead) and info.identity_expert == len(y)
     back = load_head(head.save(tmp_path / "e.npz"))
     assert isinstance(back, IdentityExpertHead) and back.identity_model == "mobilefacenet" and back.weight == head.weight
     ctx = ClipContext(embeddings=test_emb)
@@ -140,7 +140,7 @@ def test_expert_round_trips_as_plain_arrays_and_refuses_bad_files(recognizer, pe
     # no expert without embeddings of two labels, or with weight 0
     for kw in ({"embeddings": [emb[0]] + [None] * (len(y) - 1)}, {"embeddings": list(emb), "expert_weight": 0.0}, {}):
         plain, info = personalize(recognizer.personal_base, feats, y, replay=recognizer.replay, **kw)
-        assert identity_expert_of(plain) is None and info["identity_expert"] == 0
+        assert identity_expert_of(plain) is None and info.identity_expert == 0
 
 
 def test_corrections_through_the_api_train_the_expert_that_predict_uses(tmp_path, recognizer, data_dir):
@@ -151,7 +151,7 @@ def test_corrections_through_the_api_train_the_expert_that_predict_uses(tmp_path
         rec.correct(str(f), lab, user="p01", force=True)
     rep = rec.adapt("p01")
     assert rep.identity_expert == len(train) and "identity expert: fitted on the faces of 7 corrections" in rep.summary()
-    head = rec._personal_head("p01")
+    head = rec.personal.head_for("p01")
     expert = identity_expert_of(head)
     assert expert is not None and expert.identity_model == rec.identity
     res = [rec.predict(str(f)) for f in test]

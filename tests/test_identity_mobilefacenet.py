@@ -193,7 +193,7 @@ def test_enrolments_of_another_model_are_never_compared(tmp_path, photo, caplog)
     assert old.store.embedding_models() == {"obama": ["dlib_resnet"]}
 
     rec = emoadapt.Recognizer(home=home, adapt_every=0)  # mobilefacenet
-    assert rec.reenrol_needed() == {"obama": ["dlib_resnet"]}
+    assert rec.reenroll_needed() == {"obama": ["dlib_resnet"]}
     with caplog.at_level(logging.WARNING, logger="emoadapt.recognizer"):
         assert rec.predict(photo("obama2.jpg")).user is None  # not compared across spaces
     assert any("re-enrol needed" in r.getMessage() and "obama" in r.getMessage() for r in caplog.records)
@@ -202,7 +202,7 @@ def test_enrolments_of_another_model_are_never_compared(tmp_path, photo, caplog)
     assert rec.corrections("obama") == []
 
     assert rec.enroll("obama", photo("obama.jpg")) == 1  # re-enrolment with this model
-    assert rec.reenrol_needed() == {}
+    assert rec.reenroll_needed() == {}
     assert rec.predict(photo("obama2.jpg")).user == "obama"
     assert rec.store.embedding_models() == {"obama": ["dlib_resnet", "mobilefacenet"]}
     assert rec.predict(photo("biden.jpg")).user is None

@@ -42,7 +42,7 @@ def clip_frames() -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def analysed(recognizer, clip_frames) -> list[AnalyzedFrame]:
     """The example clip's first 20 frames through the real analysis path (identity embeddings too)."""
-    out = list(recognizer._analysis().frames(clip_frames[:20], identity=True))
+    out = list(recognizer.scanner.analysis().frames(clip_frames[:20], identity=True))
     assert all(len(f.faces) == 1 for f in out)
     return out
 

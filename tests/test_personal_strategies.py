@@ -97,7 +97,7 @@ def test_blend_head_of_each_strategy_round_trips_with_custom_labels(recognizer, 
     labels = [*labels[:-1], "calm"]
     u = recognizer.personal_base
     head, info = personalize(u, clips, labels, strategy=strategy, replay=recognizer.replay, evidence_gate=False)
-    assert info["choice"] in info["evidence"] and isinstance(head, CenteredHead) == info["centred"]
+    assert info.choice in info.evidence and isinstance(head, CenteredHead) == info.centered
     assert "calm" in head.classes_ and set(u.classes_) <= set(head.classes_)
     arrays = head_to_arrays(head)
     assert all(a.dtype != object for a in arrays.values())  # plain arrays, no pickles
@@ -233,8 +233,8 @@ def test_adapt_report_says_what_was_chosen_and_why(tmp_path, recognizer, cremad_
     text = rep.summary()
     assert f"chosen: {rep.choice}" in text and "leave-one-out" in text and "angry 2" in text
     # the saved head is what predict() uses, and it is the guard's blend
-    head = rec._personal_head("a")
-    assert isinstance(_unwrapped(head), CenteredHead) == rep.centred and _blend(head).weight == rep.weight
+    head = rec.personal.head_for("a")
+    assert isinstance(_unwrapped(head), CenteredHead) == rep.centered and _blend(head).weight == rep.weight
     assert isinstance(head, EvidenceGateHead) and rep.gated and rep.evidence_classes == ["angry", "disgust", "fear"]
     assert "toward an expression you corrected (angry, disgust, fear)" in rep.explanation()
     rep2 = rec.adapt("a", strategy="prototype")

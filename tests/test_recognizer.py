@@ -90,11 +90,11 @@ def _crops(rec, frames):
     from emoadapt.alignment import norm_crop
     from emoadapt.detection import TrackingDetector
 
-    det = TrackingDetector(rec.detector, detect_every=rec.detect_every, min_score=rec.min_face_score)
+    det = TrackingDetector(rec.detector, detect_every=rec.scanner.settings.detect_every, min_score=rec.scanner.settings.min_face_score)
     out = []
     for f in frames:
         d = det(f)
-        i = rec._faces(d)[0]
+        i = rec.scanner.analysis().select(d)[0]
         out.append(norm_crop(f, d.landmarks[i], rec.backbone.input_size, rec.backbone.template, gray=rec.backbone.channels == 1))
     return np.stack(out)
 

@@ -70,7 +70,7 @@ def test_windows_hop_over_the_source_with_their_times(recognizer, cremad_clips):
         part = emoadapt.Result(
             label=None, probabilities={}, frames=len(sel), faces=len(sel), features=ref.features[sel], frame_probabilities=ref.frame_probabilities[sel]
         )
-        recognizer._classify(part, None)
+        recognizer.personal.classify(part, None)
         assert w.label == part.label
         assert max(abs(w.probabilities[k] - part.probabilities[k]) for k in part.probabilities) <= 1e-6
 

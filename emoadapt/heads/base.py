@@ -138,7 +138,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return np.asarray(z - np.log(np.exp(z).sum(axis=1, keepdims=True)))
 
 
 def _pool_names(how: str | Sequence[str]) -> tuple[str, ...]:
@@ -362,7 +362,7 @@ class _Head:
     def predict(self, clips: Clips, context: ClipContext | None = None) -> np.ndarray:
         """Most probable label per clip, shape ``(N,)`` (labels from ``classes_``; ``context`` as in :meth:`predict_proba`)."""
         p = self.predict_proba(clips, context)
-        return self.classes_[np.argmax(p, axis=1)]
+        return np.asarray(self.classes_[np.argmax(p, axis=1)])
 
     def score(self, clips: Clips, y: Any) -> float:
         """Mean accuracy of :meth:`predict` on ``(clips, y)``."""

@@ -55,7 +55,7 @@ class StatPoolingHead(_TrainableHead):
     def _prepare(self, clips: list[np.ndarray]) -> np.ndarray:
         dt = np.dtype(self.train_params.dtype)
         z = self._pooled(clips)
-        return ((z - self.mean_) / self.scale_).astype(dt, copy=False)
+        return np.asarray(((z - self.mean_) / self.scale_).astype(dt, copy=False))
 
     def _batch(self, design: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = design[idx]

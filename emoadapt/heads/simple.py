@@ -117,7 +117,7 @@ class PrototypeHead(_Head):
 
     def _normalized(self, x: np.ndarray) -> np.ndarray:
         z = x - self.center_
-        return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), EPS)
+        return np.asarray(z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), EPS))
 
     def _refresh(self) -> None:
         means = self.sums_ / self.counts_[:, None]
@@ -162,7 +162,7 @@ class PrototypeHead(_Head):
         x = self._pooled(clips)
         if x.shape[1] != self.n_features_in_:
             raise InvalidInputError(f"clips have {x.shape[1]} features, the head was fitted on {self.n_features_in_}")
-        return np.exp(_log_softmax(float(self.temperature) * self._normalized(x) @ self.prototypes_.T))
+        return np.asarray(np.exp(_log_softmax(float(self.temperature) * self._normalized(x) @ self.prototypes_.T)))
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return {"n_features_in": int(self.n_features_in_)}, {"sums": self.sums_, "counts": self.counts_}

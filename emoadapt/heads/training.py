@@ -499,7 +499,7 @@ class _TrainableHead(_Head):
 
     def predict_proba(self, clips: Clips, context: ClipContext | None = None) -> np.ndarray:
         """Class probabilities ``(N, C)`` (columns follow ``classes_``; rows sum to 1); the features are all it reads (``context`` is not used)."""
-        return np.exp(_log_softmax(self.decision_function(clips)))
+        return np.asarray(np.exp(_log_softmax(self.decision_function(clips))))
 
     def clip_features(self, clips: Clips) -> np.ndarray:
         """The pooled clip vector ``f_v`` fed to the softmax layer, ``(N, P)``."""

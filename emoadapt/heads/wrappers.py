@@ -116,7 +116,7 @@ class BlendHead(_Head):
             z += (1.0 - w) * self._aligned_log(base, clips, classes, context)
         if w > 0.0:
             z += w * self._aligned_log(personal, clips, classes, context)
-        return np.exp(_log_softmax(z))
+        return np.asarray(np.exp(_log_softmax(z)))
 
     def _payload(self) -> dict[str, np.ndarray]:
         self._check_parts()
@@ -291,7 +291,7 @@ class IdentityExpertHead(_Head):
             raise InvalidInputError(f"embeddings must be a non-empty 2-D array (N, E), got shape {e.shape}")
         if hasattr(self, "n_embedding_in_") and e.shape[1] != self.n_embedding_in_:
             raise InvalidInputError(f"embeddings have {e.shape[1]} values, the expert reads {self.n_embedding_in_}")
-        return float(self.scale) * e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), EPS)
+        return np.asarray(float(self.scale) * e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), EPS))
 
     def fit(self, clips: Clips, y: Any) -> IdentityExpertHead:
         """Refit the wrapped head on ``(clips, y)`` (the expert stays as it is; see
@@ -335,7 +335,7 @@ class IdentityExpertHead(_Head):
     def expert_proba(self, embeddings: Any) -> np.ndarray:
         """The expert's probabilities ``(N, K)`` (columns follow ``expert_classes_``)."""
         self._check_fitted()
-        return np.exp(_log_softmax(self._design(embeddings) @ self.coef_ + self.intercept_))
+        return np.asarray(np.exp(_log_softmax(self._design(embeddings) @ self.coef_ + self.intercept_)))
 
     def predict_proba(self, clips: Clips, context: ClipContext | np.ndarray | None = None) -> np.ndarray:
         """Probabilities ``(N, C)`` of ``clips`` (columns follow ``classes_``), with the expert
@@ -356,7 +356,7 @@ class IdentityExpertHead(_Head):
         aligned[:, [classes.index(c) for c in self.expert_classes_.tolist()]] = q
         w = float(self.weight)
         z = (1.0 - w) * np.log(np.clip(p[rows], BlendHead._FLOOR, None)) + w * np.log(np.clip(aligned, BlendHead._FLOOR, None))
-        out = p.copy()
+        out: np.ndarray = p.copy()
         out[rows] = np.exp(_log_softmax(z))
         return out
 

@@ -169,14 +169,18 @@ def test_bad_model_constructor_values(make):
 
 
 def test_unknown_keyword_arguments_are_refused_before_any_work(recognizer, clip_path, portrait):
+    # the Recognizer's methods spell out their keywords (mypy checks callers): Python refuses
+    # an unknown one before the call starts, as for predict
     calls = {
+        "predict": lambda: recognizer.predict(clip_path, frames=3),
         "enroll": lambda: recognizer.enroll("kw-user", clip_path, frames=3),
         "correct": lambda: recognizer.correct(clip_path, "happy", user="kw-user", max_frame=3),
         "frame_features": lambda: recognizer.frame_features(clip_path, maxframes=3),
         "adapt": lambda: recognizer.adapt("kw-user", epoch=3),
-        "detect_batch": lambda: recognizer.detector.detect_batch([portrait], min_size=20),
     }
     for call in calls.values():
-        with pytest.raises(InvalidInputError, match="unexpected keyword"):
+        with pytest.raises(TypeError, match="unexpected keyword"):
             call()
+    with pytest.raises(InvalidInputError, match="unexpected keyword"):
+        recognizer.detector.detect_batch([portrait], min_size=20)
     assert "kw-user" not in recognizer.users()

@@ -1,0 +1,156 @@
+"""Reading clips for a :class:`~emoadapt.recognizer.Recognizer`: its models and analysis
+settings, turned into a clip's :class:`~emoadapt.analysis.FaceTable`, its main face track,
+or the faces of one image (every reader runs :meth:`~emoadapt.analysis.Analysis.frames`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ._checks import count, number
+from ._paths import as_path
+from .analysis import MAX_POOLED_FACES, Analysis, FaceTable
+from .detection import MTCNN
+from .errors import InvalidInputError
+from .features import Backbone
+from .identity import Embedder
+from .results import FrameResult, Result, track_result
+from .video import DEFAULT_SOURCE_FPS, Clip, Sampling, as_rgb_frame, source_rate
+
+__all__ = ["AnalysisSettings", "ScanOptions", "Scanner", "clip_fps"]
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """How a clip is read: the sampling keywords of :meth:`~emoadapt.recognizer.Recognizer.predict`."""
+
+    color: str = "rgb"
+    fps: float | None = None
+    max_frames: int | None = None
+    step: int = 1
+    source_fps: float = DEFAULT_SOURCE_FPS
+    progress: bool = False
+
+    def sampling(self) -> Sampling:
+        """The frames to read (InvalidInputError for bad values)."""
+        return Sampling(fps=self.fps, max_frames=self.max_frames, step=self.step, source_fps=self.source_fps)
+
+    def given(self) -> list[str]:
+        """The options given another value than their default."""
+        return [f.name for f in fields(self) if getattr(self, f.name) != f.default]
+
+
+def clip_fps(clip: Clip, sampling: Sampling) -> float | None:
+    """The rate frame times count at: a video file's container rate (``sampling.source_fps``
+    when it gives none), ``None`` for a still image, ``sampling.source_fps`` for arrays and iterables."""
+    if not isinstance(clip, (str, os.PathLike)):
+        return sampling.source_fps
+    return source_rate(clip, sampling)
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """How faces are found and read: the :class:`~emoadapt.recognizer.Recognizer` arguments of
+    these names, checked when made (InvalidInputError)."""
+
+    min_face_score: float = 0.95
+    max_faces: int = 8
+    detect_every: int = 10
+    chunk: int = 32
+    identity_frames: int = 8
+    video_tta: bool = False
+
+    def __post_init__(self) -> None:
+        checked = {
+            "min_face_score": number(self.min_face_score, "min_face_score", 0.0, 1.0),
+            "max_faces": count(self.max_faces, "max_faces"),
+            "detect_every": count(self.detect_every, "detect_every"),
+            "chunk": count(self.chunk, "chunk", 4096),
+            "identity_frames": count(self.identity_frames, "identity_frames"),
+            "video_tta": bool(self.video_tta),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+
+@dataclass(frozen=True)
+class Scanner:
+    """One Recognizer's models and analysis settings, and what reading a clip gives."""
+
+    detector: MTCNN
+    backbone: Backbone
+    embedder: Callable[[], Embedder]
+    """The identity embedder, loaded when first needed."""
+    settings: AnalysisSettings
+
+    def analysis(self) -> Analysis:
+        """The per-frame analysis with these models and settings."""
+        st = self.settings
+        return Analysis(
+            self.detector,
+            self.backbone,
+            embedder=self.embedder,
+            min_face_score=st.min_face_score,
+            max_faces=st.max_faces,
+            detect_every=st.detect_every,
+            chunk=st.chunk,
+            identity_frames=st.identity_frames,
+            video_tta=st.video_tta,
+        )
+
+    def table(self, clip: Clip, options: ScanOptions, *, identity: bool, timeline: bool = True, max_features: int | None = MAX_POOLED_FACES) -> FaceTable:
+        """Every sampled frame of ``clip`` analysed, as a :class:`FaceTable` (``identity``:
+        embed the faces; ``timeline`` and ``max_features`` as there)."""
+        sampling = options.sampling()
+        if isinstance(clip, (str, os.PathLike)):
+            clip = as_path(clip, "clip")  # InvalidInputError for unusable path-likes, before any use
+        source = os.fspath(clip) if isinstance(clip, os.PathLike) else None
+        bar = tqdm(total=sampling.max_frames, unit="frame", leave=False, dynamic_ncols=True) if options.progress else None
+        try:
+            frames = self.analysis().frames(clip, color=options.color, sampling=sampling, identity=identity, progress=bar)
+            return FaceTable(frames, source=source, fps=clip_fps(clip, sampling), timeline=timeline, max_features=max_features)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def main_track(self, clip: Clip, options: ScanOptions, *, identity: bool) -> Result:
+        """The unclassified result of ``clip``'s main face track (no face: empty), with its
+        identity ``embedding`` when ``identity``."""
+        table = self.table(clip, options, identity=identity)
+        tracks = table.tracks()
+        res = track_result(table, tracks[0] if tracks else None, self.backbone.classes, self.backbone.dim)
+        if identity and tracks:
+            res.embedding = table.track_embedding(tracks[0])
+        return res
+
+    def face_to_learn(self, clip: Clip | Result, options: ScanOptions, threshold: float, identity_model: str) -> tuple[Result, np.ndarray]:
+        """The main face track of ``clip`` (tracks of one identity by ``threshold`` merged) and
+        its identity embedding; InvalidInputError when there is no face to learn from. A
+        :class:`Result` (of ``analyze(identity=True)`` or ``predict``) is used as it is: its
+        features and its embedding of ``identity_model`` (no ``options`` then)."""
+        if isinstance(clip, Result):
+            if options.given():
+                raise InvalidInputError(f"a Result is already analysed: sampling arguments ({', '.join(options.given())}) do not apply to it")
+            clip.check_analysed(self.backbone.name, self.backbone.dim, identity_model, self.embedder().dim)
+            return clip, np.asarray(clip.embedding, np.float32)
+        table = self.table(clip, options, identity=True)
+        tracks = table.tracks(threshold)
+        if not tracks:
+            raise InvalidInputError(f"no face found in the clip ({table.frames} frames): nothing to learn from")
+        emb = table.track_embedding(tracks[0])
+        assert emb is not None
+        return track_result(table, tracks[0], self.backbone.classes, self.backbone.dim), emb
+
+    def faces_in(self, image: np.ndarray, color: str) -> list[FrameResult]:
+        """Every confident face of one frame with its frame-level probabilities (index 0)."""
+        frame = next(self.analysis().frames(as_rgb_frame(image, color)))
+        classes = self.backbone.classes
+        out = []
+        for f in frame.faces:
+            x1, y1, x2, y2 = (float(v) for v in f.box)
+            out.append(FrameResult(0, (x1, y1, x2, y2), f.score, dict(zip(classes, map(float, np.asarray(f.probabilities)))), f.landmarks))
+        return out
