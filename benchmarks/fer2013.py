@@ -546,7 +546,7 @@ def faceapi_own(data: dict[str, tuple[np.ndarray, np.ndarray]], args: argparse.N
     """``faceapi_expression`` on face-api.js's own crops of the Taiwanese and CK+ photos, MTCNN's
     box standing in for face-api's SSD detector: the detector box, and the bounding box of
     face-api's 68 landmarks (its landmark net, run in numpy on the box crop) padded by 20 %."""
-    from builders import faceapi_expression as fa
+    from scripts.builders import faceapi_expression as fa
 
     lm_weights = fa.load_weights(stem=fa.LANDMARK_MODEL)
     bb = Backbone("faceapi_expression", num_threads=args.threads)

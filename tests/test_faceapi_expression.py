@@ -9,7 +9,6 @@ crops, with the weight files' sha256.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import cv2
@@ -24,8 +23,6 @@ MODEL_FILE = ROOT / "models" / "faceapi_expression_f32.tflite"
 FER = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 #: face-api's class names -> FER2013's (the shipped model's order)
 UPSTREAM_TO_FER = {"neutral": "neutral", "happy": "happy", "sad": "sad", "angry": "angry", "fearful": "fear", "disgusted": "disgust", "surprised": "surprise"}
-
-sys.path.insert(0, str(ROOT / "scripts"))
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +90,7 @@ def test_outputs_are_in_fer2013_order(ref, crops):
 
 
 def test_fixture_names_the_published_weight_files(ref):
-    from builders import faceapi_expression as fa
+    from scripts.builders import faceapi_expression as fa
 
     stored = dict(str(s).split(" ") for s in ref["upstream_sha256"])
     assert stored == {k: v for k, v in fa.UPSTREAM_SHA256.items() if fa.MODEL in k}
@@ -107,7 +104,7 @@ def test_numpy_reference_and_tflite_export_match_the_upstream_graph(ref, crops):
     """The builder's numpy reimplementation (from the weight file, sha256 checked) reproduces
     TF.js's outputs; the TF rebuild exported float32 reproduces both (needs the unpacked npm
     package and TensorFlow)."""
-    from builders import faceapi_expression as fa
+    from scripts.builders import faceapi_expression as fa
 
     try:
         weights = fa.load_weights(fa.package_dir(fetch=False))
@@ -133,7 +130,7 @@ def test_ensemble_weights_are_chosen_on_the_selection_sets_and_beat_both_members
     """``expression_ensemble.choose`` on the shipped members' real probabilities (FER2013's public
     test, the selection set): the chosen mix is at least as accurate there as either member
     alone, and logit averaging is a weighted geometric mean of the probabilities."""
-    from builders import expression_ensemble as ens
+    from scripts.builders import expression_ensemble as ens
 
     x, y = fer2013["x_public_test"][::3], fer2013["y_public_test"][::3].astype(np.int64)
     p_ours, p_fa = ens.member_probs(x)
@@ -152,7 +149,7 @@ def test_ensemble_reemits_our_network_exactly(fer2013):
     """The ensemble's copy of our network (the float32 TFLite file re-emitted op by op as TF ops)
     computes what the shipped file computes, logits included (needs TensorFlow)."""
     tf = pytest.importorskip("tensorflow")
-    from builders import expression_ensemble as ens
+    from scripts.builders import expression_ensemble as ens
 
     x = fer2013["x_private_test"][:64, :, :, None].astype(np.float32)
     run = ens.tflite_to_tf(ens.OURS_F32)

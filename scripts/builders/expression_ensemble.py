@@ -292,16 +292,11 @@ def selection_sets() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The faces the weights are chosen on, as 48x48 gray crops and FER2013 label ids: FER2013's
     public test (the dataset crops) and the Taiwanese dev photos (MTCNN, the largest confident
     face, ``norm_crop`` onto the fer2013 template, as the runtime does)."""
-    import sys
-
     import cv2
-
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from _common import data_dir, taiwanese_label
 
     from emoadapt.alignment import norm_crop
     from emoadapt.detection import MTCNN
+    from scripts._common import data_dir, taiwanese_label
 
     data = data_dir()
     with np.load(data / "fer2013.npz", allow_pickle=False) as z:
