@@ -67,17 +67,14 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         raise InvalidInputError("landmark coordinates too large for a similarity transform")
     if var_s < 1e-12:
         raise InvalidInputError("degenerate landmarks (all points coincide)")
-    try:
-        u, sig, vt = np.linalg.svd(cov)
-    except np.linalg.LinAlgError as e:  # pragma: no cover - finite 2x2 SVD converges
-        raise InvalidInputError(f"no similarity transform for these landmarks: {e}") from e
-    flip = np.eye(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        flip[1, 1] = -1
-    r = u @ flip @ vt
-    scale = np.trace(np.diag(sig) @ flip) / var_s
-    t = mu_d - scale * r @ mu_s
-    return np.hstack([scale * r, t[:, None]])
+    # Umeyama's least-squares similarity in closed form for 2-D points: with complex numbers,
+    # d = z * s, z = sum(conj(s) d) / sum(|s|^2) = scale * e^(i angle) (the same optimum as the
+    # SVD solution with its reflection guard, without a 2x2 SVD per face)
+    a = (cov[0, 0] + cov[1, 1]) / var_s
+    b = (cov[1, 0] - cov[0, 1]) / var_s
+    m = np.array([[a, -b, 0.0], [b, a, 0.0]])
+    m[:, 2] = mu_d - m[:, :2] @ mu_s
+    return m
 
 
 def norm_crop(

@@ -35,8 +35,8 @@ __all__ = ["Analysis", "AnalyzedFrame", "AnalyzedFace", "FaceTable", "Track", "I
 
 log = logging.getLogger(__name__)
 
-#: at least this many faces of a track between two of its identity embeddings (a track is
-#: embedded at its start and again when its appearance drifts, :meth:`Analysis.frames`)
+#: a track's appearance is compared with the face last embedded every this many faces (a track
+#: is embedded at its start and again when its appearance drifted, :meth:`Analysis.frames`)
 IDENTITY_STRIDE = 5
 #: a track's face is embedded for identity again when, since its last embedding, its head
 #: rolled by more than this many radians (about 11 degrees) ...
@@ -229,8 +229,8 @@ class Analysis:
     def _maybe_embed(self, image: np.ndarray, face: AnalyzedFace, crop: np.ndarray, index: int, embedded: dict[int, _Embedded], window: int | None) -> None:
         """Embed ``face`` for identity when its track has no embedding yet (within ``window``
         source frames, when given), or when the face's appearance drifted from the one last
-        embedded (:func:`_appearance`: head pose, size, lighting, expression) at least
-        :data:`IDENTITY_STRIDE` faces later; never more than ``identity_frames`` per track
+        embedded (:func:`_appearance`: head pose, size, lighting, expression; checked every
+        :data:`IDENTITY_STRIDE` faces after it); never more than ``identity_frames`` per track
         (within ``window``)."""
         state = embedded.get(face.track)
         if state is None:
@@ -242,8 +242,10 @@ class Analysis:
                 times.popleft()
         if len(times) >= self.identity_frames:
             return
+        if times and (state.faces - state.last) % IDENTITY_STRIDE:  # drift is checked every IDENTITY_STRIDE faces
+            return
         look = _appearance(face.landmarks, crop)
-        if times and (state.faces - state.last < IDENTITY_STRIDE or state.look is None or not _drifted(state.look, look)):
+        if times and state.look is not None and not _drifted(state.look, look):
             return
         face.identity = self._embedder().embed_faces(image, face.landmarks[None])[0]
         times.append(index)

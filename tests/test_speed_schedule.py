@@ -98,10 +98,10 @@ def test_identity_is_embedded_at_track_start_and_where_the_face_changes(tmp_path
     for clip in cremad_clips:  # a talking head: its first face, then as the expression moves
         emb = _embedded(rec, clip)
         assert list(emb) == [0] and emb[0][0] == 1
-        assert 1 <= len(emb[0]) <= rec.identity_frames
-        assert all(b - a >= IDENTITY_STRIDE for a, b in zip(emb[0], emb[0][1:]))
+        assert 1 <= len(emb[0]) <= rec.scanner.settings.identity_frames
+        assert all((b - a) % IDENTITY_STRIDE == 0 for a, b in zip(emb[0], emb[0][1:]))
         total += len(emb[0])
-    assert total <= 40  # of 379 faces (it was 8 per clip, 48): the cost of routing users
+    assert total <= 30  # of 379 faces (19 measured; it was 8 per clip, 48): the cost of routing users
     group = photo("sample5.jpg")  # five people, still: each track embedded once
     still = np.broadcast_to(group, (20, *group.shape))
     emb = _embedded(rec, still)
