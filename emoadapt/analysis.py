@@ -164,9 +164,9 @@ class Analysis:
             color: ``"rgb"`` or ``"bgr"`` for arrays and iterables.
             sampling: which frames (default: all).
             identity: embed faces for identity: a track's first face, and a later one
-                whenever the face's pose, size, lighting or expression drifted from the face last embedded
-                (at least :data:`IDENTITY_STRIDE` faces apart, at most ``identity_frames`` per
-                track); identity embedding is the costliest per-face step, and frames of one
+                whenever the face's pose, size, lighting or expression drifted from the face last
+                embedded (checked every :data:`IDENTITY_STRIDE` faces, at most ``identity_frames``
+                per track); identity embedding is the costliest per-face step, and frames of one
                 look add little to the track's embedding.
             identity_window: count the first face and the ``identity_frames`` cap over the
                 last this many source frames instead of the whole run (a stream: a track is
