@@ -1,7 +1,7 @@
 """Worker process for the Recognizer-level reliability tests (run as a script, not collected).
 
     python _recognizer_worker.py burst HOME --worker W --n N [--adapt-every K]
-    python _recognizer_worker.py loop  HOME --seed S [--adapt-every K] [--adapt-each A]
+    python _recognizer_worker.py loop  HOME --seed S [--adapt-every K] [--adapt-each A] [--stop-at POINT [--nth N]]
 
 Both build a :class:`emoadapt.Recognizer` on ``HOME`` (models loaded, lazily loaded parts
 warmed up), print ``READY``, then one line per event, flushed at once:
@@ -12,6 +12,17 @@ warmed up), print ``READY``, then one line per event, flushed at once:
     A- <user> <version|none> <accepted 0/1>     adapt() returned
     H+ <user>                                   Store.save_head called (inside adapt)
     H- <user> <version>                         Store.save_head returned <version>
+    STOP <point> <user>                         reached the N-th time the point of --stop-at,
+                                                and waits there for ever (to be killed)
+
+The points of ``--stop-at`` (:data:`POINTS`), each a precise moment of ``correct`` / ``adapt``:
+``between`` (a correct returned and its id was printed), ``correct.before_commit`` (the
+correction's row about to be written), ``correct.committed`` (written and committed, correct not
+returned yet), ``adapt.training`` (an adapt read its corrections: training comes next),
+``save_head.temp_written`` (the head's temporary file complete and fsynced),
+``save_head.renamed`` (renamed to ``v<N>.npz`` inside the write transaction, not committed) and
+``save_head.committed`` (the row committed, save_head not returned yet). A parent that kills
+the worker when it prints ``STOP`` kills it exactly there: no timing decides where.
 
 ``C`` is written only after ``correct`` has returned, so every id the parent reads is
 committed. ``burst`` waits for a line on stdin (a start barrier, so that the workers really
@@ -135,31 +146,96 @@ def loop_op(seed: int, i: int) -> tuple[str, np.ndarray, str, bool]:
     return "bob", clip, label, False
 
 
+#: the points where ``--stop-at`` stops a loop worker (see the module docstring)
+POINTS = (
+    "between",
+    "correct.before_commit",
+    "correct.committed",
+    "adapt.training",
+    "save_head.temp_written",
+    "save_head.renamed",
+    "save_head.committed",
+)
+
+
 def emit(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
 
-def instrument(rec) -> None:  # noqa: ANN001
-    """Print markers around every adapt() and Store.save_head of ``rec`` (instance attributes:
-    ``correct`` calls ``self.adapt`` and ``adapt_user`` calls ``store.save_head``)."""
-    adapt, st = rec.adapt, rec.store
-    save_head = st.save_head
+class Stopper:
+    """Counts the points reached; at the ``nth`` time of ``stop_at`` prints ``STOP`` and waits
+    for ever (the parent kills the process there)."""
 
-    def adapt_marked(user, **kw):  # noqa: ANN001, ANN003, ANN202
+    def __init__(self, stop_at: str | None, nth: int = 1) -> None:
+        assert stop_at is None or stop_at in POINTS, stop_at
+        self.stop_at, self.nth, self.seen = stop_at, nth, 0
+
+    def reached(self, point: str, user: str) -> None:
+        if point != self.stop_at:
+            return
+        self.seen += 1
+        if self.seen == self.nth:
+            emit(f"STOP {point} {user}")
+            import threading
+
+            threading.Event().wait()  # until SIGKILL
+
+
+def instrument(rec, stopper: Stopper | None = None) -> None:  # noqa: ANN001
+    """Print markers around every adapt (explicit, or automatic inside ``correct``) and
+    Store.save_head of ``rec``, and let ``stopper`` stop at its point. Hooks on instance
+    attributes: the object whose ``adapt`` ``correct`` calls (``rec.personal`` when the
+    Recognizer delegates to one), the Store's methods, and the rename step of save_head
+    (``emoadapt.store.files.install_head_file``)."""
+    from emoadapt.store import files
+
+    stop = stopper or Stopper(None)
+    target = getattr(rec, "personal", rec)
+    adapt, st = target.adapt, rec.store
+    save_head, add_correction, correction_data, write_temp = st.save_head, st.add_correction, st.correction_data, st._write_temp_head
+    install = files.install_head_file
+    saving: list[str] = []  # the user whose head is being saved, while save_head runs
+
+    def adapt_marked(user, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
         emit(f"A+ {user}")
-        rep = adapt(user, **kw)
+        rep = adapt(user, *a, **kw)
         emit(f"A- {user} {'none' if rep.version is None else rep.version} {int(rep.accepted)}")
         return rep
 
     def save_head_marked(user, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
         emit(f"H+ {user}")
+        saving[:] = [user]
         v = save_head(user, *a, **kw)
+        stop.reached("save_head.committed", user)
         emit(f"H- {user} {v}")
         return v
 
-    rec.adapt = adapt_marked
-    st.save_head = save_head_marked
+    def write_temp_marked(udir, blob, name, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        tmp = write_temp(udir, blob, name, *a, **kw)
+        stop.reached("save_head.temp_written", name)
+        return tmp
+
+    def install_marked(tmp, final):  # noqa: ANN001, ANN202
+        out = install(tmp, final)
+        stop.reached("save_head.renamed", saving[0] if saving else "?")
+        return out
+
+    def add_correction_marked(user, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        stop.reached("correct.before_commit", user)
+        cid = add_correction(user, *a, **kw)
+        stop.reached("correct.committed", user)
+        return cid
+
+    def correction_data_marked(user, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        out = correction_data(user, *a, **kw)
+        stop.reached("adapt.training", user)
+        return out
+
+    target.adapt = adapt_marked
+    st.save_head, st._write_temp_head = save_head_marked, write_temp_marked
+    st.add_correction, st.correction_data = add_correction_marked, correction_data_marked
+    files.install_head_file = install_marked
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=75)
     ap.add_argument("--adapt-every", type=int, default=10)
     ap.add_argument("--adapt-each", type=int, default=5, help="loop: explicit adapt() every this many ops")
+    ap.add_argument("--stop-at", choices=POINTS, help="loop: stop (print STOP and wait to be killed) at this point")
+    ap.add_argument("--nth", type=int, default=1, help="loop: ... the nth time it is reached")
     a = ap.parse_args(argv)
 
     import emoadapt
@@ -183,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         own_clips(0)
     shared_clips()
-    instrument(rec)
+    stopper = Stopper(a.stop_at, a.nth)
+    instrument(rec, stopper)
     emit("READY")
     if a.mode == "burst":
         sys.stdin.readline()  # start barrier
@@ -194,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         emit(f"S {worker} {i} {user}")
         cid = rec.correct(clip, label, user=user, force=force, new_label=True)
         emit(f"C {cid} {worker} {i} {user} {label} {len(clip)}")
+        stopper.reached("between", user)
         if a.mode == "loop" and a.adapt_each and i % a.adapt_each == a.adapt_each - 1:
             rec.adapt(user)
         i += 1

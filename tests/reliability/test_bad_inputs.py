@@ -17,7 +17,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import cv2
@@ -352,12 +351,23 @@ def test_rotation_metadata_is_applied(recognizer, tmp_path, clip_frames):
 
 _FOURK_SCRIPT = textwrap.dedent(
     """
-    import json, resource, sys, time
+    import json, logging, re, resource, sys
     import emoadapt
+    from emoadapt.detection import MAX_DETECT_PIXELS
+
+    # the work done, as the detector reports it: each full-frame search on a downscaled copy
+    capped = []
+    class Capped(logging.Handler):
+        def emit(self, record):
+            m = re.match(r"detecting on (\\d+)x(\\d+) instead of (\\d+)x(\\d+)", record.getMessage())
+            if m:
+                capped.append([int(g) for g in m.groups()])
+    log = logging.getLogger("emoadapt.detection")
+    log.setLevel(logging.DEBUG)
+    log.addHandler(Capped())
     rec = emoadapt.Recognizer(home=sys.argv[2])
-    t = time.perf_counter()
     res = rec.predict(sys.argv[1])
-    print(json.dumps({"s": time.perf_counter() - t, "frames": res.frames, "faces": res.faces, "label": res.label,
+    print(json.dumps({"frames": res.frames, "faces": res.faces, "label": res.label, "capped": capped, "max_pixels": MAX_DETECT_PIXELS,
                       "box": res.timeline[0].box if res.timeline else None,
                       "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
     """
@@ -375,16 +385,24 @@ def _run_4k(tmp_path: Path, frame: np.ndarray, n: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _searched_capped_copies(r: dict) -> None:
+    """Every full search of the detector ran on a copy of at most MAX_DETECT_PIXELS pixels of a
+    4K frame (the bounded work), and there was at least one."""
+    assert r["capped"], r
+    for ws, hs, w, h in r["capped"]:
+        assert (w, h) == (3840, 2160) and ws * hs <= r["max_pixels"], r["capped"]
+
+
 def test_4k_frames_work_in_bounded_time_and_memory(tmp_path, clip_frames):
-    """3840x2160 frames (an upscaled real frame): the face is found, in bounded time and
-    memory (the detector searches a copy capped at MAX_DETECT_PIXELS; peak RSS is measured
-    precisely in test_bounded_memory.py)."""
+    """3840x2160 frames (an upscaled real frame): the face is found, with bounded work and
+    memory: the detector searches copies capped at MAX_DETECT_PIXELS (what it reports doing,
+    not a wall-clock limit); peak RSS is measured precisely in test_bounded_memory.py."""
     _tried("video:4K 2 frames")
     r = _run_4k(tmp_path, clip_frames[10], 2)
     assert r["frames"] == 2 and r["faces"] == 2 and r["label"] is not None
     x1, y1, x2, y2 = r["box"]
     assert 1000 < x1 < x2 < 2800 and 200 < y1 < y2 < 1600  # the actor's face, 8x the 480x360 box
-    assert r["s"] < 60, r
+    _searched_capped_copies(r)
     assert r["rss_mb"] < 3000, r
 
 
@@ -394,7 +412,8 @@ def test_4k_memory_does_not_grow_with_frames(tmp_path, clip_frames):
     big = _run_4k(tmp_path, clip_frames[10], 8)
     assert big["faces"] == 8
     assert big["rss_mb"] < small["rss_mb"] + 300, (small, big)
-    assert big["s"] < 8 * small["s"] / 2 + 30
+    _searched_capped_copies(small)
+    _searched_capped_copies(big)
 
 
 def test_tiny_16px_frames_video(recognizer, tmp_path, clip_frames):
@@ -706,16 +725,16 @@ def test_infinite_generator_with_max_frames_stops_and_closes(recognizer, portrai
         finally:
             state["closed"] = True
 
-    t = time.perf_counter()
     res = recognizer.predict(camera(), max_frames=3)
-    assert res.frames == 3 and res.faces == 3 and time.perf_counter() - t < 30
-    assert state["made"] <= 4 and state["closed"]
+    assert res.frames == 3 and res.faces == 3
+    assert state["made"] <= 4 and state["closed"]  # it stopped reading: the bound is the frame count, not a clock
 
 
 # ============================================================================ faces
-@pytest.mark.parametrize("side", ["right", "bottom"])
+@pytest.mark.parametrize("side", ["right", "bottom", "left", "top"])
 def test_face_half_outside_the_frame(recognizer, photo, side):
-    """The face cut at its centre line: no crash; no face (None) or the face itself."""
+    """The face cut at its centre line (each side): no crash; no face (None) or the face
+    itself, never a false positive elsewhere."""
     img = photo("obama.jpg")
     x1, y1, x2, y2 = recognizer.predict(img).timeline[0].box
     cx, cy = int((x1 + x2) / 2), int((y1 + y2) / 2)
@@ -726,11 +745,6 @@ def test_face_half_outside_the_frame(recognizer, photo, side):
     for fr in res.timeline:  # a reported face overlaps the real one
         bx1, by1, bx2, by2 = np.array(fr.box) + np.tile(off, 2)
         assert bx1 < x2 and x1 < bx2 and by1 < y2 and y1 < by2, fr.box
-
-
-@pytest.mark.parametrize("side", ["left", "top"])
-def test_face_half_outside_the_frame_false_positive(recognizer, photo, side):
-    test_face_half_outside_the_frame(recognizer, photo, side)
 
 
 def test_face_at_the_border_of_a_clip(recognizer, clip_frames):

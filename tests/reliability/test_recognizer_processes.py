@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 import emoadapt
-from emoadapt.heads import IdentityExpertHead, head_from_arrays
+from emoadapt.heads import head_from_arrays, identity_expert_of
 from emoadapt.store import Store
 
 from . import _recognizer_worker as worker
@@ -144,7 +144,7 @@ def test_processes_share_one_recognizer_home(tmp_path, n_workers, n_each, record
             assert res.user == worker.SHARED_USER
             head = head_from_arrays(actives[res.user].arrays)
             # the corrections carried the faces' identity embeddings: predict() feeds the expert the face's own
-            assert isinstance(head, IdentityExpertHead) and res.embedding is not None
+            assert identity_expert_of(head) is not None and res.embedding is not None
             p = np.asarray(head.predict_proba([res.features], res.embedding[None]))[0]
             assert np.allclose([res.probabilities[str(c)] for c in head.classes_], p, atol=1e-5)
         for w in range(n_workers):

@@ -42,7 +42,7 @@ from emoadapt.errors import (
     StoreError,
     UnknownUserError,
 )
-from emoadapt.heads import IdentityExpertHead, head_from_arrays, head_to_arrays
+from emoadapt.heads import head_from_arrays, head_to_arrays, identity_expert_of
 from emoadapt.store import DB_NAME, MAX_HEAD_BYTES, Store, user_dir_name
 
 from . import _recognizer_worker as w
@@ -433,7 +433,7 @@ def adapted_home(tmp_path_factory, recognizer):
         res = r.predict(_held_apart())
     # the corrections carried the face's identity embedding: v1 mixes in the identity expert,
     # which predict() feeds with the face's embedding
-    assert isinstance(v1, IdentityExpertHead) and res.embedding is not None
+    assert identity_expert_of(v1) is not None and res.embedding is not None
     return home, v1, np.asarray(v1.predict_proba([res.features], res.embedding[None]))[0]
 
 
