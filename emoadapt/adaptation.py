@@ -760,42 +760,12 @@ def adapt_user(
     labels = [labels[i] for i in order]
     ids = [ids[i] for i in order]
     embs = store.correction_embeddings(user, identity_model, ids=ids) if identity_model else {}
-    head, info = personalize(
-        universal,
-        feats,
-        labels,
-        strategy=opt.strategy,
-        use_guard=opt.use_guard,
-        mix_k=opt.mix_k,
-        replay=replay,
-        anchor=opt.anchor,
-        center=opt.center,
-        epochs=opt.epochs,
-        seed=opt.seed,
-        embeddings=[embs.get(i) for i in ids] if embs else None,
-        identity_model=identity_model or "",
-        expert_weight=opt.expert_weight,
-        evidence_gate=opt.evidence_gate,
-    )
-    report = AdaptReport(
-        user=user,
-        accepted=False,
-        version=_active_version(store, user),
-        n_corrections=n,
-        n_train=n,
-        n_held_out=info.n_held_out,
-        strategy=opt.strategy,
-        choice=info.choice,
-        weight=info.weight,
-        anchor=info.anchor,
-        centered=info.centered,
-        guard=info.guard,
-        evidence=info.evidence,
-        label_counts={lab: labels.count(lab) for lab in sorted(set(labels))},
-        identity_expert=info.identity_expert,
-        gated=info.gated,
-        evidence_classes=info.evidence_classes,
-    )
+    with_embeddings = [embs.get(i) for i in ids] if embs else None
+    # AdaptOptions' fields are personalize's keywords, and Personalized's are the report's
+    head, info = personalize(universal, feats, labels, replay=replay, embeddings=with_embeddings, identity_model=identity_model or "", **asdict(opt))
+    counts = {lab: labels.count(lab) for lab in sorted(set(labels))}
+    report = AdaptReport(user=user, accepted=False, version=_active_version(store, user), n_corrections=n, n_train=n, label_counts=counts, **asdict(info))
+    report.strategy = opt.strategy
     if info.evidence:
         report.held_out_accuracy_before = info.evidence[_UNIVERSAL]
         report.held_out_accuracy_after = info.evidence[info.choice]

@@ -80,12 +80,8 @@ class Personalization:
         personal_head: str | Head | None,
         adapt_every: int,
     ) -> None:
-        self.home = home
-        self.backbone = backbone
-        self.universal = universal
-        self.identity = identity
-        self.matcher = matcher
-        self.adapt_every = adapt_every
+        self.home, self.backbone, self.universal = home, backbone, universal
+        self.identity, self.matcher, self.adapt_every = identity, matcher, adapt_every
         self.model_version = f"{backbone.name}@{backbone.entry['sha256'][:12]}"
         """The backbone's name and hash: corrections are stored with it, and only those of this
         version are adapted on (features of another backbone live in another space)."""

@@ -22,7 +22,7 @@ import threading
 import warnings
 from collections.abc import Generator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,7 +47,7 @@ from .heads import Head, TrainableHead
 from .identity import IDENTITY_MODELS, THRESHOLDS, Embedder, IdentityMatcher, load_embedder
 from .personal import Personalization, user_name
 from .results import Correction, FrameResult, Result, Timeline
-from .scanning import AnalysisSettings, Scanner, ScanOptions
+from .scanning import AnalysisSettings, ScanKeywords, Scanner, ScanOptions
 from .store import ForgetReport, Store
 from .streaming import MAX_WINDOW_FRAMES, STREAM_CHUNK, StreamSpec, windows
 from .video import DEFAULT_SOURCE_FPS, Clip
@@ -63,6 +63,9 @@ __all__ = [
     "MAX_WINDOW_FRAMES",
     "STREAM_CHUNK",
 ]
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 log = logging.getLogger(__name__)
 
@@ -222,76 +225,41 @@ class Recognizer:
         """Every confident face of one frame with its frame-level probabilities (index 0)."""
         return self.scanner.faces_in(image, color)
 
-    def analyze(
-        self,
-        clip: Clip,
-        *,
-        color: str = "rgb",
-        fps: float | None = None,
-        max_frames: int | None = None,
-        step: int = 1,
-        source_fps: float = DEFAULT_SOURCE_FPS,
-        progress: bool = False,
-        identity: bool = False,
-    ) -> Result:
+    def analyze(self, clip: Clip, *, identity: bool = False, **scan: Unpack[ScanKeywords]) -> Result:
         """The main face track's ``features`` and ``frame_probabilities`` (no clip head, no user
         routing), with ``identity=True`` its identity ``embedding`` too (what :meth:`predict`
         routes on and :meth:`correct` stores); other arguments as in :meth:`predict`."""
-        return self.scanner.main_track(clip, ScanOptions(color, fps, max_frames, step, source_fps, progress), identity=flag(identity, "identity"))
+        return self.scanner.main_track(clip, ScanOptions(**scan), identity=flag(identity, "identity"))
 
-    def frame_features(
-        self,
-        clip: Clip,
-        *,
-        color: str = "rgb",
-        fps: float | None = None,
-        max_frames: int | None = None,
-        step: int = 1,
-        source_fps: float = DEFAULT_SOURCE_FPS,
-        progress: bool = False,
-    ) -> np.ndarray:
+    def frame_features(self, clip: Clip, **scan: Unpack[ScanKeywords]) -> np.ndarray:
         """Per-frame backbone features (faces, D) of the main face of a clip: what heads consume
         (arguments as in :meth:`predict`)."""
-        res = self.analyze(clip, color=color, fps=fps, max_frames=max_frames, step=step, source_fps=source_fps, progress=progress)
+        res = self.analyze(clip, **scan)
         assert res.features is not None
         return res.features
 
-    def predict(
-        self,
-        clip: Clip,
-        *,
-        color: str = "rgb",
-        fps: float | None = None,
-        max_frames: int | None = None,
-        step: int = 1,
-        source_fps: float = DEFAULT_SOURCE_FPS,
-        progress: bool = False,
-        timeline: bool = True,
-    ) -> Result:
+    def predict(self, clip: Clip, *, timeline: bool = True, **scan: Unpack[ScanKeywords]) -> Result:
         """Emotion of the face(s) in ``clip``: each face track pooled into one prediction, by
         the personal head of the enrolled user its face matches, else the universal head. The
         result is the main track's (the longest; ties: the largest face), all in ``tracks``.
 
         Args:
             clip: a video/image path, an RGB uint8 array (H,W,3) or (T,H,W,3), or frames.
-            color: ``"rgb"`` (default) or ``"bgr"`` for arrays/iterables in OpenCV order.
-            fps: sample about this many frames per second (default: every frame).
-            max_frames: stop after this many sampled frames.
-            step: keep every ``step``-th frame.
-            source_fps: the frame rate of arrays and iterables, and of a video file whose
-                container gives none (:data:`DEFAULT_SOURCE_FPS`): what ``fps`` and frame times count at.
-            progress: show a progress bar on stderr.
+            **scan: how the clip is read, the keywords of :class:`~emoadapt.scanning.ScanKeywords`
+                (``color``, ``fps``, ``max_frames``, ``step``, ``source_fps``, ``progress``), the
+                same for every method that reads a clip.
             timeline: keep the per-frame :attr:`Result.timeline`; ``False`` keeps only what the
                 heads pool (the same label and probabilities; memory: docs/reliability.md).
         """
-        return self._predict(clip, ScanOptions(color, fps, max_frames, step, source_fps, progress), timeline=timeline)
+        return self._predict(clip, timeline=timeline, **scan)
 
-    def _predict(self, clip: Clip, scan: ScanOptions | None = None, *, timeline: bool = True, max_features: int | None = MAX_POOLED_FACES, **kw: Any) -> Result:
+    def _predict(self, clip: Clip, *, timeline: bool = True, max_features: int | None = MAX_POOLED_FACES, **scan: Unpack[ScanKeywords]) -> Result:
         """:meth:`predict`; ``max_features=None`` keeps every face's features (for what needs them
-        frame by frame: annotate's windows, extract's frame tables); scan keywords as ``kw``."""
+        frame by frame: annotate's windows, extract's frame tables)."""
+        options = ScanOptions(**scan)  # an unknown keyword is a TypeError before any work
         flag(timeline, "timeline")
         gallery = self.personal.gallery_for_prediction()
-        table = self.scanner.table(clip, scan or ScanOptions(**kw), identity=bool(gallery), timeline=timeline, max_features=max_features)
+        table = self.scanner.table(clip, options, identity=bool(gallery), timeline=timeline, max_features=max_features)
         res = self.personal.label_tracks(table, gallery)
         if res.label is None:
             log.info("no face found in %d frames", table.frames)
@@ -323,26 +291,15 @@ class Recognizer:
         for whom its identity embedding matches (strangers: the universal model)."""
         return self.personal.reclassify(result, user)
 
-    def enroll(
-        self,
-        user: str,
-        clips: Clip | Result | Sequence[Clip | Result],
-        *,
-        color: str = "rgb",
-        fps: float | None = None,
-        max_frames: int | None = None,
-        step: int = 1,
-        source_fps: float = DEFAULT_SOURCE_FPS,
-        progress: bool = False,
-    ) -> int:
+    def enroll(self, user: str, clips: Clip | Result | Sequence[Clip | Result], **scan: Unpack[ScanKeywords]) -> int:
         """Register ``user``'s face (the name normalised first) from a clip, an image or a list
         of them (sampling as in :meth:`predict`): one embedding of each main face; returns how many."""
         user = user_name(user)
         items = list(clips) if isinstance(clips, (list, tuple)) else [clips]
         if not items:
             raise InvalidInputError("nothing to enrol: give a clip, an image or a list of them")
-        scan = ScanOptions(color, fps, max_frames, step, source_fps, progress)
-        return self.personal.enroll(user, np.stack([self.scanner.face_to_learn(c, scan, self.matcher.threshold, self.identity)[1] for c in items]))
+        options = ScanOptions(**scan)
+        return self.personal.enroll(user, np.stack([self.scanner.face_to_learn(c, options, self.matcher.threshold, self.identity)[1] for c in items]))
 
     def known_labels(self, user: str | None = None) -> list[str]:
         """Labels a correction may use without ``new_label=True``: the universal classes, then
@@ -350,19 +307,7 @@ class Recognizer:
         return self.personal.known_labels(user, self.classes)
 
     def correct(
-        self,
-        clip: Clip | Result,
-        label: str,
-        user: str | None = None,
-        *,
-        force: bool = False,
-        new_label: bool = False,
-        color: str = "rgb",
-        fps: float | None = None,
-        max_frames: int | None = None,
-        step: int = 1,
-        source_fps: float = DEFAULT_SOURCE_FPS,
-        progress: bool = False,
+        self, clip: Clip | Result, label: str, user: str | None = None, *, force: bool = False, new_label: bool = False, **scan: Unpack[ScanKeywords]
     ) -> Correction:
         """Record that the emotion in ``clip`` (or an analysed :class:`Result`) is ``label``
         (sampling as in :meth:`predict`); returns a :class:`Correction`, an ``int`` id.
@@ -378,7 +323,7 @@ class Recognizer:
         stored (:class:`~emoadapt.personal.Personalization` has the policy).
         """
         label, user = self.personal.check_correction(label, user, new_label)
-        res, emb = self.scanner.face_to_learn(clip, ScanOptions(color, fps, max_frames, step, source_fps, progress), self.matcher.threshold, self.identity)
+        res, emb = self.scanner.face_to_learn(clip, ScanOptions(**scan), self.matcher.threshold, self.identity)
         return self.personal.correct(res, emb, label, user, force=force, new_label=new_label, classes=self.classes)
 
     def adapt(

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
+from typing import TypedDict
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -21,12 +22,35 @@ from .identity import Embedder
 from .results import FrameResult, Result, track_result
 from .video import DEFAULT_SOURCE_FPS, Clip, Sampling, as_rgb_frame, source_rate
 
-__all__ = ["AnalysisSettings", "ScanOptions", "Scanner", "clip_fps"]
+__all__ = ["AnalysisSettings", "ScanKeywords", "ScanOptions", "Scanner", "clip_fps"]
+
+
+class ScanKeywords(TypedDict, total=False):
+    """How a clip is read: the keywords of every :class:`~emoadapt.recognizer.Recognizer`
+    method that reads one (``predict``, ``analyze``, ``frame_features``, ``enroll``,
+    ``correct``), typed for the callers' type checker; an unknown one is a TypeError.
+
+    Attributes:
+        color: ``"rgb"`` (default) or ``"bgr"`` for arrays/iterables in OpenCV order.
+        fps: sample about this many frames per second (default: every frame).
+        max_frames: stop after this many sampled frames.
+        step: keep every ``step``-th frame.
+        source_fps: the frame rate of arrays and iterables, and of a video file whose container
+            gives none (:data:`~emoadapt.video.DEFAULT_SOURCE_FPS`): what ``fps`` and frame times count at.
+        progress: show a progress bar on stderr.
+    """
+
+    color: str
+    fps: float | None
+    max_frames: int | None
+    step: int
+    source_fps: float
+    progress: bool
 
 
 @dataclass(frozen=True)
 class ScanOptions:
-    """How a clip is read: the sampling keywords of :meth:`~emoadapt.recognizer.Recognizer.predict`."""
+    """:class:`ScanKeywords` with their defaults (``ScanOptions(**keywords)``)."""
 
     color: str = "rgb"
     fps: float | None = None
@@ -89,18 +113,7 @@ class Scanner:
 
     def analysis(self) -> Analysis:
         """The per-frame analysis with these models and settings."""
-        st = self.settings
-        return Analysis(
-            self.detector,
-            self.backbone,
-            embedder=self.embedder,
-            min_face_score=st.min_face_score,
-            max_faces=st.max_faces,
-            detect_every=st.detect_every,
-            chunk=st.chunk,
-            identity_frames=st.identity_frames,
-            video_tta=st.video_tta,
-        )
+        return Analysis(self.detector, self.backbone, embedder=self.embedder, **asdict(self.settings))  # the settings' names are Analysis's
 
     def table(self, clip: Clip, options: ScanOptions, *, identity: bool, timeline: bool = True, max_features: int | None = MAX_POOLED_FACES) -> FaceTable:
         """Every sampled frame of ``clip`` analysed, as a :class:`FaceTable` (``identity``:

@@ -20,6 +20,7 @@ import emoadapt
 from emoadapt.adaptation import AdaptOptions, AdaptReport, Candidate, Choice, Personalized, personalize
 from emoadapt.heads import ClipContext, Clips, MeanProbabilityHead
 from emoadapt.personal import Personalization
+from emoadapt.scanning import ScanKeywords, ScanOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONAL_EXTRAS = {"pandas"}
@@ -70,16 +71,21 @@ def test_mean_probability_head_reads_the_context_like_it_read_probability_clips(
     assert head.classes_[via_context.argmax()] == "happy"  # the happy clip
 
 
-def test_scan_keywords_are_explicit_and_alike_and_adapt_takes_the_options_fields(recognizer):
-    def keywords(fn, skip=()):
-        return {n: p.default for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY and n not in skip}
-
-    scan = keywords(recognizer.predict, {"timeline"})
-    assert set(scan) == {"color", "fps", "max_frames", "step", "source_fps", "progress"}
-    for fn in (recognizer.analyze, recognizer.enroll, recognizer.frame_features, recognizer.correct):
-        assert {k: v for k, v in keywords(fn).items() if k in scan} == scan, fn.__name__
-        assert not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()), fn.__name__
-    assert keywords(recognizer.adapt) == {f.name: f.default for f in dataclasses.fields(AdaptOptions)}
+def test_scan_keywords_are_declared_once_typed_and_alike(recognizer, cremad_clips):
+    """Every method that reads a clip takes the same typed keywords (ScanKeywords: mypy checks
+    callers, test_mypy_checks_callers), with the same meaning; adapt spells out AdaptOptions."""
+    assert set(ScanKeywords.__annotations__) == {f.name for f in dataclasses.fields(ScanOptions)}
+    for fn in (recognizer.predict, recognizer.analyze, recognizer.frame_features, recognizer.enroll, recognizer.correct):
+        var = [p for p in inspect.signature(fn).parameters.values() if p.kind is p.VAR_KEYWORD]
+        assert len(var) == 1 and str(var[0].annotation) == "Unpack[ScanKeywords]", fn.__name__
+    adapt = {n: p.default for n, p in inspect.signature(recognizer.adapt).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    assert adapt == {f.name: f.default for f in dataclasses.fields(AdaptOptions)}
+    scan = {"step": 2, "max_frames": 20}
+    res = recognizer.analyze(cremad_clips[0], **scan)
+    assert res.frames == 20 and np.array_equal(recognizer.frame_features(cremad_clips[0], **scan), res.features)
+    assert recognizer.predict(cremad_clips[0], **scan).frames == 20
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        recognizer.frame_features(cremad_clips[0], frames=20)
 
 
 def test_adapt_report_is_typed_and_reads_as_before(tmp_path, recognizer, cremad_clips):
@@ -125,7 +131,7 @@ def test_the_recognizer_only_wires():
     assert all(h and "Any" not in str(h) for h in hints.values()), hints
     for n in ("adapt", "forget", "correct"):
         assert "Any" not in str(inspect.signature(getattr(emoadapt.Recognizer, n)).return_annotation), n
-    assert isinstance(emoadapt.Recognizer.__init__, object) and Personalization.classify.__module__ == "emoadapt.personal"
+    assert Personalization.classify.__module__ == "emoadapt.personal" and not hasattr(emoadapt.Recognizer, "_personal_head")
 
 
 CALLER = """
@@ -144,14 +150,8 @@ def test_mypy_checks_callers(tmp_path):
     pytest.importorskip("mypy")
     caller = tmp_path / "caller.py"
     caller.write_text(CALLER)
-    r = subprocess.run(
-        [sys.executable, "-m", "mypy", "--no-incremental", "--follow-imports=silent", "--ignore-missing-imports", str(caller)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    mypy = [sys.executable, "-m", "mypy", "--no-incremental", "--follow-imports=silent", "--ignore-missing-imports", str(caller)]
+    r = subprocess.run(mypy, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     out = r.stdout
     assert r.returncode == 1, out
     for line in (5, 6, 7, 9):  # every wrong use is found, in the caller's code

@@ -194,7 +194,7 @@ def test_enrolments_of_another_model_are_never_compared(tmp_path, photo, caplog)
 
     rec = emoadapt.Recognizer(home=home, adapt_every=0)  # mobilefacenet
     assert rec.reenroll_needed() == {"obama": ["dlib_resnet"]}
-    with caplog.at_level(logging.WARNING, logger="emoadapt.recognizer"):
+    with caplog.at_level(logging.WARNING, logger="emoadapt.personal"):
         assert rec.predict(photo("obama2.jpg")).user is None  # not compared across spaces
     assert any("re-enrol needed" in r.getMessage() and "obama" in r.getMessage() for r in caplog.records)
     with pytest.raises(IdentityMismatchError, match="re-enrol needed"):

@@ -255,11 +255,7 @@ class IdentityExpertHead(_Head):
     """
 
     def __init__(self, head: Any = None, weight: float = 0.5, C: float = 1.0, scale: float = 10.0, identity_model: str = "") -> None:
-        self.head = head
-        self.weight = weight
-        self.C = C
-        self.scale = scale
-        self.identity_model = identity_model
+        self.head, self.weight, self.C, self.scale, self.identity_model = head, weight, C, scale, identity_model
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         params = {"weight": self.weight, "C": self.C, "scale": self.scale, "identity_model": self.identity_model}
@@ -427,12 +423,8 @@ class EvidenceGateHead(_Head):
     """
 
     def __init__(self, head: Any = None, base: Any = None, evidence: Any = (), memory: Any = None, memory_labels: Any = (), recall: float = 0.97) -> None:
-        self.head = head
-        self.base = base
-        self.evidence = evidence
-        self.memory = memory
-        self.memory_labels = memory_labels
-        self.recall = recall
+        self.head, self.base, self.evidence, self.recall = head, base, evidence, recall
+        self.memory, self.memory_labels = memory, memory_labels
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         params = {"evidence": list(np.asarray(self.evidence).tolist()), "recall": self.recall}
