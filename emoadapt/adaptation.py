@@ -343,9 +343,8 @@ DEFAULT_EVIDENCE_GATE = True
 #: (and their near copies) change.
 GATE_MIN_CLASSES = 2
 #: Cosine similarity of mean features from which the gate answers a clip with the label of a
-#: corrected one (the same clip again or a near copy). Chosen with ``benchmarks/journeys.py``:
-#: 0.97 (above 99.9 % of the pairs of one person's photos of different expressions in the
-#: Taiwanese set) still relabelled a few near copies wrongly; 0.985 did not.
+#: corrected one (the same clip again or a near copy); chosen with ``benchmarks/journeys.py``
+#: (docs/personalization.md, "The evidence gate").
 RECALL = 0.985
 #: Weight of the personal identity expert (:class:`~emoadapt.heads.IdentityExpertHead`) in the
 #: installed head, when the user's corrections carry identity embeddings of two labels or more.

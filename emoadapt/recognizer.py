@@ -277,7 +277,9 @@ class Recognizer:
                 array/iterable of frames (an endless generator is fine).
             window: length of each window, seconds (at most :data:`MAX_WINDOW_FRAMES` sampled frames).
             hop: time between windows, seconds.
-            fps, color, source_fps: as in :meth:`predict` (``source_fps`` also for a camera that reports none).
+            fps: sample about this many frames per second (as in :meth:`predict`).
+            color: ``"rgb"`` or ``"bgr"`` for arrays and iterables.
+            source_fps: as in :meth:`predict`; also for a camera that reports none.
 
         The arguments are checked here (InvalidInputError); the source is opened when iteration
         starts and released when the generator is closed.

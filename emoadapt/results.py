@@ -42,7 +42,7 @@ class FrameResult:
 
 class Timeline(Sequence[FrameResult]):
     """:attr:`Result.timeline`: a read-only sequence of :class:`FrameResult`, stored as arrays
-    (about 100 bytes a face, not a few KB of objects) and built item by item when read."""
+    and built item by item when read (its memory: docs/reliability.md)."""
 
     __slots__ = ("_classes", "_index", "_box", "_score", "_landmarks", "_probabilities")
 
