@@ -9,17 +9,33 @@
 * OpenCV's thread pool is process-wide: the library never changes it unless the caller asks
   (``Recognizer(opencv_threads=n)``, which calls :func:`configure_opencv`). The command line,
   which owns its process, asks for 1.
+* BLAS threads while a head trains (``n_threads`` of its training parameters): limited inside
+  the training call only (:func:`blas_threads`), through a :class:`BlasThreads` controller;
+  the process's is made on first use (:func:`default_blas`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from .errors import InvalidInputError
 
-__all__ = ["MAX_THREADS", "THREADS_ENV", "check_threads", "default_threads", "check_opencv_threads", "configure_opencv"]
+__all__ = [
+    "MAX_THREADS",
+    "THREADS_ENV",
+    "check_threads",
+    "default_threads",
+    "check_opencv_threads",
+    "configure_opencv",
+    "BlasThreads",
+    "default_blas",
+    "blas_threads",
+]
 
 #: largest accepted thread count (TFLite / OpenCV would try to start that many threads)
 MAX_THREADS = 256
@@ -74,3 +90,53 @@ def configure_opencv(n: Any) -> int:
 
     cv2.setNumThreads(n)
     return n
+
+
+class BlasThreads:
+    """Limits the BLAS threads of the process inside a block (``threadpoolctl``, a runtime
+    dependency; a no-op where it cannot be imported). Its ``ThreadpoolController`` is made on
+    first use. Thread-safe to make; the limit applies to the whole process while a block runs."""
+
+    def __init__(self) -> None:
+        self._controller: Any = None  # None: not made yet; False: threadpoolctl unavailable
+        self._lock = threading.Lock()
+
+    def _get(self) -> Any:
+        with self._lock:
+            if self._controller is None:
+                try:
+                    from threadpoolctl import ThreadpoolController
+                except ImportError:  # pragma: no cover - a dependency; absent only in odd installs
+                    self._controller = False
+                else:
+                    self._controller = ThreadpoolController()
+            return self._controller
+
+    @contextlib.contextmanager
+    def limit(self, n: int | None) -> Iterator[None]:
+        """BLAS threads limited to ``n`` inside the block (``None``: left alone)."""
+        controller = None if n is None else self._get()
+        if n is None or not controller:
+            yield
+            return
+        with controller.limit(limits=int(n), user_api="blas"):
+            yield
+
+
+_BLAS: BlasThreads | None = None
+_BLAS_LOCK = threading.Lock()
+
+
+def default_blas() -> BlasThreads:
+    """The process's :class:`BlasThreads`, made on first use."""
+    global _BLAS
+    with _BLAS_LOCK:
+        if _BLAS is None:
+            _BLAS = BlasThreads()
+        return _BLAS
+
+
+def blas_threads(n: int | None) -> contextlib.AbstractContextManager[None]:
+    """``default_blas().limit(n)``: BLAS threads limited to ``n`` inside the block (``None``:
+    left alone)."""
+    return default_blas().limit(n)

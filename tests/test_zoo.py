@@ -252,3 +252,37 @@ def test_the_models_directory_can_be_a_copy(tmp_path, monkeypatch):
     monkeypatch.setenv("EMOADAPT_MODELS", str(tmp_path / "models"))
     assert zoo.backbone_heads(zoo.default_backbone()).adapts
     assert zoo.model_path(zoo.backbone_heads(zoo.default_backbone()).replay_set).parent == tmp_path / "models"
+
+
+def test_blas_threads_are_limited_only_inside_the_block():
+    """Heads train under a BLAS limit (TrainParams.n_threads) through the process's controller,
+    an explicit object; the limit holds inside the block only."""
+    from threadpoolctl import threadpool_info
+
+    from emoadapt._threads import BlasThreads, blas_threads, default_blas
+
+    def blas() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas()
+    with blas_threads(1):
+        inside = blas()
+    assert inside and set(inside) == {1} and blas() == before
+    with blas_threads(None):
+        assert blas() == before
+    assert default_blas() is default_blas() and isinstance(default_blas(), BlasThreads)
+
+
+def test_importing_makes_no_pool_or_controller():
+    """The default pool, upload directories and BLAS controller are made on first use, not
+    when emoadapt is imported (nothing process-wide happens by importing it)."""
+    code = (
+        "import cv2; before = cv2.getNumThreads()\n"
+        "import emoadapt, emoadapt.cli, emoadapt.web, emoadapt._threads as t\n"
+        "from emoadapt.zoo import interpreters\n"
+        "from emoadapt.web import uploads\n"
+        "print(interpreters._DEFAULT is None, uploads._DEFAULT is None, t._BLAS is None, cv2.getNumThreads() == before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True"] * 4

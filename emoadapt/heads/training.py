@@ -13,15 +13,15 @@ that train (:mod:`emoadapt.heads.pooling`) only define their pooling's forward a
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
+from .._threads import blas_threads as _blas_threads  # BLAS threads while training, through the process's controller
 from ..errors import InvalidInputError, ModelIntegrityError
 from ._format import check_file_classes, unjson_params
 from .base import ClipContext, Clips, _as_labels, _Head, _log_softmax, _merge_label_kinds, as_clips
@@ -81,32 +81,6 @@ class TrainParams:
 
 TRAIN_PARAM_NAMES = tuple(f.name for f in fields(TrainParams))
 _TRAIN_PARAM_SET = frozenset(TRAIN_PARAM_NAMES)
-
-_CONTROLLER: Any = None  # threadpoolctl's, made on first use
-
-
-@contextlib.contextmanager
-def _blas_threads(n: int | None) -> Iterator[None]:
-    """Limit BLAS threads to ``n`` inside the block (``None``: leave them alone).
-
-    Uses ``threadpoolctl`` (a runtime dependency) when importable; a no-op otherwise.
-    """
-    global _CONTROLLER
-    if n is None:
-        yield
-        return
-    if _CONTROLLER is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # pragma: no cover - a dependency; absent only in odd installs
-            _CONTROLLER = False
-        else:
-            _CONTROLLER = ThreadpoolController()
-    if not _CONTROLLER:
-        yield
-        return
-    with _CONTROLLER.limit(limits=int(n), user_api="blas"):
-        yield
 
 
 def _adam(
