@@ -68,6 +68,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "benchmarks")]
 from _common import add_common_args, cremad_label, data_dir, write_json  # noqa: E402
 from _frames import STREAM720_CLIPS, stream720  # noqa: E402
 
+from emoadapt.heads import ClipContext  # noqa: E402
+
 DATA = data_dir()
 OUT = ROOT / "benchmarks" / "out"
 RECORD = ROOT / "benchmarks" / "pipeline_speed.json"
@@ -196,9 +198,9 @@ def stage_costs(rec: Any, name: str, its: list[Any], repeat: int) -> dict[str, A
     P, F = bb.infer(arr)
     per_clip = [len(v) for v in frames]
     starts = np.cumsum([0, *per_clip[:-1]])
-    head = rec.universal
-    x = P if type(head).__name__ == "MeanProbabilityHead" else F
-    _, c, _ = best_of(lambda: [head.predict_proba([x[s : s + k]]) for s, k in zip(starts, per_clip)], repeat)
+    head = rec.universal  # it reads what it needs: the features, or the frame probabilities of its context
+    clips = [(F[s : s + k], ClipContext.one(probabilities=P[s : s + k])) for s, k in zip(starts, per_clip)]
+    _, c, _ = best_of(lambda: [head.predict_proba([f], ctx) for f, ctx in clips], repeat)
     res["pooling + head"] = 1e3 * c / n
     res["_frames"], res["_faces"] = n, nf
     return res
