@@ -24,9 +24,10 @@ unstable sort orders them arbitrarily. Parity with facenet-pytorch on real photo
 ``tests/test_detection.py`` (boxes and landmarks agree to about 1e-3 px).
 
 For video, :meth:`MTCNN.refine` runs O-Net alone on given boxes (the faces' boxes in the
-previous frame) and :class:`TrackingDetector` uses it between full detections made every
-``detect_every`` frames: about 0.5 ms instead of 18 ms of CPU per 480x360 frame, landmarks
-within about 1 px of a full detection (``tests/test_tracking_detector.py``).
+previous frame): about 0.3 ms instead of 10 ms of CPU per 480x360 frame, landmarks within
+about 1 px of a full detection (``tests/test_tracking_detector.py``). :class:`TrackingDetector`
+tracks the faces with it and runs the full cascade only at a track's start, when a face is
+lost, and where a cheap new-face check (every ``detect_every`` frames) saw the picture change.
 
 Only numpy, OpenCV and ai_edge_litert are used (no TensorFlow, no torch). Interpreters are
 built once per input shape and cached: one per P-Net pyramid level size (a video has a fixed
