@@ -304,10 +304,6 @@ def test_one_correction_at_a_time_keeps_the_other_clips(client, cremad_clips, re
         assert r.status_code == 200, r.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 24: a second true correction (angry clip, then disgust clip, in file order) still turns the sad clip into angry",
-)
 def test_a_journey_of_corrections_keeps_the_other_clips(client, cremad_clips, rec):
     """Issue 24 item 3, as a person goes on: the same person corrects the six clips one after
     the other (file order), adapting after each; after every step the clips the universal model

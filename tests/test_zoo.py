@@ -265,11 +265,14 @@ def test_blas_threads_are_limited_only_inside_the_block():
         return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
 
     before = blas()
-    with blas_threads(1):
+    with BlasThreads().limit(1):  # a controller knows the BLAS libraries loaded when it was made
         inside = blas()
     assert inside and set(inside) == {1} and blas() == before
     with blas_threads(None):
         assert blas() == before
+    with blas_threads(1):  # the process's controller: never more threads than before
+        assert all(n <= b for n, b in zip(blas(), before))
+    assert blas() == before
     assert default_blas() is default_blas() and isinstance(default_blas(), BlasThreads)
 
 
