@@ -2,6 +2,8 @@
 
 * ``<!-- emoadapt:cli -->`` becomes the ``--help`` of ``emoadapt`` and of each command, rendered
   from the argument parser itself (:func:`emoadapt.cli.build_parser`).
+* ``<!-- emoadapt:backbones -->`` becomes the table of the emotion backbones: which adapt, and
+  the heads and replay set each one's manifest entry lists.
 * ``<!-- emoadapt:manifest -->`` becomes a table of every model in ``models/manifest.json``
   (kind, file, size, sha256 prefix, source, licence), the default backbone and each backbone's heads.
 """
@@ -66,7 +68,20 @@ def _manifest() -> str:
     return "\n".join(rows + ["", default, "", "Heads of each backbone (its entry's `adapts` and `heads`):", "", *per, ""])
 
 
-_MARKERS = {"<!-- emoadapt:cli -->": _cli, "<!-- emoadapt:manifest -->": _manifest}
+def backbones_table() -> str:
+    """One row per emotion backbone of the manifest: whether it adapts and the heads and replay
+    set its entry lists (``-`` where it has none)."""
+    from emoadapt import zoo
+
+    rows = ["| backbone | adapts | universal head | personal head | replay set |", "|---|---|---|---|---|"]
+    for b in sorted(k for k, e in zoo.manifest()["models"].items() if e.get("kind") == "emotion_backbone"):
+        h = zoo.backbone_heads(b)
+        cells = [b, "yes" if h.adapts else "no", h.universal_head, h.personal_head or "-", h.replay_set or "-"]
+        rows.append("| " + " | ".join(c if c in ("yes", "no", "-") else f"`{c}`" for c in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+_MARKERS = {"<!-- emoadapt:cli -->": _cli, "<!-- emoadapt:manifest -->": _manifest, "<!-- emoadapt:backbones -->": backbones_table}
 
 
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
