@@ -63,5 +63,5 @@ def test_the_installed_set_is_the_tested_one():
 def test_ci_and_readme_install_with_the_constraints():
     ci = (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
-    assert "pip install -q -c constraints.txt -e \".[test]\"" in ci
+    assert 'pip install -q -c constraints.txt -e ".[test]"' in ci
     assert readme.count("-c constraints.txt") >= 2

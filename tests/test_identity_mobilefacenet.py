@@ -84,6 +84,7 @@ def test_shipped_model_reproduces_the_upstream_file(ref, crops, mfn):
         assert rel.max() < 2e-3, rel.max()
     else:
         assert cos.min() > 0.95 and cos.mean() > 0.98, (cos.min(), cos.mean())
+
     # what the embeddings are for: every same/different decision at the shipped threshold and
     # every face's nearest other face are those of the upstream file
     def unit(a: np.ndarray) -> np.ndarray:
