@@ -166,7 +166,7 @@ def test_serve_without_uvicorn_is_a_typed_error(monkeypatch):
 
 @pytest.mark.parametrize("module,call,extra", [("pyarrow", "_pyarrow", "extract"), ("pandas", "_pandas", "extract")])
 def test_extract_without_its_extras_names_the_checkout_install_line(monkeypatch, module, call, extra):
-    from emoadapt import extract
+    from emoadapt.extract import deps as extract
 
     monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(MissingDependencyError) as e:

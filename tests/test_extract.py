@@ -189,7 +189,7 @@ def test_local_pool_records_a_clip_that_kills_its_worker(tmp_path, cremad_clips,
     retrying the clips in flight one at a time); the other clips are analysed normally."""
     import _extract_poison
 
-    import emoadapt.extract as ex_mod
+    import emoadapt.extract.driver as ex_mod
 
     monkeypatch.setattr(ex_mod, "_submitter", lambda ex, spec, sampling, out: lambda job: ex.submit(_extract_poison.process, spec, sampling, job, out))
     d = tmp_path / "in"
@@ -222,7 +222,7 @@ def test_dask_same_rows_as_local(local, corpus, tmp_path, dask_client):
     assert (rep.done, rep.errors, rep.lost) == (9, 1, 0)
     assert len(rep.workers) == 2  # both worker processes took clips
     # one Recognizer per worker process, built once (the plugin), not per clip
-    n_recs = dask_client.run(lambda: len(__import__("emoadapt.extract", fromlist=["_RECOGNIZERS"])._RECOGNIZERS))
+    n_recs = dask_client.run(lambda: len(__import__("emoadapt.extract.worker", fromlist=["_RECOGNIZERS"])._RECOGNIZERS))
     assert sorted(n_recs.values()) == [1, 1]
     _assert_clean(out, 9)
     _assert_same_rows(local[0], out)
@@ -455,7 +455,7 @@ def test_pool_workers_exit_when_the_driver_is_killed(tmp_path, cremad_clips):
     pids_dir.mkdir()
     driver = tmp_path / "driver.py"
     driver.write_text(
-        "import sys\nimport _extract_poison\nimport emoadapt.extract as ex\n\n"
+        "import sys\nimport _extract_poison\nimport emoadapt.extract.driver as ex\n\n"
         "if __name__ == '__main__':\n"
         "    ex._submitter = lambda pool, spec, sampling, out: lambda job: pool.submit(_extract_poison.block, spec, sampling, job, out)\n"
         "    ex.extract(sys.argv[1:-1], sys.argv[-1], workers=2, max_frames=1)\n"
