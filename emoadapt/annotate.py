@@ -11,6 +11,12 @@ once per window instead of flickering from frame to frame.
     for index, image_bgr, labels in annotated_frames(Recognizer(), "clip.mp4"):
         ...  # write image_bgr to a video
 
+Writing (:func:`open_writer`, what ``emoadapt annotate`` uses): the codec follows the output's
+suffix (:data:`DEFAULT_FOURCC`), chosen so that current browsers play the file: VP9 in ``.mp4``
+(``vp09``), VP8 in ``.webm``. The FFmpeg inside OpenCV's wheels has no H.264 encoder, and its
+``mp4v`` (MPEG-4 Part 2, the codec OpenCV suggests for ``.mp4``) plays in desktop players but in
+no browser. docs/cli.md has the table of what plays where.
+
 Drawing: a box in the class colour (:data:`COLORS`) and the label on a filled box of the same
 colour, in black or white, whichever contrasts more with it (WCAG contrast ratio at least 4.5 on
 every class colour).
@@ -18,7 +24,9 @@ every class colour).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +37,19 @@ from .errors import InvalidInputError
 from .recognizer import Recognizer, Result
 from .video import Clip, Sampling, iter_frames
 
-__all__ = ["COLORS", "FaceLabel", "label_windows", "annotated_frames", "draw_face", "text_color", "contrast_ratio"]
+__all__ = [
+    "COLORS",
+    "DEFAULT_FOURCC",
+    "FALLBACK_FOURCC",
+    "FaceLabel",
+    "label_windows",
+    "annotated_frames",
+    "default_fourcc",
+    "open_writer",
+    "draw_face",
+    "text_color",
+    "contrast_ratio",
+]
 
 #: BGR colours per emotion for annotated videos.
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -44,6 +64,50 @@ COLORS: dict[str, tuple[int, int, int]] = {
 
 #: default length of a label window, seconds
 DEFAULT_WINDOW = 1.0
+
+#: The video codec (FourCC) written by default for an output suffix: what current browsers play
+#: (Chromium, Firefox, Edge; Safari on recent macOS and iOS) and OpenCV's FFmpeg can encode. VP9 in
+#: MP4 is slower to encode than VP8 in WebM (docs/cli.md has the figures).
+DEFAULT_FOURCC: dict[str, str] = {".mp4": "vp09", ".m4v": "vp09", ".webm": "VP80", ".mkv": "VP80"}
+#: The codec for any other suffix (``.avi``, ``.mov``, ...): MPEG-4 Part 2, which desktop players
+#: (VLC, mpv, QuickTime) play and browsers do not.
+FALLBACK_FOURCC = "mp4v"
+#: What OpenCV prints itself (``fprintf``, not its logger) when it maps a FourCC to a container,
+#: e.g. ``OpenCV: FFMPEG: tag 0x30385056/'VP80' is not supported with codec id 139 and format
+#: 'webm / WebM'``: a notice, not an error (a codec that cannot be written fails to open).
+_OPENCV_NOTICES = (b"OpenCV: FFMPEG: ",)
+
+
+def default_fourcc(path: str | os.PathLike[str]) -> str:
+    """The FourCC :func:`open_writer` uses for ``path`` by default (by its suffix, any case)."""
+    return DEFAULT_FOURCC.get(os.path.splitext(os.fspath(path))[1].lower(), FALLBACK_FOURCC)
+
+
+def open_writer(path: str | os.PathLike[str], fps: float, size: tuple[int, int], fourcc: str | None = None, *, quiet: bool = False) -> Any | None:
+    """An opened ``cv2.VideoWriter`` of ``size`` (width, height) BGR frames at ``fps`` to
+    ``path``, whose suffix picks the container; ``fourcc`` the codec (default
+    :func:`default_fourcc`). ``None`` when OpenCV cannot write that codec in that container.
+
+    ``quiet``: drop the notices OpenCV itself prints to standard error while the writer opens
+    (a FourCC it maps to the container's own tag, ``OpenCV: FFMPEG: tag ... fallback to use
+    tag ...``). That redirects file descriptor 2 *of the process* for the call, so only a
+    caller that owns its process should ask (the command line does).
+    """
+    import cv2
+
+    from .zoo.interpreters import native_stderr_filtered
+
+    code = cv2.VideoWriter.fourcc(*(fourcc or default_fourcc(path)))
+    with native_stderr_filtered((), drop_prefixes=_OPENCV_NOTICES) if quiet else contextlib.nullcontext():
+        try:
+            writer = cv2.VideoWriter(os.fspath(path), code, float(fps), (int(size[0]), int(size[1])))
+            opened = writer.isOpened()
+        except cv2.error:
+            return None
+    if not opened:
+        writer.release()
+        return None
+    return writer
 
 
 @dataclass(frozen=True)

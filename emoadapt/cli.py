@@ -1,7 +1,7 @@
 """Command-line interface: ``emoadapt predict``, ``emoadapt annotate`` and user management.
 
     emoadapt predict clip.mp4 other.avi          # one line per clip
-    emoadapt predict --format json clips/*.mp4   # machine-readable (--json is the same)
+    emoadapt predict --format json clips/*.mp4   # a JSON array, one object per clip (--json is the same)
     emoadapt predict --format csv clip.mp4       # one row per face per frame
     emoadapt annotate clip.mp4 -o annotated.mp4  # boxes and labels drawn on every frame
     emoadapt enroll alice alice1.mp4 alice.jpg   # register a face
@@ -98,7 +98,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             continue
         if fmt == "json":
             d = res.to_dict()
-            if not args.timeline:
+            if args.timeline:  # each frame's time in seconds of the clip, as in the CSV and the web API
+                d["timeline"] = [{"index": f["index"], "time": res._time(f["index"]), **f} for f in d["timeline"]]
+            else:
                 d.pop("timeline", None)
             out.append({"clip": str(clip), **d})
         elif fmt == "csv":
@@ -114,8 +116,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             label = res.label if res.label is not None else "(no face)"
             user = f"\tuser={res.user}" if res.user else ""
             print(f"{clip}\t{label}\t{top}\tfaces {res.faces}/{res.frames}{user}", flush=True)
-    if fmt == "json":
-        json.dump(out if many else out[0], sys.stdout, indent=2)
+    if fmt == "json":  # one shape: an array of one object per clip, in the order given, one clip too
+        json.dump(out, sys.stdout, indent=2)
         print()
     if failed and fmt != "csv" and not sys.stdout.isatty():
         log.error("%d of %d clip(s) could not be analysed (errors in the output)", failed, len(args.clips))
@@ -134,10 +136,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     """Write the annotated video to a temporary file beside the output and rename it over the
     output only when every frame was written: the input is never the output, and a failure
     (codec, container, decoding) leaves a pre-existing output file as it was."""
-    import cv2
-
     from ._paths import as_path
-    from .annotate import annotated_frames
+    from .annotate import annotated_frames, default_fourcc, open_writer
     from .video import Sampling, video_info
 
     src = as_path(args.clip, "clip")
@@ -167,19 +167,16 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     ok = False
     try:
         frames = annotated_frames(rec, src, sampling=Sampling(fps=args.fps, max_frames=args.max_frames), window=args.window or None)
+        fourcc = args.fourcc or default_fourcc(out)
         for _, img, faces in _bar(args, frames, unit="frame"):
             if writer is None:
                 h, w = img.shape[:2]
-                try:
-                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*args.fourcc), fps, (w, h))
-                    opened = writer.isOpened()
-                except cv2.error:
-                    opened = False
-                if not opened:
-                    log.error("cannot write %s with codec %s (container %r): %s left unchanged", out.name, args.fourcc, out.suffix, out)
+                writer = open_writer(tmp, fps, (w, h), fourcc, quiet=args.verbose < 2)  # OpenCV's own notices kept at -vv
+                if writer is None:
+                    log.error("cannot write %s with codec %s (container %r): %s left unchanged", out.name, fourcc, out.suffix, out)
                     return 1
             n_faces += len(faces)
-            writer.write(img)  # type: ignore[union-attr]  # opened above
+            writer.write(img)
             n_frames += 1
         if writer is not None:
             writer.release()
@@ -187,6 +184,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         if n_frames == 0 or tmp.stat().st_size == 0:
             log.error("%s: nothing was written; %s left unchanged", src, out)
             return 1
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600: the output follows the umask, as a new file would
         os.replace(tmp, out)
         ok = True
     except EmoadaptError as e:
@@ -199,6 +197,13 @@ def cmd_annotate(args: argparse.Namespace) -> int:
             tmp.unlink(missing_ok=True)
     print(f"wrote {out} ({n_frames} frames, {n_faces} faces labelled)")
     return 0
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and back: the command line owns its process)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fourcc(value: str) -> str:
@@ -497,7 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "predict",
         "predict the emotion of each clip",
-        "Predict the emotion of each clip: one text line, JSON object or CSV rows per clip. "
+        "Predict the emotion of each clip: one text line or CSV rows per clip, or with --format json one "
+        "JSON array of one object per clip (for one clip too). "
         "Faces are tracked; a recognised enrolled user's personal head is used for their face.",
     )
     p.add_argument("clips", nargs="+", metavar="CLIP", help="video or image files")
@@ -508,7 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="output: text (one line per clip, default), json, or csv (one row per face per frame, or per face track with --table clips)",
     )
     p.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
-    p.add_argument("--timeline", action="store_true", help="include per-frame results in JSON output (needs --format json)")
+    p.add_argument(
+        "--timeline",
+        action="store_true",
+        help="include each clip's per-frame results in JSON output: index, time (seconds), box, score, probabilities (needs --format json)",
+    )
     p.add_argument(
         "--table",
         choices=("frames", "clips"),
@@ -526,7 +536,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("clip", metavar="CLIP", help="the video to annotate")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="FILE", help="the annotated video to write")
-    p.add_argument("--fourcc", default="mp4v", type=_fourcc, help="four-character video codec of the output (default mp4v)")
+    p.add_argument(
+        "--fourcc",
+        type=_fourcc,
+        metavar="CODE",
+        help="four-character video codec of the output (default: by its suffix, what browsers play: "
+        ".mp4 VP9 (vp09), .webm VP8 (VP80); any other suffix mp4v, which desktop players play and browsers do not)",
+    )
     p.add_argument(
         "--window",
         type=float,

@@ -54,6 +54,25 @@ def test_predict_text_and_json(tmp_path, cremad_clips):
     assert json.loads(r2.stdout) == out
 
 
+def test_predict_json_has_one_shape_and_timeline_times(cremad_clips):
+    """One documented shape (docs/cli.md): an array of one object per clip, for one clip too;
+    every timeline entry has its time in seconds, the CSV's and the web API's."""
+    r = run("predict", "--json", "--timeline", "--max-frames", "5", str(cremad_clips[1]))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert isinstance(out, list) and len(out) == 1 and out[0]["clip"] == str(cremad_clips[1])
+    timeline = out[0]["timeline"]
+    assert [f["index"] for f in timeline] == list(range(5))
+    for f in timeline:
+        assert list(f)[:2] == ["index", "time"] and abs(f["time"] - f["index"] / 29.97) < 1e-5, f
+    csv_times = [float(row["time"]) for row in csv.DictReader(io.StringIO(run("predict", "--format", "csv", "--max-frames", "5", str(cremad_clips[1])).stdout))]
+    assert [f["time"] for f in timeline] == csv_times
+    # without --timeline: the same array, no timeline key
+    r = run("predict", "--json", "--max-frames", "5", str(cremad_clips[1]))
+    plain = json.loads(r.stdout)
+    assert isinstance(plain, list) and "timeline" not in plain[0] and plain[0]["label"] == out[0]["label"]
+
+
 def test_stderr_carries_only_our_messages(tmp_path, truncated):
     """No TFLite INFO, no FFmpeg '[flv @ ...]' or OpenCV '[ WARN:...]' lines: only 'emoadapt: ...'."""
     bad = tmp_path / "bad.mp4"
@@ -202,9 +221,21 @@ def test_progress_bars_only_on_a_terminal(cremad_clips):
     assert len(p.stdout.decode().splitlines()) == 2 and b"\r" not in p.stdout
 
 
+def _fourcc_of(path: Path) -> str:
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return (int(cap.get(cv2.CAP_PROP_FOURCC)) & 0xFFFFFFFF).to_bytes(4, "little").decode("latin-1")
+    finally:
+        cap.release()
+
+
+def _umask(mask: int):
+    return lambda: os.umask(mask)
+
+
 def test_annotate_writes_labelled_video(tmp_path):
     out = tmp_path / "annotated.mp4"
-    r = run("annotate", str(DEMO), "-o", str(out), "--max-frames", "12", quiet=False)
+    r = run("annotate", str(DEMO), "-o", str(out), "--max-frames", "12", quiet=False, preexec_fn=_umask(0o022))
     assert r.returncode == 0 and r.stderr == "", r.stderr  # nothing from OpenCV's or FFmpeg's encoder either
     cap = cv2.VideoCapture(str(out))
     frames = []
@@ -218,6 +249,74 @@ def test_annotate_writes_labelled_video(tmp_path):
     # the box and label were drawn: some pixels changed a lot, most did not
     diff = (abs(frames[0].astype(int) - orig.astype(int)).sum(2) > 120).mean()
     assert 0.002 < diff < 0.2
+    # the default codec of an .mp4 is VP9 (what browsers play; mp4v plays in none), and the
+    # file's mode follows the umask like any new file's (not the temporary file's 0600)
+    assert _fourcc_of(out) == "VP90"
+    assert out.stat().st_mode & 0o777 == 0o644
+
+
+def test_annotate_webm_and_umask_without_stderr(tmp_path):
+    """A .webm is VP8, written without OpenCV's 'tag ... is not supported' notice on stderr;
+    outputs follow the umask (0o027 here); an explicit --fourcc still applies."""
+    out = tmp_path / "annotated.webm"
+    r = run("annotate", str(DEMO), "-o", str(out), "--max-frames", "6", quiet=False, preexec_fn=_umask(0o027))
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert _fourcc_of(out) == "VP80" and out.stat().st_mode & 0o777 == 0o640
+    legacy = tmp_path / "legacy.avi"
+    r = run("annotate", str(DEMO), "-o", str(legacy), "--max-frames", "3", "--fourcc", "MJPG", quiet=False, preexec_fn=_umask(0o022))
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert _fourcc_of(legacy) == "MJPG" and legacy.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".emoadapt-annotate-")] == []
+
+
+@pytest.mark.browser
+def test_annotate_default_outputs_play_in_chromium(tmp_path):
+    """What docs/cli.md promises: the default .mp4 and .webm outputs play in Chromium (the video
+    element loads them: ready state 4, the clip's duration, its width), where mp4v does not."""
+    import shutil
+
+    chromium, driver_path = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="the browser tests need selenium: pip install -e '.[test]'")
+    if not (chromium and driver_path):
+        pytest.skip("the browser tests need Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver")
+    from selenium.webdriver.chrome.service import Service
+
+    videos = {}
+    for name in ("default.mp4", "default.webm"):
+        videos[name] = tmp_path / name
+        r = run("annotate", str(DEMO), "-o", str(videos[name]), "--max-frames", "15", quiet=False)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+    videos["mp4v.mp4"] = tmp_path / "mp4v.mp4"  # the former default, for contrast
+    assert run("annotate", str(DEMO), "-o", str(videos["mp4v.mp4"]), "--max-frames", "15", "--fourcc", "mp4v").returncode == 0
+    page = tmp_path / "page.html"
+    page.write_text("<!doctype html><html><body></body></html>")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(flag)
+    d = webdriver.Chrome(options=opts, service=Service(driver_path))
+    load = """
+const done = arguments[arguments.length - 1];
+const v = document.createElement("video");
+v.muted = true; v.preload = "auto";
+v.onloadeddata = () => done({ok: true, ready: v.readyState, duration: v.duration, width: v.videoWidth});
+v.onerror = () => done({ok: false, code: v.error && v.error.code});
+v.src = arguments[0];
+document.body.appendChild(v);
+"""
+    try:
+        d.set_script_timeout(60)
+        seen = {}
+        for name, path in videos.items():
+            d.get(page.as_uri())
+            seen[name] = d.execute_async_script(load, path.as_uri())
+    finally:
+        d.quit()
+    for name in ("default.mp4", "default.webm"):
+        r = seen[name]
+        assert r["ok"] and r["ready"] >= 2 and r["width"] == 480, (name, r)
+        assert abs(r["duration"] - 15 / 29.97) < 0.1, (name, r)
+    assert seen["mp4v.mp4"] == {"ok": False, "code": 4}  # MEDIA_ERR_SRC_NOT_SUPPORTED
 
 
 def _cli_json(capsys, *argv: str):

@@ -62,9 +62,9 @@ _STDERR_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def native_stderr_filtered(drop: tuple[bytes, ...] = NATIVE_NOTICES) -> Iterator[None]:
+def native_stderr_filtered(drop: tuple[bytes, ...] = NATIVE_NOTICES, *, drop_prefixes: tuple[bytes, ...] = ()) -> Iterator[None]:
     """Capture what native code writes to file descriptor 2 inside the block and replay it,
-    less the lines ``drop``. This redirects fd 2 *of the whole process* meanwhile: only for
+    less the lines ``drop`` and those starting with one of ``drop_prefixes``. This redirects fd 2 *of the whole process* meanwhile: only for
     callers that own their process (opt-in, see the module docstring).
 
     Nothing is lost: output of other threads written meanwhile is replayed after the block
@@ -89,7 +89,11 @@ def native_stderr_filtered(drop: tuple[bytes, ...] = NATIVE_NOTICES) -> Iterator
                 finally:
                     os.dup2(saved, 2)
                     tmp.seek(0)
-                    kept = [ln for ln in tmp.read().splitlines(keepends=True) if ln.rstrip(b"\r\n") not in drop]
+                    kept = [
+                        ln
+                        for ln in tmp.read().splitlines(keepends=True)
+                        if ln.rstrip(b"\r\n") not in drop and not (drop_prefixes and ln.startswith(drop_prefixes))
+                    ]
                     if kept:
                         os.write(2, b"".join(kept))
         finally:
