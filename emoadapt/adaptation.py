@@ -635,6 +635,7 @@ def personalize(
     identity_model: str = "",
     expert_weight: float = IDENTITY_EXPERT_WEIGHT,
     evidence_gate: bool = DEFAULT_EVIDENCE_GATE,
+    fallback: Head | None = None,
     **fit_kw: Any,
 ) -> tuple[Head, Personalized]:
     """The head :func:`adapt_user` installs, from one user's ``(clips, labels)``, without a store.
@@ -672,7 +673,7 @@ def personalize(
     if gated:
         memory = np.stack([np.asarray(c, np.float64).mean(axis=0) for c in clips])
         allowed = covered if len(covered) >= GATE_MIN_CLASSES else []
-        head = EvidenceGateHead(head, universal, allowed, memory, labels, recall=RECALL)
+        head = EvidenceGateHead(head, universal if fallback is None else fallback, allowed, memory, labels, recall=RECALL)
     return head, Personalized(
         choice=choice,
         weight=weight,
@@ -720,6 +721,7 @@ def adapt_user(
     replay: tuple[np.ndarray, np.ndarray] | None = None,
     identity_model: str | None = None,
     options: AdaptOptions | None = None,
+    fallback: Head | None = None,
 ) -> AdaptReport:
     """Fit, check and install ``user``'s personal head from their stored corrections (see
     module docs), as ``options`` say (default :class:`AdaptOptions`).
@@ -728,7 +730,9 @@ def adapt_user(
     features) are used when it is given: features of another backbone live in another space.
     ``replay``: universal training features replayed for uncorrected classes. With
     ``identity_model``, the identity embeddings that model stored with the corrections feed
-    the personal identity expert (:func:`personalize`).
+    the personal identity expert (:func:`personalize`). ``fallback``: the head that answers
+    strangers (it may read the clip's frame probabilities); where the evidence gate does not
+    let the personal head decide, its answer is this head's (default: ``universal``).
     """
     t0 = time.perf_counter()
     opt = options or AdaptOptions()
@@ -761,7 +765,9 @@ def adapt_user(
     embs = store.correction_embeddings(user, identity_model, ids=ids) if identity_model else {}
     with_embeddings = [embs.get(i) for i in ids] if embs else None
     # AdaptOptions' fields are personalize's keywords, and Personalized's are the report's
-    head, info = personalize(universal, feats, labels, replay=replay, embeddings=with_embeddings, identity_model=identity_model or "", **asdict(opt))
+    head, info = personalize(
+        universal, feats, labels, replay=replay, embeddings=with_embeddings, identity_model=identity_model or "", fallback=fallback, **asdict(opt)
+    )
     counts = {lab: labels.count(lab) for lab in sorted(set(labels))}
     report = AdaptReport(user=user, accepted=False, version=_active_version(store, user), n_corrections=n, n_train=n, label_counts=counts, **asdict(info))
     report.strategy = opt.strategy

@@ -386,7 +386,14 @@ class Personalization:
         if not self.store.has_user(user):
             raise UnknownUserError(f"unknown user {user!r}")
         return adapt_user(
-            self.store, self.personal_base, user, model_version=self.model_version, replay=self.replay, identity_model=self.identity, options=options
+            self.store,
+            self.personal_base,
+            user,
+            model_version=self.model_version,
+            replay=self.replay,
+            identity_model=self.identity,
+            options=options,
+            fallback=self.universal,
         )
 
     def corrections(self, user: str) -> list[dict[str, Any]]:

@@ -29,6 +29,9 @@ class MeanProbabilityHead(_Head):
     :meth:`partial_fit` does nothing (it cannot learn).
     """
 
+    #: it reads frame probabilities, not features (``n_features_in_`` counts classes)
+    reads_probabilities = True
+
     def __init__(self, classes: Sequence[Any] = ()) -> None:
         self.classes = classes
 

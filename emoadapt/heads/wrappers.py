@@ -399,8 +399,8 @@ class EvidenceGateHead(_Head):
     """A personal head whose answer may move only toward an expression the user gave evidence for.
 
     ``head`` is the user's installed head (a :class:`BlendHead`, :class:`CenteredHead` or
-    :class:`IdentityExpertHead`), ``base`` the universal head it was adapted from (reading the
-    same, uncentred, features) and ``evidence_classes_`` the labels of the user's corrections.
+    :class:`IdentityExpertHead`), ``base`` the head that answers strangers (the universal head;
+    it reads the clip's uncentred features or, through the context, its frame probabilities) and ``evidence_classes_`` the labels of the user's corrections.
     For each clip, when ``head``'s most probable class is one of those labels, ``head``'s
     probabilities are returned; otherwise ``base``'s (aligned to ``classes_``): a personal model
     fitted on a few expressions of one person has learnt nothing about the others, so its
@@ -538,7 +538,8 @@ class EvidenceGateHead(_Head):
             check_file_classes(ev)
         if not set(ev.tolist()) <= set(head.classes_.tolist()):
             raise ModelIntegrityError("head file: evidence classes the wrapped head lacks")
-        if getattr(head, "n_features_in_", None) != getattr(base, "n_features_in_", None):
+        d_head, d_base = getattr(head, "n_features_in_", None), getattr(base, "n_features_in_", None)
+        if not getattr(base, "reads_probabilities", False) and d_head is not None and d_base is not None and d_head != d_base:
             raise ModelIntegrityError("head file: the gate's heads read different features")
         mem, ml = arrays.get("memory"), arrays.get("memory_labels")
         if mem is None or ml is None or mem.ndim != 2 or ml.ndim != 1 or (len(ml) and (len(mem) != len(ml) or mem.dtype.kind != "f")):
