@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pty
+import re
 import struct
 import subprocess
 import sys
@@ -371,3 +372,72 @@ def test_correct_one_clip_at_a_time_keeps_the_other_clips(tmp_path, cremad_clips
             if i == 0:  # the text summary ends with the same plain words
                 assert cli.main(["-q", "--home", home, "adapt", "u"]) == 0
                 assert capsys.readouterr().out.rstrip("\n").splitlines()[-1] == explanation
+
+
+JARGON = ("centred", "mix", "personal@", "anchor", "guard", "log-likelihood", "weight", "strategy")
+
+
+def _main(capsys, *argv: str) -> str:
+    assert cli.main(["-q", *argv]) == 0, capsys.readouterr().err
+    return capsys.readouterr().out
+
+
+def test_users_correct_adapt_and_models_speak_plainly(tmp_path, cremad_clips, capsys):
+    """`users` says when nobody is enrolled and counts in the singular; the automatic adaptation
+    at the fifth correction is announced (version, what it does, how it was chosen, the
+    explanation); `adapt` speaks plain words (the figures under -v); `models` shows the
+    versions and their evidence without training; `forget` counts in the singular too."""
+    from emoadapt import Recognizer
+
+    home = str(tmp_path / "home")
+    assert _main(capsys, "--home", home, "users").strip().startswith("no users enrolled")
+    truth = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
+    clips = sorted(cremad_clips)[:5]
+    outs = []
+    for clip in clips:
+        outs.append(_main(capsys, "--home", home, "correct", str(clip), truth[clip.name.split("_")[2]], "--user", "u", "--force", "--max-frames", "6"))
+        if len(outs) == 1:
+            assert _main(capsys, "--home", home, "users") == "u\t1 correction\t1 face embedding\n"
+            models = _main(capsys, "--home", home, "models", "u")
+            assert models.splitlines() == [
+                "u: 1 correction (1 angry), 1 not learnt from yet",
+                "no personal model yet: the universal model answers (one is made at 5 corrections, or by emoadapt adapt)",
+            ]
+    assert all(len(o.splitlines()) == 1 for o in outs[:4]), outs  # nothing adapted before the fifth
+    lines = outs[4].splitlines()
+    assert lines[0] == "correction 5 recorded for u as neutral"
+    assert (
+        lines[1].startswith("adapted after 5 corrections: personal model v1 is now active for u: ")
+        and "(chosen after checking on 5 corrections it had not seen)" in lines[1]
+    ), lines
+    with Recognizer(home=home) as rec:
+        versions = [(h.version, h.status) for h in rec.store.head_versions("u")]
+        report = rec.adapt("u")  # what the CLI printed is the report's explanation (same corrections, same seed)
+        rec.store.rollback_head("u")
+    assert versions == [(1, "active")]
+    assert lines[2] == report.explanation() and len(lines) == 3
+    assert not any(j in " ".join(lines) for j in JARGON), lines
+
+    # models: every version and its evidence, nothing trained (the same versions before and after)
+    models = _main(capsys, "--home", home, "models", "u").splitlines()
+    assert models[0] == "u: 5 corrections (1 angry, 1 disgust, 1 fear, 1 happy, 1 neutral), 0 not learnt from yet", models
+    assert [m.split("\t")[0] for m in models[1:]] == ["v2", "v1"] and models[2].split("\t")[1] == "active", models
+    assert "it had not seen (universal model " in models[2] and not any(j in " ".join(models) for j in JARGON), models
+    info = json.loads(_main(capsys, "--home", home, "models", "u", "--json"))
+    assert [v["version"] for v in info["versions"]] == [1, 2] and info["versions"][0]["choice"] and info["versions"][0]["evidence"]
+    with Recognizer(home=home) as rec:
+        assert len(rec.store.head_versions("u")) == 2  # looking trained nothing
+    assert "held-out accuracy of each candidate: universal" in _main(capsys, "--home", home, "models", "u", "-v")
+
+    # adapt: plain words, the explanation last; the figures with -v
+    out = _main(capsys, "--home", home, "adapt", "u").splitlines()
+    assert out[0] == "u: 5 corrections (1 angry, 1 disgust, 1 fear, 1 happy, 1 neutral)"
+    assert out[1].startswith("personal model v3 is now active for u: ") and len(out) == 3
+    assert not any(j in " ".join(out) for j in JARGON), out
+    verbose = _main(capsys, "--home", home, "adapt", "u", "-v")
+    assert "guard (leave-one-out, 5 held out), accuracy: universal" in verbose and "chosen: " in verbose
+
+    assert _main(capsys, "--home", home, "users") == "u\t5 corrections\t1 face embedding\n"
+    forgot = _main(capsys, "--home", home, "forget", "u")
+    assert re.fullmatch(r"forgot u: 5 corrections, 1 face embedding and [2-9] personal models removed\n", forgot), forgot
+    assert _main(capsys, "--home", home, "users").startswith("no users enrolled")
