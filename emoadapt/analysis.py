@@ -18,6 +18,9 @@ whichever consumer asks, so a clip gets the same label from predict, annotate an
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,7 +32,7 @@ import numpy as np
 
 from .alignment import norm_crop
 from .errors import InvalidInputError
-from .video import Clip, Sampling, iter_frames
+from .video import Clip, Frame, Sampling, iter_frames
 
 __all__ = ["Analysis", "AnalyzedFrame", "AnalyzedFace", "FaceTable", "Track", "IDENTITY_STRIDE", "MAX_POOLED_FACES"]
 
@@ -193,8 +196,12 @@ class Analysis:
         embedded: dict[int, _Embedded] = {}  # track -> its identity embeddings so far
         n = 0
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emoadapt-backbone")
+        source: Iterator[Frame] | None = None
         try:
-            for fr in iter_frames(clip, color=color, sampling=sampling or Sampling()):
+            source = iter_frames(clip, color=color, sampling=sampling or Sampling())
+            if isinstance(clip, (str, os.PathLike)):  # a file: decoded ahead in a reader thread
+                source = _read_ahead(source)
+            for fr in source:
                 n += 1
                 if progress is not None:
                     progress.update(1)
@@ -224,6 +231,9 @@ class Analysis:
                 _assign(crop_faces, self.backbone.infer(np.stack(crops), tta=self.tta_for(n)))
             yield from _ready(waiting, jobs, block=True)
         finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()  # stops a reader thread, releases the file
             worker.shutdown(wait=True, cancel_futures=True)
 
     def _maybe_embed(self, image: np.ndarray, face: AnalyzedFace, crop: np.ndarray, index: int, embedded: dict[int, _Embedded], window: int | None) -> None:
@@ -295,6 +305,62 @@ def _drifted(a: np.ndarray, b: np.ndarray) -> bool:
         or abs(b[4] - a[4]) > DRIFT_LIGHT
         or 1.0 - float(a[5:] @ b[5:]) > DRIFT_LOOK
     )
+
+
+#: frames a file's reader thread decodes ahead of the analysis (bounds its memory)
+READ_AHEAD = 2
+
+
+def _read_ahead(frames: Iterator[Frame], depth: int = READ_AHEAD) -> Generator[Frame, None, None]:
+    """``frames``, decoded in a reader thread up to ``depth`` frames ahead: decoding (OpenCV
+    releases the GIL) overlaps detection and alignment, which wait for it otherwise. Only for
+    sources the library opens itself (files), never a caller's iterable. An error of the
+    source is raised here, as it was raised there; closing this generator stops the thread and
+    closes the source (in the thread that reads it)."""
+    q: queue.Queue[tuple[int, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[int, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for fr in frames:
+                if not put((0, fr)):
+                    break
+            else:
+                put((1, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer as it is
+            put((2, e))
+        finally:
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=read, name="emoadapt-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = q.get()
+            if kind == 1:
+                return
+            if kind == 2:
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a put, then wait for the source to be closed
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
 
 
 def _assign(faces: list[AnalyzedFace], outputs: tuple[np.ndarray, np.ndarray]) -> None:

@@ -125,3 +125,25 @@ def test_a_streams_windows_each_hold_an_identity_embedding(tmp_path, cremad_clip
     emb = _embedded(rec, np.stack(frames), identity_window=30)
     gaps = np.diff(emb[0])
     assert emb[0][0] == 1 and gaps.max() <= 30
+
+
+def test_a_file_is_decoded_ahead_in_order_and_the_reader_stops_when_closed(tmp_path, cremad_clips):
+    import threading
+
+    from emoadapt.errors import VideoDecodeError
+
+    rec = emoadapt.Recognizer(home=tmp_path)
+    clip = cremad_clips[0]
+    ref = [f.index for f in iter_frames(clip)]
+    assert [fr.index for fr in rec._analysis().frames(clip)] == ref  # every frame, in order
+    readers = lambda: [t for t in threading.enumerate() if t.name == "emoadapt-reader"]  # noqa: E731
+    gen = rec._analysis().frames(clip)
+    first = [next(gen).index for _ in range(3)]
+    assert first == ref[:3] and len(readers()) == 1
+    gen.close()  # the reader thread stops and the file is released
+    assert readers() == []
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(4000))
+    with pytest.raises(VideoDecodeError):  # the reader's error reaches the caller as it was
+        rec.predict(bad)
+    assert readers() == []
