@@ -28,7 +28,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-from _common import data_dir  # noqa: E402
+from _common import data_dir, require  # noqa: E402
+
+require("pyarrow")  # emoadapt.extract writes Parquet: the extract extra, said in one line
 
 DATA = data_dir()
 
@@ -61,6 +63,7 @@ def run_mode(mode: str, manifest: Path, out: Path, fps: float | None) -> dict[st
     kw: dict[str, Any] = {"fps": fps, "progress": False, "on_clip": on_clip}
     setup = 0.0
     if mode.startswith("dask"):
+        require("dask", "distributed", extra="dask")
         from distributed import Client, LocalCluster
 
         env = dict(os.environ)  # the nanny sets its pre-spawn variables here too: restored below

@@ -111,7 +111,9 @@ from emoadapt.errors import ModelIntegrityError  # noqa: E402
 from emoadapt.features import Backbone, default_backbone_name  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from _common import CREMAD_LABELS, ckplus_rgb, data_dir, taiwanese_label  # noqa: E402
+from _common import CREMAD_LABELS, ckplus_rgb, data_dir, require, taiwanese_label  # noqa: E402
+
+require("sklearn", "matplotlib")  # the MLP baseline and the figures: the eval extra, said in one line
 from face_backbone import ferplus_majority  # noqa: E402
 
 log = logging.getLogger("benchmarks.fer2013")

@@ -50,7 +50,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out" / "journeys"
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-from _common import ckplus_rgb, cremad_label, data_dir, taiwanese_label, write_json
+from _common import ckplus_rgb, cremad_label, data_dir, require, taiwanese_label, write_json
+
+require("matplotlib")  # the figures: the eval extra, said in one line
 
 import emoadapt
 

@@ -47,7 +47,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out" / "personalization"
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-from _common import TAIWANESE_LETTERS, add_common_args, ckplus_rgb, cremad_label, data_dir, taiwanese_label, write_json, write_run_record  # noqa: E402
+from _common import TAIWANESE_LETTERS, add_common_args, ckplus_rgb, cremad_label, data_dir, require, taiwanese_label, write_json, write_run_record  # noqa: E402
+
+require("sklearn", "matplotlib")  # the ceilings and the figure: the eval extra, said in one line
 
 DATA = data_dir()
 

@@ -60,6 +60,45 @@ _VERSIONED = (
 )
 
 
+#: The optional modules the scripts use, with the distribution and the extra of pyproject.toml
+#: that installs them (:func:`require`).
+EXTRAS: dict[str, tuple[str, str]] = {
+    "sklearn": ("scikit-learn", "eval"),
+    "matplotlib": ("matplotlib", "eval"),
+    "pandas": ("pandas", "pandas"),
+    "pyarrow": ("pyarrow", "extract"),
+    "dask": ("dask[distributed]", "dask"),
+    "distributed": ("dask[distributed]", "dask"),
+}
+
+
+def require(*modules: str, extra: str | None = None, script: str | None = None) -> None:
+    """Exit with one line naming the install command when a module of :data:`EXTRAS` is missing.
+
+    Called at the top of a script (before anything that needs the modules), so that a missing
+    extra is one line on stderr, ``benchmarks/journeys.py needs matplotlib: pip install -e
+    ".[eval]" from the repository root``, never a traceback. ``extra`` overrides the extra
+    of :data:`EXTRAS` (a module several extras install); ``script`` names the caller (default:
+    the program being run).
+    """
+    import importlib.util
+
+    missing = []
+    for m in modules:
+        try:
+            found = importlib.util.find_spec(m) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(m)
+    if not missing:
+        return
+    dists = " and ".join(EXTRAS.get(m, (m, ""))[0] for m in missing)
+    which = extra or EXTRAS.get(missing[0], ("", ""))[1]
+    name = script or (_shown(Path(sys.argv[0]).resolve()) if sys.argv and sys.argv[0] else "this script")
+    sys.exit(f'{name} needs {dists}, the {which} extra: pip install -e ".[{which}]" from the repository root')
+
+
 def data_dir() -> Path:
     """The real data: ``$EMOADAPT_DATA``, else ``../shared/data`` beside the repository."""
     env = os.environ.get("EMOADAPT_DATA")

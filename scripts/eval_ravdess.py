@@ -62,7 +62,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 from emoadapt.heads import SelfAttentionHead, SingleAttentionHead, StatPoolingHead, pool  # noqa: E402
 from scripts._common import RAVDESS_EMOTIONS as EMOTIONS  # noqa: E402
-from scripts._common import add_common_args, write_json  # noqa: E402
+from scripts._common import add_common_args, require, write_json  # noqa: E402
+
+require("sklearn")  # the eval extra, said in one line (matplotlib is optional: without it no PNGs)
 
 log = logging.getLogger("eval_ravdess")
 
@@ -168,6 +170,7 @@ def extract_features(
     are logged and left out of the result; clips without a detected face map to a ``(0, D)``
     array.
     """
+    require("pyarrow", "pandas", extra="extract")  # clips go through an `emoadapt extract` dataset
     from emoadapt.extract import extract, read_clips, track_arrays
 
     rep = extract(list(map(str, paths)), cache_dir, workers=workers, **frame_kw)

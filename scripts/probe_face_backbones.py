@@ -57,7 +57,9 @@ TAPS = {
 }
 
 
-from scripts._common import data_dir  # noqa: E402 - $EMOADAPT_DATA or ../shared/data
+from scripts._common import data_dir, require  # noqa: E402 - $EMOADAPT_DATA or ../shared/data
+
+require("sklearn")  # the probes are logistic regressions: the eval extra, said in one line
 
 
 def _digest(*parts: Any) -> str:

@@ -121,7 +121,7 @@ from emoadapt.heads import MeanProbabilityHead, SelfAttentionHead, SingleAttenti
 log = logging.getLogger("train_universal_head")
 
 from scripts._common import CREMAD_LABELS as CREMAD_MAP  # noqa: E402  (CREMA-D file-name codes -> ours)
-from scripts._common import MODELS, add_common_args, data_dir, write_json  # noqa: E402
+from scripts._common import MODELS, add_common_args, data_dir, require, write_json  # noqa: E402
 
 DATA = data_dir()
 CACHE_ROOT = Path(os.environ.get("EMOADAPT_HEAD_CACHE") or ROOT / "runs" / "universal_head_cache")  # runs/ is git-ignored
@@ -287,6 +287,7 @@ class Data:
 
         # the clips' per-frame outputs come from an `emoadapt extract` dataset beside the cache
         # (made once; track 0 of a clip is what Recognizer.analyze gives)
+        require("pyarrow", extra="extract")
         from emoadapt.extract import extract, track_arrays
 
         dataset = self.cache.path / "cremad_extract"
