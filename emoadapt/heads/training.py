@@ -266,53 +266,8 @@ class _TrainableHead(_Head):
         anchor_mask: Mapping[str, np.ndarray] | None = None,
         need_grad: bool = True,
     ) -> tuple[float, dict[str, np.ndarray] | None]:
-        """Objective and its exact gradient for one batch.
-
-        ``L = sum_n w_n CE_n / N + l2 * sum ||W||^2 + anchor * sum mask * ||theta - start||^2``
-        (the anchor term only when ``start`` is given). This is the function the gradient
-        tests differentiate numerically.
-        """
-        logits, cache = self._forward(p, x, m)
-        n = len(logits)
-        logp = _log_softmax(logits)
-        w = np.ones(n, dtype=logits.dtype) if sample_weight is None else sample_weight.astype(logits.dtype, copy=False)
-        loss = float(-(w * logp[np.arange(n), yidx]).sum() / n)
-        for k in self._L2_PARAMS:
-            loss += float(self.train_params.l2 * np.sum(p[k].astype(np.float64) ** 2))
-        if start is not None and self.train_params.anchor:
-            for k in self._PARAMS:
-                diff = p[k] - start[k]
-                am = 1.0 if anchor_mask is None else anchor_mask.get(k, 1.0)
-                loss += float(self.train_params.anchor * np.sum(am * diff.astype(np.float64) ** 2))
-        if not need_grad:
-            return loss, None
-        dlogits = np.exp(logp)
-        dlogits[np.arange(n), yidx] -= 1.0
-        dlogits *= (w / n)[:, None]
-        fv, pcache = cache
-        grads = {"coef": dlogits.T @ fv, "intercept": dlogits.sum(axis=0)}
-        grads.update(self._pool_backward(p, pcache, dlogits @ p["coef"]))
-        for k in self._L2_PARAMS:
-            grads[k] = grads[k] + 2.0 * self.train_params.l2 * p[k]
-        if start is not None and self.train_params.anchor:
-            for k in self._PARAMS:
-                am = 1.0 if anchor_mask is None else anchor_mask.get(k, 1.0)
-                grads[k] = grads[k] + 2.0 * self.train_params.anchor * am * (p[k] - start[k])
-        return loss, grads
-
-    def _sample_weights(self, yidx: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
-        cw = self.train_params.class_weight
-        if cw is None:
-            return None
-        if isinstance(cw, str):
-            if cw != "balanced":
-                raise InvalidInputError(f"class_weight must be None, 'balanced' or a dict, not {cw!r}")
-            uniq, inv, cnt = np.unique(yidx, return_inverse=True, return_counts=True)
-            return (len(yidx) / (len(uniq) * cnt))[inv]
-        if isinstance(cw, Mapping):
-            lookup = {str(k): float(v) for k, v in cw.items()}
-            return np.array([lookup.get(str(lab), 1.0) for lab in labels.tolist()])
-        raise InvalidInputError(f"class_weight must be None, 'balanced' or a dict, not {type(cw).__name__}")
+        """:func:`_objective` of this head for one batch (what the gradient tests differentiate numerically)."""
+        return _objective(self, p, x, m, yidx, sample_weight, start, anchor_mask, need_grad)
 
     def _train(
         self,
@@ -378,7 +333,7 @@ class _TrainableHead(_Head):
         p, curve = self._train(
             design,
             yidx,
-            self._sample_weights(yidx, yy),
+            _class_weights(self.train_params.class_weight, yidx, yy),
             p,
             self.train_params.epochs if epochs is None else epochs,
             self.train_params.lr if lr is None else lr,
@@ -440,7 +395,7 @@ class _TrainableHead(_Head):
         yidx = self._index_labels(yy)
         rng = np.random.default_rng([int(self.train_params.seed), getattr(self, "n_updates_", 0) + 1])
         try:
-            p, curve = self._train(design, yidx, self._sample_weights(yidx, yy), p, ep, lr, rng, start, anchor_mask)
+            p, curve = self._train(design, yidx, _class_weights(self.train_params.class_weight, yidx, yy), p, ep, lr, rng, start, anchor_mask)
         except BaseException:
             self.classes_ = old_classes  # leave the head as it was
             raise
@@ -540,6 +495,67 @@ class _TrainableHead(_Head):
         head.n_updates_ = int(meta.get("n_updates", 0))
         head.loss_curve_ = []
         return head
+
+
+def _objective(
+    model: _TrainableHead,
+    p: Mapping[str, np.ndarray],
+    x: np.ndarray,
+    m: np.ndarray,
+    yidx: np.ndarray,
+    sample_weight: np.ndarray | None,
+    start: Mapping[str, np.ndarray] | None,
+    anchor_mask: Mapping[str, np.ndarray] | None,
+    need_grad: bool,
+) -> tuple[float, dict[str, np.ndarray] | None]:
+    """Objective and its exact gradient for one batch.
+
+    ``L = sum_n w_n CE_n / N + l2 * sum ||W||^2 + anchor * sum mask * ||theta - start||^2``
+    (the anchor term only when ``start`` is given). This is the function the gradient
+    tests differentiate numerically.
+    """
+    logits, cache = model._forward(p, x, m)
+    n = len(logits)
+    logp = _log_softmax(logits)
+    w = np.ones(n, dtype=logits.dtype) if sample_weight is None else sample_weight.astype(logits.dtype, copy=False)
+    loss = float(-(w * logp[np.arange(n), yidx]).sum() / n)
+    for k in model._L2_PARAMS:
+        loss += float(model.train_params.l2 * np.sum(p[k].astype(np.float64) ** 2))
+    if start is not None and model.train_params.anchor:
+        for k in model._PARAMS:
+            diff = p[k] - start[k]
+            am = 1.0 if anchor_mask is None else anchor_mask.get(k, 1.0)
+            loss += float(model.train_params.anchor * np.sum(am * diff.astype(np.float64) ** 2))
+    if not need_grad:
+        return loss, None
+    dlogits = np.exp(logp)
+    dlogits[np.arange(n), yidx] -= 1.0
+    dlogits *= (w / n)[:, None]
+    fv, pcache = cache
+    grads = {"coef": dlogits.T @ fv, "intercept": dlogits.sum(axis=0)}
+    grads.update(model._pool_backward(p, pcache, dlogits @ p["coef"]))
+    for k in model._L2_PARAMS:
+        grads[k] = grads[k] + 2.0 * model.train_params.l2 * p[k]
+    if start is not None and model.train_params.anchor:
+        for k in model._PARAMS:
+            am = 1.0 if anchor_mask is None else anchor_mask.get(k, 1.0)
+            grads[k] = grads[k] + 2.0 * model.train_params.anchor * am * (p[k] - start[k])
+    return loss, grads
+
+
+def _class_weights(cw: str | Mapping[Any, float] | None, yidx: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+    """Per-sample weights of ``class_weight`` ``cw`` for class indices ``yidx`` of ``labels`` (``None``: all 1)."""
+    if cw is None:
+        return None
+    if isinstance(cw, str):
+        if cw != "balanced":
+            raise InvalidInputError(f"class_weight must be None, 'balanced' or a dict, not {cw!r}")
+        uniq, inv, cnt = np.unique(yidx, return_inverse=True, return_counts=True)
+        return np.asarray((len(yidx) / (len(uniq) * cnt))[inv])
+    if isinstance(cw, Mapping):
+        lookup = {str(k): float(v) for k, v in cw.items()}
+        return np.array([lookup.get(str(lab), 1.0) for lab in labels.tolist()])
+    raise InvalidInputError(f"class_weight must be None, 'balanced' or a dict, not {type(cw).__name__}")
 
 
 def fit_softmax_regression(
