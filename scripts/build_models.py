@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
-BUILDERS = ["mtcnn", "fer", "dlib_resnet", "mobilefacenet"]
+BUILDERS = ["mtcnn", "fer", "dlib_resnet", "mobilefacenet", "faceapi_expression"]
 
 log = logging.getLogger("build_models")
 

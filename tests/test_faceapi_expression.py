@@ -9,6 +9,7 @@ crops, with the weight files' sha256.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import cv2
@@ -158,3 +159,41 @@ def test_ensemble_reemits_our_network_exactly(fer2013):
     np.testing.assert_allclose(t[run.probs].numpy(), want, atol=1e-5)
     np.testing.assert_allclose(tf.nn.softmax(t[run.logits]).numpy(), want, atol=1e-5)
     assert t[run.features].shape == (64, 256)
+
+
+# ------------------------------------------------------------------ the shipped entry and the runtime
+
+
+def test_manifest_entry_names_the_published_files_and_the_shipped_file():
+    from emoadapt import zoo
+    from scripts.builders import faceapi_expression as fa
+
+    e = zoo.model_entry("faceapi_expression")
+    assert e["file"] == MODEL_FILE.name and e["sha256"] == hashlib.sha256(MODEL_FILE.read_bytes()).hexdigest()
+    assert e["kind"] == "emotion_backbone" and e["classes"] == FER
+    assert (e["source"]["package"], e["source"]["version"], e["source"]["registry"]) == ("@vladmandic/face-api", "1.7.15", "npm")
+    assert e["source"]["sha256"] == {k: v for k, v in fa.UPSTREAM_SHA256.items() if fa.MODEL in k}
+    assert e["licence"].startswith("MIT")
+    assert e["adapts"] is False and e["heads"]["universal_head"] == "mean_probability"
+    np.testing.assert_allclose(e["inputs"]["align"]["template"], fa.FACEAPI_LANDMARKS)
+
+
+def test_backbone_and_recognizer_run_the_shipped_model(ref, crops, tmp_path, data_dir):
+    """Through :class:`emoadapt.features.Backbone` (the manifest's input spec) the model gives the
+    upstream graph's answers; a Recognizer on it, with face-api's crop geometry, labels a real
+    photo acted as happy as happy."""
+    import emoadapt
+    from emoadapt.features import Backbone
+
+    bb = Backbone("faceapi_expression", num_threads=1)
+    assert (bb.classes, bb.input_size, bb.channels, bb.dim) == (FER, (112, 112), 3, 256)
+    p = bb.predict_proba(crops)
+    want = _upstream_in_fer_order(ref)
+    assert np.abs(p - want).max() < 2e-3 and np.array_equal(p.argmax(1), want.argmax(1))
+    happy = next(str(n) for n in ref["names"] if str(n).startswith("taiwanese/") and str(n).split("/")[1][4] == "b")
+    rec = emoadapt.Recognizer(home=tmp_path / "home", backbone="faceapi_expression", num_threads=1)
+    try:
+        img = cv2.cvtColor(cv2.imread(str(data_dir / "faces" / happy)), cv2.COLOR_BGR2RGB)
+        assert rec.predict(img).label == "happy"
+    finally:
+        rec.close()

@@ -487,6 +487,53 @@ def run_tflite(path: str | os.PathLike[str], faces: np.ndarray, num_threads: int
     return np.stack(probs), np.stack(feats)
 
 
+def fer2013_metrics(path: Path) -> dict:
+    """Accuracy of an exported file on FER2013's public and private test sets (and per class on
+    the private one), fed as :class:`emoadapt.features.Backbone` feeds it: each 48x48 gray face
+    repeated to RGB and resized to 112 (``cv2.INTER_LINEAR`` on uint8); plain and with the
+    mirror image averaged. Empty when the data is missing."""
+    import cv2
+
+    from scripts._common import data_dir
+
+    data_file = data_dir() / "fer2013.npz"
+    if not data_file.exists():
+        log.warning("no %s: metrics not recorded", data_file)
+        return {}
+    res: dict[str, Any] = {}
+    with np.load(data_file, allow_pickle=False) as d:
+        for split in ("public_test", "private_test"):
+            x = np.stack([cv2.resize(cv2.cvtColor(f, cv2.COLOR_GRAY2RGB), (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR) for f in d[f"x_{split}"]])
+            y = d[f"y_{split}"]
+            p = _run_batched(path, x)
+            pm = _run_batched(path, np.ascontiguousarray(x[:, :, ::-1]))
+            res[f"{split}_acc"] = round(float((p.argmax(1) == y).mean()), 4)
+            res[f"{split}_acc_flip_tta"] = round(float(((p + pm).argmax(1) == y).mean()), 4)
+            if split == "private_test":
+                res["private_test_recall_per_class"] = {c: round(float((p.argmax(1)[y == i] == i).mean()), 4) for i, c in enumerate(CLASSES)}
+    log.info("FER2013 accuracy: %s", res)
+    return res
+
+
+def _run_batched(path: Path, x: np.ndarray, batch: int = 128) -> np.ndarray:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover
+        from tensorflow.lite.python.interpreter import Interpreter  # type: ignore[no-redef]
+    it = Interpreter(model_path=str(path), num_threads=2)
+    inp = it.get_input_details()[0]["index"]
+    pi = next(d["index"] for d in it.get_output_details() if d["shape"][-1] == len(CLASSES))
+    out = []
+    for s in range(0, len(x), batch):
+        xb = np.ascontiguousarray(x[s : s + batch], np.float32)
+        it.resize_tensor_input(inp, list(xb.shape))
+        it.allocate_tensors()
+        it.set_tensor(inp, xb)
+        it.invoke()
+        out.append(it.get_tensor(pi).copy())
+    return np.concatenate(out)
+
+
 def _output_names(path: Path) -> tuple[str, str]:
     """Tensor names of the (probs, features) outputs of an exported file."""
     try:
@@ -642,5 +689,6 @@ def build(out_dir: Path, pkg: str | os.PathLike[str] | None = None, both: bool |
             raise ValueError(f"faceapi_expression_{variant} does not reproduce the reference: {check}")
         e = _entry("faceapi_expression" if variant == SHIPPED else f"faceapi_expression_{variant}", f.name, what, {k: round(v, 6) for k, v in check.items()})
         e["outputs"]["probs"]["tensor"], e["outputs"]["features"]["tensor"] = _output_names(f)
+        e["metrics"] = fer2013_metrics(f)
         entries.append(e)
     return entries
