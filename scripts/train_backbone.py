@@ -264,6 +264,18 @@ def train(args) -> int:
     if args.train_subset:  # for quick tests of the pipeline / resume
         sub = np.sort(np.random.default_rng(args.seed).permutation(len(xtr))[: args.train_subset])
         xtr, ytr = xtr[sub], ytr[sub]  # random: the arrays are ordered by class
+    # soft targets (issue 28: FERPlus votes, or a teacher's probabilities), mixed into the labels;
+    # rows without one (NaN) train on the label alone
+    soft = np.full((len(d["x_train"]), len(CLASSES)), np.nan, np.float32)
+    if args.soft_targets:
+        with np.load(args.soft_targets, allow_pickle=False) as z:
+            soft = z["train"].astype(np.float32)
+        if soft.shape != (len(d["x_train"]), len(CLASSES)):
+            raise SystemExit(f"--soft-targets: 'train' must be ({len(d['x_train'])}, {len(CLASSES)}), got {soft.shape}")
+    if args.train_subset:
+        soft = soft[sub]
+    has_soft = np.isfinite(soft).all(1).astype(np.float32)
+    soft = np.nan_to_num(soft)
     xva, yva = d["x_public_test"], d["y_public_test"].astype(np.int64)
     mean = float(xtr.mean() / 255.0)
     std = float(xtr.std() / 255.0)
@@ -318,8 +330,10 @@ def train(args) -> int:
 
     logits_layer = core.get_layer("logits")
 
-    def train_step_fn(x, y, w, seed):
+    def train_step_fn(x, y, w, seed, st, ms):
         yt = tf.one_hot(y, ncls) * (1.0 - ls) + ls / ncls
+        a = args.soft_weight * ms[:, None]  # 0 where a face has no soft target
+        yt = (1.0 - a) * yt + a * st
         with tf.GradientTape() as tape:
             # dropout with a stateless seed (seed, epoch, step) instead of the Dropout layer's
             # own RNG, so that a resumed run draws exactly the same masks
@@ -339,13 +353,13 @@ def train(args) -> int:
         # stateless: permutation and augmentation depend only on (seed, epoch, step)
         perm = np.random.default_rng([args.seed, epoch]).permutation(len(xtr))
         perm = perm[: steps_per_epoch * args.batch_size]
-        ds = tf.data.Dataset.from_tensor_slices((xtr[perm], ytr[perm], cw[ytr[perm]]))
+        ds = tf.data.Dataset.from_tensor_slices((xtr[perm], ytr[perm], cw[ytr[perm]], soft[perm], has_soft[perm]))
         ds = ds.batch(args.batch_size, drop_remainder=True).enumerate()
 
         def aug(i, batch):
-            x, y, w = batch
+            x, y, w, st, ms = batch
             seed = tf.stack([tf.constant(args.seed * 100003 + epoch, tf.int64), i])
-            return augment(x, seed), y, w, tf.stack([seed[0] + 7919, i])
+            return augment(x, seed), y, w, tf.stack([seed[0] + 7919, i]), st, ms
 
         return ds.map(aug, num_parallel_calls=args.map_threads, deterministic=True).prefetch(2)
 
@@ -355,8 +369,8 @@ def train(args) -> int:
         t0 = None
         warm = 5
         for s in range(args.probe_steps + warm):
-            x, y, w, sd = next(it)
-            loss, acc = train_step(x, y, w, sd)
+            x, y, w, sd, st, ms = next(it)
+            loss, acc = train_step(x, y, w, sd, st, ms)
             if s == warm - 1:
                 _ = float(loss)
                 t0 = time.perf_counter()
@@ -391,8 +405,8 @@ def train(args) -> int:
         t0 = time.perf_counter()
         lsum = asum = 0.0
         n = 0
-        for x, y, w, sd in epoch_dataset(epoch):
-            loss, acc = train_step(x, y, w, sd)
+        for x, y, w, sd, st, ms in epoch_dataset(epoch):
+            loss, acc = train_step(x, y, w, sd, st, ms)
             lsum += float(loss)
             asum += float(acc)
             n += 1
@@ -756,6 +770,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-epochs", type=float, default=1.5)
     ap.add_argument("--weight-decay", type=float, default=5e-4)
     ap.add_argument("--label-smoothing", type=float, default=0.1)
+    ap.add_argument(
+        "--soft-targets",
+        default=None,
+        help="vgg: npz whose 'train' (N, 7) rows are target distributions for the training faces in FER2013 order "
+        "(FERPlus votes, a teacher's probabilities; NaN rows: the label alone), mixed into the labels with --soft-weight",
+    )
+    ap.add_argument("--soft-weight", type=float, default=1.0, help="vgg: weight of --soft-targets in the training target (0..1)")
     ap.add_argument("--cw-power", type=float, default=0.5, help="class weight (n_max/n_c)**power; 0 = none")
     ap.add_argument("--dropout", type=float, default=0.4)
     ap.add_argument("--erase-p", type=float, default=0.5)
