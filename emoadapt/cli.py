@@ -9,6 +9,7 @@
     emoadapt correct clip.mp4 calm --new-label   # a label outside the 7 classes: opt in
     emoadapt adapt alice; emoadapt models alice  # adapt now; show her models (no training)
     emoadapt users; emoadapt forget alice
+    emoadapt export alice -o phone/              # her model as TFLite + JSON for a phone app
     emoadapt extract corpus/ -o features/        # a resumable Parquet dataset of every clip
     emoadapt serve                               # the validation-mode web app on 127.0.0.1
     emoadapt live 0                              # camera 0: one line per window (--json: JSON lines)
@@ -386,6 +387,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a user's model (or, without USER, the universal one) for phone apps."""
+    _user(args)
+    rep = _recognizer(args).export(args.user, args.output)
+    print(rep.summary())
+    return 0
+
+
 def cmd_users(args: argparse.Namespace) -> int:
     rec = _recognizer(args)
     stale = rec.reenroll_needed()
@@ -740,6 +749,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user", metavar="USER", help="an enrolled user")
     p.add_argument("--json", action="store_true", help="print it as JSON")
     p.set_defaults(func=cmd_models)
+
+    p = command(
+        "export",
+        "write a user's model (or the universal one) as a TFLite file for phone apps",
+        "Write the head predict uses for USER (their personal model; without USER, the universal model for "
+        "strangers) into DIR as a TFLite model and a JSON manifest beside it (classes, inputs, the backbone and "
+        "identity model it expects, sha256): an Android or iOS app runs it with LiteRT on the shipped backbone's "
+        "outputs (docs/mobile.md). A user without a personal model yet gets the universal model.",
+    )
+    p.add_argument("user", metavar="USER", nargs="?", help="an enrolled user (default: none, the universal model)")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="the folder to write into (made if missing)")
+    p.set_defaults(func=cmd_export)
 
     p = command(
         "extract", "analyse a corpus of clips into a resumable Parquet dataset",

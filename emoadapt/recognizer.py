@@ -67,6 +67,8 @@ __all__ = [
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from .export import ExportReport
+
 log = logging.getLogger(__name__)
 
 
@@ -347,6 +349,14 @@ class Recognizer:
         held-out evidence. A user forgotten meanwhile: UnknownUserError, nothing saved."""
         options = AdaptOptions(strategy, use_guard, anchor, mix_k, center, epochs, seed, expert_weight, evidence_gate)
         return self.personal.adapt(user, options)
+
+    def export(self, user: str | None, directory: str | os.PathLike[str]) -> ExportReport:
+        """Write the head :meth:`predict` uses for ``user`` (``None``: strangers, the universal
+        head) into ``directory`` as a TFLite model and a JSON manifest, for apps that run the
+        shipped backbone with LiteRT (:func:`emoadapt.export.export_head`; docs/mobile.md)."""
+        from .export import export_head
+
+        return export_head(self, user, directory)
 
     def users(self) -> list[str]:
         """Enrolled users."""
