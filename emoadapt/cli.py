@@ -305,7 +305,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
-def user_models(rec: Any, user: str) -> dict[str, Any]:
+def _user_models(rec: Any, user: str) -> dict[str, Any]:
     """What ``emoadapt models USER`` shows: the user's corrections and every personal model
     version with its evidence, read from the store (nothing is trained or written)."""
     from .store import normalize_user_name
@@ -361,7 +361,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     import time as _time
 
     _user(args)
-    info = user_models(_recognizer(args), args.user)
+    info = _user_models(_recognizer(args), args.user)
     if args.json:
         json.dump(info, sys.stdout, indent=2)
         print()
