@@ -403,9 +403,17 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         ("720p stream: frames/s wall", e["720p"]["fps_wall"], ">=", TARGETS["fps_wall_720p"]),
         ("users enrolled: CPU cost (CREMA-D clips)", r["enrolled"]["cpu_ratio"], "<=", TARGETS["enrolled_cost"]),
     ]
-    if r.get("peer"):
+    if r.get("peer"):  # the peer at its best: one thread, so its wall rate cannot exceed its CPU-time rate
+        p = r["peer"]["totals"]["cremad"]
+        best = max(p["fps_wall"], p["fps_cpu"])
         rows.insert(
-            0, ("CREMA-D clips: speed-up over fer, wall", e["cremad"]["fps_wall"] / r["peer"]["totals"]["cremad"]["fps_wall"], ">=", TARGETS["speedup_cremad"])
+            0,
+            (
+                "CREMA-D clips: speed-up over fer at its best (our wall rate / its CPU-time rate)",
+                e["cremad"]["fps_wall"] / best,
+                ">=",
+                TARGETS["speedup_cremad"],
+            ),
         )
     out = [{"what": w, "value": v, "target": f"{op} {t:g}", "met": bool(v >= t if op == ">=" else v <= t)} for w, v, op, t in rows]
     out.append(
@@ -450,8 +458,8 @@ def markdown(r: dict[str, Any]) -> str:
     peer = r.get("peer")
     f = lambda v, d=1: f"{v:,.{d}f}"  # noqa: E731
     lines = [
-        f"One run of `nice -n 10 python benchmarks/pipeline_speed.py` ({r['date']}, commit `{r['commit']}`) on a "
-        f"{m['cpu']} with {m['cores']} cores ({', '.join(s.upper() for s in m['simd']) or 'no AVX2'}) and {m['ram_gib']} GiB of RAM, "
+        f"One run of `nice -n 10 python benchmarks/pipeline_speed.py` ({r['date']}, commit `{r['commit']}`) on a machine with "
+        f"an {m['cpu']} CPU ({m['cores']} cores; {', '.join(s.upper() for s in m['simd']) or 'no AVX2'}) and {m['ram_gib']} GiB of RAM, "
         f"no GPU; load average {r['load_avg_start'][0]:.2f} at the start, {r['load_avg_end'][0]:.2f} at the end"
         + (
             " (other jobs were running: wall-clock figures are perturbed, CPU figures less so)"
@@ -483,6 +491,9 @@ def markdown(r: dict[str, Any]) -> str:
     if peer:
         lines += [
             "",
+            f"fer runs on one thread: on a busy machine its wall rate loses most to other jobs, and its CPU-time rate "
+            f"({f(peer['totals']['cremad']['fps_cpu'])} fps on the CREMA-D clips) is the most it reaches on an idle core; the speed-up "
+            "target below is taken against that. "
             f"The peer ran with every thread pool pinned to {peer['threads']} thread (`OMP_NUM_THREADS={peer['threads']}`, torch intra- and "
             f"inter-op, TensorFlow intra- and inter-op, fer's TFLite interpreter), its best setting on these cores: torch's "
             "default of one thread per core oversubscribes them next to TensorFlow's pool. Its MTCNN alone costs "
@@ -523,7 +534,7 @@ def markdown(r: dict[str, Any]) -> str:
         "| target (issue 29) | measured | target | met |",
         "|---|---|---|---|",
     ]
-    for t in r["targets"]:
+    for t in targets(r):
         v = t["value"]
         vs = ("yes" if v else "no") if isinstance(v, bool) else f"{v:,.4f}" if abs(v) < 0.1 else f"{v:,.2f}"
         lines.append(f"| {t['what']} | {vs} | {t['target']} | {'yes' if t['met'] else '**no**'} |")
