@@ -369,6 +369,26 @@ def test_no_face_in_a_real_photo(client, photo):
     assert r.status_code == 422 and r.json()["error"] == "no_face"
 
 
+def test_uploads_are_named_as_sent_in_messages_and_logs(client, cremad_clips, upload_dir, caplog):
+    """Issue 27: what the library says about an upload names it as the person sent it -- in the
+    answer (in the page's words: no "OpenCV") and in the server log (a truncated clip's
+    warning) -- never by a temporary name; nothing of it stays on disk."""
+    from emoadapt.web.uploads import upload_file_name
+
+    r = client.post("/api/predict", params={"name": "notes.webm"}, content=b"this is not a video\n" * 50, headers=client.hdr)
+    message = r.json()["message"]
+    assert r.status_code == 422 and "notes.webm" in message and "OpenCV" not in message and "not a video or a photo" in message, message
+    data = _bytes(_clip(cremad_clips, "SAD"))
+    with caplog.at_level("WARNING", logger="emoadapt"):
+        r = client.post("/api/predict", params={"name": "my clip.flv"}, content=data[: len(data) // 2], headers=client.hdr)
+    assert r.status_code == 200, r.text
+    said = [rec.getMessage() for rec in caplog.records if rec.name.startswith("emoadapt")]
+    assert any(m.startswith("my clip.flv decoded only") for m in said), said
+    assert not any("upload-" in m or ".clip" in m for m in said), said
+    assert os.listdir(next(upload_dir.iterdir())) == [".lock"]  # the upload's own directory is gone too
+    assert [upload_file_name(n) for n in ("a/b/../face.webm", "..", "", None, "x\x00y.png")] == ["face.webm", "upload", "upload", "upload", "x_y.png"]
+
+
 def test_bad_files(client, cremad_clips):
     r = client.post("/api/predict", params={"name": "notes.webm"}, content=b"this is not a video\n" * 50, headers=client.hdr)
     assert r.status_code == 422 and r.json()["error"] == "bad_file"

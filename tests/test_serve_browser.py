@@ -265,3 +265,117 @@ def test_record_from_the_camera_correct_and_adapt(server, browser, cremad_clips)
     # no script error, no refused request, no content-policy violation; only the 400 of the unknown label
     errors = [e for e in d.get_log("browser") if e["level"] == "SEVERE" and not ("label=grumpy" in e["message"] and " 400 " in e["message"])]
     assert errors == [], errors
+
+
+_CHART_TEXT = """
+const out = [];
+for (const id of arguments[0]) {
+  const svg = document.getElementById(id);
+  if (!svg || svg.hasAttribute("hidden") || !svg.getBoundingClientRect().width) continue;
+  for (const t of svg.querySelectorAll("text")) {
+    const r = t.getBoundingClientRect();
+    out.push({chart: id, text: t.textContent, px: parseFloat(getComputedStyle(t).fontSize) * t.getScreenCTM().a, box: [r.left, r.top, r.right, r.bottom]});
+  }
+}
+return out;
+"""
+
+
+def _readable_and_apart(d, charts: list[str]) -> list[dict]:
+    """Every text of the visible ``charts`` is drawn at 12 px or more, and no two texts of a
+    chart overlap (the y-axis title above its ticks, not on the "1.0")."""
+    texts = d.execute_script(_CHART_TEXT, charts)
+    small = [(t["chart"], t["text"], round(t["px"], 1)) for t in texts if t["px"] < 12]
+    assert small == [], small
+    clash = []
+    for i, a in enumerate(texts):
+        for b in texts[i + 1 :]:
+            if a["chart"] == b["chart"]:
+                ax1, ay1, ax2, ay2 = a["box"]
+                bx1, by1, bx2, by2 = b["box"]
+                if min(ax2, bx2) - max(ax1, bx1) > 0.5 and min(ay2, by2) - max(ay1, by1) > 0.5:
+                    clash.append((a["chart"], a["text"], b["text"]))
+    assert clash == [], clash
+    return texts
+
+
+def _displayed(d, element_id: str) -> bool:
+    return d.execute_script(
+        "const e = document.getElementById(arguments[0]); return !!e && !e.hasAttribute('hidden') && e.getBoundingClientRect().height > 0;", element_id
+    )
+
+
+def test_charts_order_failed_uploads_and_the_learning_curve(server, browser, cremad_clips, tmp_path):
+    """Issue 27: chart text at 12 px or more, axis titles clear of the ticks; no empty axes
+    before there is something to show; a failed upload keeps the previous result and says why
+    in the page's words (no "OpenCV"); the probability bars in one class order whichever model
+    answers; the server log names an upload by the name it was sent with; the learning curve
+    (accuracy per model version) and the corrections per emotion once they exist."""
+    d = browser
+    d.get(server["url"])
+    _wait(d, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1", "the page's script")
+    classes = json.loads(d.find_element(By.CSS_SELECTOR, 'meta[name="emoadapt-config"]').get_attribute("content"))["classes"]
+    d.find_element(By.ID, "user").send_keys(USER)
+    d.find_element(By.ID, "refresh").click()
+    # nothing to show yet: no chart, a sentence instead
+    _wait(d, lambda d: "No personal model yet" in d.find_element(By.ID, "history-note").text, "the note of no model")
+    assert not _displayed(d, "history-plot") and not _displayed(d, "corrections-plot")
+    assert d.find_elements(By.CSS_SELECTOR, "#history-plot line.frame") == []
+
+    def upload(path: Path, expect: str) -> str:
+        before = d.find_element(By.ID, "message").text
+        d.find_element(By.ID, "upload").send_keys(str(path))
+        _wait(d, lambda d: d.find_element(By.ID, "message").text not in (before, "Analysing...") and expect in d.find_element(By.ID, "message").text, expect)
+        return d.find_element(By.ID, "message").text
+
+    happy = next(p for p in cremad_clips if "_HAP_" in p.name)
+    upload(happy, "The model says")
+    label = d.find_element(By.ID, "label").text
+    bars = [b.get_attribute("data-label") for b in d.find_elements(By.CSS_SELECTOR, "#bars rect.bar")]
+    assert bars == classes, bars  # the model's class order, not the head's
+    _readable_and_apart(d, ["bars", "timeline"])
+
+    # a failed upload: the message in the page's words, the previous result kept
+    bad = tmp_path / "notes.webm"
+    bad.write_bytes(b"this is not a video\n" * 50)
+    msg = upload(bad, "notes.webm")
+    assert "OpenCV" not in msg and "not a video or a photo" in msg, msg
+    assert _displayed(d, "result-card") and d.find_element(By.ID, "label").text == label
+    assert f"still the one of {happy.name}" in msg
+
+    # a truncated clip: the server log names it as it was sent, never by its temporary file
+    cut = tmp_path / "my clip.flv"
+    data = next(p for p in cremad_clips if "_SAD_" in p.name).read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    upload(cut, "The model says")
+    log = (server["uploads"].parent / "server.log").read_text()
+    assert "my clip.flv decoded only" in log and "emoadapt-upload" not in log and "upload-" not in log, log
+
+    # two corrections: the corrections per emotion; an adaptation: the learning curve
+    shown = d.find_element(By.ID, "label").text
+    picked = [c for c in ("surprise", "fear", "disgust") if c != shown][:2]
+    for choice in picked:
+        n = len(d.find_elements(By.CSS_SELECTOR, "#corrections tbody tr"))
+        d.find_element(By.CSS_SELECTOR, f'#choices button[data-label="{choice}"]').click()
+        _wait(d, lambda d, n=n: len(d.find_elements(By.CSS_SELECTOR, "#corrections tbody tr")) == n + 1, "the correction listed")
+    counts = {r.get_attribute("data-label"): int(r.get_attribute("data-count")) for r in d.find_elements(By.CSS_SELECTOR, "#corrections-plot rect.count")}
+    assert counts == dict.fromkeys(picked, 1) and _displayed(d, "corrections-plot")
+    order = [r.get_attribute("data-label") for r in d.find_elements(By.CSS_SELECTOR, "#corrections-plot rect.count")]
+    assert order == [c for c in classes if c in picked]  # the class order
+    d.find_element(By.ID, "adapt").click()
+    _wait(d, lambda d: _displayed(d, "history-plot"), "the learning curve")
+    circles = d.find_elements(By.CSS_SELECTOR, "#history-plot circle.after")
+    assert [c.get_attribute("data-version") for c in circles] == ["1"]
+    assert d.find_elements(By.CSS_SELECTOR, "#history-plot polyline.curve.personal")
+    _readable_and_apart(d, ["history-plot", "corrections-plot"])
+    # the personal model answers now: the bars keep the same order
+    upload(happy, "The model says")
+    assert "recognised: " + USER in d.find_element(By.ID, "message").text
+    bars = [b.get_attribute("data-label") for b in d.find_elements(By.CSS_SELECTOR, "#bars rect.bar")]
+    assert bars == classes, bars
+    # a narrow window: the charts are redrawn at its width, their text still readable
+    d.set_window_size(700, 1250)
+    _wait(d, lambda d: d.execute_script("return document.getElementById('bars').viewBox.baseVal.width") < 650, "the charts redrawn")
+    _readable_and_apart(d, ["bars", "timeline", "history-plot", "corrections-plot"])
+    errors = [e for e in d.get_log("browser") if e["level"] == "SEVERE" and "notes.webm" not in e["message"]]
+    assert errors == [], errors

@@ -64,10 +64,20 @@ class ApiError(Exception):
 _OVERRIDE = re.compile(r"[;,]?\s*(?:or\s+)?pass\s+force\s*=\s*True\b[^;.]*", re.IGNORECASE)
 
 
+#: the library's words that mean nothing to a person using the page, and what the page says instead
+_WEB_WORDS = (
+    ("not a video or image OpenCV can read", "it is not a video or a photo in a format this app reads (MP4, WebM, MOV, AVI, FLV, JPEG, PNG)"),
+    ("OpenCV", "the video reader"),
+)
+
+
 def _public(message: str) -> str:
     """A library message as said over HTTP: without the Python API's ``force=True`` advice
-    (the HTTP API has no override of the identity check)."""
-    return _OVERRIDE.sub("", message).strip()
+    (the HTTP API has no override of the identity check), in the page's words (no library names)."""
+    message = _OVERRIDE.sub("", message).strip()
+    for words, said in _WEB_WORDS:
+        message = message.replace(words, said)
+    return message
 
 
 _NOT_THEIR_FACE = "; corrections and enrolments under a name must show that person's face: leave the name empty to be recognised, or use your own name"

@@ -13,6 +13,7 @@ whatever its container declares (:class:`UploadFrames`, :func:`clip_to_analyse`)
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import logging
 import math
@@ -50,6 +51,7 @@ __all__ = [
     "UploadFrames",
     "clip_to_analyse",
     "display_name",
+    "upload_file_name",
 ]
 
 log = logging.getLogger(__package__)
@@ -216,18 +218,35 @@ def display_name(name: str | None) -> str:
     return name or "the upload"
 
 
+def upload_file_name(name: str | None) -> str:
+    """The name an upload gets on disk, in a directory of its own: the file name the client
+    gave (``name``, its last path part), so that whatever the library says about the file
+    (a truncated video's warning in the server log, an error) names it as the person knows
+    it; separators, control characters and leading dots replaced, at most 100 bytes of UTF-8;
+    ``upload`` when there is none."""
+    base = re.split(r"[/\\]", name or "")[-1]
+    clean = "".join(ch if ch.isprintable() and ch not in "/\\:" else "_" for ch in base).strip().lstrip(".")
+    while len(clean.encode()) > 100:
+        stem, dot, ext = clean.rpartition(".")
+        clean = (stem[:-1] + dot + ext) if dot and stem and len(ext) <= 10 else clean[:-1]
+    return clean or "upload"
+
+
 @asynccontextmanager
 async def receive_upload(request: Request, limit: int, dirs: UploadDirs, base: str | None) -> AsyncIterator[Path]:
     """The request body as a file (a path OpenCV can open) for the time of the request, gone
-    on leaving whatever happens: an unnamed file where the system allows it (the path is a
-    link to it), else a named one, in this process's private directory under ``base``. At
-    most ``limit`` bytes (ApiError 413 ``too_large``); an error of the library inside names
-    the upload as the person knows it (the ``name`` query parameter), not by its temporary name."""
+        on leaving whatever happens: an unnamed file where the system allows it (the path is a
+        link to it), else a named one, in a directory of its own in this process's private directory
+    under ``base``, named as the client named it (:func:`upload_file_name`). At
+        most ``limit`` bytes (ApiError 413 ``too_large``); an error of the library inside names
+        the upload as the person knows it (the ``name`` query parameter), not by its temporary name."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "too_large", f"the upload is {int(declared) / 1e6:.1f} MB; the limit is {limit / 1e6:.1f} MB")
     directory = dirs.directory(base)
-    path = directory / f"emoadapt-upload-{secrets.token_hex(8)}.clip"
+    own = directory / f"upload-{secrets.token_hex(8)}"  # a directory per upload: the file keeps the name it was sent with
+    os.mkdir(own, 0o700)
+    path = own / upload_file_name(request.query_params.get("name"))
     f: IO[bytes]
     if dirs.anonymous_files(directory):
         f = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - closed below
@@ -255,6 +274,8 @@ async def receive_upload(request: Request, limit: int, dirs: UploadDirs, base: s
     finally:
         path.unlink(missing_ok=True)
         f.close()
+        with contextlib.suppress(OSError):
+            own.rmdir()
 
 
 class UploadFrames:

@@ -14,8 +14,17 @@
   let lastClip = null;     // {blob, name}
   let lastResult = null;
   let forgetArmed = false;
+  let lastData = null;     // the user's corrections and model versions last drawn
 
   const classColor = (c) => COLORS[Math.max(0, config.classes.indexOf(c)) % COLORS.length];
+  // one class order everywhere (bars, legends, charts), whichever head answered: the model's
+  // classes as the server lists them, then a user's own labels in alphabetical order
+  const ordered = (labels) => [...config.classes.filter((c) => labels.includes(c)),
+    ...labels.filter((c) => !config.classes.includes(c)).sort()];
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  // charts are drawn in CSS pixels (one SVG unit = one pixel at the chart's width), so that
+  // their text is the CSS size (13 px), never scaled down on a narrow card
+  const chartWidth = (svg) => Math.max(300, Math.round(svg.getBoundingClientRect().width || svg.parentNode.clientWidth || 560));
 
   function say(text, kind) {
     const m = $("message");
@@ -119,9 +128,9 @@
       say("The model says " + res.label + (res.user ? " (recognised: " + res.user + ")" : "") + ". Is it right?", "ok");
       await refreshData();
     } catch (e) {
-      lastClip = null;
-      $("result-card").hidden = true;
-      say(e.code === "no_face" ? "No face found: " + e.message : e.message, "error");
+      // the previous result (and its clip, which a confirmation or correction sends) stays as it was
+      const kept = lastResult ? " The result below is still the one of " + lastClip.name + "." : "";
+      say((e.code === "no_face" ? "No face found in " + name + ": " + e.message : e.message) + kept, "error");
     }
   }
 
@@ -135,35 +144,40 @@
 
   function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); }
 
+  // an SVG element has no .hidden property: the attribute, which the style sheet hides
+  function show(node, on) { node.toggleAttribute("hidden", !on); }
+
   function drawBars(svg, probs) {
     clear(svg);
-    const labels = Object.keys(probs);
-    const W = 560, rowH = 24, left = 90, right = 60;
+    const labels = ordered(Object.keys(probs));
+    const W = chartWidth(svg), rowH = 26, left = 90, right = 64;
     svg.setAttribute("viewBox", `0 0 ${W} ${labels.length * rowH + 6}`);
     labels.forEach((c, i) => {
       const y = i * rowH + 3, w = (W - left - right) * probs[c];
-      svg.appendChild(el("text", {x: left - 8, y: y + 15, "text-anchor": "end", class: "axis"}, c));
+      svg.appendChild(el("text", {x: left - 8, y: y + 16, "text-anchor": "end", class: "axis"}, c));
       svg.appendChild(el("rect", {x: left, y, width: W - left - right, height: rowH - 6, class: "track"}));
       svg.appendChild(el("rect", {x: left, y, width: Math.max(w, 0.5), height: rowH - 6, fill: classColor(c), "data-label": c, class: "bar"}));
-      svg.appendChild(el("text", {x: left + w + 6, y: y + 15, class: "value"}, (100 * probs[c]).toFixed(1) + " %"));
+      svg.appendChild(el("text", {x: left + w + 6, y: y + 16, class: "value"}, (100 * probs[c]).toFixed(1) + " %"));
     });
   }
 
+  // axes of a 0..1 chart: ticks left of the plot, the y title on its own line above them
+  // (pad.t leaves room for it), the x title under the plot
   function axes(svg, W, H, pad, xmax, xlabel, ylabel) {
     svg.appendChild(el("line", {x1: pad.l, y1: H - pad.b, x2: W - pad.r, y2: H - pad.b, class: "frame"}));
     svg.appendChild(el("line", {x1: pad.l, y1: pad.t, x2: pad.l, y2: H - pad.b, class: "frame"}));
     for (const v of [0, 0.5, 1]) {
       const y = H - pad.b - v * (H - pad.t - pad.b);
-      svg.appendChild(el("text", {x: pad.l - 6, y: y + 4, "text-anchor": "end", class: "axis"}, v.toFixed(1)));
+      svg.appendChild(el("text", {x: pad.l - 6, y: y + 4, "text-anchor": "end", class: "axis tick"}, v.toFixed(1)));
       svg.appendChild(el("line", {x1: pad.l, y1: y, x2: W - pad.r, y2: y, class: "grid"}));
     }
-    svg.appendChild(el("text", {x: (W + pad.l) / 2, y: H - 4, "text-anchor": "middle", class: "axis"}, xlabel));
-    svg.appendChild(el("text", {x: 12, y: pad.t - 6, class: "axis"}, ylabel));
+    svg.appendChild(el("text", {x: (W + pad.l) / 2, y: H - 4, "text-anchor": "middle", class: "axis title"}, xlabel));
+    svg.appendChild(el("text", {x: 4, y: 14, class: "axis title"}, ylabel));
   }
 
   function drawTimeline(svg, timeline) {
     clear(svg);
-    const W = 560, H = 220, pad = {l: 40, r: 12, t: 18, b: 34};
+    const W = chartWidth(svg), H = 230, pad = {l: 44, r: 14, t: 34, b: 38};
     svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
     if (!timeline.length) return;
     const t0 = timeline[0].time, t1 = timeline[timeline.length - 1].time;
@@ -173,7 +187,7 @@
     axes(svg, W, H, pad, t1, `time (s): ${t0.toFixed(2)} to ${t1.toFixed(2)}`, "probability");
     const legend = $("legend");
     clear(legend);
-    for (const c of Object.keys(timeline[0].probabilities)) {
+    for (const c of ordered(Object.keys(timeline[0].probabilities))) {
       const pts = timeline.map((f) => `${x(f.time).toFixed(1)},${y(f.probabilities[c]).toFixed(1)}`).join(" ");
       svg.appendChild(el("polyline", {points: pts, stroke: classColor(c), class: "series", "data-label": c}));
       const item = document.createElement("span");
@@ -251,7 +265,7 @@
     busy(true);
     try {
       const r = await api("POST", "/api/enroll" + q({user: user(), name: lastClip.name}), lastClip.blob, lastClip.blob.type);
-      say(`Enrolled ${r.user}: ${r.added} face embedding(s) added.`, "ok");
+      say(`Enrolled ${r.user}: ${plural(r.added, "face embedding")} added.`, "ok");
       await refreshData();
     } catch (e) {
       say(e.message, "error");
@@ -276,29 +290,59 @@
   const measured = (v) => typeof v === "number" && isFinite(v);
   const pct = (v) => (measured(v) ? (100 * v).toFixed(0) + " %" : "n/a");
 
+  // the learning curve: held-out accuracy of each personal model version (the installed
+  // model's, and the universal model's on the same held-out corrections); shown once a
+  // version has a measured accuracy, else a note in words instead of empty axes
   function drawHistory(svg, versions) {
     clear(svg);
-    const W = 560, H = 210, pad = {l: 40, r: 12, t: 30, b: 34};
+    const points = versions.filter((v) => measured(v.held_out_accuracy_before) && measured(v.held_out_accuracy_after));
+    const note = $("history-note");
+    show(svg, points.length > 0);
+    note.textContent = !versions.length ? "No personal model yet: the universal model answers for you."
+      : !points.length ? "Accuracy on held-back corrections appears from two corrections on."
+        : "\u25cf your model, \u25cb the universal model, on corrections held back while each version was checked.";
+    if (!points.length) return;
+    const W = chartWidth(svg), H = 220, pad = {l: 44, r: 18, t: 34, b: 40};
     svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-    axes(svg, W, H, pad, versions.length, "personal model version", "held-out accuracy");
+    axes(svg, W, H, pad, versions.length, "personal model version (corrections)", "accuracy on held-back corrections");
     const n = versions.length;
     const x = (i) => pad.l + (i + 0.5) / Math.max(n, 1) * (W - pad.l - pad.r);
     const y = (p) => H - pad.b - p * (H - pad.t - pad.b);
-    let any = false;
+    const step = Math.max(1, Math.ceil(n * 56 / (W - pad.l - pad.r)));  // labels at least 56 px apart
     versions.forEach((v, i) => {
-      svg.appendChild(el("text", {x: x(i), y: H - pad.b + 14, "text-anchor": "middle", class: "axis"}, "v" + v.version));
-      // the API's held-out accuracy of the universal head (before) and of the installed one (after)
+      if (i % step === 0 || i === n - 1) {
+        svg.appendChild(el("text", {x: x(i), y: H - pad.b + 16, "text-anchor": "middle", class: "axis tick"}, `v${v.version} (${v.n_corrections})`));
+      }
+    });
+    const line = (key, cls) => svg.appendChild(el("polyline", {class: cls,
+      points: versions.map((v, i) => [v, i]).filter(([v]) => points.includes(v)).map(([v, i]) => `${x(i).toFixed(1)},${y(v[key]).toFixed(1)}`).join(" ")}));
+    line("held_out_accuracy_before", "curve universal");
+    line("held_out_accuracy_after", "curve personal");
+    versions.forEach((v, i) => {
+      if (!points.includes(v)) return;
       const b = v.held_out_accuracy_before, a = v.held_out_accuracy_after;
-      if (!measured(b) || !measured(a)) return;
-      any = true;
-      svg.appendChild(el("line", {x1: x(i), y1: y(b), x2: x(i), y2: y(a), class: "change"}));
-      svg.appendChild(el("circle", {cx: x(i), cy: y(b), r: 7, class: "before", "data-version": v.version, "data-value": b}));
+      svg.appendChild(el("circle", {cx: x(i), cy: y(b), r: 6, class: "before", "data-version": v.version, "data-value": b}));
       svg.appendChild(el("circle", {cx: x(i), cy: y(a), r: 5, class: "after", "data-version": v.version, "data-value": a}));
     });
-    const note = !n ? "no personal model yet: the universal one answers for you"
-      : any ? "\u25cb before, \u25cf after the adaptation (held-out corrections)"
-        : "held-out accuracy appears from 10 corrections on";
-    svg.appendChild(el("text", {x: W - pad.r, y: 12, "text-anchor": "end", class: "axis"}, note));
+  }
+
+  // corrections per emotion: one bar per label the user corrected (hidden before the first)
+  function drawCorrections(svg, corrections) {
+    clear(svg);
+    const counts = {};
+    for (const c of corrections) counts[c.label] = (counts[c.label] || 0) + 1;
+    const labels = ordered(Object.keys(counts));
+    show(svg, labels.length > 0);
+    if (!labels.length) return;
+    const W = chartWidth(svg), rowH = 24, left = 90, right = 40;
+    const most = Math.max(...Object.values(counts));
+    svg.setAttribute("viewBox", `0 0 ${W} ${labels.length * rowH + 6}`);
+    labels.forEach((c, i) => {
+      const y = i * rowH + 3, w = (W - left - right) * counts[c] / most;
+      svg.appendChild(el("text", {x: left - 8, y: y + 15, "text-anchor": "end", class: "axis"}, c));
+      svg.appendChild(el("rect", {x: left, y, width: Math.max(w, 2), height: rowH - 8, fill: classColor(c), class: "count", "data-label": c, "data-count": counts[c]}));
+      svg.appendChild(el("text", {x: left + w + 6, y: y + 15, class: "value"}, String(counts[c])));
+    });
   }
 
   async function refreshUsers() {
@@ -333,7 +377,9 @@
     clear(htb);
     explain(null);
     if (!u || !users.includes(u)) {
+      lastData = null;
       drawHistory($("history-plot"), []);
+      drawCorrections($("corrections-plot"), []);
       return;
     }
     try {
@@ -350,7 +396,9 @@
         row(htb, ["kept", when(r.time), r.n_corrections, `${pct(r.held_out_accuracy_before)} \u2192 ${pct(r.held_out_accuracy_after)}`,
           r.reason]).className = "rejected";
       }
+      lastData = {corrections: c.corrections, versions: h.versions};
       drawHistory($("history-plot"), h.versions);
+      drawCorrections($("corrections-plot"), c.corrections);
       explain(h.reports.length ? h.reports[h.reports.length - 1] : null);
     } catch (e) {
       say(e.message, "error");
@@ -364,7 +412,7 @@
       const r = await api("POST", `/api/users/${encodeURIComponent(user())}/adapt`);
       const acc = measured(r.held_out_accuracy_after) ? ` (held-out accuracy ${pct(r.held_out_accuracy_before)} \u2192 ${pct(r.held_out_accuracy_after)})` : "";
       const why = r.explanation ? " " + r.explanation : "";
-      say((r.accepted ? `Model adapted: version ${r.version} on ${r.n_corrections} corrections${acc}.`
+      say((r.accepted ? `Model adapted: version ${r.version} on ${plural(r.n_corrections, "correction")}${acc}.`
         : `Model kept: ${r.reason}${acc}.`) + why, r.accepted ? "ok" : "info");
       await refreshData();
     } catch (e) {
@@ -387,7 +435,7 @@
     busy(true);
     try {
       const r = await api("DELETE", `/api/users/${encodeURIComponent(user())}`);
-      say(`Forgot ${r.user}: ${r.corrections} corrections, ${r.embeddings} face embeddings and ${r.heads} personal models deleted.`, "ok");
+      say(`Forgot ${r.user}: ${plural(r.corrections, "correction")}, ${plural(r.embeddings, "face embedding")} and ${plural(r.heads, "personal model")} deleted.`, "ok");
       $("user").value = "";
       await refreshData();
     } catch (e) {
@@ -410,6 +458,14 @@
   $("refresh").addEventListener("click", refreshData);
   $("forget").addEventListener("click", forget);
   $("user").addEventListener("change", refreshData);
+  let resizing = null;  // charts are drawn at the card's width: again when it changes
+  window.addEventListener("resize", () => {
+    clearTimeout(resizing);
+    resizing = setTimeout(() => {
+      if (lastResult && !$("result-card").hidden) { drawBars($("bars"), lastResult.probabilities); drawTimeline($("timeline"), lastResult.timeline); }
+      if (lastData) { drawHistory($("history-plot"), lastData.versions); drawCorrections($("corrections-plot"), lastData.corrections); }
+    }, 150);
+  });
   refreshData();
   document.body.dataset.ready = "1";
 })();
