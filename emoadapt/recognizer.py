@@ -103,8 +103,10 @@ class Recognizer:
         max_faces: at most this many faces per frame are analysed (the largest).
         num_threads: TFLite threads per model (default ``$EMOADAPT_THREADS`` or 1).
         chunk: face crops batched through the backbone at once (bounds memory).
-        detect_every: in a video, the full face detector runs at least every this many frames
-            and faces are tracked in between (``1``: detect on every frame).
+        detect_every: in a video, faces are tracked between full detections and new faces are
+            looked for every this many frames (a face entering is found at most
+            ``detect_every - 1`` frames late; :class:`~emoadapt.detection.TrackingDetector`);
+            ``1``: the full detector on every frame.
         video_tta: also average every face of a video with its mirror image, when the backbone
             recommends it (still images always get the backbone's setting).
         opencv_threads: set OpenCV's process-wide thread pool to this many threads when the
