@@ -75,6 +75,9 @@ class AnalyzedFace:
     """Backbone features (D,) (set before the frame is yielded)."""
     identity: np.ndarray | None = field(default=None, repr=False)
     """Identity embedding when this face was sampled for identity, else ``None``."""
+    quality: Any = field(default=None, repr=False)
+    """:class:`~emoadapt.identity.FaceQuality` of the face when it was embedded and
+    :meth:`Analysis.frames` was asked for it (``quality=True``: enrolment, corrections)."""
 
 
 @dataclass
@@ -150,6 +153,7 @@ class Analysis:
         sampling: Sampling | None = None,
         identity: bool = False,
         identity_window: int | None = None,
+        quality: bool = False,
         images: bool = False,
         chunk: int | None = None,
         flush: Callable[[int], bool] | None = None,
@@ -175,6 +179,8 @@ class Analysis:
                 last this many source frames instead of the whole run (a stream: a track is
                 embedded again when its last embedding leaves the window, so every window
                 holds one of each of its tracks).
+            quality: measure each embedded face's quality (:func:`~emoadapt.identity.face_quality`:
+                size, blur, pose) into :attr:`AnalyzedFace.quality`.
             images: keep each frame's RGB image on the yielded frame.
             chunk: backbone batch size for this run.
             flush: called with each frame's source index after it is read; when it returns
@@ -217,7 +223,7 @@ class Analysis:
                         crops.append(crop)
                         crop_faces.append(face)
                         if identity:
-                            self._maybe_embed(fr.image, face, crop, fr.index, embedded, identity_window)
+                            self._maybe_embed(fr.image, face, crop, fr.index, embedded, identity_window, quality)
                     if identity:  # closed tracks never come back: forget them
                         for tid in set(embedded) - set(tracker.open):
                             del embedded[tid]
@@ -236,7 +242,9 @@ class Analysis:
                 close()  # stops a reader thread, releases the file
             worker.shutdown(wait=True, cancel_futures=True)
 
-    def _maybe_embed(self, image: np.ndarray, face: AnalyzedFace, crop: np.ndarray, index: int, embedded: dict[int, _Embedded], window: int | None) -> None:
+    def _maybe_embed(
+        self, image: np.ndarray, face: AnalyzedFace, crop: np.ndarray, index: int, embedded: dict[int, _Embedded], window: int | None, quality: bool = False
+    ) -> None:
         """Embed ``face`` for identity when its track has no embedding yet (within ``window``
         source frames, when given), or when the face's appearance drifted from the one last
         embedded (:func:`_appearance`: head pose, size, lighting, expression; checked every
@@ -258,6 +266,10 @@ class Analysis:
         if times and state.look is not None and not _drifted(state.look, look):
             return
         face.identity = self._embedder().embed_faces(image, face.landmarks[None])[0]
+        if quality:
+            from .identity import face_quality
+
+            face.quality = face_quality(image, face.landmarks)
         times.append(index)
         state.look, state.last = look, state.faces
 

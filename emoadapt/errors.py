@@ -11,6 +11,9 @@ __all__ = [
     "UnknownUserError",
     "AmbiguousUserError",
     "IdentityMismatchError",
+    "IdentityConflictError",
+    "MultipleFacesError",
+    "FaceQualityError",
     "UnknownLabelError",
     "ExtractError",
     "MissingDependencyError",
@@ -60,6 +63,40 @@ class AmbiguousUserError(InvalidInputError):
 
 class IdentityMismatchError(EmoadaptError):
     """A correction names a user whose enrolled face does not match the face in the clip."""
+
+
+class IdentityConflictError(EmoadaptError):
+    """Enrolment (or a correction that would enrol a new user) of a face that already matches
+    another enrolled user: one face routes to one user. The message never names the other
+    user (it may reach someone who must not learn who is enrolled, e.g. over HTTP); the
+    library's caller finds it in ``other_user``. Attributes: ``user`` (the name being
+    enrolled), ``other_user``, ``similarity`` and ``threshold``."""
+
+    def __init__(self, message: str, *, user: str = "", other_user: str = "", similarity: float = float("nan"), threshold: float = float("nan")) -> None:
+        super().__init__(message)
+        self.user, self.other_user = user, other_user
+        self.similarity, self.threshold = similarity, threshold
+
+
+class MultipleFacesError(InvalidInputError):
+    """Enrolment from a clip or photo with several faces and no choice of which one
+    (``face=``). Attribute ``faces``: one dict per face seen, in the order ``face=`` indexes
+    them (``index``, ``box`` as (x1, y1, x2, y2) pixels, ``size`` in pixels, ``frames``)."""
+
+    def __init__(self, message: str, *, faces: list[dict[str, object]] | None = None) -> None:
+        super().__init__(message)
+        self.faces = list(faces or [])
+
+
+class FaceQualityError(InvalidInputError):
+    """Enrolment from a face too small, too blurred or turned too far to recognise it by
+    (:class:`emoadapt.identity.FaceQuality`). Attributes: ``problems`` (in words) and
+    ``quality`` (the measured values, a dict)."""
+
+    def __init__(self, message: str, *, problems: list[str] | None = None, quality: dict[str, float] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
+        self.quality = dict(quality or {})
 
 
 class UnknownLabelError(InvalidInputError):

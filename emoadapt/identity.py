@@ -28,12 +28,13 @@ import logging
 import math
 import threading
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
 
 from . import zoo
-from .alignment import norm_crop, similarity_transform
+from .alignment import TEMPLATES, norm_crop, similarity_transform
 from .errors import InvalidInputError, ModelIntegrityError
 
 __all__ = [
@@ -56,6 +57,11 @@ __all__ = [
     "IdentityMatcher",
     "clip_embedding",
     "normalize",
+    "FaceQuality",
+    "QualityLimits",
+    "QUALITY_LIMITS",
+    "face_quality",
+    "format_similarity",
 ]
 
 log = logging.getLogger(__name__)
@@ -379,6 +385,126 @@ def load_embedder(name: str = DEFAULT_IDENTITY, num_threads: int | None = None, 
     if cls is None:
         raise InvalidInputError(f"unknown identity model {name!r} (known: {sorted(IDENTITY_MODELS)})")
     return cls(num_threads=num_threads, **kw)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------ face quality
+
+
+@dataclass(frozen=True)
+class QualityLimits:
+    """What a face must have to be used for enrolment or to grow a gallery
+    (:meth:`FaceQuality.problems`); the defaults (:data:`QUALITY_LIMITS`) are measured on the
+    real faces (docs/personalization.md "Identity routing")."""
+
+    min_eye_distance: float = 0.0
+    """Pixels between the two eye landmarks in the image (the face's size)."""
+    min_sharpness: float = 0.0
+    """:attr:`FaceQuality.sharpness` (blur)."""
+    max_yaw: float = 1.0
+    """:attr:`FaceQuality.yaw` (head turned left or right)."""
+    max_pitch: float = 1.0
+    """:attr:`FaceQuality.pitch` (head tilted up or down)."""
+    max_roll: float = 180.0
+    """:attr:`FaceQuality.roll`, degrees (head leaning sideways)."""
+
+
+#: the limits enrolment and gallery growth apply (placeholder, measured below)
+QUALITY_LIMITS = QualityLimits()
+
+
+@dataclass(frozen=True)
+class FaceQuality:
+    """How usable one face is for identity (:func:`face_quality`): its size, blur and pose,
+    from the image and the 5 MTCNN landmarks."""
+
+    eye_distance: float
+    """Pixels between the eye landmarks in the image."""
+    sharpness: float
+    """Blur: the standard deviation of the Laplacian of the gray ArcFace crop (112 px) over
+    that of the crop, inside the face (0: flat; a sharp photo about 0.5 and more; the
+    embedder sees this crop, so a big face that is blurred only at full size is not blurred)."""
+    yaw: float
+    """Head turned: the nose's offset from the eyes' midpoint along the eye line, over the eye
+    distance (0 frontal, signed; about 0.5 in profile)."""
+    pitch: float
+    """Head tilted: the nose's offset from its frontal place between eyes and mouth, over the
+    eye-to-mouth distance (0 frontal, signed)."""
+    roll: float
+    """Degrees the eye line leans from horizontal (signed)."""
+
+    def problems(self, limits: QualityLimits | None = None) -> list[str]:
+        """What makes the face unusable under ``limits`` (default :data:`QUALITY_LIMITS`), in words; empty when usable."""
+        lim = QUALITY_LIMITS if limits is None else limits
+        out = []
+        if self.eye_distance < lim.min_eye_distance:
+            out.append(f"too small ({self.eye_distance:.0f} px between the eyes, at least {lim.min_eye_distance:.0f} needed)")
+        if self.sharpness < lim.min_sharpness:
+            out.append(f"too blurred (sharpness {self.sharpness:.3f}, at least {lim.min_sharpness:.3f} needed)")
+        if abs(self.yaw) > lim.max_yaw:
+            out.append(f"turned sideways (yaw {self.yaw:+.2f}, at most {lim.max_yaw:.2f})")
+        if abs(self.pitch) > lim.max_pitch:
+            out.append(f"tilted up or down (pitch {self.pitch:+.2f}, at most {lim.max_pitch:.2f})")
+        if abs(self.roll) > lim.max_roll:
+            out.append(f"leaning (roll {self.roll:+.0f} degrees, at most {lim.max_roll:.0f})")
+        return out
+
+    def usable(self, limits: QualityLimits | None = None) -> bool:
+        """Whether the face passes ``limits`` (default :data:`QUALITY_LIMITS`)."""
+        return not self.problems(limits)
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: round(float(v), 4) for k, v in asdict(self).items()}
+
+
+#: where the sharpness is measured in the 112 px ArcFace crop (inside the face: no border, no
+#: background) and the nose's frontal place between the eyes and the mouth (the template's)
+_SHARP_BOX = (slice(28, 100), slice(24, 88))
+_ARC = TEMPLATES["arcface"]
+_NOSE_AT = float((_ARC[2, 1] - _ARC[:2, 1].mean()) / (_ARC[3:, 1].mean() - _ARC[:2, 1].mean()))
+
+
+def pose_from_landmarks(landmarks5: np.ndarray) -> tuple[float, float, float, float]:
+    """``(eye distance px, yaw, pitch, roll degrees)`` of a face from its 5 MTCNN landmarks
+    (see :class:`FaceQuality`)."""
+    lm = np.asarray(landmarks5, dtype=np.float64).reshape(-1, 2)
+    if lm.shape != (5, 2) or not np.isfinite(lm).all():
+        raise InvalidInputError(f"landmarks must be 5 finite (x, y) points, got shape {np.shape(landmarks5)}")
+    eyes, mouth = (lm[0] + lm[1]) / 2, (lm[3] + lm[4]) / 2
+    ev = lm[1] - lm[0]
+    d = float(np.hypot(ev[0], ev[1]))
+    if d < 1e-6:
+        return 0.0, 0.0, 0.0, 0.0
+    u = ev / d
+    n = np.array([-u[1], u[0]])  # down the face
+    nose = lm[2] - eyes
+    down = float((mouth - eyes) @ n)
+    yaw = float(nose @ u) / d
+    pitch = float(nose @ n) / down - _NOSE_AT if down > 1e-6 else 1.0
+    return d, yaw, pitch, math.degrees(math.atan2(ev[1], ev[0]))
+
+
+def face_quality(image: np.ndarray, landmarks5: np.ndarray, crop: np.ndarray | None = None) -> FaceQuality:
+    """The :class:`FaceQuality` of the face with MTCNN ``landmarks5`` in ``image`` (RGB uint8);
+    ``crop``: its ArcFace crop when already cut (:func:`arcface_crop`)."""
+    d, yaw, pitch, roll = pose_from_landmarks(landmarks5)
+    c = arcface_crop(image, landmarks5) if crop is None else np.asarray(crop)
+    gray = cv2.cvtColor(c, cv2.COLOR_RGB2GRAY) if c.ndim == 3 else c
+    g = gray.astype(np.float32)
+    lap = cv2.Laplacian(g, cv2.CV_32F, ksize=1)[_SHARP_BOX]
+    spread = float(g[_SHARP_BOX].std())
+    sharp = float(lap.std()) / spread if spread > 1.0 else 0.0
+    return FaceQuality(d, sharp, yaw, pitch, roll)
+
+
+def format_similarity(score: float, threshold: float) -> str:
+    """``"0.61472 < 0.615"``: a similarity and the threshold it was compared with, with enough
+    digits that the printed comparison reads true (never ``"0.615 < 0.615"``)."""
+    op = ">=" if score >= threshold else "<"
+    for digits in range(3, 10):
+        a, b = f"{score:.{digits}f}", f"{threshold:.{digits}f}"
+        if a != b or op == ">=":
+            return f"{a} {op} {b}"
+    return f"{score!r} {op} {threshold!r}"
 
 
 # ------------------------------------------------------------------------------------ matcher
