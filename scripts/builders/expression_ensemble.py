@@ -344,3 +344,35 @@ def build(out_dir: Path, pkg: str | os.PathLike[str] | None = None) -> list[dict
             raise ValueError(f"{NAME}_{variant} does not compute the ensemble: {check}")
         entries.append(entry(f"{NAME}_{variant}", f.name, what, choice, True, 0.6, {k: round(v, 6) for k, v in check.items()}))
     return entries
+
+
+def write_soft_targets(out_dir: str | os.PathLike[str], w: float = 0.25, mode: str = "prob") -> dict[str, Path]:
+    """Per-face training targets for ``python -m scripts.train_backbone --soft-targets`` (issue 28's
+    candidates), each an npz whose ``train`` is (28709, 7) in FER2013 order:
+
+    * ``soft_distill_ens.npz``: the ensemble teacher (``w`` / ``mode`` as chosen by :func:`build`)
+      on every FER2013 training face, the face's and its mirror image's members averaged first;
+    * ``soft_ferplus.npz``: the FERPlus crowd votes of the 7 FER2013 emotions, renormalised
+      (contempt / unknown / not-a-face dropped); NaN rows where none is left (unmatched faces)."""
+    from scripts._common import data_dir
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = data_dir()
+    with np.load(data / "fer2013.npz", allow_pickle=False) as z:
+        x = z["x_train"]
+    pa, pb = member_probs(x)
+    pam, pbm = member_probs(np.ascontiguousarray(x[:, :, ::-1]))
+    teacher = combine((pa + pam) / 2, (pb + pbm) / 2, w, mode).astype(np.float32)
+    paths = {"distill": out / "soft_distill_ens.npz", "ferplus": out / "soft_ferplus.npz"}
+    np.savez(paths["distill"], train=teacher, note=np.array(f"{NAME} teacher: {mode} mix w={w} of emoadapt_fer_f32 and faceapi_expression_f32, face + mirror"))
+    with np.load(data / "fer2013_ferplus_votes.npz", allow_pickle=False) as v:
+        votes = v["votes_train"].astype(np.float32)
+        names = [str(n) for n in v["vote_names"]]
+    cols = [names.index(n) for n in ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")]
+    sv = votes[:, cols]
+    ok = (votes[:, 0] >= 0) & (sv.sum(1) > 0)
+    soft = np.full_like(sv, np.nan)
+    soft[ok] = sv[ok] / sv[ok].sum(1, keepdims=True)
+    np.savez(paths["ferplus"], train=soft, note=np.array("FERPlus votes of the 7 FER2013 emotions, renormalised; NaN where none"))
+    return paths
