@@ -60,9 +60,9 @@ def ckplus(rec) -> dict:
     corrected: this measures whether personal fine-tuning helps, or at least does not hurt,
     the emotions a user has not corrected yet)."""
     from emoadapt.adaptation import fine_tune
+    from emoadapt.heads import ClipContext
 
     y, probs, feats, clip_idx, per_subject, subjects = ck_sequences(rec)
-    uni_on_p = type(rec.universal).__name__ == "MeanProbabilityHead"
     rows, hits_u, hits_p = {}, [], []
     variants = {"personal": {"replay": rec.replay}, "personal_no_replay": {"replay": None}}
     hits_v: dict[str, list[bool]] = {v: [] for v in variants}
@@ -74,8 +74,9 @@ def ckplus(rec) -> dict:
             if labels[t] == "contempt":  # unknown to the universal model: adaptation data only
                 continue
             a = [i for i in range(len(ks)) if i != t]
-            x_u = (probs if uni_on_p else feats)[clip_idx[k]]
-            u = str(np.asarray(rec.universal.predict([x_u]))[0]) == labels[t]
+            # the universal head reads what it needs (features, or frame probabilities) from the clip's context
+            ctx = ClipContext(probabilities=[probs[clip_idx[k]]])
+            u = str(np.asarray(rec.universal.predict([feats[clip_idx[k]]], ctx))[0]) == labels[t]
             su.append(u)
             for v, kw in variants.items():
                 head = fine_tune(rec.personal_base, [feats[clip_idx[ks[i]]] for i in a], [labels[i] for i in a], **kw)

@@ -73,7 +73,7 @@ class Handlers:
             return
         theirs = rec.store.embeddings(user, model=rec.identity).get(user)
         if theirs is None:
-            other = rec.reenrol_needed().get(user)
+            other = rec.reenroll_needed().get(user)
             if other:
                 raise _err.IdentityMismatchError(
                     f"{user!r} is enrolled with another identity model ({', '.join(other)}), whose faces this server cannot "
