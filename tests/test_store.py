@@ -434,7 +434,7 @@ def test_v0_database_is_migrated(home):
     con.execute("PRAGMA user_version").fetchone()
     con.close()
     with Store(home) as s:
-        assert s.schema_version == SCHEMA_VERSION == 7 and s.users() == []
+        assert s.schema_version == SCHEMA_VERSION == 8 and s.users() == []
 
 
 def test_v1_database_is_migrated_with_data_intact(home):

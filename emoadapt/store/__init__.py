@@ -16,7 +16,9 @@ What is stored -- never pixels:
   control or invisible characters, at most 128 characters), a random ``uid`` that a user
   created again under a forgotten name never shares, the creation time and JSON metadata,
   and the name it was stored under before the upgrade to normal names when that differed
-  (``former_name``, schema version 7, see below);
+  (``former_name``, schema version 7, see below); names that differ only by case or width
+  are one user (``name_key``, :func:`user_name_key`, unique, schema version 8: ``"Alice"``
+  reaches the user ``"alice"``; two users stored under such names before keep both names);
 * **embeddings**: enrolment face descriptors (float32 vectors, e.g. the 192-D MobileFaceNet
   or 128-D dlib ones) with a source tag and the name of the identity model that made them
   (rows written before schema version 4 are ``dlib_resnet``, the only model then), the
@@ -106,7 +108,7 @@ from __future__ import annotations
 from .core import Store
 from .database import DB_NAME, HEADS_DIR
 from .files import MAX_HEAD_BYTES
-from .names import MAX_LABEL_LENGTH, MAX_NAME_LENGTH, legacy_normal_form, normalize_label, normalize_user_name, user_dir_name
+from .names import MAX_LABEL_LENGTH, MAX_NAME_LENGTH, legacy_normal_form, normalize_label, normalize_user_name, user_dir_name, user_name_key
 from .records import CorrectionData, CorrectionRecord, DescriptorData, ForgetReport, HeadRecord, LoadedHead, RenamedUser, UserRecord
 from .schema import MIGRATIONS, SCHEMA_VERSION, Migration
 
@@ -131,5 +133,6 @@ __all__ = [
     "user_dir_name",
     "normalize_label",
     "normalize_user_name",
+    "user_name_key",
     "legacy_normal_form",
 ]

@@ -16,6 +16,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "normalize_label",
     "normalize_user_name",
+    "user_name_key",
     "user_dir_name",
     "legacy_normal_form",
 ]
@@ -105,8 +106,18 @@ def normalize_user_name(name: Any) -> str:
     Names holding control, zero-width, bidi-control or other invisible characters are
     refused (:class:`~emoadapt.errors.InvalidInputError`), as are empty names and names
     longer than 128 characters. Two names that display the same are therefore the same
-    user or an error; case is kept (``"Alice"`` and ``"alice"`` are two users)."""
+    user or an error. Case is kept in the name shown, but names that differ only by case
+    (or width) are one user: the store looks users up by :func:`user_name_key`, so
+    ``"Alice"`` reaches the user ``"alice"`` when there is one."""
     return _display_text(name, "user name", MAX_NAME_LENGTH)
+
+
+def user_name_key(name: Any) -> str:
+    """The key two names of one user share: :func:`normalize_user_name`, case-folded
+    (``str.casefold``: ``"Alice"``, ``"ALICE"``, ``"alice"``, full-width ``"\uff21lice"``
+    and ``"STRASSE"`` / ``"straße"`` fold alike), then NFKC again (case folding can
+    leave compatibility forms). The store keeps it unique (schema 8)."""
+    return unicodedata.normalize("NFKC", normalize_user_name(name).casefold())
 
 
 _user_name = normalize_user_name

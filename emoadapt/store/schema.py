@@ -11,8 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from ..errors import InvalidInputError
 from .files import _fsync_dir, remove_tree
-from .names import MAX_LABEL_LENGTH, _distinct_name, _name_hash, legacy_normal_form
+from .names import MAX_LABEL_LENGTH, _distinct_name, _name_hash, legacy_normal_form, user_name_key
 
 __all__ = ["LEGACY_IDENTITY_MODEL", "Migration", "MIGRATIONS", "SCHEMA_VERSION"]
 
@@ -128,6 +129,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         ("ALTER TABLE users ADD COLUMN former_name TEXT",),
         lambda conn, heads_dir: _upgrade_stored_names(conn, heads_dir),
     ),
+    Migration(
+        8,
+        "names that differ only by case or width are one user: users.name_key (user_name_key), unique; "
+        "users stored before under two such names keep both names (the older one gets the key), never merged",
+        (),
+        lambda conn, heads_dir: _add_name_keys(conn),
+    ),
 )
 
 
@@ -181,4 +189,33 @@ def _upgrade_stored_names(conn: sqlite3.Connection, heads_dir: Path) -> None:
             len(renamed),
             sum(new != normal[uid] for uid, _, new in renamed),
             n_labels,
+        )
+
+
+def _add_name_keys(conn: sqlite3.Connection) -> None:
+    """Migration 8: every user's :func:`user_name_key`, unique. Users are taken in creation
+    order; one whose key an older user already has (``"Alice"`` beside ``"alice"``, both
+    stored before this version) keeps no key: it stays reachable by its exact name, and a
+    name that only folds to it reaches the older user. Two people are never merged."""
+    if "name_key" not in {str(r[1]) for r in conn.execute("PRAGMA table_info(users)")}:
+        conn.execute("ALTER TABLE users ADD COLUMN name_key TEXT")
+    conn.execute("UPDATE users SET name_key = NULL")  # idempotent: a store rewound from a later version is keyed again
+    taken: set[str] = set()
+    apart = 0
+    for uid, name in conn.execute("SELECT id, name FROM users ORDER BY id").fetchall():
+        try:
+            key: str | None = user_name_key(str(name))
+        except InvalidInputError:  # a name migration 7 left unusable is reachable by its exact form only
+            key = None
+        if key is not None and key in taken:
+            key, apart = None, apart + 1
+        if key is not None:
+            taken.add(key)
+            conn.execute("UPDATE users SET name_key = ? WHERE id = ?", (key, int(uid)))
+    conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS users_name_key ON users(name_key)")
+    if apart:
+        log.warning(
+            "store upgrade: %d user(s) have a name that differs from an older user's only by case or width; both stay "
+            "apart (never merged) and reachable by their exact names, other spellings reach the older user",
+            apart,
         )

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import AmbiguousUserError, InvalidInputError, UnknownUserError
 from .database import Database
-from .names import _MAX_TAG_LENGTH, MAX_NAME_LENGTH, _clean_text, _user_name, legacy_normal_form, user_dir_name
+from .names import _MAX_TAG_LENGTH, MAX_NAME_LENGTH, _clean_text, _user_name, legacy_normal_form, user_dir_name, user_name_key
 from .records import RenamedUser, UserRecord
 from .rows import _as_f32, _asarray, _blob_to_f32, _from_json, _to_json, _where
 from .schema import LEGACY_IDENTITY_MODEL
@@ -70,15 +70,20 @@ class UserStore(Database):
         name = self._name(name)
         meta_json = None if meta is None else _to_json(meta, "meta")
 
+        key = user_name_key(name)
+
         def tx(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
-                "INSERT INTO users (name, created, meta, uid) VALUES (?, ?, ?, ?) ON CONFLICT(name) DO NOTHING",
-                (name, time.time(), meta_json or "{}", uuid.uuid4().hex),
+            # the same user by another case or width (another process may have created it since _name)
+            existing = self._lookup(conn, name, key)
+            if existing is not None:
+                if meta_json is not None:
+                    conn.execute("UPDATE users SET meta = ? WHERE name = ?", (meta_json, existing))
+                return False
+            conn.execute(
+                "INSERT INTO users (name, created, meta, uid, name_key) VALUES (?, ?, ?, ?, ?)",
+                (name, time.time(), meta_json or "{}", uuid.uuid4().hex, key),
             )
-            created = cur.rowcount == 1
-            if not created and meta_json is not None:
-                conn.execute("UPDATE users SET meta = ? WHERE name = ?", (meta_json, name))
-            return created
+            return True
 
         return self._run(tx, write=True, what=f"cannot add user {name!r}")
 
@@ -123,12 +128,14 @@ class UserStore(Database):
         return [RenamedUser(str(n), str(f), legacy_normal_form(str(f))) for n, f in rows]
 
     def _name(self, user: Any) -> str:
-        """``user`` normalised (:func:`normalize_user_name`), checked against the names
+        """The stored name of the user ``user`` means: normalised (:func:`normalize_user_name`),
+        the name of the user it folds to when only case or width differ (:func:`user_name_key`:
+        ``"Alice"`` is the user ``"alice"``; a name of no user is returned normalised), checked against the names
         stored before the upgrade to schema 7: a name that was the stored name of a user
         renamed to something else than what it reads as raises
         :class:`~emoadapt.errors.AmbiguousUserError` (``forget("\uff23arol")`` never forgets
         ``"Carol"`` when ``"\uff23arol"`` was another user). Names in normal form cost no
-        lookup (no former name is in normal form)."""
+        former-name lookup (no former name is in normal form)."""
         try:
             name = _user_name(user)
         except InvalidInputError as e:
@@ -144,7 +151,17 @@ class UserStore(Database):
                 name=user,
                 users=[now, name],
             )
-        return name
+        key = user_name_key(name)
+        found = self._run(lambda c: self._lookup(c, name, key), write=False, what="cannot read users")
+        return name if found is None else found
+
+    @staticmethod
+    def _lookup(conn: sqlite3.Connection, name: str, key: str) -> str | None:
+        """The stored name of the user ``name`` (normal form) means: the user of exactly that
+        name, else the one whose :func:`user_name_key` is ``key`` (``"Alice"`` -> ``"alice"``);
+        ``None`` when there is none."""
+        row = conn.execute("SELECT name FROM users WHERE name = ? OR name_key = ? ORDER BY name = ? DESC LIMIT 1", (name, key, name)).fetchone()
+        return None if row is None else str(row[0])
 
     def _renamed_from(self, user: Any) -> str | None:
         """Name now of the user whose name before the upgrade was ``user`` (stripped, as the
