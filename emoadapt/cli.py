@@ -239,16 +239,16 @@ def _plural(n: int, word: str, plural: str | None = None) -> str:
 
 #: what each of the guard's choices means for the user, in plain words (no parameter names)
 _CHOICE_WORDS = {
-    "universal": "the universal model answers (your corrections did not help on the ones held back)",
-    "centred": "the universal model answers, adjusted to how your face looks overall",
-    "mix": "the universal model answers, nudged by your corrections",
-    "personal": "your personal model answers",
+    "universal": "the universal model answers (the corrections did not help on the ones held back)",
+    "centred": "the universal model answers, adjusted to how the face looks overall",
+    "mix": "the universal model answers, nudged by the corrections",
+    "personal": "the personal model answers",
 }
 
 
 def _choice_words(choice: str | None) -> str:
     kind = str(choice or "").partition("@")[0]  # "personal@0.1": a personal model fitted another way
-    return _CHOICE_WORDS.get(kind, "your personal model answers")
+    return _CHOICE_WORDS.get(kind, "the personal model answers")
 
 
 def _how_chosen(guard: str | None, held_out: int) -> str:
