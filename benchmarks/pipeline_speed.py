@@ -233,18 +233,18 @@ def yardstick(home: str, clips: list[Path]) -> dict[str, Any]:
     periodic full cascade (the schedule before) and the full cascade on every frame, and the
     noise floor of an equally valid detector setting (pyramid factor 0.72 vs 0.709)."""
     import emoadapt
-    import emoadapt.detection as detection
+    import emoadapt.detection.tracker as tracker
 
     def run(every: int, periodic: bool = False, factor: float | None = None) -> list[Any]:
-        old = detection.FULL_EVERY_FACTOR
-        detection.FULL_EVERY_FACTOR = 1 if periodic else old
+        old = tracker.FULL_EVERY_FACTOR
+        tracker.FULL_EVERY_FACTOR = 1 if periodic else old
         try:
             rec = emoadapt.Recognizer(home=home, detect_every=every)
             if factor is not None:
                 rec.detector.factor = factor
             return [rec.predict(c) for c in clips]
         finally:
-            detection.FULL_EVERY_FACTOR = old
+            tracker.FULL_EVERY_FACTOR = old
 
     runs = {"default": run(10), "periodic": run(10, periodic=True), "every frame": run(1), "every frame, factor 0.72": run(1, factor=0.72)}
 

@@ -14,6 +14,7 @@ import pytest
 
 import emoadapt
 import emoadapt.detection as detection
+import emoadapt.detection.tracker as tracker
 from emoadapt.analysis import IDENTITY_STRIDE
 from emoadapt.video import Sampling, iter_frames
 
@@ -33,12 +34,12 @@ def schedules(tmp_path_factory, cremad_clips):
     frame: the schedule before issue 29) and the full cascade on every frame."""
     home = tmp_path_factory.mktemp("home")
     out = {"default": [emoadapt.Recognizer(home=home).predict(c) for c in cremad_clips]}
-    old = detection.FULL_EVERY_FACTOR
-    detection.FULL_EVERY_FACTOR = 1  # full_every = detect_every: the periodic schedule
+    old = tracker.FULL_EVERY_FACTOR
+    tracker.FULL_EVERY_FACTOR = 1  # full_every = detect_every: the periodic schedule
     try:
         out["periodic"] = [emoadapt.Recognizer(home=home).predict(c) for c in cremad_clips]
     finally:
-        detection.FULL_EVERY_FACTOR = old
+        tracker.FULL_EVERY_FACTOR = old
     out["every frame"] = [emoadapt.Recognizer(home=home, detect_every=1).predict(c) for c in cremad_clips]
     return out
 
