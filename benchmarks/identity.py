@@ -73,7 +73,9 @@ from emoadapt.identity import (
 
 log = logging.getLogger("benchmarks.identity")
 
-from _common import CK_BORDER, CK_SIZE, TAIWANESE_LETTERS, add_common_args, ckplus_rgb, write_json  # noqa: E402
+from _common import CK_BORDER, CK_SIZE, TAIWANESE_LETTERS, add_common_args, ckplus_rgb, require, write_json  # noqa: E402
+
+require("matplotlib")  # the figures: the eval extra, said in one line
 
 OUT = ROOT / "benchmarks" / "out" / "identity"
 
