@@ -39,13 +39,17 @@ The clips are small real ones, to keep the per-call cost low:
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from functools import cache
 from pathlib import Path
 
 import numpy as np
+
+try:
+    from ._procs import emit, parser, ready, steps
+except ImportError:  # run as a script (python _x_worker.py): this folder is sys.path[0]
+    from _procs import emit, parser, ready, steps
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("EMOADAPT_DATA", ROOT.parent / "shared" / "data"))
@@ -158,11 +162,6 @@ POINTS = (
 )
 
 
-def emit(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
 class Stopper:
     """Counts the points reached; at the ``nth`` time of ``stop_at`` prints ``STOP`` and waits
     for ever (the parent kills the process there)."""
@@ -239,12 +238,7 @@ def instrument(rec, stopper: Stopper | None = None) -> None:  # noqa: ANN001
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=("burst", "loop"))
-    ap.add_argument("home")
-    ap.add_argument("--worker", type=int, default=0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n", type=int, default=75)
+    ap = parser()
     ap.add_argument("--adapt-every", type=int, default=10)
     ap.add_argument("--adapt-each", type=int, default=5, help="loop: explicit adapt() every this many ops")
     ap.add_argument("--stop-at", choices=POINTS, help="loop: stop (print STOP and wait to be killed) at this point")
@@ -263,12 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     shared_clips()
     stopper = Stopper(a.stop_at, a.nth)
     instrument(rec, stopper)
-    emit("READY")
-    if a.mode == "burst":
-        sys.stdin.readline()  # start barrier
-    worker = a.worker if a.mode == "burst" else a.seed
-    i = 0
-    while a.mode == "loop" or i < a.n:
+    worker = ready(a)
+    for i in steps(a):
         user, clip, label, force = burst_op(worker, i) if a.mode == "burst" else loop_op(a.seed, i)
         emit(f"S {worker} {i} {user}")
         cid = rec.correct(clip, label, user=user, force=force, new_label=True)
@@ -276,7 +266,6 @@ def main(argv: list[str] | None = None) -> int:
         stopper.reached("between", user)
         if a.mode == "loop" and a.adapt_each and i % a.adapt_each == a.adapt_each - 1:
             rec.adapt(user)
-        i += 1
     rec.close()
     emit("DONE")
     return 0

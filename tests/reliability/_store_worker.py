@@ -18,12 +18,16 @@ The data of operation (worker, i) is a deterministic function of (worker, i), se
 
 from __future__ import annotations
 
-import argparse
 import sys
 import types
 from pathlib import Path
 
 import numpy as np
+
+try:
+    from ._procs import emit, parser, ready, steps
+except ImportError:  # run as a script (python _x_worker.py): this folder is sys.path[0]
+    from _procs import emit, parser, ready, steps
 
 ROOT = Path(__file__).resolve().parents[2]
 T_FRAMES, DIM, DESC_DIM = 75, 128, 256
@@ -64,18 +68,8 @@ def head_payload(worker: int, i: int, size: int = 64) -> tuple[dict[str, np.ndar
     )
 
 
-def emit(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=("burst", "loop"))
-    ap.add_argument("home")
-    ap.add_argument("--worker", type=int, default=0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n", type=int, default=75)
+    ap = parser()
     ap.add_argument("--users", default="alice,bob")
     ap.add_argument("--head-every", type=int, default=15)
     ap.add_argument("--head-size", type=int, default=64)
@@ -89,12 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     st = store.Store(a.home, keep_heads=keep)
     for u in users:
         st.add_user(u)
-    emit("READY")
-    if a.mode == "burst":
-        sys.stdin.readline()  # start barrier
-    worker = a.worker if a.mode == "burst" else a.seed
-    i = 0
-    while a.mode == "loop" or i < a.n:
+    worker = ready(a)
+    for i in steps(a):
         user = users[i % len(users)]
         feats, desc, label = correction_payload(worker, i)
         cid = st.add_correction(user, label, feats, desc, f"worker-{worker}")
@@ -106,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
         if a.rollback_every and i % a.rollback_every == a.rollback_every - 1:
             r = st.rollback_head(user)
             emit(f"R {user} {'none' if r is None else r} {worker} {i}")
-        i += 1
     st.close()
     emit("DONE")
     return 0

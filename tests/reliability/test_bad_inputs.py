@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import subprocess
 import sys
 import textwrap
 import threading
@@ -27,6 +26,7 @@ import emoadapt
 from emoadapt.errors import InvalidInputError, VideoDecodeError
 from emoadapt.video import Sampling, as_rgb_frame, iter_frames, video_info
 
+from . import _procs
 from ._tally import record
 from .conftest import write_video
 
@@ -375,14 +375,10 @@ _FOURK_SCRIPT = textwrap.dedent(
 
 
 def _run_4k(tmp_path: Path, frame: np.ndarray, n: int) -> dict:
-    import json
-
     big = cv2.resize(frame, (3840, 2160), interpolation=cv2.INTER_CUBIC)
     p = write_video(tmp_path / "4k.avi", [big] * n)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", _FOURK_SCRIPT, str(p), str(tmp_path / "home")], capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    r, _ = _procs.run_json([sys.executable, "-c", _FOURK_SCRIPT, str(p), str(tmp_path / "home")], timeout=300, env=_procs.child_env())
+    return r
 
 
 def _searched_capped_copies(r: dict) -> None:

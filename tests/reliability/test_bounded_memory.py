@@ -10,9 +10,7 @@ and whose peak RSS (``VmHWM``) is read after every case.
 from __future__ import annotations
 
 import json
-import os
 import struct
-import subprocess
 import sys
 import textwrap
 import zlib
@@ -22,6 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
+from . import _procs
 from ._tally import record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,17 +103,8 @@ _SCRIPT = textwrap.dedent(
 
 
 def _run(tmp_path: Path, cases: dict[str, Path]) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(AS_CAP), str(tmp_path / "home"), json.dumps({k: str(v) for k, v in cases.items()})],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    argv = [sys.executable, "-c", _SCRIPT, str(AS_CAP), str(tmp_path / "home"), json.dumps({k: str(v) for k, v in cases.items()})]
+    r, _ = _procs.run_json(argv, timeout=600, env=_procs.child_env(OMP_NUM_THREADS="1"))
     print("peak RSS (MB) after each case:", {k: round(v["rss_mb"]) if isinstance(v, dict) else round(v) for k, v in r.items()})
     return r
 

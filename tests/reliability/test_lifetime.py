@@ -10,32 +10,21 @@ back, so no native teardown runs while the process runs, from whatever thread co
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from . import _procs
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _stress(tmp_path: Path, clip_path: Path, data_dir: Path, rounds: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, "-m", "tests.reliability._lifetime_worker", str(rounds), str(tmp_path / "home"), str(clip_path), str(data_dir / "fer2013.npz")],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        env=env,
-        cwd=ROOT,
-        check=False,
-    )
-    assert out.returncode == 0, f"exit {out.returncode}\n{out.stderr[-4000:]}"
-    assert "Fatal Python error" not in out.stderr, out.stderr[-4000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    argv = [sys.executable, "-m", "tests.reliability._lifetime_worker", str(rounds), str(tmp_path / "home"), str(clip_path), str(data_dir / "fer2013.npz")]
+    r, stderr = _procs.run_json(argv, timeout=1200, env=_procs.child_env(OMP_NUM_THREADS="1"), cwd=ROOT)
+    assert "Fatal Python error" not in stderr, stderr[-4000:]
     assert r["errors"] == [], r["errors"]
     assert len(r["labels"]) == 2 * rounds and all(lb is not None for lb in r["labels"]), r
     assert len(set(r["labels"])) == 1  # the same clip, the same answer, whichever Recognizer

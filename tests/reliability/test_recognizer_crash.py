@@ -37,7 +37,6 @@ import re
 import selectors
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -49,6 +48,7 @@ import emoadapt
 from emoadapt.heads import head_from_arrays
 from emoadapt.store import Store, user_dir_name
 
+from . import _procs
 from . import _recognizer_worker as worker
 
 WORKER = Path(worker.__file__).resolve()
@@ -60,26 +60,11 @@ class _Worker:
 
     def __init__(self, home: Path, seed: int, stop_at: str, nth: int) -> None:
         self.p = subprocess.Popen(
-            [
-                sys.executable,
-                str(WORKER),
-                "loop",
-                str(home),
-                "--seed",
-                str(seed),
-                "--adapt-every",
-                "3",
-                "--adapt-each",
-                "5",
-                "--stop-at",
-                stop_at,
-                "--nth",
-                str(nth),
-            ],
+            _procs.command(WORKER, "loop", home, seed=seed, adapt_every=3, adapt_each=5, stop_at=stop_at, nth=nth),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             bufsize=0,
-            env={**os.environ, "PYTHONPATH": str(worker.ROOT), "EMOADAPT_THREADS": "1"},
+            env=_procs.child_env(EMOADAPT_THREADS="1"),
         )
         self.lines: list[str] = []
         self._buf = b""

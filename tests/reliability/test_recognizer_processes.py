@@ -15,10 +15,6 @@ is what ``predict`` uses, and that a fresh ``Recognizer(home)`` routes each face
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -29,43 +25,15 @@ import emoadapt
 from emoadapt.heads import head_from_arrays, identity_expert_of
 from emoadapt.store import Store
 
+from . import _procs
 from . import _recognizer_worker as worker
 
 WORKER = Path(worker.__file__).resolve()
 
 
 def _run_burst(home: Path, n_workers: int, n_each: int, adapt_every: int) -> tuple[list[list[str]], float, float]:
-    env = {**os.environ, "PYTHONPATH": str(worker.ROOT), "EMOADAPT_THREADS": "1"}
-    t0 = time.perf_counter()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), "burst", str(home), "--worker", str(w), "--n", str(n_each), "--adapt-every", str(adapt_every)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for w in range(n_workers)
-    ]
-    try:
-        for p in procs:  # every worker has loaded its models and opened the store
-            line = p.stdout.readline().strip()
-            assert line == "READY", (line, p.stderr.read() if p.poll() is not None else "")
-        t1 = time.perf_counter()
-        for p in procs:  # start barrier
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        outs = []
-        for p in procs:
-            out, err = p.communicate(timeout=600)
-            assert p.returncode == 0, err[-3000:]
-            outs.append(out.splitlines())
-        return outs, time.perf_counter() - t1, t1 - t0
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    commands = [_procs.command(WORKER, "burst", home, worker=w, n=n_each, adapt_every=adapt_every) for w in range(n_workers)]
+    return _procs.run_burst(commands, env=_procs.child_env(EMOADAPT_THREADS="1"), timeout=600)
 
 
 @pytest.mark.parametrize(

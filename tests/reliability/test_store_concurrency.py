@@ -9,10 +9,6 @@ head loads and passes its sha256 check.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -21,57 +17,18 @@ import pytest
 
 from emoadapt.store import Store
 
+from . import _procs
 from . import _store_worker as worker
 
 WORKER = Path(worker.__file__).resolve()
 
 
 def _run_burst(home: Path, n_workers: int, n_each: int, head_every: int) -> tuple[list[list[str]], float]:
-    env = {**os.environ, "PYTHONPATH": str(worker.ROOT)}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(WORKER),
-                "burst",
-                str(home),
-                "--worker",
-                str(w),
-                "--n",
-                str(n_each),
-                "--head-every",
-                str(head_every),
-                "--users",
-                "alice,bob",
-                "--keep-heads",
-                "none",
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for w in range(n_workers)
+    commands = [
+        _procs.command(WORKER, "burst", home, worker=w, n=n_each, head_every=head_every, users="alice,bob", keep_heads="none") for w in range(n_workers)
     ]
-    try:
-        for p in procs:  # everyone has opened the store (and raced through creation/migration)
-            line = p.stdout.readline().strip()
-            assert line == "READY", (line, p.stderr.read() if p.poll() is not None else "")
-        t0 = time.perf_counter()
-        for p in procs:  # start barrier
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        outs = []
-        for p in procs:
-            out, err = p.communicate(timeout=300)
-            assert p.returncode == 0, err
-            outs.append(out.splitlines())
-        return outs, time.perf_counter() - t0
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    outs, wall, _ = _procs.run_burst(commands, env=_procs.child_env(), timeout=300)
+    return outs, wall
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,6 @@ import re
 import selectors
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import pytest
 
 from emoadapt.store import Store, user_dir_name
 
+from . import _procs
 from . import _store_worker as worker
 
 WORKER = Path(worker.__file__).resolve()
@@ -41,27 +41,10 @@ USERS = ("alice", "bob")
 
 def _start(home: Path, seed: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [
-            sys.executable,
-            str(WORKER),
-            "loop",
-            str(home),
-            "--seed",
-            str(seed),
-            "--users",
-            ",".join(USERS),
-            "--head-every",
-            "3",
-            "--head-size",
-            "512",
-            "--rollback-every",
-            "10",
-            "--keep-heads",
-            "3",
-        ],
+        _procs.command(WORKER, "loop", home, seed=seed, users=",".join(USERS), head_every=3, head_size=512, rollback_every=10, keep_heads=3),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(worker.ROOT)},
+        env=_procs.child_env(),
         bufsize=0,  # unbuffered: readline("READY") must not swallow lines that communicate() then misses
     )
 
