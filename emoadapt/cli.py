@@ -224,11 +224,40 @@ def _user(args: argparse.Namespace) -> None:
         args.user = normalize_user_name(args.user)
 
 
+def _face(value: str) -> int | tuple[float, float, float, float]:
+    """argparse type of ``enroll --face``: a face's index, or its box ``X1,Y1,X2,Y2``."""
+    try:
+        if "," not in value:
+            return int(value)
+        box = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise argparse.ArgumentTypeError(f"--face takes a face's index (0, 1, ...) or its box X1,Y1,X2,Y2 in pixels, got {value!r}")
+    return box  # four floats
+
+
 def cmd_enroll(args: argparse.Namespace) -> int:
+    from .errors import IdentityConflictError, MultipleFacesError
+
     _user(args)
     rec = _recognizer(args)
-    n = rec.enroll(args.user, [Path(c) for c in args.clips], **_sampling(args))
-    print(f"enrolled {args.user}: {n} face embedding(s) added")
+    clips = [Path(c) for c in args.clips]
+    try:
+        n = rec.enroll(args.user, clips, face=args.face, allow_shared_face=args.allow_shared_face, **_sampling(args))
+    except MultipleFacesError as e:
+        print(f"{clips[e.item]}: {len(e.faces)} faces; enrol one of them with --face INDEX (or --face X1,Y1,X2,Y2):")
+        for f in e.faces:
+            x1, y1, x2, y2 = (round(float(v)) for v in f["box"])  # type: ignore[attr-defined]
+            print(f"  face {f['index']}: box ({x1}, {y1})-({x2}, {y2}), {f['size']} px, {f['frames']} frame(s)")
+        return 2
+    except IdentityConflictError as e:  # this computer's user may know who is enrolled (emoadapt users)
+        log.error(
+            "%s: the face already matches the enrolled user %r (similarity %.4f); --allow-shared-face enrols it anyway", args.user, e.other_user, e.similarity
+        )
+        return 1
+    where = f" (the enrolled user {n.user})" if n.user != args.user else ""
+    print(f"enrolled {args.user}{where}: {n} face embedding(s) added")
     return 0
 
 
@@ -705,6 +734,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("enroll", "register a user's face from clips or photos")
     p.add_argument("user", metavar="USER", help="the user's name")
     p.add_argument("clips", nargs="+", metavar="CLIP", help="videos or photos of the user's face (one embedding each)")
+    p.add_argument(
+        "--face",
+        type=_face,
+        metavar="INDEX|X1,Y1,X2,Y2",
+        help="which face to enrol where a clip shows several (its index, as listed when there are several, or its box in pixels)",
+    )
+    p.add_argument("--allow-shared-face", action="store_true", help="enrol the face even if it already matches another enrolled user")
     sampling(p)
     p.set_defaults(func=cmd_enroll)
 

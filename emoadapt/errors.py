@@ -80,12 +80,14 @@ class IdentityConflictError(EmoadaptError):
 
 class MultipleFacesError(InvalidInputError):
     """Enrolment from a clip or photo with several faces and no choice of which one
-    (``face=``). Attribute ``faces``: one dict per face seen, in the order ``face=`` indexes
-    them (``index``, ``box`` as (x1, y1, x2, y2) pixels, ``size`` in pixels, ``frames``)."""
+    (``face=``). Attributes: ``faces``, one dict per face seen, in the order ``face=`` indexes
+    them (``index``, ``box`` as (x1, y1, x2, y2) pixels, ``size`` in pixels, ``frames``);
+    ``item``, which of the clips given (0-based)."""
 
-    def __init__(self, message: str, *, faces: list[dict[str, object]] | None = None) -> None:
+    def __init__(self, message: str, *, faces: list[dict[str, object]] | None = None, item: int = 0) -> None:
         super().__init__(message)
         self.faces = list(faces or [])
+        self.item = item
 
 
 class FaceQualityError(InvalidInputError):

@@ -11,7 +11,14 @@ corrections become personal heads (what :class:`~emoadapt.recognizer.Recognizer`
   (read-only, damaged, newer, deleted) makes everyone a stranger, logged once until it works;
 * **enrolment** and **the identity check of a correction** -- a user named with a correction is
   enrolled from its face when they are not enrolled yet; a face that does not match the named
-  user (or a user enrolled only with another identity model) is refused unless forced;
+  user (or a user enrolled only with another identity model) is refused unless forced; a face
+  that already matches another enrolled user is never enrolled under a second name unless the
+  caller says so (:class:`~emoadapt.errors.IdentityConflictError`), nor one too small, blurred
+  or turned to recognise (:class:`~emoadapt.errors.FaceQualityError`);
+* **the gallery growing** -- the face of a correction whose identity check passed joins the
+  user's gallery when it matches it well (:data:`GROWTH_MARGIN` above the threshold), is
+  usable (:data:`~emoadapt.identity.QUALITY_LIMITS`), matches no other user and the gallery
+  holds fewer than :data:`GALLERY_CAP` faces; never the face of a forced correction;
 * **adaptation** -- every ``adapt_every`` new corrections, and on request, the user's head is
   fitted, checked and installed (:func:`emoadapt.adaptation.adapt_user`);
 * **forgetting** a user and every trace of them.
@@ -34,20 +41,63 @@ import numpy as np
 from . import zoo
 from .adaptation import AdaptOptions, AdaptReport, adapt_user, load_replay
 from .analysis import FaceTable
-from .errors import EmoadaptError, IdentityMismatchError, InvalidInputError, ModelIntegrityError, StoreError, UnknownUserError
+from .errors import (
+    EmoadaptError,
+    FaceQualityError,
+    IdentityConflictError,
+    IdentityMismatchError,
+    InvalidInputError,
+    ModelIntegrityError,
+    MultipleFacesError,
+    StoreError,
+    UnknownUserError,
+)
 from .features import Backbone
 from .heads import Head, TrainableHead, head_from_arrays
-from .identity import IdentityMatcher
+from .identity import QUALITY_LIMITS, FaceQuality, IdentityMatcher
 from .labels import resolve_label
 from .results import Correction, Result, track_result
+from .scanning import LearnedFace
 from .store import ForgetReport, Store, normalize_label, normalize_user_name
 
-__all__ = ["Personalization", "user_name"]
+__all__ = ["Enrollment", "GALLERY_CAP", "GROWTH_MARGIN", "Personalization", "user_name"]
 
 log = logging.getLogger(__name__)
 
 #: personal heads cached per Personalization (bounded: entries of users forgotten by other processes)
 HEAD_CACHE_SIZE = 256
+
+#: a user's gallery grows from verified corrections while it holds fewer than this many
+#: embeddings (of the Recognizer's identity model; explicit enrolments are not capped)
+GALLERY_CAP = 20
+#: a corrected face joins its user's gallery only when its similarity to the gallery (the
+#: matcher's score or the nearest of the user's faces) is at least this far above the threshold
+GROWTH_MARGIN = 0.03
+
+#: embedding sources in the store: an explicit enrolment, the first face of a user enrolled by a
+#: correction, a face added by a verified correction
+SOURCE_ENROL, SOURCE_CORRECTION, SOURCE_GROWN = "enrol", "correct", "grown"
+
+
+class Enrollment(int):
+    """What :meth:`Recognizer.enroll` returns: how many face embeddings were added -- an
+    ``int``, as before -- and to whom."""
+
+    user: str
+    """The user's name as listed: the existing user a name differing only by case or width
+    means (``enroll("Alice", ...)`` while ``alice`` exists adds to ``alice``)."""
+    faces: list[list[dict[str, Any]]]
+    """Per item, every face seen in it (:attr:`emoadapt.scanning.LearnedFace.faces`); empty for a :class:`Result`."""
+    chosen: list[int]
+    """Per item, which of its faces was enrolled."""
+
+    def __new__(cls, added: int, *, user: str = "", faces: list[list[dict[str, Any]]] | None = None, chosen: list[int] | None = None) -> Enrollment:  # noqa: PYI034
+        self = super().__new__(cls, added)
+        self.user, self.faces, self.chosen = user, list(faces or []), list(chosen or [])
+        return self
+
+    def __str__(self) -> str:
+        return int.__repr__(self)
 
 
 def user_name(user: Any) -> str:
@@ -311,22 +361,69 @@ class Personalization:
             raise InvalidInputError(f"new_label must be a bool, got {type(new_label).__name__}")
         return label, user
 
-    def enroll(self, user: str, embeddings: np.ndarray) -> int:
-        """Add identity ``embeddings`` ``(N, E)`` of this model to ``user``'s gallery (enrolling them); returns how many."""
-        self.store.add_user(user)
-        return int(self.store.add_embeddings(user, embeddings, source="enrol", model=self.identity))
+    def _check_quality(self, quality: FaceQuality | None, what: str) -> None:
+        """FaceQualityError when ``quality`` fails :data:`~emoadapt.identity.QUALITY_LIMITS`."""
+        problems = [] if quality is None else quality.problems(QUALITY_LIMITS)
+        if problems:
+            assert quality is not None
+            raise FaceQualityError(
+                f"{what}: the face is {'; '.join(problems)}: it cannot be recognised reliably; use a photo or clip where the face "
+                "is larger, sharper and facing the camera",
+                problems=problems,
+                quality=quality.to_dict(),
+            )
 
-    def correct(self, res: Result, embedding: np.ndarray, label: str, user: str | None, *, force: bool, new_label: bool, classes: Sequence[str]) -> Correction:
-        """Store the correction ``label`` of an analysed clip (``res``'s features, ``embedding``
-        of its face) for ``user`` (``None``: the enrolled user the face matches), after
-        :meth:`check_correction`; see :meth:`emoadapt.recognizer.Recognizer.correct`."""
+    def _check_conflict(self, user: str, embedding: np.ndarray, gallery: dict[str, np.ndarray], override: str) -> None:
+        """IdentityConflictError when ``embedding`` matches an enrolled user other than ``user``
+        (the message names no one; the error's ``other_user`` does)."""
+        others = {u: g for u, g in gallery.items() if u != user}
+        other, score = self.matcher.identify(embedding, others)
+        if other is not None:
+            raise IdentityConflictError(
+                f"the face already matches another enrolled user (similarity {self.matcher.describe(score)}): one face is "
+                f"routed to one user, so it is not enrolled as {user!r}; {override}",
+                user=user,
+                other_user=other,
+                similarity=score,
+                threshold=self.matcher.threshold,
+            )
+
+    def enroll(self, user: str, faces: Sequence[LearnedFace], *, allow_shared_face: bool = False) -> Enrollment:
+        """Add the identity embedding of each of ``faces`` (of this model) to ``user``'s gallery,
+        enrolling them; nothing is added unless every face may be (see
+        :meth:`emoadapt.recognizer.Recognizer.enroll`)."""
+        if not isinstance(allow_shared_face, bool):
+            raise InvalidInputError(f"allow_shared_face must be a bool, got {type(allow_shared_face).__name__}")
+        user = self.store.listed_name(user_name(user))
+        gallery = self.gallery()
+        for i, face in enumerate(faces):
+            what = f"item {i + 1} of {len(faces)}" if len(faces) > 1 else "the enrolment"
+            self._check_quality(face.quality, what)
+            if not allow_shared_face:
+                self._check_conflict(user, face.embedding, gallery, "pass allow_shared_face=True if it really is both")
+        self.store.add_user(user)
+        added = int(self.store.add_embeddings(user, np.stack([f.embedding for f in faces]), source=SOURCE_ENROL, model=self.identity))
+        log.info("enrolled %d face(s) (%s)", added, self.identity)
+        return Enrollment(added, user=user, faces=[f.faces for f in faces], chosen=[f.index for f in faces])
+
+    def correct(self, res: Result, face: LearnedFace, label: str, user: str | None, *, force: bool, new_label: bool, classes: Sequence[str]) -> Correction:
+        """Store the correction ``label`` of an analysed clip (``res``'s features, the embedding
+        of its ``face``) for ``user`` (``None``: the enrolled user the face matches), after
+        :meth:`check_correction`; a verified face may grow the user's gallery
+        (:meth:`_grow`); see :meth:`emoadapt.recognizer.Recognizer.correct`."""
+        embedding = face.embedding
         gallery = self.gallery()
         if user is None:
             user, score = self.matcher.identify(embedding, gallery)
             if user is None:
-                raise UnknownUserError(f"the face in the clip matches no enrolled user (best similarity {score:.3f}); pass user= to enrol it")
+                raise UnknownUserError(
+                    f"the face in the clip matches no enrolled user (best similarity {self.matcher.describe(score)}); pass user= to enrol it"
+                )
+        else:
+            user = self.store.listed_name(user)
         label = resolve_label(label, self.known_labels(user, classes), new_label=new_label)
         theirs = gallery.get(user)
+        verified: float | None = None  # the similarity of a face that passed the identity check
         if theirs is None:
             other = self.reenroll_needed().get(user)
             if other and not force:
@@ -335,27 +432,69 @@ class Personalization:
                     f"({self.identity}) cannot compare: re-enrol needed (Recognizer.enroll({user!r}, ...)), or pass force=True "
                     "to enrol them from this clip"
                 )
+            if not force:
+                if len(face.faces) > 1:
+                    raise MultipleFacesError(
+                        f"{len(face.faces)} faces in the clip: {user!r} is not enrolled yet, and a correction enrols them from the main "
+                        "face only in a clip of one face; enrol them first (Recognizer.enroll(..., face=)), or pass force=True",
+                        faces=face.faces,
+                    )
+                self._check_quality(face.quality, f"enrolling {user!r} from the corrected clip")
+                self._check_conflict(user, embedding, gallery, "pass force=True to record it anyway")
             self.store.add_user(user)
             # another process may have enrolled the name meanwhile: never add a face to theirs
             theirs = self.store.embeddings(user, model=self.identity).get(user)
             if theirs is None:
-                self.store.add_embeddings(user, embedding[None], source="correct", model=self.identity)
-                log.info("enrolled %s from a corrected clip (%s)", user, self.identity)
+                self.store.add_embeddings(user, embedding[None], source=SOURCE_CORRECTION, model=self.identity)
+                log.info("enrolled a user from a corrected clip (%s)", self.identity)
         if theirs is not None:
             ok, score = self.matcher.verify(embedding, theirs)
             if not ok and not force:
                 raise IdentityMismatchError(
-                    f"the face in the clip does not match {user!r} (similarity {score:.3f} < {self.matcher.threshold:.3f}); pass force=True to record it anyway"
+                    f"the face in the clip does not match {user!r} (similarity {self.matcher.describe(score)}); pass force=True to record it anyway"
                 )
+            verified = score if ok else None
         assert res.features is not None
         cid = int(
             self.store.add_correction(
                 user, label, res.features, res.features.mean(axis=0), self.model_version, embedding=embedding, embedding_model=self.identity
             )
         )
-        return self._after_correction(cid, user, label)
+        grown = False
+        if verified is not None and not force:
+            try:
+                grown = self._grow(user, face, verified, gallery)
+            except EmoadaptError as e:  # the correction is stored: growing is a bonus
+                log.warning("correction %d is stored, but its face could not be added to the gallery (%s: %s)", cid, type(e).__name__, e)
+        return self._after_correction(cid, user, label, grown=grown)
 
-    def _after_correction(self, cid: int, user: str, label: str) -> Correction:
+    def _grow(self, user: str, face: LearnedFace, score: float, gallery: dict[str, np.ndarray]) -> bool:
+        """Add the face of a verified correction (similarity ``score`` to ``user``'s gallery) to
+        the gallery when it is usable, matches the gallery well, matches no other user and the
+        gallery has room (:data:`GALLERY_CAP`); whether it was added (why not: logged)."""
+        theirs = gallery[user]
+        need = self.matcher.threshold + GROWTH_MARGIN
+        nearest = self.matcher.nearest(face.embedding, theirs)
+        why = None
+        if face.quality is None:
+            why = "no face quality measured (an analysed Result was corrected)"
+        elif not face.quality.usable(QUALITY_LIMITS):
+            why = "face " + "; ".join(face.quality.problems(QUALITY_LIMITS))
+        elif max(score, nearest) < need:
+            why = f"not close enough to the gallery (similarity {self.matcher.describe(score)}, nearest face {nearest:.4f}; {need:.4f} needed)"
+        elif len(theirs) >= GALLERY_CAP:
+            why = f"the gallery is full ({len(theirs)} faces, at most {GALLERY_CAP} grown)"
+        elif self.matcher.identify(face.embedding, {u: g for u, g in gallery.items() if u != user})[0] is not None:
+            why = "it also matches another enrolled user"
+        if why is None and not self.store.add_embeddings(user, face.embedding[None], source=SOURCE_GROWN, model=self.identity, cap=GALLERY_CAP):
+            why = f"the gallery is full (at most {GALLERY_CAP} faces)"
+        if why is not None:
+            log.info("a corrected face was not added to its user's gallery: %s", why)
+            return False
+        log.info("a corrected face joined its user's gallery (%s; similarity %.4f)", self.identity, score)
+        return True
+
+    def _after_correction(self, cid: int, user: str, label: str, *, grown: bool = False) -> Correction:
         """The committed correction ``cid``, after the automatic adaptation it may trigger: from
         here on nothing raises (a retrying caller would store it twice)."""
         report, error = None, None
@@ -376,7 +515,7 @@ class Personalization:
                 user,
                 exc_info=not isinstance(e, EmoadaptError),
             )
-        return Correction(cid, user=user, label=label, adapt_report=report, adapt_error=error)
+        return Correction(cid, user=user, label=label, adapt_report=report, adapt_error=error, gallery_grown=grown)
 
     def adapt(self, user: str, options: AdaptOptions | None = None) -> AdaptReport:
         """Adapt ``user``'s personal head to their corrections now (:func:`emoadapt.adaptation.adapt_user`,

@@ -41,13 +41,13 @@ from .adaptation import (
 )
 from .analysis import MAX_POOLED_FACES, Analysis
 from .detection import MTCNN
-from .errors import InvalidInputError
+from .errors import InvalidInputError, MultipleFacesError
 from .features import Backbone
 from .heads import Head, TrainableHead
 from .identity import IDENTITY_MODELS, THRESHOLDS, Embedder, IdentityMatcher, load_embedder
-from .personal import Personalization, user_name
+from .personal import Enrollment, Personalization, user_name
 from .results import Correction, FrameResult, Result, Timeline
-from .scanning import AnalysisSettings, ScanKeywords, Scanner, ScanOptions
+from .scanning import AnalysisSettings, FaceChoice, ScanKeywords, Scanner, ScanOptions
 from .store import ForgetReport, Store
 from .streaming import MAX_WINDOW_FRAMES, STREAM_CHUNK, StreamSpec, windows
 from .video import DEFAULT_SOURCE_FPS, Clip
@@ -297,15 +297,42 @@ class Recognizer:
         for whom its identity embedding matches (strangers: the universal model)."""
         return self.personal.reclassify(result, user)
 
-    def enroll(self, user: str, clips: Clip | Result | Sequence[Clip | Result], **scan: Unpack[ScanKeywords]) -> int:
-        """Register ``user``'s face (the name normalised first) from a clip, an image or a list
-        of them (sampling as in :meth:`predict`): one embedding of each main face; returns how many."""
+    def enroll(
+        self,
+        user: str,
+        clips: Clip | Result | Sequence[Clip | Result],
+        *,
+        face: FaceChoice | None = None,
+        allow_shared_face: bool = False,
+        **scan: Unpack[ScanKeywords],
+    ) -> Enrollment:
+        """Register ``user``'s face from a clip, an image or a list of them (sampling as in
+        :meth:`predict`): one identity embedding per item; returns how many were added (an
+        ``int``; :class:`~emoadapt.personal.Enrollment` also says to which user).
+
+        The name is normalised, and a name that differs from an enrolled user's only by case
+        or width is that user. Each item must show one face, or ``face=`` says which (its
+        index, 0 the main face, or its box ``(x1, y1, x2, y2)``; the same choice for every
+        item): several faces raise :class:`~emoadapt.errors.MultipleFacesError`, which lists
+        them. A face too small, blurred or turned to be recognised raises
+        :class:`~emoadapt.errors.FaceQualityError`; a face that already matches another
+        enrolled user raises :class:`~emoadapt.errors.IdentityConflictError` (its message
+        names no one, its ``other_user`` does) unless ``allow_shared_face=True``. Nothing is
+        added unless every item may be."""
         user = user_name(user)
         items = list(clips) if isinstance(clips, (list, tuple)) else [clips]
         if not items:
             raise InvalidInputError("nothing to enrol: give a clip, an image or a list of them")
         options = ScanOptions(**scan)
-        return self.personal.enroll(user, np.stack([self.scanner.face_to_learn(c, options, self.matcher.threshold, self.identity)[1] for c in items]))
+        faces = []
+        for i, c in enumerate(items):
+            try:
+                faces.append(self.scanner.learn(c, options, self.matcher.threshold, self.identity, face=face, one_face=True))
+            except MultipleFacesError as e:
+                if len(items) == 1:
+                    raise
+                raise MultipleFacesError(f"item {i + 1} of {len(items)}: {e}", faces=e.faces, item=i) from None
+        return self.personal.enroll(user, faces, allow_shared_face=allow_shared_face)
 
     def known_labels(self, user: str | None = None) -> list[str]:
         """Labels a correction may use without ``new_label=True``: the universal classes, then
@@ -319,9 +346,11 @@ class Recognizer:
         (sampling as in :meth:`predict`); returns a :class:`Correction`, an ``int`` id.
 
         ``user=None``: the enrolled user the face matches (else UnknownUserError); a ``user``
-        not enrolled yet is enrolled from this clip; one whose face does not match, or who is
-        enrolled only with another identity model, raises IdentityMismatchError unless
-        ``force=True``. ``label``: a known label (:meth:`known_labels`) or a synonym; another
+        not enrolled yet is enrolled from this clip (as :meth:`enroll` would: one usable face
+        that matches no other user, unless ``force=True``); one whose face does not match, or
+        who is enrolled only with another identity model, raises IdentityMismatchError unless
+        ``force=True``. A face that passed the identity check may join the user's gallery
+        (never a forced one; :attr:`Correction.gallery_grown`, :mod:`emoadapt.personal`). ``label``: a known label (:meth:`known_labels`) or a synonym; another
         raises UnknownLabelError unless ``new_label=True`` makes it a new class. Every
         ``adapt_every`` corrections :meth:`adapt` runs; once stored, nothing raises (a failed
         adaptation is :attr:`Correction.adapt_error`). Only features are stored, never pixels.
@@ -329,8 +358,8 @@ class Recognizer:
         stored (:class:`~emoadapt.personal.Personalization` has the policy).
         """
         label, user = self.personal.check_correction(label, user, new_label)
-        res, emb = self.scanner.face_to_learn(clip, ScanOptions(**scan), self.matcher.threshold, self.identity)
-        return self.personal.correct(res, emb, label, user, force=force, new_label=new_label, classes=self.classes)
+        face = self.scanner.learn(clip, ScanOptions(**scan), self.matcher.threshold, self.identity)
+        return self.personal.correct(face.result, face, label, user, force=force, new_label=new_label, classes=self.classes)
 
     def adapt(
         self,

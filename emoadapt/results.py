@@ -278,12 +278,23 @@ class Correction(int):
     adapt_error: BaseException | None
     """The exception of a failed automatic adaptation (usually an
     :class:`~emoadapt.errors.EmoadaptError`), else ``None``."""
+    gallery_grown: bool
+    """Whether the face joined the user's identity gallery (a verified correction's usable face
+    that matches the gallery well: :mod:`emoadapt.personal`)."""
 
     def __new__(  # noqa: PYI034
-        cls, id: int, *, user: str = "", label: str = "", adapt_report: AdaptReport | None = None, adapt_error: BaseException | None = None
+        cls,
+        id: int,
+        *,
+        user: str = "",
+        label: str = "",
+        adapt_report: AdaptReport | None = None,
+        adapt_error: BaseException | None = None,
+        gallery_grown: bool = False,
     ) -> Correction:
         self = super().__new__(cls, id)
         self.user, self.label, self.adapt_report, self.adapt_error = user, label, adapt_report, adapt_error
+        self.gallery_grown = gallery_grown
         return self
 
     @property

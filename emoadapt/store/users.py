@@ -87,6 +87,11 @@ class UserStore(Database):
 
         return self._run(tx, write=True, what=f"cannot add user {name!r}")
 
+    def listed_name(self, name: str) -> str:
+        """The name :meth:`users` lists for the user ``name`` means (another case or width of
+        it: ``"Alice"`` -> ``"alice"``), or ``name`` normalised when there is no such user."""
+        return self._name(name)
+
     def users(self) -> list[str]:
         """Names of all users, in creation order."""
         return self._run(lambda c: [r[0] for r in c.execute("SELECT name FROM users ORDER BY id")], write=False, what="cannot list users")
@@ -177,11 +182,13 @@ class UserStore(Database):
         return None if row is None else str(row[0])
 
     # -- enrolment embeddings ---------------------------------------------------------------
-    def add_embeddings(self, user: str, embeddings: Any, source: str = "enrol", model: str = LEGACY_IDENTITY_MODEL) -> int:
+    def add_embeddings(self, user: str, embeddings: Any, source: str = "enrol", model: str = LEGACY_IDENTITY_MODEL, *, cap: int | None = None) -> int:
         """Append enrolment embeddings ``(N, D)`` (or one ``(D,)``) made by identity ``model``
         to the user's gallery.
 
-        Stored as float32; all embeddings of a user made by one model must share D. Returns N.
+        Stored as float32; all embeddings of a user made by one model must share D. Returns N,
+        or with ``cap`` as many as fit under ``cap`` embeddings of ``model`` for the user
+        (counted in the same transaction: concurrent writers never pass it).
         """
         name = self._name(user)
         a = _asarray(embeddings, "embeddings")
@@ -194,12 +201,16 @@ class UserStore(Database):
             dims = {r[0] for r in conn.execute("SELECT DISTINCT dim FROM embeddings WHERE user_id = ? AND model = ?", (uid, model))}
             if dims and dims != {d}:
                 raise InvalidInputError(f"{model} embeddings of user {name!r} have dimension {sorted(dims)}, got {d}")
+            rows = emb
+            if cap is not None:
+                have = int(conn.execute("SELECT COUNT(*) FROM embeddings WHERE user_id = ? AND model = ?", (uid, model)).fetchone()[0])
+                rows = emb[: max(0, cap - have)]
             now = time.time()
             conn.executemany(
                 "INSERT INTO embeddings (user_id, dim, vector, source, created, model) VALUES (?, ?, ?, ?, ?, ?)",
-                ((uid, d, row.tobytes(), source, now, model) for row in emb),
+                ((uid, d, row.tobytes(), source, now, model) for row in rows),
             )
-            return n
+            return len(rows)
 
         return self._user_run(name, tx, write=True, what=f"cannot store embeddings of {name!r}")
 

@@ -29,6 +29,7 @@ __all__ = [
 ERROR_STATUS: tuple[tuple[type[_err.EmoadaptError], int, str], ...] = (
     (_err.UnknownUserError, 404, "unknown_user"),
     (_err.IdentityMismatchError, 409, "identity_mismatch"),
+    (_err.IdentityConflictError, 409, "identity_conflict"),  # its message names no one
     (_err.VideoDecodeError, 422, "bad_file"),
     (_err.UnknownLabelError, 400, "unknown_label"),
     (_err.AmbiguousUserError, 409, "ambiguous_user"),
@@ -61,7 +62,7 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-_OVERRIDE = re.compile(r"[;,]?\s*(?:or\s+)?pass\s+force\s*=\s*True\b[^;.]*", re.IGNORECASE)
+_OVERRIDE = re.compile(r"[;,]?\s*(?:or\s+)?pass\s+(?:force|allow_shared_face)\s*=\s*True\b[^;.]*", re.IGNORECASE)
 
 
 #: the library's words that mean nothing to a person using the page, and what the page says instead
