@@ -492,6 +492,11 @@ class EvidenceGateHead(_Head):
         if fall.any():
             rows = np.flatnonzero(fall)
             cl = as_clips(clips)
+            if getattr(self.base, "reads_probabilities", False) and (ctx is None or ctx.probabilities is None):
+                raise InvalidInputError(
+                    "this personal head answers, where its evidence stops, with the universal head on the clips' frame "
+                    "probabilities: pass them in the context (ClipContext(probabilities=[...]))"
+                )
             p = np.asarray(self.base.predict_proba([cl[i] for i in rows], None if ctx is None else ctx.take(rows)), dtype=np.float64)
             out = np.full((len(p), len(classes)), BlendHead._FLOOR)
             index = {c: i for i, c in enumerate(classes)}

@@ -32,7 +32,7 @@ import pytest
 
 import emoadapt
 from emoadapt.errors import ModelIntegrityError
-from emoadapt.heads import head_from_arrays, identity_expert_of
+from emoadapt.heads import ClipContext, head_from_arrays, identity_expert_of
 from emoadapt.store import DB_NAME, Store, user_dir_name
 from emoadapt.video import Sampling, iter_frames
 
@@ -313,7 +313,11 @@ def test_damaged_heads_fall_back_and_never_execute(populated, recognizer, tmp_pa
     con.close()
     res = fresh_predict()  # uses v1, the newest intact version
     assert identity_expert_of(v1) is not None  # predict() feeds it the face's embedding (the expert, maybe inside the evidence gate)
-    assert np.allclose(probs(res, v1), np.asarray(v1.predict_proba([res.features], res.embedding[None]))[0], atol=1e-6)
+    assert np.allclose(
+        probs(res, v1),
+        np.asarray(v1.predict_proba([res.features], ClipContext(probabilities=[res.frame_probabilities], embeddings=[res.embedding])))[0],
+        atol=1e-6,
+    )
     with Store(home) as st:
         with pytest.raises(ModelIntegrityError, match="malformed"):
             st.active_head(NAME, strict=True)

@@ -45,7 +45,7 @@ import numpy as np
 import pytest
 
 import emoadapt
-from emoadapt.heads import head_from_arrays
+from emoadapt.heads import ClipContext, head_from_arrays
 from emoadapt.store import Store, user_dir_name
 
 from . import _procs
@@ -179,8 +179,8 @@ def _run_trials(home: Path, trials: int) -> dict:
 
             if feats is None and "alice" in users:
                 shared = emoadapt.Recognizer(home=home)
-                feats = shared.frame_features(worker.shared_clips(worker.HELD_APART_FRAMES)[0][0])
-                assert feats.shape == (3, shared.backbone.dim)
+                feats = shared.analyze(worker.shared_clips(worker.HELD_APART_FRAMES)[0][0])
+                assert feats.features is not None and feats.features.shape == (3, shared.backbone.dim)
             db_now = _db_max_versions(st)
             for user in users:
                 recs = st.head_versions(user)
@@ -198,7 +198,7 @@ def _run_trials(home: Path, trials: int) -> dict:
                 else:
                     assert not h.fell_back and h.version == db_now[user]
                     head = head_from_arrays(h.arrays)
-                    p = np.asarray(head.predict_proba([feats]))
+                    p = np.asarray(head.predict_proba([feats.features], ClipContext(probabilities=[feats.frame_probabilities])))
                     assert p.shape == (1, len(head.classes_)) and np.isfinite(p).all() and abs(float(p.sum()) - 1) < 1e-5
                     stats["heads_verified"] += 1
             db_max = db_now

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import emoadapt
-from emoadapt.heads import head_from_arrays, identity_expert_of
+from emoadapt.heads import ClipContext, head_from_arrays, identity_expert_of
 from emoadapt.store import Store
 
 from . import _procs
@@ -71,6 +71,8 @@ def test_processes_share_one_recognizer_home(tmp_path, n_workers, n_each, record
     total = n_workers * n_each
     assert len(reported) == total
     users = [worker.SHARED_USER] + [worker.own_user(w) for w in range(n_workers)]
+    with emoadapt.Recognizer(home=tmp_path / "elsewhere") as rec:
+        held_apart_analysis = rec.analyze(worker.shared_clips(worker.HELD_APART_FRAMES)[0][0])
 
     with Store(home) as st:
         assert st.check() == []
@@ -86,7 +88,8 @@ def test_processes_share_one_recognizer_home(tmp_path, n_workers, n_each, record
         assert len(seen) == total
 
         # heads: versions never handed out twice; the newest is active, complete and loads
-        feats = st.correction_data(worker.SHARED_USER).features[0]  # real backbone features (2, D)
+        # a real clip's backbone features and frame probabilities (what a head reads)
+        ana = held_apart_analysis
         for user in users:
             versions = saved[user]
             assert versions, f"{user} never got a head"
@@ -96,7 +99,7 @@ def test_processes_share_one_recognizer_home(tmp_path, n_workers, n_each, record
             active = st.active_head(user, strict=True)
             assert active.version == max(versions) == max(r.version for r in recs)
             head = head_from_arrays(active.arrays)
-            p = np.asarray(head.predict_proba([feats]))
+            p = np.asarray(head.predict_proba([ana.features], ClipContext(probabilities=[ana.frame_probabilities])))
             assert p.shape == (1, len(head.classes_)) and np.isfinite(p).all() and abs(p.sum() - 1) < 1e-5
             if user not in rejected:  # every trigger led to a save: no automatic adaptation was lost
                 assert st.count_since_last_head(user) < adapt_every, user
@@ -116,7 +119,8 @@ def test_processes_share_one_recognizer_home(tmp_path, n_workers, n_each, record
             head = head_from_arrays(actives[res.user].arrays)
             # the corrections carried the faces' identity embeddings: predict() feeds the expert the face's own
             assert identity_expert_of(head) is not None and res.embedding is not None
-            p = np.asarray(head.predict_proba([res.features], res.embedding[None]))[0]
+            ctx = ClipContext(probabilities=[res.frame_probabilities], embeddings=[res.embedding])
+            p = np.asarray(head.predict_proba([res.features], ctx))[0]
             assert np.allclose([res.probabilities[str(c)] for c in head.classes_], p, atol=1e-5)
         for w in range(n_workers):
             assert rec.predict(worker.own_clips(w)[0][0]).user == worker.own_user(w)
