@@ -17,8 +17,9 @@ corrections become personal heads (what :class:`~emoadapt.recognizer.Recognizer`
   or turned to recognise (:class:`~emoadapt.errors.FaceQualityError`);
 * **the gallery growing** -- the face of a correction whose identity check passed joins the
   user's gallery when it matches it well (:data:`GROWTH_MARGIN` above the threshold), is
-  usable (:data:`~emoadapt.identity.QUALITY_LIMITS`), matches no other user and the gallery
-  holds fewer than :data:`GALLERY_CAP` faces; never the face of a forced correction;
+  usable (:data:`~emoadapt.identity.QUALITY_LIMITS`), is not in it already
+  (:data:`NEAR_DUPLICATE`), matches no other user and the gallery holds fewer than
+  :data:`GALLERY_CAP` faces; never the face of a forced correction;
 * **adaptation** -- every ``adapt_every`` new corrections, and on request, the user's head is
   fitted, checked and installed (:func:`emoadapt.adaptation.adapt_user`);
 * **forgetting** a user and every trace of them.
@@ -60,7 +61,7 @@ from .results import Correction, Result, track_result
 from .scanning import LearnedFace
 from .store import ForgetReport, Store, normalize_label, normalize_user_name
 
-__all__ = ["Enrollment", "GALLERY_CAP", "GROWTH_MARGIN", "Personalization", "user_name"]
+__all__ = ["Enrollment", "GALLERY_CAP", "GROWTH_MARGIN", "NEAR_DUPLICATE", "Personalization", "user_name"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,10 @@ GALLERY_CAP = 20
 #: a corrected face joins its user's gallery only when its similarity to the gallery (the
 #: matcher's score or the nearest of the user's faces) is at least this far above the threshold
 GROWTH_MARGIN = 0.03
+#: ... and not when the gallery already holds the face: its similarity to the nearest of the
+#: user's faces is this or more (the same photo or clip again; 3 % of the pairs of one person's
+#: Taiwanese photos, burst shots, are this close)
+NEAR_DUPLICATE = 0.97
 
 #: embedding sources in the store: an explicit enrolment, the first face of a user enrolled by a
 #: correction, a face added by a verified correction
@@ -451,7 +456,7 @@ class Personalization:
             ok, score = self.matcher.verify(embedding, theirs)
             if not ok and not force:
                 raise IdentityMismatchError(
-                    f"the face in the clip does not match {user!r} (similarity {self.matcher.describe(score)}); pass force=True to record it anyway"
+                    f"the face in the clip does not match {user!r} (similarity {self.matcher.describe(score, verify=True)}); pass force=True to record it anyway"
                 )
             verified = score if ok else None
         assert res.features is not None
@@ -482,6 +487,8 @@ class Personalization:
             why = "face " + "; ".join(face.quality.problems(QUALITY_LIMITS))
         elif max(score, nearest) < need:
             why = f"not close enough to the gallery (similarity {self.matcher.describe(score)}, nearest face {nearest:.4f}; {need:.4f} needed)"
+        elif nearest >= NEAR_DUPLICATE:
+            why = f"the gallery holds this face already (similarity {nearest:.4f} to one of its faces)"
         elif len(theirs) >= GALLERY_CAP:
             why = f"the gallery is full ({len(theirs)} faces, at most {GALLERY_CAP} grown)"
         elif self.matcher.identify(face.embedding, {u: g for u, g in gallery.items() if u != user})[0] is not None:

@@ -44,7 +44,7 @@ from .detection import MTCNN
 from .errors import InvalidInputError, MultipleFacesError
 from .features import Backbone
 from .heads import Head, TrainableHead
-from .identity import IDENTITY_MODELS, THRESHOLDS, Embedder, IdentityMatcher, load_embedder
+from .identity import IDENTITY_MODELS, THRESHOLDS, VERIFY_THRESHOLDS, Embedder, IdentityMatcher, load_embedder
 from .personal import Enrollment, Personalization, user_name
 from .results import Correction, FrameResult, Result, Timeline
 from .scanning import AnalysisSettings, FaceChoice, ScanKeywords, Scanner, ScanOptions
@@ -96,7 +96,8 @@ class Recognizer:
         identity: the identity model, ``"mobilefacenet"`` (default) or ``"dlib_resnet"``; only
             enrolments of this model are compared (the others: :meth:`reenroll_needed`).
         identity_threshold: cosine similarity that recognises a user (default: the model's,
-            :data:`emoadapt.identity.THRESHOLDS`).
+            :data:`emoadapt.identity.THRESHOLDS`); a face said to be a user (a correction
+            naming them) is checked at the lower of it and :data:`~emoadapt.identity.VERIFY_THRESHOLDS`.
         identity_frames: at most this many frames of a face track are embedded for identity.
         min_face_size: smallest face (pixels) the detector looks for.
         min_face_score: detections below this confidence are ignored.
@@ -156,7 +157,7 @@ class Recognizer:
         if opencv_threads is not None:  # only when asked: it is the whole process's setting
             _threads.configure_opencv(opencv_threads)
         self.identity = identity
-        self.matcher = IdentityMatcher(threshold)
+        self.matcher = IdentityMatcher(threshold, verify_threshold=min(threshold, VERIFY_THRESHOLDS[identity]))
         self.universal: Head = zoo.resolve_head(universal_head, "universal_head", self.backbone)
         self.personal = Personalization(
             self.home, self.backbone, self.universal, identity=identity, matcher=self.matcher, personal_head=personal_head, adapt_every=adapt_every

@@ -267,12 +267,19 @@ def test_the_gallery_never_grows_from_forced_unusable_or_far_faces_and_stops_at_
     res = rec.analyze(_tw("0201a11.jpg"), identity=True)
     assert not rec.correct(res, "neutral", user="p02").gallery_grown
     assert "p02" not in rec.store.embeddings(source="grown")
+    # the very face she enrolled with adds nothing
+    with caplog.at_level(logging.INFO, logger="emoadapt.personal"):
+        assert not rec.correct(_tw("0201a09.jpg"), "neutral", user="p02").gallery_grown
+    assert any("holds this face already" in r.getMessage() for r in caplog.records)
     # the cap: at most GALLERY_CAP faces (here 2: the enrolment and one grown)
     monkeypatch.setattr(personal, "GALLERY_CAP", 2)
-    assert rec.correct(_tw("0201a11.jpg"), "neutral", user="p02").gallery_grown
-    assert not rec.correct(_tw("0211b02.jpg"), "happy", user="p02").gallery_grown
+    assert rec.correct(_tw("0211b02.jpg"), "happy", user="p02").gallery_grown
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="emoadapt.personal"):
+        assert not rec.correct(_tw("0221b04.jpg"), "happy", user="p02").gallery_grown
+    assert any("the gallery is full" in r.getMessage() for r in caplog.records)
     assert len(rec.store.embeddings("p02", model="mobilefacenet")["p02"]) == 2
-    assert len(rec.store.corrections("p02")) == 6  # every correction is stored all the same
+    assert len(rec.store.corrections("p02")) == 7  # every correction is stored all the same
 
 
 def test_similarity_messages_read_true(rec: emoadapt.Recognizer, photo) -> None:
@@ -285,7 +292,7 @@ def test_similarity_messages_read_true(rec: emoadapt.Recognizer, photo) -> None:
     with pytest.raises(IdentityMismatchError) as e:
         rec.correct(photo("biden.jpg"), "happy", user="obama")
     a, op, b = _similarities(str(e.value))
-    assert op == "<" and a < b and b == rec.matcher.threshold
+    assert op == "<" and a < b and b == rec.matcher.verify_threshold == 0.615
     with pytest.raises(UnknownUserError) as u:
         rec.correct(photo("biden.jpg"), "happy")
     assert "best similarity" in str(u.value)

@@ -168,10 +168,11 @@ def test_enrol_correct_list_adapt_history_forget(client, cremad_clips, rec):
     assert [h["version"] for h in hist["reports"]] == [1]
     # the personal head now answers for the user's face
     assert client.post("/api/predict", content=_bytes(sad), headers=client.hdr).json()["label"] == rec.predict(sad, fps=10).label
+    n_faces = len(rec.store.embeddings(user)[user])  # the enrolment and the verified corrections' new faces (issue 26)
     r = client.delete(f"/api/users/{user}", headers=client.hdr)
     assert r.status_code == 200, r.text
     gone = r.json()
-    assert (gone["corrections"], gone["embeddings"], gone["heads"]) == (2, 1, 1) and user not in gone["users"]
+    assert (gone["corrections"], gone["embeddings"], gone["heads"]) == (2, n_faces, 1) and user not in gone["users"]
     assert user not in rec.users()
     for path in (f"/api/users/{user}/corrections", f"/api/users/{user}/history"):
         r = client.get(path)
@@ -206,7 +207,9 @@ def test_history_sends_the_held_out_accuracy_it_measured(client, cremad_clips, r
     # the same numbers as the library's report of the version (evidence of the guard's choice)
     assert versions[-1]["held_out_accuracy_after"] == reports[-1]["evidence"][reports[-1]["choice"]]
     assert versions[-1]["held_out_accuracy_before"] == reports[-1]["evidence"]["universal"]
-    # one correction: nothing held out, nothing measured (null, not a made-up number)
+    # one correction: nothing held out, nothing measured (null, not a made-up number); the same
+    # face under a second name is refused while "measured" is enrolled (issue 26): forget it first
+    assert client.delete(f"/api/users/{user}", headers=client.hdr).status_code == 200
     r = client.post("/api/correct", params={"label": "fear", "user": "single"}, content=_bytes(_clip(cremad_clips, "FEA")), headers=client.hdr)
     assert r.status_code == 200, r.text
     assert client.post("/api/users/single/adapt", headers=client.hdr).json()["guard"] == "none"

@@ -86,7 +86,7 @@ class Handlers:
             raise ApiError(422, "no_face", f"no face found in the {res.frames} frame(s) of the clip: face the camera, in good light")
         ok, score = rec.matcher.verify(res.embedding, theirs)
         if not ok:
-            raise _err.IdentityMismatchError(f"the face in the clip does not match {user!r} (similarity {rec.matcher.describe(score)})")
+            raise _err.IdentityMismatchError(f"the face in the clip does not match {user!r} (similarity {rec.matcher.describe(score, verify=True)})")
 
     def held_out(self, user: str, h: Any) -> tuple[float | None, float | None]:
         """Held-out accuracy ``(before, after)`` of head version ``h``: the universal head's and
