@@ -632,7 +632,8 @@ def export_head(rec: Any, user: str | None, directory: str | os.PathLike[str]) -
             "dim": dim,
             "threshold": float(rec.matcher.threshold),
             # the user's enrolment embeddings: a face is theirs when its clip embedding's cosine
-            # with one of them reaches the threshold (how predict routes a face to this head)
+            # with their centroid (the unit mean of the unit embeddings) reaches the threshold
+            # (how predict routes a face to this head: emoadapt.identity.IdentityMatcher)
             "enrolment": [] if gallery is None else [[round(float(v), 7) for v in row] for row in np.asarray(gallery, np.float32)],
         },
         "tolerance": TOLERANCE,
