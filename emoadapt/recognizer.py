@@ -42,6 +42,7 @@ from .adaptation import (
 from .analysis import MAX_POOLED_FACES, Analysis
 from .detection import MTCNN
 from .errors import InvalidInputError, MultipleFacesError
+from .export import ExportReport, export_head
 from .features import Backbone
 from .heads import Head, TrainableHead
 from .identity import IDENTITY_MODELS, THRESHOLDS, VERIFY_THRESHOLDS, Embedder, IdentityMatcher, load_embedder
@@ -66,8 +67,6 @@ __all__ = [
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
-
-    from .export import ExportReport
 
 log = logging.getLogger(__name__)
 
@@ -386,8 +385,6 @@ class Recognizer:
         """Write the head :meth:`predict` uses for ``user`` (``None``: strangers, the universal
         head) into ``directory`` as a TFLite model and a JSON manifest, for apps that run the
         shipped backbone with LiteRT (:func:`emoadapt.export.export_head`; docs/mobile.md)."""
-        from .export import export_head
-
         return export_head(self, user, directory)
 
     def users(self) -> list[str]:
