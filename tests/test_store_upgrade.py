@@ -308,7 +308,7 @@ def test_cli_users_lists_every_user_with_its_former_name(legacy_home):
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert [ln.split("\t")[0] for ln in lines] == list(EXPECTED_NAMES.values())
-    assert [ln.split("\t")[1] for ln in lines] == ["2 corrections", "3 corrections", "1 corrections", "2 corrections", "3 corrections"] + ["1 corrections"] * 6
+    assert [ln.split("\t")[1] for ln in lines] == ["2 corrections", "3 corrections", "1 correction", "2 corrections", "3 corrections"] + ["1 correction"] * 6
     carol2 = lines[1]
     assert "stored as '\uff23arol'" in carol2 and "kept apart from 'Carol'" in carol2
     assert "stored as 'Dan\\u200bny'" in lines[3]  # invisible characters shown escaped
