@@ -38,6 +38,19 @@ photo of the 9 others is a stranger probe (accepted = routed to anyone).
 Speed: ms per face for the embedding (one network pass, one thread, one face per call) and for
 the crop, over ``--time-faces`` faces.
 
+Enrolment and gallery growth (issue 26, the default model): on the same kind of splits, own-photo
+and stranger acceptance per expression with 1, 3 and 5 enrolment photos and with one photo and
+a gallery grown from 5 verified corrections (decided with the library's constants:
+``emoadapt.personal.GROWTH_MARGIN``, ``NEAR_DUPLICATE``, ``GALLERY_CAP``, the verification
+threshold and ``QUALITY_LIMITS`` on each face), for the centroid and the closest-embedding
+matcher, at the shipped threshold and at the open-set rule's (the smallest 0.005 step at which
+no enrolment accepts more than 0.5 % of the strangers); the takeover check on the embeddings
+(enrolling an enrolled person's photo under a second name). Through the library itself
+(``--no-library`` skips them): the takeover attempts (every Taiwanese person's neutral photos
+and actor 1001's CREMA-D clips under a second name), names differing by case, the group photos
+with and without ``face=``, and ``predict``'s frames per second on the CREMA-D clips with nobody
+and with 11 users enrolled.
+
     python benchmarks/identity.py [--out benchmarks/out/identity] [--target-far 0.001] [--splits 20]
 
 Writes ``hist_<model>.png`` (score histograms per group), ``det.png`` (DET curves per model
@@ -836,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, r in table.items():
             print(
                 f"{label:>20} | {name:>24} | {100 * r['own_accept']:6.2f} | {100 * r['stranger_accept']:11.2f} | "
-                + " | ".join(f"{100 * r['by_emotion'][e]:7.1f}" for e in emotions)
+                + " | ".join(f"{100 * r['by_emotion'][e]:7.1f}" if e in r["by_emotion"] else f"{'-':>7}" for e in emotions)
                 + f" | {r['corrections_refused']} / {r['corrections_grown']} of {r['corrections']}"
             )
     print(
