@@ -23,6 +23,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from ._lazy import ProcessDefault
 from .errors import InvalidInputError
 
 __all__ = [
@@ -123,17 +124,12 @@ class BlasThreads:
             yield
 
 
-_BLAS: BlasThreads | None = None
-_BLAS_LOCK = threading.Lock()
+_BLAS = ProcessDefault(BlasThreads)
 
 
 def default_blas() -> BlasThreads:
     """The process's :class:`BlasThreads`, made on first use."""
-    global _BLAS
-    with _BLAS_LOCK:
-        if _BLAS is None:
-            _BLAS = BlasThreads()
-        return _BLAS
+    return _BLAS.get()
 
 
 def blas_threads(n: int | None) -> contextlib.AbstractContextManager[None]:

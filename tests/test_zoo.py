@@ -293,7 +293,7 @@ def test_importing_makes_no_pool_or_controller():
         "import emoadapt, emoadapt.cli, emoadapt.web, emoadapt._threads as t\n"
         "from emoadapt.zoo import interpreters\n"
         "from emoadapt.web import uploads\n"
-        "print(interpreters._DEFAULT is None, uploads._DEFAULT is None, t._BLAS is None, cv2.getNumThreads() == before)\n"
+        "print(not interpreters._DEFAULT.made, not uploads._DEFAULT.made, not t._BLAS.made, cv2.getNumThreads() == before)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]

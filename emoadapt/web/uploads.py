@@ -31,6 +31,7 @@ from typing import IO, Any
 from starlette.requests import Request
 
 from .. import errors as _err
+from .._lazy import ProcessDefault
 from .serialization import ApiError
 
 try:
@@ -199,17 +200,12 @@ class UploadDirs:
         return self._anonymous
 
 
-_DEFAULT: UploadDirs | None = None
-_DEFAULT_LOCK = threading.Lock()
+_DEFAULT = ProcessDefault(UploadDirs)
 
 
 def default_upload_dirs() -> UploadDirs:
     """The process's :class:`UploadDirs`, made on first use (what every app of the process uses)."""
-    global _DEFAULT
-    with _DEFAULT_LOCK:
-        if _DEFAULT is None:
-            _DEFAULT = UploadDirs()
-        return _DEFAULT
+    return _DEFAULT.get()
 
 
 def display_name(name: str | None) -> str:

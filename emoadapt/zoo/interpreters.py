@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .._lazy import ProcessDefault
 from .._threads import check_threads
 from ..errors import ModelIntegrityError
 from .integrity import model_bytes
@@ -174,19 +175,14 @@ class InterpreterPool:
         return lease
 
 
-_DEFAULT: InterpreterPool | None = None
-_DEFAULT_LOCK = threading.Lock()
+_DEFAULT = ProcessDefault(InterpreterPool)
 
 
 def default_pool() -> InterpreterPool:
     """The process's pool, made on first use (``InterpreterPool()``: :data:`MAX_IDLE` idle
     objects per key, TFLite's notices left on stderr); what models lease from when they are
     given no pool."""
-    global _DEFAULT
-    with _DEFAULT_LOCK:
-        if _DEFAULT is None:
-            _DEFAULT = InterpreterPool()
-        return _DEFAULT
+    return _DEFAULT.get()
 
 
 class Lease:
