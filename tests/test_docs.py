@@ -17,9 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 _MISSING = [m for m in ("mkdocs", "mkdocstrings", "mkdocstrings_handlers.python", "material") if importlib.util.find_spec(m.split(".")[0]) is None]
 
 
-@pytest.mark.skipif(bool(_MISSING), reason=f"mkdocs not installed ({', '.join(_MISSING)}): pip install -e '.[docs]'")
-def test_docs_build_strict_and_cli_page_is_the_parser(tmp_path):
-    site = tmp_path / "site"
+def _build_site(site: Path) -> Path:
+    """``mkdocs build --strict`` into ``site`` (the build must succeed); returns ``site``."""
     r = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
         cwd=ROOT,
@@ -30,6 +29,12 @@ def test_docs_build_strict_and_cli_page_is_the_parser(tmp_path):
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    return site
+
+
+@pytest.mark.skipif(bool(_MISSING), reason=f"mkdocs not installed ({', '.join(_MISSING)}): pip install -e '.[docs]'")
+def test_docs_build_strict_and_cli_page_is_the_parser(tmp_path):
+    site = _build_site(tmp_path / "site")
     from emoadapt import zoo
     from emoadapt.cli import _subparsers, build_parser
 
@@ -105,17 +110,7 @@ def test_site_opened_from_disk_navigates_in_chromium(tmp_path):
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    site = tmp_path / "site"
-    r = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    site = _build_site(tmp_path / "site")
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"):
