@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -93,43 +94,23 @@ def test_stranger_export_reproduces_predict(cremad_clips, tmp_path):
         assert worst < TOLERANCE, worst
 
 
+def _cli(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """``python -m emoadapt.cli ARGS`` run from the checkout; ``kw`` goes to ``subprocess.run``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "emoadapt.cli", *args], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env, check=False, **kw)
+
+
 def test_cli_export_writes_files_that_follow_the_umask(adapted, tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run(
-        [sys.executable, "-m", "emoadapt.cli", "--home", str(adapted), "export", USER, "-o", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env=env,
-        preexec_fn=lambda: os.umask(0o027),
-        check=False,
-    )
+    r = _cli("--home", str(adapted), "export", USER, "-o", str(out), preexec_fn=lambda: os.umask(0o027))
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert r.stdout.strip() == f"wrote {USER}'s personal model v1: {out / ('personal_' + USER + '.tflite')} and personal_{USER}.json (7 classes)"
     files = sorted(p.name for p in out.iterdir())
     assert files == [f"personal_{USER}.json", f"personal_{USER}.tflite"]
     assert all((out / f).stat().st_mode & 0o777 == 0o640 for f in files)
-    r = subprocess.run(
-        [sys.executable, "-m", "emoadapt.cli", "--home", str(adapted), "export", "-o", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env=env,
-        check=False,
-    )
+    r = _cli("--home", str(adapted), "export", "-o", str(out))
     assert r.returncode == 0 and "wrote the universal model" in r.stdout and (out / "universal.tflite").is_file()
-    r = subprocess.run(
-        [sys.executable, "-m", "emoadapt.cli", "-q", "--home", str(adapted), "export", "nobody", "-o", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env=env,
-        check=False,
-    )
+    r = _cli("-q", "--home", str(adapted), "export", "nobody", "-o", str(out))
     assert r.returncode == 1 and r.stderr.strip() == "emoadapt: error: unknown user 'nobody'"
 
 
