@@ -29,7 +29,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -530,27 +530,31 @@ def build_parser() -> argparse.ArgumentParser:
     sampling(p)
     p.set_defaults(func=cmd_correct)
 
-    p = command(
+    def user_report(name: str, help: str, description: str, json_help: str, func: Callable[[argparse.Namespace], int]) -> None:
+        """A command about one enrolled USER that prints plain words, or JSON with --json."""
+        p = command(name, help, description)
+        p.add_argument("user", metavar="USER", help="an enrolled user")
+        p.add_argument("--json", action="store_true", help=json_help)
+        p.set_defaults(func=func)
+
+    user_report(
         "adapt",
         "adapt a user's personal model to their corrections now",
         "Adapt a user's personal model to their corrections now (a new version is made and checked): prints, in "
         "plain words, which model answers for them and how sure it is; -v adds the check's figures, --json the "
         "full report. To look without training, use emoadapt models USER.",
+        "print the adaptation report as JSON (with its plain-words explanation)",
+        cmd_adapt,
     )
-    p.add_argument("user", metavar="USER", help="an enrolled user")
-    p.add_argument("--json", action="store_true", help="print the adaptation report as JSON (with its plain-words explanation)")
-    p.set_defaults(func=cmd_adapt)
-
-    p = command(
+    user_report(
         "models",
         "show a user's personal models and their evidence, without training",
         "Show a user's corrections (per emotion, and how many no model has learnt from yet) and every version of "
         "their personal model: which is active, what it does in plain words and how it did on corrections it had "
         "not seen. Nothing is trained or written; -v adds each candidate's figures, --json everything.",
+        "print it as JSON",
+        cmd_models,
     )
-    p.add_argument("user", metavar="USER", help="an enrolled user")
-    p.add_argument("--json", action="store_true", help="print it as JSON")
-    p.set_defaults(func=cmd_models)
 
     p = command(
         "export",
