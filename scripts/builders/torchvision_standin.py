@@ -5,46 +5,42 @@ facenet-pytorch imports ``torchvision.transforms.functional`` (only for ``extrac
 CPU torch used here are CUDA builds whose ops do not load next to it. :func:`install`
 then registers a stand-in module in ``sys.modules`` with ``nms`` / ``batched_nms`` (the
 semantics of torchvision's CPU kernel, ``csrc/ops/cpu/nms_kernel.cpp``: boxes by descending
-score, areas ``(x2 - x1) * (y2 - y1)`` without +1, suppress IoU > threshold; vectorised with
-numpy, in the boxes' dtype) and ``to_tensor``.
+score, areas ``(x2 - x1) * (y2 - y1)`` without +1, suppress IoU > threshold) and ``to_tensor``.
+The NMS is the runtime's own copy of that kernel, :func:`emoadapt.detection.boxes.nms_union`
+(vectorised with numpy), read from its file by :func:`nms_union` here, so that the peer benchmark's
+environment, which has no emoadapt, needs nothing more.
 
 One copy, used by ``scripts/builders/mtcnn.py`` (building and checking our MTCNN models)
 and ``benchmarks/peer_fer.py`` (the peer pipeline, which reports the stand-in's NMS time).
-Needs numpy and torch only (no emoadapt), imported when :func:`install` runs.
+Needs numpy and torch only (not the emoadapt package), imported when :func:`install` runs.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 import types
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 #: seconds spent in the stand-in's ``nms`` since the process started (or the caller reset it)
 NMS_SECONDS = [0.0]
 
 
-def nms_numpy(b: Any, s: Any, thr: float) -> Any:
-    """Indices of the boxes ``b`` ``(N, 4)`` kept by greedy NMS, by descending score ``s``."""
-    import numpy as np
+#: ``emoadapt/detection/boxes.py``: numpy only, read by :func:`nms_union` without the package
+_BOXES = Path(__file__).resolve().parents[2] / "emoadapt" / "detection" / "boxes.py"
 
-    order = np.argsort(-s, kind="stable")
-    x1, y1, x2, y2 = (np.ascontiguousarray(b[order, k]) for k in range(4))
-    areas = (x2 - x1) * (y2 - y1)
-    zero = b.dtype.type(0)
-    keep = []
-    idx = np.arange(len(order))
-    while idx.size:
-        i = idx[0]
-        keep.append(i)
-        rest = idx[1:]
-        w = np.maximum(zero, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
-        h = np.maximum(zero, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
-        inter = w * h
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ovr = inter / (areas[i] + areas[rest] - inter)
-        idx = rest[~(ovr > thr)]
-    return order[np.asarray(keep, np.int64)]
+
+def nms_union() -> Callable[[Any, Any, float], Any]:
+    """:func:`emoadapt.detection.boxes.nms_union` (indices of the boxes ``(N, 4)`` kept by
+    greedy NMS, by descending score), read from :data:`_BOXES` without importing emoadapt."""
+    spec = importlib.util.spec_from_file_location("_emoadapt_detection_boxes", _BOXES)
+    assert spec is not None and spec.loader is not None, _BOXES
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.nms_union
 
 
 def install() -> str:
@@ -61,13 +57,14 @@ def install() -> str:
     except Exception:  # noqa: BLE001
         for k in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
             del sys.modules[k]
+    keep = nms_union()
 
     def nms(boxes: Any, scores: Any, iou_threshold: float) -> Any:
         t = time.perf_counter()
         if boxes.numel() == 0:
             out = torch.empty((0,), dtype=torch.int64)
         else:
-            out = torch.as_tensor(nms_numpy(boxes.detach().cpu().numpy(), scores.detach().cpu().numpy(), float(iou_threshold)))
+            out = torch.as_tensor(keep(boxes.detach().cpu().numpy(), scores.detach().cpu().numpy(), float(iou_threshold)))
         NMS_SECONDS[0] += time.perf_counter() - t
         return out
 
