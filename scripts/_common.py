@@ -1,8 +1,11 @@
 """What the scripts of ``scripts/`` and ``benchmarks/`` share: the data directory, label maps,
-JSON output with a run record, and the spelling of common flags.
+JSON output with a run record, the spelling of common flags, and the photos and faces the
+reference fixtures are made from.
 
-Standard library only (no emoadapt, numpy or torch), so that it imports in every environment
-these programs run in: the emoadapt one, the model-building one and the peer benchmark's.
+Standard library only (no emoadapt, numpy or torch) at import, so that it imports in every
+environment these programs run in: the emoadapt one, the model-building one and the peer
+benchmark's; the few functions that need more (:func:`ckplus_rgb`, :func:`largest_faces`,
+:func:`write_fixture`) import it when called.
 Scripts import it as ``from scripts._common import ...`` (they run as ``python -m
 scripts.<name>`` from the repository root); benchmarks put ``ROOT / "scripts"`` on
 ``sys.path`` and import ``_common`` (it imports nothing of the package, so both work).
@@ -130,6 +133,50 @@ def taiwanese_label(name: str) -> str:
     """The backbone label of a Taiwanese photo from its file name (``PPTVEss.jpg``; the nine
     neutral photos without a letter are ``PP01sss.jpg``)."""
     return TAIWANESE_LETTERS[name[4]] if name[4].isalpha() else "neutral"
+
+
+# ------------------------------------------------------------------------------ reference fixtures
+def reference_photos(data: Path, taiwanese_every: int) -> list[Path]:
+    """The real photos a reference fixture (``scripts/make_*_fixtures.py``) is made from: the
+    four single-person ``faces/identity`` photos, the first eight ``faces/ravdess_actors``
+    stills and every ``taiwanese_every``-th ``faces/taiwanese`` photo, under ``data``."""
+    ident = [data / "faces" / "identity" / n for n in ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg")]
+    actors = sorted((data / "faces" / "ravdess_actors").glob("Actor_*.png"))[:8]
+    tw = sorted((data / "faces" / "taiwanese").glob("*.jpg"))[::taiwanese_every]
+    return ident + actors + tw
+
+
+def largest_faces(photos: Iterable[Path], crop: Any) -> tuple[Any, Any, Any]:
+    """The largest face of each photo, by emoadapt's MTCNN (one thread; photos without a face
+    are skipped): ``(names, landmarks, crops)``: the names as ``folder/file`` (array of str),
+    the 5 landmarks (N, 5, 2) float64 and ``crop(rgb_image, landmarks)`` stacked."""
+    import cv2
+    import numpy as np
+
+    from emoadapt.detection import MTCNN
+
+    det = MTCNN(num_threads=1)
+    names, lms, crops = [], [], []
+    for p in photos:
+        img = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
+        d = det.detect(img)
+        if not len(d):
+            continue
+        k = int(np.argmax((d.boxes[:, 2] - d.boxes[:, 0]) * (d.boxes[:, 3] - d.boxes[:, 1])))
+        names.append(f"{p.parent.name}/{p.name}")
+        lms.append(d.landmarks[k])
+        crops.append(crop(img, d.landmarks[k]))
+    return np.array(names), np.stack(lms).astype(np.float64), np.stack(crops)
+
+
+def write_fixture(path: Path, **arrays: Any) -> Path:
+    """``arrays`` as a compressed npz at ``path`` (folders made), its run record beside it."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    write_run_record(path)
+    return path
 
 
 # ------------------------------------------------------------------------------ run records

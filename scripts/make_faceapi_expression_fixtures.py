@@ -24,11 +24,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-from scripts._common import add_common_args, data_dir, write_run_record  # noqa: E402
+from scripts._common import add_common_args, data_dir, largest_faces, reference_photos, write_fixture  # noqa: E402
 
 DATA = data_dir()
 OUT = ROOT / "tests" / "fixtures"
@@ -38,10 +37,7 @@ TEMPLATE = "fer2013"
 
 
 def photos(data: Path) -> list[Path]:
-    ident = [data / "faces" / "identity" / n for n in ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg")]
-    actors = sorted((data / "faces" / "ravdess_actors").glob("Actor_*.png"))[:8]
-    tw = sorted((data / "faces" / "taiwanese").glob("*.jpg"))[::40]
-    return ident + actors + tw
+    return reference_photos(data, taiwanese_every=40)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,27 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(ap, data=True, out=OUT)
     args = ap.parse_args(argv)
     from emoadapt.alignment import TEMPLATES, norm_crop
-    from emoadapt.detection import MTCNN
     from scripts.builders import faceapi_expression as fa
 
-    det = MTCNN(num_threads=1)
-    names, lms, crops = [], [], []
-    for p in photos(args.data):
-        img = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
-        d = det.detect(img)
-        if not len(d):
-            continue
-        k = int(np.argmax((d.boxes[:, 2] - d.boxes[:, 0]) * (d.boxes[:, 3] - d.boxes[:, 1])))
-        names.append(f"{p.parent.name}/{p.name}")
-        lms.append(d.landmarks[k])
-        crops.append(norm_crop(img, d.landmarks[k], fa.INPUT_SIZE, TEMPLATE))
-    probs, feats, info = fa.run_upstream_tfjs(np.stack(crops).astype(np.float32))
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / NAME
-    np.savez_compressed(
-        out,
-        names=np.array(names),
-        landmarks=np.stack(lms).astype(np.float64),
+    names, landmarks, crops = largest_faces(photos(args.data), lambda img, lm: norm_crop(img, lm, fa.INPUT_SIZE, TEMPLATE))
+    probs, feats, info = fa.run_upstream_tfjs(crops.astype(np.float32))
+    out = write_fixture(
+        args.out / NAME,
+        names=names,
+        landmarks=landmarks,
         template=TEMPLATES[TEMPLATE],
         size=np.array(fa.INPUT_SIZE),
         upstream_probs=probs.astype(np.float32),
@@ -78,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
         upstream_sha256=np.array([f"{k} {v}" for k, v in fa.UPSTREAM_SHA256.items() if fa.MODEL in k]),
         source=np.array(f"npm {fa.PACKAGE}@{fa.VERSION} model/{fa.MODEL}*; run by TF.js {info['tfjs']} ({info['backend']} backend) in node"),
     )
-    write_run_record(out)
     print(f"wrote {out}: {len(names)} faces (TF.js {info['tfjs']})")
     return 0
 

@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-from scripts._common import add_common_args, data_dir, write_run_record  # noqa: E402
+from scripts._common import add_common_args, data_dir, largest_faces, reference_photos, write_fixture  # noqa: E402
 
 DATA = data_dir()
 OUT = ROOT / "tests" / "fixtures"
@@ -31,44 +30,27 @@ NAME = "mobilefacenet_reference.npz"
 
 
 def photos(data: Path) -> list[Path]:
-    ident = [data / "faces" / "identity" / n for n in ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg")]
-    actors = sorted((data / "faces" / "ravdess_actors").glob("Actor_*.png"))[:8]
-    tw = sorted((data / "faces" / "taiwanese").glob("*.jpg"))[::105]
-    return ident + actors + tw
+    return reference_photos(data, taiwanese_every=105)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(ap, data=True, out=OUT)
     args = ap.parse_args(argv)
-    from emoadapt.detection import MTCNN
     from emoadapt.identity import arcface_crop
     from scripts.builders import mobilefacenet as mfn
 
     src = mfn.upstream_file()
-    det = MTCNN(num_threads=1)
-    names, lms, crops = [], [], []
-    for p in photos(args.data):
-        img = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
-        d = det.detect(img)
-        if not len(d):
-            continue
-        k = int(np.argmax((d.boxes[:, 2] - d.boxes[:, 0]) * (d.boxes[:, 3] - d.boxes[:, 1])))
-        names.append(f"{p.parent.name}/{p.name}")
-        lms.append(d.landmarks[k])
-        crops.append(arcface_crop(img, d.landmarks[k]))
-    ref = mfn.run_upstream(src, np.stack(crops))
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / NAME
-    np.savez_compressed(
-        out,
-        names=np.array(names),
-        landmarks=np.stack(lms).astype(np.float64),
+    names, landmarks, crops = largest_faces(photos(args.data), arcface_crop)
+    ref = mfn.run_upstream(src, crops)
+    out = write_fixture(
+        args.out / NAME,
+        names=names,
+        landmarks=landmarks,
         upstream_embeddings=ref.astype(np.float32),
         upstream_sha256=np.array(mfn.UPSTREAM_SHA256),
         source=np.array(f"npm {mfn.PACKAGE}@{mfn.VERSION} {mfn.MODEL_PATH}"),
     )
-    write_run_record(out)
     print(f"wrote {out}: {len(names)} faces")
     return 0
 
