@@ -36,10 +36,6 @@ NAME = "faceapi_expression_reference.npz"
 TEMPLATE = "fer2013"
 
 
-def photos(data: Path) -> list[Path]:
-    return reference_photos(data, taiwanese_every=40)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(ap, data=True, out=OUT)
@@ -47,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from emoadapt.alignment import TEMPLATES, norm_crop
     from scripts.builders import faceapi_expression as fa
 
-    names, landmarks, crops = largest_faces(photos(args.data), lambda img, lm: norm_crop(img, lm, fa.INPUT_SIZE, TEMPLATE))
+    names, landmarks, crops = largest_faces(reference_photos(args.data, taiwanese_every=40), lambda img, lm: norm_crop(img, lm, fa.INPUT_SIZE, TEMPLATE))
     probs, feats, info = fa.run_upstream_tfjs(crops.astype(np.float32))
     out = write_fixture(
         args.out / NAME,

@@ -29,10 +29,6 @@ OUT = ROOT / "tests" / "fixtures"
 NAME = "mobilefacenet_reference.npz"
 
 
-def photos(data: Path) -> list[Path]:
-    return reference_photos(data, taiwanese_every=105)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(ap, data=True, out=OUT)
@@ -41,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from scripts.builders import mobilefacenet as mfn
 
     src = mfn.upstream_file()
-    names, landmarks, crops = largest_faces(photos(args.data), arcface_crop)
+    names, landmarks, crops = largest_faces(reference_photos(args.data, taiwanese_every=105), arcface_crop)
     ref = mfn.run_upstream(src, crops)
     out = write_fixture(
         args.out / NAME,
