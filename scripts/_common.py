@@ -5,7 +5,7 @@ reference fixtures are made from.
 Standard library only (no emoadapt, numpy or torch) at import, so that it imports in every
 environment these programs run in: the emoadapt one, the model-building one and the peer
 benchmark's; the few functions that need more (:func:`ckplus_rgb`, :func:`largest_faces`,
-:func:`write_fixture`) import it when called.
+:func:`confident_faces`, :func:`write_fixture`) import it when called.
 Scripts import it as ``from scripts._common import ...`` (they run as ``python -m
 scripts.<name>`` from the repository root); benchmarks put ``ROOT / "scripts"`` on
 ``sys.path`` and import ``_common`` (it imports nothing of the package, so both work).
@@ -167,6 +167,36 @@ def largest_faces(photos: Iterable[Path], crop: Any) -> tuple[Any, Any, Any]:
         lms.append(d.landmarks[k])
         crops.append(crop(img, d.landmarks[k]))
     return np.array(names), np.stack(lms).astype(np.float64), np.stack(crops)
+
+
+def confident_faces(crop: Any, limit: int, taiwanese_every: int) -> Any:
+    """Up to ``limit`` real face crops for checking a rebuilt model against its upstream: the
+    photos of ``faces/`` in :func:`data_dir` (the identity photos, the RAVDESS actor stills and
+    every ``taiwanese_every``-th Taiwanese photo, in that order), emoadapt's MTCNN (one
+    thread), each photo's three most confident faces of score >= 0.95, ``crop(rgb_image,
+    landmarks)`` stacked."""
+    import cv2
+    import numpy as np
+
+    from emoadapt.detection import MTCNN
+
+    data = data_dir() / "faces"
+    files = (
+        sorted((data / "identity").glob("*.jpg"))
+        + sorted((data / "ravdess_actors").glob("*.png"))
+        + sorted((data / "taiwanese").glob("*.jpg"))[::taiwanese_every]
+    )
+    det = MTCNN(num_threads=1)
+    faces = []
+    for f in files:
+        img = cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB)
+        d = det.detect(img)
+        for k in np.argsort(-d.scores)[:3]:
+            if d.scores[k] >= 0.95:
+                faces.append(crop(img, d.landmarks[k]))
+        if len(faces) >= limit:
+            break
+    return np.stack(faces[:limit])
 
 
 def write_fixture(path: Path, **arrays: Any) -> Path:

@@ -44,13 +44,14 @@ PATH. Needs TensorFlow (the ``build`` extra).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from . import npm, tfjs
+from .tflite_export import module_to_tflite as convert
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ DEFAULT_DIR = Path("/tmp/package")
 MEAN_RGB = (122.782, 117.001, 104.298)
 INPUT_DIVISOR = 256.0  # dlib; face-api uses 255
 INPUT_SIZE = 150
+WEIGHTS_MANIFEST = "face_recognition_model-weights_manifest.json"
 
 #: (block name, channels, kind) in network order; kind: "res" or "down".
 BLOCKS: list[tuple[str, int, str]] = [
@@ -86,44 +88,12 @@ def package_dir(path: str | os.PathLike[str] | None = None, fetch: bool = True) 
     When it is missing and ``fetch`` is true, run ``npm pack @vladmandic/face-api@1.7.15`` in
     its parent directory and untar it there.
     """
-    d = Path(path or os.environ.get("FACE_API_DIR") or DEFAULT_DIR)
-    manifest = d / "model" / "face_recognition_model-weights_manifest.json"
-    if manifest.is_file() or not fetch:
-        if not manifest.is_file():
-            raise FileNotFoundError(f"{manifest} not found (set FACE_API_DIR to the unpacked {PACKAGE}@{VERSION})")
-        return d
-    from .npm import unpack
-
-    return unpack(f"{PACKAGE}@{VERSION}", d, manifest)
+    return npm.package_dir(f"{PACKAGE}@{VERSION}", "FACE_API_DIR", DEFAULT_DIR, f"model/{WEIGHTS_MANIFEST}", path, fetch)
 
 
 def load_weights(pkg: str | os.PathLike[str] | None = None) -> dict[str, np.ndarray]:
     """Dequantized float32 weights by face-api name (``conv32_1/conv1/conv/filters`` ...)."""
-    d = package_dir(pkg) / "model"
-    groups = json.loads((d / "face_recognition_model-weights_manifest.json").read_text())
-    out: dict[str, np.ndarray] = {}
-    for g in groups:
-        buf = b"".join((d / p).read_bytes() for p in g["paths"])
-        off = 0
-        for w in g["weights"]:
-            shape = tuple(w["shape"])
-            n = int(np.prod(shape)) if shape else 1
-            q = w.get("quantization")
-            if q:
-                if q["dtype"] != "uint8":
-                    raise ValueError(f"unsupported quantization dtype {q['dtype']} for {w['name']}")
-                raw = np.frombuffer(buf, dtype=np.uint8, count=n, offset=off)
-                off += n
-                arr = raw.astype(np.float64) * q["scale"] + q["min"]
-            else:
-                if w["dtype"] != "float32":
-                    raise ValueError(f"unsupported dtype {w['dtype']} for {w['name']}")
-                arr = np.frombuffer(buf, dtype="<f4", count=n, offset=off).astype(np.float64)
-                off += 4 * n
-            out[w["name"]] = arr.reshape(shape).astype(np.float32)
-        if off != len(buf):
-            raise ValueError(f"weights group {g['paths']}: consumed {off} of {len(buf)} bytes")
-    return out
+    return tfjs.load_weights(package_dir(pkg) / "model", WEIGHTS_MANIFEST)
 
 
 def folded_conv(w: dict[str, np.ndarray], prefix: str) -> tuple[np.ndarray, np.ndarray]:
@@ -190,17 +160,6 @@ def build_tf_module(weights: dict[str, np.ndarray]):
             return tf.identity(tf.matmul(x, fc), name="descriptor")
 
     return DlibResNet()
-
-
-def convert(module, out: Path, quantize: bool) -> Path:
-    """Write ``module`` as TFLite (float32, or dynamic-range int8 weights when ``quantize``)."""
-    import tensorflow as tf
-
-    from .tflite_export import saved_model_to_tflite
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tf.saved_model.save(module, tmp, signatures=module.__call__.get_concrete_function())
-        return saved_model_to_tflite(tmp, out, quantize)
 
 
 def _entry(name: str, file: str, quantization: str) -> dict:

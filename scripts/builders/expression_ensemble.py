@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import faceapi_expression as fa
+from .tflite_export import module_to_tflite as convert
+from .tflite_export import read_graph, run_batched
 
 log = logging.getLogger(__name__)
 
@@ -49,31 +50,10 @@ _ACT = {0: None, 1: "relu"}
 def read_tflite(path: str | os.PathLike[str]) -> tuple[list[tuple[str, list[int], list[int], dict]], dict[int, np.ndarray], int]:
     """(ops as (kind, inputs, outputs, options), constant tensors, input tensor) of a
     single-subgraph float32 TFLite file (``tensorflow.lite.tools.flatbuffer_utils``)."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model(str(path))
-    if len(model.subgraphs) != 1:
-        raise ValueError(f"expected one subgraph, got {len(model.subgraphs)}")
-    g = model.subgraphs[0]
-    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
-    consts: dict[int, np.ndarray] = {}
-    for i, t in enumerate(g.tensors):
-        data = model.buffers[t.buffer].data
-        if data is not None and len(data):
-            dtype = {0: "<f4", 2: "<i4"}.get(t.type)
-            if dtype is None:
-                raise ValueError(f"tensor {t.name!r}: unsupported constant type {t.type}")
-            shape = list(t.shape) if t.shape is not None else []
-            consts[i] = np.frombuffer(bytes(np.asarray(data, np.uint8)), dtype=dtype).reshape(shape).copy()
-    ops = []
-    for op in g.operators:
-        kind = _OPS.get(codes[op.opcodeIndex])
-        if kind is None:
-            raise ValueError(f"unsupported TFLite operator code {codes[op.opcodeIndex]}")
-        opts = dict(vars(op.builtinOptions)) if op.builtinOptions is not None else {}
+    ops, consts, g = read_graph(path, _OPS)
+    for kind, _ins, _outs, opts in ops:
         if _ACT.get(opts.get("fusedActivationFunction", 0), "x") == "x":
             raise ValueError(f"{kind}: unsupported fused activation {opts['fusedActivationFunction']}")
-        ops.append((kind, [int(i) for i in op.inputs], [int(i) for i in op.outputs], opts))
     return ops, consts, int(g.inputs[0])
 
 
@@ -187,16 +167,6 @@ def build_tf_module(w: float, mode: str, ours: str | os.PathLike[str] = OURS_F32
     return Ensemble()
 
 
-def convert(module: Any, out: Path, quantize: bool) -> Path:
-    import tensorflow as tf
-
-    from .tflite_export import saved_model_to_tflite
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tf.saved_model.save(module, tmp, signatures=module.__call__.get_concrete_function())
-        return saved_model_to_tflite(tmp, out, quantize)
-
-
 def _run(path: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -211,6 +181,8 @@ def _run(path: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def entry(name: str, file: str, quantization: str, choice: dict, tta: bool, tta_threshold: float, check: dict) -> dict:
+    from scripts.backbone_common import fer_input_spec
+
     classes = list(fa.CLASSES)
     return {
         "name": name,
@@ -234,16 +206,9 @@ def entry(name: str, file: str, quantization: str, choice: dict, tta: bool, tta_
         "architecture": f"ensemble: emoadapt_fer (48x48 gray) + faceExpressionNet (the same crop as RGB, resized to 112); {choice['mode']} averaging, weight {choice['w']} on faceExpressionNet",
         "quantization": quantization,
         "ensemble": {k: v for k, v in choice.items() if k != "grid"},
-        "inputs": {
-            "shape": [None, IMG, IMG, 1],
-            "dtype": "float32",
-            "channels": 1,
-            "color": "gray",
-            "scale": 1.0,
-            "offset": 0.0,
-            "align": "fer2013",
-            "note": "raw gray pixels 0..255 aligned like FER2013 (our member's crop); face-api's member sees it repeated to RGB and resized to 112 in the graph",
-        },
+        "inputs": fer_input_spec(
+            "raw gray pixels 0..255 aligned like FER2013 (our member's crop); face-api's member sees it repeated to RGB and resized to 112 in the graph"
+        ),
         "outputs": {
             "probs": {"shape": [None, 7], "activation": "softmax", "signature_key": "probs"},
             "features": {
@@ -272,20 +237,7 @@ def member_probs(faces: np.ndarray, ours: str | os.PathLike[str] = OURS_F32, fa_
 
 
 def _run_batched(path: Path, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_path=str(path), num_threads=2)
-    inp = it.get_input_details()[0]["index"]
-    pi = next(d["index"] for d in it.get_output_details() if d["shape"][-1] == 7)
-    out = []
-    for s in range(0, len(x), batch):
-        xb = np.ascontiguousarray(x[s : s + batch], np.float32)
-        it.resize_tensor_input(inp, list(xb.shape))
-        it.allocate_tensors()
-        it.set_tensor(inp, xb)
-        it.invoke()
-        out.append(it.get_tensor(pi).copy())
-    return np.concatenate(out)
+    return run_batched(path, x, len(fa.CLASSES), batch)
 
 
 def selection_sets() -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -58,7 +58,6 @@ Needs TensorFlow (the ``build`` extra) for :func:`build`; the numpy reference ne
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -67,6 +66,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from . import tfjs
+from .npm import verified
+from .tflite_export import interpreter, run_batched
+from .tflite_export import module_to_tflite as convert
 
 log = logging.getLogger(__name__)
 
@@ -112,48 +116,19 @@ def package_dir(path: str | os.PathLike[str] | None = None, fetch: bool = True) 
     return _package_dir(f"{PACKAGE}@{VERSION}", "FACE_API_DIR", DEFAULT_DIR, f"model/{MODEL}.bin", path, fetch)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def verified_model_dir(pkg: str | os.PathLike[str] | None = None, stem: str = MODEL) -> Path:
     """``model/`` of the package after checking the sha256 of ``stem``'s two files
     (ValueError when one differs from the published file)."""
     d = package_dir(pkg)
     for rel in (f"model/{stem}-weights_manifest.json", f"model/{stem}.bin"):
-        got = _sha256(d / rel)
-        if got != UPSTREAM_SHA256[rel]:
-            raise ValueError(f"{d / rel}: sha256 {got} is not the published {UPSTREAM_SHA256[rel]}")
+        verified(d / rel, UPSTREAM_SHA256[rel])
     return d / "model"
 
 
 def load_weights(pkg: str | os.PathLike[str] | None = None, stem: str = MODEL) -> dict[str, np.ndarray]:
     """Dequantized float32 weights by face-api name (``dense0/conv0/filters`` ... ``fc/bias``),
     as TF.js decodes them: ``q * scale + min`` in double precision, stored as float32."""
-    d = verified_model_dir(pkg, stem)
-    groups = json.loads((d / f"{stem}-weights_manifest.json").read_text())
-    out: dict[str, np.ndarray] = {}
-    for g in groups:
-        buf = b"".join((d / p).read_bytes() for p in g["paths"])
-        off = 0
-        for w in g["weights"]:
-            shape = tuple(w["shape"])
-            n = int(np.prod(shape)) if shape else 1
-            q = w.get("quantization")
-            if q:
-                if q["dtype"] != "uint8":
-                    raise ValueError(f"unsupported quantization dtype {q['dtype']} for {w['name']}")
-                arr = np.frombuffer(buf, dtype=np.uint8, count=n, offset=off).astype(np.float64) * q["scale"] + q["min"]
-                off += n
-            else:
-                if w["dtype"] != "float32":
-                    raise ValueError(f"unsupported dtype {w['dtype']} for {w['name']}")
-                arr = np.frombuffer(buf, dtype="<f4", count=n, offset=off).astype(np.float64)
-                off += 4 * n
-            out[w["name"]] = arr.reshape(shape).astype(np.float32)
-        if off != len(buf):
-            raise ValueError(f"weights group {g['paths']}: consumed {off} of {len(buf)} bytes")
-    return out
+    return tfjs.load_weights(verified_model_dir(pkg, stem), f"{stem}-weights_manifest.json")
 
 
 # ------------------------------------------------------------------ numpy reference (upstream ops)
@@ -454,25 +429,10 @@ def build_tf_module(weights: dict[str, np.ndarray]) -> Any:
     return FaceExpressionNet()
 
 
-def convert(module: Any, out: Path, quantize: bool) -> Path:
-    """Write ``module`` as TFLite (float32, or dynamic-range int8 weights when ``quantize``)."""
-    import tensorflow as tf
-
-    from .tflite_export import saved_model_to_tflite
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tf.saved_model.save(module, tmp, signatures=module.__call__.get_concrete_function())
-        return saved_model_to_tflite(tmp, out, quantize)
-
-
 def run_tflite(path: str | os.PathLike[str], faces: np.ndarray, num_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(probs (N,7), features (N,256)) of an exported file on float32 (N,112,112,3) inputs,
     one face per call (outputs told apart by their last dimension)."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # pragma: no cover - build environments with TensorFlow only
-        from tensorflow.lite.python.interpreter import Interpreter  # type: ignore[no-redef]
-    it = Interpreter(model_path=str(path), num_threads=num_threads)
+    it = interpreter(path, num_threads=num_threads)
     it.allocate_tensors()
     inp = it.get_input_details()[0]["index"]
     outs = it.get_output_details()
@@ -515,32 +475,13 @@ def fer2013_metrics(path: Path) -> dict:
     return res
 
 
-def _run_batched(path: Path, x: np.ndarray, batch: int = 128) -> np.ndarray:
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # pragma: no cover
-        from tensorflow.lite.python.interpreter import Interpreter  # type: ignore[no-redef]
-    it = Interpreter(model_path=str(path), num_threads=2)
-    inp = it.get_input_details()[0]["index"]
-    pi = next(d["index"] for d in it.get_output_details() if d["shape"][-1] == len(CLASSES))
-    out = []
-    for s in range(0, len(x), batch):
-        xb = np.ascontiguousarray(x[s : s + batch], np.float32)
-        it.resize_tensor_input(inp, list(xb.shape))
-        it.allocate_tensors()
-        it.set_tensor(inp, xb)
-        it.invoke()
-        out.append(it.get_tensor(pi).copy())
-    return np.concatenate(out)
+def _run_batched(path: Path, x: np.ndarray) -> np.ndarray:
+    return run_batched(path, x, len(CLASSES), batch=128)
 
 
 def _output_names(path: Path) -> tuple[str, str]:
     """Tensor names of the (probs, features) outputs of an exported file."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # pragma: no cover
-        from tensorflow.lite.python.interpreter import Interpreter  # type: ignore[no-redef]
-    outs = Interpreter(model_path=str(path)).get_output_details()
+    outs = interpreter(path).get_output_details()
     by_dim = {int(d["shape"][-1]): str(d["name"]) for d in outs}
     return by_dim[len(CLASSES)], by_dim[256]
 
@@ -562,25 +503,10 @@ def reference_faces(limit: int = 64) -> np.ndarray:
     """Real 112x112 RGB face crops for the export check: MTCNN on the photos of
     ``shared/data/faces`` (identity photos, RAVDESS actors, every 20th Taiwanese photo), each
     confident face aligned with the fer2013 template at 112 px."""
-    import cv2
-
     from emoadapt.alignment import norm_crop
-    from emoadapt.detection import MTCNN
-    from scripts._common import data_dir
+    from scripts._common import confident_faces
 
-    data = data_dir() / "faces"
-    files = sorted((data / "identity").glob("*.jpg")) + sorted((data / "ravdess_actors").glob("*.png")) + sorted((data / "taiwanese").glob("*.jpg"))[::20]
-    det = MTCNN(num_threads=1)
-    faces = []
-    for f in files:
-        img = cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB)
-        d = det.detect(img)
-        for k in np.argsort(-d.scores)[:3]:
-            if d.scores[k] >= 0.95:
-                faces.append(norm_crop(img, d.landmarks[k], INPUT_SIZE, "fer2013"))
-        if len(faces) >= limit:
-            break
-    return np.stack(faces[:limit])
+    return confident_faces(lambda img, lm: norm_crop(img, lm, INPUT_SIZE, "fer2013"), limit, taiwanese_every=20)
 
 
 #: Where MTCNN's 5 landmarks land in face-api's own landmark crop (the bounding box of its 68

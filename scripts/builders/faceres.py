@@ -74,13 +74,11 @@ def package_dir(path: str | os.PathLike[str] | None = None, fetch: bool = True) 
 def load_weights(pkg: str | os.PathLike[str] | None = None) -> dict[str, np.ndarray]:
     """The graph model's named weight tensors (float16-quantised ones dequantised to float32),
     after checking both upstream files' sha256 (ValueError when one differs)."""
-    import hashlib
+    from .npm import verified
 
     d = package_dir(pkg)
     for rel, want in UPSTREAM_SHA256.items():
-        got = hashlib.sha256((d / rel).read_bytes()).hexdigest()
-        if got != want:
-            raise ValueError(f"{d / rel}: sha256 {got} is not the published {want}")
+        verified(d / rel, want)
     spec = json.loads((d / MODEL_JSON).read_text())
     out: dict[str, np.ndarray] = {}
     for group in spec["weightsManifest"]:

