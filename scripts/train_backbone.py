@@ -491,29 +491,30 @@ def choose_tta_for_shipped(args) -> int:
     return 0
 
 
+#: the settings of a run's ``config.json`` that the manifest's training record repeats, in this order
+RECIPE_KEYS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "warmup_epochs",
+    "weight_decay",
+    "label_smoothing",
+    "cw_power",
+    "dropout",
+    "erase_p",
+    "seed",
+    "widths",
+    "convs",
+    "crop",
+)
+
+
 def _phase_summary(wd: Path) -> dict:
     """Config and public-accuracy curve of a finished run (for the manifest)."""
     cfg = json.loads((wd / "config.json").read_text())
     hist = json.loads((wd / "history.json").read_text())["epochs"]
-    keys = (
-        "epochs",
-        "batch_size",
-        "lr",
-        "warmup_epochs",
-        "weight_decay",
-        "label_smoothing",
-        "cw_power",
-        "dropout",
-        "erase_p",
-        "aug_strength",
-        "seed",
-        "widths",
-        "convs",
-        "crop",
-    )
-    out = {k: cfg.get(k) for k in keys}
-    if out["aug_strength"] is None:  # runs from before the flag existed
-        out["aug_strength"] = 1.0
+    out = {k: cfg.get(k) for k in RECIPE_KEYS}
+    out["aug_strength"] = 1.0 if cfg.get("aug_strength") is None else cfg["aug_strength"]  # 1.0: runs from before the flag existed
     out.update(
         workdir=str(wd),
         epochs_run=len(hist),
@@ -629,25 +630,7 @@ def export(args) -> int:
     }
     (wd / "export_metrics.json").write_text(json.dumps({"summary": summary, "tflite": metrics}, indent=2) + "\n")
 
-    train_cfg = {
-        k: cfg[k]
-        for k in (
-            "epochs",
-            "batch_size",
-            "lr",
-            "warmup_epochs",
-            "weight_decay",
-            "label_smoothing",
-            "cw_power",
-            "dropout",
-            "erase_p",
-            "seed",
-            "widths",
-            "convs",
-            "crop",
-            "params",
-        )
-    }
+    train_cfg = {k: cfg[k] for k in (*RECIPE_KEYS, "params")}
     train_cfg.update(
         best_epoch=meta["epoch"],
         epochs_run=len(hist),
