@@ -1,13 +1,14 @@
 """The FER2013 backbone's pieces shared by ``scripts.train_backbone`` and
 ``scripts.face_backbone``: the data and input spec, the network (VGG-style core, export
 wrapper, BatchNorm recalibration, weights read back from an exported file), TensorFlow
-setup, the epochs a resumable run trains, the TFLite export and its checks (outputs, speed),
+setup, the epochs a resumable run trains and the record of each, the TFLite export and its checks (outputs, speed),
 and the choice of the runtime's flip-TTA setting. Needs the ``build`` extra (TensorFlow +
 tf-keras) for the network parts; the runtime never imports this.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -212,6 +213,27 @@ def epochs_to_run(args, epoch_var, bad_var):
             log.info("early stop: no public-test improvement for %d epochs", args.patience)
             return
         yield epoch
+
+
+def end_epoch(wd: Path, epoch: int, rec: dict, score: float, state: tuple, best_ckpt, mgr, history: list, config: dict) -> None:
+    """Record finished epoch ``epoch`` (0-based) of a resumable run in ``wd``: ``rec`` appended
+    to ``history`` and the epoch counter advanced; when ``score`` beats the best so far, the
+    best weights (``best_ckpt``) and ``rec`` written to ``wd/best`` and the count of epochs
+    without improvement reset, else that count incremented; then the checkpoint (``mgr``)
+    saved and ``wd/history.json`` rewritten. ``state``: the run's ``(epoch_var, best_var,
+    bad_var)`` (see :func:`epochs_to_run`)."""
+    epoch_var, best_var, bad_var = state
+    history.append(rec)
+    epoch_var.assign(epoch + 1)
+    if score > float(best_var.numpy()):
+        best_var.assign(score)
+        bad_var.assign(0)
+        best_ckpt.write(str(wd / "best" / "weights"))
+        (wd / "best" / "meta.json").write_text(json.dumps(rec, indent=2) + "\n")
+    else:
+        bad_var.assign_add(1)
+    mgr.save(checkpoint_number=epoch + 1)
+    (wd / "history.json").write_text(json.dumps({"config": config, "epochs": history}, indent=1, default=str) + "\n")
 
 
 def tflite_outputs(interp) -> tuple[int, int]:

@@ -49,7 +49,7 @@ FERPLUS_TO_FER = [6, 3, 5, 4, 0, 1, 2]
 
 from scripts._common import TAIWANESE_LETTERS as TAIWANESE_TO_FER  # noqa: E402,F401 - the label map, one copy
 from scripts._common import taiwanese_label  # noqa: E402,F401 - re-exported for the trainer and the benchmark
-from scripts.backbone_common import CLASSES, FEAT_DIM, IMG, choose_tta, epochs_to_run, fer_input_spec, run_tflite, time_tflite, write_tflite  # noqa: E402
+from scripts.backbone_common import CLASSES, FEAT_DIM, IMG, choose_tta, end_epoch, epochs_to_run, fer_input_spec, run_tflite, time_tflite, write_tflite  # noqa: E402
 
 
 def ferplus_soft(votes: np.ndarray) -> np.ndarray:
@@ -241,6 +241,7 @@ def train_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) ->
 
     config = dict(vars(args), arch="faceres", trainable_params=n_train, n_train=len(keep), steps_per_epoch=steps)
     (wd / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    best_ckpt = tf.train.Checkpoint(model=model)
     for epoch in epochs_to_run(args, epoch_var, bad_var):
         t0 = time.perf_counter()
         rng = np.random.default_rng([args.seed, epoch])
@@ -270,17 +271,7 @@ def train_face(args: Any, tf: Any, keras: Any, load_fer: Any, data_dir: Path) ->
             "public_feature_std": predict.feature_std,
             "epoch_s": time.perf_counter() - t0,
         }
-        history.append(rec)
-        epoch_var.assign(epoch + 1)
-        if acc > float(best_var.numpy()):
-            best_var.assign(acc)
-            bad_var.assign(0)
-            tf.train.Checkpoint(model=model).write(str(wd / "best" / "weights"))
-            (wd / "best" / "meta.json").write_text(json.dumps(rec, indent=2) + "\n")
-        else:
-            bad_var.assign_add(1)
-        mgr.save(checkpoint_number=epoch + 1)
-        (wd / "history.json").write_text(json.dumps({"config": config, "epochs": history}, indent=1, default=str) + "\n")
+        end_epoch(wd, epoch, rec, acc, (epoch_var, best_var, bad_var), best_ckpt, mgr, history, config)
         log.info(
             "EPOCH %d/%d: loss %.4f | public acc %.4f (tta %.4f, ferplus %.4f) | feature std %.4f | best %.4f | %.0f s",
             epoch + 1,

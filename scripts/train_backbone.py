@@ -65,6 +65,7 @@ from scripts.backbone_common import (  # noqa: E402 - the network, data, export 
     build_core,
     build_export,
     choose_tta,
+    end_epoch,
     epochs_to_run,
     fer_input_spec,
     init_from_tflite,
@@ -429,17 +430,7 @@ def train(args) -> int:
             "train_s": t_train,
             "epoch_s": time.perf_counter() - t0,
         }
-        history.append(rec)
-        epoch_var.assign(epoch + 1)
-        if va > float(best_var.numpy()):
-            best_var.assign(va)
-            bad_var.assign(0)
-            best_ckpt.write(str(wd / "best" / "weights"))
-            (wd / "best" / "meta.json").write_text(json.dumps(rec, indent=2) + "\n")
-        else:
-            bad_var.assign_add(1)
-        mgr.save(checkpoint_number=epoch + 1)
-        hist_path.write_text(json.dumps({"config": config, "epochs": history}, indent=1) + "\n")
+        end_epoch(wd, epoch, rec, va, (epoch_var, best_var, bad_var), best_ckpt, mgr, history, config)
         log.info(
             "EPOCH %d/%d: train loss %.4f acc %.4f | public acc %.4f (tta %.4f) loss %.4f | best %.4f | lr %.5f | %.0f s",
             epoch + 1,
