@@ -15,7 +15,7 @@ The three networks are rebuilt in Keras (tf_keras) with identical weights:
   kernel are permuted accordingly (no transpose op in the graph).
 
 Input normalisation ``(x - 127.5) * 0.0078125`` is **inside** the graphs: every model takes
-raw RGB pixel values 0..255 as float32 NHWC. The runtime (``emoadapt/detection.py``) only
+raw RGB pixel values 0..255 as float32 NHWC. The runtime (``emoadapt/detection/``) only
 resizes (area averaging, exactly as ``torch.nn.functional.interpolate(mode="area")``).
 
 * ``mtcnn_pnet``: input ``(1, H, W, 3)`` with H, W dynamic (the runtime calls
@@ -121,13 +121,21 @@ def _norm(K, x):
     return K.layers.Rescaling(SCALE, offset=OFFSET, name="normalize")(x)
 
 
+def _trunk(K, sd, x, layers):
+    """The convolutions of a stage: for each ``(channels, kernel, pool)`` of ``layers`` (i = 1,
+    2, ...), ``conv{i}`` + ``prelu{i}``, then, when ``pool`` is ``(size, stride, padding)``,
+    max pooling ``pool{i}``."""
+    for i, (channels, kernel, pool) in enumerate(layers, 1):
+        x = _prelu(K, sd, f"prelu{i}", _conv(K, sd, f"conv{i}", channels, kernel, x), True)
+        if pool is not None:
+            size, stride, padding = pool
+            x = K.layers.MaxPooling2D(size, stride, padding=padding, name=f"pool{i}")(x)
+    return x
+
+
 def keras_pnet(K, sd):
     inp = K.Input((None, None, 3), batch_size=1, name="image")
-    x = _norm(K, inp)
-    x = _prelu(K, sd, "prelu1", _conv(K, sd, "conv1", 10, 3, x), True)
-    x = K.layers.MaxPooling2D(2, 2, padding="same", name="pool1")(x)
-    x = _prelu(K, sd, "prelu2", _conv(K, sd, "conv2", 16, 3, x), True)
-    x = _prelu(K, sd, "prelu3", _conv(K, sd, "conv3", 32, 3, x), True)
+    x = _trunk(K, sd, _norm(K, inp), [(10, 3, (2, 2, "same")), (16, 3, None), (32, 3, None)])
     prob = K.layers.Softmax(axis=-1, name="prob")(_conv(K, sd, "conv4_1", 2, 1, x))
     reg = _conv(K, sd, "conv4_2", 4, 1, x)
     return K.Model(inp, [prob, reg], name="mtcnn_pnet")
@@ -135,12 +143,8 @@ def keras_pnet(K, sd):
 
 def keras_rnet(K, sd):
     inp = K.Input((24, 24, 3), name="image")
-    x = _norm(K, inp)
-    x = _prelu(K, sd, "prelu1", _conv(K, sd, "conv1", 28, 3, x), True)  # 22
-    x = K.layers.MaxPooling2D(3, 2, padding="same", name="pool1")(x)  # 11 (ceil)
-    x = _prelu(K, sd, "prelu2", _conv(K, sd, "conv2", 48, 3, x), True)  # 9
-    x = K.layers.MaxPooling2D(3, 2, padding="valid", name="pool2")(x)  # 4 (ceil == floor)
-    x = _prelu(K, sd, "prelu3", _conv(K, sd, "conv3", 64, 2, x), True)  # 3
+    # sizes: 24 -> conv1 22 -> pool1 11 (ceil) -> conv2 9 -> pool2 4 (ceil == floor) -> conv3 3
+    x = _trunk(K, sd, _norm(K, inp), [(28, 3, (3, 2, "same")), (48, 3, (3, 2, "valid")), (64, 2, None)])
     x = K.layers.Flatten()(x)
     x = _prelu(K, sd, "prelu4", _dense(K, sd, "dense4", 128, x, (3, 3, 64)), False)
     prob = K.layers.Softmax(name="prob")(_dense(K, sd, "dense5_1", 2, x))
@@ -150,14 +154,8 @@ def keras_rnet(K, sd):
 
 def keras_onet(K, sd):
     inp = K.Input((48, 48, 3), name="image")
-    x = _norm(K, inp)
-    x = _prelu(K, sd, "prelu1", _conv(K, sd, "conv1", 32, 3, x), True)  # 46
-    x = K.layers.MaxPooling2D(3, 2, padding="same", name="pool1")(x)  # 23 (ceil)
-    x = _prelu(K, sd, "prelu2", _conv(K, sd, "conv2", 64, 3, x), True)  # 21
-    x = K.layers.MaxPooling2D(3, 2, padding="valid", name="pool2")(x)  # 10
-    x = _prelu(K, sd, "prelu3", _conv(K, sd, "conv3", 64, 3, x), True)  # 8
-    x = K.layers.MaxPooling2D(2, 2, padding="valid", name="pool3")(x)  # 4
-    x = _prelu(K, sd, "prelu4", _conv(K, sd, "conv4", 128, 2, x), True)  # 3
+    # sizes: 48 -> conv1 46 -> pool1 23 (ceil) -> conv2 21 -> pool2 10 -> conv3 8 -> pool3 4 -> conv4 3
+    x = _trunk(K, sd, _norm(K, inp), [(32, 3, (3, 2, "same")), (64, 3, (3, 2, "valid")), (64, 3, (2, 2, "valid")), (128, 2, None)])
     x = K.layers.Flatten()(x)
     x = _prelu(K, sd, "prelu5", _dense(K, sd, "dense5", 256, x, (3, 3, 128)), False)
     prob = K.layers.Softmax(name="prob")(_dense(K, sd, "dense6_1", 2, x))
