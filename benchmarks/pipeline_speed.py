@@ -65,7 +65,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "benchmarks")]
 
-from _common import add_common_args, cremad_label, data_dir, write_json  # noqa: E402
+from _common import add_common_args, cremad_label, data_dir, enrol_speed_users, write_json  # noqa: E402
 from _frames import STREAM720_CLIPS, stream720  # noqa: E402
 
 from emoadapt.heads import ClipContext  # noqa: E402
@@ -212,19 +212,6 @@ def end_to_end(rec: Any, its: list[Any], repeat: int) -> dict[str, Any]:
     w, c, results = best_of(lambda: [rec.predict(x, color=color(x)) for x in its], repeat)
     n = sum(r.frames for r in results)
     return {"frames": n, "wall_s": w, "cpu_s": c, "fps_wall": n / w, "fps_cpu": n / c, "cpu_ms": 1e3 * c / n, "results": results}
-
-
-def enrol(rec: Any, clips: list[Path]) -> None:
-    """11 users: actor 1001 (one frame of another clip than most, so the clips' tracks match
-    him), Obama, Biden and 8 RAVDESS actors."""
-    from emoadapt.video import Sampling, iter_frames
-
-    faces = DATA / "faces"
-    rec.enroll("1001", next(iter_frames(clips[0], sampling=Sampling(step=30))).image)
-    for user, p in {"obama": faces / "identity" / "obama.jpg", "biden": faces / "identity" / "biden.jpg"}.items():
-        rec.enroll(user, str(p))
-    for i in range(1, 9):
-        rec.enroll(f"actor{i:02d}", str(faces / "ravdess_actors" / f"Actor_{i:02d}.png"))
 
 
 # --------------------------------------------------------------------------- yardstick
@@ -576,7 +563,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     base = e2e["cremad"]
     with tempfile.TemporaryDirectory() as h2:
         rec2 = emoadapt.Recognizer(home=h2)
-        enrol(rec2, inp["clips"])
+        enrol_speed_users(rec2, DATA, inp["clips"][0])
         en = end_to_end(rec2, inp["clips"], args.repeat)
         routed = sum(x.user == "1001" for x in en["results"])
         rec2.close()

@@ -199,6 +199,19 @@ def confident_faces(crop: Any, limit: int, taiwanese_every: int) -> Any:
     return np.stack(faces[:limit])
 
 
+def enrol_speed_users(rec: Any, data: Path, clip: Path) -> None:
+    """The 11 users the speed benchmarks enrol in ``rec``: actor 1001 (one frame of ``clip``,
+    so that the other CREMA-D clips' tracks match him), Obama, Biden and 8 RAVDESS actors."""
+    from emoadapt.video import Sampling, iter_frames
+
+    faces = data / "faces"
+    rec.enroll("1001", next(iter_frames(clip, sampling=Sampling(step=30))).image)
+    for user, p in {"obama": faces / "identity" / "obama.jpg", "biden": faces / "identity" / "biden.jpg"}.items():
+        rec.enroll(user, str(p))
+    for i in range(1, 9):
+        rec.enroll(f"actor{i:02d}", str(faces / "ravdess_actors" / f"Actor_{i:02d}.png"))
+
+
 def write_fixture(path: Path, **arrays: Any) -> Path:
     """``arrays`` as a compressed npz at ``path`` (folders made), its run record beside it."""
     import numpy as np
