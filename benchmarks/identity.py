@@ -92,7 +92,7 @@ from emoadapt.personal import GALLERY_CAP, GROWTH_MARGIN, NEAR_DUPLICATE
 
 log = logging.getLogger("benchmarks.identity")
 
-from _common import CK_BORDER, CK_SIZE, TAIWANESE_LETTERS, add_common_args, ckplus_rgb, require, write_json  # noqa: E402
+from _common import CK_BORDER, CK_SIZE, TAIWANESE_LETTERS, add_common_args, ckplus_rgb, enrol_speed_users, require, write_json  # noqa: E402
 
 require("matplotlib")  # the figures: the eval extra, said in one line
 
@@ -102,18 +102,23 @@ OUT = ROOT / "benchmarks" / "out" / "identity"
 SAME_CAPTURE = ("obama_partial_face.jpg", "obama_partial_face2.jpg")
 GROUP_MIN_SCORE, GROUP_MIN_SIDE = 0.7, 100.0
 RECOGNIZER_STRIDE, RECOGNIZER_FRAMES = 5, 8  # emoadapt.recognizer: every 5th track frame, at most 8
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 GROUPS = ("taiwanese", "western", "CK+ 48px")
 
 
-def model_variants() -> dict[str, tuple[str, str]]:
-    """Evaluated variants: label -> (identity model name, manifest model)."""
+def model_variants() -> dict[str, tuple[str, str, float | None]]:
+    """Evaluated variants: label -> (identity model name, manifest model, ``mirror=`` of the
+    embedder: None the model's default). ``mobilefacenet_nomirror`` is the network without
+    the test-time mirroring the library does by default (the embeddings before issue 26),
+    ``mobilefacenet_mirror1`` with the mirrored crop at full weight."""
     from emoadapt import zoo
 
-    out = {name: (name, name) for name in IDENTITY_MODELS}
+    out: dict[str, tuple[str, str, float | None]] = {name: (name, name, None) for name in IDENTITY_MODELS}
+    out["mobilefacenet_nomirror"] = ("mobilefacenet", "mobilefacenet", 0.0)
+    out["mobilefacenet_mirror1"] = ("mobilefacenet", "mobilefacenet", 1.0)
     for extra, base in (("mobilefacenet_int8", "mobilefacenet"), ("mobilefacenet_f32", "mobilefacenet")):
         if extra in zoo.manifest()["models"] and zoo.model_entry(extra)["file"] != zoo.model_entry(base)["file"]:
-            out[extra] = (base, extra)
+            out[extra] = (base, extra, None)
     return out
 
 
@@ -160,7 +165,7 @@ def _inputs(data: Path) -> list[Path]:
     )
 
 
-def _cache_key(data: Path, variants: dict[str, tuple[str, str]]) -> str:
+def _cache_key(data: Path, variants: dict[str, tuple[str, str, float | None]]) -> str:
     from emoadapt import zoo
 
     h = hashlib.sha256()
@@ -168,17 +173,21 @@ def _cache_key(data: Path, variants: dict[str, tuple[str, str]]) -> str:
         st = f.stat()
         h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
     h.update(json.dumps([CACHE_VERSION, GROUP_MIN_SCORE, GROUP_MIN_SIDE, CK_SIZE, CK_BORDER, zoo.model_entry("mtcnn_onet")["sha256"]]).encode())
-    h.update(json.dumps({k: zoo.model_entry(m)["sha256"] for k, (_, m) in sorted(variants.items())}).encode())
+    h.update(
+        json.dumps(
+            {k: [zoo.model_entry(m)["sha256"], IDENTITY_MODELS[name].MIRROR if mirror is None else mirror] for k, (name, m, mirror) in sorted(variants.items())}
+        ).encode()
+    )
     return h.hexdigest()
 
 
-def extract(data: Path, variants: dict[str, tuple[str, str]], threads: int | None) -> Faces:
+def extract(data: Path, variants: dict[str, tuple[str, str, float | None]], threads: int | None) -> Faces:
     from emoadapt.detection import MTCNN
     from emoadapt.identity import load_embedder
     from emoadapt.video import iter_frames
 
     det = MTCNN(num_threads=threads)
-    embs = {k: load_embedder(name, num_threads=threads, model=m) for k, (name, m) in variants.items()}
+    embs = {k: load_embedder(name, num_threads=threads, model=m, mirror=mirror) for k, (name, m, mirror) in variants.items()}
     rows: list[tuple[str, str, str, str, int]] = []
     vecs: dict[str, list[np.ndarray]] = {k: [] for k in embs}
     quality: list[tuple[float, ...]] = []
@@ -243,7 +252,7 @@ def extract(data: Path, variants: dict[str, tuple[str, str]], threads: int | Non
     )
 
 
-def load_or_extract(data: Path, out: Path, variants: dict[str, tuple[str, str]], threads: int | None, no_cache: bool) -> Faces:
+def load_or_extract(data: Path, out: Path, variants: dict[str, tuple[str, str, float | None]], threads: int | None, no_cache: bool) -> Faces:
     cache = out / "faces.npz"
     key = _cache_key(data, variants)
     if cache.exists() and not no_cache:
@@ -640,19 +649,13 @@ def pipeline_fps(data: Path, threads: int | None, repeat: int) -> dict:
     import tempfile
 
     import emoadapt
-    from emoadapt.video import Sampling, iter_frames
 
     clips = sorted((data / "clips" / "cremad").glob("*.flv"))
     out: dict = {}
     with tempfile.TemporaryDirectory() as home, emoadapt.Recognizer(home=home, adapt_every=0, num_threads=threads) as rec:
         for label in ("nobody enrolled", "11 users enrolled"):
             if label != "nobody enrolled":
-                faces = data / "faces"
-                rec.enroll("1001", next(iter_frames(clips[0], sampling=Sampling(step=30))).image)
-                for user, p in {"obama": faces / "identity" / "obama.jpg", "biden": faces / "identity" / "biden.jpg"}.items():
-                    rec.enroll(user, str(p))
-                for i in range(1, 9):
-                    rec.enroll(f"actor{i:02d}", str(faces / "ravdess_actors" / f"Actor_{i:02d}.png"))
+                enrol_speed_users(rec, data, clips[0])
             rec.predict(str(clips[0]))  # warm up
             best = None
             for _ in range(repeat):
@@ -672,7 +675,7 @@ def pipeline_fps(data: Path, threads: int | None, repeat: int) -> dict:
 # ---------------------------------------------------------------------------------- speed
 
 
-def speed(data: Path, variants: dict[str, tuple[str, str]], n: int) -> dict[str, tuple[float, float]]:
+def speed(data: Path, variants: dict[str, tuple[str, str, float | None]], n: int) -> dict[str, tuple[float, float]]:
     """(ms per embedding pass, ms per crop) of each variant, one thread, one face per call,
     on Taiwanese photos (best of 3 rounds over ``n`` faces, after a warm-up)."""
     from emoadapt.detection import MTCNN
@@ -687,8 +690,8 @@ def speed(data: Path, variants: dict[str, tuple[str, str]], n: int) -> dict[str,
             imgs.append(img)
             lms.append(d.landmarks[k])
     out = {}
-    for k, (name, m) in variants.items():
-        e = load_embedder(name, num_threads=1, model=m)
+    for k, (name, m, mirror) in variants.items():
+        e = load_embedder(name, num_threads=1, model=m, mirror=mirror)
         crops = [e.crop(im, lm) for im, lm in zip(imgs, lms)]
         e.embed(crops[0])
         best_e = best_c = float("inf")
@@ -830,6 +833,9 @@ def main(argv: list[str] | None = None) -> int:
     s = samples(f, v)
     t = thresholds[v]
     enrol = {mode: taiwanese_enrolment(s, t, mode, args.splits, args.seed) for mode in ("centroid", "max")}
+    # the same splits with the embeddings of the network alone (no test-time mirroring)
+    for label, variant in (("centroid, no mirroring", "mobilefacenet_nomirror"), ("centroid, mirror weight 1", "mobilefacenet_mirror1")):
+        enrol[label] = taiwanese_enrolment(samples(f, variant), t, "centroid", args.splits, args.seed)
     rule = {mode: open_set_threshold(s, mode, args.splits, args.seed) for mode in ("centroid", "max")}
     at_rule = {mode: taiwanese_enrolment(s, rule[mode], mode, args.splits, args.seed) for mode in ("centroid", "max")}
     take = takeover_by_embeddings(s, t, "centroid", args.splits, args.seed)
@@ -841,14 +847,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     emotions = sorted(next(iter(enrol["centroid"].values()))["by_emotion"])
     print(
-        f"{'matcher @ threshold':>20} | {'enrolment':>24} | {'own %':>6} | {'strangers %':>11} | "
+        f"{'matcher @ threshold':>30} | {'enrolment':>24} | {'own %':>6} | {'strangers %':>11} | "
         + " | ".join(f"{e[:7]:>7}" for e in emotions)
         + " | corrections refused / grown"
     )
     for label, table in [*((f"{m} @ {t:.3f}", enrol[m]) for m in enrol), *((f"{m} @ {rule[m]:.3f}", at_rule[m]) for m in at_rule)]:
         for name, r in table.items():
             print(
-                f"{label:>20} | {name:>24} | {100 * r['own_accept']:6.2f} | {100 * r['stranger_accept']:11.2f} | "
+                f"{label:>30} | {name:>24} | {100 * r['own_accept']:6.2f} | {100 * r['stranger_accept']:11.2f} | "
                 + " | ".join(f"{100 * r['by_emotion'][e]:7.1f}" if e in r["by_emotion"] else f"{'-':>7}" for e in emotions)
                 + f" | {r['corrections_refused']} / {r['corrections_grown']} of {r['corrections']}"
             )

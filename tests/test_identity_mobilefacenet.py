@@ -51,7 +51,8 @@ def ref():
 
 @pytest.fixture(scope="module")
 def mfn():
-    return load_embedder("mobilefacenet", num_threads=1)
+    """The network alone (no test-time mirroring): what the upstream file computes."""
+    return load_embedder("mobilefacenet", num_threads=1, mirror=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +100,32 @@ def test_shipped_model_reproduces_the_upstream_file(ref, crops, mfn):
     # and the batch dimension is free (the upstream file is fixed at 2)
     np.testing.assert_allclose(mfn.embed(crops[:1]), got[:1], atol=1e-5)
     np.testing.assert_allclose(mfn.embed(crops[:3]), got[:3], atol=1e-5)
+
+
+def test_default_embedding_adds_the_mirrored_face(crops, mfn):
+    """The shipped default adds the mirrored crop: the unit embedding of the crop plus
+    ``MIRROR`` times that of its left-right mirror; at weight 1 a face and its mirror image
+    embed alike."""
+    tta = load_embedder("mobilefacenet", num_threads=1)
+    w = tta.mirror
+    assert 0 < w <= 1 and mfn.mirror == 0
+    got = tta.embed(crops)
+
+    def unit(a: np.ndarray) -> np.ndarray:
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    want = unit(mfn.embed(crops)) + w * unit(mfn.embed(crops[:, :, ::-1]))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    full = load_embedder("mobilefacenet", num_threads=1, mirror=1.0)
+    np.testing.assert_allclose(full.embed(crops[:, :, ::-1]), full.embed(crops), atol=1e-5)
+    with pytest.raises(InvalidInputError):
+        load_embedder("mobilefacenet", mirror=1.5)
+    # comparable with embeddings stored without it: the same face stays the same person
+    assert _cos(got, mfn.embed(crops)).min() > 0.98
+    # one crop, a batch and a split batch agree
+    small = load_embedder("mobilefacenet", num_threads=1, max_batch=3)
+    np.testing.assert_allclose(small.embed(crops), got, atol=1e-5)
+    np.testing.assert_allclose(tta.embed(crops[0]), got[:1], atol=1e-5)
 
 
 def test_fixture_and_manifest_name_the_same_upstream_file(ref):
