@@ -270,7 +270,8 @@ class Embedder:
             where ``benchmarks/identity.py`` measured fewer own faces refused at no more
             strangers accepted, while the identity expert, which reads the expression left in
             the embedding, keeps its figures; docs/personalization.md "Identity routing").
-            Embeddings with and without it are comparable (cosine >= 0.98 for the same face).
+            Embeddings made with and without it are compared as they are (the same face stays
+            near itself), so enrolments stored before it need no re-enrolment.
 
     The interpreter is leased from the process-wide pool (:class:`emoadapt.zoo.Lease`) and
     given back by :meth:`close` or when the embedder is collected.
