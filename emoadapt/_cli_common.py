@@ -51,3 +51,11 @@ def _user(args: argparse.Namespace) -> None:
 def _plural(n: int, word: str, plural: str | None = None) -> str:
     """``"1 correction"``, ``"2 corrections"``."""
     return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
+def _list_faces(item: object, faces: list[dict[str, Any]], verb: str) -> None:
+    """Say which faces a clip showed (a MultipleFacesError) and how to choose one with --face."""
+    print(f"{item}: {len(faces)} faces; {verb} one of them with --face INDEX (or --face X1,Y1,X2,Y2):")
+    for f in faces:
+        x1, y1, x2, y2 = (round(float(v)) for v in f["box"])
+        print(f"  face {f['index']}: box ({x1}, {y1})-({x2}, {y2}), {f['size']} px, {f['frames']} frame(s)")

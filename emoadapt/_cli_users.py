@@ -8,8 +8,8 @@ import logging
 import sys
 from typing import Any
 
-from ._cli_common import _plural, _recognizer, _sampling, _user
-from .errors import EmoadaptError
+from ._cli_common import _list_faces, _plural, _recognizer, _sampling, _user
+from .errors import EmoadaptError, MultipleFacesError
 
 log = logging.getLogger("emoadapt.cli")
 
@@ -54,7 +54,11 @@ def _model_line(rep: Any) -> str:
 def cmd_correct(args: argparse.Namespace) -> int:
     _user(args)
     rec = _recognizer(args, adapt_every=args.adapt_every)
-    c = rec.correct(args.clip, args.label, user=args.user, force=args.force, new_label=args.new_label, **_sampling(args))
+    try:
+        c = rec.correct(args.clip, args.label, user=args.user, force=args.force, new_label=args.new_label, face=args.face, **_sampling(args))
+    except MultipleFacesError as e:  # a new name, in a clip of several faces
+        _list_faces(args.clip, e.faces, f"enrol {args.user} from")
+        return 2
     print(f"correction {c.id} recorded for {c.user} as {c.label}")
     if c.adapt_report is not None:  # this correction triggered the automatic adaptation: say what is active now
         rep = c.adapt_report

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ._cli_common import _bar, _recognizer, _sampling, _show_progress, _user
+from ._cli_common import _bar, _list_faces, _recognizer, _sampling, _show_progress, _user
 from ._cli_users import cmd_adapt, cmd_correct, cmd_export, cmd_forget, cmd_models, cmd_users
 from ._csv import DictWriter as SafeDictWriter
 from .errors import EmoadaptError, InvalidInputError, MissingDependencyError
@@ -213,10 +213,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     try:
         n = rec.enroll(args.user, clips, face=args.face, allow_shared_face=args.allow_shared_face, **_sampling(args))
     except MultipleFacesError as e:
-        print(f"{clips[e.item]}: {len(e.faces)} faces; enrol one of them with --face INDEX (or --face X1,Y1,X2,Y2):")
-        for f in e.faces:
-            x1, y1, x2, y2 = (round(float(v)) for v in f["box"])  # type: ignore[attr-defined]
-            print(f"  face {f['index']}: box ({x1}, {y1})-({x2}, {y2}), {f['size']} px, {f['frames']} frame(s)")
+        _list_faces(clips[e.item], e.faces, "enrol")
         return 2
     except IdentityConflictError as e:  # this computer's user may know who is enrolled (emoadapt users)
         log.error(
@@ -497,15 +494,18 @@ def build_parser() -> argparse.ArgumentParser:
     sampling(p)
     p.set_defaults(func=cmd_annotate)
 
+    def face_option(p: argparse.ArgumentParser, verb: str, default: str) -> None:
+        p.add_argument(
+            "--face",
+            type=_face,
+            metavar="INDEX|X1,Y1,X2,Y2",
+            help=f"which face to {verb} where a clip shows several: its index, as listed when there are several, or its box in pixels ({default})",
+        )
+
     p = command("enroll", "register a user's face from clips or photos")
     p.add_argument("user", metavar="USER", help="the user's name")
     p.add_argument("clips", nargs="+", metavar="CLIP", help="videos or photos of the user's face (one embedding each)")
-    p.add_argument(
-        "--face",
-        type=_face,
-        metavar="INDEX|X1,Y1,X2,Y2",
-        help="which face to enrol where a clip shows several (its index, as listed when there are several, or its box in pixels)",
-    )
+    face_option(p, "enrol", "without it such a clip is refused")
     p.add_argument("--allow-shared-face", action="store_true", help="enrol the face even if it already matches another enrolled user")
     sampling(p)
     p.set_defaults(func=cmd_enroll)
@@ -527,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="record it even if the face does not match --user")
     p.add_argument("--new-label", action="store_true", help="accept a label that is not known yet as a new class of the user's head")
     p.add_argument("--adapt-every", type=int, default=5, metavar="N", help="fine-tune after every N new corrections (0: never; default 5)")
+    face_option(p, "correct", "default: the main face; a new USER is enrolled only from a face chosen")
     sampling(p)
     p.set_defaults(func=cmd_correct)
 

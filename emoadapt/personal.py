@@ -438,10 +438,11 @@ class Personalization:
                     "to enrol them from this clip"
                 )
             if not force:
-                if len(face.faces) > 1:
+                if len(face.faces) > 1 and not face.chosen:
                     raise MultipleFacesError(
                         f"{len(face.faces)} faces in the clip: {user!r} is not enrolled yet, and a correction enrols them from the main "
-                        "face only in a clip of one face; enrol them first (Recognizer.enroll(..., face=)), or pass force=True",
+                        "face only in a clip of one face; say which face (face= its index or box), enrol them first with "
+                        "enroll(), or pass force=True",
                         faces=face.faces,
                     )
                 self._check_quality(face.quality, f"enrolling {user!r} from the corrected clip")

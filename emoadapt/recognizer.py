@@ -340,7 +340,15 @@ class Recognizer:
         return self.personal.known_labels(user, self.classes)
 
     def correct(
-        self, clip: Clip | Result, label: str, user: str | None = None, *, force: bool = False, new_label: bool = False, **scan: Unpack[ScanKeywords]
+        self,
+        clip: Clip | Result,
+        label: str,
+        user: str | None = None,
+        *,
+        force: bool = False,
+        new_label: bool = False,
+        face: FaceChoice | None = None,
+        **scan: Unpack[ScanKeywords],
     ) -> Correction:
         """Record that the emotion in ``clip`` (or an analysed :class:`Result`) is ``label``
         (sampling as in :meth:`predict`); returns a :class:`Correction`, an ``int`` id.
@@ -349,7 +357,8 @@ class Recognizer:
         not enrolled yet is enrolled from this clip (as :meth:`enroll` would: one usable face
         that matches no other user, unless ``force=True``); one whose face does not match, or
         who is enrolled only with another identity model, raises IdentityMismatchError unless
-        ``force=True``. A face that passed the identity check may join the user's gallery
+        ``force=True``. The face learned is the clip's main face, or ``face=`` (an index or a box,
+        as in :meth:`enroll`). A face that passed the identity check may join the user's gallery
         (never a forced one; :attr:`Correction.gallery_grown`, :mod:`emoadapt.personal`). ``label``: a known label (:meth:`known_labels`) or a synonym; another
         raises UnknownLabelError unless ``new_label=True`` makes it a new class. Every
         ``adapt_every`` corrections :meth:`adapt` runs; once stored, nothing raises (a failed
@@ -358,8 +367,8 @@ class Recognizer:
         stored (:class:`~emoadapt.personal.Personalization` has the policy).
         """
         label, user = self.personal.check_correction(label, user, new_label)
-        face = self.scanner.learn(clip, ScanOptions(**scan), self.matcher.threshold, self.identity)
-        return self.personal.correct(face.result, face, label, user, force=force, new_label=new_label, classes=self.classes)
+        seen = self.scanner.learn(clip, ScanOptions(**scan), self.matcher.threshold, self.identity, face=face)
+        return self.personal.correct(seen.result, seen, label, user, force=force, new_label=new_label, classes=self.classes)
 
     def adapt(
         self,

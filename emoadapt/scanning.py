@@ -129,6 +129,8 @@ class LearnedFace:
     the median of its frames), ``size`` (pixels, the box's shorter side), ``frames``."""
     index: int = 0
     """Which of ``faces`` it is."""
+    chosen: bool = False
+    """Whether the caller chose it (``face=``) rather than it being the main face."""
 
 
 def _median_quality(qs: list[FaceQuality]) -> FaceQuality | None:
@@ -243,7 +245,7 @@ class Scanner:
         embedding = table.track_embedding(track)
         assert embedding is not None
         quality = _median_quality([q for t in track.ids for q in qualities.get(t, [])])
-        return LearnedFace(track_result(table, track, self.backbone.classes, self.backbone.dim), embedding, quality, faces, k)
+        return LearnedFace(track_result(table, track, self.backbone.classes, self.backbone.dim), embedding, quality, faces, k, chosen=face is not None)
 
     @staticmethod
     def _face_seen(table: FaceTable, index: int, track: Track) -> dict[str, Any]:

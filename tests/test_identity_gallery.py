@@ -176,6 +176,34 @@ def test_group_photos_need_a_choice_of_face(rec: emoadapt.Recognizer, photo) -> 
     assert rec.users() == ["someone", "another"]
 
 
+def test_a_correction_of_a_group_photo_learns_the_face_chosen(rec: emoadapt.Recognizer, photo, data_dir: Path, tmp_path: Path, capsys) -> None:
+    from emoadapt.cli import main
+
+    group = photo("sample1.jpg")
+    # a new name is not enrolled from one face of several without a choice
+    with pytest.raises(MultipleFacesError) as e:
+        rec.correct(group, "happy", user="someone")
+    faces = e.value.faces
+    assert len(faces) == 3 and "face=" in str(e.value) and rec.users() == []
+    # the face chosen enrols the name, and a later correction of that face (by its box, no name)
+    # is filed under it
+    assert rec.correct(group, "happy", user="someone", face=1).user == "someone"
+    assert rec.users() == ["someone"]
+    assert rec.correct(group, "happy", face=faces[1]["box"]).user == "someone"
+    # another face of the photo is not them: refused, and nothing is stored for it
+    with pytest.raises(IdentityMismatchError):
+        rec.correct(group, "sad", user="someone", face=2)
+    assert [x["label"] for x in rec.corrections("someone")] == ["happy", "happy"]
+    # the CLI says which face with --face
+    path = str(data_dir / "faces" / "identity" / "sample1.jpg")
+    home = ["--home", str(tmp_path / "cli")]
+    assert main([*home, "correct", path, "surprise", "--user", "someone", "--adapt-every", "0"]) == 2
+    out = capsys.readouterr().out
+    assert "3 faces" in out and "--face" in out and re.search(r"face 2: box \(\d+, \d+\)-\(\d+, \d+\)", out)
+    assert main([*home, "correct", path, "surprise", "--user", "someone", "--face", "1", "--adapt-every", "0"]) == 0
+    assert "recorded for someone as surprise" in capsys.readouterr().out
+
+
 def test_cli_enroll_lists_the_faces_of_a_group_photo_and_asks_for_one(tmp_path: Path, data_dir: Path, capsys) -> None:
     from emoadapt.cli import main
 
