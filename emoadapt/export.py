@@ -630,6 +630,8 @@ def export_head(rec: Any, user: str | None, directory: str | os.PathLike[str]) -
         "identity": {
             **_model_info(identity, identity_entry),
             "dim": dim,
+            # a face's embedding: unit(crop's) + mirror x unit(its left-right mirror's) (Embedder)
+            "mirror": float(IDENTITY_MODELS[identity].MIRROR),
             "threshold": float(rec.matcher.threshold),
             # the user's enrolment embeddings: a face is theirs when its clip embedding's cosine
             # with their centroid (the unit mean of the unit embeddings) reaches the threshold
