@@ -30,7 +30,7 @@ import platform
 import re
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -146,20 +146,26 @@ def reference_photos(data: Path, taiwanese_every: int) -> list[Path]:
     return ident + actors + tw
 
 
-def largest_faces(photos: Iterable[Path], crop: Any) -> tuple[Any, Any, Any]:
-    """The largest face of each photo, by emoadapt's MTCNN (one thread; photos without a face
-    are skipped): ``(names, landmarks, crops)``: the names as ``folder/file`` (array of str),
-    the 5 landmarks (N, 5, 2) float64 and ``crop(rgb_image, landmarks)`` stacked."""
+def _detected(photos: Iterable[Path]) -> Iterator[tuple[Path, Any, Any]]:
+    """``(path, rgb image, detections)`` of each photo, by emoadapt's MTCNN on one thread."""
     import cv2
-    import numpy as np
 
     from emoadapt.detection import MTCNN
 
     det = MTCNN(num_threads=1)
-    names, lms, crops = [], [], []
     for p in photos:
         img = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
-        d = det.detect(img)
+        yield p, img, det.detect(img)
+
+
+def largest_faces(photos: Iterable[Path], crop: Any) -> tuple[Any, Any, Any]:
+    """The largest face of each photo, by emoadapt's MTCNN (one thread; photos without a face
+    are skipped): ``(names, landmarks, crops)``: the names as ``folder/file`` (array of str),
+    the 5 landmarks (N, 5, 2) float64 and ``crop(rgb_image, landmarks)`` stacked."""
+    import numpy as np
+
+    names, lms, crops = [], [], []
+    for p, img, d in _detected(photos):
         if not len(d):
             continue
         k = int(np.argmax((d.boxes[:, 2] - d.boxes[:, 0]) * (d.boxes[:, 3] - d.boxes[:, 1])))
@@ -175,10 +181,7 @@ def confident_faces(crop: Any, limit: int, taiwanese_every: int) -> Any:
     every ``taiwanese_every``-th Taiwanese photo, in that order), emoadapt's MTCNN (one
     thread), each photo's three most confident faces of score >= 0.95, ``crop(rgb_image,
     landmarks)`` stacked."""
-    import cv2
     import numpy as np
-
-    from emoadapt.detection import MTCNN
 
     data = data_dir() / "faces"
     files = (
@@ -186,11 +189,8 @@ def confident_faces(crop: Any, limit: int, taiwanese_every: int) -> Any:
         + sorted((data / "ravdess_actors").glob("*.png"))
         + sorted((data / "taiwanese").glob("*.jpg"))[::taiwanese_every]
     )
-    det = MTCNN(num_threads=1)
     faces = []
-    for f in files:
-        img = cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB)
-        d = det.detect(img)
+    for _, img, d in _detected(files):
         for k in np.argsort(-d.scores)[:3]:
             if d.scores[k] >= 0.95:
                 faces.append(crop(img, d.landmarks[k]))
